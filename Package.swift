@@ -1,0 +1,99 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// One target per concern; the dependency graph is a tree:
+// Multiformats <- Identity <- Noise ; Multistream ; Yamux
+//   <- Transport (TCP + upgrade) <- Host <- Identify, Ping <- P2PChat
+let package = Package(
+    name: "p2pchat",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "p2pchat", targets: ["P2PChat"]),
+        .library(name: "Multiformats", targets: ["Multiformats"]),
+        .library(name: "Identity", targets: ["Identity"]),
+        .library(name: "Host", targets: ["Host"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+    ],
+    targets: [
+        .target(name: "Multiformats"),
+        .systemLibrary(
+            name: "CSecp256k1",
+            pkgConfig: "libsecp256k1",
+            providers: [.apt(["libsecp256k1-dev"])]
+        ),
+        .target(
+            name: "Identity",
+            dependencies: [
+                "Multiformats", "CSecp256k1",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["keys.proto"]
+        ),
+        .target(
+            name: "Multistream",
+            dependencies: ["Multiformats", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "Noise",
+            dependencies: [
+                "Identity",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["payload.proto"]
+        ),
+        .target(
+            name: "Yamux",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "Transport",
+            dependencies: [
+                "Multiformats", "Identity", "Multistream", "Noise", "Yamux",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Host",
+            dependencies: [
+                "Transport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Identify",
+            dependencies: [
+                "Host",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["identify.proto"]
+        ),
+        .target(name: "Ping", dependencies: ["Host"]),
+        .executableTarget(
+            name: "P2PChat",
+            dependencies: [
+                "Host", "Identify", "Ping",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"]),
+        .testTarget(name: "IdentityTests", dependencies: ["Identity"]),
+        .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
+        .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
+        .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "Host", "Identify", "Ping"]),
+        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping"]),
+    ]
+)
