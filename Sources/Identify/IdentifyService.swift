@@ -1,0 +1,207 @@
+import Host
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+import SwiftProtobuf
+import Transport
+
+/// What a peer told us about itself through identify.
+public struct IdentifyInfo: Sendable, Equatable {
+    public var peer: PeerID
+    public var publicKey: PublicKey?
+    public var protocolVersion: String?
+    public var agentVersion: String?
+    public var listenAddresses: [Multiaddr]
+    public var protocols: [String]
+    /// Our address as the peer sees it.
+    public var observedAddress: Multiaddr?
+
+    public static func == (lhs: IdentifyInfo, rhs: IdentifyInfo) -> Bool {
+        lhs.peer == rhs.peer && lhs.protocolVersion == rhs.protocolVersion && lhs.agentVersion == rhs.agentVersion
+            && lhs.listenAddresses == rhs.listenAddresses && lhs.protocols == rhs.protocols
+            && lhs.observedAddress == rhs.observedAddress
+    }
+}
+
+/// Errors of identify.
+public enum IdentifyError: Error, CustomStringConvertible, Sendable {
+    case malformedMessage(String)
+    case publicKeyMismatch(expected: PeerID, got: String)
+
+    public var description: String {
+        switch self {
+        case .malformedMessage(let why): return "identify: malformed message: \(why)"
+        case .publicKeyMismatch(let expected, let got):
+            return "identify: public key of \(got) does not match connected peer \(expected)"
+        }
+    }
+}
+
+/// `/ipfs/id/1.0.0` and `/ipfs/id/push/1.0.0`: tells every connected peer who we are,
+/// learns the same from them into the host's peer store, and pushes updates when
+/// our addresses or protocols change.
+public final class IdentifyService: Sendable {
+    public static let protocolID = "/ipfs/id/1.0.0"
+    public static let pushProtocolID = "/ipfs/id/push/1.0.0"
+    public static let protocolVersion = "ipfs/0.1.0"
+    /// Identify messages are small; this bounds what a peer can make us buffer.
+    public static let maxMessageSize = 64 * 1024
+    /// Bounds per message on what we accept into the peer store.
+    static let maxAddresses = 64
+    static let maxProtocols = 256
+
+    public let host: Host
+    public let agentVersion: String
+    let logger: Logger
+
+    public init(host: Host, agentVersion: String, logger: Logger = Logger(label: "p2p.identify")) {
+        self.host = host
+        self.agentVersion = agentVersion
+        self.logger = logger
+    }
+
+    /// Registers the handlers and identifies every new connection until the host closes.
+    /// Returns once the handlers are registered; the watching runs in a task.
+    public func start() {
+        host.setStreamHandler(Self.protocolID) { [self] stream in
+            await self.respond(on: stream)
+        }
+        host.setStreamHandler(Self.pushProtocolID) { [self] stream in
+            await self.receivePush(on: stream)
+        }
+        let events = host.events()
+        Task { [self] in
+            for await event in events {
+                switch event {
+                case .connected(let connection):
+                    Task { _ = try? await self.identify(connection) }
+                case .localChanged:
+                    Task { await self.pushToAll() }
+                default:
+                    break
+                }
+            }
+        }
+    }
+
+    /// Our identify message, with the address we see `connection`'s remote at.
+    func localMessage(observed: Multiaddr?) -> Identify {
+        var message = Identify()
+        message.protocolVersion = Self.protocolVersion
+        message.agentVersion = agentVersion
+        message.publicKey = Data(host.localKey.publicKey.marshal())
+        message.listenAddrs = host.listenAddresses.map { Data($0.bytes) }
+        message.protocols = host.supportedProtocols
+        if let observed { message.observedAddr = Data(observed.bytes) }
+        return message
+    }
+
+    private func send(_ message: Identify, on stream: MuxedStream) async throws {
+        let bytes = try message.serializedBytes() as [UInt8]
+        var buffer = ByteBuffer()
+        buffer.writeLengthPrefixed(bytes)
+        try await stream.write(buffer)
+        try await stream.closeWrite()
+    }
+
+    private func respond(on stream: MuxedStream) async {
+        do {
+            try await send(localMessage(observed: stream.connection.remoteAddress), on: stream)
+        } catch {
+            logger.debug("identify response failed", metadata: ["error": "\(error)"])
+            stream.reset()
+        }
+    }
+
+    private func receivePush(on stream: MuxedStream) async {
+        do {
+            var reader = StreamReader(stream)
+            guard let bytes = try await reader.readLengthPrefixed(maxLength: Self.maxMessageSize) else { return }
+            let info = try Self.decode(bytes, from: stream.connection)
+            record(info)
+            await stream.close()
+        } catch {
+            logger.debug("identify push failed", metadata: ["error": "\(error)"])
+            stream.reset()
+        }
+    }
+
+    /// Asks the remote of `connection` who it is and records the answer.
+    @discardableResult
+    public func identify(_ connection: Connection) async throws -> IdentifyInfo {
+        let stream = try await connection.newStream(protocols: [Self.protocolID])
+        do {
+            var reader = StreamReader(stream)
+            guard let bytes = try await reader.readLengthPrefixed(maxLength: Self.maxMessageSize) else {
+                throw IdentifyError.malformedMessage("stream ended before the message")
+            }
+            let info = try Self.decode(bytes, from: connection)
+            await stream.close()
+            record(info)
+            return info
+        } catch {
+            stream.reset()
+            throw error
+        }
+    }
+
+    /// Decodes a message received from the remote of `connection`, checking the key.
+    static func decode(_ bytes: ByteBuffer, from connection: Connection) throws -> IdentifyInfo {
+        let message: Identify
+        do {
+            message = try Identify(serializedBytes: Array(bytes.readableBytesView))
+        } catch {
+            throw IdentifyError.malformedMessage("\(error)")
+        }
+        var publicKey: PublicKey?
+        if message.hasPublicKey {
+            let key: PublicKey
+            do {
+                key = try PublicKey(marshaled: Array(message.publicKey))
+            } catch {
+                throw IdentifyError.malformedMessage("public key: \(error)")
+            }
+            let claimed = PeerID(publicKey: key)
+            guard claimed == connection.remotePeer else {
+                throw IdentifyError.publicKeyMismatch(expected: connection.remotePeer, got: "\(claimed)")
+            }
+            publicKey = key
+        }
+        return IdentifyInfo(
+            peer: connection.remotePeer,
+            publicKey: publicKey,
+            protocolVersion: message.hasProtocolVersion ? message.protocolVersion : nil,
+            agentVersion: message.hasAgentVersion ? message.agentVersion : nil,
+            listenAddresses: message.listenAddrs.prefix(maxAddresses).compactMap { try? Multiaddr(bytes: Array($0)) },
+            protocols: Array(message.protocols.prefix(maxProtocols)),
+            observedAddress: message.hasObservedAddr ? try? Multiaddr(bytes: Array(message.observedAddr)) : nil)
+    }
+
+    private func record(_ info: IdentifyInfo) {
+        host.peerStore.update(info.peer) { peer in
+            if let key = info.publicKey { peer.publicKey = key }
+            peer.protocols = info.protocols
+            peer.agentVersion = info.agentVersion
+            peer.protocolVersion = info.protocolVersion
+            peer.observedAddress = info.observedAddress
+        }
+        host.peerStore.addAddresses(info.listenAddresses, for: info.peer)
+        host.emit(.peerUpdated(info.peer))
+    }
+
+    /// Sends our current identify message to every connected peer that supports push.
+    public func pushToAll() async {
+        for connection in host.connections {
+            guard host.peerStore.info(connection.remotePeer)?.protocols.contains(Self.pushProtocolID) ?? false else {
+                continue
+            }
+            do {
+                let stream = try await connection.newStream(protocols: [Self.pushProtocolID])
+                try await send(localMessage(observed: connection.remoteAddress), on: stream)
+            } catch {
+                logger.debug("identify push failed", metadata: ["peer": "\(connection.remotePeer)", "error": "\(error)"])
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+/// Errors decoding a multihash or CID.
+public enum MultihashError: Error, CustomStringConvertible, Sendable, Equatable {
+    case varint(VarintError)
+    case lengthMismatch(declared: UInt64, actual: Int)
+    case digestTooLong(Int)
+    case unsupportedCIDVersion(UInt64)
+    case wrongCodec(UInt64)
+    case encoding(BaseEncodingError)
+
+    public var description: String {
+        switch self {
+        case .varint(let e): return "multihash: \(e)"
+        case .lengthMismatch(let declared, let actual): return "multihash declares \(declared) digest bytes but has \(actual)"
+        case .digestTooLong(let n): return "multihash digest of \(n) bytes is too long"
+        case .unsupportedCIDVersion(let v): return "unsupported CID version \(v)"
+        case .wrongCodec(let c): return "CID codec 0x\(String(c, radix: 16)) is not libp2p-key (0x72)"
+        case .encoding(let e): return "CID: \(e)"
+        }
+    }
+}
+
+/// A self-describing hash: hash function code, digest length, digest.
+public struct Multihash: Hashable, Sendable {
+    public static let identity: UInt64 = 0x00
+    public static let sha2_256: UInt64 = 0x12
+    /// Digests longer than this are refused (no real hash needs more).
+    public static let maxDigestLength = 1024
+
+    public let code: UInt64
+    public let digest: [UInt8]
+
+    public init(code: UInt64, digest: [UInt8]) {
+        self.code = code
+        self.digest = digest
+    }
+
+    /// `varint(code) varint(length) digest`.
+    public var bytes: [UInt8] {
+        var out = Varint.encode(code)
+        Varint.append(UInt64(digest.count), to: &out)
+        out.append(contentsOf: digest)
+        return out
+    }
+
+    /// Decodes exactly one multihash filling `bytes`.
+    public init(bytes: some Collection<UInt8>) throws(MultihashError) {
+        let input = Array(bytes)
+        let code: UInt64
+        let codeSize: Int
+        let length: UInt64
+        let lengthSize: Int
+        do {
+            (code, codeSize) = try Varint.decode(input)
+            (length, lengthSize) = try Varint.decode(input[codeSize...])
+        } catch {
+            throw .varint(error)
+        }
+        guard length <= UInt64(Self.maxDigestLength) else { throw .digestTooLong(Int(clamping: length)) }
+        let digest = input[(codeSize + lengthSize)...]
+        guard digest.count == Int(length) else { throw .lengthMismatch(declared: length, actual: digest.count) }
+        self.code = code
+        self.digest = Array(digest)
+    }
+}
+
+/// CIDv1 with the libp2p-key codec, the other text form of a peer id.
+public enum LibP2PKeyCID {
+    public static let codec: UInt64 = 0x72
+
+    /// `b` + base32(0x01, 0x72, multihash).
+    public static func encode(_ multihash: Multihash, base: Multibase = .base32) -> String {
+        var bytes: [UInt8] = [0x01]
+        Varint.append(codec, to: &bytes)
+        bytes.append(contentsOf: multihash.bytes)
+        return base.encode(bytes)
+    }
+
+    /// The multihash inside a CIDv1 string whose codec is libp2p-key.
+    public static func decode(_ text: String) throws(MultihashError) -> Multihash {
+        let bytes: [UInt8]
+        do {
+            (_, bytes) = try Multibase.decode(text)
+        } catch {
+            throw .encoding(error)
+        }
+        let version: UInt64
+        let versionSize: Int
+        let codec: UInt64
+        let codecSize: Int
+        do {
+            (version, versionSize) = try Varint.decode(bytes)
+            (codec, codecSize) = try Varint.decode(bytes[versionSize...])
+        } catch {
+            throw .varint(error)
+        }
+        guard version == 1 else { throw .unsupportedCIDVersion(version) }
+        guard codec == Self.codec else { throw .wrongCodec(codec) }
+        return try Multihash(bytes: bytes[(versionSize + codecSize)...])
+    }
+}

@@ -1,0 +1,559 @@
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+
+/// Drives one TCP connection through the whole libp2p stack on its event loop:
+/// multistream-select (`/noise`), the Noise handshake, multistream-select
+/// (`/yamux/1.0.0`) over Noise, then Yamux with per-stream multistream-select.
+///
+/// All protocol logic lives in the sans-IO state machines; this handler only moves
+/// bytes between them and the socket and turns their events into promises.
+final class ConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum Phase {
+        case securityNegotiation
+        case handshake
+        case muxerNegotiation
+        case established
+        case closed
+    }
+
+    struct StreamState {
+        enum Negotiation {
+            case outbound(promise: EventLoopPromise<MuxedStream>, protocols: [String])
+            case inbound
+        }
+        var negotiator: StreamNegotiator?
+        var negotiation: Negotiation?
+        var timeout: Scheduled<Void>?
+        var protocolID: String?
+        var stream: MuxedStream?
+        /// Data received and not yet read by the application (bounded by the Yamux window).
+        var readBuffer = CircularBuffer<ByteBuffer>()
+        var pendingRead: EventLoopPromise<ByteBuffer?>?
+        var writeWaiters: [EventLoopPromise<Void>] = []
+        var remoteClosedWrite = false
+        var localClosedWrite = false
+        var discardInbound = false
+        var resetError: TransportError?
+    }
+
+    let configuration: TransportConfiguration
+    let localKey: PrivateKey
+    let localPeer: PeerID
+    let direction: ConnectionDirection
+    let expectedRemotePeer: PeerID?
+    let acceptor: InboundStreamAcceptor
+    let connectionID: UInt64
+    let established: EventLoopPromise<Connection>
+    var logger: Logger
+
+    private var context: ChannelHandlerContext?
+    private var phase: Phase = .securityNegotiation
+    private var negotiator: StreamNegotiator?
+    private var handshake: SecureHandshake?
+    private var secure: SecureChannel?
+    private var session: MuxerSession?
+    private var connection: Connection?
+    private var streams: [UInt32: StreamState] = [:]
+    private var upgradeTimeout: Scheduled<Void>?
+    private var pendingOutput: ByteBuffer
+    private var closeError: TransportError?
+
+    init(
+        configuration: TransportConfiguration, localKey: PrivateKey, direction: ConnectionDirection,
+        expectedRemotePeer: PeerID?, acceptor: InboundStreamAcceptor, connectionID: UInt64,
+        established: EventLoopPromise<Connection>, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.localKey = localKey
+        self.localPeer = PeerID(publicKey: localKey.publicKey)
+        self.direction = direction
+        self.expectedRemotePeer = expectedRemotePeer
+        self.acceptor = acceptor
+        self.connectionID = connectionID
+        self.established = established
+        self.logger = logger
+        self.pendingOutput = ByteBuffer()
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        pendingOutput = context.channel.allocator.buffer(capacity: 4096)
+        if context.channel.isActive { start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private var started = false
+    private func start(context: ChannelHandlerContext) {
+        guard !started else { return }
+        started = true
+        logger[metadataKey: "conn"] = "\(connectionID)"
+        let timeout = configuration.upgradeTimeout
+        upgradeTimeout = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+            guard let self else { return }
+            self.fail(.upgradeTimeout(phase: "\(self.phase)"))
+        }
+        let protocols = [TransportConfiguration.noiseProtocolID]
+        if direction == .outbound {
+            var negotiator = StreamNegotiator.initiator(protocols: protocols, limits: configuration.multistreamLimits)
+            negotiator.start(into: &pendingOutput)
+            self.negotiator = negotiator
+            flushOutput()
+        } else {
+            self.negotiator = .responder(supported: { protocols.contains($0) }, limits: configuration.multistreamLimits)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        do {
+            try process(&bytes)
+        } catch let error as TransportError {
+            fail(error)
+        } catch {
+            fail(.muxerFailed(reason: "\(error)"))
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushOutput()
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        teardown(closeError ?? .connectionClosed)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        fail(.dialFailed(address: "\(context.remoteAddress.map { "\($0)" } ?? "?")", reason: "\(error)"))
+    }
+
+    // MARK: - Upgrade
+
+    private func process(_ bytes: inout ByteBuffer) throws {
+        while true {
+            switch phase {
+            case .securityNegotiation:
+                guard var negotiator else { return }
+                let outcome = try negotiator.receive(&bytes, output: &pendingOutput, phase: "security")
+                self.negotiator = negotiator
+                guard let agreed = outcome else { return }
+                logger.trace("security protocol agreed", metadata: ["protocol": "\(agreed)"])
+                self.negotiator = nil
+                var handshake = try SecureHandshake(
+                    initiator: direction == .outbound, localKey: localKey, expectedRemotePeer: expectedRemotePeer)
+                handshake.start(into: &pendingOutput)
+                self.handshake = handshake
+                phase = .handshake
+                flushOutput()
+            case .handshake:
+                guard var handshake else { return }
+                let done = try handshake.receive(&bytes, output: &pendingOutput)
+                self.handshake = handshake
+                flushOutput()
+                guard let result = done else { return }
+                self.handshake = nil
+                secure = result.channel
+                remotePeer = result.remotePeer
+                remotePublicKey = result.remotePublicKey
+                logger[metadataKey: "peer"] = "\(result.remotePeer)"
+                phase = .muxerNegotiation
+                let protocols = [TransportConfiguration.yamuxProtocolID]
+                if direction == .outbound {
+                    var negotiator = StreamNegotiator.initiator(
+                        protocols: protocols, limits: configuration.multistreamLimits)
+                    var plain = ByteBuffer()
+                    negotiator.start(into: &plain)
+                    self.negotiator = negotiator
+                    try encryptAndQueue(&plain)
+                    flushOutput()
+                } else {
+                    negotiator = .responder(
+                        supported: { protocols.contains($0) }, limits: configuration.multistreamLimits)
+                }
+                // Whatever followed the last handshake message is ciphertext.
+                bytes = result.remainder
+            case .muxerNegotiation, .established:
+                guard secure != nil else { return }
+                var plaintexts: [ByteBuffer] = []
+                try secure!.decrypt(&bytes, into: &plaintexts)
+                for var plain in plaintexts {
+                    try processPlaintext(&plain)
+                }
+                return
+            case .closed:
+                return
+            }
+        }
+    }
+
+    private func processPlaintext(_ plain: inout ByteBuffer) throws {
+        if phase == .muxerNegotiation {
+            guard var negotiator else { return }
+            var reply = ByteBuffer()
+            let outcome = try negotiator.receive(&plain, output: &reply, phase: "muxer")
+            self.negotiator = negotiator
+            if reply.readableBytes > 0 { try encryptAndQueue(&reply) }
+            guard outcome != nil else { return }
+            self.negotiator = nil
+            try becomeEstablished()
+        }
+        guard phase == .established, session != nil, plain.readableBytes > 0 else { return }
+        let events = try session!.receive(&plain)
+        for event in events { handle(event) }
+        try drainSession()
+    }
+
+    private var remotePeer: PeerID?
+    private var remotePublicKey: PublicKey?
+
+    private func becomeEstablished() throws {
+        guard let context, let remotePeer, let remotePublicKey else { return }
+        upgradeTimeout?.cancel()
+        upgradeTimeout = nil
+        phase = .established
+        session = MuxerSession(isClient: direction == .outbound, configuration: configuration)
+        let remoteAddress =
+            (context.channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) })
+            ?? Multiaddr.unspecifiedTCP
+        let localAddress = context.channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+        let connection = Connection(
+            id: connectionID, localPeer: localPeer, remotePeer: remotePeer, remotePublicKey: remotePublicKey,
+            direction: direction, remoteAddress: remoteAddress, localAddress: localAddress,
+            handler: NIOLoopBound(self, eventLoop: context.eventLoop), channel: context.channel)
+        self.connection = connection
+        logger.debug("connection established", metadata: ["direction": "\(direction.rawValue)"])
+        established.succeed(connection)
+    }
+
+    // MARK: - Session events
+
+    private func handle(_ event: MuxerEvent) {
+        switch event {
+        case .inboundStream(let id):
+            var state = StreamState()
+            state.negotiation = .inbound
+            let acceptor = self.acceptor
+            state.negotiator = .responder(
+                supported: { acceptor.supports(protocolID: $0) }, limits: configuration.multistreamLimits)
+            state.timeout = scheduleNegotiationTimeout(streamID: id, protocols: [])
+            streams[id] = state
+        case .data(let id, var data):
+            receiveData(streamID: id, data: &data)
+        case .remoteClosedWrite(let id):
+            guard var state = streams[id] else { return }
+            state.remoteClosedWrite = true
+            if state.negotiation != nil {
+                streams[id] = state
+                failNegotiation(streamID: id, error: .negotiationFailed(phase: "stream", reason: "closed by remote"))
+                return
+            }
+            if state.readBuffer.isEmpty, let read = state.pendingRead {
+                state.pendingRead = nil
+                read.succeed(nil)
+            }
+            streams[id] = state
+        case .reset(let id):
+            guard streams[id] != nil else { return }
+            if streams[id]!.negotiation != nil {
+                failNegotiation(streamID: id, error: .streamReset)
+            } else {
+                finishStream(id, error: .streamReset)
+            }
+        case .sendWindowOpened(let id):
+            releaseWriters(streamID: id)
+        case .closed(let id):
+            // Both sides closed: nothing more will happen on this stream.
+            if let state = streams[id], state.readBuffer.isEmpty, state.pendingRead == nil,
+                state.writeWaiters.isEmpty
+            {
+                streams[id] = nil
+            }
+        case .goAway:
+            logger.debug("remote sent go-away")
+        case .ping, .pong:
+            break
+        }
+    }
+
+    private func receiveData(streamID id: UInt32, data: inout ByteBuffer) {
+        guard var state = streams[id] else { return }
+        if state.discardInbound {
+            session?.consumed(streamID: id, bytes: data.readableBytes)
+            return
+        }
+        if var negotiator = state.negotiator {
+            var reply = ByteBuffer()
+            let consumedBefore = data.readableBytes
+            do {
+                let outcome = try negotiator.receive(&data, output: &reply, phase: "stream")
+                state.negotiator = negotiator
+                streams[id] = state
+                session?.consumed(streamID: id, bytes: consumedBefore - data.readableBytes)
+                if reply.readableBytes > 0 { session?.write(streamID: id, data: reply) }
+                guard let agreed = outcome else { return }
+                completeNegotiation(streamID: id, protocolID: agreed)
+                state = streams[id]!
+            } catch {
+                failNegotiation(streamID: id, error: .negotiationFailed(phase: "stream", reason: "\(error)"))
+                return
+            }
+            // Bytes after the negotiation belong to the application protocol.
+            guard data.readableBytes > 0 else { return }
+        }
+        if let read = state.pendingRead {
+            state.pendingRead = nil
+            streams[id] = state
+            session?.consumed(streamID: id, bytes: data.readableBytes)
+            read.succeed(data)
+        } else {
+            state.readBuffer.append(data)
+            streams[id] = state
+        }
+    }
+
+    private func completeNegotiation(streamID id: UInt32, protocolID: String) {
+        guard var state = streams[id], let connection else { return }
+        state.timeout?.cancel()
+        state.timeout = nil
+        state.negotiator = nil
+        state.protocolID = protocolID
+        let stream = MuxedStream(streamID: id, protocolID: protocolID, connection: connection)
+        state.stream = stream
+        let negotiation = state.negotiation
+        state.negotiation = nil
+        streams[id] = state
+        switch negotiation {
+        case .outbound(let promise, _):
+            promise.succeed(stream)
+        case .inbound:
+            logger.trace("inbound stream", metadata: ["protocol": "\(protocolID)", "stream": "\(id)"])
+            acceptor.accept(stream)
+        case nil:
+            break
+        }
+    }
+
+    private func failNegotiation(streamID id: UInt32, error: TransportError) {
+        guard let state = streams.removeValue(forKey: id) else { return }
+        state.timeout?.cancel()
+        if case .outbound(let promise, _) = state.negotiation {
+            promise.fail(error)
+        }
+        session?.reset(streamID: id)
+        try? drainSession()
+        flushOutput()
+    }
+
+    private func scheduleNegotiationTimeout(streamID id: UInt32, protocols: [String]) -> Scheduled<Void>? {
+        guard let context else { return nil }
+        return context.eventLoop.scheduleTask(in: configuration.streamNegotiationTimeout) { [weak self] in
+            self?.failNegotiation(streamID: id, error: .streamNegotiationTimeout(protocols: protocols))
+        }
+    }
+
+    private func finishStream(_ id: UInt32, error: TransportError) {
+        guard var state = streams.removeValue(forKey: id) else { return }
+        state.timeout?.cancel()
+        state.resetError = error
+        state.pendingRead?.fail(error)
+        for waiter in state.writeWaiters { waiter.fail(error) }
+    }
+
+    private func releaseWriters(streamID id: UInt32) {
+        guard var state = streams[id], !state.writeWaiters.isEmpty, let session else { return }
+        guard session.queuedBytes(streamID: id) <= configuration.maxQueuedBytesPerStream else { return }
+        let waiters = state.writeWaiters
+        state.writeWaiters = []
+        streams[id] = state
+        for waiter in waiters { waiter.succeed(()) }
+    }
+
+    // MARK: - Stream operations (called on the event loop by Connection/MuxedStream)
+
+    func openStream(protocols: [String]) -> EventLoopFuture<MuxedStream> {
+        guard let context, phase == .established, session != nil else {
+            return eventLoopFailed(.connectionClosed)
+        }
+        let promise = context.eventLoop.makePromise(of: MuxedStream.self)
+        do {
+            let id = try session!.openStream()
+            var state = StreamState()
+            var negotiator = StreamNegotiator.initiator(protocols: protocols, limits: configuration.multistreamLimits)
+            var hello = ByteBuffer()
+            negotiator.start(into: &hello)
+            state.negotiator = negotiator
+            state.negotiation = .outbound(promise: promise, protocols: protocols)
+            state.timeout = scheduleNegotiationTimeout(streamID: id, protocols: protocols)
+            streams[id] = state
+            session!.write(streamID: id, data: hello)
+            try drainSession()
+            flushOutput()
+        } catch let error as TransportError {
+            promise.fail(error)
+        } catch {
+            promise.fail(TransportError.muxerFailed(reason: "\(error)"))
+        }
+        return promise.futureResult
+    }
+
+    func read(streamID id: UInt32) -> EventLoopFuture<ByteBuffer?> {
+        guard let context else { return eventLoopFailed(.connectionClosed) }
+        guard var state = streams[id] else {
+            return eventLoopFailed(closeError ?? .streamReset)
+        }
+        if let chunk = state.readBuffer.popFirst() {
+            streams[id] = state
+            session?.consumed(streamID: id, bytes: chunk.readableBytes)
+            try? drainSession()
+            flushOutput()
+            return context.eventLoop.makeSucceededFuture(chunk)
+        }
+        if state.remoteClosedWrite {
+            return context.eventLoop.makeSucceededFuture(nil)
+        }
+        if state.pendingRead != nil {
+            return eventLoopFailed(.negotiationFailed(phase: "read", reason: "concurrent reads on one stream"))
+        }
+        let promise = context.eventLoop.makePromise(of: ByteBuffer?.self)
+        state.pendingRead = promise
+        streams[id] = state
+        return promise.futureResult
+    }
+
+    func write(streamID id: UInt32, data: ByteBuffer) -> EventLoopFuture<Void> {
+        guard let context, session != nil else { return eventLoopFailed(closeError ?? .connectionClosed) }
+        guard var state = streams[id] else { return eventLoopFailed(.streamReset) }
+        if state.localClosedWrite { return eventLoopFailed(.streamClosedForWriting) }
+        session!.write(streamID: id, data: data)
+        do { try drainSession() } catch { return eventLoopFailed(.muxerFailed(reason: "\(error)")) }
+        flushOutput()
+        if session!.queuedBytes(streamID: id) <= configuration.maxQueuedBytesPerStream {
+            return context.eventLoop.makeSucceededVoidFuture()
+        }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        state.writeWaiters.append(promise)
+        streams[id] = state
+        return promise.futureResult
+    }
+
+    func closeWrite(streamID id: UInt32) -> EventLoopFuture<Void> {
+        guard let context, session != nil else { return eventLoopFailed(closeError ?? .connectionClosed) }
+        guard var state = streams[id] else { return context.eventLoop.makeSucceededVoidFuture() }
+        if !state.localClosedWrite {
+            state.localClosedWrite = true
+            streams[id] = state
+            session!.closeWrite(streamID: id)
+            try? drainSession()
+            flushOutput()
+        }
+        return context.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func reset(streamID id: UInt32) {
+        guard streams[id] != nil else { return }
+        finishStream(id, error: .streamReset)
+        session?.reset(streamID: id)
+        try? drainSession()
+        flushOutput()
+    }
+
+    func discardInbound(streamID id: UInt32) {
+        guard var state = streams[id] else { return }
+        state.discardInbound = true
+        var released = 0
+        while let chunk = state.readBuffer.popFirst() { released += chunk.readableBytes }
+        streams[id] = state
+        session?.consumed(streamID: id, bytes: released)
+        try? drainSession()
+        flushOutput()
+    }
+
+    func closeGracefully() -> EventLoopFuture<Void> {
+        guard let context else { return eventLoopFailed(.connectionClosed) }
+        if session != nil {
+            session!.goAway()
+            try? drainSession()
+            flushOutput()
+        }
+        closeError = .connectionClosed
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.close(promise: promise)
+        return promise.futureResult.recover { _ in }
+    }
+
+    // MARK: - Output
+
+    /// Moves whatever the Yamux session wants to send through Noise into the output buffer.
+    private func drainSession() throws {
+        guard session != nil else { return }
+        var plain = session!.takeOutput()
+        guard plain.readableBytes > 0 else { return }
+        try encryptAndQueue(&plain)
+    }
+
+    private func encryptAndQueue(_ plain: inout ByteBuffer) throws {
+        guard secure != nil else { return }
+        try secure!.encrypt(&plain, into: &pendingOutput)
+    }
+
+    private func flushOutput() {
+        guard let context, pendingOutput.readableBytes > 0 else { return }
+        let out = pendingOutput
+        pendingOutput = context.channel.allocator.buffer(capacity: 4096)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    // MARK: - Failure
+
+    private func eventLoopFailed<T>(_ error: TransportError) -> EventLoopFuture<T> {
+        let loop = context?.eventLoop ?? connection?.eventLoop
+        guard let loop else {
+            // No loop known yet: cannot happen after handlerAdded, which is when callers can reach us.
+            return EmbeddedEventLoop().makeFailedFuture(error)
+        }
+        return loop.makeFailedFuture(error)
+    }
+
+    /// Fails the connection: logs why, sends go-away if a session exists, closes TCP.
+    func fail(_ error: TransportError) {
+        guard phase != .closed else { return }
+        logger.debug("connection failed", metadata: ["error": "\(error)"])
+        closeError = error
+        if session != nil {
+            session!.goAway(protocolError: true)
+            try? drainSession()
+            flushOutput()
+        }
+        teardown(error)
+        context?.close(promise: nil)
+    }
+
+    private func teardown(_ error: TransportError) {
+        guard phase != .closed else { return }
+        phase = .closed
+        upgradeTimeout?.cancel()
+        established.fail(error)
+        let all = streams
+        streams = [:]
+        for (_, state) in all {
+            state.timeout?.cancel()
+            if case .outbound(let promise, _) = state.negotiation { promise.fail(error) }
+            // Buffered data is still readable; but a closed connection ends reads.
+            state.pendingRead?.fail(error)
+            for waiter in state.writeWaiters { waiter.fail(error) }
+        }
+        session = nil
+    }
+}

@@ -1,0 +1,77 @@
+import Identity
+import Multiformats
+import NIOCore
+
+/// Where a TCP dial goes: a literal socket address, or a name to resolve.
+enum TCPTarget {
+    case socket(SocketAddress)
+    case host(String, Int)
+}
+
+extension Multiaddr {
+    /// `/ip4/0.0.0.0/tcp/0`, used when a socket has no address to report.
+    static let unspecifiedTCP: Multiaddr = try! Multiaddr("/ip4/0.0.0.0/tcp/0")
+
+    /// The multiaddr of a socket address (`/ip4|ip6/<ip>/tcp/<port>`).
+    public init(socketAddress: SocketAddress) throws {
+        guard let port = socketAddress.port else {
+            throw TransportError.unsupportedAddress("\(socketAddress)")
+        }
+        switch socketAddress {
+        case .v4(let v4):
+            var ip = v4.address.sin_addr.s_addr.bigEndian
+            let bytes = withUnsafeBytes(of: &ip) { Array($0) }
+            self = Multiaddr([.ip4(bytes), .tcp(UInt16(port))])
+        case .v6(let v6):
+            var ip = v6.address.sin6_addr
+            let bytes = withUnsafeBytes(of: &ip) { Array($0) }
+            self = Multiaddr([.ip6(bytes), .tcp(UInt16(port))])
+        default:
+            throw TransportError.unsupportedAddress("\(socketAddress)")
+        }
+    }
+
+    /// The socket address of an `/ip4|ip6/.../tcp/...` address (listening needs a literal IP).
+    func tcpSocketAddress() throws -> SocketAddress {
+        guard case .socket(let address) = try tcpTarget() else {
+            throw TransportError.unsupportedAddress("\(self)")
+        }
+        return address
+    }
+
+    /// What to connect to for this address; trailing `/p2p/<id>` is allowed.
+    func tcpTarget() throws -> TCPTarget {
+        let parts = components
+        guard parts.count >= 2, case .tcp(let port) = parts[1] else {
+            throw TransportError.unsupportedAddress("\(self)")
+        }
+        for extra in parts.dropFirst(2) {
+            guard case .p2p = extra else { throw TransportError.unsupportedAddress("\(self)") }
+        }
+        switch parts[0] {
+        case .ip4(let bytes):
+            let text = bytes.map { String($0) }.joined(separator: ".")
+            return .socket(try SocketAddress(ipAddress: text, port: Int(port)))
+        case .ip6(let bytes):
+            var ip = in6_addr()
+            withUnsafeMutableBytes(of: &ip) { raw in
+                for (index, byte) in bytes.prefix(16).enumerated() { raw[index] = byte }
+            }
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = in_port_t(port).bigEndian
+            sin6.sin6_addr = ip
+            return .socket(SocketAddress(sin6, host: ""))
+        case .dns(let name), .dns4(let name), .dns6(let name):
+            return .host(name, Int(port))
+        default:
+            throw TransportError.unsupportedAddress("\(self)")
+        }
+    }
+
+    /// The peer id of a trailing `/p2p/<id>`, if any.
+    public var peerID: PeerID? {
+        guard case .p2p(let multihash) = components.last else { return nil }
+        return try? PeerID(bytes: multihash)
+    }
+}

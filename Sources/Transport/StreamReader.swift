@@ -1,0 +1,95 @@
+import Multiformats
+import NIOCore
+
+/// Buffered reads on a stream for protocols with framed messages
+/// (exact lengths, unsigned-varint length prefixes), with limits.
+public struct StreamReader {
+    public let stream: MuxedStream
+    private var buffer = ByteBuffer()
+    private var ended = false
+
+    public init(_ stream: MuxedStream) {
+        self.stream = stream
+    }
+
+    /// Errors of framed reads.
+    public enum ReadError: Error, CustomStringConvertible, Sendable {
+        case endOfStream(wanted: Int, had: Int)
+        case messageTooLarge(length: UInt64, limit: Int)
+        case badLengthPrefix(String)
+
+        public var description: String {
+            switch self {
+            case .endOfStream(let wanted, let had): return "stream ended after \(had) of \(wanted) bytes"
+            case .messageTooLarge(let length, let limit): return "message of \(length) bytes exceeds the limit of \(limit)"
+            case .badLengthPrefix(let why): return "bad length prefix: \(why)"
+            }
+        }
+    }
+
+    /// Reads more data into the buffer; false at the end of the stream.
+    private mutating func fill() async throws -> Bool {
+        guard !ended else { return false }
+        guard var chunk = try await stream.read() else {
+            ended = true
+            return false
+        }
+        if buffer.readableBytes == 0 {
+            buffer = chunk
+        } else {
+            buffer.writeBuffer(&chunk)
+        }
+        return true
+    }
+
+    /// Exactly `count` bytes.
+    public mutating func readExactly(_ count: Int) async throws -> ByteBuffer {
+        while buffer.readableBytes < count {
+            guard try await fill() else { throw ReadError.endOfStream(wanted: count, had: buffer.readableBytes) }
+        }
+        return buffer.readSlice(length: count)!
+    }
+
+    /// One unsigned-varint length-prefixed message of at most `maxLength` bytes;
+    /// nil if the stream ends cleanly before a new message starts.
+    public mutating func readLengthPrefixed(maxLength: Int) async throws -> ByteBuffer? {
+        while true {
+            if buffer.readableBytes > 0 {
+                do {
+                    let (length, size) = try Varint.decode(buffer.readableBytesView)
+                    guard length <= UInt64(maxLength) else {
+                        throw ReadError.messageTooLarge(length: length, limit: maxLength)
+                    }
+                    buffer.moveReaderIndex(forwardBy: size)
+                    return try await readExactly(Int(length))
+                } catch let error as VarintError where error.isTruncation {
+                    // Need more bytes for the prefix.
+                } catch let error as VarintError {
+                    throw ReadError.badLengthPrefix("\(error)")
+                }
+            }
+            guard try await fill() else {
+                if buffer.readableBytes == 0 { return nil }
+                throw ReadError.endOfStream(wanted: buffer.readableBytes + 1, had: buffer.readableBytes)
+            }
+        }
+    }
+
+    /// Everything until the end of the stream, at most `maxLength` bytes.
+    public mutating func readToEnd(maxLength: Int) async throws -> ByteBuffer {
+        while try await fill() {
+            if buffer.readableBytes > maxLength {
+                throw ReadError.messageTooLarge(length: UInt64(buffer.readableBytes), limit: maxLength)
+            }
+        }
+        return buffer
+    }
+}
+
+extension ByteBuffer {
+    /// Appends an unsigned-varint length prefix and the bytes.
+    public mutating func writeLengthPrefixed(_ bytes: some Collection<UInt8>) {
+        writeBytes(Varint.encode(UInt64(bytes.count)))
+        writeBytes(bytes)
+    }
+}

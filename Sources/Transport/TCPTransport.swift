@@ -1,0 +1,149 @@
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Limits and timeouts of the TCP + Noise + Yamux stack.
+public struct TransportConfiguration: Sendable {
+    public static let noiseProtocolID = "/noise"
+    public static let yamuxProtocolID = "/yamux/1.0.0"
+
+    /// TCP connect.
+    public var dialTimeout: TimeAmount = .seconds(10)
+    /// From TCP established to Yamux running (both multistream rounds and Noise).
+    public var upgradeTimeout: TimeAmount = .seconds(15)
+    /// Multistream-select on a new stream.
+    public var streamNegotiationTimeout: TimeAmount = .seconds(10)
+    /// Concurrent streams per connection (inbound beyond it are reset).
+    public var maxStreamsPerConnection: Int = 512
+    /// A writer waits while more than this much of its data is queued behind the
+    /// remote's receive window.
+    public var maxQueuedBytesPerStream: Int = 256 * 1024
+    /// Bounds on what a peer can make multistream-select allocate.
+    public var multistreamMaxMessageLength: Int = 1024
+    public var multistreamMaxRounds: Int = 32
+
+    public init() {}
+}
+
+/// A TCP listener with its bound address.
+public struct Listener: Sendable {
+    /// The address actually bound (port 0 resolved).
+    public let address: Multiaddr
+    let channel: Channel
+
+    public func close() async {
+        try? await channel.close()
+    }
+}
+
+/// Dials and accepts TCP connections and upgrades them to secured, multiplexed
+/// libp2p connections.
+public final class TCPTransport: Sendable {
+    public let group: EventLoopGroup
+    public let localKey: PrivateKey
+    public let localPeer: PeerID
+    public let configuration: TransportConfiguration
+    let acceptor: InboundStreamAcceptor
+    let onInboundConnection: @Sendable (Connection) -> Void
+    let logger: Logger
+    private let nextConnectionID = Atomic<UInt64>(1)
+
+    public init(
+        group: EventLoopGroup, localKey: PrivateKey, configuration: TransportConfiguration = .init(),
+        acceptor: InboundStreamAcceptor, logger: Logger = Logger(label: "p2p.transport"),
+        onInboundConnection: @escaping @Sendable (Connection) -> Void
+    ) {
+        self.group = group
+        self.localKey = localKey
+        self.localPeer = PeerID(publicKey: localKey.publicKey)
+        self.configuration = configuration
+        self.acceptor = acceptor
+        self.logger = logger
+        self.onInboundConnection = onInboundConnection
+    }
+
+    private func makeHandler(
+        direction: ConnectionDirection, expectedRemotePeer: PeerID?, eventLoop: EventLoop
+    ) -> (ConnectionHandler, EventLoopFuture<Connection>) {
+        let promise = eventLoop.makePromise(of: Connection.self)
+        let id = nextConnectionID.add(1, ordering: .relaxed).oldValue
+        let handler = ConnectionHandler(
+            configuration: configuration, localKey: localKey, direction: direction,
+            expectedRemotePeer: expectedRemotePeer, acceptor: acceptor, connectionID: id,
+            established: promise, logger: logger)
+        return (handler, promise.futureResult)
+    }
+
+    /// Listens on an `/ip4|ip6/<addr>/tcp/<port>` address (port 0 picks one).
+    public func listen(on address: Multiaddr) async throws -> Listener {
+        let socketAddress = try address.tcpSocketAddress()
+        let onInbound = onInboundConnection
+        let logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                let (handler, established) = self.makeHandler(
+                    direction: .inbound, expectedRemotePeer: nil, eventLoop: channel.eventLoop)
+                established.whenComplete { result in
+                    switch result {
+                    case .success(let connection): onInbound(connection)
+                    case .failure(let error):
+                        logger.debug("inbound upgrade failed", metadata: ["error": "\(error)"])
+                    }
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let channel = try await bootstrap.bind(to: socketAddress).get()
+        guard let bound = channel.localAddress, let boundAddress = try? Multiaddr(socketAddress: bound) else {
+            try? await channel.close()
+            throw TransportError.unsupportedAddress("\(address)")
+        }
+        logger.debug("listening", metadata: ["address": "\(boundAddress)"])
+        return Listener(address: boundAddress, channel: channel)
+    }
+
+    /// Dials a TCP address and upgrades the connection. If the address ends in
+    /// `/p2p/<id>`, a remote with another peer id is rejected.
+    public func dial(_ address: Multiaddr) async throws -> Connection {
+        let target = try address.tcpTarget()
+        let expected = address.peerID
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(configuration.dialTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        let established = NIOLockedValueBox<EventLoopFuture<Connection>?>(nil)
+        let initialized = bootstrap.channelInitializer { [self] channel in
+            let (handler, future) = self.makeHandler(
+                direction: .outbound, expectedRemotePeer: expected, eventLoop: channel.eventLoop)
+            established.withLockedValue { $0 = future }
+            return channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(handler)
+            }
+        }
+        let channel: Channel
+        do {
+            switch target {
+            case .socket(let socketAddress):
+                channel = try await initialized.connect(to: socketAddress).get()
+            case .host(let host, let port):
+                channel = try await initialized.connect(host: host, port: port).get()
+            }
+        } catch let error as ChannelError {
+            if case .connectTimeout = error { throw TransportError.dialTimeout(address: "\(address)") }
+            throw TransportError.dialFailed(address: "\(address)", reason: "\(error)")
+        } catch {
+            throw TransportError.dialFailed(address: "\(address)", reason: "\(error)")
+        }
+        guard let future = established.withLockedValue({ $0 }) else {
+            try? await channel.close()
+            throw TransportError.connectionClosed
+        }
+        return try await future.get()
+    }
+}
