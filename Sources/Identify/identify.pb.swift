@@ -26,7 +26,7 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 }
 
 /// The identify message of libp2p/specs identify/README.md.
-nonisolated struct Identify: Sendable {
+nonisolated struct Identify_Pb_Identify: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
@@ -93,8 +93,10 @@ nonisolated struct Identify: Sendable {
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
-nonisolated extension Identify: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  static let protoMessageName: String = "Identify"
+fileprivate nonisolated let _protobuf_package = "identify.pb"
+
+nonisolated extension Identify_Pb_Identify: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  static let protoMessageName: String = _protobuf_package + ".Identify"
   static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}publicKey\0\u{1}listenAddrs\0\u{1}protocols\0\u{1}observedAddr\0\u{1}protocolVersion\0\u{1}agentVersion\0\u{2}\u{2}signedPeerRecord\0")
 
   mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
@@ -144,7 +146,7 @@ nonisolated extension Identify: SwiftProtobuf.Message, SwiftProtobuf._MessageImp
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  static func ==(lhs: Identify, rhs: Identify) -> Bool {
+  static func ==(lhs: Identify_Pb_Identify, rhs: Identify_Pb_Identify) -> Bool {
     if lhs._protocolVersion != rhs._protocolVersion {return false}
     if lhs._agentVersion != rhs._agentVersion {return false}
     if lhs._publicKey != rhs._publicKey {return false}
