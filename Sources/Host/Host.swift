@@ -36,7 +36,7 @@ public enum HostError: Error, CustomStringConvertible, Sendable {
 
 /// A libp2p node: listens, dials, keeps one connection per peer where it can,
 /// and routes inbound streams to the registered protocol handlers.
-public final class Host: Sendable {
+public final class Libp2pHost: Sendable {
     public let localKey: PrivateKey
     public let localPeer: PeerID
     public let peerStore = PeerStore()
@@ -288,14 +288,14 @@ private final class WeakHost: Sendable {
     private let reference: Mutex<WeakBox>
     private struct WeakBox: @unchecked Sendable {
         // Safe: only read and written under the enclosing Mutex.
-        weak var host: Host?
+        weak var host: Libp2pHost?
     }
 
-    init(_ host: Host? = nil) {
+    init(_ host: Libp2pHost? = nil) {
         reference = Mutex(WeakBox(host: host))
     }
 
-    var host: Host? { reference.withLock { $0.host } }
+    var host: Libp2pHost? { reference.withLock { $0.host } }
 }
 
 /// Routes negotiated inbound streams to the host's handlers, each in its own task.

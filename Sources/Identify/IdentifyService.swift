@@ -1,3 +1,4 @@
+import Foundation
 import Host
 import Identity
 import Logging
@@ -51,11 +52,11 @@ public final class IdentifyService: Sendable {
     static let maxAddresses = 64
     static let maxProtocols = 256
 
-    public let host: Host
+    public let host: Libp2pHost
     public let agentVersion: String
     let logger: Logger
 
-    public init(host: Host, agentVersion: String, logger: Logger = Logger(label: "p2p.identify")) {
+    public init(host: Libp2pHost, agentVersion: String, logger: Logger = Logger(label: "p2p.identify")) {
         self.host = host
         self.agentVersion = agentVersion
         self.logger = logger
@@ -86,8 +87,8 @@ public final class IdentifyService: Sendable {
     }
 
     /// Our identify message, with the address we see `connection`'s remote at.
-    func localMessage(observed: Multiaddr?) -> Identify {
-        var message = Identify()
+    func localMessage(observed: Multiaddr?) -> Identify_Pb_Identify {
+        var message = Identify_Pb_Identify()
         message.protocolVersion = Self.protocolVersion
         message.agentVersion = agentVersion
         message.publicKey = Data(host.localKey.publicKey.marshal())
@@ -97,7 +98,7 @@ public final class IdentifyService: Sendable {
         return message
     }
 
-    private func send(_ message: Identify, on stream: MuxedStream) async throws {
+    private func send(_ message: Identify_Pb_Identify, on stream: MuxedStream) async throws {
         let bytes = try message.serializedBytes() as [UInt8]
         var buffer = ByteBuffer()
         buffer.writeLengthPrefixed(bytes)
@@ -148,9 +149,9 @@ public final class IdentifyService: Sendable {
 
     /// Decodes a message received from the remote of `connection`, checking the key.
     static func decode(_ bytes: ByteBuffer, from connection: Connection) throws -> IdentifyInfo {
-        let message: Identify
+        let message: Identify_Pb_Identify
         do {
-            message = try Identify(serializedBytes: Array(bytes.readableBytesView))
+            message = try Identify_Pb_Identify(serializedBytes: Array(bytes.readableBytesView))
         } catch {
             throw IdentifyError.malformedMessage("\(error)")
         }

@@ -54,8 +54,8 @@ func exitWithError(_ message: String) -> Never {
 }
 
 /// Makes a host that serves identify and ping.
-func makeHost(key: PrivateKey) -> (Host, IdentifyService) {
-    let host = Host(key: key)
+func makeHost(key: PrivateKey) -> (Libp2pHost, IdentifyService) {
+    let host = Libp2pHost(key: key)
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
     identify.start()
     PingService(host: host).start()

@@ -20,9 +20,9 @@ public struct PingService: Sendable {
     public static let protocolID = "/ipfs/ping/1.0.0"
     public static let payloadSize = 32
 
-    public let host: Host
+    public let host: Libp2pHost
 
-    public init(host: Host) {
+    public init(host: Libp2pHost) {
         self.host = host
     }
 

@@ -1,7 +1,10 @@
 import Identity
 import Logging
 import Multiformats
+import Multistream
 import NIOCore
+import Noise
+import Yamux
 
 /// Drives one TCP connection through the whole libp2p stack on its event loop:
 /// multistream-select (`/noise`), the Noise handshake, multistream-select
@@ -26,7 +29,7 @@ final class ConnectionHandler: ChannelInboundHandler {
             case outbound(promise: EventLoopPromise<MuxedStream>, protocols: [String])
             case inbound
         }
-        var negotiator: StreamNegotiator?
+        var negotiator: MultistreamNegotiation?
         var negotiation: Negotiation?
         var timeout: Scheduled<Void>?
         var protocolID: String?
@@ -49,14 +52,15 @@ final class ConnectionHandler: ChannelInboundHandler {
     let acceptor: InboundStreamAcceptor
     let connectionID: UInt64
     let established: EventLoopPromise<Connection>
+    let eventLoop: EventLoop
     var logger: Logger
 
     private var context: ChannelHandlerContext?
     private var phase: Phase = .securityNegotiation
-    private var negotiator: StreamNegotiator?
-    private var handshake: SecureHandshake?
-    private var secure: SecureChannel?
-    private var session: MuxerSession?
+    private var negotiator: MultistreamNegotiation?
+    private var handshake: NoiseHandshake?
+    private var secure: NoiseTransport?
+    private var session: YamuxSession?
     private var connection: Connection?
     private var streams: [UInt32: StreamState] = [:]
     private var upgradeTimeout: Scheduled<Void>?
@@ -76,6 +80,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         self.acceptor = acceptor
         self.connectionID = connectionID
         self.established = established
+        self.eventLoop = established.futureResult.eventLoop
         self.logger = logger
         self.pendingOutput = ByteBuffer()
     }
@@ -105,12 +110,12 @@ final class ConnectionHandler: ChannelInboundHandler {
         }
         let protocols = [TransportConfiguration.noiseProtocolID]
         if direction == .outbound {
-            var negotiator = StreamNegotiator.initiator(protocols: protocols, limits: configuration.multistreamLimits)
+            var negotiator = MultistreamNegotiation.initiator(protocols: protocols, limits: configuration.multistreamLimits)
             negotiator.start(into: &pendingOutput)
             self.negotiator = negotiator
             flushOutput()
         } else {
-            self.negotiator = .responder(supported: { protocols.contains($0) }, limits: configuration.multistreamLimits)
+            self.negotiator = .responder(limits: configuration.multistreamLimits) { protocols.contains($0) }
         }
     }
 
@@ -146,13 +151,13 @@ final class ConnectionHandler: ChannelInboundHandler {
             switch phase {
             case .securityNegotiation:
                 guard var negotiator else { return }
-                let outcome = try negotiator.receive(&bytes, output: &pendingOutput, phase: "security")
+                let outcome = try negotiator.receive(&bytes, output: &pendingOutput)
                 self.negotiator = negotiator
                 guard let agreed = outcome else { return }
                 logger.trace("security protocol agreed", metadata: ["protocol": "\(agreed)"])
                 self.negotiator = nil
-                var handshake = try SecureHandshake(
-                    initiator: direction == .outbound, localKey: localKey, expectedRemotePeer: expectedRemotePeer)
+                var handshake = NoiseHandshake(
+                    initiator: direction == .outbound, identity: localKey, expectedRemotePeer: expectedRemotePeer)
                 handshake.start(into: &pendingOutput)
                 self.handshake = handshake
                 phase = .handshake
@@ -164,14 +169,14 @@ final class ConnectionHandler: ChannelInboundHandler {
                 flushOutput()
                 guard let result = done else { return }
                 self.handshake = nil
-                secure = result.channel
+                secure = result.transport
                 remotePeer = result.remotePeer
                 remotePublicKey = result.remotePublicKey
                 logger[metadataKey: "peer"] = "\(result.remotePeer)"
                 phase = .muxerNegotiation
                 let protocols = [TransportConfiguration.yamuxProtocolID]
                 if direction == .outbound {
-                    var negotiator = StreamNegotiator.initiator(
+                    var negotiator = MultistreamNegotiation.initiator(
                         protocols: protocols, limits: configuration.multistreamLimits)
                     var plain = ByteBuffer()
                     negotiator.start(into: &plain)
@@ -179,8 +184,7 @@ final class ConnectionHandler: ChannelInboundHandler {
                     try encryptAndQueue(&plain)
                     flushOutput()
                 } else {
-                    negotiator = .responder(
-                        supported: { protocols.contains($0) }, limits: configuration.multistreamLimits)
+                    negotiator = .responder(limits: configuration.multistreamLimits) { protocols.contains($0) }
                 }
                 // Whatever followed the last handshake message is ciphertext.
                 bytes = result.remainder
@@ -202,7 +206,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         if phase == .muxerNegotiation {
             guard var negotiator else { return }
             var reply = ByteBuffer()
-            let outcome = try negotiator.receive(&plain, output: &reply, phase: "muxer")
+            let outcome = try negotiator.receive(&plain, output: &reply)
             self.negotiator = negotiator
             if reply.readableBytes > 0 { try encryptAndQueue(&reply) }
             guard outcome != nil else { return }
@@ -223,7 +227,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         upgradeTimeout?.cancel()
         upgradeTimeout = nil
         phase = .established
-        session = MuxerSession(isClient: direction == .outbound, configuration: configuration)
+        session = YamuxSession(isClient: direction == .outbound, configuration: configuration.yamux)
         let remoteAddress =
             (context.channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) })
             ?? Multiaddr.unspecifiedTCP
@@ -239,14 +243,13 @@ final class ConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Session events
 
-    private func handle(_ event: MuxerEvent) {
+    private func handle(_ event: YamuxEvent) {
         switch event {
         case .inboundStream(let id):
             var state = StreamState()
             state.negotiation = .inbound
             let acceptor = self.acceptor
-            state.negotiator = .responder(
-                supported: { acceptor.supports(protocolID: $0) }, limits: configuration.multistreamLimits)
+            state.negotiator = .responder(limits: configuration.multistreamLimits) { acceptor.supports(protocolID: $0) }
             state.timeout = scheduleNegotiationTimeout(streamID: id, protocols: [])
             streams[id] = state
         case .data(let id, var data):
@@ -297,7 +300,7 @@ final class ConnectionHandler: ChannelInboundHandler {
             var reply = ByteBuffer()
             let consumedBefore = data.readableBytes
             do {
-                let outcome = try negotiator.receive(&data, output: &reply, phase: "stream")
+                let outcome = try negotiator.receive(&data, output: &reply)
                 state.negotiator = negotiator
                 streams[id] = state
                 session?.consumed(streamID: id, bytes: consumedBefore - data.readableBytes)
@@ -390,7 +393,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         do {
             let id = try session!.openStream()
             var state = StreamState()
-            var negotiator = StreamNegotiator.initiator(protocols: protocols, limits: configuration.multistreamLimits)
+            var negotiator = MultistreamNegotiation.initiator(protocols: protocols, limits: configuration.multistreamLimits)
             var hello = ByteBuffer()
             negotiator.start(into: &hello)
             state.negotiator = negotiator
@@ -518,12 +521,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     // MARK: - Failure
 
     private func eventLoopFailed<T>(_ error: TransportError) -> EventLoopFuture<T> {
-        let loop = context?.eventLoop ?? connection?.eventLoop
-        guard let loop else {
-            // No loop known yet: cannot happen after handlerAdded, which is when callers can reach us.
-            return EmbeddedEventLoop().makeFailedFuture(error)
-        }
-        return loop.makeFailedFuture(error)
+        eventLoop.makeFailedFuture(error)
     }
 
     /// Fails the connection: logs why, sends go-away if a session exists, closes TCP.

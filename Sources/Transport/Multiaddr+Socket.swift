@@ -49,19 +49,12 @@ extension Multiaddr {
             guard case .p2p = extra else { throw TransportError.unsupportedAddress("\(self)") }
         }
         switch parts[0] {
-        case .ip4(let bytes):
-            let text = bytes.map { String($0) }.joined(separator: ".")
-            return .socket(try SocketAddress(ipAddress: text, port: Int(port)))
-        case .ip6(let bytes):
-            var ip = in6_addr()
-            withUnsafeMutableBytes(of: &ip) { raw in
-                for (index, byte) in bytes.prefix(16).enumerated() { raw[index] = byte }
-            }
-            var sin6 = sockaddr_in6()
-            sin6.sin6_family = sa_family_t(AF_INET6)
-            sin6.sin6_port = in_port_t(port).bigEndian
-            sin6.sin6_addr = ip
-            return .socket(SocketAddress(sin6, host: ""))
+        case .ip4:
+            let text = Multiaddr([parts[0]]).description.dropFirst("/ip4/".count)
+            return .socket(try SocketAddress(ipAddress: String(text), port: Int(port)))
+        case .ip6:
+            let text = Multiaddr([parts[0]]).description.dropFirst("/ip6/".count)
+            return .socket(try SocketAddress(ipAddress: String(text), port: Int(port)))
         case .dns(let name), .dns4(let name), .dns6(let name):
             return .host(name, Int(port))
         default:

@@ -1,8 +1,10 @@
 import Identity
 import Logging
 import Multiformats
+import Multistream
 import NIOCore
 import NIOPosix
+import Yamux
 import Synchronization
 
 /// Limits and timeouts of the TCP + Noise + Yamux stack.
@@ -16,14 +18,13 @@ public struct TransportConfiguration: Sendable {
     public var upgradeTimeout: TimeAmount = .seconds(15)
     /// Multistream-select on a new stream.
     public var streamNegotiationTimeout: TimeAmount = .seconds(10)
-    /// Concurrent streams per connection (inbound beyond it are reset).
-    public var maxStreamsPerConnection: Int = 512
     /// A writer waits while more than this much of its data is queued behind the
     /// remote's receive window.
     public var maxQueuedBytesPerStream: Int = 256 * 1024
     /// Bounds on what a peer can make multistream-select allocate.
-    public var multistreamMaxMessageLength: Int = 1024
-    public var multistreamMaxRounds: Int = 32
+    public var multistreamLimits = MultistreamLimits()
+    /// Yamux windows and stream limits.
+    public var yamux = YamuxSession.Configuration()
 
     public init() {}
 }
@@ -114,18 +115,19 @@ public final class TCPTransport: Sendable {
     public func dial(_ address: Multiaddr) async throws -> Connection {
         let target = try address.tcpTarget()
         let expected = address.peerID
-        let bootstrap = ClientBootstrap(group: group)
+        // Pick the loop first so the handler and its promise exist before connecting.
+        let eventLoop = group.next()
+        let (handler, established) = makeHandler(
+            direction: .outbound, expectedRemotePeer: expected, eventLoop: eventLoop)
+        let handlerBox = NIOLoopBound(handler, eventLoop: eventLoop)
+        let initialized = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.dialTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-        let established = NIOLockedValueBox<EventLoopFuture<Connection>?>(nil)
-        let initialized = bootstrap.channelInitializer { [self] channel in
-            let (handler, future) = self.makeHandler(
-                direction: .outbound, expectedRemotePeer: expected, eventLoop: channel.eventLoop)
-            established.withLockedValue { $0 = future }
-            return channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(handler)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(handlerBox.value)
+                }
             }
-        }
         let channel: Channel
         do {
             switch target {
@@ -140,10 +142,7 @@ public final class TCPTransport: Sendable {
         } catch {
             throw TransportError.dialFailed(address: "\(address)", reason: "\(error)")
         }
-        guard let future = established.withLockedValue({ $0 }) else {
-            try? await channel.close()
-            throw TransportError.connectionClosed
-        }
-        return try await future.get()
+        _ = channel
+        return try await established.get()
     }
 }

@@ -1,0 +1,355 @@
+import NIOCore
+
+/// Errors of a Yamux session. All are fatal for the session: the machine has
+/// already queued a go-away (protocol error) when it throws.
+public enum YamuxError: Error, CustomStringConvertible, Sendable, Equatable {
+    case badVersion(UInt8)
+    case badType(UInt8)
+    case windowExceeded(stream: UInt32, length: UInt32, window: UInt32)
+    case frameTooLarge(UInt32)
+    case duplicateStream(UInt32)
+    case wrongStreamParity(UInt32)
+    case sessionStreamFlags
+    case goingAway
+    case tooManyStreams
+    case unknownStream(UInt32)
+    case windowOverflow(UInt32)
+
+    public var description: String {
+        switch self {
+        case .badVersion(let v): return "yamux version \(v), expected 0"
+        case .badType(let t): return "unknown yamux frame type \(t)"
+        case .windowExceeded(let s, let l, let w): return "stream \(s) sent \(l) bytes beyond its window of \(w)"
+        case .frameTooLarge(let l): return "yamux frame of \(l) bytes exceeds the limit"
+        case .duplicateStream(let s): return "stream \(s) opened twice"
+        case .wrongStreamParity(let s): return "remote opened stream \(s) with our parity"
+        case .sessionStreamFlags: return "stream flags on the session stream 0"
+        case .goingAway: return "session is going away"
+        case .tooManyStreams: return "too many streams"
+        case .unknownStream(let s): return "unknown stream \(s)"
+        case .windowOverflow(let s): return "window of stream \(s) overflowed"
+        }
+    }
+}
+
+/// Something the remote did, for the adapter to act on.
+public enum YamuxEvent: Equatable, Sendable {
+    /// The remote opened a stream.
+    case inboundStream(UInt32)
+    /// Data for a stream; the adapter calls `consumed` as the application reads it.
+    case data(UInt32, ByteBuffer)
+    /// The remote will send no more data on the stream (FIN).
+    case remoteClosedWrite(UInt32)
+    /// The stream was reset (by the remote, or refused).
+    case reset(UInt32)
+    /// More of the stream's queued data can go out: blocked writers may continue.
+    case sendWindowOpened(UInt32)
+    /// Both sides closed the stream; it is gone from the session.
+    case closed(UInt32)
+    /// The remote will open no more streams (code: 0 normal, 1 protocol error, 2 internal).
+    case goAway(UInt32)
+    /// The remote pinged us (answered already).
+    case ping(UInt32)
+    /// Answer to our ping.
+    case pong(UInt32)
+}
+
+/// Yamux (`/yamux/1.0.0`) session state machine, sans-IO.
+///
+/// Flow control is real: the remote may send a stream at most the window we
+/// granted, and we grant more only as the application consumes; our writes wait
+/// in the stream's queue for the remote's window (the adapter bounds that queue).
+public struct YamuxSession {
+    public struct Configuration: Sendable {
+        /// Per-stream receive window (and the spec's initial send window).
+        public var initialWindow: UInt32 = 256 * 1024
+        /// Concurrent streams; inbound SYNs beyond it are refused with RST.
+        public var maxStreams: Int = 512
+        /// Largest data frame we send.
+        public var maxFramePayload: Int = 128 * 1024
+
+        public init() {}
+    }
+
+    public static let headerLength = 12
+    static let initialWindow: UInt32 = 256 * 1024
+
+    enum FrameType: UInt8 {
+        case data = 0
+        case windowUpdate = 1
+        case ping = 2
+        case goAway = 3
+    }
+
+    struct Flags: OptionSet {
+        let rawValue: UInt16
+        static let syn = Flags(rawValue: 1)
+        static let ack = Flags(rawValue: 2)
+        static let fin = Flags(rawValue: 4)
+        static let rst = Flags(rawValue: 8)
+    }
+
+    struct Stream {
+        var sendWindow: UInt32
+        var receiveWindow: UInt32
+        /// Consumed by the application, not yet granted back to the remote.
+        var consumedNotGranted: UInt32 = 0
+        var queue = CircularBuffer<ByteBuffer>()
+        var queuedBytes = 0
+        var finQueued = false
+        var finSent = false
+        var remoteFin = false
+    }
+
+    public let configuration: Configuration
+    private let isClient: Bool
+    private var nextStreamID: UInt32
+    private var streams: [UInt32: Stream] = [:]
+    private var output = ByteBuffer()
+    private var input = ByteBuffer()
+    private var localGoAway = false
+    private var remoteGoAway = false
+    private var nextPing: UInt32 = 0
+
+    public init(isClient: Bool, configuration: Configuration = .init()) {
+        self.isClient = isClient
+        self.configuration = configuration
+        self.nextStreamID = isClient ? 1 : 2
+    }
+
+    public var streamCount: Int { streams.count }
+
+    /// The bytes to send, accumulated since the last call.
+    public mutating func takeOutput() -> ByteBuffer {
+        defer { output = ByteBuffer() }
+        return output
+    }
+
+    // MARK: - Local operations
+
+    /// Opens a stream (SYN goes out at once as a window update).
+    public mutating func openStream() throws(YamuxError) -> UInt32 {
+        guard !localGoAway, !remoteGoAway else { throw .goingAway }
+        guard streams.count < configuration.maxStreams else { throw .tooManyStreams }
+        guard nextStreamID < UInt32.max - 1 else { throw .tooManyStreams }
+        let id = nextStreamID
+        nextStreamID += 2
+        streams[id] = Stream(sendWindow: Self.initialWindow, receiveWindow: configuration.initialWindow)
+        writeHeader(.windowUpdate, flags: .syn, stream: id, length: configuration.initialWindow - Self.initialWindow)
+        return id
+    }
+
+    /// Queues data and sends as much as the remote's window allows.
+    public mutating func write(streamID id: UInt32, data: ByteBuffer) {
+        guard var stream = streams[id], !stream.finQueued, data.readableBytes > 0 else { return }
+        stream.queue.append(data)
+        stream.queuedBytes += data.readableBytes
+        flush(id, &stream)
+        streams[id] = stream
+    }
+
+    /// Bytes waiting for the remote's window on this stream.
+    public func queuedBytes(streamID id: UInt32) -> Int {
+        streams[id]?.queuedBytes ?? 0
+    }
+
+    /// No more data from us on this stream (FIN after the queued data).
+    public mutating func closeWrite(streamID id: UInt32) {
+        guard var stream = streams[id], !stream.finQueued else { return }
+        stream.finQueued = true
+        flush(id, &stream)
+        streams[id] = stream
+        removeIfClosed(id)
+    }
+
+    /// Abruptly ends the stream (RST) and forgets it.
+    public mutating func reset(streamID id: UInt32) {
+        guard streams.removeValue(forKey: id) != nil else { return }
+        writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
+    }
+
+    /// The application read `bytes` of the stream: grant them back to the remote
+    /// once half a window has accumulated (batched window updates).
+    public mutating func consumed(streamID id: UInt32, bytes: Int) {
+        guard bytes > 0, var stream = streams[id] else { return }
+        stream.consumedNotGranted += UInt32(clamping: bytes)
+        if !stream.remoteFin && stream.consumedNotGranted >= configuration.initialWindow / 2 {
+            let delta = stream.consumedNotGranted
+            stream.consumedNotGranted = 0
+            stream.receiveWindow += delta
+            writeHeader(.windowUpdate, flags: [], stream: id, length: delta)
+        }
+        streams[id] = stream
+    }
+
+    /// Sends a ping; the answer comes as `.pong(opaque)`.
+    public mutating func ping() -> UInt32 {
+        nextPing &+= 1
+        writeHeader(.ping, flags: .syn, stream: 0, length: nextPing)
+        return nextPing
+    }
+
+    /// Tells the remote we open and accept no more streams.
+    public mutating func goAway(protocolError: Bool = false) {
+        guard !localGoAway else { return }
+        localGoAway = true
+        writeHeader(.goAway, flags: [], stream: 0, length: protocolError ? 1 : 0)
+    }
+
+    // MARK: - Remote input
+
+    /// Parses arriving bytes (any fragmentation) into events. A thrown error is a
+    /// protocol violation: the go-away is already in the output; close the connection.
+    public mutating func receive(_ bytes: inout ByteBuffer) throws(YamuxError) -> [YamuxEvent] {
+        if input.readableBytes == 0 {
+            swap(&input, &bytes)
+        } else {
+            input.writeBuffer(&bytes)
+        }
+        bytes.clear()
+        var events: [YamuxEvent] = []
+        do throws(YamuxError) {
+            while input.readableBytes >= Self.headerLength {
+                let start = input.readerIndex
+                let version = input.getInteger(at: start, as: UInt8.self)!
+                let rawType = input.getInteger(at: start + 1, as: UInt8.self)!
+                let flags = Flags(rawValue: input.getInteger(at: start + 2, as: UInt16.self)!)
+                let id = input.getInteger(at: start + 4, as: UInt32.self)!
+                let length = input.getInteger(at: start + 8, as: UInt32.self)!
+                guard version == 0 else { throw YamuxError.badVersion(version) }
+                guard let type = FrameType(rawValue: rawType) else { throw YamuxError.badType(rawType) }
+                if type == .data {
+                    // The largest legal data frame is one full window.
+                    guard length <= configuration.initialWindow else { throw YamuxError.frameTooLarge(length) }
+                    guard input.readableBytes >= Self.headerLength + Int(length) else { break }
+                    input.moveReaderIndex(forwardBy: Self.headerLength)
+                    let payload = input.readSlice(length: Int(length))!
+                    try handleStreamFrame(type, flags: flags, id: id, length: length, payload: payload, events: &events)
+                } else {
+                    input.moveReaderIndex(forwardBy: Self.headerLength)
+                    switch type {
+                    case .windowUpdate:
+                        try handleStreamFrame(type, flags: flags, id: id, length: length, payload: nil, events: &events)
+                    case .ping:
+                        if flags.contains(.syn) {
+                            writeHeader(.ping, flags: .ack, stream: 0, length: length)
+                            events.append(.ping(length))
+                        } else if flags.contains(.ack) {
+                            events.append(.pong(length))
+                        }
+                    case .goAway:
+                        remoteGoAway = true
+                        events.append(.goAway(length))
+                    case .data:
+                        break
+                    }
+                }
+            }
+        } catch {
+            goAway(protocolError: true)
+            throw error
+        }
+        if input.readableBytes == 0 { input.clear() }
+        return events
+    }
+
+    private mutating func handleStreamFrame(
+        _ type: FrameType, flags: Flags, id: UInt32, length: UInt32, payload: ByteBuffer?,
+        events: inout [YamuxEvent]
+    ) throws(YamuxError) {
+        guard id != 0 else { throw YamuxError.sessionStreamFlags }
+        if flags.contains(.syn) {
+            guard streams[id] == nil else { throw YamuxError.duplicateStream(id) }
+            // The remote's streams have the other parity.
+            guard (id % 2 == 1) != isClient else { throw YamuxError.wrongStreamParity(id) }
+            if localGoAway || streams.count >= configuration.maxStreams {
+                writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
+                return
+            }
+            streams[id] = Stream(sendWindow: Self.initialWindow, receiveWindow: configuration.initialWindow)
+            // Acknowledge at once (and grant any window above the default).
+            writeHeader(.windowUpdate, flags: .ack, stream: id, length: configuration.initialWindow - Self.initialWindow)
+            events.append(.inboundStream(id))
+        }
+        guard var stream = streams[id] else {
+            // A stream we already closed or reset: late frames are expected; drop them.
+            return
+        }
+        if flags.contains(.rst) {
+            streams[id] = nil
+            events.append(.reset(id))
+            return
+        }
+        if type == .windowUpdate {
+            let (window, overflow) = stream.sendWindow.addingReportingOverflow(length)
+            guard !overflow else { throw YamuxError.windowOverflow(id) }
+            stream.sendWindow = window
+            if length > 0 && stream.queuedBytes > 0 {
+                flush(id, &stream)
+                events.append(.sendWindowOpened(id))
+            } else if length > 0 {
+                events.append(.sendWindowOpened(id))
+            }
+        } else if let payload, length > 0 {
+            guard !stream.remoteFin else {
+                // Data after FIN violates the stream's state: reset it.
+                streams[id] = nil
+                writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
+                events.append(.reset(id))
+                return
+            }
+            guard length <= stream.receiveWindow else {
+                throw YamuxError.windowExceeded(stream: id, length: length, window: stream.receiveWindow)
+            }
+            stream.receiveWindow -= length
+            events.append(.data(id, payload))
+        }
+        if flags.contains(.fin) && !stream.remoteFin {
+            stream.remoteFin = true
+            events.append(.remoteClosedWrite(id))
+        }
+        streams[id] = stream
+        if removeIfClosed(id) { events.append(.closed(id)) }
+    }
+
+    // MARK: - Output helpers
+
+    /// Sends queued data within the window; then the FIN if one is due.
+    private mutating func flush(_ id: UInt32, _ stream: inout Stream) {
+        while stream.sendWindow > 0, var chunk = stream.queue.first {
+            let size = min(chunk.readableBytes, Int(stream.sendWindow), configuration.maxFramePayload)
+            var piece = chunk.readSlice(length: size)!
+            if chunk.readableBytes == 0 {
+                stream.queue.removeFirst()
+            } else {
+                stream.queue[stream.queue.startIndex] = chunk
+            }
+            stream.queuedBytes -= size
+            stream.sendWindow -= UInt32(size)
+            let fin = stream.finQueued && stream.queuedBytes == 0
+            writeHeader(.data, flags: fin ? .fin : [], stream: id, length: UInt32(size))
+            output.writeBuffer(&piece)
+            if fin { stream.finSent = true }
+        }
+        if stream.finQueued && !stream.finSent && stream.queuedBytes == 0 {
+            writeHeader(.windowUpdate, flags: .fin, stream: id, length: 0)
+            stream.finSent = true
+        }
+    }
+
+    /// Forgets a stream both sides have finished; true if it did.
+    @discardableResult
+    private mutating func removeIfClosed(_ id: UInt32) -> Bool {
+        guard let stream = streams[id], stream.finSent, stream.remoteFin else { return false }
+        streams[id] = nil
+        return true
+    }
+
+    private mutating func writeHeader(_ type: FrameType, flags: Flags, stream: UInt32, length: UInt32) {
+        output.writeInteger(UInt8(0))
+        output.writeInteger(type.rawValue)
+        output.writeInteger(flags.rawValue)
+        output.writeInteger(stream)
+        output.writeInteger(length)
+    }
+}
