@@ -6,6 +6,7 @@ import Identity
 import Logging
 import Multiformats
 import Ping
+import Synchronization
 import Transport
 
 let p2pchatVersion = "0.1.0"
@@ -42,9 +43,15 @@ struct IdentityOptions: ParsableArguments {
 func bootstrapLogging(verbose: Bool) {
     LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = verbose ? .debug : .warning
+        handler.logLevel = verbose ? (ProcessInfo.processInfo.environment["P2PCHAT_TRACE"] != nil ? .trace : .debug) : .warning
         return handler
     }
+}
+
+/// Prints a line on stdout and flushes it at once, so a pipe reader sees each event as it happens.
+func say(_ line: String) {
+    print(line)
+    fflush(nil)
 }
 
 /// Prints one error line on stderr and exits non-zero.
@@ -70,19 +77,46 @@ func parseAddress(_ text: String) -> Multiaddr {
     }
 }
 
-/// Runs `body` but gives up after `seconds`.
+/// Runs `body` but gives up after `seconds` (without waiting for `body` to notice).
 func withTimeout<T: Sendable>(
     seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            throw TimeoutError(what: what, seconds: seconds)
+    let race = TimeoutRace<T>()
+    return try await withCheckedThrowingContinuation { continuation in
+        race.arm(continuation)
+        let work = Task {
+            do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
         }
-        let result = try await group.next()!
-        group.cancelAll()
-        return result
+        Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            race.finish(.failure(TimeoutError(what: what, seconds: seconds)))
+            work.cancel()
+        }
+    }
+}
+
+/// Resumes a continuation once, with whichever result comes first.
+final class TimeoutRace<T: Sendable>: Sendable {
+    private let state = Mutex<(CheckedContinuation<T, Error>?, Result<T, Error>?)>((nil, nil))
+
+    func arm(_ continuation: CheckedContinuation<T, Error>) {
+        let early = state.withLock { state -> Result<T, Error>? in
+            state.0 = continuation
+            return state.1
+        }
+        if let early { finish(early) }
+    }
+
+    func finish(_ result: Result<T, Error>) {
+        let continuation = state.withLock { state -> CheckedContinuation<T, Error>? in
+            guard let continuation = state.0 else {
+                if state.1 == nil { state.1 = result }
+                return nil
+            }
+            state.0 = nil
+            return continuation
+        }
+        continuation?.resume(with: result)
     }
 }
 
@@ -119,17 +153,17 @@ struct PingCommand: AsyncParsableCommand {
             let connection = try await withTimeout(seconds: timeout, "connecting to \(address)") {
                 try await host.connect(target)
             }
-            print("PING \(connection.remotePeer)")
+            say("PING \(connection.remotePeer)")
             var total = Duration.zero
             for _ in 0..<count {
                 let rtt = try await withTimeout(seconds: timeout, "ping") {
                     try await PingService.ping(connection, count: 1)[0]
                 }
                 total += rtt
-                print("Pong received: RTT=\(formatMilliseconds(rtt))")
+                say("Pong received: RTT=\(formatMilliseconds(rtt))")
             }
             if count > 0 {
-                print("Average latency: \(formatMilliseconds(total / count))")
+                say("Average latency: \(formatMilliseconds(total / count))")
             }
             await host.close()
         } catch {
@@ -177,14 +211,14 @@ struct IdCommand: AsyncParsableCommand {
                 let connection = try await host.connect(target)
                 return try await identify.identify(connection)
             }
-            print("Peer id: \(info.peer)")
-            print("Agent version: \(info.agentVersion ?? "(none)")")
-            print("Protocol version: \(info.protocolVersion ?? "(none)")")
-            if let observed = info.observedAddress { print("Observed address: \(observed)") }
-            print("Listen addresses:")
-            for address in info.listenAddresses { print("  \(address)") }
-            print("Protocols:")
-            for proto in info.protocols.sorted() { print("  \(proto)") }
+            say("Peer id: \(info.peer)")
+            say("Agent version: \(info.agentVersion ?? "(none)")")
+            say("Protocol version: \(info.protocolVersion ?? "(none)")")
+            if let observed = info.observedAddress { say("Observed address: \(observed)") }
+            say("Listen addresses:")
+            for address in info.listenAddresses { say("  \(address)") }
+            say("Protocols:")
+            for proto in info.protocols.sorted() { say("  \(proto)") }
             await host.close()
         } catch {
             await host.close()
@@ -214,7 +248,7 @@ struct NodeCommand: AsyncParsableCommand {
         let key: PrivateKey
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
         let (host, _) = makeHost(key: key)
-        print("Local peer id: \(host.localPeer)")
+        say("Local peer id: \(host.localPeer)")
         var bound = 0
         for text in listen {
             do {
@@ -226,16 +260,16 @@ struct NodeCommand: AsyncParsableCommand {
         }
         if bound == 0 { exitWithError("could not listen on any address") }
         for address in host.listenAddresses {
-            print("Listening on \(address)")
+            say("Listening on \(address)")
         }
         let events = host.events()
         let printer = Task {
             for await event in events {
                 switch event {
                 case .connected(let connection):
-                    print("Connected: \(connection.remotePeer) at \(connection.remoteAddress)")
+                    say("Connected: \(connection.remotePeer) at \(connection.remoteAddress)")
                 case .disconnected(let connection):
-                    print("Disconnected: \(connection.remotePeer)")
+                    say("Disconnected: \(connection.remotePeer)")
                 default:
                     break
                 }
@@ -250,8 +284,22 @@ struct NodeCommand: AsyncParsableCommand {
             }
         }
         // Until the end of input.
-        while readLine() != nil {}
+        for await _ in standardInputLines() {}
         printer.cancel()
         await host.close()
     }
+}
+
+/// Lines of standard input, read on a dedicated thread so that a blocking read
+/// never occupies one of the few threads of Swift's cooperative pool.
+func standardInputLines() -> AsyncStream<String> {
+    let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingOldest(1024))
+    let thread = Thread {
+        while let line = readLine(strippingNewline: true) {
+            continuation.yield(line)
+        }
+        continuation.finish()
+    }
+    thread.start()
+    return stream
 }

@@ -115,7 +115,12 @@ final class ConnectionHandler: ChannelInboundHandler {
             self.negotiator = negotiator
             flushOutput()
         } else {
-            self.negotiator = .responder(limits: configuration.multistreamLimits) { protocols.contains($0) }
+            var negotiator = MultistreamNegotiation.responder(limits: configuration.multistreamLimits) {
+                protocols.contains($0)
+            }
+            negotiator.start(into: &pendingOutput)
+            self.negotiator = negotiator
+            flushOutput()
         }
     }
 
@@ -125,6 +130,10 @@ final class ConnectionHandler: ChannelInboundHandler {
             try process(&bytes)
         } catch let error as TransportError {
             fail(error)
+        } catch let error as NoiseError {
+            fail(.securityFailed(reason: "\(error)"))
+        } catch let error as MultistreamError {
+            fail(.negotiationFailed(phase: phase == .securityNegotiation ? "security" : "muxer", reason: "\(error)"))
         } catch {
             fail(.muxerFailed(reason: "\(error)"))
         }
@@ -184,7 +193,14 @@ final class ConnectionHandler: ChannelInboundHandler {
                     try encryptAndQueue(&plain)
                     flushOutput()
                 } else {
-                    negotiator = .responder(limits: configuration.multistreamLimits) { protocols.contains($0) }
+                    var negotiator = MultistreamNegotiation.responder(limits: configuration.multistreamLimits) {
+                        protocols.contains($0)
+                    }
+                    var plain = ByteBuffer()
+                    negotiator.start(into: &plain)
+                    self.negotiator = negotiator
+                    try encryptAndQueue(&plain)
+                    flushOutput()
                 }
                 // Whatever followed the last handshake message is ciphertext.
                 bytes = result.remainder
@@ -244,14 +260,21 @@ final class ConnectionHandler: ChannelInboundHandler {
     // MARK: - Session events
 
     private func handle(_ event: YamuxEvent) {
+        logger.trace("yamux event", metadata: ["event": "\(event)"])
         switch event {
         case .inboundStream(let id):
             var state = StreamState()
             state.negotiation = .inbound
             let acceptor = self.acceptor
-            state.negotiator = .responder(limits: configuration.multistreamLimits) { acceptor.supports(protocolID: $0) }
+            var negotiator = MultistreamNegotiation.responder(limits: configuration.multistreamLimits) {
+                acceptor.supports(protocolID: $0)
+            }
+            var hello = ByteBuffer()
+            negotiator.start(into: &hello)
+            state.negotiator = negotiator
             state.timeout = scheduleNegotiationTimeout(streamID: id, protocols: [])
             streams[id] = state
+            session?.write(streamID: id, data: hello)
         case .data(let id, var data):
             receiveData(streamID: id, data: &data)
         case .remoteClosedWrite(let id):
@@ -442,7 +465,9 @@ final class ConnectionHandler: ChannelInboundHandler {
         session!.write(streamID: id, data: data)
         do { try drainSession() } catch { return eventLoopFailed(.muxerFailed(reason: "\(error)")) }
         flushOutput()
-        if session!.queuedBytes(streamID: id) <= configuration.maxQueuedBytesPerStream {
+        // Flushing can close the connection (write error), which drops the session.
+        guard let session else { return eventLoopFailed(closeError ?? .connectionClosed) }
+        if session.queuedBytes(streamID: id) <= configuration.maxQueuedBytesPerStream {
             return context.eventLoop.makeSucceededVoidFuture()
         }
         let promise = context.eventLoop.makePromise(of: Void.self)

@@ -19,7 +19,7 @@ extension Multiaddr {
         }
         switch socketAddress {
         case .v4(let v4):
-            var ip = v4.address.sin_addr.s_addr.bigEndian
+            var ip = v4.address.sin_addr.s_addr  // already in network byte order
             let bytes = withUnsafeBytes(of: &ip) { Array($0) }
             self = Multiaddr([.ip4(bytes), .tcp(UInt16(port))])
         case .v6(let v6):

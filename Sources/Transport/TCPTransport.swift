@@ -67,15 +67,14 @@ public final class TCPTransport: Sendable {
     }
 
     private func makeHandler(
-        direction: ConnectionDirection, expectedRemotePeer: PeerID?, eventLoop: EventLoop
-    ) -> (ConnectionHandler, EventLoopFuture<Connection>) {
-        let promise = eventLoop.makePromise(of: Connection.self)
+        direction: ConnectionDirection, expectedRemotePeer: PeerID?, promise: EventLoopPromise<Connection>
+    ) -> ConnectionHandler {
         let id = nextConnectionID.add(1, ordering: .relaxed).oldValue
         let handler = ConnectionHandler(
             configuration: configuration, localKey: localKey, direction: direction,
             expectedRemotePeer: expectedRemotePeer, acceptor: acceptor, connectionID: id,
             established: promise, logger: logger)
-        return (handler, promise.futureResult)
+        return handler
     }
 
     /// Listens on an `/ip4|ip6/<addr>/tcp/<port>` address (port 0 picks one).
@@ -88,9 +87,9 @@ public final class TCPTransport: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in
-                let (handler, established) = self.makeHandler(
-                    direction: .inbound, expectedRemotePeer: nil, eventLoop: channel.eventLoop)
-                established.whenComplete { result in
+                let promise = channel.eventLoop.makePromise(of: Connection.self)
+                let handler = self.makeHandler(direction: .inbound, expectedRemotePeer: nil, promise: promise)
+                promise.futureResult.whenComplete { result in
                     switch result {
                     case .success(let connection): onInbound(connection)
                     case .failure(let error):
@@ -117,32 +116,35 @@ public final class TCPTransport: Sendable {
         let expected = address.peerID
         // Pick the loop first so the handler and its promise exist before connecting.
         let eventLoop = group.next()
-        let (handler, established) = makeHandler(
-            direction: .outbound, expectedRemotePeer: expected, eventLoop: eventLoop)
-        let handlerBox = NIOLoopBound(handler, eventLoop: eventLoop)
+        let promise = eventLoop.makePromise(of: Connection.self)
+        let established = promise.futureResult
         let initialized = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.dialTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(handlerBox.value)
+            .channelInitializer { [self] channel in
+                let handler = self.makeHandler(direction: .outbound, expectedRemotePeer: expected, promise: promise)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-        let channel: Channel
         do {
             switch target {
             case .socket(let socketAddress):
-                channel = try await initialized.connect(to: socketAddress).get()
+                _ = try await initialized.connect(to: socketAddress).get()
             case .host(let host, let port):
-                channel = try await initialized.connect(host: host, port: port).get()
+                _ = try await initialized.connect(host: host, port: port).get()
             }
-        } catch let error as ChannelError {
-            if case .connectTimeout = error { throw TransportError.dialTimeout(address: "\(address)") }
-            throw TransportError.dialFailed(address: "\(address)", reason: "\(error)")
         } catch {
-            throw TransportError.dialFailed(address: "\(address)", reason: "\(error)")
+            let failure: TransportError
+            if case ChannelError.connectTimeout = error {
+                failure = .dialTimeout(address: "\(address)")
+            } else {
+                failure = .dialFailed(address: "\(address)", reason: "\(error)")
+            }
+            // The handler may never have been created: settle the promise ourselves.
+            promise.fail(failure)
+            throw failure
         }
-        _ = channel
         return try await established.get()
     }
 }
