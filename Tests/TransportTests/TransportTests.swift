@@ -1,0 +1,120 @@
+import Host
+import Identify
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import Ping
+import Transport
+import XCTest
+
+final class TransportTests: XCTestCase {
+    var group: MultiThreadedEventLoopGroup!
+
+    override func setUp() {
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    }
+
+    override func tearDown() async throws {
+        try await group.shutdownGracefully()
+    }
+
+    func testPingAndIdentifyBetweenSwiftNodes() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        XCTAssertEqual(connection.remotePeer, server.localPeer)
+        let rtts = try await PingService.ping(connection, count: 3)
+        XCTAssertEqual(rtts.count, 3)
+        let info = try await IdentifyService(host: client, agentVersion: "x").identify(connection)
+        XCTAssertEqual(info.agentVersion, "p2pchat-test/0")
+        XCTAssertEqual(info.protocolVersion, "ipfs/0.1.0")
+        XCTAssertTrue(info.protocols.contains(PingService.protocolID))
+        XCTAssertTrue(info.protocols.contains(echoProtocol))
+        XCTAssertEqual(info.listenAddresses, [address.withoutP2P])
+        XCTAssertEqual(info.publicKey, server.localKey.publicKey)
+        await client.close()
+        await server.close()
+    }
+
+    func testLargeEchoKeepsDataIntact() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        let data = patternBytes(count: 8 * 1024 * 1024, seed: 7)
+        let back = try await withDeadline(60) { try await echo(data, over: connection) }
+        XCTAssertEqual(back.count, data.count)
+        XCTAssertTrue(back == data)
+        await client.close()
+        await server.close()
+    }
+
+    func testHundredConcurrentStreams() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        try await withDeadline(60) {
+            try await withThrowingTaskGroup(of: Bool.self) { tasks in
+                for index in 0..<100 {
+                    tasks.addTask {
+                        let data = patternBytes(count: 64 * 1024 + index, seed: UInt64(index + 1))
+                        return try await echo(data, over: connection, chunk: 8192) == data
+                    }
+                }
+                var ok = 0
+                for try await result in tasks where result { ok += 1 }
+                XCTAssertEqual(ok, 100)
+            }
+        }
+        await client.close()
+        await server.close()
+    }
+
+    func testWrongPeerIDIsRejected() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let impostor = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let wrong = address.withoutP2P.encapsulating(.p2p(impostor.bytes))
+        do {
+            _ = try await client.connect(wrong)
+            XCTFail("connected to the wrong peer")
+        } catch let error as TransportError {
+            guard case .securityFailed(let reason) = error else { return XCTFail("unexpected \(error)") }
+            XCTAssertTrue(reason.contains(impostor.description), reason)
+            XCTAssertTrue(reason.contains(server.localPeer.description), reason)
+        }
+        await client.close()
+        await server.close()
+    }
+
+    func testUnsupportedProtocolFailsCleanly() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        do {
+            _ = try await connection.newStream(protocols: ["/nope/1.0.0", "/nada/2.0.0"])
+            XCTFail("negotiated an unsupported protocol")
+        } catch let error as TransportError {
+            guard case .negotiationFailed = error else { return XCTFail("unexpected \(error)") }
+        }
+        // The connection still works.
+        let rtts = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(rtts.count, 1)
+        await client.close()
+        await server.close()
+    }
+
+    func testDialTimeoutAndRefusal() async throws {
+        var configuration = TransportConfiguration()
+        configuration.dialTimeout = .milliseconds(500)
+        let (client, _) = try await makeTestHost(group: group, configuration: configuration)
+        let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        do {
+            _ = try await client.connect(Multiaddr("/ip4/127.0.0.1/tcp/1").encapsulating(.p2p(peer.bytes)))
+            XCTFail("connected to a closed port")
+        } catch let error as TransportError {
+            guard case .dialFailed = error else { return XCTFail("unexpected \(error)") }
+        }
+        await client.close()
+    }
+}
