@@ -94,7 +94,15 @@ let package = Package(
         .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport", "Host", "Identify", "Ping"]),
-        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping"]),
+        .target(
+            name: "TestSupport",
+            dependencies: ["Host", "Identify", "Ping", .product(name: "NIOPosix", package: "swift-nio")],
+            path: "Tests/TestSupport"
+        ),
+        .testTarget(
+            name: "TransportTests",
+            dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "TestSupport"]
+        ),
+        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping", "TestSupport"]),
     ]
 )

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import Noise
 import Ping
+import TestSupport
 import Transport
 import XCTest
 

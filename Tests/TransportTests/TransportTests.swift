@@ -5,6 +5,7 @@ import Multiformats
 import NIOCore
 import NIOPosix
 import Ping
+import TestSupport
 import Transport
 import XCTest
 

@@ -8,10 +8,12 @@ import Ping
 import Transport
 import XCTest
 
-let echoProtocol = "/p2pchat/echo/1.0.0"
+public let echoProtocol = "/p2pchat/echo/1.0.0"
+
+/// Helpers shared by the network tests.
 
 /// A host listening on 127.0.0.1 that serves identify, ping and echo.
-func makeTestHost(group: EventLoopGroup, configuration: TransportConfiguration = .init()) async throws -> (Libp2pHost, Multiaddr) {
+public func makeTestHost(group: EventLoopGroup, configuration: TransportConfiguration = .init()) async throws -> (Libp2pHost, Multiaddr) {
     let host = Libp2pHost(key: .generateEd25519(), configuration: configuration, group: group)
     IdentifyService(host: host, agentVersion: "p2pchat-test/0").start()
     PingService(host: host).start()
@@ -30,7 +32,7 @@ func makeTestHost(group: EventLoopGroup, configuration: TransportConfiguration =
 }
 
 /// Deterministic pseudo-random bytes (xorshift) for data integrity checks.
-func patternBytes(count: Int, seed: UInt64) -> [UInt8] {
+public func patternBytes(count: Int, seed: UInt64) -> [UInt8] {
     var state = seed | 1
     var out = [UInt8]()
     out.reserveCapacity(count)
@@ -44,7 +46,7 @@ func patternBytes(count: Int, seed: UInt64) -> [UInt8] {
 }
 
 /// Sends `data` through the echo protocol and returns what came back.
-func echo(_ data: [UInt8], over connection: Connection, chunk: Int = 64 * 1024) async throws -> [UInt8] {
+public func echo(_ data: [UInt8], over connection: Connection, chunk: Int = 64 * 1024) async throws -> [UInt8] {
     let stream = try await connection.newStream(protocols: [echoProtocol])
     async let received: [UInt8] = {
         var all: [UInt8] = []
@@ -65,7 +67,7 @@ func echo(_ data: [UInt8], over connection: Connection, chunk: Int = 64 * 1024) 
 }
 
 /// Fails the test if `body` does not finish within `seconds`.
-func withDeadline<T: Sendable>(
+public func withDeadline<T: Sendable>(
     _ seconds: Double, file: StaticString = #filePath, line: UInt = #line,
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {

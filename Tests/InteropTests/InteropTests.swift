@@ -1,0 +1,124 @@
+import Host
+import Identify
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import Ping
+import TestSupport
+import Transport
+import XCTest
+
+/// Wire compatibility with py-libp2p 0.8.1 (Noise + Yamux over TCP), both directions.
+final class InteropTests: XCTestCase {
+    var group: MultiThreadedEventLoopGroup!
+    var peers: [PythonPeer] = []
+
+    override func setUp() {
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    }
+
+    override func tearDown() async throws {
+        for peer in peers { peer.stop() }
+        try await group.shutdownGracefully()
+    }
+
+    func startPython(_ arguments: [String]) throws -> PythonPeer {
+        let peer = try PythonPeer(arguments)
+        peers.append(peer)
+        return peer
+    }
+
+    /// A py-libp2p listener and its address.
+    func pythonListener() async throws -> (PythonPeer, Multiaddr) {
+        let peer = try startPython(["listen", "--port", "0", "--timeout", "240"])
+        let listening = try await peer.next("listening")
+        let address = try Multiaddr(XCTUnwrap(listening["addr"] as? String))
+        return (peer, address)
+    }
+
+    func testSwiftDialsPythonPingAndIdentify() async throws {
+        let (_, address) = try await pythonListener()
+        let (host, _) = try await makeTestHost(group: group)
+        let connection = try await host.connect(address)
+        XCTAssertEqual(connection.remotePeer, address.peerID)
+        let rtts = try await PingService.ping(connection, count: 3)
+        XCTAssertEqual(rtts.count, 3)
+        let info = try await IdentifyService(host: host, agentVersion: "x").identify(connection)
+        XCTAssertEqual(info.protocolVersion, "ipfs/0.1.0")
+        XCTAssertTrue(info.agentVersion?.contains("py-libp2p") ?? false, "\(String(describing: info.agentVersion))")
+        XCTAssertTrue(info.protocols.contains(PingService.protocolID), "\(info.protocols)")
+        XCTAssertFalse(info.listenAddresses.isEmpty)
+        await host.close()
+    }
+
+    func testSwiftEchoes64MiBThroughPython() async throws {
+        let (_, address) = try await pythonListener()
+        let (host, _) = try await makeTestHost(group: group)
+        let connection = try await host.connect(address)
+        let data = patternBytes(count: 64 * 1024 * 1024, seed: 64)
+        let back = try await withDeadline(240) { try await echo(data, over: connection) }
+        XCTAssertEqual(back.count, data.count)
+        XCTAssertTrue(back == data, "echoed bytes differ")
+        await host.close()
+    }
+
+    func testSwiftOpensHundredStreamsToPython() async throws {
+        let (_, address) = try await pythonListener()
+        let (host, _) = try await makeTestHost(group: group)
+        let connection = try await host.connect(address)
+        try await withDeadline(120) {
+            try await withThrowingTaskGroup(of: Bool.self) { tasks in
+                for index in 0..<100 {
+                    tasks.addTask {
+                        let data = patternBytes(count: 16 * 1024 + index, seed: UInt64(index + 1))
+                        return try await echo(data, over: connection, chunk: 4096) == data
+                    }
+                }
+                var ok = 0
+                for try await result in tasks where result { ok += 1 }
+                XCTAssertEqual(ok, 100)
+            }
+        }
+        await host.close()
+    }
+
+    /// py-libp2p dials us and runs `action`; returns its result line.
+    func pythonDialsSwift(_ action: [String], expect event: String, within seconds: Double = 120) async throws
+        -> [String: any Sendable]
+    {
+        let (host, address) = try await makeTestHost(group: group)
+        let peer = try startPython(["dial", "\(address)"] + action + ["--timeout", "\(Int(seconds))"])
+        let result = try await peer.next(event, within: seconds)
+        let status = try await peer.waitForExit(within: 30)
+        XCTAssertEqual(status, 0, peer.stderrTail)
+        await host.close()
+        return result
+    }
+
+    func testPythonDialsSwiftPing() async throws {
+        let result = try await pythonDialsSwift(["ping", "--count", "3"], expect: "ping")
+        XCTAssertNotNil(result["rtt_ms"] as? Double)
+    }
+
+    func testPythonDialsSwiftIdentify() async throws {
+        let result = try await pythonDialsSwift(["identify"], expect: "identified")
+        XCTAssertEqual(result["agent"] as? String, "p2pchat-test/0")
+        XCTAssertEqual(result["protocol_version"] as? String, "ipfs/0.1.0")
+        XCTAssertEqual(result["public_key_ok"] as? Double, 1)
+        let protocols = result["protocols"] as? [String] ?? []
+        XCTAssertTrue(protocols.contains(PingService.protocolID), "\(protocols)")
+    }
+
+    func testPythonEchoes64MiBThroughSwift() async throws {
+        let result = try await pythonDialsSwift(["echo", "--bytes", "\(64 * 1024 * 1024)"], expect: "echo", within: 240)
+        XCTAssertEqual(result["ok"] as? Double, 1)
+        XCTAssertEqual(result["bytes"] as? Double, Double(64 * 1024 * 1024))
+    }
+
+    func testPythonOpensHundredStreamsToSwift() async throws {
+        let result = try await pythonDialsSwift(["streams", "--count", "100", "--bytes", "16384"], expect: "streams")
+        XCTAssertEqual(result["ok"] as? Double, 1)
+        XCTAssertEqual(result["count"] as? Double, 100)
+    }
+}
