@@ -9,6 +9,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "p2pchat", targets: ["P2PChat"]),
+        .executable(name: "p2pbench", targets: ["P2PBench"]),
         .library(name: "Multiformats", targets: ["Multiformats"]),
         .library(name: "Identity", targets: ["Identity"]),
         .library(name: "Host", targets: ["Host"]),
@@ -87,6 +88,13 @@ let package = Package(
                 "Host", "Identify", "Ping",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "P2PBench",
+            dependencies: [
+                "Host", "Ping", "Noise",
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"]),

@@ -1,0 +1,267 @@
+import Foundation
+import Host
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import Noise
+import Ping
+import Transport
+
+// Measures the foundation's speed on loopback; run through Benchmarks/run.sh.
+// Usage: p2pbench [MiB] (default 256)
+
+let megabytes = Int(CommandLine.arguments.dropFirst().first ?? "") ?? 256
+let totalBytes = megabytes * 1024 * 1024
+let chunk = 256 * 1024
+let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+let clock = ContinuousClock()
+
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+func report(_ name: String, _ value: Double, _ unit: String) {
+    let padded = name.padding(toLength: 44, withPad: " ", startingAt: 0)
+    print(padded + String(format: "%10.2f ", value) + unit)
+}
+
+// MARK: Raw NIO TCP (the ceiling)
+
+/// Counts received bytes; completes the promise when `expected` have arrived.
+final class SinkHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let expected: Int
+    let done: EventLoopPromise<Void>
+    var received = 0
+    init(expected: Int, done: EventLoopPromise<Void>) {
+        self.expected = expected
+        self.done = done
+    }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received += unwrapInboundIn(data).readableBytes
+        if received >= expected { done.succeed(()) }
+    }
+}
+
+/// Writes `total` bytes as fast as the socket takes them.
+final class SourceHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let total: Int
+    var sent = 0
+    let payload: ByteBuffer
+    init(total: Int) {
+        self.total = total
+        payload = ByteBuffer(repeating: 0x5a, count: chunk)
+    }
+    func channelActive(context: ChannelHandlerContext) { pump(context: context) }
+    func channelWritabilityChanged(context: ChannelHandlerContext) { pump(context: context) }
+    func pump(context: ChannelHandlerContext) {
+        while context.channel.isWritable && sent < total {
+            let size = min(chunk, total - sent)
+            context.write(wrapOutboundOut(payload.getSlice(at: 0, length: size)!), promise: nil)
+            sent += size
+        }
+        context.flush()
+    }
+}
+
+func rawTCPThroughput() async throws -> Double {
+    let done = group.next().makePromise(of: Void.self)
+    let server = try await ServerBootstrap(group: group)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(SinkHandler(expected: totalBytes, done: done))
+            }
+        }
+        .bind(host: "127.0.0.1", port: 0).get()
+    let start = clock.now
+    let client = try await ClientBootstrap(group: group)
+        .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        .channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(SourceHandler(total: totalBytes))
+            }
+        }
+        .connect(to: server.localAddress!).get()
+    try await done.futureResult.get()
+    let elapsed = seconds(clock.now - start)
+    try await client.close()
+    try await server.close()
+    return Double(totalBytes) / elapsed / 1e6
+}
+
+// MARK: One Yamux stream over Noise
+
+let sinkProtocol = "/p2pbench/sink/1.0.0"
+
+func makeHost() async throws -> (Libp2pHost, Multiaddr) {
+    let host = Libp2pHost(key: .generateEd25519(), group: group)
+    PingService(host: host).start()
+    host.setStreamHandler(sinkProtocol) { stream in
+        var count = 0
+        do {
+            while let piece = try await stream.read() { count += piece.readableBytes }
+            var reply = ByteBuffer()
+            reply.writeInteger(UInt64(count))
+            try await stream.write(reply)
+            try await stream.closeWrite()
+        } catch {
+            stream.reset()
+        }
+    }
+    let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])
+    return (host, bound[0].encapsulating(.p2p(host.localPeer.bytes)))
+}
+
+func streamThroughput(server: Multiaddr, client: Libp2pHost) async throws -> Double {
+    let connection = try await client.connect(server)
+    let stream = try await connection.newStream(protocols: [sinkProtocol])
+    let payload = ByteBuffer(repeating: 0x5a, count: chunk)
+    let start = clock.now
+    var sent = 0
+    while sent < totalBytes {
+        let size = min(chunk, totalBytes - sent)
+        try await stream.write(payload.getSlice(at: 0, length: size)!)
+        sent += size
+    }
+    try await stream.closeWrite()
+    var reader = StreamReader(stream)
+    let count = try await reader.readExactly(8).getInteger(at: 0, as: UInt64.self)!
+    let elapsed = seconds(clock.now - start)
+    precondition(Int(count) == totalBytes, "sink received \(count) of \(totalBytes)")
+    return Double(totalBytes) / elapsed / 1e6
+}
+
+// MARK: ChaChaPoly alone (through our Noise transport framing)
+
+func chachaThroughput() throws -> Double {
+    var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+    var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+    var toResponder = ByteBuffer()
+    initiator.start(into: &toResponder)
+    var toInitiator = ByteBuffer()
+    _ = try responder.receive(&toResponder, output: &toInitiator)
+    var message3 = ByteBuffer()
+    var result = try initiator.receive(&toInitiator, output: &message3)!
+    let total = min(totalBytes, 128 * 1024 * 1024)
+    let plain = ByteBuffer(repeating: 0x5a, count: chunk)
+    var out = ByteBuffer()
+    out.reserveCapacity(chunk + 1024)
+    let start = clock.now
+    var done = 0
+    while done < total {
+        var piece = plain
+        out.clear()
+        try result.transport.encrypt(&piece, into: &out)
+        done += chunk
+    }
+    return Double(done) / seconds(clock.now - start) / 1e6
+}
+
+// MARK: Handshakes per second
+
+func handshakesPerSecond(server: Multiaddr, count: Int, concurrency: Int) async throws -> Double {
+    let start = clock.now
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        for worker in 0..<concurrency {
+            tasks.addTask {
+                let client = Libp2pHost(key: .generateEd25519(), group: group)
+                for _ in stride(from: worker, to: count, by: concurrency) {
+                    let connection = try await client.connect(server)
+                    await connection.close()
+                }
+                await client.close()
+            }
+        }
+        try await tasks.waitForAll()
+    }
+    return Double(count) / seconds(clock.now - start)
+}
+
+// MARK: Ping
+
+func pingRoundTrip(server: Multiaddr, client: Libp2pHost) async throws -> Double {
+    let connection = try await client.connect(server)
+    let rtts = try await PingService.ping(connection, count: 200)
+    let sorted = rtts.sorted()
+    return seconds(sorted[sorted.count / 2]) * 1e6
+}
+
+// MARK: Memory
+
+func residentBytes(pid: Int32) -> Int {
+    guard let statm = try? String(contentsOfFile: "/proc/\(pid)/statm", encoding: .utf8) else { return 0 }
+    let fields = statm.split(separator: " ")
+    return (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// Starts `p2pchat` (next to this binary), returns its RSS idle and per connection.
+func memory(connections: Int) async throws -> (idle: Int, perConnection: Int)? {
+    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        .appendingPathComponent("p2pchat").path
+    guard FileManager.default.isExecutableFile(atPath: binary) else { return nil }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: binary)
+    process.arguments = ["chat", "--ephemeral", "--listen", "/ip4/127.0.0.1/tcp/0"]
+    let output = Pipe()
+    let input = Pipe()
+    process.standardOutput = output
+    process.standardInput = input
+    try process.run()
+    defer { process.terminate() }
+    var text = ""
+    let deadline = clock.now + .seconds(10)
+    while !(text.contains("Listening on") && text.contains("\n", after: "Listening on")) && clock.now < deadline {
+        text += String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+    }
+    guard let peerLine = text.split(separator: "\n").first(where: { $0.hasPrefix("Local peer id: ") }),
+        let listenLine = text.split(separator: "\n").first(where: { $0.hasPrefix("Listening on ") })
+    else { return nil }
+    let peer = peerLine.dropFirst("Local peer id: ".count)
+    let address = try Multiaddr(String(listenLine.dropFirst("Listening on ".count)) + "/p2p/" + peer)
+    try await Task.sleep(for: .milliseconds(500))
+    let idle = residentBytes(pid: process.processIdentifier)
+    var clients: [Libp2pHost] = []
+    for _ in 0..<connections {
+        let client = Libp2pHost(key: .generateEd25519(), group: group)
+        _ = try await client.connect(address)
+        clients.append(client)
+    }
+    try await Task.sleep(for: .milliseconds(500))
+    let loaded = residentBytes(pid: process.processIdentifier)
+    for client in clients { await client.close() }
+    try? input.fileHandleForWriting.close()
+    return (idle, (loaded - idle) / connections)
+}
+
+extension String {
+    func contains(_ other: String, after marker: String) -> Bool {
+        guard let range = range(of: marker) else { return false }
+        return self[range.upperBound...].contains(other)
+    }
+}
+
+// MARK: Run
+
+let (server, serverAddress) = try await makeHost()
+let client = Libp2pHost(key: .generateEd25519(), group: group)
+print("p2pbench: \(megabytes) MiB per throughput run, loopback, 2 event loops")
+let raw = try await rawTCPThroughput()
+report("raw NIO TCP throughput", raw, "MB/s")
+let muxed = try await streamThroughput(server: serverAddress, client: client)
+report("one Yamux stream over Noise throughput", muxed, "MB/s")
+report("  ratio to raw TCP", muxed / raw, "")
+report("ChaChaPoly (Noise framing) encrypt", try chachaThroughput(), "MB/s")
+report("Noise XX handshakes (1 at a time)", try await handshakesPerSecond(server: serverAddress, count: 200, concurrency: 1), "/s")
+report("Noise XX handshakes (8 concurrent)", try await handshakesPerSecond(server: serverAddress, count: 400, concurrency: 8), "/s")
+report("ping round trip (median of 200)", try await pingRoundTrip(server: serverAddress, client: client), "µs")
+if let (idle, perConnection) = try await memory(connections: 100) {
+    report("idle node resident memory", Double(idle) / 1024 / 1024, "MiB")
+    report("per additional connection", Double(perConnection) / 1024, "KiB")
+}
+await client.close()
+await server.close()
+try await group.shutdownGracefully()
