@@ -16,7 +16,8 @@ public enum HostEvent: Sendable {
     case localChanged
 }
 
-/// A stream protocol handler; runs in its own task per stream.
+/// A stream protocol handler; runs in its own task per stream. When it returns,
+/// the host closes the stream (write side closed, unread input discarded).
 public typealias StreamHandler = @Sendable (MuxedStream) async -> Void
 
 /// Errors of the host.
@@ -311,6 +312,9 @@ private struct Acceptor: InboundStreamAcceptor {
             stream.reset()
             return
         }
-        Task { await handler(stream) }
+        Task {
+            await handler(stream)
+            await stream.close()
+        }
     }
 }

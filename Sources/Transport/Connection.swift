@@ -55,6 +55,12 @@ public final class Connection: Sendable, CustomStringConvertible {
 
     public var isActive: Bool { channel.isActive }
 
+    /// How many streams the connection still tracks (finished ones are dropped).
+    public func trackedStreamCount() async throws -> Int {
+        let handler = self.handler
+        return try await eventLoop.submit { handler.value.trackedStreamCount }.get()
+    }
+
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
     public func newStream(protocols: [String]) async throws -> MuxedStream {
         let handler = self.handler

@@ -104,9 +104,10 @@ final class ConnectionHandler: ChannelInboundHandler {
         started = true
         logger[metadataKey: "conn"] = "\(connectionID)"
         let timeout = configuration.upgradeTimeout
-        upgradeTimeout = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
-            guard let self else { return }
-            self.fail(.upgradeTimeout(phase: "\(self.phase)"))
+        // Scheduled tasks run on this loop, where the handler lives.
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        upgradeTimeout = context.eventLoop.scheduleTask(in: timeout) {
+            bound.value.fail(.upgradeTimeout(phase: "\(bound.value.phase)"))
         }
         let protocols = [TransportConfiguration.noiseProtocolID]
         if direction == .outbound {
@@ -300,12 +301,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         case .sendWindowOpened(let id):
             releaseWriters(streamID: id)
         case .closed(let id):
-            // Both sides closed: nothing more will happen on this stream.
-            if let state = streams[id], state.readBuffer.isEmpty, state.pendingRead == nil,
-                state.writeWaiters.isEmpty
-            {
-                streams[id] = nil
-            }
+            forgetIfFinished(id)
         case .goAway:
             logger.debug("remote sent go-away")
         case .ping, .pong:
@@ -384,8 +380,9 @@ final class ConnectionHandler: ChannelInboundHandler {
 
     private func scheduleNegotiationTimeout(streamID id: UInt32, protocols: [String]) -> Scheduled<Void>? {
         guard let context else { return nil }
-        return context.eventLoop.scheduleTask(in: configuration.streamNegotiationTimeout) { [weak self] in
-            self?.failNegotiation(streamID: id, error: .streamNegotiationTimeout(protocols: protocols))
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        return context.eventLoop.scheduleTask(in: configuration.streamNegotiationTimeout) {
+            bound.value.failNegotiation(streamID: id, error: .streamNegotiationTimeout(protocols: protocols))
         }
     }
 
@@ -447,6 +444,7 @@ final class ConnectionHandler: ChannelInboundHandler {
             return context.eventLoop.makeSucceededFuture(chunk)
         }
         if state.remoteClosedWrite {
+            forgetIfFinished(id)
             return context.eventLoop.makeSucceededFuture(nil)
         }
         if state.pendingRead != nil {
@@ -485,9 +483,22 @@ final class ConnectionHandler: ChannelInboundHandler {
             session!.closeWrite(streamID: id)
             try? drainSession()
             flushOutput()
+            forgetIfFinished(id)
         }
         return context.eventLoop.makeSucceededVoidFuture()
     }
+
+    /// Drops our record of a stream once both directions are done and nothing is
+    /// left to read, so the table does not grow with finished streams.
+    private func forgetIfFinished(_ id: UInt32) {
+        guard let state = streams[id], state.remoteClosedWrite, state.localClosedWrite,
+            state.readBuffer.isEmpty, state.pendingRead == nil, state.writeWaiters.isEmpty
+        else { return }
+        streams[id] = nil
+    }
+
+    /// Number of streams the handler tracks (for tests of cleanup).
+    var trackedStreamCount: Int { streams.count }
 
     func reset(streamID id: UInt32) {
         guard streams[id] != nil else { return }

@@ -67,6 +67,9 @@ final class TransportTests: XCTestCase {
                 XCTAssertEqual(ok, 100)
             }
         }
+        // Finished streams are forgotten on both sides of the stream table.
+        let tracked = try await connection.trackedStreamCount()
+        XCTAssertEqual(tracked, 0)
         await client.close()
         await server.close()
     }
