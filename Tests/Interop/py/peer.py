@@ -1,0 +1,239 @@
+"""A py-libp2p peer for p2pchat's interop tests.
+
+Speaks TCP + Noise + Yamux only, serves ping, identify (py-libp2p's defaults) and
+an echo protocol, and can dial a peer to run ping, identify, echo or many
+concurrent echo streams. Every stdout line is one JSON object; logs go to stderr.
+The process always ends by itself: on --timeout, on stdin EOF (listen mode) or
+when its dial action is done.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+
+import multiaddr
+import trio
+
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.identity.identify.identify import ID as IDENTIFY_ID, parse_identify_response
+from libp2p.crypto.serialization import deserialize_public_key
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID as PeerID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID, Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID, Yamux
+
+ECHO = TProtocol("/p2pchat/echo/1.0.0")
+PING = TProtocol("/ipfs/ping/1.0.0")
+
+log = logging.getLogger("peer")
+
+
+def emit(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def pattern(count: int, seed: int) -> bytes:
+    """Deterministic pseudo-random bytes: SHA-256 in counter mode."""
+    out = bytearray()
+    counter = 0
+    while len(out) < count:
+        out += hashlib.sha256(seed.to_bytes(8, "big") + counter.to_bytes(8, "big")).digest()
+        counter += 1
+    return bytes(out[:count])
+
+
+async def read_chunk(stream, n=65536) -> bytes:
+    try:
+        return await stream.read(n)
+    except StreamEOF:
+        return b""
+
+
+async def read_exactly(stream, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = await read_chunk(stream, n - len(data))
+        if not chunk:
+            raise EOFError(f"stream ended after {len(data)} of {n} bytes")
+        data += chunk
+    return bytes(data)
+
+
+async def echo_handler(stream) -> None:
+    try:
+        while True:
+            chunk = await read_chunk(stream)
+            if not chunk:
+                break
+            await stream.write(chunk)
+        await stream.close()
+    except Exception as error:  # a reset by the remote ends the echo
+        log.info("echo handler ended: %r", error)
+        await stream.reset()
+
+
+def make_host(seed: str | None):
+    if seed:
+        key_pair = create_new_key_pair(bytes.fromhex(seed))
+    else:
+        key_pair = create_new_key_pair()
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_ID: noise},
+        muxer_opt={TProtocol(YAMUX_ID): Yamux},
+    )
+    host.set_stream_handler(ECHO, echo_handler)
+    return host
+
+
+async def identify(host, peer_id) -> dict:
+    stream = await host.new_stream(peer_id, [IDENTIFY_ID])
+    data = bytearray()
+    while True:
+        chunk = await read_chunk(stream)
+        if not chunk:
+            break
+        data += chunk
+    await stream.close()
+    message = parse_identify_response(bytes(data))
+    key_ok = False
+    if message.public_key:
+        key_ok = PeerID.from_pubkey(deserialize_public_key(message.public_key)) == peer_id
+    return {
+        "peer": peer_id.to_base58(),
+        "agent": message.agent_version,
+        "protocol_version": message.protocol_version,
+        "protocols": list(message.protocols),
+        "listen_addrs": [str(multiaddr.Multiaddr(a)) for a in message.listen_addrs],
+        "observed_addr": str(multiaddr.Multiaddr(message.observed_addr)) if message.observed_addr else None,
+        "public_key_ok": key_ok,
+    }
+
+
+async def do_ping(host, peer_id, count: int) -> None:
+    stream = await host.new_stream(peer_id, [PING])
+    for _ in range(count):
+        payload = pattern(32, int(time.time_ns()))
+        start = time.perf_counter()
+        await stream.write(payload)
+        back = await read_exactly(stream, 32)
+        rtt = (time.perf_counter() - start) * 1000
+        if back != payload:
+            raise RuntimeError("ping payload mismatch")
+        emit(event="ping", rtt_ms=rtt)
+    await stream.close()
+
+
+async def echo_once(host, peer_id, size: int, seed: int, chunk: int = 65536) -> bool:
+    data = pattern(size, seed)
+    stream = await host.new_stream(peer_id, [ECHO])
+    received = bytearray()
+
+    async def reader():
+        while True:
+            piece = await read_chunk(stream)
+            if not piece:
+                return
+            received.extend(piece)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        for offset in range(0, size, chunk):
+            await stream.write(data[offset : offset + chunk])
+        await stream.close_write()
+    return bytes(received) == data
+
+
+async def run_dial(host, args) -> None:
+    target = multiaddr.Multiaddr(args.target)
+    info = info_from_p2p_addr(target)
+    await host.connect(info)
+    emit(event="connected", peer=info.peer_id.to_base58())
+    if args.action == "ping":
+        await do_ping(host, info.peer_id, args.count)
+    elif args.action == "identify":
+        emit(event="identified", **(await identify(host, info.peer_id)))
+    elif args.action == "echo":
+        start = time.perf_counter()
+        ok = await echo_once(host, info.peer_id, args.bytes, 1)
+        seconds = time.perf_counter() - start
+        emit(event="echo", bytes=args.bytes, ok=ok, seconds=seconds, mb_per_s=args.bytes / seconds / 1e6)
+        if not ok:
+            raise RuntimeError("echoed bytes differ")
+    elif args.action == "streams":
+        results = []
+
+        async def one(index):
+            results.append(await echo_once(host, info.peer_id, args.bytes + index, index + 1, 4096))
+
+        async with trio.open_nursery() as nursery:
+            for index in range(args.count):
+                nursery.start_soon(one, index)
+        ok = len(results) == args.count and all(results)
+        emit(event="streams", count=len(results), ok=ok)
+        if not ok:
+            raise RuntimeError("some streams failed")
+
+
+async def wait_for_stdin_eof() -> None:
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    while await stdin.receive_some(4096):
+        pass
+
+
+async def main(args) -> None:
+    host = make_host(args.seed)
+    listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")]
+    with trio.move_on_after(args.timeout) as scope:
+        async with host.run(listen_addrs=listen):
+            if args.mode == "listen":
+                addr = host.get_addrs()[0]
+                emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
+                await wait_for_stdin_eof()
+            else:
+                await run_dial(host, args)
+            finished[0] = True
+            scope.cancel()
+    if not finished[0]:
+        raise TimeoutError(f"{args.mode} did not finish within {args.timeout} s")
+
+
+finished = [False]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--seed", help="hex 32-byte seed for a deterministic Ed25519 key")
+    parser.add_argument("--ip", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    listen = sub.add_parser("listen")
+    listen.add_argument("--port", type=int, default=0)
+    listen.add_argument("--ip", default="127.0.0.1")
+    listen.add_argument("--timeout", type=float, default=60)
+    dial = sub.add_parser("dial")
+    dial.add_argument("target")
+    dial.add_argument("action", choices=["ping", "identify", "echo", "streams"])
+    dial.add_argument("--count", type=int, default=3)
+    dial.add_argument("--bytes", type=int, default=1024 * 1024)
+    dial.add_argument("--timeout", type=float, default=60)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    arguments = parse_args()
+    try:
+        trio.run(main, arguments)
+    except BaseException as error:  # report every failure as one JSON line
+        emit(event="error", message=repr(error))
+        sys.exit(1)
