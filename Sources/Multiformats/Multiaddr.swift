@@ -8,9 +8,11 @@ public enum MultiaddrError: Error, CustomStringConvertible, Sendable, Equatable 
     case truncated(protocol: String)
     case invalidLength(protocol: String, length: UInt64)
     case varint(VarintError)
+    case empty
 
     public var description: String {
         switch self {
+        case .empty: return "empty multiaddr"
         case .mustStartWithSlash(let t): return "multiaddr \"\(t)\" must start with /"
         case .unknownProtocolName(let n): return "unknown multiaddr protocol \"\(n)\""
         case .unknownProtocolCode(let c): return "unknown multiaddr protocol code \(c)"
@@ -258,6 +260,7 @@ public struct Multiaddr: Hashable, Sendable, CustomStringConvertible {
     public init(_ text: String) throws(MultiaddrError) {
         guard text.utf8.count <= Self.maxLength else { throw .invalidLength(protocol: "multiaddr", length: UInt64(text.utf8.count)) }
         guard text.hasPrefix("/") else { throw .mustStartWithSlash(text) }
+        guard text != "/" else { throw .empty }
         var parts = text.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
         // A single trailing slash is tolerated.
         if parts.last == "" { parts = parts.dropLast() }
@@ -287,6 +290,7 @@ public struct Multiaddr: Hashable, Sendable, CustomStringConvertible {
     /// Decodes the binary form.
     public init(bytes: some Collection<UInt8>) throws(MultiaddrError) {
         let input = Array(bytes)
+        guard !input.isEmpty else { throw .empty }
         guard input.count <= Self.maxLength else { throw .invalidLength(protocol: "multiaddr", length: UInt64(input.count)) }
         var offset = 0
         var components: [MultiaddrComponent] = []

@@ -66,6 +66,8 @@ public enum Varint {
                 if value > UInt64(Int64.max) { throw .overflow }
                 return (value, size)
             }
+            // A continuation bit on the ninth byte can only lead past 63 bits.
+            if size == maxBytes { throw .overflow }
             shift += 7
         }
         throw .truncated
