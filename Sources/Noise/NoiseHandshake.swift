@@ -40,6 +40,8 @@ public struct NoiseHandshake {
     private var step: Step
     private var frames = FrameDecoder()
     private var remoteEphemeral: [UInt8] = []
+    /// Test hook: send these bytes as our payload instead of the real one.
+    var payloadOverride: [UInt8]?
     private var remoteStatic: [UInt8] = []
 
     public init(
@@ -170,6 +172,7 @@ public struct NoiseHandshake {
 
     /// Our payload: identity key and its signature over our static key.
     private func payload() throws(NoiseError) -> [UInt8] {
+        if let payloadOverride { return payloadOverride }
         var payload = Noise_Pb_NoiseHandshakePayload()
         payload.identityKey = Data(identity.publicKey.marshal())
         guard let signature = try? identity.sign(Self.signaturePrefix + Array(staticKey.publicKey.rawRepresentation))

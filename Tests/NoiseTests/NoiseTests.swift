@@ -1,0 +1,212 @@
+import Crypto
+import Identity
+import NIOCore
+import XCTest
+
+@testable import Noise
+
+final class NoiseTests: XCTestCase {
+    struct Pair {
+        var initiator: NoiseHandshake.Result
+        var responder: NoiseHandshake.Result
+    }
+
+    /// Runs a handshake, delivering bytes `step` at a time in both directions.
+    func handshake(
+        _ initiator: inout NoiseHandshake, _ responder: inout NoiseHandshake, step: Int = .max
+    ) throws -> Pair {
+        var toResponder = ByteBuffer()
+        var toInitiator = ByteBuffer()
+        initiator.start(into: &toResponder)
+        var initiatorResult: NoiseHandshake.Result?
+        var responderResult: NoiseHandshake.Result?
+        for _ in 0..<100_000 where initiatorResult == nil || responderResult == nil {
+            if toResponder.readableBytes > 0 {
+                var chunk = toResponder.readSlice(length: min(step, toResponder.readableBytes))!
+                if let result = try responder.receive(&chunk, output: &toInitiator) { responderResult = result }
+            }
+            if toInitiator.readableBytes > 0 {
+                var chunk = toInitiator.readSlice(length: min(step, toInitiator.readableBytes))!
+                if let result = try initiator.receive(&chunk, output: &toResponder) { initiatorResult = result }
+            }
+            if toResponder.readableBytes == 0 && toInitiator.readableBytes == 0
+                && (initiatorResult == nil || responderResult == nil)
+            {
+                break
+            }
+        }
+        return Pair(initiator: try XCTUnwrap(initiatorResult), responder: try XCTUnwrap(responderResult))
+    }
+
+    func testHandshakeAtEveryFragmentation() throws {
+        let alice = PrivateKey.generateEd25519()
+        let bob = PrivateKey.generateSecp256k1()
+        for step in [1, 2, 7, 31, 100, 65537] {
+            var initiator = NoiseHandshake(
+                initiator: true, identity: alice, expectedRemotePeer: PeerID(publicKey: bob.publicKey))
+            var responder = NoiseHandshake(initiator: false, identity: bob)
+            let pair = try handshake(&initiator, &responder, step: step)
+            XCTAssertEqual(pair.initiator.remotePeer, PeerID(publicKey: bob.publicKey))
+            XCTAssertEqual(pair.responder.remotePeer, PeerID(publicKey: alice.publicKey))
+            XCTAssertEqual(pair.responder.remotePublicKey, alice.publicKey)
+        }
+    }
+
+    func testTransportRoundTripOfLargeData() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var pair = try handshake(&initiator, &responder)
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<(5 * 1024 * 1024 + 17)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var plain = ByteBuffer(bytes: data)
+        var wire = ByteBuffer()
+        try pair.initiator.transport.encrypt(&plain, into: &wire)
+        // Frames never exceed 65535 bytes and the data split into several.
+        XCTAssertGreaterThan(wire.readableBytes, data.count + 16 * (data.count / NoiseTransport.maxPlaintext))
+        var received: [UInt8] = []
+        while wire.readableBytes > 0 {
+            var chunk = wire.readSlice(length: min(40_000, wire.readableBytes))!
+            var plaintexts: [ByteBuffer] = []
+            try pair.responder.transport.decrypt(&chunk, into: &plaintexts)
+            for piece in plaintexts {
+                XCTAssertLessThanOrEqual(piece.readableBytes, NoiseTransport.maxPlaintext)
+                received += piece.readableBytesView
+            }
+        }
+        XCTAssertEqual(received, data)
+        // And the other direction.
+        var back = ByteBuffer(string: "pong")
+        var wireBack = ByteBuffer()
+        try pair.responder.transport.encrypt(&back, into: &wireBack)
+        var plaintexts: [ByteBuffer] = []
+        try pair.initiator.transport.decrypt(&wireBack, into: &plaintexts)
+        XCTAssertEqual(plaintexts.map { String(buffer: $0) }, ["pong"])
+    }
+
+    func testTamperedCiphertextIsRejected() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var pair = try handshake(&initiator, &responder)
+        var plain = ByteBuffer(string: "hello")
+        var wire = ByteBuffer()
+        try pair.initiator.transport.encrypt(&plain, into: &wire)
+        let index = wire.readerIndex + 4
+        wire.setInteger(wire.getInteger(at: index, as: UInt8.self)! ^ 0x80, at: index)
+        var plaintexts: [ByteBuffer] = []
+        XCTAssertThrowsError(try pair.responder.transport.decrypt(&wire, into: &plaintexts)) {
+            XCTAssertEqual($0 as? NoiseError, .decryptionFailed)
+        }
+    }
+
+    func testTruncatedFrameWaitsForMore() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var pair = try handshake(&initiator, &responder)
+        var plain = ByteBuffer(string: "hello world")
+        var wire = ByteBuffer()
+        try pair.initiator.transport.encrypt(&plain, into: &wire)
+        var first = wire.readSlice(length: 5)!
+        var plaintexts: [ByteBuffer] = []
+        try pair.responder.transport.decrypt(&first, into: &plaintexts)
+        XCTAssertTrue(plaintexts.isEmpty)
+        try pair.responder.transport.decrypt(&wire, into: &plaintexts)
+        XCTAssertEqual(plaintexts.map { String(buffer: $0) }, ["hello world"])
+    }
+
+    func testWrongExpectedPeerIsRejected() throws {
+        let impostor = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let real = PrivateKey.generateEd25519()
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519(), expectedRemotePeer: impostor)
+        var responder = NoiseHandshake(initiator: false, identity: real)
+        XCTAssertThrowsError(try handshake(&initiator, &responder)) { error in
+            XCTAssertEqual(
+                error as? NoiseError,
+                .peerIDMismatch(expected: "\(impostor)", got: "\(PeerID(publicKey: real.publicKey))"))
+        }
+    }
+
+    func testLowOrderEphemeralKeyIsRejected() throws {
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var message = ByteBuffer()
+        message.writeInteger(UInt16(32))
+        message.writeBytes([UInt8](repeating: 0, count: 32))
+        var out = ByteBuffer()
+        XCTAssertThrowsError(try responder.receive(&message, output: &out)) {
+            XCTAssertEqual($0 as? NoiseError, .weakPublicKey)
+        }
+    }
+
+    func testBadPayloadsAreRejected() throws {
+        let key = PrivateKey.generateEd25519()
+        var validButWrongSignature = Noise_Pb_NoiseHandshakePayload()
+        validButWrongSignature.identityKey = Data(key.publicKey.marshal())
+        validButWrongSignature.identitySig = Data(try key.sign(Array("something else".utf8)))
+        var noKey = Noise_Pb_NoiseHandshakePayload()
+        noKey.identitySig = Data([1, 2, 3])
+        var badKey = Noise_Pb_NoiseHandshakePayload()
+        badKey.identityKey = Data([8, 1, 18, 1, 0])
+        let cases: [([UInt8], NoiseError)] = [
+            (try validButWrongSignature.serializedBytes(), .invalidSignature),
+            (try noKey.serializedBytes(), .missingIdentityKey),
+            ([0xff, 0xff, 0xff, 0xff], .malformedPayload("")),
+            (try badKey.serializedBytes(), .invalidIdentityKey("")),
+        ]
+        for (payload, expected) in cases {
+            var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+            var responder = NoiseHandshake(initiator: false, identity: key)
+            responder.payloadOverride = payload
+            XCTAssertThrowsError(try handshake(&initiator, &responder)) { error in
+                switch (error as? NoiseError, expected) {
+                case (.malformedPayload, .malformedPayload), (.invalidIdentityKey, .invalidIdentityKey): break
+                default: XCTAssertEqual(error as? NoiseError, expected)
+                }
+            }
+        }
+    }
+
+    func testShortHandshakeMessagesAreRejected() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var out = ByteBuffer()
+        initiator.start(into: &out)
+        var short = ByteBuffer()
+        short.writeInteger(UInt16(10))
+        short.writeBytes([UInt8](repeating: 1, count: 10))
+        var reply = ByteBuffer()
+        XCTAssertThrowsError(try initiator.receive(&short, output: &reply)) {
+            guard case .messageTooShort = $0 as? NoiseError else { return XCTFail("\($0)") }
+        }
+    }
+
+    func testNonceExhaustion() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var pair = try handshake(&initiator, &responder)
+        pair.initiator.transport.setSendNonce(UInt64.max - 1)
+        var plain = ByteBuffer(string: "last")
+        var wire = ByteBuffer()
+        XCTAssertNoThrow(try pair.initiator.transport.encrypt(&plain, into: &wire))
+        var more = ByteBuffer(string: "one too many")
+        XCTAssertThrowsError(try pair.initiator.transport.encrypt(&more, into: &wire)) {
+            XCTAssertEqual($0 as? NoiseError, .nonceExhausted)
+        }
+    }
+
+    func testRandomHandshakeInputNeverCrashes() {
+        var state: UInt64 = 5
+        func next() -> UInt64 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return state >> 33
+        }
+        let key = PrivateKey.generateEd25519()
+        for _ in 0..<300 {
+            var machine = NoiseHandshake(initiator: next() % 2 == 0, identity: key)
+            var out = ByteBuffer()
+            machine.start(into: &out)
+            var input = ByteBuffer()
+            let length = Int(next() % 200)
+            input.writeInteger(UInt16(length))
+            input.writeBytes((0..<length).map { _ in UInt8(truncatingIfNeeded: next()) })
+            _ = try? machine.receive(&input, output: &out)
+        }
+    }
+}
