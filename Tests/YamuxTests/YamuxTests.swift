@@ -1,0 +1,234 @@
+import NIOCore
+import XCTest
+import Yamux
+
+/// Two sessions wired back to back.
+struct Link {
+    var client = YamuxSession(isClient: true)
+    var server = YamuxSession(isClient: false)
+    var clientEvents: [YamuxEvent] = []
+    var serverEvents: [YamuxEvent] = []
+
+    init(configuration: YamuxSession.Configuration = .init()) {
+        client = YamuxSession(isClient: true, configuration: configuration)
+        server = YamuxSession(isClient: false, configuration: configuration)
+    }
+
+    /// Moves bytes both ways until quiet, `step` bytes at a time.
+    mutating func pump(step: Int = .max) throws {
+        for _ in 0..<1_000_000 {
+            var toServer = client.takeOutput()
+            var toClient = server.takeOutput()
+            if toServer.readableBytes == 0 && toClient.readableBytes == 0 { return }
+            while toServer.readableBytes > 0 {
+                var chunk = toServer.readSlice(length: min(step, toServer.readableBytes))!
+                serverEvents += try server.receive(&chunk)
+            }
+            while toClient.readableBytes > 0 {
+                var chunk = toClient.readSlice(length: min(step, toClient.readableBytes))!
+                clientEvents += try client.receive(&chunk)
+            }
+        }
+        XCTFail("link did not settle")
+    }
+
+    static func dataBytes(_ events: [YamuxEvent], stream: UInt32) -> Int {
+        events.reduce(0) { total, event in
+            if case .data(let id, let data) = event, id == stream { return total + data.readableBytes }
+            return total
+        }
+    }
+}
+
+func header(type: UInt8, flags: UInt16, stream: UInt32, length: UInt32, version: UInt8 = 0) -> ByteBuffer {
+    var buffer = ByteBuffer()
+    buffer.writeInteger(version)
+    buffer.writeInteger(type)
+    buffer.writeInteger(flags)
+    buffer.writeInteger(stream)
+    buffer.writeInteger(length)
+    return buffer
+}
+
+final class YamuxTests: XCTestCase {
+    func testOpenSendCloseBothWays() throws {
+        for step in [1, 5, 12, 13, 1000] {
+            var link = Link()
+            let id = try link.client.openStream()
+            XCTAssertEqual(id, 1)
+            link.client.write(streamID: id, data: ByteBuffer(string: "hello"))
+            link.client.closeWrite(streamID: id)
+            try link.pump(step: step)
+            XCTAssertTrue(link.serverEvents.contains(.inboundStream(1)), "step \(step)")
+            XCTAssertEqual(Link.dataBytes(link.serverEvents, stream: 1), 5)
+            XCTAssertTrue(link.serverEvents.contains(.remoteClosedWrite(1)))
+            link.server.write(streamID: id, data: ByteBuffer(string: "world"))
+            link.server.closeWrite(streamID: id)
+            try link.pump(step: step)
+            XCTAssertEqual(Link.dataBytes(link.clientEvents, stream: 1), 5)
+            // The client learns of the close from the remote FIN; the server
+            // closed last, locally, and simply forgets the stream.
+            XCTAssertTrue(link.clientEvents.contains(.closed(1)))
+            XCTAssertEqual(link.client.streamCount, 0)
+            XCTAssertEqual(link.server.streamCount, 0)
+        }
+    }
+
+    func testWindowExhaustionAndResumption() throws {
+        var link = Link()
+        let id = try link.client.openStream()
+        link.client.write(streamID: id, data: ByteBuffer(repeating: 7, count: 1024 * 1024))
+        try link.pump()
+        // Only the initial window arrives until the reader consumes.
+        XCTAssertEqual(Link.dataBytes(link.serverEvents, stream: id), 256 * 1024)
+        XCTAssertEqual(link.client.queuedBytes(streamID: id), 768 * 1024)
+        var delivered = 256 * 1024
+        var consumed = 0
+        var rounds = 0
+        while delivered < 1024 * 1024 {
+            rounds += 1
+            XCTAssertLessThan(rounds, 100)
+            // The reader consumes all it was given so far.
+            link.server.consumed(streamID: id, bytes: delivered - consumed)
+            consumed = delivered
+            try link.pump()
+            delivered = Link.dataBytes(link.serverEvents, stream: id)
+            // Received-but-unread data never exceeds the window.
+            XCTAssertLessThanOrEqual(delivered - consumed, 256 * 1024)
+        }
+        XCTAssertEqual(delivered, 1024 * 1024)
+        XCTAssertTrue(link.clientEvents.contains(.sendWindowOpened(id)))
+        XCTAssertEqual(link.client.queuedBytes(streamID: id), 0)
+    }
+
+    func testManyConcurrentStreams() throws {
+        var link = Link()
+        var ids: [UInt32] = []
+        for _ in 0..<150 { ids.append(try link.client.openStream()) }
+        for (index, id) in ids.enumerated() {
+            link.client.write(streamID: id, data: ByteBuffer(repeating: UInt8(index % 256), count: 1000 + index))
+        }
+        try link.pump(step: 333)
+        for (index, id) in ids.enumerated() {
+            XCTAssertEqual(Link.dataBytes(link.serverEvents, stream: id), 1000 + index)
+        }
+    }
+
+    func testInboundStreamLimit() throws {
+        var configuration = YamuxSession.Configuration()
+        configuration.maxStreams = 2
+        var link = Link()
+        link.server = YamuxSession(isClient: false, configuration: configuration)
+        for _ in 0..<3 { _ = try link.client.openStream() }
+        try link.pump()
+        XCTAssertEqual(link.server.streamCount, 2)
+        XCTAssertTrue(link.clientEvents.contains(.reset(5)))
+    }
+
+    func testResetWithQueuedData() throws {
+        var link = Link()
+        let id = try link.client.openStream()
+        link.client.write(streamID: id, data: ByteBuffer(repeating: 1, count: 600 * 1024))
+        try link.pump()
+        link.client.reset(streamID: id)
+        try link.pump()
+        XCTAssertTrue(link.serverEvents.contains(.reset(id)))
+        XCTAssertEqual(link.client.streamCount, 0)
+        XCTAssertEqual(link.server.streamCount, 0)
+        // Late frames for the gone stream are ignored.
+        var late = header(type: 0, flags: 0, stream: id, length: 3)
+        late.writeBytes([1, 2, 3])
+        XCTAssertEqual(try link.server.receive(&late), [])
+    }
+
+    func testPingAndGoAway() throws {
+        var link = Link()
+        let opaque = link.client.ping()
+        try link.pump()
+        XCTAssertTrue(link.serverEvents.contains(.ping(opaque)))
+        XCTAssertTrue(link.clientEvents.contains(.pong(opaque)))
+        link.server.goAway()
+        try link.pump()
+        XCTAssertTrue(link.clientEvents.contains(.goAway(0)))
+        XCTAssertThrowsError(try link.client.openStream())
+    }
+
+    func testDataAfterFinResetsTheStream() throws {
+        var server = YamuxSession(isClient: false)
+        var frames = header(type: 1, flags: 1, stream: 1, length: 0)
+        var fin = header(type: 0, flags: 4, stream: 1, length: 1)
+        fin.writeInteger(UInt8(1))
+        frames.writeBuffer(&fin)
+        var more = header(type: 0, flags: 0, stream: 1, length: 1)
+        more.writeInteger(UInt8(2))
+        frames.writeBuffer(&more)
+        let events = try server.receive(&frames)
+        XCTAssertTrue(events.contains(.remoteClosedWrite(1)))
+        XCTAssertTrue(events.contains(.reset(1)))
+    }
+
+    func testProtocolViolations() {
+        func violation(_ bytes: ByteBuffer, isClient: Bool = false) -> YamuxError? {
+            var session = YamuxSession(isClient: isClient)
+            var input = bytes
+            do {
+                _ = try session.receive(&input)
+                return nil
+            } catch {
+                // A go-away (protocol error) is queued for the remote.
+                let out = session.takeOutput()
+                XCTAssertEqual(out.getInteger(at: out.writerIndex - 12 + 1, as: UInt8.self), 3)
+                XCTAssertEqual(out.getInteger(at: out.writerIndex - 4, as: UInt32.self), 1)
+                return error as? YamuxError
+            }
+        }
+        XCTAssertEqual(violation(header(type: 0, flags: 1, stream: 1, length: 0, version: 1)), .badVersion(1))
+        XCTAssertEqual(violation(header(type: 9, flags: 0, stream: 1, length: 0)), .badType(9))
+        XCTAssertEqual(violation(header(type: 0, flags: 1, stream: 1, length: 1 << 30)), .frameTooLarge(1 << 30))
+        XCTAssertEqual(violation(header(type: 1, flags: 1, stream: 2, length: 0)), .wrongStreamParity(2))
+        XCTAssertEqual(violation(header(type: 1, flags: 1, stream: 1, length: 0), isClient: true), .wrongStreamParity(1))
+        var duplicate = header(type: 1, flags: 1, stream: 1, length: 0)
+        var again = header(type: 1, flags: 1, stream: 1, length: 0)
+        duplicate.writeBuffer(&again)
+        XCTAssertEqual(violation(duplicate), .duplicateStream(1))
+        // More data than the window granted.
+        var flood = header(type: 1, flags: 1, stream: 1, length: 0)
+        for _ in 0..<2 {
+            var frame = header(type: 0, flags: 0, stream: 1, length: 200 * 1024)
+            frame.writeRepeatingByte(0, count: 200 * 1024)
+            flood.writeBuffer(&frame)
+        }
+        XCTAssertEqual(violation(flood), .windowExceeded(stream: 1, length: 200 * 1024, window: 56 * 1024))
+        XCTAssertEqual(violation(header(type: 1, flags: 1, stream: 0, length: 0)), .sessionStreamFlags)
+    }
+
+    func testTruncatedHeaderWaits() throws {
+        var session = YamuxSession(isClient: false)
+        var frame = header(type: 1, flags: 1, stream: 1, length: 0)
+        var first = frame.readSlice(length: 7)!
+        XCTAssertEqual(try session.receive(&first), [])
+        XCTAssertEqual(try session.receive(&frame), [.inboundStream(1)])
+    }
+
+    func testRandomInputNeverCrashes() {
+        var state: UInt64 = 11
+        func next() -> UInt64 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return state >> 33
+        }
+        for _ in 0..<3000 {
+            var session = YamuxSession(isClient: next() % 2 == 0)
+            var input = ByteBuffer()
+            for _ in 0..<Int(next() % 6) {
+                input.writeInteger(UInt8(next() % 2))  // mostly version 0
+                input.writeInteger(UInt8(next() % 5))
+                input.writeInteger(UInt16(next() % 16))
+                input.writeInteger(UInt32(next() % 8))
+                let length = UInt32(next() % 64)
+                input.writeInteger(next() % 10 == 0 ? UInt32(truncatingIfNeeded: next()) : length)
+                input.writeBytes((0..<Int(next() % 64)).map { _ in UInt8(truncatingIfNeeded: next()) })
+            }
+            _ = try? session.receive(&input)
+        }
+    }
+}
