@@ -39,6 +39,8 @@ final class ConnectionHandler: ChannelInboundHandler {
         var pendingRead: EventLoopPromise<ByteBuffer?>?
         var writeWaiters: [EventLoopPromise<Void>] = []
         var remoteClosedWrite = false
+        /// The application has read the end of the stream (or said it reads no more).
+        var endOfStreamDelivered = false
         var localClosedWrite = false
         var discardInbound = false
         var resetError: TransportError?
@@ -288,7 +290,11 @@ final class ConnectionHandler: ChannelInboundHandler {
             }
             if state.readBuffer.isEmpty, let read = state.pendingRead {
                 state.pendingRead = nil
+                state.endOfStreamDelivered = true
+                streams[id] = state
                 read.succeed(nil)
+                forgetIfFinished(id)
+                return
             }
             streams[id] = state
         case .reset(let id):
@@ -444,6 +450,8 @@ final class ConnectionHandler: ChannelInboundHandler {
             return context.eventLoop.makeSucceededFuture(chunk)
         }
         if state.remoteClosedWrite {
+            state.endOfStreamDelivered = true
+            streams[id] = state
             forgetIfFinished(id)
             return context.eventLoop.makeSucceededFuture(nil)
         }
@@ -492,6 +500,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     /// left to read, so the table does not grow with finished streams.
     private func forgetIfFinished(_ id: UInt32) {
         guard let state = streams[id], state.remoteClosedWrite, state.localClosedWrite,
+            state.endOfStreamDelivered || state.discardInbound,
             state.readBuffer.isEmpty, state.pendingRead == nil, state.writeWaiters.isEmpty
         else { return }
         streams[id] = nil
@@ -517,6 +526,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         session?.consumed(streamID: id, bytes: released)
         try? drainSession()
         flushOutput()
+        forgetIfFinished(id)
     }
 
     func closeGracefully() -> EventLoopFuture<Void> {

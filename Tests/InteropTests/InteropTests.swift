@@ -64,7 +64,8 @@ final class InteropTests: XCTestCase {
     }
 
     func testSwiftOpensHundredStreamsToPython() async throws {
-        let (_, address) = try await pythonListener()
+        let (python, address) = try await pythonListener()
+        defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
         let (host, _) = try await makeTestHost(group: group)
         let connection = try await host.connect(address)
         try await withDeadline(120) {

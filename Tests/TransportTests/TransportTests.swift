@@ -121,4 +121,46 @@ final class TransportTests: XCTestCase {
         }
         await client.close()
     }
+
+    func testIPv6ListenAndDial() async throws {
+        let server = Libp2pHost(key: .generateEd25519(), group: group)
+        PingService(host: server).start()
+        let bound = try await server.listen(on: [Multiaddr("/ip6/::1/tcp/0")])
+        XCTAssertTrue(bound[0].description.hasPrefix("/ip6/::1/tcp/"), "\(bound[0])")
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(bound[0].encapsulating(.p2p(server.localPeer.bytes)))
+        let rtts = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(rtts.count, 1)
+        await client.close()
+        await server.close()
+    }
+
+    func testIdentifyPushUpdatesPeers() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let events = client.events()
+        _ = try await client.connect(address)
+        let serverPeer = server.localPeer
+        // Wait for the server to have identified the client (so it knows the client takes pushes),
+        // and the client to have identified the server.
+        try await withDeadline(10) {
+            while server.peerStore.info(client.localPeer)?.protocols.contains(IdentifyService.pushProtocolID) != true
+                || client.peerStore.info(serverPeer)?.protocols.isEmpty != false
+            {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        server.setStreamHandler("/p2pchat/new/1.0.0") { _ in }
+        try await withDeadline(10) {
+            for await event in events {
+                if case .peerUpdated(serverPeer) = event,
+                    client.peerStore.info(serverPeer)?.protocols.contains("/p2pchat/new/1.0.0") == true
+                {
+                    return
+                }
+            }
+        }
+        await client.close()
+        await server.close()
+    }
 }

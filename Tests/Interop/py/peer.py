@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -230,7 +231,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    logging.basicConfig(stream=sys.stderr, level=os.environ.get("PEER_LOG", "WARNING"))
     arguments = parse_args()
     try:
         trio.run(main, arguments)
