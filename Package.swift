@@ -82,6 +82,15 @@ let package = Package(
             exclude: ["identify.proto"]
         ),
         .target(name: "Ping", dependencies: ["Host"]),
+        .target(
+            name: "MDNS",
+            dependencies: [
+                "Multiformats", "Identity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "P2PChat",
             dependencies: [
@@ -102,6 +111,7 @@ let package = Package(
         .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
+        .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .target(
             name: "TestSupport",
             dependencies: ["Host", "Identify", "Ping", .product(name: "NIOPosix", package: "swift-nio")],

@@ -1,0 +1,1 @@
+// The mDNS discovery target (issue 4).
