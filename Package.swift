@@ -83,6 +83,15 @@ let package = Package(
         ),
         .target(name: "Ping", dependencies: ["Host"]),
         .target(
+            name: "PubSub",
+            dependencies: [
+                "Host",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["rpc.proto"]
+        ),
+        .target(
             name: "MDNS",
             dependencies: [
                 "Multiformats", "Identity",
@@ -94,7 +103,7 @@ let package = Package(
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping",
+                "Host", "Identify", "Ping", "PubSub",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -112,6 +121,7 @@ let package = Package(
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
+        .testTarget(name: "PubSubTests", dependencies: ["PubSub", "TestSupport"]),
         .target(
             name: "TestSupport",
             dependencies: ["Host", "Identify", "Ping", .product(name: "NIOPosix", package: "swift-nio")],

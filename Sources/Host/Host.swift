@@ -42,7 +42,6 @@ public final class Libp2pHost: Sendable {
     public let localPeer: PeerID
     public let peerStore = PeerStore()
     public let group: EventLoopGroup
-    private let ownsGroup: Bool
     private let logger: Logger
 
     private struct State {
@@ -62,8 +61,9 @@ public final class Libp2pHost: Sendable {
     ) {
         self.localKey = key
         self.localPeer = PeerID(publicKey: key.publicKey)
-        self.group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        self.ownsGroup = group == nil
+        // NIO's process-wide group by default: it is never shut down, so late
+        // work (a stream reset after close) always has a loop to run on.
+        self.group = group ?? MultiThreadedEventLoopGroup.singleton
         self.logger = logger
         let acceptor = Acceptor(host: WeakHost(self))
         let real = TCPTransport(
@@ -278,9 +278,6 @@ public final class Libp2pHost: Sendable {
             }
         }
         for subscriber in subscribers { subscriber.finish() }
-        if ownsGroup {
-            try? await group.shutdownGracefully()
-        }
     }
 }
 

@@ -6,6 +6,7 @@ import Identity
 import Logging
 import Multiformats
 import Ping
+import PubSub
 import Synchronization
 import Transport
 
@@ -48,10 +49,10 @@ func bootstrapLogging(verbose: Bool) {
     }
 }
 
-/// Prints a line on stdout and flushes it at once, so a pipe reader sees each event as it happens.
+/// Writes a line to stdout at once (one write(2), no stdio buffer), so a pipe
+/// reader sees each event as it happens and lines never interleave.
 func say(_ line: String) {
-    print(line)
-    fflush(nil)
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
 /// Prints one error line on stderr and exits non-zero.
@@ -230,7 +231,7 @@ struct IdCommand: AsyncParsableCommand {
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
-        abstract: "Run a node on TOPIC (default lobby): listen, connect, serve identify and ping.")
+        abstract: "Chat on TOPIC (default lobby): each stdin line is published, each message printed.")
 
     @Argument(help: "The chat topic.")
     var topic = "lobby"
@@ -241,13 +242,23 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A /p2p/ address to dial at start (repeatable).")
     var connect: [String] = []
 
+    @Option(name: .long, help: "gossipsub or floodsub.")
+    var router: String = "gossipsub"
+
     @OptionGroup var identity: IdentityOptions
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
+        guard let routerKind = RouterKind(rawValue: router) else {
+            exitWithError("--router must be gossipsub or floodsub, not \(router)")
+        }
         let key: PrivateKey
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
         let (host, _) = makeHost(key: key)
+        var pubsubConfiguration = PubSubConfiguration()
+        pubsubConfiguration.router = routerKind
+        let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)
+        pubsub.start()
         say("Local peer id: \(host.localPeer)")
         var bound = 0
         for text in listen {
@@ -275,6 +286,13 @@ struct NodeCommand: AsyncParsableCommand {
                 }
             }
         }
+        let messages = await pubsub.subscribe(topic)
+        let receiver = Task {
+            for await message in messages {
+                let author = message.from.map { "\($0)" } ?? "anonymous"
+                say("\(author): \(String(decoding: message.data, as: UTF8.self))")
+            }
+        }
         for text in connect {
             let address = parseAddress(text)
             Task {
@@ -283,9 +301,17 @@ struct NodeCommand: AsyncParsableCommand {
                 }
             }
         }
-        // Until the end of input.
-        for await _ in standardInputLines() {}
+        for await line in standardInputLines() {
+            guard !line.isEmpty else { continue }
+            do {
+                try await pubsub.publish(topic, data: Array(line.utf8))
+            } catch {
+                FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            }
+        }
         printer.cancel()
+        receiver.cancel()
+        await pubsub.stop()
         await host.close()
     }
 }

@@ -1,0 +1,278 @@
+import Foundation
+import Host
+import Identity
+import Logging
+import NIOCore
+import SwiftProtobuf
+import Transport
+
+/// Pubsub on a host: floodsub or gossipsub (which also talks floodsub to
+/// floodsub-only peers). Subscribe to get a topic's messages as an async
+/// sequence; publish data to a topic.
+public final class PubSubService: Sendable {
+    public let host: Libp2pHost
+    public let configuration: PubSubConfiguration
+    let core: PubSubCore
+    let logger: Logger
+
+    public init(host: Libp2pHost, configuration: PubSubConfiguration = .init(), logger: Logger = Logger(label: "p2p.pubsub")) {
+        self.host = host
+        self.configuration = configuration
+        self.logger = logger
+        self.core = PubSubCore(
+            router: PubSubRouter(localKey: host.localKey, configuration: configuration), logger: logger)
+    }
+
+    /// The protocols we serve and propose, best first.
+    public var protocols: [String] {
+        configuration.router == .gossipsub ? PubSubProtocol.gossipsubPreference : PubSubProtocol.floodsubPreference
+    }
+
+    /// Registers the stream handlers, attaches to every connection (now and
+    /// later) and starts the heartbeat.
+    public func start() {
+        for protocolID in protocols {
+            host.setStreamHandler(protocolID) { [self] stream in
+                await self.readLoop(stream)
+            }
+        }
+        let events = host.events()
+        let core = self.core
+        let interval = configuration.heartbeatInterval
+        Task { [self] in
+            for connection in host.connections { await self.attach(connection) }
+            for await event in events {
+                switch event {
+                case .connected(let connection):
+                    Task { await self.attach(connection) }
+                case .disconnected(let connection):
+                    if host.connection(to: connection.remotePeer) == nil {
+                        await core.removePeer(connection.remotePeer)
+                    }
+                default:
+                    break
+                }
+            }
+            await core.stop()
+        }
+        Task {
+            while !(await core.isStopped) {
+                try? await Task.sleep(for: interval)
+                await core.heartbeat()
+            }
+        }
+    }
+
+    /// Stops the heartbeat and ends every subscription.
+    public func stop() async {
+        await core.stop()
+    }
+
+    /// Opens our outbound pubsub stream to the peer of `connection`, once per peer.
+    func attach(_ connection: Connection) async {
+        let peer = connection.remotePeer
+        guard await core.claimOutbound(peer) else { return }
+        do {
+            let stream = try await connection.newStream(protocols: protocols)
+            await core.addPeer(
+                peer, protocolID: stream.protocolID, outbound: connection.direction == .outbound, stream: stream)
+            logger.debug("pubsub peer", metadata: ["peer": "\(peer)", "protocol": "\(stream.protocolID)"])
+        } catch {
+            await core.releaseOutbound(peer)
+            logger.debug("peer speaks no pubsub", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// Reads length-prefixed RPCs from a peer's inbound stream until it ends.
+    func readLoop(_ stream: MuxedStream) async {
+        let peer = stream.remotePeer
+        var reader = StreamReader(stream)
+        while true {
+            do {
+                guard let frame = try await reader.readLengthPrefixed(maxLength: configuration.maxRPCSize) else { break }
+                do {
+                    let rpc = try Pubsub_Pb_RPC(serializedBytes: Array(frame.readableBytesView))
+                    await core.handle(rpc, from: peer, protocolID: stream.protocolID)
+                } catch {
+                    // A malformed RPC closes nothing; it counts against the sender.
+                    await core.malformed(from: peer)
+                }
+            } catch {
+                logger.debug("pubsub stream ended", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                await core.malformed(from: peer)
+                stream.reset()
+                return
+            }
+        }
+    }
+
+    /// Joins `topic`; its messages (from others) arrive on the returned sequence.
+    public func subscribe(_ topic: String) async -> AsyncStream<PubSubMessage> {
+        await core.subscribe(topic)
+    }
+
+    /// Leaves `topic`; its sequences end.
+    public func unsubscribe(_ topic: String) async {
+        await core.unsubscribe(topic)
+    }
+
+    /// Publishes `data` on `topic`.
+    @discardableResult
+    public func publish(_ topic: String, data: [UInt8]) async throws -> Int {
+        try await core.publish(topic, data: data)
+    }
+
+    /// Peers known to be subscribed to `topic`.
+    public func peers(in topic: String) async -> [PeerID] { await core.peers(in: topic) }
+
+    /// Our gossipsub mesh for `topic`.
+    public func mesh(_ topic: String) async -> [PeerID] { await core.mesh(topic) }
+
+    /// Peers with a pubsub stream, and the protocol each speaks.
+    public func pubsubPeers() async -> [PeerID: String] { await core.pubsubPeers() }
+
+    /// What was dropped and why.
+    public func counters() async -> PubSubCounters { await core.counters() }
+
+    /// Sets the validator of `topic`.
+    public func setValidator(topic: String, _ validator: @escaping @Sendable (PubSubMessage) -> ValidationResult) async {
+        await core.setValidator(topic: topic, validator)
+    }
+}
+
+/// The router and its I/O: subscriber streams and bounded per-peer send queues.
+actor PubSubCore {
+    private var router: PubSubRouter
+    private let logger: Logger
+    private var subscribers: [String: [UUID: AsyncStream<PubSubMessage>.Continuation]] = [:]
+    private var outbound: [PeerID: AsyncStream<Pubsub_Pb_RPC>.Continuation] = [:]
+    private var claimed: Set<PeerID> = []
+    private(set) var isStopped = false
+    private let clock = ContinuousClock()
+
+    init(router: PubSubRouter, logger: Logger) {
+        self.router = router
+        self.logger = logger
+    }
+
+    func claimOutbound(_ peer: PeerID) -> Bool {
+        guard !isStopped else { return false }
+        return claimed.insert(peer).inserted
+    }
+
+    func releaseOutbound(_ peer: PeerID) {
+        claimed.remove(peer)
+    }
+
+    func addPeer(_ peer: PeerID, protocolID: String, outbound isOutbound: Bool, stream: MuxedStream) {
+        let limit = router.configuration.maxQueuedRPCsPerPeer
+        let (queue, continuation) = AsyncStream.makeStream(
+            of: Pubsub_Pb_RPC.self, bufferingPolicy: .bufferingOldest(limit))
+        outbound[peer] = continuation
+        Task { [logger] in
+            do {
+                for await rpc in queue {
+                    let bytes: [UInt8] = try rpc.serializedBytes()
+                    var frame = ByteBuffer()
+                    frame.writeLengthPrefixed(bytes)
+                    try await stream.write(frame)
+                }
+            } catch {
+                logger.debug("pubsub send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            }
+            stream.reset()
+            await self.removePeer(peer)
+        }
+        perform(router.addPeer(peer, protocolID: protocolID, outbound: isOutbound))
+    }
+
+    func removePeer(_ peer: PeerID) {
+        claimed.remove(peer)
+        outbound.removeValue(forKey: peer)?.finish()
+        router.removePeer(peer)
+    }
+
+    func handle(_ rpc: Pubsub_Pb_RPC, from peer: PeerID, protocolID: String) {
+        router.notePeer(peer, protocolID: protocolID)
+        let actions = router.handle(rpc, from: peer, now: clock.now)
+        logger.trace(
+            "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)",
+                "counters": "\(router.counters)"])
+        perform(actions)
+    }
+
+    func malformed(from peer: PeerID) {
+        router.malformedRPC(from: peer)
+    }
+
+    func heartbeat() {
+        guard !isStopped else { return }
+        perform(router.heartbeat(now: clock.now))
+    }
+
+    func subscribe(_ topic: String) -> AsyncStream<PubSubMessage> {
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: PubSubMessage.self, bufferingPolicy: .bufferingNewest(4096))
+        let id = UUID()
+        subscribers[topic, default: [:]][id] = continuation
+        continuation.onTermination = { _ in
+            Task { await self.dropSubscriber(topic, id) }
+        }
+        perform(router.subscribe(topic, now: clock.now))
+        return stream
+    }
+
+    private func dropSubscriber(_ topic: String, _ id: UUID) {
+        subscribers[topic]?[id] = nil
+    }
+
+    func unsubscribe(_ topic: String) {
+        for continuation in subscribers.removeValue(forKey: topic)?.values ?? [:].values { continuation.finish() }
+        perform(router.unsubscribe(topic, now: clock.now))
+    }
+
+    func publish(_ topic: String, data: [UInt8]) throws -> Int {
+        guard !isStopped else { throw PubSubError.stopped }
+        let actions = try router.publish(topic: topic, data: data, now: clock.now)
+        perform(actions)
+        return actions.count
+    }
+
+    func peers(in topic: String) -> [PeerID] { router.peers(in: topic) }
+    func mesh(_ topic: String) -> [PeerID] { router.meshPeers(topic) }
+    func counters() -> PubSubCounters { router.counters }
+
+    func pubsubPeers() -> [PeerID: String] {
+        var result: [PeerID: String] = [:]
+        for peer in router.knownPeers { result[peer] = router.protocolOf(peer) }
+        return result
+    }
+
+    func setValidator(topic: String, _ validator: @escaping @Sendable (PubSubMessage) -> ValidationResult) {
+        router.setValidator(topic: topic, validator)
+    }
+
+    func stop() {
+        isStopped = true
+        for continuation in subscribers.values.flatMap(\.values) { continuation.finish() }
+        subscribers = [:]
+        for continuation in outbound.values { continuation.finish() }
+        outbound = [:]
+    }
+
+    private func perform(_ actions: [RouterAction]) {
+        for action in actions {
+            switch action {
+            case .send(let peer, let rpc):
+                guard let queue = outbound[peer] else { continue }
+                if case .dropped = queue.yield(rpc) {
+                    router.countDroppedOutbound()
+                }
+            case .deliver(let message):
+                for continuation in subscribers[message.topic]?.values ?? [:].values {
+                    continuation.yield(message)
+                }
+            }
+        }
+    }
+}
