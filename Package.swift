@@ -131,6 +131,6 @@ let package = Package(
             name: "TransportTests",
             dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "TestSupport"]
         ),
-        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping", "TestSupport"]),
+        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping", "PubSub", "TestSupport"]),
     ]
 )

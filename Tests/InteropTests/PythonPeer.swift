@@ -112,6 +112,11 @@ final class PythonPeer: Sendable {
         return process.terminationStatus
     }
 
+    /// Writes one line to the peer's stdin (pubsub mode publishes it).
+    func send(_ line: String) {
+        stdinPipe.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
+
     /// Closes stdin (the peer exits cleanly) and kills it if it lingers.
     func stop() {
         try? stdinPipe.fileHandleForWriting.close()

@@ -8,6 +8,7 @@ when its dial action is done.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -184,6 +185,63 @@ async def run_dial(host, args) -> None:
             raise RuntimeError("some streams failed")
 
 
+async def run_pubsub(host, args) -> None:
+    """Chat on a topic: stdin lines are published, messages printed as JSON."""
+    from libp2p.pubsub.floodsub import FloodSub, PROTOCOL_ID as FLOODSUB_ID
+    from libp2p.pubsub.gossipsub import GossipSub, PROTOCOL_ID as MESHSUB_10, PROTOCOL_ID_V11 as MESHSUB_11
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    if args.router == "floodsub":
+        router = FloodSub(protocols=[FLOODSUB_ID])
+    else:
+        router = GossipSub(
+            protocols=[MESHSUB_11, MESHSUB_10, FLOODSUB_ID],
+            degree=6,
+            degree_low=5,
+            degree_high=12,
+            heartbeat_interval=1,
+        )
+    pubsub = Pubsub(host, router)
+    async with background_trio_service(pubsub):
+        # GossipSub runs its heartbeat as a service; FloodSub has none.
+        router_service = background_trio_service(router) if args.router == "gossipsub" else contextlib.nullcontext()
+        async with router_service:
+            await pubsub.wait_until_ready()
+            subscription = await pubsub.subscribe(args.topic)
+            addr = host.get_addrs()[0]
+            emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
+            for target in args.connect or []:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(target))
+                await host.connect(info)
+                emit(event="connected", peer=info.peer_id.to_base58())
+
+            async def receive():
+                while True:
+                    message = await subscription.get()
+                    sender = PeerID(message.from_id).to_base58() if message.from_id else None
+                    emit(event="message", topic=args.topic, **{"from": sender}, text=message.data.decode("utf-8", "replace"))
+
+            async def publish_lines():
+                stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+                pending = b""
+                while True:
+                    chunk = await stdin.receive_some(4096)
+                    if not chunk:
+                        return
+                    pending += chunk
+                    while b"\n" in pending:
+                        line, pending = pending.split(b"\n", 1)
+                        if line:
+                            await pubsub.publish(args.topic, line)
+                            emit(event="published", text=line.decode())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                await publish_lines()
+                nursery.cancel_scope.cancel()
+
+
 async def wait_for_stdin_eof() -> None:
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     while await stdin.receive_some(4096):
@@ -195,7 +253,9 @@ async def main(args) -> None:
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")]
     with trio.move_on_after(args.timeout) as scope:
         async with host.run(listen_addrs=listen):
-            if args.mode == "listen":
+            if args.mode == "pubsub":
+                await run_pubsub(host, args)
+            elif args.mode == "listen":
                 addr = host.get_addrs()[0]
                 emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
                 await wait_for_stdin_eof()
@@ -221,6 +281,13 @@ def parse_args():
     listen.add_argument("--port", type=int, default=0)
     listen.add_argument("--ip", default="127.0.0.1")
     listen.add_argument("--timeout", type=float, default=60)
+    chat = sub.add_parser("pubsub")
+    chat.add_argument("--router", choices=["gossipsub", "floodsub"], default="gossipsub")
+    chat.add_argument("--topic", default="lobby")
+    chat.add_argument("--connect", action="append")
+    chat.add_argument("--timeout", type=float, default=60)
+    chat.add_argument("--port", type=int, default=0)
+    chat.add_argument("--ip", default="127.0.0.1")
     dial = sub.add_parser("dial")
     dial.add_argument("target")
     dial.add_argument("action", choices=["ping", "identify", "echo", "streams"])
