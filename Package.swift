@@ -103,7 +103,7 @@ let package = Package(
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "PubSub",
+                "Host", "Identify", "Ping", "PubSub", "MDNS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

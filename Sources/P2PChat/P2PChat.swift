@@ -4,6 +4,7 @@ import Host
 import Identify
 import Identity
 import Logging
+import MDNS
 import Multiformats
 import Ping
 import PubSub
@@ -245,6 +246,15 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "gossipsub or floodsub.")
     var router: String = "gossipsub"
 
+    @Flag(name: .customLong("no-mdns"), help: "Do not discover peers on the local network.")
+    var noMDNS = false
+
+    @Option(name: .customLong("mdns-interval"), help: ArgumentHelp("Seconds between mDNS queries.", visibility: .hidden))
+    var mdnsInterval: Double = 60
+
+    @Option(name: .customLong("mdns-ttl"), help: ArgumentHelp("TTL in seconds of our mDNS records.", visibility: .hidden))
+    var mdnsTTL: Int = 120
+
     @OptionGroup var identity: IdentityOptions
 
     func run() async throws {
@@ -286,6 +296,23 @@ struct NodeCommand: AsyncParsableCommand {
                 }
             }
         }
+        var mdns: MDNSService?
+        if !noMDNS {
+            var configuration = MDNSConfiguration()
+            configuration.queryInterval = .milliseconds(Int64(mdnsInterval * 1000))
+            configuration.ttl = .seconds(mdnsTTL)
+            let service = MDNSService(localPeer: host.localPeer, configuration: configuration) {
+                host.listenAddresses
+            }
+            let discoveries = await service.events()
+            do {
+                try await service.start()
+                mdns = service
+                Task { await handleDiscoveries(discoveries, host: host) }
+            } catch {
+                FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
+            }
+        }
         let messages = await pubsub.subscribe(topic)
         let receiver = Task {
             for await message in messages {
@@ -311,8 +338,28 @@ struct NodeCommand: AsyncParsableCommand {
         }
         printer.cancel()
         receiver.cancel()
+        await mdns?.stop()
         await pubsub.stop()
         await host.close()
+    }
+}
+
+/// Prints mDNS discoveries and dials each newly discovered peer once.
+func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost) async {
+    for await event in events {
+        switch event {
+        case .discovered(let peer, let addresses):
+            for address in addresses { say("Got peer: \(peer) with addr \(address.withoutP2P)") }
+            host.peerStore.addAddresses(addresses.map(\.withoutP2P), for: peer)
+            guard host.connection(to: peer) == nil else { continue }
+            Task {
+                do { _ = try await host.connect(to: peer) } catch {
+                    FileHandle.standardError.write(Data("warning: dial \(peer): \(error)\n".utf8))
+                }
+            }
+        case .expired(let peer, let addresses):
+            for address in addresses { say("Removed peer: \(peer) with addr \(address.withoutP2P)") }
+        }
     }
 }
 

@@ -1,1 +1,0 @@
-// The mDNS discovery target (issue 4).

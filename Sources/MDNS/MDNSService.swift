@@ -1,0 +1,284 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+import NIOPosix
+
+/// A peer found or lost on the local network.
+public enum MDNSEvent: Sendable, Equatable {
+    case discovered(PeerID, [Multiaddr])
+    case expired(PeerID, [Multiaddr])
+}
+
+/// mDNS discovery settings.
+public struct MDNSConfiguration: Sendable {
+    /// How often we ask the network for peers (we also ask at start).
+    public var queryInterval: Duration = .seconds(60)
+    /// TTL of the records we announce; peers we learn of expire after theirs.
+    public var ttl: Duration = .seconds(120)
+    public var port = 5353
+
+    public init() {}
+}
+
+/// The libp2p mDNS records (discovery/mdns.md): a PTR from `_p2p._udp.local` to a
+/// random peer name, and one TXT record `dnsaddr=<multiaddr>/p2p/<peer id>` per address.
+public enum MDNSRecords {
+    public static let serviceName = DNSName(["_p2p", "_udp", "local"])
+
+    public static func query() -> DNSMessage {
+        var message = DNSMessage()
+        message.questions = [DNSQuestion(name: serviceName, type: DNSType.ptr)]
+        return message
+    }
+
+    public static func response(peerName: String, addresses: [Multiaddr], peer: PeerID, ttl: UInt32) -> DNSMessage {
+        var message = DNSMessage()
+        message.isResponse = true
+        let instance = DNSName([peerName] + serviceName.labels)
+        message.answers = [DNSRecord(name: serviceName, ttl: ttl, data: .ptr(instance))]
+        message.additionals = addresses.map { address in
+            let full = address.p2pMultihash == nil ? address.encapsulating(.p2p(peer.bytes)) : address
+            return DNSRecord(name: instance, ttl: ttl, data: .txt([Array("dnsaddr=\(full)".utf8)]))
+        }
+        return message
+    }
+
+    /// The peers a response announces, with their addresses and the smallest TTL.
+    public static func peers(in message: DNSMessage) -> [(PeerID, [Multiaddr], UInt32)] {
+        guard message.isResponse else { return [] }
+        let records = message.answers + message.additionals + message.authorities
+        var instances: Set<DNSName> = []
+        for record in records where record.name == serviceName {
+            if case .ptr(let target) = record.data { instances.insert(target) }
+        }
+        var found: [PeerID: ([Multiaddr], UInt32)] = [:]
+        for record in records where instances.contains(record.name) {
+            guard case .txt(let strings) = record.data else { continue }
+            for string in strings {
+                guard let text = String(validating: string, as: UTF8.self), text.hasPrefix("dnsaddr="),
+                    let address = try? Multiaddr(String(text.dropFirst("dnsaddr=".count))),
+                    let multihash = address.p2pMultihash, let peer = try? PeerID(bytes: multihash)
+                else { continue }
+                var entry = found[peer] ?? ([], record.ttl)
+                if !entry.0.contains(address) { entry.0.append(address) }
+                entry.1 = min(entry.1, record.ttl)
+                found[peer] = entry
+            }
+        }
+        return found.map { ($0.key, $0.value.0, $0.value.1) }
+    }
+
+    /// A random peer name (the spec asks for 32 to 63 characters).
+    public static func randomPeerName() -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        return String((0..<32).map { _ in alphabet.randomElement()! })
+    }
+}
+
+/// Runs mDNS on every multicast-capable IPv4 interface: answers queries for
+/// `_p2p._udp.local` with our addresses, asks periodically, and reports peers
+/// discovered and expired.
+public actor MDNSService {
+    public static let group = try! SocketAddress(ipAddress: "224.0.0.251", port: 5353)
+
+    let localPeer: PeerID
+    let configuration: MDNSConfiguration
+    let addresses: @Sendable () -> [Multiaddr]
+    let logger: Logger
+    let peerName = MDNSRecords.randomPeerName()
+    private var channels: [Channel] = []
+    private var known: [PeerID: (addresses: [Multiaddr], expires: ContinuousClock.Instant)] = [:]
+    private var continuations: [Int: AsyncStream<MDNSEvent>.Continuation] = [:]
+    private var nextSubscriber = 0
+    private var tasks: [Task<Void, Never>] = []
+
+    public init(
+        localPeer: PeerID, configuration: MDNSConfiguration = .init(),
+        logger: Logger = Logger(label: "p2p.mdns"), addresses: @escaping @Sendable () -> [Multiaddr]
+    ) {
+        self.localPeer = localPeer
+        self.configuration = configuration
+        self.addresses = addresses
+        self.logger = logger
+    }
+
+    /// Discovery events from now on.
+    public func events() -> AsyncStream<MDNSEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: MDNSEvent.self, bufferingPolicy: .bufferingNewest(1024))
+        nextSubscriber += 1
+        continuations[nextSubscriber] = continuation
+        return stream
+    }
+
+    /// Opens a socket per interface and starts querying. Throws if no interface works.
+    public func start() async throws {
+        let devices = (try? System.enumerateDevices()) ?? []
+        var errors: [String] = []
+        for device in devices where device.multicastSupported {
+            guard let address = device.address, case .v4(let v4) = address else { continue }
+            let addressBits = v4.address.sin_addr.s_addr
+            if addressBits == UInt32(0x7f00_0001).bigEndian { continue }
+            do {
+                let channel = try await openChannel(device: device, interfaceAddress: addressBits)
+                channels.append(channel)
+                logger.debug("mdns on interface", metadata: ["interface": "\(device.name)", "address": "\(address)"])
+            } catch {
+                errors.append("\(device.name): \(error)")
+            }
+        }
+        guard !channels.isEmpty else {
+            throw MDNSError.noInterface(errors.isEmpty ? "no multicast-capable IPv4 interface" : errors.joined(separator: "; "))
+        }
+        tasks.append(Task { [weak self] in
+            while !Task.isCancelled {
+                await self?.sendQuery()
+                guard let interval = self?.configuration.queryInterval else { return }
+                try? await Task.sleep(for: interval)
+            }
+        })
+        tasks.append(Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                await self?.expire()
+            }
+        })
+    }
+
+    public func stop() async {
+        for task in tasks { task.cancel() }
+        tasks = []
+        for channel in channels { try? await channel.close() }
+        channels = []
+        for continuation in continuations.values { continuation.finish() }
+        continuations = [:]
+    }
+
+    private func openChannel(device: NIONetworkDevice, interfaceAddress: UInt32) async throws -> Channel {
+        let service = self
+        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Several nodes on one host share port 5353.
+            .channelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SocketOptionName(SO_REUSEPORT)), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(MDNSHandler(service: service))
+                }
+            }
+            .bind(host: "0.0.0.0", port: configuration.port).get()
+        guard let multicast = channel as? MulticastChannel else { throw MDNSError.noInterface("not a multicast channel") }
+        try await multicast.joinGroup(Self.group, device: device).get()
+        // Always say which interface multicast goes out of (the default route may be elsewhere).
+        guard let options = channel as? SocketOptionProvider else {
+            throw MDNSError.noInterface("cannot set multicast options")
+        }
+        try await options.setIPMulticastIF(in_addr(s_addr: interfaceAddress)).get()
+        try await options.setIPMulticastLoop(1).get()
+        try await options.setIPMulticastTTL(255).get()
+        return channel
+    }
+
+    private func send(_ message: DNSMessage) {
+        let bytes = message.encoded()
+        for channel in channels {
+            let envelope = AddressedEnvelope(remoteAddress: Self.group, data: ByteBuffer(bytes: bytes))
+            let logger = self.logger
+            channel.writeAndFlush(envelope).whenFailure { error in
+                logger.debug("mdns send failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    func sendQuery() {
+        send(MDNSRecords.query())
+    }
+
+    /// A packet from the network.
+    func received(_ bytes: [UInt8]) {
+        logger.trace("mdns packet", metadata: ["bytes": "\(bytes.count)"])
+        let message: DNSMessage
+        do {
+            message = try DNSMessage(bytes: bytes)
+        } catch {
+            logger.trace("bad mdns packet", metadata: ["error": "\(error)"])
+            return
+        }
+        if !message.isResponse {
+            let asked = message.questions.contains { $0.name == MDNSRecords.serviceName && $0.type == DNSType.ptr }
+            if asked { answer() }
+            return
+        }
+        let now = ContinuousClock.now
+        for (peer, addresses, ttl) in MDNSRecords.peers(in: message) where peer != localPeer {
+            let expires = now + .seconds(Int64(ttl))
+            if ttl == 0 {
+                if let entry = known.removeValue(forKey: peer) { emit(.expired(peer, entry.addresses)) }
+                continue
+            }
+            if let entry = known[peer], Set(addresses).isSubset(of: Set(entry.addresses)) {
+                known[peer] = (entry.addresses, max(entry.expires, expires))
+                continue
+            }
+            let merged = Array(Set((known[peer]?.addresses ?? []) + addresses)).sorted { $0.description < $1.description }
+            known[peer] = (merged, expires)
+            emit(.discovered(peer, merged))
+        }
+    }
+
+    private func answer() {
+        // Loopback addresses mean nothing to another host.
+        let reachable = addresses().filter { address in
+            switch address.components.first {
+            case .ip4(let bytes): return bytes[0] != 127
+            case .ip6(let bytes): return bytes != [UInt8](repeating: 0, count: 15) + [1]
+            default: return true
+            }
+        }
+        guard !reachable.isEmpty else { return }
+        let ttl = UInt32(configuration.ttl.components.seconds)
+        send(MDNSRecords.response(peerName: peerName, addresses: reachable, peer: localPeer, ttl: ttl))
+    }
+
+    private func expire() {
+        let now = ContinuousClock.now
+        for (peer, entry) in known where entry.expires <= now {
+            known[peer] = nil
+            emit(.expired(peer, entry.addresses))
+        }
+    }
+
+    private func emit(_ event: MDNSEvent) {
+        for continuation in continuations.values { continuation.yield(event) }
+    }
+}
+
+/// Errors of the mDNS service.
+public enum MDNSError: Error, CustomStringConvertible, Sendable {
+    case noInterface(String)
+
+    public var description: String {
+        switch self {
+        case .noInterface(let why): return "mDNS cannot run: \(why)"
+        }
+    }
+}
+
+/// Hands received datagrams to the service.
+final class MDNSHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    let service: MDNSService
+
+    init(service: MDNSService) {
+        self.service = service
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        let bytes = Array(envelope.data.readableBytesView.prefix(DNSMessage.maxSize + 1))
+        let service = self.service
+        Task { await service.received(bytes) }
+    }
+}
