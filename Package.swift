@@ -121,6 +121,7 @@ let package = Package(
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
+        .testTarget(name: "NamespaceTests", dependencies: ["Identity"]),
         .testTarget(name: "PubSubTests", dependencies: ["PubSub", "TestSupport"]),
         .target(
             name: "TestSupport",
