@@ -78,10 +78,16 @@ final class ChatProcess: @unchecked Sendable {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("p2pchat").path
     }
 
-    init(namespace: String, arguments: [String], network: TestNetwork) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        if !FileManager.default.fileExists(atPath: "/usr/sbin/ip") { process.executableURL = URL(fileURLWithPath: "/sbin/ip") }
-        process.arguments = ["netns", "exec", namespace, Self.binary] + arguments
+    /// Runs the chat in `namespace`, or directly (loopback tests) when it is nil.
+    init(namespace: String?, arguments: [String], network: TestNetwork?) throws {
+        if let namespace {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            if !FileManager.default.fileExists(atPath: "/usr/sbin/ip") { process.executableURL = URL(fileURLWithPath: "/sbin/ip") }
+            process.arguments = ["netns", "exec", namespace, Self.binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = arguments
+        }
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
@@ -102,7 +108,31 @@ final class ChatProcess: @unchecked Sendable {
             self.lock.unlock()
         }
         try process.run()
-        network.track(process)
+        network?.track(process)
+    }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+
+    /// Output lines parsed as JSON objects (for --json).
+    var events: [[String: String]] {
+        output.compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String]
+        }
+    }
+
+    /// Waits for the process to exit; its status.
+    func waitForExit(within seconds: Double) async throws -> Int32 {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning {
+            guard Date() < deadline else {
+                XCTFail("process did not exit within \(seconds) s")
+                throw CancellationError()
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return process.terminationStatus
     }
 
     var output: [String] {
@@ -219,4 +249,91 @@ final class NamespaceTests: XCTestCase {
 
     func testChatOverMDNSWithGossipsub() async throws { try await chatScenario(router: "gossipsub") }
     func testChatOverMDNSWithFloodsub() async throws { try await chatScenario(router: "floodsub") }
+}
+
+/// The chat binary on loopback: JSON output, clean exits, redialing.
+final class ChatCLITests: XCTestCase {
+    func start(_ arguments: [String]) async throws -> ChatProcess {
+        let chat = try ChatProcess(
+            namespace: nil, arguments: ["--no-mdns", "--json", "--listen", "/ip4/127.0.0.1/tcp/0"] + arguments, network: nil)
+        try await chat.waitFor("listening", within: 20) { $0.contains("\"event\":\"listening\"") }
+        return chat
+    }
+
+    func address(of chat: ChatProcess) throws -> String {
+        let events = chat.events
+        let peer = try XCTUnwrap(events.first { $0["event"] == "local_peer" }?["peer"])
+        let addr = try XCTUnwrap(events.first { $0["event"] == "listening" }?["addr"])
+        return "\(addr)/p2p/\(peer)"
+    }
+
+    func testJSONEventsAndCleanExits() async throws {
+        let a = try await start(["--ephemeral"])
+        let b = try await start(["--ephemeral", "--connect", try address(of: a)])
+        let aPeer = try XCTUnwrap(a.events.first { $0["event"] == "local_peer" }?["peer"])
+        let bPeer = try XCTUnwrap(b.events.first { $0["event"] == "local_peer" }?["peer"])
+        try await a.waitFor("connected", within: 10) { $0.contains("\"connected\"") && $0.contains(bPeer) }
+        // Until B's subscription reached A, a line may go nowhere: repeat a probe until one lands.
+        let deadline = Date().addingTimeInterval(10)
+        while !a.output.contains(where: { $0.contains("probe") }) && Date() < deadline {
+            b.send("probe")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        b.send("hello from B")
+        let line = try await a.waitFor("message", within: 10) { $0.contains("hello from B") }
+        let event = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String])
+        XCTAssertEqual(event["event"], "message")
+        XCTAssertEqual(event["from"], bPeer)
+        XCTAssertEqual(event["topic"], "lobby")
+        XCTAssertEqual(event["text"], "hello from B")
+        XCTAssertNotNil(event["id"])
+        // A line over the size limit is an error event; the chat goes on.
+        b.send(String(repeating: "x", count: 1024 * 1024 + 1))
+        try await b.waitFor("error event", within: 10) { $0.contains("\"event\":\"error\"") }
+        // End of input: exit 0; the other side sees the disconnection. SIGTERM: exit 0.
+        b.closeInput()
+        let bStatus = try await b.waitForExit(within: 10)
+        XCTAssertEqual(bStatus, 0)
+        try await a.waitFor("disconnected", within: 10) { $0.contains("\"disconnected\"") }
+        a.process.terminate()
+        let aStatus = try await a.waitForExit(within: 10)
+        XCTAssertEqual(aStatus, 0)
+        XCTAssertEqual(a.process.terminationReason, .exit, "SIGTERM must end the chat cleanly, not kill it")
+        _ = aPeer
+    }
+
+    func testDroppedConnectPeerIsRedialed() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("p2pchat-redial-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let keyPath = directory.appendingPathComponent("a.key").path
+        var a = try await start(["--identity", keyPath])
+        let target = try address(of: a)
+        let listen = target.components(separatedBy: "/p2p/")[0]
+        let b = try await start(["--ephemeral", "--connect", target])
+        try await b.waitFor("connected", within: 10) { $0.contains("\"connected\"") }
+        a.process.terminate()
+        _ = try await a.waitForExit(within: 10)
+        try await b.waitFor("disconnected", within: 10) { $0.contains("\"disconnected\"") }
+        // A comes back on the same address with the same key; B redials by itself.
+        a = try ChatProcess(
+            namespace: nil, arguments: ["--no-mdns", "--json", "--identity", keyPath, "--listen", listen], network: nil)
+        let connectedBefore = b.output.filter { $0.contains("\"connected\"") }.count
+        let deadline = Date().addingTimeInterval(20)
+        while b.output.filter({ $0.contains("\"connected\"") }).count == connectedBefore && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        XCTAssertGreaterThan(b.output.filter { $0.contains("\"connected\"") }.count, connectedBefore, "B did not redial")
+        // Messages flow again.
+        let probeDeadline = Date().addingTimeInterval(10)
+        while !a.output.contains(where: { $0.contains("after restart") }) && Date() < probeDeadline {
+            b.send("after restart")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        XCTAssertTrue(a.output.contains { $0.contains("after restart") })
+        a.closeInput()
+        b.closeInput()
+        _ = try await a.waitForExit(within: 10)
+        _ = try await b.waitForExit(within: 10)
+    }
 }
