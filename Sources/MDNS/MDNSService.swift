@@ -44,7 +44,33 @@ public enum MDNSRecords {
             let full = address.p2pMultihash == nil ? address.encapsulating(.p2p(peer.bytes)) : address
             return DNSRecord(name: instance, ttl: ttl, data: .txt([Array("dnsaddr=\(full)".utf8)]))
         }
+        // DNS-SD resolvers (zeroconf, as py-libp2p uses) also want SRV and A/AAAA
+        // records before they read the TXT; libp2p resolvers ignore them.
+        let target = DNSName([peerName, "local"])
+        var port: UInt16?
+        for address in addresses {
+            let parts = address.components
+            if port == nil, parts.count > 1, case .tcp(let tcp) = parts[1] { port = tcp }
+            switch parts.first {
+            case .ip4(let bytes): message.additionals.append(DNSRecord(name: target, ttl: ttl, data: .a(bytes)))
+            case .ip6(let bytes): message.additionals.append(DNSRecord(name: target, ttl: ttl, data: .aaaa(bytes)))
+            default: break
+            }
+        }
+        if let port {
+            message.additionals.append(
+                DNSRecord(name: instance, ttl: ttl, data: .srv(priority: 0, weight: 0, port: port, target: target)))
+        }
         return message
+    }
+
+    /// Whether a query asks for our records (the service, our instance or our host name).
+    public static func asksFor(_ message: DNSMessage, peerName: String) -> Bool {
+        let instance = DNSName([peerName] + serviceName.labels)
+        let target = DNSName([peerName, "local"])
+        return message.questions.contains { question in
+            question.name == serviceName || question.name == instance || question.name == target
+        }
     }
 
     /// The peers a response announces, with their addresses and the smallest TTL.
@@ -59,8 +85,11 @@ public enum MDNSRecords {
         for record in records where instances.contains(record.name) {
             guard case .txt(let strings) = record.data else { continue }
             for string in strings {
-                guard let text = String(validating: string, as: UTF8.self), text.hasPrefix("dnsaddr="),
-                    let address = try? Multiaddr(String(text.dropFirst("dnsaddr=".count))),
+                // "dnsaddr=..." per the spec; py-libp2p numbers further keys ("dnsaddr2=...").
+                guard let text = String(validating: string, as: UTF8.self), text.hasPrefix("dnsaddr"),
+                    let equals = text.firstIndex(of: "="),
+                    text[text.index(text.startIndex, offsetBy: 7)..<equals].allSatisfy(\.isNumber),
+                    let address = try? Multiaddr(String(text[text.index(after: equals)...])),
                     let multihash = address.p2pMultihash, let peer = try? PeerID(bytes: multihash)
                 else { continue }
                 var entry = found[peer] ?? ([], record.ttl)
@@ -197,7 +226,7 @@ public actor MDNSService {
     }
 
     /// A packet from the network.
-    func received(_ bytes: [UInt8]) {
+    func received(_ bytes: [UInt8], from source: [UInt8]?) {
         logger.trace("mdns packet", metadata: ["bytes": "\(bytes.count)"])
         let message: DNSMessage
         do {
@@ -207,12 +236,15 @@ public actor MDNSService {
             return
         }
         if !message.isResponse {
-            let asked = message.questions.contains { $0.name == MDNSRecords.serviceName && $0.type == DNSType.ptr }
-            if asked { answer() }
+            if MDNSRecords.asksFor(message, peerName: peerName) { answer() }
             return
         }
         let now = ContinuousClock.now
-        for (peer, addresses, ttl) in MDNSRecords.peers(in: message) where peer != localPeer {
+        for (peer, announced, ttl) in MDNSRecords.peers(in: message) where peer != localPeer {
+            // Some peers (py-libp2p 0.8.1) announce their unspecified bind address:
+            // the packet's source address is where they can be reached.
+            let addresses = announced.compactMap { Self.replacingUnspecified($0, with: source) }
+            guard !addresses.isEmpty else { continue }
             let expires = now + .seconds(Int64(ttl))
             if ttl == 0 {
                 if let entry = known.removeValue(forKey: peer) { emit(.expired(peer, entry.addresses)) }
@@ -225,6 +257,21 @@ public actor MDNSService {
             let merged = Array(Set((known[peer]?.addresses ?? []) + addresses)).sorted { $0.description < $1.description }
             known[peer] = (merged, expires)
             emit(.discovered(peer, merged))
+        }
+    }
+
+    /// `address` with an unspecified IPv4 replaced by `source`; nil if it cannot be.
+    static func replacingUnspecified(_ address: Multiaddr, with source: [UInt8]?) -> Multiaddr? {
+        var parts = address.components
+        switch parts.first {
+        case .ip4(let bytes) where bytes == [0, 0, 0, 0]:
+            guard let source, source.count == 4 else { return nil }
+            parts[0] = .ip4(source)
+            return Multiaddr(parts)
+        case .ip6(let bytes) where bytes.allSatisfy({ $0 == 0 }):
+            return nil
+        default:
+            return address
         }
     }
 
@@ -278,7 +325,12 @@ final class MDNSHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         let bytes = Array(envelope.data.readableBytesView.prefix(DNSMessage.maxSize + 1))
+        var source: [UInt8]?
+        if case .v4(let v4) = envelope.remoteAddress {
+            var raw = v4.address.sin_addr.s_addr  // network byte order
+            source = withUnsafeBytes(of: &raw) { Array($0) }
+        }
         let service = self.service
-        Task { await service.received(bytes) }
+        Task { await service.received(bytes, from: source) }
     }
 }

@@ -28,8 +28,9 @@ final class DNSMessageTests: XCTestCase {
         XCTAssertEqual(found[0].0, peer)
         XCTAssertEqual(Set(found[0].1), Set(addresses.map { $0.encapsulating(.p2p(peer.bytes)) }))
         XCTAssertEqual(found[0].2, 120)
-        // The instance name appears once in full; later uses are 2-byte pointers.
-        let name = Array("abcdefghijklmnopqrstuvwxyz012345".utf8)
+        // "_p2p._udp.local" is written once; every later use (the instance name in the
+        // PTR and in each TXT record) is a 2-byte pointer.
+        let name = [4] + Array("_p2p".utf8)
         let occurrences = (0...(bytes.count - name.count)).filter { Array(bytes[$0..<($0 + name.count)]) == name }.count
         XCTAssertEqual(occurrences, 1)
     }

@@ -79,13 +79,13 @@ final class ChatProcess: @unchecked Sendable {
     }
 
     /// Runs the chat in `namespace`, or directly (loopback tests) when it is nil.
-    init(namespace: String?, arguments: [String], network: TestNetwork?) throws {
+    init(namespace: String?, executable: String = ChatProcess.binary, arguments: [String], network: TestNetwork?) throws {
         if let namespace {
             process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
             if !FileManager.default.fileExists(atPath: "/usr/sbin/ip") { process.executableURL = URL(fileURLWithPath: "/sbin/ip") }
-            process.arguments = ["netns", "exec", namespace, Self.binary] + arguments
+            process.arguments = ["netns", "exec", namespace, executable] + arguments
         } else {
-            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = arguments
         }
         let output = Pipe()
@@ -245,6 +245,34 @@ final class NamespaceTests: XCTestCase {
             XCTAssertFalse(node.process.isRunning, "chat did not exit on end of input")
             XCTAssertEqual(node.process.terminationStatus, 0)
         }
+    }
+
+    /// A Swift node and a py-libp2p 0.8.1 node with mDNS find each other, both ways.
+    func testSwiftAndPythonDiscoverEachOther() async throws {
+        guard let python = ProcessInfo.processInfo.environment["P2PCHAT_PYTHON"], !python.isEmpty else {
+            if ProcessInfo.processInfo.environment["P2PCHAT_REQUIRE_INTEROP"] != nil {
+                XCTFail("P2PCHAT_PYTHON is not set but interop is required")
+            }
+            throw XCTSkip("SKIPPED: mDNS interop with py-libp2p needs P2PCHAT_PYTHON (run ./scripts/test)")
+        }
+        let swift = try await startChat(1)
+        let namespace = try network.addHost(2)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Interop/py/peer.py").path
+        let py = try ChatProcess(
+            namespace: namespace, executable: python, arguments: [script, "mdns", "--timeout", "60"], network: network)
+        let listening = try await py.waitFor("python listening", within: 30) { $0.contains("\"listening\"") }
+        let pyPeer = try XCTUnwrap(
+            ((try JSONSerialization.jsonObject(with: Data(listening.utf8))) as? [String: Any])?["peer"] as? String)
+        let swiftPeer = try XCTUnwrap(swift.peerID)
+        try await swift.waitFor("discovery of the python node", within: 15) {
+            $0.hasPrefix("Got peer: \(pyPeer) with addr /ip4/192.0.2.2/tcp/")
+        }
+        try await py.waitFor("discovery of the swift node", within: 15) {
+            $0.contains("\"discovered\"") && $0.contains(swiftPeer) && $0.contains("/ip4/192.0.2.1/tcp/")
+        }
+        py.closeInput()
+        swift.closeInput()
     }
 
     func testChatOverMDNSWithGossipsub() async throws { try await chatScenario(router: "gossipsub") }

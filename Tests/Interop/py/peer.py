@@ -81,7 +81,7 @@ async def echo_handler(stream) -> None:
         await stream.reset()
 
 
-def make_host(seed: str | None):
+def make_host(seed: str | None, mdns: bool = False):
     if seed:
         key_pair = create_new_key_pair(bytes.fromhex(seed))
     else:
@@ -91,6 +91,7 @@ def make_host(seed: str | None):
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
+        enable_mDNS=mdns,
     )
     host.set_stream_handler(ECHO, echo_handler)
     return host
@@ -249,11 +250,30 @@ async def wait_for_stdin_eof() -> None:
 
 
 async def main(args) -> None:
-    host = make_host(args.seed)
+    host = make_host(args.seed, mdns=args.mode == "mdns")
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")]
     with trio.move_on_after(args.timeout) as scope:
         async with host.run(listen_addrs=listen):
-            if args.mode == "pubsub":
+            if args.mode == "mdns":
+                addr = host.get_addrs()[0]
+                emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
+                reported = set()
+
+                async def report_discoveries():
+                    while True:
+                        for peer_id in host.get_peerstore().peer_ids():
+                            if peer_id != host.get_id() and peer_id not in reported:
+                                addrs = host.get_peerstore().addrs(peer_id)
+                                if addrs:
+                                    reported.add(peer_id)
+                                    emit(event="discovered", peer=peer_id.to_base58(), addrs=[str(a) for a in addrs])
+                        await trio.sleep(0.1)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(report_discoveries)
+                    await wait_for_stdin_eof()
+                    nursery.cancel_scope.cancel()
+            elif args.mode == "pubsub":
                 await run_pubsub(host, args)
             elif args.mode == "listen":
                 addr = host.get_addrs()[0]
@@ -281,6 +301,10 @@ def parse_args():
     listen.add_argument("--port", type=int, default=0)
     listen.add_argument("--ip", default="127.0.0.1")
     listen.add_argument("--timeout", type=float, default=60)
+    mdns = sub.add_parser("mdns")
+    mdns.add_argument("--timeout", type=float, default=60)
+    mdns.add_argument("--port", type=int, default=0)
+    mdns.add_argument("--ip", default="0.0.0.0")
     chat = sub.add_parser("pubsub")
     chat.add_argument("--router", choices=["gossipsub", "floodsub"], default="gossipsub")
     chat.add_argument("--topic", default="lobby")
