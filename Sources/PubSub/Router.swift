@@ -77,6 +77,9 @@ struct PubSubRouter {
         var topics: Set<String> = []
         var outbound: Bool
         var ihaveThisHeartbeat = 0
+        /// Our subscriptions go out again on the next heartbeat: some peers
+        /// (py-libp2p 0.8.1) drop what arrives before they have registered us.
+        var reannounce = true
         var iwantCounts: [MessageID: Int] = [:]
         /// Penalty for misbehaviour (invalid messages, malformed RPCs, backoff violations).
         var penalty: Double = 0
@@ -421,8 +424,17 @@ struct PubSubRouter {
     mutating func heartbeat(now: ContinuousClock.Instant) -> [RouterAction] {
         var grafts: [PeerID: [String]] = [:]
         var prunes: [PeerID: [String]] = [:]
+        var actions: [RouterAction] = []
         for peer in Array(peers.keys) {
             peers[peer]?.ihaveThisHeartbeat = 0
+            if peers[peer]?.reannounce == true {
+                peers[peer]?.reannounce = false
+                if !subscriptions.isEmpty {
+                    var rpc = Pubsub_Pb_RPC()
+                    rpc.subscriptions = subscriptions.sorted().map { Self.subOpts($0, subscribe: true) }
+                    actions.append(.send(peer, rpc))
+                }
+            }
             // Penalties decay so that a peer can recover over time.
             if let penalty = peers[peer]?.penalty, penalty < 0 { peers[peer]?.penalty = min(0, penalty * 0.9 + 0.5) }
         }
@@ -433,7 +445,7 @@ struct PubSubRouter {
         }
         guard configuration.router == .gossipsub else {
             cache.shift()
-            return []
+            return actions
         }
         for topic in subscriptions {
             var members = (mesh[topic] ?? []).filter { peers[$0]?.topics.contains(topic) ?? false && !isGraylisted($0) }
@@ -474,7 +486,6 @@ struct PubSubRouter {
             }
             fanout[topic] = members
         }
-        var actions: [RouterAction] = []
         for (peer, topics) in grafts {
             var rpc = Pubsub_Pb_RPC()
             rpc.control.graft = topics.map { topic in

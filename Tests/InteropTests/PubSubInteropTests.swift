@@ -70,18 +70,42 @@ final class PubSubInteropTests: XCTestCase {
         var inbox = await pubsub.subscribe("lobby").makeAsyncIterator()
         _ = try await pubsub.host.connect(pythonAddress)
         try await waitForTopicPeer(pubsub, pythonID)
-        // py-libp2p announces its subscription before it has registered ours; give it
-        // a message to prove the path, then check both directions.
+        // py-libp2p announces its subscription before it is ready to take messages from a
+        // new peer (it registers the peer asynchronously): probe until one arrives.
+        let probeDeadline = ContinuousClock.now + .seconds(20)
+        var probes = 0
+        while true {
+            probes += 1
+            try await pubsub.publish("lobby", data: Array("probe \(probes)".utf8))
+            if let line = try? await python.next("message", within: 0.5),
+                (line["from"] as? String) == pubsub.host.localPeer.description
+            {
+                break
+            }
+            guard ContinuousClock.now < probeDeadline else { return XCTFail("python never received a probe") }
+        }
         try await pubsub.publish("lobby", data: Array("hello from swift".utf8))
-        let atPython = try await nextForeignMessage(python, own: pythonID)
+        var atPython = try await nextForeignMessage(python, own: pythonID)
+        while atPython.text.hasPrefix("probe ") { atPython = try await nextForeignMessage(python, own: pythonID) }
         XCTAssertEqual(atPython.text, "hello from swift")
         XCTAssertEqual(atPython.from, pubsub.host.localPeer.description)
-        python.send("hello from py")
+        // The other way: py-libp2p publishes to its mesh only (no flood publishing), which
+        // holds us only after its heartbeat grafts us; probe until a line comes through.
         let box = SubscriptionBox(inbox)
-        let atSwift = try await withDeadline(30) { await box.next() }
-        inbox = box.iterator
-        XCTAssertEqual(atSwift.map { String(decoding: $0.data, as: UTF8.self) }, "hello from py")
-        XCTAssertEqual(atSwift?.from, pythonID)
+        let inboxStream = Inbox(box)
+        var pyProbes = 0
+        let pyDeadline = ContinuousClock.now + .seconds(20)
+        while await inboxStream.count == 0 {
+            guard ContinuousClock.now < pyDeadline else { return XCTFail("swift never received a probe from python") }
+            pyProbes += 1
+            python.send("py probe \(pyProbes)")
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        python.send("hello from py")
+        let atSwift = try await inboxStream.firstMatching { !String(decoding: $0.data, as: UTF8.self).hasPrefix("py probe ") }
+        XCTAssertEqual(String(decoding: atSwift.data, as: UTF8.self), "hello from py")
+        XCTAssertEqual(atSwift.from, pythonID)
+        _ = inbox
     }
 
     func testGossipsubWithPython() async throws { try await exchange(swift: .gossipsub, python: .gossipsub) }
@@ -151,17 +175,47 @@ final class SubscriptionBox: @unchecked Sendable {
     func next() async -> PubSubMessage? { await iterator.next() }
 }
 
+extension Inbox {
+    init(_ box: SubscriptionBox) {
+        let (stream, continuation) = AsyncStream.makeStream(of: PubSubMessage.self)
+        Task {
+            while let message = await box.next() { continuation.yield(message) }
+            continuation.finish()
+        }
+        self.init(stream)
+    }
+}
+
 /// Collects a subscription's texts.
 actor Inbox {
     private var texts: [String] = []
+    private var messages: [PubSubMessage] = []
     init(_ stream: AsyncStream<PubSubMessage>) {
         Task { [weak self] in
             for await message in stream {
-                await self?.append(String(decoding: message.data, as: UTF8.self))
+                await self?.append(message)
             }
         }
     }
-    private func append(_ text: String) { texts.append(text) }
+    private func append(_ message: PubSubMessage) {
+        texts.append(String(decoding: message.data, as: UTF8.self))
+        messages.append(message)
+    }
+
+    var count: Int { messages.count }
+
+    /// The first message (received so far or later, within a deadline) that matches.
+    func firstMatching(within seconds: Double = 30, _ predicate: (PubSubMessage) -> Bool) async throws -> PubSubMessage {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while true {
+            if let found = messages.first(where: predicate) { return found }
+            guard ContinuousClock.now < deadline else {
+                XCTFail("no matching message within \(seconds) s")
+                throw CancellationError()
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
 
     /// The next `count` texts, within a deadline.
     func take(_ count: Int, within seconds: Double = 30) async throws -> [String] {
