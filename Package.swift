@@ -111,7 +111,7 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Noise",
+                "Host", "Ping", "Noise", "PubSub",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -175,7 +175,9 @@ actor PubSubCore {
                     let bytes: [UInt8] = try rpc.serializedBytes()
                     var frame = ByteBuffer()
                     frame.writeLengthPrefixed(bytes)
+                    let size = frame.readableBytes
                     try await stream.write(frame)
+                    await self.countSent(size)
                 }
             } catch {
                 logger.debug("pubsub send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
@@ -199,6 +201,10 @@ actor PubSubCore {
             "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)",
                 "counters": "\(router.counters)"])
         perform(actions)
+    }
+
+    func countSent(_ bytes: Int) {
+        router.countSent(bytes)
     }
 
     func malformed(from peer: PeerID) {

@@ -66,6 +66,8 @@ public struct PubSubCounters: Sendable {
     public var malformedRPCs = 0
     public var droppedOutbound = 0
     public var ignoredIHave = 0
+    /// RPC bytes written to peers (frames with their length prefixes).
+    public var bytesSent = 0
 }
 
 /// Floodsub and gossipsub v1.1 routing, sans-IO: feed it peers, RPCs, local
@@ -270,6 +272,10 @@ struct PubSubRouter {
     /// Counts an RPC dropped because the peer's send queue was full.
     mutating func countDroppedOutbound() {
         counters.droppedOutbound += 1
+    }
+
+    mutating func countSent(_ bytes: Int) {
+        counters.bytesSent += bytes
     }
 
     /// Counts a malformed RPC against the sender.
