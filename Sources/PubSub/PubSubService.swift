@@ -177,13 +177,13 @@ actor PubSubCore {
                     frame.writeLengthPrefixed(bytes)
                     let size = frame.readableBytes
                     try await stream.write(frame)
-                    await self.countSent(size)
+                    self.countSent(size)
                 }
             } catch {
                 logger.debug("pubsub send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
             }
             stream.reset()
-            await self.removePeer(peer)
+            self.removePeer(peer)
         }
         perform(router.addPeer(peer, protocolID: protocolID, outbound: isOutbound))
     }

@@ -67,7 +67,7 @@ final class PubSubInteropTests: XCTestCase {
     func exchange(swift router: RouterKind, python pythonRouter: RouterKind) async throws {
         let (python, pythonID, pythonAddress) = try await pythonNode(pythonRouter)
         let (pubsub, _) = try await swiftNode(router)
-        var inbox = await pubsub.subscribe("lobby").makeAsyncIterator()
+        let inbox = await pubsub.subscribe("lobby").makeAsyncIterator()
         _ = try await pubsub.host.connect(pythonAddress)
         try await waitForTopicPeer(pubsub, pythonID)
         // py-libp2p announces its subscription before it is ready to take messages from a

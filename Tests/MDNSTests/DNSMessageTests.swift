@@ -42,7 +42,7 @@ final class DNSMessageTests: XCTestCase {
                 _ = try DNSMessage(bytes: header + body)
                 return nil
             } catch {
-                return error as? DNSError
+                return error as DNSError
             }
         }
         // A pointer to itself, and a forward pointer, are refused.

@@ -39,8 +39,8 @@ final class TestNetwork {
     func tearDown() {
         for process in processes where process.isRunning { process.terminate() }
         for process in processes { process.waitUntilExit() }
-        for host in hosts { try? Self.ip(["netns", "del", host]) }
-        try? Self.ip(["netns", "del", "\(prefix)-br"])
+        for host in hosts { _ = try? Self.ip(["netns", "del", host]) }
+        _ = try? Self.ip(["netns", "del", "\(prefix)-br"])
     }
 
     func track(_ process: Process) { processes.append(process) }

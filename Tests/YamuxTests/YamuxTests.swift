@@ -179,7 +179,7 @@ final class YamuxTests: XCTestCase {
                 let out = session.takeOutput()
                 XCTAssertEqual(out.getInteger(at: out.writerIndex - 12 + 1, as: UInt8.self), 3)
                 XCTAssertEqual(out.getInteger(at: out.writerIndex - 4, as: UInt32.self), 1)
-                return error as? YamuxError
+                return error as YamuxError
             }
         }
         XCTAssertEqual(violation(header(type: 0, flags: 1, stream: 1, length: 0, version: 1)), .badVersion(1))
