@@ -108,18 +108,21 @@ public enum MDNSRecords {
     }
 }
 
-/// Runs mDNS on every multicast-capable IPv4 interface: answers queries for
+/// Runs mDNS on every multicast-capable interface, IPv4 (224.0.0.251) and IPv6
+/// (ff02::fb): answers queries for
 /// `_p2p._udp.local` with our addresses, asks periodically, and reports peers
 /// discovered and expired.
 public actor MDNSService {
     public static let group = try! SocketAddress(ipAddress: "224.0.0.251", port: 5353)
+    public static let group6 = try! SocketAddress(ipAddress: "ff02::fb", port: 5353)
 
     let localPeer: PeerID
     let configuration: MDNSConfiguration
     let addresses: @Sendable () -> [Multiaddr]
     let logger: Logger
     let peerName = MDNSRecords.randomPeerName()
-    private var channels: [Channel] = []
+    /// One socket per interface and IP version, with the group it sends to.
+    private var channels: [(channel: Channel, group: SocketAddress)] = []
     private var known: [PeerID: (addresses: [Multiaddr], expires: ContinuousClock.Instant)] = [:]
     private var continuations: [Int: AsyncStream<MDNSEvent>.Continuation] = [:]
     private var nextSubscriber = 0
@@ -147,20 +150,33 @@ public actor MDNSService {
     public func start() async throws {
         let devices = (try? System.enumerateDevices()) ?? []
         var errors: [String] = []
+        var ipv6Interfaces: Set<Int> = []
         for device in devices where device.multicastSupported {
-            guard let address = device.address, case .v4(let v4) = address else { continue }
-            let addressBits = v4.address.sin_addr.s_addr
-            if addressBits == UInt32(0x7f00_0001).bigEndian { continue }
+            guard let address = device.address else { continue }
             do {
-                let channel = try await openChannel(device: device, interfaceAddress: addressBits)
-                channels.append(channel)
+                switch address {
+                case .v4(let v4):
+                    let addressBits = v4.address.sin_addr.s_addr
+                    if addressBits == UInt32(0x7f00_0001).bigEndian { continue }
+                    let channel = try await openChannel(device: device, interfaceAddress: addressBits)
+                    channels.append((channel, Self.group))
+                case .v6:
+                    // One IPv6 socket per interface, whatever its number of addresses.
+                    guard device.interfaceIndex > 0, ipv6Interfaces.insert(device.interfaceIndex).inserted else {
+                        continue
+                    }
+                    let channel = try await openChannel6(device: device)
+                    channels.append((channel, Self.group6))
+                default:
+                    continue
+                }
                 logger.debug("mdns on interface", metadata: ["interface": "\(device.name)", "address": "\(address)"])
             } catch {
-                errors.append("\(device.name): \(error)")
+                errors.append("\(device.name) \(address): \(error)")
             }
         }
         guard !channels.isEmpty else {
-            throw MDNSError.noInterface(errors.isEmpty ? "no multicast-capable IPv4 interface" : errors.joined(separator: "; "))
+            throw MDNSError.noInterface(errors.isEmpty ? "no multicast-capable interface" : errors.joined(separator: "; "))
         }
         tasks.append(Task { [weak self] in
             while !Task.isCancelled {
@@ -180,7 +196,7 @@ public actor MDNSService {
     public func stop() async {
         for task in tasks { task.cancel() }
         tasks = []
-        for channel in channels { try? await channel.close() }
+        for (channel, _) in channels { try? await channel.close() }
         channels = []
         for continuation in continuations.values { continuation.finish() }
         continuations = [:]
@@ -210,10 +226,30 @@ public actor MDNSService {
         return channel
     }
 
+    private func openChannel6(device: NIONetworkDevice) async throws -> Channel {
+        let service = self
+        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SocketOptionName(SO_REUSEPORT)), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(MDNSHandler(service: service))
+                }
+            }
+            .bind(host: "::", port: configuration.port).get()
+        guard let multicast = channel as? MulticastChannel, let options = channel as? SocketOptionProvider else {
+            throw MDNSError.noInterface("not a multicast channel")
+        }
+        try await multicast.joinGroup(Self.group6, device: device).get()
+        try await options.setIPv6MulticastIF(CUnsignedInt(device.interfaceIndex)).get()
+        try await options.setIPv6MulticastLoop(1).get()
+        return channel
+    }
+
     private func send(_ message: DNSMessage) {
         let bytes = message.encoded()
-        for channel in channels {
-            let envelope = AddressedEnvelope(remoteAddress: Self.group, data: ByteBuffer(bytes: bytes))
+        for (channel, group) in channels {
+            let envelope = AddressedEnvelope(remoteAddress: group, data: ByteBuffer(bytes: bytes))
             let logger = self.logger
             channel.writeAndFlush(envelope).whenFailure { error in
                 logger.debug("mdns send failed", metadata: ["error": "\(error)"])

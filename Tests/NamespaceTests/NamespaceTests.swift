@@ -20,8 +20,9 @@ final class TestNetwork {
         try Self.ip(["-n", "\(prefix)-br", "link", "set", "br0", "up"])
     }
 
-    /// Adds a host namespace with address 192.0.2.<index> on the bridge.
-    func addHost(_ index: Int) throws -> String {
+    /// Adds a host namespace with address 192.0.2.<index> on the bridge (or only
+    /// 2001:db8::<index>, IPv6 documentation space, when `ipv6Only`).
+    func addHost(_ index: Int, ipv6Only: Bool = false) throws -> String {
         let name = "\(prefix)-n\(index)"
         let veth = "\(prefix)v\(index)"
         try Self.ip(["netns", "add", name])
@@ -30,7 +31,15 @@ final class TestNetwork {
         try Self.ip(["link", "set", veth, "netns", "\(prefix)-br"])
         try Self.ip(["-n", "\(prefix)-br", "link", "set", veth, "master", "br0"])
         try Self.ip(["-n", "\(prefix)-br", "link", "set", veth, "up"])
-        try Self.ip(["-n", name, "addr", "add", "192.0.2.\(index)/24", "dev", "eth0"])
+        if ipv6Only {
+            // No duplicate address detection: addresses are usable at once.
+            try Self.run("/usr/sbin/ip", ["netns", "exec", name, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0"])
+            try Self.run("/usr/sbin/ip", ["netns", "exec", name, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0"])
+            try Self.run("/usr/sbin/ip", ["netns", "exec", name, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_dad=0"])
+            try Self.ip(["-n", name, "addr", "add", "2001:db8::\(index)/64", "dev", "eth0", "nodad"])
+        } else {
+            try Self.ip(["-n", name, "addr", "add", "192.0.2.\(index)/24", "dev", "eth0"])
+        }
         try Self.ip(["-n", name, "link", "set", "eth0", "up"])
         try Self.ip(["-n", name, "link", "set", "lo", "up"])
         return name
@@ -44,6 +53,14 @@ final class TestNetwork {
     }
 
     func track(_ process: Process) { processes.append(process) }
+
+    static func run(_ executable: String, _ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        try process.run()
+        process.waitUntilExit()
+    }
 
     @discardableResult
     static func ip(_ arguments: [String]) throws -> Int32 {
@@ -173,14 +190,31 @@ final class NamespaceTests: XCTestCase {
         network?.tearDown()
     }
 
-    func startChat(_ index: Int, topic: String = "lobby", extra: [String] = []) async throws -> ChatProcess {
-        let namespace = try network.addHost(index)
+    func startChat(_ index: Int, topic: String = "lobby", extra: [String] = [], ipv6Only: Bool = false) async throws
+        -> ChatProcess
+    {
+        let namespace = try network.addHost(index, ipv6Only: ipv6Only)
+        let listen = ipv6Only ? "/ip6/::/tcp/0" : "/ip4/0.0.0.0/tcp/0"
         let chat = try ChatProcess(
             namespace: namespace,
-            arguments: [topic, "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/0", "--mdns-interval", "1", "--mdns-ttl", "3"] + extra,
+            arguments: [topic, "--ephemeral", "--listen", listen, "--mdns-interval", "1", "--mdns-ttl", "3"] + extra,
             network: network)
-        try await chat.waitFor("startup", within: 20) { $0.hasPrefix("Listening on /ip4/192.0.2.") }
+        let expected = ipv6Only ? "Listening on /ip6/2001:db8::" : "Listening on /ip4/192.0.2."
+        try await chat.waitFor("startup", within: 20) { $0.hasPrefix(expected) }
         return chat
+    }
+
+    /// mDNS over IPv6 only (ff02::fb): two hosts without IPv4 find and reach each other.
+    func testDiscoveryOverIPv6() async throws {
+        let a = try await startChat(1, ipv6Only: true)
+        let b = try await startChat(2, ipv6Only: true)
+        let aID = try XCTUnwrap(a.peerID)
+        let bID = try XCTUnwrap(b.peerID)
+        try await a.waitFor("discovery of b", within: 10) { $0.hasPrefix("Got peer: \(bID) with addr /ip6/2001:db8::2/tcp/") }
+        try await b.waitFor("discovery of a", within: 10) { $0.hasPrefix("Got peer: \(aID) with addr /ip6/2001:db8::1/tcp/") }
+        try await a.waitFor("connection", within: 10) { $0.hasPrefix("Connected: \(bID)") }
+        a.closeInput()
+        b.closeInput()
     }
 
     func testThreeNodesDiscoverEachOtherAndExpire() async throws {
