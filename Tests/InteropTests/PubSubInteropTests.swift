@@ -232,3 +232,61 @@ actor Inbox {
         return result
     }
 }
+
+/// The real `p2pchat` binary and a py-libp2p chat peer on one topic.
+final class ChatBinaryInteropTests: XCTestCase {
+    func testChatBinaryWithPythonBothRouters() async throws {
+        for router in ["gossipsub", "floodsub"] {
+            let python = try PythonPeer(["pubsub", "--router", router, "--topic", "lobby", "--timeout", "60"])
+            defer { python.stop() }
+            let listening = try await python.next("listening")
+            let address = try XCTUnwrap(listening["addr"] as? String)
+            let pythonID = try XCTUnwrap(listening["peer"] as? String)
+            let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+                .appendingPathComponent("p2pchat").path
+            let chat = Process()
+            chat.executableURL = URL(fileURLWithPath: binary)
+            chat.arguments = [
+                "lobby", "--json", "--no-mdns", "--ephemeral", "--router", router, "--listen", "/ip4/127.0.0.1/tcp/0",
+                "--connect", address,
+            ]
+            let input = Pipe()
+            let output = Pipe()
+            chat.standardInput = input
+            chat.standardOutput = output
+            try chat.run()
+            defer { if chat.isRunning { chat.terminate() } }
+            let text = Locked("")
+            output.fileHandleForReading.readabilityHandler = { handle in
+                let data = handle.availableData
+                if data.isEmpty { handle.readabilityHandler = nil }
+                text.withLock { $0 += String(decoding: data, as: UTF8.self) }
+            }
+            // Probe until python hears the binary (both have to register each other first).
+            let deadline = ContinuousClock.now + .seconds(20)
+            var heard = false
+            while !heard && ContinuousClock.now < deadline {
+                input.fileHandleForWriting.write(Data("from swift binary\n".utf8))
+                if let line = try? await python.next("message", within: 0.5), line["text"] as? String == "from swift binary" {
+                    heard = true
+                }
+            }
+            XCTAssertTrue(heard, "python never received the binary's line (\(router))")
+            // And back: python's line appears as a JSON message event from python's peer id.
+            var printed = false
+            while !printed && ContinuousClock.now < deadline {
+                python.send("from python")
+                try await Task.sleep(for: .milliseconds(300))
+                printed = text.withLock { $0 }.split(separator: "\n").contains {
+                    $0.contains("\"text\":\"from python\"") && $0.contains(pythonID)
+                }
+            }
+            XCTAssertTrue(printed, "the binary never printed python's line (\(router))")
+            try? input.fileHandleForWriting.close()
+            let exitDeadline = ContinuousClock.now + .seconds(10)
+            while chat.isRunning && ContinuousClock.now < exitDeadline { try await Task.sleep(for: .milliseconds(20)) }
+            XCTAssertFalse(chat.isRunning, "the chat did not exit on end of input")
+            if !chat.isRunning { XCTAssertEqual(chat.terminationStatus, 0) }
+        }
+    }
+}
