@@ -147,6 +147,7 @@ struct NodeCommand: AsyncParsableCommand {
         await mdns?.stop()
         await pubsub.stop()
         await host.close()
+        ChatTerminal.shared.restore()
     }
 }
 
@@ -289,13 +290,7 @@ func inputLinesUntilSignal() -> AsyncStream<String> {
         source.resume()
         signalSources.append(source)
     }
-    let thread = Thread {
-        while let line = readLine(strippingNewline: true) {
-            continuation.yield(line)
-        }
-        continuation.finish()
-    }
-    thread.start()
+    ChatTerminal.shared.lines(into: continuation)
     return stream
 }
 

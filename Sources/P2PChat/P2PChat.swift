@@ -53,7 +53,7 @@ func bootstrapLogging(verbose: Bool) {
 /// Writes a line to stdout at once (one write(2), no stdio buffer), so a pipe
 /// reader sees each event as it happens and lines never interleave.
 func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    ChatTerminal.shared.write(line)
 }
 
 /// Prints one error line on stderr and exits non-zero.

@@ -398,4 +398,69 @@ final class ChatCLITests: XCTestCase {
         _ = try await a.waitForExit(within: 10)
         _ = try await b.waitForExit(within: 10)
     }
+
+    /// An interactive session under tmux: messages that arrive while the user types
+    /// show above the typed line, which stays intact and is sent on Enter.
+    func testInteractiveTerminalUnderTmux() async throws {
+        let tmux = ["/usr/bin/tmux", "/bin/tmux"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let tmux else {
+            if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("tmux is missing") }
+            throw XCTSkip("SKIPPED: tmux is not installed")
+        }
+        let b = try await start(["--ephemeral"])
+        let target = try address(of: b)
+        let session = "p2pt\(getpid())"
+        // Only capture-pane's output is read: the tmux server that new-session starts
+        // would inherit (and hold open) any pipe given to it.
+        func run(_ arguments: [String]) throws -> String {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: tmux)
+            process.arguments = arguments
+            process.standardInput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            guard arguments.first == "capture-pane" else {
+                process.standardOutput = FileHandle.nullDevice
+                try process.run()
+                process.waitUntilExit()
+                return ""
+            }
+            let output = Pipe()
+            process.standardOutput = output
+            try process.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
+        let command = [ChatProcess.binary, "--no-mdns", "--ephemeral", "--listen", "/ip4/127.0.0.1/tcp/0", "--connect", target]
+        _ = try run(["new-session", "-d", "-s", session, "-x", "160", "-y", "30", command.joined(separator: " ")])
+        defer { _ = try? run(["kill-session", "-t", session]) }
+        func screen() throws -> [String] {
+            try run(["capture-pane", "-t", session, "-p"]).split(separator: "\n").map(String.init)
+        }
+        func waitForScreen(_ what: String, _ predicate: ([String]) -> Bool) async throws {
+            let deadline = Date().addingTimeInterval(15)
+            while Date() < deadline {
+                if predicate(try screen()) { return }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            XCTFail("screen never showed \(what):\n\(try screen().joined(separator: "\n"))")
+            throw CancellationError()
+        }
+        try await waitForScreen("the connection") { $0.contains { $0.hasPrefix("Connected: ") } }
+        _ = try run(["send-keys", "-t", session, "-l", "hello wor"])
+        try await waitForScreen("the typed text") { $0.last { !$0.isEmpty } == "> hello wor" }
+        // Messages arrive while the line is half typed.
+        let deadline = Date().addingTimeInterval(15)
+        while try !screen().contains(where: { $0.hasSuffix(": from B") }) && Date() < deadline {
+            b.send("from B")
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        let lines = try screen().filter { !$0.isEmpty }
+        XCTAssertTrue(lines.contains { $0.hasSuffix(": from B") }, lines.joined(separator: "\n"))
+        XCTAssertEqual(lines.last, "> hello wor", "the typed line was garbled:\n\(lines.joined(separator: "\n"))")
+        _ = try run(["send-keys", "-t", session, "-l", "ld"])
+        _ = try run(["send-keys", "-t", session, "Enter"])
+        try await b.waitFor("the typed line", within: 10) { $0.contains("\"text\":\"hello world\"") }
+        b.closeInput()
+    }
 }
