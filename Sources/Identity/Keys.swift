@@ -1,6 +1,7 @@
 import CSecp256k1
 import Crypto
 import Foundation
+import Multiformats
 import SwiftProtobuf
 import _CryptoExtras
 
@@ -91,7 +92,7 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
         var out: [UInt8] = [0x08]  // field 1, varint
         out.append(UInt8(type.rawValue))
         out.append(0x12)  // field 2, length-delimited
-        out.append(contentsOf: encodeVarint(UInt64(data.count)))
+        Varint.append(UInt64(data.count), to: &out)
         out.append(contentsOf: data)
         return out
     }
@@ -116,18 +117,6 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(type) public key" }
-}
-
-/// Plain varint for the hand-written deterministic protobuf above.
-private func encodeVarint(_ value: UInt64) -> [UInt8] {
-    var out: [UInt8] = []
-    var rest = value
-    while rest >= 0x80 {
-        out.append(UInt8(truncatingIfNeeded: rest) | 0x80)
-        rest >>= 7
-    }
-    out.append(UInt8(rest))
-    return out
 }
 
 /// ECDSA public keys over the NIST curves, from DER PKIX.

@@ -202,9 +202,10 @@ public actor MDNSService {
         continuations = [:]
     }
 
-    private func openChannel(device: NIONetworkDevice, interfaceAddress: UInt32) async throws -> Channel {
+    /// A UDP socket on port 5353 of `host` ("0.0.0.0" or "::") that feeds this service.
+    private func bindSocket(host: String) async throws -> Channel {
         let service = self
-        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        return try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             // Several nodes on one host share port 5353.
             .channelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SocketOptionName(SO_REUSEPORT)), value: 1)
@@ -213,7 +214,11 @@ public actor MDNSService {
                     try channel.pipeline.syncOperations.addHandler(MDNSHandler(service: service))
                 }
             }
-            .bind(host: "0.0.0.0", port: configuration.port).get()
+            .bind(host: host, port: configuration.port).get()
+    }
+
+    private func openChannel(device: NIONetworkDevice, interfaceAddress: UInt32) async throws -> Channel {
+        let channel = try await bindSocket(host: "0.0.0.0")
         guard let multicast = channel as? MulticastChannel else { throw MDNSError.noInterface("not a multicast channel") }
         try await multicast.joinGroup(Self.group, device: device).get()
         // Always say which interface multicast goes out of (the default route may be elsewhere).
@@ -227,16 +232,7 @@ public actor MDNSService {
     }
 
     private func openChannel6(device: NIONetworkDevice) async throws -> Channel {
-        let service = self
-        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SocketOptionName(SO_REUSEPORT)), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(MDNSHandler(service: service))
-                }
-            }
-            .bind(host: "::", port: configuration.port).get()
+        let channel = try await bindSocket(host: "::")
         guard let multicast = channel as? MulticastChannel, let options = channel as? SocketOptionProvider else {
             throw MDNSError.noInterface("not a multicast channel")
         }

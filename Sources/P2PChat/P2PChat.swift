@@ -144,11 +144,7 @@ struct PingCommand: AsyncParsableCommand {
     @OptionGroup var identity: IdentityOptions
 
     func run() async throws {
-        bootstrapLogging(verbose: identity.verbose)
-        let target = parseAddress(address)
-        let key: PrivateKey
-        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key)
+        let (target, host, _) = startTool(address: address, identity: identity)
         let count = self.count
         let timeout = self.timeout
         do {
@@ -180,6 +176,16 @@ func formatMilliseconds(_ duration: Duration) -> String {
     return String(format: "%.2fms", ms)
 }
 
+/// What `ping` and `id` share: logging, the target address, a host with a key.
+func startTool(address: String, identity: IdentityOptions) -> (Multiaddr, Libp2pHost, IdentifyService) {
+    bootstrapLogging(verbose: identity.verbose)
+    let target = parseAddress(address)
+    let key: PrivateKey
+    do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
+    let (host, identify) = makeHost(key: key)
+    return (target, host, identify)
+}
+
 extension PrivateKey {
     /// The CLI's tools default to a throwaway key unless --identity is given.
     static func generateEd25519OrLoad(_ options: IdentityOptions) throws -> PrivateKey {
@@ -203,11 +209,7 @@ struct IdCommand: AsyncParsableCommand {
     @OptionGroup var identity: IdentityOptions
 
     func run() async throws {
-        bootstrapLogging(verbose: identity.verbose)
-        let target = parseAddress(address)
-        let key: PrivateKey
-        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-        let (host, identify) = makeHost(key: key)
+        let (target, host, identify) = startTool(address: address, identity: identity)
         do {
             let info = try await withTimeout(seconds: timeout, "identify \(address)") {
                 let connection = try await host.connect(target)

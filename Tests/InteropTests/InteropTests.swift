@@ -11,16 +11,13 @@ import XCTest
 
 /// Wire compatibility with py-libp2p 0.8.1 (Noise + Yamux over TCP), both directions.
 final class InteropTests: XCTestCase {
-    var group: MultiThreadedEventLoopGroup!
+    // The process-wide group, as the host uses by default: it is never shut down,
+    // so tasks that outlive a test (identify, handlers) never find a dead loop.
+    let group = MultiThreadedEventLoopGroup.singleton
     var peers: [PythonPeer] = []
-
-    override func setUp() {
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    }
 
     override func tearDown() async throws {
         for peer in peers { peer.stop() }
-        try await group.shutdownGracefully()
     }
 
     func startPython(_ arguments: [String]) throws -> PythonPeer {

@@ -12,15 +12,9 @@ import XCTest
 
 /// Peers that misbehave at each layer are disconnected, and the node keeps serving others.
 final class BadPeerTests: XCTestCase {
-    var group: MultiThreadedEventLoopGroup!
-
-    override func setUp() {
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    }
-
-    override func tearDown() async throws {
-        try await group.shutdownGracefully()
-    }
+    // The process-wide group, as the host uses by default: it is never shut down,
+    // so tasks that outlive a test (identify, handlers) never find a dead loop.
+    let group = MultiThreadedEventLoopGroup.singleton
 
     /// Connects a raw TCP socket, lets `script` talk, and returns whether the
     /// server closed the connection (read reached the end) within the deadline.

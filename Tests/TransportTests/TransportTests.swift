@@ -10,15 +10,9 @@ import Transport
 import XCTest
 
 final class TransportTests: XCTestCase {
-    var group: MultiThreadedEventLoopGroup!
-
-    override func setUp() {
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-    }
-
-    override func tearDown() async throws {
-        try await group.shutdownGracefully()
-    }
+    // The process-wide group, as the host uses by default: it is never shut down,
+    // so tasks that outlive a test (identify, handlers) never find a dead loop.
+    let group = MultiThreadedEventLoopGroup.singleton
 
     func testPingAndIdentifyBetweenSwiftNodes() async throws {
         let (server, address) = try await makeTestHost(group: group)
