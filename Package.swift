@@ -3,7 +3,7 @@ import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
 // Multiformats <- Identity <- Noise ; Multistream ; Yamux
-//   <- Transport (TCP + upgrade) <- Host <- Identify, Ping <- P2PChat
+//   <- Transport (TCP + upgrade) <- Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -82,6 +82,7 @@ let package = Package(
             exclude: ["identify.proto"]
         ),
         .target(name: "Ping", dependencies: ["Host"]),
+        .target(name: "Perf", dependencies: ["Host"]),
         .target(
             name: "PubSub",
             dependencies: [
@@ -103,7 +104,7 @@ let package = Package(
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "PubSub", "MDNS",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -111,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Noise", "PubSub",
+                "Host", "Ping", "Perf", "Noise", "PubSub",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -130,8 +131,8 @@ let package = Package(
         ),
         .testTarget(
             name: "TransportTests",
-            dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "TestSupport"]
+            dependencies: ["Transport", "Host", "Identify", "Ping", "Perf", "Noise", "Multistream", "TestSupport"]
         ),
-        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping", "PubSub", "TestSupport"]),
+        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport"]),
     ]
 )

@@ -283,18 +283,30 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, out: 
 /// chat shuts down cleanly either way.
 func inputLinesUntilSignal() -> AsyncStream<String> {
     let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingOldest(1024))
-    for signalNumber in [SIGINT, SIGTERM] {
-        signal(signalNumber, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-        source.setEventHandler { continuation.finish() }
-        source.resume()
-        signalSources.append(source)
-    }
+    onTerminationSignal { continuation.finish() }
     ChatTerminal.shared.lines(into: continuation)
     return stream
 }
 
+/// Returns once SIGINT or SIGTERM arrives.
+func waitForTerminationSignal() async {
+    let (stream, continuation) = AsyncStream.makeStream(of: Void.self)
+    onTerminationSignal { continuation.finish() }
+    for await _ in stream {}
+}
+
+/// Runs `action` (instead of dying) on SIGINT and SIGTERM.
+func onTerminationSignal(_ action: @escaping @Sendable () -> Void) {
+    for signalNumber in [SIGINT, SIGTERM] {
+        signal(signalNumber, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+        source.setEventHandler(handler: action)
+        source.resume()
+        signalSources.append(source)
+    }
+}
+
 /// Keeps the signal sources alive for the life of the process. Safe unsynchronised:
-/// only `inputLinesUntilSignal` writes it, once per process from the chat's single
-/// task, and nothing ever reads it.
+/// only `onTerminationSignal` writes it, once per process from the running
+/// command's single task, and nothing ever reads it.
 nonisolated(unsafe) var signalSources: [any DispatchSourceSignal] = []

@@ -464,3 +464,48 @@ final class ChatCLITests: XCTestCase {
         b.closeInput()
     }
 }
+
+/// `p2pchat perf` against `p2pchat perf-server`, on loopback.
+final class PerfCLITests: XCTestCase {
+    func testPerfCommandAgainstPerfServer() async throws {
+        let server = try ChatProcess(
+            namespace: nil, arguments: ["perf-server", "--listen", "/ip4/127.0.0.1/tcp/0"], network: nil)
+        let listening = try await server.waitFor("listening", within: 20) { $0.hasPrefix("Listening on ") }
+        let address = String(listening.dropFirst("Listening on ".count))
+        XCTAssertTrue(address.contains("/p2p/12D3KooW"), address)
+
+        let json = try ChatProcess(
+            namespace: nil, arguments: ["perf", address, "--upload", "2MiB", "--download", "3MiB", "--json"], network: nil)
+        let jsonStatus = try await json.waitForExit(within: 60)
+        XCTAssertEqual(jsonStatus, 0, json.output.joined(separator: "\n"))
+        let line = try XCTUnwrap(json.output.first)
+        let result = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any])
+        XCTAssertEqual(result["upload_bytes"] as? Int, 2 * 1024 * 1024)
+        XCTAssertEqual(result["download_bytes"] as? Int, 3 * 1024 * 1024)
+        XCTAssertGreaterThan(try XCTUnwrap(result["connect_seconds"] as? Double), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(result["upload_bytes_per_second"] as? Double), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(result["download_bytes_per_second"] as? Double), 0)
+
+        let human = try ChatProcess(
+            namespace: nil, arguments: ["perf", address, "--upload", "1000", "--download", "0"], network: nil)
+        let humanStatus = try await human.waitForExit(within: 60)
+        XCTAssertEqual(humanStatus, 0)
+        let lines = human.output
+        XCTAssertTrue(lines.contains { $0.hasPrefix("Connected to 12D3KooW") && $0.contains("(TCP + Noise + Yamux)") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("Uploaded 1000 bytes in ") && $0.contains("MB/s") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("Downloaded 0 bytes in ") }, "\(lines)")
+
+        // A bad size and an unreachable server are errors with a non-zero exit.
+        let badSize = try ChatProcess(namespace: nil, arguments: ["perf", address, "--upload", "12XB"], network: nil)
+        let badSizeStatus = try await badSize.waitForExit(within: 20)
+        XCTAssertNotEqual(badSizeStatus, 0)
+        server.process.terminate()
+        let serverStatus = try await server.waitForExit(within: 10)
+        XCTAssertEqual(serverStatus, 0)
+        XCTAssertEqual(server.process.terminationReason, .exit)
+        let unreachable = try ChatProcess(
+            namespace: nil, arguments: ["perf", address, "--timeout", "5"], network: nil)
+        let unreachableStatus = try await unreachable.waitForExit(within: 20)
+        XCTAssertNotEqual(unreachableStatus, 0)
+    }
+}

@@ -1,8 +1,8 @@
 """A py-libp2p peer for p2pchat's interop tests.
 
-Speaks TCP + Noise + Yamux only, serves ping, identify (py-libp2p's defaults) and
-an echo protocol, and can dial a peer to run ping, identify, echo or many
-concurrent echo streams. Every stdout line is one JSON object; logs go to stderr.
+Speaks TCP + Noise + Yamux only, serves ping, identify (py-libp2p's defaults),
+perf (/perf/1.0.0) and an echo protocol, and can dial a peer to run ping,
+identify, echo, many concurrent echo streams or a perf measurement. Every stdout line is one JSON object; logs go to stderr.
 The process always ends by itself: on --timeout, on stdin EOF (listen mode) or
 when its dial action is done.
 """
@@ -26,6 +26,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.identity.identify.identify import ID as IDENTIFY_ID, parse_identify_response
 from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.perf import PerfService
 from libp2p.peer.id import ID as PeerID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID, Transport as NoiseTransport
@@ -171,6 +172,24 @@ async def run_dial(host, args) -> None:
         emit(event="echo", bytes=args.bytes, ok=ok, seconds=seconds, mb_per_s=args.bytes / seconds / 1e6)
         if not ok:
             raise RuntimeError("echoed bytes differ")
+    elif args.action == "perf":
+        perf = PerfService(host)
+        await perf.start()
+        start = time.perf_counter()
+        final = None
+        async for output in perf.measure_performance(target, args.upload, args.download):
+            if output["type"] == "final":
+                final = output
+        seconds = time.perf_counter() - start
+        if final is None:
+            raise RuntimeError("perf gave no final result")
+        emit(
+            event="perf",
+            upload_bytes=final["upload_bytes"],
+            download_bytes=final["download_bytes"],
+            seconds=seconds,
+            bytes_per_second=(final["upload_bytes"] + final["download_bytes"]) / seconds,
+        )
     elif args.action == "streams":
         results = []
 
@@ -254,6 +273,7 @@ async def main(args) -> None:
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")]
     with trio.move_on_after(args.timeout) as scope:
         async with host.run(listen_addrs=listen):
+            await PerfService(host).start()
             if args.mode == "mdns":
                 addr = host.get_addrs()[0]
                 emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
@@ -314,9 +334,11 @@ def parse_args():
     chat.add_argument("--ip", default="127.0.0.1")
     dial = sub.add_parser("dial")
     dial.add_argument("target")
-    dial.add_argument("action", choices=["ping", "identify", "echo", "streams"])
+    dial.add_argument("action", choices=["ping", "identify", "echo", "streams", "perf"])
     dial.add_argument("--count", type=int, default=3)
     dial.add_argument("--bytes", type=int, default=1024 * 1024)
+    dial.add_argument("--upload", type=int, default=0, help="perf: bytes to upload")
+    dial.add_argument("--download", type=int, default=0, help="perf: bytes to download")
     dial.add_argument("--timeout", type=float, default=60)
     return parser.parse_args()
 

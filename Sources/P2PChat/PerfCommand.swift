@@ -1,0 +1,137 @@
+import ArgumentParser
+import Foundation
+import Host
+import Identity
+import Multiformats
+import Perf
+
+/// A byte count typed as `1048576`, `64KiB`, `100M`, `1GiB` (binary) or `10MB`, `1GB` (decimal).
+struct ByteCount: ExpressibleByArgument, Sendable {
+    let value: UInt64
+
+    init?(argument: String) {
+        let text = argument.trimmingCharacters(in: .whitespaces)
+        let digits = text.prefix { $0.isNumber }
+        guard let number = UInt64(digits) else { return nil }
+        let multipliers: [String: UInt64] = [
+            "": 1, "B": 1,
+            "K": 1 << 10, "KI": 1 << 10, "KIB": 1 << 10, "KB": 1000,
+            "M": 1 << 20, "MI": 1 << 20, "MIB": 1 << 20, "MB": 1_000_000,
+            "G": 1 << 30, "GI": 1 << 30, "GIB": 1 << 30, "GB": 1_000_000_000,
+        ]
+        guard let multiplier = multipliers[text.dropFirst(digits.count).uppercased()] else { return nil }
+        let (product, overflow) = number.multipliedReportingOverflow(by: multiplier)
+        guard !overflow else { return nil }
+        value = product
+    }
+}
+
+struct PerfCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "perf",
+        abstract: "Measure throughput to a peer over /perf/1.0.0: upload, then download.",
+        discussion: "The peer must serve /perf/1.0.0 (p2pchat perf-server, or any libp2p perf server).")
+
+    @Argument(help: "The server's multiaddr, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...")
+    var address: String
+
+    @Option(help: "Bytes to upload (suffixes K, M, G = KiB, MiB, GiB; KB, MB, GB decimal).")
+    var upload: ByteCount = ByteCount(argument: "100MiB")!
+
+    @Option(help: "Bytes to download.")
+    var download: ByteCount = ByteCount(argument: "100MiB")!
+
+    @Option(help: "Seconds to wait for the connection and for the transfer.")
+    var timeout: Double = 120
+
+    @Flag(help: "Print the result as one JSON object.")
+    var json = false
+
+    @OptionGroup var identity: IdentityOptions
+
+    func run() async throws {
+        let (target, host, _) = startTool(address: address, identity: identity)
+        let (upload, download, timeout, json) = (self.upload.value, self.download.value, self.timeout, self.json)
+        do {
+            let clock = ContinuousClock()
+            let start = clock.now
+            let connection = try await withTimeout(seconds: timeout, "connecting to \(address)") {
+                try await host.connect(target)
+            }
+            let connectTime = clock.now - start
+            let result = try await withTimeout(seconds: timeout, "perf transfer") {
+                try await PerfService.run(connection, upload: upload, download: download)
+            }
+            if json {
+                say(
+                    jsonLine([
+                        "peer": "\"\(connection.remotePeer)\"",
+                        "connect_seconds": formatNumber(connectTime.seconds, digits: 6),
+                        "upload_bytes": "\(result.uploadBytes)",
+                        "upload_seconds": formatNumber(result.uploadDuration.seconds, digits: 6),
+                        "upload_bytes_per_second": formatNumber(result.uploadBytesPerSecond, digits: 0),
+                        "download_bytes": "\(result.downloadBytes)",
+                        "download_seconds": formatNumber(result.downloadDuration.seconds, digits: 6),
+                        "download_bytes_per_second": formatNumber(result.downloadBytesPerSecond, digits: 0),
+                    ]))
+            } else {
+                say("Connected to \(connection.remotePeer) in \(formatMilliseconds(connectTime)) (TCP + Noise + Yamux)")
+                say(describe("Uploaded", result.uploadBytes, result.uploadDuration, result.uploadBytesPerSecond))
+                say(describe("Downloaded", result.downloadBytes, result.downloadDuration, result.downloadBytesPerSecond))
+            }
+            await host.close()
+        } catch {
+            await host.close()
+            exitWithError("\(error)")
+        }
+    }
+
+    func describe(_ verb: String, _ bytes: UInt64, _ duration: Duration, _ rate: Double) -> String {
+        let throughput = bytes == 0 ? "-" : "\(formatNumber(rate / 1e6, digits: 1)) MB/s (\(formatNumber(rate * 8 / 1e6, digits: 0)) Mbit/s)"
+        return "\(verb) \(bytes) bytes in \(formatNumber(duration.seconds, digits: 3)) s: \(throughput)"
+    }
+}
+
+/// A JSON object of pre-encoded values, keys in a stable order.
+func jsonLine(_ fields: [String: String]) -> String {
+    "{" + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
+}
+
+func formatNumber(_ value: Double, digits: Int) -> String {
+    String(format: "%.\(digits)f", value)
+}
+
+struct PerfServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "perf-server",
+        abstract: "Serve /perf/1.0.0 (and ping, identify) until SIGINT or SIGTERM.")
+
+    @Option(help: "Address to listen on (repeatable).")
+    var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
+
+    @OptionGroup var identity: IdentityOptions
+
+    func run() async throws {
+        bootstrapLogging(verbose: identity.verbose)
+        let key: PrivateKey
+        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
+        let (host, _) = makeHost(key: key)
+        PerfService(host: host).start()
+        var bound = 0
+        for text in listen {
+            do {
+                try await host.listen(on: [parseAddress(text)])
+                bound += 1
+            } catch {
+                FileHandle.standardError.write(Data("error: cannot listen on \(text): \(error)\n".utf8))
+            }
+        }
+        if bound == 0 { exitWithError("could not listen on any address") }
+        say("Local peer id: \(host.localPeer)")
+        for address in host.listenAddresses {
+            say("Listening on \(address.encapsulating(.p2p(host.localPeer.bytes)))")
+        }
+        await waitForTerminationSignal()
+        await host.close()
+    }
+}
