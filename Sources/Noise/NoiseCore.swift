@@ -38,6 +38,7 @@ public enum NoiseError: Error, CustomStringConvertible, Sendable, Equatable {
 /// Noise CipherState with ChaChaPoly: key, 64-bit counter nonce.
 struct CipherState {
     static let tagLength = 16
+    static let nonceLength = 12
     private let key: SymmetricKey
     private(set) var nonce: UInt64 = 0
 
@@ -51,13 +52,19 @@ struct CipherState {
     }
 
     private func nonceValue() throws(NoiseError) -> ChaChaPoly.Nonce {
+        let bytes = try nonceBytes()
+        return try! ChaChaPoly.Nonce(data: bytes)
+    }
+
+    /// The 12-byte ChaChaPoly nonce: 4 zero bytes, then the counter little-endian.
+    private func nonceBytes() throws(NoiseError) -> [UInt8] {
         // 2^64-1 is reserved by the Noise spec; reaching it means we must stop.
         guard nonce < UInt64.max else { throw .nonceExhausted }
         var bytes = [UInt8](repeating: 0, count: 12)
         withUnsafeBytes(of: nonce.littleEndian) { raw in
             for index in 0..<8 { bytes[4 + index] = raw[index] }
         }
-        return try! ChaChaPoly.Nonce(data: bytes)
+        return bytes
     }
 
     /// ciphertext || tag of `plaintext`, appended to `output`.
@@ -66,17 +73,27 @@ struct CipherState {
         guard let box = try? ChaChaPoly.seal(plaintext, using: key, nonce: nonceValue, authenticating: ad) else {
             throw .decryptionFailed
         }
-        output.writeBytes(box.combined.dropFirst(12))
+        output.writeBytes(box.combined.dropFirst(Self.nonceLength))
         nonce += 1
     }
 
     /// The plaintext of `ciphertext || tag`.
     mutating func decrypt<C: DataProtocol>(_ ciphertext: C, ad: [UInt8]) throws(NoiseError) -> Data {
-        let nonceValue = try nonceValue()
         guard ciphertext.count >= Self.tagLength else { throw .decryptionFailed }
-        var combined = Data(nonceValue)
-        combined.append(contentsOf: ciphertext)
-        guard let box = try? ChaChaPoly.SealedBox(combined: combined),
+        var sealed = Data(capacity: Self.nonceLength + ciphertext.count)
+        sealed.append(contentsOf: [UInt8](repeating: 0, count: Self.nonceLength))
+        sealed.append(contentsOf: ciphertext)
+        return try open(&sealed, ad: ad)
+    }
+
+    /// The plaintext of `sealed`: 12 bytes of room for the nonce (overwritten
+    /// here), then ciphertext || tag. Taking the frame in this form lets the
+    /// caller assemble it with a single copy.
+    mutating func open(_ sealed: inout Data, ad: [UInt8]) throws(NoiseError) -> Data {
+        guard sealed.count >= Self.nonceLength + Self.tagLength else { throw .decryptionFailed }
+        let start = sealed.startIndex
+        sealed.replaceSubrange(start..<start + Self.nonceLength, with: try nonceBytes())
+        guard let box = try? ChaChaPoly.SealedBox(combined: sealed),
             let plaintext = try? ChaChaPoly.open(box, using: key, authenticating: ad)
         else { throw .decryptionFailed }
         nonce += 1

@@ -251,10 +251,17 @@ public struct NoiseTransport {
     public static let maxFrame = 65535
     /// Largest plaintext in one frame.
     public static let maxPlaintext = maxFrame - CipherState.tagLength
+    static let nonceRoom = CipherState.nonceLength
 
     private var send: CipherState
     private var receive: CipherState
-    private var frames = FrameDecoder()
+    /// The frame being received: room for the nonce, then the ciphertext so far.
+    /// Arriving bytes are copied once, straight into it.
+    private var frame = Data()
+    /// Ciphertext length of the frame being received; nil while reading its prefix.
+    private var frameLength: Int?
+    /// A length prefix split between two reads.
+    private var prefixByte: UInt8?
 
     init(send: CipherState, receive: CipherState) {
         self.send = send
@@ -263,6 +270,8 @@ public struct NoiseTransport {
 
     /// Encrypts all of `plaintext` (consumed) into one or more frames appended to `output`.
     public mutating func encrypt(_ plaintext: inout ByteBuffer, into output: inout ByteBuffer) throws(NoiseError) {
+        let frames = (plaintext.readableBytes + Self.maxPlaintext - 1) / Self.maxPlaintext
+        output.reserveCapacity(minimumWritableBytes: plaintext.readableBytes + frames * (2 + CipherState.tagLength))
         while plaintext.readableBytes > 0 {
             let chunk = plaintext.readSlice(length: min(plaintext.readableBytes, Self.maxPlaintext))!
             let lengthIndex = output.writerIndex
@@ -272,12 +281,38 @@ public struct NoiseTransport {
         }
     }
 
-    /// Decrypts every complete frame of the arriving bytes into `plaintexts`.
+    /// Decrypts every complete frame of the arriving bytes (consumed) into
+    /// `plaintexts`; a partial frame waits for the next call.
     public mutating func decrypt(_ input: inout ByteBuffer, into plaintexts: inout [ByteBuffer]) throws(NoiseError) {
-        frames.append(&input)
-        while let frame = try frames.next() {
-            let plaintext = try receive.decrypt(frame.readableBytesView, ad: [])
+        while input.readableBytes > 0 {
+            guard let length = frameLength else {
+                let high: UInt8
+                if let byte = prefixByte {
+                    high = byte
+                } else {
+                    high = input.readInteger(as: UInt8.self)!
+                    guard input.readableBytes > 0 else {
+                        prefixByte = high
+                        return
+                    }
+                }
+                prefixByte = nil
+                let low = input.readInteger(as: UInt8.self)!
+                let length = Int(high) << 8 | Int(low)
+                guard length >= CipherState.tagLength else { throw .decryptionFailed }
+                frameLength = length
+                frame = Data(capacity: Self.nonceRoom + length)
+                frame.append(contentsOf: [UInt8](repeating: 0, count: Self.nonceRoom))
+                continue
+            }
+            let missing = Self.nonceRoom + length - frame.count
+            let piece = input.readSlice(length: min(missing, input.readableBytes))!
+            frame.append(contentsOf: piece.readableBytesView)
+            guard piece.readableBytes == missing else { return }
+            let plaintext = try receive.open(&frame, ad: [])
             plaintexts.append(ByteBuffer(bytes: plaintext))
+            frameLength = nil
+            frame = Data()
         }
     }
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# /perf/1.0.0 throughput across processes on loopback: Swift and py-libp2p 0.8.1
+# as client and server in every pairing, in one run.
+# Usage: Benchmarks/perf-compare.sh [MiB for Swift-only runs, default 256] [MiB for runs with py, default 32]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+swift_mib=${1:-256}
+py_mib=${2:-32}
+bin="$(swift build -c release --show-bin-path)/p2pchat"
+venv=.venv-interop
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r Tests/Interop/py/requirements.txt
+    cp Tests/Interop/py/requirements.txt "$venv/requirements.installed"
+fi
+py="$venv/bin/python"
+peer=Tests/Interop/py/peer.py
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin" perf-server --listen /ip4/127.0.0.1/tcp/0 >"$work/swift-server" 2>/dev/null &
+pids+=($!)
+# The py listener ends by itself on stdin EOF or after its timeout.
+sleep 600 | "$py" "$peer" listen --timeout 600 >"$work/py-server" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 100); do
+    grep -q "Listening on" "$work/swift-server" && grep -q listening "$work/py-server" && break
+    sleep 0.1
+done
+swift_addr=$(sed -n 's/^Listening on //p' "$work/swift-server" | head -1)
+py_addr=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["addr"])' "$work/py-server")
+
+mb_per_s() { "$py" -c 'import json,sys; d=json.loads(sys.stdin.readline()); print("%.1f" % (float(d[sys.argv[1]]) / 1e6))' "$1"; }
+py_mb_per_s() { "$py" -c 'import json,sys
+for line in sys.stdin:
+    d = json.loads(line)
+    if d.get("event") == "perf": print("%.1f" % (d["bytes_per_second"] / 1e6))'; }
+
+row() { printf '%-44s %10s MB/s\n' "$1" "$2"; }
+bytes() { echo $(($1 * 1024 * 1024)); }
+
+echo "perf (/perf/1.0.0) on loopback, separate processes; Swift-only runs move $swift_mib MiB, runs with py $py_mib MiB"
+row "Swift -> Swift upload" "$("$bin" perf "$swift_addr" --upload "$(bytes "$swift_mib")" --download 0 --json | mb_per_s upload_bytes_per_second)"
+row "Swift -> Swift download" "$("$bin" perf "$swift_addr" --upload 0 --download "$(bytes "$swift_mib")" --json | mb_per_s download_bytes_per_second)"
+row "Swift -> py-libp2p upload" "$("$bin" perf "$py_addr" --upload "$(bytes "$py_mib")" --download 0 --json | mb_per_s upload_bytes_per_second)"
+row "Swift -> py-libp2p download" "$("$bin" perf "$py_addr" --upload 0 --download "$(bytes "$py_mib")" --json | mb_per_s download_bytes_per_second)"
+row "py-libp2p -> Swift upload" "$("$py" "$peer" dial "$swift_addr" perf --upload "$(bytes "$py_mib")" --timeout 300 | py_mb_per_s)"
+row "py-libp2p -> Swift download" "$("$py" "$peer" dial "$swift_addr" perf --download "$(bytes "$py_mib")" --timeout 300 | py_mb_per_s)"
+row "py-libp2p -> py-libp2p upload" "$("$py" "$peer" dial "$py_addr" perf --upload "$(bytes "$py_mib")" --timeout 300 | py_mb_per_s)"
+row "py-libp2p -> py-libp2p download" "$("$py" "$peer" dial "$py_addr" perf --download "$(bytes "$py_mib")" --timeout 300 | py_mb_per_s)"
