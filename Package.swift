@@ -42,10 +42,15 @@ let package = Package(
             name: "Multistream",
             dependencies: ["Multiformats", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        .systemLibrary(
+            name: "COpenSSLAEAD",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
         .target(
             name: "Noise",
             dependencies: [
-                "Identity",
+                "Identity", "COpenSSLAEAD",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -1,3 +1,4 @@
+import COpenSSLAEAD
 import Crypto
 import Foundation
 import NIOCore
@@ -35,14 +36,45 @@ public enum NoiseError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 }
 
+/// An OpenSSL cipher context, reused for every message of one CipherState.
+///
+/// `@unchecked Sendable` is not claimed: a context belongs to one CipherState,
+/// which belongs to one connection, driven by one event loop.
+final class AEADContext {
+    /// ChaCha20-Poly1305, fetched from OpenSSL once per process. Unchecked but
+    /// safe: a fetched EVP_CIPHER is immutable, and OpenSSL documents it as
+    /// usable from any number of threads at once.
+    nonisolated(unsafe) static let cipher: OpaquePointer = {
+        guard let cipher = p2p_chachapoly_cipher() else { fatalError("OpenSSL has no ChaCha20-Poly1305") }
+        return cipher
+    }()
+
+    let pointer: OpaquePointer
+
+    init() {
+        guard let context = EVP_CIPHER_CTX_new() else { fatalError("EVP_CIPHER_CTX_new: out of memory") }
+        pointer = context
+    }
+
+    deinit {
+        EVP_CIPHER_CTX_free(pointer)
+    }
+}
+
 /// Noise CipherState with ChaChaPoly: key, 64-bit counter nonce.
+///
+/// The cipher works on the caller's buffers (OpenSSL's ChaCha20-Poly1305):
+/// ciphertext is written straight into the output buffer and plaintext into a
+/// fresh one, with no copy on either side.
 struct CipherState {
     static let tagLength = 16
     static let nonceLength = 12
-    private let key: SymmetricKey
+    private let key: [UInt8]
+    private let context = AEADContext()
     private(set) var nonce: UInt64 = 0
 
-    init(key: SymmetricKey) {
+    init(key: [UInt8]) {
+        precondition(key.count == 32, "ChaChaPoly keys are 32 bytes")
         self.key = key
     }
 
@@ -51,16 +83,11 @@ struct CipherState {
         nonce = value
     }
 
-    private func nonceValue() throws(NoiseError) -> ChaChaPoly.Nonce {
-        let bytes = try nonceBytes()
-        return try! ChaChaPoly.Nonce(data: bytes)
-    }
-
     /// The 12-byte ChaChaPoly nonce: 4 zero bytes, then the counter little-endian.
     private func nonceBytes() throws(NoiseError) -> [UInt8] {
         // 2^64-1 is reserved by the Noise spec; reaching it means we must stop.
         guard nonce < UInt64.max else { throw .nonceExhausted }
-        var bytes = [UInt8](repeating: 0, count: 12)
+        var bytes = [UInt8](repeating: 0, count: Self.nonceLength)
         withUnsafeBytes(of: nonce.littleEndian) { raw in
             for index in 0..<8 { bytes[4 + index] = raw[index] }
         }
@@ -68,34 +95,54 @@ struct CipherState {
     }
 
     /// ciphertext || tag of `plaintext`, appended to `output`.
-    mutating func encrypt<P: DataProtocol>(_ plaintext: P, ad: [UInt8], into output: inout ByteBuffer) throws(NoiseError) {
-        let nonceValue = try nonceValue()
-        guard let box = try? ChaChaPoly.seal(plaintext, using: key, nonce: nonceValue, authenticating: ad) else {
-            throw .decryptionFailed
+    mutating func encrypt(_ plaintext: ByteBuffer, ad: [UInt8], into output: inout ByteBuffer) throws(NoiseError) {
+        let nonceBytes = try nonceBytes()
+        let length = plaintext.readableBytes
+        let context = self.context.pointer
+        var sealed = false
+        output.writeWithUnsafeMutableBytes(minimumWritableBytes: length + Self.tagLength) { out in
+            plaintext.withUnsafeReadableBytes { input in
+                key.withUnsafeBufferPointer { key in
+                    ad.withUnsafeBufferPointer { ad in
+                        sealed =
+                            p2p_chachapoly_seal(
+                                context, AEADContext.cipher, key.baseAddress, nonceBytes, ad.baseAddress, ad.count,
+                                input.baseAddress?.assumingMemoryBound(to: UInt8.self), length,
+                                out.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
+                    }
+                }
+            }
+            return sealed ? length + Self.tagLength : 0
         }
-        output.writeBytes(box.combined.dropFirst(Self.nonceLength))
+        // Sealing fails only if OpenSSL does (out of memory): nothing is written then.
+        guard sealed else { throw .decryptionFailed }
         nonce += 1
     }
 
     /// The plaintext of `ciphertext || tag`.
-    mutating func decrypt<C: DataProtocol>(_ ciphertext: C, ad: [UInt8]) throws(NoiseError) -> Data {
-        guard ciphertext.count >= Self.tagLength else { throw .decryptionFailed }
-        var sealed = Data(capacity: Self.nonceLength + ciphertext.count)
-        sealed.append(contentsOf: [UInt8](repeating: 0, count: Self.nonceLength))
-        sealed.append(contentsOf: ciphertext)
-        return try open(&sealed, ad: ad)
-    }
-
-    /// The plaintext of `sealed`: 12 bytes of room for the nonce (overwritten
-    /// here), then ciphertext || tag. Taking the frame in this form lets the
-    /// caller assemble it with a single copy.
-    mutating func open(_ sealed: inout Data, ad: [UInt8]) throws(NoiseError) -> Data {
-        guard sealed.count >= Self.nonceLength + Self.tagLength else { throw .decryptionFailed }
-        let start = sealed.startIndex
-        sealed.replaceSubrange(start..<start + Self.nonceLength, with: try nonceBytes())
-        guard let box = try? ChaChaPoly.SealedBox(combined: sealed),
-            let plaintext = try? ChaChaPoly.open(box, using: key, authenticating: ad)
-        else { throw .decryptionFailed }
+    mutating func decrypt(_ sealed: ByteBuffer, ad: [UInt8]) throws(NoiseError) -> ByteBuffer {
+        guard sealed.readableBytes >= Self.tagLength else { throw .decryptionFailed }
+        let nonceBytes = try nonceBytes()
+        let length = sealed.readableBytes - Self.tagLength
+        let context = self.context.pointer
+        var plaintext = ByteBuffer()
+        plaintext.reserveCapacity(length)
+        var opened = false
+        plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: max(length, 1)) { out in
+            sealed.withUnsafeReadableBytes { input in
+                key.withUnsafeBufferPointer { key in
+                    ad.withUnsafeBufferPointer { ad in
+                        opened =
+                            p2p_chachapoly_open(
+                                context, AEADContext.cipher, key.baseAddress, nonceBytes, ad.baseAddress, ad.count,
+                                input.baseAddress!.assumingMemoryBound(to: UInt8.self), length,
+                                out.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
+                    }
+                }
+            }
+            return opened ? length : 0
+        }
+        guard opened else { throw .decryptionFailed }
         nonce += 1
         return plaintext
     }
@@ -124,7 +171,7 @@ struct SymmetricState {
     mutating func mixKey(_ inputKeyMaterial: [UInt8]) {
         let (ck, key) = Self.hkdf(chainingKey: chainingKey, inputKeyMaterial: inputKeyMaterial)
         chainingKey = ck
-        cipher = CipherState(key: SymmetricKey(data: key))
+        cipher = CipherState(key: key)
     }
 
     mutating func encryptAndHash(_ plaintext: [UInt8], into output: inout ByteBuffer) throws(NoiseError) {
@@ -134,7 +181,7 @@ struct SymmetricState {
             return
         }
         let start = output.writerIndex
-        try cipher!.encrypt(plaintext, ad: handshakeHash, into: &output)
+        try cipher!.encrypt(ByteBuffer(bytes: plaintext), ad: handshakeHash, into: &output)
         mixHash(output.getBytes(at: start, length: output.writerIndex - start)!)
     }
 
@@ -143,15 +190,15 @@ struct SymmetricState {
             mixHash(data)
             return data
         }
-        let plaintext = try cipher!.decrypt(data, ad: handshakeHash)
+        let plaintext = try cipher!.decrypt(ByteBuffer(bytes: data), ad: handshakeHash)
         mixHash(data)
-        return Array(plaintext)
+        return Array(plaintext.readableBytesView)
     }
 
     /// The two transport cipher states (initiator-to-responder, responder-to-initiator).
     func split() -> (CipherState, CipherState) {
         let (k1, k2) = Self.hkdf(chainingKey: chainingKey, inputKeyMaterial: [])
-        return (CipherState(key: SymmetricKey(data: k1)), CipherState(key: SymmetricKey(data: k2)))
+        return (CipherState(key: k1), CipherState(key: k2))
     }
 
     /// Noise's HKDF with two outputs, on HMAC-SHA256.

@@ -251,17 +251,13 @@ public struct NoiseTransport {
     public static let maxFrame = 65535
     /// Largest plaintext in one frame.
     public static let maxPlaintext = maxFrame - CipherState.tagLength
-    static let nonceRoom = CipherState.nonceLength
 
     private var send: CipherState
     private var receive: CipherState
-    /// The frame being received: room for the nonce, then the ciphertext so far.
-    /// Arriving bytes are copied once, straight into it.
-    private var frame = Data()
-    /// Ciphertext length of the frame being received; nil while reading its prefix.
-    private var frameLength: Int?
-    /// A length prefix split between two reads.
-    private var prefixByte: UInt8?
+    /// The start of a frame split across reads (length prefix included), held
+    /// until the rest arrives. Frames that arrive whole are decrypted in place
+    /// of the read buffer, without this copy.
+    private var partial = ByteBuffer()
 
     init(send: CipherState, receive: CipherState) {
         self.send = send
@@ -274,46 +270,48 @@ public struct NoiseTransport {
         output.reserveCapacity(minimumWritableBytes: plaintext.readableBytes + frames * (2 + CipherState.tagLength))
         while plaintext.readableBytes > 0 {
             let chunk = plaintext.readSlice(length: min(plaintext.readableBytes, Self.maxPlaintext))!
-            let lengthIndex = output.writerIndex
-            output.writeInteger(UInt16(0))
-            try send.encrypt(chunk.readableBytesView, ad: [], into: &output)
-            output.setInteger(UInt16(output.writerIndex - lengthIndex - 2), at: lengthIndex)
+            output.writeInteger(UInt16(chunk.readableBytes + CipherState.tagLength))
+            try send.encrypt(chunk, ad: [], into: &output)
         }
     }
 
     /// Decrypts every complete frame of the arriving bytes (consumed) into
     /// `plaintexts`; a partial frame waits for the next call.
     public mutating func decrypt(_ input: inout ByteBuffer, into plaintexts: inout [ByteBuffer]) throws(NoiseError) {
-        while input.readableBytes > 0 {
-            guard let length = frameLength else {
-                let high: UInt8
-                if let byte = prefixByte {
-                    high = byte
-                } else {
-                    high = input.readInteger(as: UInt8.self)!
-                    guard input.readableBytes > 0 else {
-                        prefixByte = high
-                        return
-                    }
-                }
-                prefixByte = nil
-                let low = input.readInteger(as: UInt8.self)!
-                let length = Int(high) << 8 | Int(low)
-                guard length >= CipherState.tagLength else { throw .decryptionFailed }
-                frameLength = length
-                frame = Data(capacity: Self.nonceRoom + length)
-                frame.append(contentsOf: [UInt8](repeating: 0, count: Self.nonceRoom))
-                continue
+        if partial.readableBytes > 0 {
+            // Complete the held frame first: take just the bytes it lacks.
+            if partial.readableBytes < 2 {
+                var piece = input.readSlice(length: min(2 - partial.readableBytes, input.readableBytes))!
+                partial.writeBuffer(&piece)
+                guard partial.readableBytes == 2 else { return }
             }
-            let missing = Self.nonceRoom + length - frame.count
-            let piece = input.readSlice(length: min(missing, input.readableBytes))!
-            frame.append(contentsOf: piece.readableBytesView)
-            guard piece.readableBytes == missing else { return }
-            let plaintext = try receive.open(&frame, ad: [])
-            plaintexts.append(ByteBuffer(bytes: plaintext))
-            frameLength = nil
-            frame = Data()
+            let length = Int(partial.getInteger(at: partial.readerIndex, as: UInt16.self)!)
+            let missing = 2 + length - partial.readableBytes
+            var piece = input.readSlice(length: min(missing, input.readableBytes))!
+            partial.writeBuffer(&piece)
+            guard partial.readableBytes == 2 + length else { return }
+            var frame = partial
+            partial = ByteBuffer()
+            try decryptFrame(&frame, into: &plaintexts)
         }
+        while input.readableBytes >= 2 {
+            let length = Int(input.getInteger(at: input.readerIndex, as: UInt16.self)!)
+            guard input.readableBytes >= 2 + length else { break }
+            try decryptFrame(&input, into: &plaintexts)
+        }
+        if input.readableBytes > 0 {
+            partial = ByteBuffer()
+            partial.reserveCapacity(2 + Self.maxFrame)
+            partial.writeBuffer(&input)
+        }
+    }
+
+    /// Decrypts the one complete frame (prefix included) at the front of `buffer`.
+    private mutating func decryptFrame(_ buffer: inout ByteBuffer, into plaintexts: inout [ByteBuffer]) throws(NoiseError) {
+        let length = Int(buffer.readInteger(as: UInt16.self)!)
+        guard length >= CipherState.tagLength else { throw .decryptionFailed }
+        let sealed = buffer.readSlice(length: length)!
+        plaintexts.append(try receive.decrypt(sealed, ad: []))
     }
 
     /// Test hook: set the send nonce (to test exhaustion).

@@ -16,6 +16,10 @@ let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?
 let totalBytes = megabytes * 1024 * 1024
 let chunk = 256 * 1024
 let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+// The two ends of each measured connection live on different loops (threads),
+// as they would in two processes: one encrypts while the other decrypts.
+let serverLoop = group.next()
+let clientLoop = group.next()
 let clock = ContinuousClock()
 
 func seconds(_ duration: Duration) -> Double {
@@ -109,7 +113,7 @@ let benchConfiguration: TransportConfiguration = {
 let sinkProtocol = "/p2pbench/sink/1.0.0"
 
 func makeHost() async throws -> (Libp2pHost, Multiaddr) {
-    let host = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: group)
+    let host = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
     PingService(host: host).start()
     host.setStreamHandler(sinkProtocol) { stream in
         var count = 0
@@ -368,7 +372,7 @@ extension Array {
 // MARK: Run
 
 let (server, serverAddress) = try await makeHost()
-let client = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: group)
+let client = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
 if CommandLine.arguments.dropFirst().first == "stream" {
     // Only the stream throughput (for profiling).
     report("one Yamux stream over Noise throughput", try await streamThroughput(server: serverAddress, client: client), "MB/s")

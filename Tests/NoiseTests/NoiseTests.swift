@@ -113,6 +113,67 @@ final class NoiseTests: XCTestCase {
         XCTAssertEqual(plaintexts.map { String(buffer: $0) }, ["hello world"])
     }
 
+    func testFramesFedOneByteAtATime() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var pair = try handshake(&initiator, &responder)
+        var wire = ByteBuffer()
+        let messages = ["a", "hello", String(repeating: "x", count: 70_000)]
+        for message in messages {
+            var plain = ByteBuffer(string: message)
+            try pair.initiator.transport.encrypt(&plain, into: &wire)
+        }
+        var plaintexts: [ByteBuffer] = []
+        while var byte = wire.readSlice(length: 1) {
+            try pair.responder.transport.decrypt(&byte, into: &plaintexts)
+        }
+        XCTAssertEqual(plaintexts.map { String(buffer: $0) }.joined(), messages.joined())
+        // One plaintext per frame: "a", "hello", and 70000 bytes in two.
+        XCTAssertEqual(plaintexts.map(\.readableBytes), [1, 5, NoiseTransport.maxPlaintext, 70_000 - NoiseTransport.maxPlaintext])
+    }
+
+    func testFrameShorterThanTagIsRejected() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var pair = try handshake(&initiator, &responder)
+        var wire = ByteBuffer()
+        wire.writeInteger(UInt16(15))
+        wire.writeRepeatingByte(0, count: 15)
+        var plaintexts: [ByteBuffer] = []
+        XCTAssertThrowsError(try pair.responder.transport.decrypt(&wire, into: &plaintexts)) {
+            XCTAssertEqual($0 as? NoiseError, .decryptionFailed)
+        }
+    }
+
+    /// The OpenSSL AEAD agrees with swift-crypto's ChaChaPoly byte for byte.
+    func testCipherStateMatchesSwiftCrypto() throws {
+        let key = (0..<32).map { UInt8($0 &* 7 &+ 1) }
+        let ad: [UInt8] = Array("associated".utf8)
+        var sender = CipherState(key: key)
+        var receiver = CipherState(key: key)
+        for (counter, size) in [0, 1, 63, 64, 65, 1000, 65519].enumerated() {
+            let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ counter) }
+            var sealed = ByteBuffer()
+            try sender.encrypt(ByteBuffer(bytes: plaintext), ad: ad, into: &sealed)
+            var nonce = [UInt8](repeating: 0, count: 4)
+            withUnsafeBytes(of: UInt64(counter).littleEndian) { nonce += $0 }
+            let expected = try ChaChaPoly.seal(
+                plaintext, using: SymmetricKey(data: key), nonce: ChaChaPoly.Nonce(data: nonce), authenticating: ad)
+            XCTAssertEqual(Array(sealed.readableBytesView), Array(expected.ciphertext + expected.tag), "size \(size)")
+            let opened = try receiver.decrypt(sealed, ad: ad)
+            XCTAssertEqual(Array(opened.readableBytesView), plaintext)
+        }
+        // An empty message is a lone tag, and opens to nothing.
+        var empty = ByteBuffer()
+        try sender.encrypt(ByteBuffer(), ad: [], into: &empty)
+        XCTAssertEqual(empty.readableBytes, 16)
+        XCTAssertEqual(try receiver.decrypt(empty, ad: []).readableBytes, 0)
+        // Wrong associated data fails.
+        var sealed = ByteBuffer()
+        try sender.encrypt(ByteBuffer(bytes: [1, 2, 3]), ad: ad, into: &sealed)
+        XCTAssertThrowsError(try receiver.decrypt(sealed, ad: [])) { XCTAssertEqual($0 as? NoiseError, .decryptionFailed) }
+    }
+
     func testWrongExpectedPeerIsRejected() throws {
         let impostor = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         let real = PrivateKey.generateEd25519()
