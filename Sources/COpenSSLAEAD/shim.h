@@ -12,18 +12,30 @@ static inline const EVP_CIPHER *p2p_chachapoly_cipher(void) {
     return EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
 }
 
-// Encrypts `length` bytes at `in` into `out` (which may be `in`) and writes the
-// 16-byte tag at `out + length`. Returns 1 on success, 0 on failure.
-static inline int p2p_chachapoly_seal(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, const unsigned char *key, const unsigned char *nonce,
-                                      const unsigned char *ad, size_t ad_length,
-                                      const unsigned char *in, size_t length, unsigned char *out) {
+// Sealing in parts, so a message gathered from several buffers is encrypted
+// without first being copied into one: init (key, nonce, associated data),
+// any number of updates (each writes exactly `length` bytes at `out`), then
+// final (writes the 16-byte tag at `tag`). Each returns 1 on success, 0 on failure.
+static inline int p2p_chachapoly_seal_init(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, const unsigned char *key,
+                                           const unsigned char *nonce, const unsigned char *ad, size_t ad_length) {
     int written = 0;
-    if (length > 0x7fffffff || ad_length > 0x7fffffff) return 0;
+    if (ad_length > 0x7fffffff) return 0;
     if (EVP_EncryptInit_ex(ctx, cipher, NULL, key, nonce) != 1) return 0;
-    if (ad_length > 0 && EVP_EncryptUpdate(ctx, NULL, &written, ad, (int)ad_length) != 1) return 0;
-    if (length > 0 && EVP_EncryptUpdate(ctx, out, &written, in, (int)length) != 1) return 0;
-    if (EVP_EncryptFinal_ex(ctx, out + length, &written) != 1) return 0;
-    return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, 16, out + length) == 1;
+    return ad_length == 0 || EVP_EncryptUpdate(ctx, NULL, &written, ad, (int)ad_length) == 1;
+}
+
+static inline int p2p_chachapoly_seal_update(EVP_CIPHER_CTX *ctx, const unsigned char *in, size_t length,
+                                             unsigned char *out) {
+    int written = 0;
+    if (length > 0x7fffffff) return 0;
+    if (length == 0) return 1;
+    return EVP_EncryptUpdate(ctx, out, &written, in, (int)length) == 1 && (size_t)written == length;
+}
+
+static inline int p2p_chachapoly_seal_final(EVP_CIPHER_CTX *ctx, unsigned char *tag) {
+    int written = 0;
+    if (EVP_EncryptFinal_ex(ctx, tag, &written) != 1) return 0;
+    return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, 16, tag) == 1;
 }
 
 // Checks the 16-byte tag after `length` ciphertext bytes at `in` and decrypts

@@ -96,22 +96,32 @@ struct CipherState {
 
     /// ciphertext || tag of `plaintext`, appended to `output`.
     mutating func encrypt(_ plaintext: ByteBuffer, ad: [UInt8], into output: inout ByteBuffer) throws(NoiseError) {
+        try encrypt(parts: CollectionOfOne(plaintext), ad: ad, into: &output)
+    }
+
+    /// ciphertext || tag of the concatenation of `parts`, appended to `output`;
+    /// the parts are read where they lie, never gathered into one buffer.
+    mutating func encrypt(parts: some Collection<ByteBuffer>, ad: [UInt8], into output: inout ByteBuffer) throws(NoiseError) {
         let nonceBytes = try nonceBytes()
-        let length = plaintext.readableBytes
+        let length = parts.reduce(0) { $0 + $1.readableBytes }
         let context = self.context.pointer
         var sealed = false
         output.writeWithUnsafeMutableBytes(minimumWritableBytes: length + Self.tagLength) { out in
-            plaintext.withUnsafeReadableBytes { input in
-                key.withUnsafeBufferPointer { key in
-                    ad.withUnsafeBufferPointer { ad in
-                        sealed =
-                            p2p_chachapoly_seal(
-                                context, AEADContext.cipher, key.baseAddress, nonceBytes, ad.baseAddress, ad.count,
-                                input.baseAddress?.assumingMemoryBound(to: UInt8.self), length,
-                                out.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
-                    }
+            let out = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            sealed = key.withUnsafeBufferPointer { key in
+                ad.withUnsafeBufferPointer { ad in
+                    p2p_chachapoly_seal_init(context, AEADContext.cipher, key.baseAddress, nonceBytes, ad.baseAddress, ad.count) == 1
                 }
             }
+            var offset = 0
+            for part in parts where sealed {
+                sealed = part.withUnsafeReadableBytes { input in
+                    p2p_chachapoly_seal_update(
+                        context, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count, out + offset) == 1
+                }
+                offset += part.readableBytes
+            }
+            sealed = sealed && p2p_chachapoly_seal_final(context, out + length) == 1
             return sealed ? length + Self.tagLength : 0
         }
         // Sealing fails only if OpenSSL does (out of memory): nothing is written then.

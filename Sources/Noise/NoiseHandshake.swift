@@ -266,12 +266,39 @@ public struct NoiseTransport {
 
     /// Encrypts all of `plaintext` (consumed) into one or more frames appended to `output`.
     public mutating func encrypt(_ plaintext: inout ByteBuffer, into output: inout ByteBuffer) throws(NoiseError) {
-        let frames = (plaintext.readableBytes + Self.maxPlaintext - 1) / Self.maxPlaintext
-        output.reserveCapacity(minimumWritableBytes: plaintext.readableBytes + frames * (2 + CipherState.tagLength))
-        while plaintext.readableBytes > 0 {
-            let chunk = plaintext.readSlice(length: min(plaintext.readableBytes, Self.maxPlaintext))!
-            output.writeInteger(UInt16(chunk.readableBytes + CipherState.tagLength))
-            try send.encrypt(chunk, ad: [], into: &output)
+        try encrypt(pieces: [plaintext], into: &output)
+        plaintext.moveReaderIndex(forwardBy: plaintext.readableBytes)
+    }
+
+    /// Encrypts the concatenation of `pieces` into frames appended to `output`.
+    /// Each frame is sealed from the pieces where they lie: a payload is never
+    /// copied to join its header.
+    public mutating func encrypt(pieces: [ByteBuffer], into output: inout ByteBuffer) throws(NoiseError) {
+        var remaining = pieces.reduce(0) { $0 + $1.readableBytes }
+        let frames = (remaining + Self.maxPlaintext - 1) / Self.maxPlaintext
+        output.reserveCapacity(minimumWritableBytes: remaining + frames * (2 + CipherState.tagLength))
+        var next = pieces.makeIterator()
+        var current: ByteBuffer?
+        var frameParts: [ByteBuffer] = []
+        while remaining > 0 {
+            frameParts.removeAll(keepingCapacity: true)
+            var size = 0
+            while size < Self.maxPlaintext {
+                guard var piece = current ?? next.next() else { break }
+                current = nil
+                let room = Self.maxPlaintext - size
+                if piece.readableBytes > room {
+                    frameParts.append(piece.readSlice(length: room)!)
+                    current = piece
+                    size += room
+                } else if piece.readableBytes > 0 {
+                    frameParts.append(piece)
+                    size += piece.readableBytes
+                }
+            }
+            output.writeInteger(UInt16(size + CipherState.tagLength))
+            try send.encrypt(parts: frameParts, ad: [], into: &output)
+            remaining -= size
         }
     }
 

@@ -547,9 +547,9 @@ final class ConnectionHandler: ChannelInboundHandler {
     /// Moves whatever the Yamux session wants to send through Noise into the output buffer.
     private func drainSession() throws {
         guard session != nil else { return }
-        var plain = session!.takeOutput()
-        guard plain.readableBytes > 0 else { return }
-        try encryptAndQueue(&plain)
+        let pieces = session!.takeOutputPieces()
+        guard !pieces.isEmpty, secure != nil else { return }
+        try secure!.encrypt(pieces: pieces, into: &pendingOutput)
     }
 
     private func encryptAndQueue(_ plain: inout ByteBuffer) throws {

@@ -105,6 +105,9 @@ public struct YamuxSession {
     private let isClient: Bool
     private var nextStreamID: UInt32
     private var streams: [UInt32: Stream] = [:]
+    /// Frames to send, in order, before `output`.
+    private var outputPieces: [ByteBuffer] = []
+    /// Control bytes (headers) written after the last of `outputPieces`.
     private var output = ByteBuffer()
     private var input = ByteBuffer()
     private var localGoAway = false
@@ -119,10 +122,23 @@ public struct YamuxSession {
 
     public var streamCount: Int { streams.count }
 
-    /// The bytes to send, accumulated since the last call.
+    /// The bytes to send, accumulated since the last call, in one buffer.
     public mutating func takeOutput() -> ByteBuffer {
-        defer { output = ByteBuffer() }
-        return output
+        var all = ByteBuffer()
+        for var piece in takeOutputPieces() { all.writeBuffer(&piece) }
+        return all
+    }
+
+    /// The bytes to send, accumulated since the last call, as pieces to send in
+    /// order: frame headers, and data payloads as slices of the buffers the
+    /// application wrote (never copied here).
+    public mutating func takeOutputPieces() -> [ByteBuffer] {
+        if output.readableBytes > 0 {
+            outputPieces.append(output)
+            output = ByteBuffer()
+        }
+        defer { outputPieces = [] }
+        return outputPieces
     }
 
     // MARK: - Local operations
@@ -318,7 +334,7 @@ public struct YamuxSession {
     private mutating func flush(_ id: UInt32, _ stream: inout Stream) {
         while stream.sendWindow > 0, var chunk = stream.queue.first {
             let size = min(chunk.readableBytes, Int(stream.sendWindow), configuration.maxFramePayload)
-            var piece = chunk.readSlice(length: size)!
+            let piece = chunk.readSlice(length: size)!
             if chunk.readableBytes == 0 {
                 stream.queue.removeFirst()
             } else {
@@ -328,7 +344,9 @@ public struct YamuxSession {
             stream.sendWindow -= UInt32(size)
             let fin = stream.finQueued && stream.queuedBytes == 0
             writeHeader(.data, flags: fin ? .fin : [], stream: id, length: UInt32(size))
-            output.writeBuffer(&piece)
+            outputPieces.append(output)
+            output = ByteBuffer()
+            outputPieces.append(piece)
             if fin { stream.finSent = true }
         }
         if stream.finQueued && !stream.finSent && stream.queuedBytes == 0 {

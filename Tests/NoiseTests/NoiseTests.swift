@@ -132,6 +132,24 @@ final class NoiseTests: XCTestCase {
         XCTAssertEqual(plaintexts.map(\.readableBytes), [1, 5, NoiseTransport.maxPlaintext, 70_000 - NoiseTransport.maxPlaintext])
     }
 
+    func testPiecesAreSealedAsTheirConcatenation() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
+        var pair = try handshake(&initiator, &responder)
+        // Pieces of odd sizes, some empty, one larger than a frame, crossing frame boundaries.
+        let sizes = [12, 0, 65_507, 12, 100_000, 1, 0, 3]
+        let pieces = sizes.enumerated().map { index, size in
+            ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ index) })
+        }
+        var wire = ByteBuffer()
+        try pair.initiator.transport.encrypt(pieces: pieces, into: &wire)
+        var plaintexts: [ByteBuffer] = []
+        try pair.responder.transport.decrypt(&wire, into: &plaintexts)
+        XCTAssertEqual(wire.readableBytes, 0)
+        XCTAssertTrue(plaintexts.allSatisfy { $0.readableBytes <= NoiseTransport.maxPlaintext })
+        XCTAssertEqual(plaintexts.flatMap { Array($0.readableBytesView) }, pieces.flatMap { Array($0.readableBytesView) })
+    }
+
     func testFrameShorterThanTagIsRejected() throws {
         var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519())
         var responder = NoiseHandshake(initiator: false, identity: .generateEd25519())
