@@ -456,8 +456,7 @@ struct PubSubRouter {
         for topic in subscriptions {
             var members = (mesh[topic] ?? []).filter { peers[$0]?.topics.contains(topic) ?? false && !isGraylisted($0) }
             if members.count < configuration.dLow {
-                let candidates = gossipPeers(in: topic).subtracting(members)
-                    .filter { !inBackoff(topic, $0, now: now) && !isGraylisted($0) }
+                let candidates = graftCandidates(topic, excluding: members, now: now)
                 for peer in candidates.shuffled(using: &random).prefix(configuration.d - members.count) {
                     members.insert(peer)
                     grafts[peer, default: []].append(topic)
@@ -539,6 +538,12 @@ struct PubSubRouter {
 
     private func gossipPeers(in topic: String) -> Set<PeerID> {
         Set(peers.filter { $0.value.topics.contains(topic) && PubSubProtocol.isGossip($0.value.protocolID) }.map(\.key))
+    }
+
+    /// Peers the heartbeat may graft into the topic's mesh: gossipsub peers on
+    /// the topic, not yet members, not in backoff, not graylisted.
+    func graftCandidates(_ topic: String, excluding members: Set<PeerID>, now: ContinuousClock.Instant) -> Set<PeerID> {
+        gossipPeers(in: topic).subtracting(members).filter { !inBackoff(topic, $0, now: now) && !isGraylisted($0) }
     }
 
     private func inBackoff(_ topic: String, _ peer: PeerID, now: ContinuousClock.Instant) -> Bool {

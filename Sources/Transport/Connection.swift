@@ -90,22 +90,28 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
     public let streamID: UInt32
     public let protocolID: String
     public let connection: Connection
+    let inbox: StreamInbox
 
-    init(streamID: UInt32, protocolID: String, connection: Connection) {
+    init(streamID: UInt32, protocolID: String, connection: Connection, inbox: StreamInbox) {
         self.streamID = streamID
         self.protocolID = protocolID
         self.connection = connection
+        self.inbox = inbox
     }
 
     public var remotePeer: PeerID { connection.remotePeer }
 
     /// The next chunk of data, or nil at the end of the stream.
     public func read() async throws -> ByteBuffer? {
+        let (chunk, report) = try await inbox.next()
         let handler = connection.handler
         let id = streamID
-        return try await connection.eventLoop.flatSubmit {
-            handler.value.read(streamID: id)
-        }.get()
+        if chunk == nil {
+            connection.eventLoop.execute { handler.value.endOfStreamRead(streamID: id) }
+        } else if report > 0 {
+            connection.eventLoop.execute { handler.value.consumed(streamID: id, bytes: report) }
+        }
+        return chunk
     }
 
     /// Writes data; suspends while the stream's send queue is full.

@@ -34,9 +34,9 @@ final class ConnectionHandler: ChannelInboundHandler {
         var timeout: Scheduled<Void>?
         var protocolID: String?
         var stream: MuxedStream?
-        /// Data received and not yet read by the application (bounded by the Yamux window).
-        var readBuffer = CircularBuffer<ByteBuffer>()
-        var pendingRead: EventLoopPromise<ByteBuffer?>?
+        /// Data received and not yet read by the application (bounded by the
+        /// Yamux window); exists once the stream's protocol is agreed.
+        var inbox: StreamInbox?
         var writeWaiters: [EventLoopPromise<Void>] = []
         var remoteClosedWrite = false
         /// The application has read the end of the stream (or said it reads no more).
@@ -288,15 +288,9 @@ final class ConnectionHandler: ChannelInboundHandler {
                 failNegotiation(streamID: id, error: .negotiationFailed(phase: "stream", reason: "closed by remote"))
                 return
             }
-            if state.readBuffer.isEmpty, let read = state.pendingRead {
-                state.pendingRead = nil
-                state.endOfStreamDelivered = true
-                streams[id] = state
-                read.succeed(nil)
-                forgetIfFinished(id)
-                return
-            }
             streams[id] = state
+            state.inbox?.finish()
+            forgetIfFinished(id)
         case .reset(let id):
             guard streams[id] != nil else { return }
             if streams[id]!.negotiation != nil {
@@ -340,15 +334,9 @@ final class ConnectionHandler: ChannelInboundHandler {
             // Bytes after the negotiation belong to the application protocol.
             guard data.readableBytes > 0 else { return }
         }
-        if let read = state.pendingRead {
-            state.pendingRead = nil
-            streams[id] = state
-            session?.consumed(streamID: id, bytes: data.readableBytes)
-            read.succeed(data)
-        } else {
-            state.readBuffer.append(data)
-            streams[id] = state
-        }
+        guard let inbox = state.inbox else { return }
+        let discarded = inbox.push(data)
+        if discarded > 0 { session?.consumed(streamID: id, bytes: discarded) }
     }
 
     private func completeNegotiation(streamID id: UInt32, protocolID: String) {
@@ -357,7 +345,9 @@ final class ConnectionHandler: ChannelInboundHandler {
         state.timeout = nil
         state.negotiator = nil
         state.protocolID = protocolID
-        let stream = MuxedStream(streamID: id, protocolID: protocolID, connection: connection)
+        let inbox = StreamInbox(reportThreshold: Int(configuration.yamux.initialWindow / 4))
+        state.inbox = inbox
+        let stream = MuxedStream(streamID: id, protocolID: protocolID, connection: connection, inbox: inbox)
         state.stream = stream
         let negotiation = state.negotiation
         state.negotiation = nil
@@ -396,7 +386,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         guard var state = streams.removeValue(forKey: id) else { return }
         state.timeout?.cancel()
         state.resetError = error
-        state.pendingRead?.fail(error)
+        state.inbox?.fail(error)
         for waiter in state.writeWaiters { waiter.fail(error) }
     }
 
@@ -437,31 +427,19 @@ final class ConnectionHandler: ChannelInboundHandler {
         return promise.futureResult
     }
 
-    func read(streamID id: UInt32) -> EventLoopFuture<ByteBuffer?> {
-        guard let context else { return eventLoopFailed(.connectionClosed) }
-        guard var state = streams[id] else {
-            return eventLoopFailed(closeError ?? .streamReset)
-        }
-        if let chunk = state.readBuffer.popFirst() {
-            streams[id] = state
-            session?.consumed(streamID: id, bytes: chunk.readableBytes)
-            try? drainSession()
-            flushOutput()
-            return context.eventLoop.makeSucceededFuture(chunk)
-        }
-        if state.remoteClosedWrite {
-            state.endOfStreamDelivered = true
-            streams[id] = state
-            forgetIfFinished(id)
-            return context.eventLoop.makeSucceededFuture(nil)
-        }
-        if state.pendingRead != nil {
-            return eventLoopFailed(.negotiationFailed(phase: "read", reason: "concurrent reads on one stream"))
-        }
-        let promise = context.eventLoop.makePromise(of: ByteBuffer?.self)
-        state.pendingRead = promise
-        streams[id] = state
-        return promise.futureResult
+    /// The reader took `bytes` from a stream's inbox: grant them back to the remote.
+    func consumed(streamID id: UInt32, bytes: Int) {
+        guard streams[id] != nil, session != nil else { return }
+        session!.consumed(streamID: id, bytes: bytes)
+        try? drainSession()
+        flushOutput()
+    }
+
+    /// The reader reached the end of a stream.
+    func endOfStreamRead(streamID id: UInt32) {
+        guard streams[id] != nil else { return }
+        streams[id]!.endOfStreamDelivered = true
+        forgetIfFinished(id)
     }
 
     func write(streamID id: UInt32, data: ByteBuffer) -> EventLoopFuture<Void> {
@@ -501,7 +479,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     private func forgetIfFinished(_ id: UInt32) {
         guard let state = streams[id], state.remoteClosedWrite, state.localClosedWrite,
             state.endOfStreamDelivered || state.discardInbound,
-            state.readBuffer.isEmpty, state.pendingRead == nil, state.writeWaiters.isEmpty
+            state.writeWaiters.isEmpty
         else { return }
         streams[id] = nil
     }
@@ -520,8 +498,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     func discardInbound(streamID id: UInt32) {
         guard var state = streams[id] else { return }
         state.discardInbound = true
-        var released = 0
-        while let chunk = state.readBuffer.popFirst() { released += chunk.readableBytes }
+        let released = state.inbox?.discardAll() ?? 0
         streams[id] = state
         session?.consumed(streamID: id, bytes: released)
         try? drainSession()
@@ -594,8 +571,8 @@ final class ConnectionHandler: ChannelInboundHandler {
         for (_, state) in all {
             state.timeout?.cancel()
             if case .outbound(let promise, _) = state.negotiation { promise.fail(error) }
-            // Buffered data is still readable; but a closed connection ends reads.
-            state.pendingRead?.fail(error)
+            // Buffered data is still readable, then the reader gets the error.
+            state.inbox?.fail(error)
             for waiter in state.writeWaiters { waiter.fail(error) }
         }
         session = nil

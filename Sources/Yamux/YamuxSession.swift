@@ -61,8 +61,15 @@ public enum YamuxEvent: Equatable, Sendable {
 /// in the stream's queue for the remote's window (the adapter bounds that queue).
 public struct YamuxSession {
     public struct Configuration: Sendable {
-        /// Per-stream receive window (and the spec's initial send window).
+        /// Per-stream receive window at the start (and the spec's initial send window).
         public var initialWindow: UInt32 = 256 * 1024
+        /// A stream whose reader keeps up has its receive window doubled at each
+        /// grant, up to this: one stream can then fill a fast link, while a
+        /// stream nobody reads never holds more than `initialWindow`.
+        public var maxStreamWindow: UInt32 = 8 * 1024 * 1024
+        /// Bound on the growth of all streams' windows together (beyond
+        /// `initialWindow` each): what a peer can make one session buffer.
+        public var maxSessionWindowGrowth: UInt32 = 32 * 1024 * 1024
         /// Concurrent streams; inbound SYNs beyond it are refused with RST.
         public var maxStreams: Int = 512
         /// Largest data frame we send.
@@ -94,6 +101,9 @@ public struct YamuxSession {
         var receiveWindow: UInt32
         /// Consumed by the application, not yet granted back to the remote.
         var consumedNotGranted: UInt32 = 0
+        /// The window we aim to keep open for the remote: granted credit, data
+        /// delivered and unread, and consumed-not-granted add up to it.
+        var windowTarget: UInt32
         var queue = CircularBuffer<ByteBuffer>()
         var queuedBytes = 0
         var finQueued = false
@@ -110,6 +120,7 @@ public struct YamuxSession {
     /// Control bytes (headers) written after the last of `outputPieces`.
     private var output = ByteBuffer()
     private var input = ByteBuffer()
+    private var incoming: IncomingPayload?
     private var localGoAway = false
     private var remoteGoAway = false
     private var nextPing: UInt32 = 0
@@ -150,7 +161,9 @@ public struct YamuxSession {
         guard nextStreamID < UInt32.max - 1 else { throw .tooManyStreams }
         let id = nextStreamID
         nextStreamID += 2
-        streams[id] = Stream(sendWindow: Self.initialWindow, receiveWindow: configuration.initialWindow)
+        streams[id] = Stream(
+            sendWindow: Self.initialWindow, receiveWindow: configuration.initialWindow,
+            windowTarget: configuration.initialWindow)
         writeHeader(.windowUpdate, flags: .syn, stream: id, length: configuration.initialWindow - Self.initialWindow)
         return id
     }
@@ -189,13 +202,28 @@ public struct YamuxSession {
     public mutating func consumed(streamID id: UInt32, bytes: Int) {
         guard bytes > 0, var stream = streams[id] else { return }
         stream.consumedNotGranted += UInt32(clamping: bytes)
-        if !stream.remoteFin && stream.consumedNotGranted >= configuration.initialWindow / 2 {
-            let delta = stream.consumedNotGranted
+        if !stream.remoteFin && stream.consumedNotGranted >= stream.windowTarget / 2 {
+            let growth = windowGrowth(for: stream, excluding: id)
+            stream.windowTarget += growth
+            let delta = stream.consumedNotGranted + growth
             stream.consumedNotGranted = 0
             stream.receiveWindow += delta
             writeHeader(.windowUpdate, flags: [], stream: id, length: delta)
         }
         streams[id] = stream
+    }
+
+    /// How much to widen a stream's window at a grant: double it when its
+    /// reader keeps up (at most a quarter of the window delivered and unread),
+    /// within the per-stream and per-session bounds.
+    private func windowGrowth(for stream: Stream, excluding id: UInt32) -> UInt32 {
+        let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
+        guard unread <= Int64(stream.windowTarget / 4), stream.windowTarget < configuration.maxStreamWindow else { return 0 }
+        let grown = streams.reduce(UInt64(0)) { total, entry in
+            entry.key == id ? total : total + UInt64(entry.value.windowTarget - configuration.initialWindow)
+        } + UInt64(stream.windowTarget - configuration.initialWindow)
+        let budget = UInt64(configuration.maxSessionWindowGrowth) - min(grown, UInt64(configuration.maxSessionWindowGrowth))
+        return UInt32(min(UInt64(stream.windowTarget), UInt64(configuration.maxStreamWindow - stream.windowTarget), budget))
     }
 
     /// Sends a ping; the answer comes as `.pong(opaque)`.
@@ -216,6 +244,9 @@ public struct YamuxSession {
 
     /// Parses arriving bytes (any fragmentation) into events. A thrown error is a
     /// protocol violation: the go-away is already in the output; close the connection.
+    ///
+    /// A data frame's payload is handed on piece by piece as it arrives, so a
+    /// large frame is neither held back nor copied whole.
     public mutating func receive(_ bytes: inout ByteBuffer) throws(YamuxError) -> [YamuxEvent] {
         if input.readableBytes == 0 {
             swap(&input, &bytes)
@@ -225,7 +256,23 @@ public struct YamuxSession {
         bytes.clear()
         var events: [YamuxEvent] = []
         do throws(YamuxError) {
-            while input.readableBytes >= Self.headerLength {
+            while true {
+                if var payload = incoming {
+                    let size = min(payload.remaining, input.readableBytes)
+                    if size > 0 {
+                        let piece = input.readSlice(length: size)!
+                        if payload.deliver { events.append(.data(payload.stream, piece)) }
+                        payload.remaining -= size
+                    }
+                    guard payload.remaining == 0 else {
+                        incoming = payload
+                        break
+                    }
+                    incoming = nil
+                    if payload.fin { remoteClosed(payload.stream, events: &events) }
+                    continue
+                }
+                guard input.readableBytes >= Self.headerLength else { break }
                 let start = input.readerIndex
                 let version = input.getInteger(at: start, as: UInt8.self)!
                 let rawType = input.getInteger(at: start + 1, as: UInt8.self)!
@@ -234,31 +281,28 @@ public struct YamuxSession {
                 let length = input.getInteger(at: start + 8, as: UInt32.self)!
                 guard version == 0 else { throw YamuxError.badVersion(version) }
                 guard let type = FrameType(rawValue: rawType) else { throw YamuxError.badType(rawType) }
-                if type == .data {
+                input.moveReaderIndex(forwardBy: Self.headerLength)
+                switch type {
+                case .data:
                     // The largest legal data frame is one full window.
-                    guard length <= configuration.initialWindow else { throw YamuxError.frameTooLarge(length) }
-                    guard input.readableBytes >= Self.headerLength + Int(length) else { break }
-                    input.moveReaderIndex(forwardBy: Self.headerLength)
-                    let payload = input.readSlice(length: Int(length))!
-                    try handleStreamFrame(type, flags: flags, id: id, length: length, payload: payload, events: &events)
-                } else {
-                    input.moveReaderIndex(forwardBy: Self.headerLength)
-                    switch type {
-                    case .windowUpdate:
-                        try handleStreamFrame(type, flags: flags, id: id, length: length, payload: nil, events: &events)
-                    case .ping:
-                        if flags.contains(.syn) {
-                            writeHeader(.ping, flags: .ack, stream: 0, length: length)
-                            events.append(.ping(length))
-                        } else if flags.contains(.ack) {
-                            events.append(.pong(length))
-                        }
-                    case .goAway:
-                        remoteGoAway = true
-                        events.append(.goAway(length))
-                    case .data:
-                        break
+                    guard length <= max(configuration.initialWindow, configuration.maxStreamWindow) else {
+                        throw YamuxError.frameTooLarge(length)
                     }
+                    let deliver = try handleStreamFrame(type, flags: flags, id: id, length: length, events: &events)
+                    incoming = IncomingPayload(
+                        stream: id, remaining: Int(length), deliver: deliver, fin: deliver && flags.contains(.fin))
+                case .windowUpdate:
+                    _ = try handleStreamFrame(type, flags: flags, id: id, length: length, events: &events)
+                case .ping:
+                    if flags.contains(.syn) {
+                        writeHeader(.ping, flags: .ack, stream: 0, length: length)
+                        events.append(.ping(length))
+                    } else if flags.contains(.ack) {
+                        events.append(.pong(length))
+                    }
+                case .goAway:
+                    remoteGoAway = true
+                    events.append(.goAway(length))
                 }
             }
         } catch {
@@ -269,10 +313,21 @@ public struct YamuxSession {
         return events
     }
 
+    /// The data frame whose payload is arriving.
+    struct IncomingPayload {
+        var stream: UInt32
+        var remaining: Int
+        /// False when the frame's stream is unknown, refused or reset: skip its bytes.
+        var deliver: Bool
+        /// The frame carried FIN: the remote's write side ends after the payload.
+        var fin: Bool
+    }
+
+    /// Applies a stream frame's header. For a data frame, returns whether its
+    /// payload goes to the stream (its FIN is then applied after the payload).
     private mutating func handleStreamFrame(
-        _ type: FrameType, flags: Flags, id: UInt32, length: UInt32, payload: ByteBuffer?,
-        events: inout [YamuxEvent]
-    ) throws(YamuxError) {
+        _ type: FrameType, flags: Flags, id: UInt32, length: UInt32, events: inout [YamuxEvent]
+    ) throws(YamuxError) -> Bool {
         guard id != 0 else { throw YamuxError.sessionStreamFlags }
         if flags.contains(.syn) {
             guard streams[id] == nil else { throw YamuxError.duplicateStream(id) }
@@ -280,21 +335,23 @@ public struct YamuxSession {
             guard (id % 2 == 1) != isClient else { throw YamuxError.wrongStreamParity(id) }
             if localGoAway || streams.count >= configuration.maxStreams {
                 writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
-                return
+                return false
             }
-            streams[id] = Stream(sendWindow: Self.initialWindow, receiveWindow: configuration.initialWindow)
+            streams[id] = Stream(
+                sendWindow: Self.initialWindow, receiveWindow: configuration.initialWindow,
+                windowTarget: configuration.initialWindow)
             // Acknowledge at once (and grant any window above the default).
             writeHeader(.windowUpdate, flags: .ack, stream: id, length: configuration.initialWindow - Self.initialWindow)
             events.append(.inboundStream(id))
         }
         guard var stream = streams[id] else {
             // A stream we already closed or reset: late frames are expected; drop them.
-            return
+            return false
         }
         if flags.contains(.rst) {
             streams[id] = nil
             events.append(.reset(id))
-            return
+            return false
         }
         if type == .windowUpdate {
             let (window, overflow) = stream.sendWindow.addingReportingOverflow(length)
@@ -306,25 +363,33 @@ public struct YamuxSession {
             } else if length > 0 {
                 events.append(.sendWindowOpened(id))
             }
-        } else if let payload, length > 0 {
+            streams[id] = stream
+            if flags.contains(.fin) { remoteClosed(id, events: &events) }
+            return false
+        }
+        if length > 0 {
             guard !stream.remoteFin else {
                 // Data after FIN violates the stream's state: reset it.
                 streams[id] = nil
                 writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
                 events.append(.reset(id))
-                return
+                return false
             }
             guard length <= stream.receiveWindow else {
                 throw YamuxError.windowExceeded(stream: id, length: length, window: stream.receiveWindow)
             }
             stream.receiveWindow -= length
-            events.append(.data(id, payload))
-        }
-        if flags.contains(.fin) && !stream.remoteFin {
-            stream.remoteFin = true
-            events.append(.remoteClosedWrite(id))
         }
         streams[id] = stream
+        return true
+    }
+
+    /// The remote closed its write side of a stream (FIN).
+    private mutating func remoteClosed(_ id: UInt32, events: inout [YamuxEvent]) {
+        guard var stream = streams[id], !stream.remoteFin else { return }
+        stream.remoteFin = true
+        streams[id] = stream
+        events.append(.remoteClosedWrite(id))
         if removeIfClosed(id) { events.append(.closed(id)) }
     }
 
@@ -332,6 +397,9 @@ public struct YamuxSession {
 
     /// Sends queued data within the window; then the FIN if one is due.
     private mutating func flush(_ id: UInt32, _ stream: inout Stream) {
+        let sendable = min(stream.queuedBytes, Int(stream.sendWindow))
+        let frames = (sendable + configuration.maxFramePayload - 1) / configuration.maxFramePayload
+        output.reserveCapacity(minimumWritableBytes: sendable + (frames + 1) * Self.headerLength)
         while stream.sendWindow > 0, var chunk = stream.queue.first {
             let size = min(chunk.readableBytes, Int(stream.sendWindow), configuration.maxFramePayload)
             let piece = chunk.readSlice(length: size)!

@@ -93,12 +93,88 @@ final class YamuxTests: XCTestCase {
             consumed = delivered
             try link.pump()
             delivered = Link.dataBytes(link.serverEvents, stream: id)
-            // Received-but-unread data never exceeds the window.
-            XCTAssertLessThanOrEqual(delivered - consumed, 256 * 1024)
+            // Received-but-unread data never exceeds the largest window.
+            XCTAssertLessThanOrEqual(delivered - consumed, Int(YamuxSession.Configuration().maxStreamWindow))
         }
         XCTAssertEqual(delivered, 1024 * 1024)
         XCTAssertTrue(link.clientEvents.contains(.sendWindowOpened(id)))
         XCTAssertEqual(link.client.queuedBytes(streamID: id), 0)
+    }
+
+    /// Sends `total` bytes on one stream; each round the reader consumes
+    /// `share` of what it holds unread. Returns the largest unread amount seen.
+    func largestUnread(
+        configuration: YamuxSession.Configuration, total: Int, share: Double, streams: Int = 1
+    ) throws -> Int {
+        var link = Link(configuration: configuration)
+        var ids: [UInt32] = []
+        for _ in 0..<streams {
+            let id = try link.client.openStream()
+            link.client.write(streamID: id, data: ByteBuffer(repeating: 1, count: total))
+            ids.append(id)
+        }
+        var consumed = [UInt32: Int]()
+        var largest = 0
+        for _ in 0..<10_000 {
+            try link.pump()
+            var unreadNow = 0
+            var done = true
+            for id in ids {
+                let delivered = Link.dataBytes(link.serverEvents, stream: id)
+                let unread = delivered - consumed[id, default: 0]
+                unreadNow += unread
+                if delivered < total { done = false }
+                let take = max(1, Int(Double(unread) * share))
+                if unread > 0 {
+                    link.server.consumed(streamID: id, bytes: min(take, unread))
+                    consumed[id, default: 0] += min(take, unread)
+                }
+            }
+            largest = max(largest, unreadNow)
+            if done { return largest }
+        }
+        XCTFail("transfer did not finish")
+        return largest
+    }
+
+    func testWindowGrowsForAReaderThatKeepsUp() throws {
+        var configuration = YamuxSession.Configuration()
+        configuration.maxStreamWindow = 1024 * 1024
+        let largest = try largestUnread(configuration: configuration, total: 16 * 1024 * 1024, share: 1)
+        XCTAssertGreaterThan(largest, 256 * 1024, "the window never grew")
+        XCTAssertLessThanOrEqual(largest, 1024 * 1024, "the window grew past its bound")
+    }
+
+    func testWindowStaysForAReaderThatLags() throws {
+        // A reader that leaves most of its data unread keeps the initial window.
+        let largest = try largestUnread(configuration: .init(), total: 4 * 1024 * 1024, share: 0.25)
+        XCTAssertLessThanOrEqual(largest, 256 * 1024)
+    }
+
+    func testSessionBoundsTheGrowthOfAllStreams() throws {
+        var configuration = YamuxSession.Configuration()
+        configuration.maxStreamWindow = 4 * 1024 * 1024
+        configuration.maxSessionWindowGrowth = 512 * 1024
+        let largest = try largestUnread(configuration: configuration, total: 8 * 1024 * 1024, share: 1, streams: 3)
+        XCTAssertLessThanOrEqual(largest, 3 * 256 * 1024 + 512 * 1024)
+    }
+
+    func testDataIsDeliveredAsItArrives() throws {
+        var session = YamuxSession(isClient: false)
+        var frame = header(type: 0, flags: 1 | 4, stream: 1, length: 1000)  // SYN + FIN
+        frame.writeRepeatingByte(9, count: 1000)
+        var first = frame.readSlice(length: 12 + 100)!
+        let early = try session.receive(&first)
+        XCTAssertEqual(early.count, 2)
+        XCTAssertEqual(early.first, .inboundStream(1))
+        guard case .data(1, let piece) = early.last else { return XCTFail("no data yet: \(early)") }
+        XCTAssertEqual(piece.readableBytes, 100)
+        // The FIN comes after the rest of the payload, not with the header.
+        let rest = try session.receive(&frame)
+        XCTAssertEqual(rest.count, 2)
+        guard case .data(1, let tail) = rest.first else { return XCTFail("no tail: \(rest)") }
+        XCTAssertEqual(tail.readableBytes, 900)
+        XCTAssertEqual(rest.last, .remoteClosedWrite(1))
     }
 
     func testManyConcurrentStreams() throws {

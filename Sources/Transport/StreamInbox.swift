@@ -1,0 +1,145 @@
+import NIOCore
+import Synchronization
+
+/// The data received on one stream and not yet read.
+///
+/// The connection's event loop fills it; the reader's task drains it under a
+/// lock, without a hop to the event loop while data is waiting. Crossing
+/// threads costs far more than the bytes themselves, so a reader that keeps up
+/// with the sender only ever parks when the inbox is empty.
+///
+/// Bounded by the Yamux receive window: the remote cannot send more than we
+/// granted, and we grant only what the reader has taken.
+final class StreamInbox: Sendable {
+    private struct State {
+        var chunks = CircularBuffer<ByteBuffer>()
+        /// The remote closed its write side: after the chunks comes the end.
+        var finished = false
+        /// The stream failed (reset, connection closed): after the chunks comes this error.
+        var error: TransportError?
+        /// The reader's continuation while it waits for data.
+        var waiter: CheckedContinuation<ByteBuffer?, Error>?
+        /// Bytes read and not yet reported to the event loop for window updates.
+        var unreported = 0
+        var discarding = false
+    }
+
+    private let state = Mutex(State())
+    /// Bytes the reader gathers before reporting them (a quarter of the window,
+    /// so reported and pending grants together never starve the sender).
+    let reportThreshold: Int
+
+    init(reportThreshold: Int) {
+        self.reportThreshold = reportThreshold
+    }
+
+    // MARK: Event loop side
+
+    /// Adds arriving data; hands it straight to a waiting reader. Returns the
+    /// bytes to count as consumed at once (when the inbox discards).
+    func push(_ chunk: ByteBuffer) -> Int {
+        let (waiter, discarded) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, Int) in
+            if state.discarding { return (nil, chunk.readableBytes) }
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return (waiter, 0)
+            }
+            state.chunks.append(chunk)
+            return (nil, 0)
+        }
+        waiter?.resume(returning: chunk)
+        return discarded
+    }
+
+    /// The remote's end of data: the reader sees nil after the buffered chunks.
+    func finish() {
+        let waiter = state.withLock { state -> CheckedContinuation<ByteBuffer?, Error>? in
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    /// The stream failed: the reader gets `error` after the buffered chunks
+    /// (or, if the remote had already finished, the clean end).
+    func fail(_ error: TransportError) {
+        let waiter = state.withLock { state -> CheckedContinuation<ByteBuffer?, Error>? in
+            guard !state.finished, state.error == nil else { return nil }
+            state.error = error
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(throwing: error)
+    }
+
+    /// The reader wants no more: drops what is buffered and everything that
+    /// arrives later. Returns the dropped bytes (to grant back to the remote).
+    func discardAll() -> Int {
+        let (dropped, waiter) = state.withLock { state -> (Int, CheckedContinuation<ByteBuffer?, Error>?) in
+            state.discarding = true
+            var dropped = state.unreported
+            state.unreported = 0
+            while let chunk = state.chunks.popFirst() { dropped += chunk.readableBytes }
+            defer { state.waiter = nil }
+            return (dropped, state.waiter)
+        }
+        waiter?.resume(returning: nil)
+        return dropped
+    }
+
+    // MARK: Reader side
+
+    private enum Next {
+        case chunk(ByteBuffer)
+        case end
+        case failure(TransportError)
+        case wait
+    }
+
+    /// The next chunk, or nil at the end; throws the stream's error. Waits when
+    /// nothing is there. `report` is nonzero when enough was read to tell the
+    /// event loop (for window updates).
+    func next() async throws -> (ByteBuffer?, report: Int) {
+        let chunk: ByteBuffer?
+        switch take(waiter: nil) {
+        case .chunk(let first): chunk = first
+        case .end: return (nil, 0)
+        case .failure(let error): throw error
+        case .wait:
+            chunk = try await withCheckedThrowingContinuation { continuation in
+                switch take(waiter: continuation) {
+                case .chunk(let first): continuation.resume(returning: first)
+                case .end: continuation.resume(returning: nil)
+                case .failure(let error): continuation.resume(throwing: error)
+                case .wait: break
+                }
+            }
+        }
+        guard let chunk else { return (nil, 0) }
+        return (chunk, account(chunk.readableBytes))
+    }
+
+    private func take(waiter: CheckedContinuation<ByteBuffer?, Error>?) -> Next {
+        state.withLock { state in
+            if let chunk = state.chunks.popFirst() { return .chunk(chunk) }
+            if state.finished || state.discarding { return .end }
+            if let error = state.error { return .failure(error) }
+            if state.waiter != nil {
+                return .failure(.negotiationFailed(phase: "read", reason: "concurrent reads on one stream"))
+            }
+            state.waiter = waiter
+            return .wait
+        }
+    }
+
+    /// Counts bytes handed to the reader.
+    private func account(_ bytes: Int) -> Int {
+        state.withLock { state in
+            state.unreported += bytes
+            guard state.unreported >= reportThreshold else { return 0 }
+            defer { state.unreported = 0 }
+            return state.unreported
+        }
+    }
+}
