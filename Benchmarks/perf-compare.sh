@@ -18,6 +18,7 @@ peer=Tests/Interop/py/peer.py
 work=$(mktemp -d)
 pids=()
 cleanup() {
+    exec 3>&- 2>/dev/null || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
@@ -26,9 +27,11 @@ trap cleanup EXIT
 
 "$bin" perf-server --listen /ip4/127.0.0.1/tcp/0 >"$work/swift-server" 2>/dev/null &
 pids+=($!)
-# The py listener ends by itself on stdin EOF or after its timeout.
-sleep 600 | "$py" "$peer" listen --timeout 600 >"$work/py-server" 2>/dev/null &
+# The py listener ends on stdin EOF (fd 3 closes when this script exits) or after its timeout.
+mkfifo "$work/py-stdin"
+"$py" "$peer" listen --timeout 600 <"$work/py-stdin" >"$work/py-server" 2>/dev/null &
 pids+=($!)
+exec 3>"$work/py-stdin"
 for _ in $(seq 100); do
     grep -q "Listening on" "$work/swift-server" && grep -q listening "$work/py-server" && break
     sleep 0.1
