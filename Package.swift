@@ -128,7 +128,10 @@ let package = Package(
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .testTarget(name: "NamespaceTests", dependencies: ["Identity"]),
-        .testTarget(name: "PubSubTests", dependencies: ["PubSub", "TestSupport"]),
+        .testTarget(
+            name: "PubSubTests",
+            dependencies: ["PubSub", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "TestSupport",
             dependencies: ["Host", "Identify", "Ping", .product(name: "NIOPosix", package: "swift-nio")],

@@ -21,6 +21,15 @@ public struct MessageID: Hashable, Sendable, CustomStringConvertible {
     public var description: String { bytes.prefix(12).map { String(format: "%02x", $0) }.joined() + "…" }
 }
 
+/// The fields of a message a custom message-id function may use.
+public struct MessageFields: Sendable {
+    public let topic: String
+    public let data: [UInt8]
+    /// The author, for signed messages.
+    public let from: PeerID?
+    public let seqno: [UInt8]?
+}
+
 /// How messages are signed and what we accept.
 public enum SignaturePolicy: Sendable {
     /// Sign our messages; accept only correctly signed ones (the default).

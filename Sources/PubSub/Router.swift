@@ -36,6 +36,11 @@ public struct PubSubConfiguration: Sendable {
     public var seenTTL: Duration = .seconds(120)
     public var pruneBackoff: Duration = .seconds(60)
     public var floodPublish = true
+    /// How message ids are computed (every node of a network must agree). Nil:
+    /// the spec's default, `from` followed by `seqno`, or for unsigned messages
+    /// a SHA-256 of topic and data. Content-based ids (a hash of `data`) make
+    /// the same text from two publishers one message.
+    public var messageID: (@Sendable (MessageFields) -> MessageID)?
     /// Largest message data accepted or published.
     public var maxMessageSize = 1024 * 1024
     /// Largest RPC frame read from a peer (a message plus control overhead).
@@ -556,6 +561,13 @@ struct PubSubRouter {
     }
 
     func messageID(_ message: Pubsub_Pb_Message) -> MessageID {
+        if let custom = configuration.messageID {
+            return custom(
+                MessageFields(
+                    topic: message.topic, data: Array(message.data),
+                    from: message.hasFrom ? try? PeerID(bytes: message.from) : nil,
+                    seqno: message.hasSeqno ? Array(message.seqno) : nil))
+        }
         if message.hasFrom || message.hasSeqno { return MessageSigning.defaultID(message) }
         // Unsigned messages: the content decides.
         return MessageID(Array(SHA256.hash(data: Array(message.topic.utf8) + Array(message.data))))

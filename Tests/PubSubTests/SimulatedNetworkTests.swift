@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Identity
 import XCTest
@@ -129,6 +130,29 @@ final class SimulatedNetworkTests: XCTestCase {
                 let candidates = router.graftCandidates("t", excluding: Set(mesh), now: network.now)
                 XCTAssertTrue(candidates.isEmpty, "mesh degree \(mesh.count) with \(candidates.count) graftable peers")
             }
+        }
+    }
+
+    func testCustomMessageIDMakesEqualContentOneMessage() throws {
+        var configuration = PubSubConfiguration()
+        configuration.messageID = { MessageID(Array(SHA256.hash(data: $0.data))) }
+        var network = SimulatedNetwork(nodes: 8, seed: 5, configuration: configuration)
+        let nodes = network.order
+        for index in 0..<nodes.count {
+            network.connect(nodes[index], nodes[(index + 1) % nodes.count])
+        }
+        for node in nodes {
+            network.run(network.routers[node]!.subscribe("t", now: network.now), at: node)
+        }
+        for _ in 0..<3 { network.heartbeat() }
+        // Two publishers, the same text: one message id, seen once everywhere.
+        for publisher in [nodes[0], nodes[4]] {
+            let actions = try network.routers[publisher]!.publish(topic: "t", data: Array("same".utf8), now: network.now)
+            network.run(actions, at: publisher)
+        }
+        let expected = MessageID(Array(SHA256.hash(data: Array("same".utf8))))
+        for node in nodes where node != nodes[0] && node != nodes[4] {
+            XCTAssertEqual(network.delivered[node], [expected: 1])
         }
     }
 
