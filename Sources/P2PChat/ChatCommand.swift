@@ -83,16 +83,7 @@ struct NodeCommand: AsyncParsableCommand {
         let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)
         pubsub.start()
         out.emit("local_peer", ["peer": "\(host.localPeer)"], human: "Local peer id: \(host.localPeer)")
-        var bound = 0
-        for text in listen {
-            do {
-                try await host.listen(on: [parseAddress(text)])
-                bound += 1
-            } catch {
-                out.error("cannot listen on \(text): \(error)")
-            }
-        }
-        if bound == 0 { exitWithError("could not listen on any address") }
+        await listenOrExit(host, on: listen) { out.error($0) }
         for address in host.listenAddresses {
             out.emit("listening", ["addr": "\(address)"], human: "Listening on \(address)")
         }

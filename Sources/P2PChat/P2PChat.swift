@@ -71,6 +71,20 @@ func makeHost(key: PrivateKey) -> (Libp2pHost, IdentifyService) {
     return (host, identify)
 }
 
+/// Listens on each address, reporting the ones that fail; exits when none works.
+func listenOrExit(_ host: Libp2pHost, on addresses: [String], reportFailure: (String) -> Void) async {
+    var bound = 0
+    for text in addresses {
+        do {
+            try await host.listen(on: [parseAddress(text)])
+            bound += 1
+        } catch {
+            reportFailure("cannot listen on \(text): \(error)")
+        }
+    }
+    if bound == 0 { exitWithError("could not listen on any address") }
+}
+
 func parseAddress(_ text: String) -> Multiaddr {
     do {
         return try Multiaddr(text)

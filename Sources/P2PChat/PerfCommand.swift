@@ -117,16 +117,7 @@ struct PerfServerCommand: AsyncParsableCommand {
         do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
         let (host, _) = makeHost(key: key)
         PerfService(host: host).start()
-        var bound = 0
-        for text in listen {
-            do {
-                try await host.listen(on: [parseAddress(text)])
-                bound += 1
-            } catch {
-                FileHandle.standardError.write(Data("error: cannot listen on \(text): \(error)\n".utf8))
-            }
-        }
-        if bound == 0 { exitWithError("could not listen on any address") }
+        await listenOrExit(host, on: listen) { FileHandle.standardError.write(Data("error: \($0)\n".utf8)) }
         say("Local peer id: \(host.localPeer)")
         for address in host.listenAddresses {
             say("Listening on \(address.encapsulating(.p2p(host.localPeer.bytes)))")
