@@ -241,8 +241,6 @@ struct FrameDecoder {
         defer { buffer = ByteBuffer() }
         return buffer
     }
-
-    var bufferedBytes: Int { buffer.readableBytes }
 }
 
 /// Encrypts and decrypts the framed transport messages after the handshake.

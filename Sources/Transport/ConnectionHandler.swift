@@ -43,7 +43,6 @@ final class ConnectionHandler: ChannelInboundHandler {
         var endOfStreamDelivered = false
         var localClosedWrite = false
         var discardInbound = false
-        var resetError: TransportError?
     }
 
     let configuration: TransportConfiguration
@@ -193,7 +192,7 @@ final class ConnectionHandler: ChannelInboundHandler {
                     var plain = ByteBuffer()
                     negotiator.start(into: &plain)
                     self.negotiator = negotiator
-                    try encryptAndQueue(&plain)
+                    try encryptAndQueue([plain])
                     flushOutput()
                 } else {
                     var negotiator = MultistreamNegotiation.responder(limits: configuration.multistreamLimits) {
@@ -202,7 +201,7 @@ final class ConnectionHandler: ChannelInboundHandler {
                     var plain = ByteBuffer()
                     negotiator.start(into: &plain)
                     self.negotiator = negotiator
-                    try encryptAndQueue(&plain)
+                    try encryptAndQueue([plain])
                     flushOutput()
                 }
                 // Whatever followed the last handshake message is ciphertext.
@@ -227,7 +226,7 @@ final class ConnectionHandler: ChannelInboundHandler {
             var reply = ByteBuffer()
             let outcome = try negotiator.receive(&plain, output: &reply)
             self.negotiator = negotiator
-            if reply.readableBytes > 0 { try encryptAndQueue(&reply) }
+            if reply.readableBytes > 0 { try encryptAndQueue([reply]) }
             guard outcome != nil else { return }
             self.negotiator = nil
             try becomeEstablished()
@@ -383,9 +382,8 @@ final class ConnectionHandler: ChannelInboundHandler {
     }
 
     private func finishStream(_ id: UInt32, error: TransportError) {
-        guard var state = streams.removeValue(forKey: id) else { return }
+        guard let state = streams.removeValue(forKey: id) else { return }
         state.timeout?.cancel()
-        state.resetError = error
         state.inbox?.fail(error)
         for waiter in state.writeWaiters { waiter.fail(error) }
     }
@@ -524,14 +522,13 @@ final class ConnectionHandler: ChannelInboundHandler {
     /// Moves whatever the Yamux session wants to send through Noise into the output buffer.
     private func drainSession() throws {
         guard session != nil else { return }
-        let pieces = session!.takeOutputPieces()
-        guard !pieces.isEmpty, secure != nil else { return }
-        try secure!.encrypt(pieces: pieces, into: &pendingOutput)
+        try encryptAndQueue(session!.takeOutputPieces())
     }
 
-    private func encryptAndQueue(_ plain: inout ByteBuffer) throws {
-        guard secure != nil else { return }
-        try secure!.encrypt(&plain, into: &pendingOutput)
+    /// Seals plaintext pieces (in order) into Noise frames in the output buffer.
+    private func encryptAndQueue(_ pieces: [ByteBuffer]) throws {
+        guard secure != nil, !pieces.isEmpty else { return }
+        try secure!.encrypt(pieces: pieces, into: &pendingOutput)
     }
 
     private func flushOutput() {
