@@ -203,7 +203,7 @@ public struct YamuxSession {
         guard bytes > 0, var stream = streams[id] else { return }
         stream.consumedNotGranted += UInt32(clamping: bytes)
         if !stream.remoteFin && stream.consumedNotGranted >= stream.windowTarget / 2 {
-            let growth = windowGrowth(for: stream, excluding: id)
+            let growth = windowGrowth(for: stream)
             stream.windowTarget += growth
             let delta = stream.consumedNotGranted + growth
             stream.consumedNotGranted = 0
@@ -216,12 +216,11 @@ public struct YamuxSession {
     /// How much to widen a stream's window at a grant: double it when its
     /// reader keeps up (at most a quarter of the window delivered and unread),
     /// within the per-stream and per-session bounds.
-    private func windowGrowth(for stream: Stream, excluding id: UInt32) -> UInt32 {
+    private func windowGrowth(for stream: Stream) -> UInt32 {
         let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
         guard unread <= Int64(stream.windowTarget / 4), stream.windowTarget < configuration.maxStreamWindow else { return 0 }
-        let grown = streams.reduce(UInt64(0)) { total, entry in
-            entry.key == id ? total : total + UInt64(entry.value.windowTarget - configuration.initialWindow)
-        } + UInt64(stream.windowTarget - configuration.initialWindow)
+        // Every stream's growth so far, this one's included (its target is unchanged in `streams`).
+        let grown = streams.values.reduce(UInt64(0)) { $0 + UInt64($1.windowTarget - configuration.initialWindow) }
         let budget = UInt64(configuration.maxSessionWindowGrowth) - min(grown, UInt64(configuration.maxSessionWindowGrowth))
         return UInt32(min(UInt64(stream.windowTarget), UInt64(configuration.maxStreamWindow - stream.windowTarget), budget))
     }
