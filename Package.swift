@@ -127,7 +127,8 @@ let package = Package(
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
-        .testTarget(name: "NamespaceTests", dependencies: ["Identity"]),
+        .testTarget(name: "NamespaceTests", dependencies: ["ChildProcess"]),
+        .target(name: "ChildProcess", path: "Tests/ChildProcess"),
         .testTarget(
             name: "PubSubTests",
             dependencies: ["PubSub", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]
@@ -141,6 +142,9 @@ let package = Package(
             name: "TransportTests",
             dependencies: ["Transport", "Host", "Identify", "Ping", "Perf", "Noise", "Multistream", "TestSupport"]
         ),
-        .testTarget(name: "InteropTests", dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport"]),
+        .testTarget(
+            name: "InteropTests",
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport", "ChildProcess"]
+        ),
     ]
 )

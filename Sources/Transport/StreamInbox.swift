@@ -98,8 +98,9 @@ final class StreamInbox: Sendable {
     }
 
     /// The next chunk, or nil at the end; throws the stream's error. Waits when
-    /// nothing is there. `report` is nonzero when enough was read to tell the
-    /// event loop (for window updates).
+    /// nothing is there; a cancelled task stops waiting with `CancellationError`
+    /// (nothing is lost: a later read gets the data). `report` is nonzero when
+    /// enough was read to tell the event loop (for window updates).
     func next() async throws -> (ByteBuffer?, report: Int) {
         let chunk: ByteBuffer?
         switch take(waiter: nil) {
@@ -107,17 +108,33 @@ final class StreamInbox: Sendable {
         case .end: return (nil, 0)
         case .failure(let error): throw error
         case .wait:
-            chunk = try await withCheckedThrowingContinuation { continuation in
-                switch take(waiter: continuation) {
-                case .chunk(let first): continuation.resume(returning: first)
-                case .end: continuation.resume(returning: nil)
-                case .failure(let error): continuation.resume(throwing: error)
-                case .wait: break
+            try Task.checkCancellation()
+            chunk = try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    switch take(waiter: continuation) {
+                    case .chunk(let first): continuation.resume(returning: first)
+                    case .end: continuation.resume(returning: nil)
+                    case .failure(let error): continuation.resume(throwing: error)
+                    case .wait:
+                        // Cancelled between the check above and installing the waiter.
+                        if Task.isCancelled { cancelWaiter() }
+                    }
                 }
+            } onCancel: {
+                cancelWaiter()
             }
         }
         guard let chunk else { return (nil, 0) }
         return (chunk, account(chunk.readableBytes))
+    }
+
+    /// Ends a waiting read with `CancellationError` (no-op when none waits).
+    private func cancelWaiter() {
+        let waiter = state.withLock { state -> CheckedContinuation<ByteBuffer?, Error>? in
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(throwing: CancellationError())
     }
 
     private func take(waiter: CheckedContinuation<ByteBuffer?, Error>?) -> Next {

@@ -1,3 +1,4 @@
+import ChildProcess
 import Host
 import Identity
 import Multiformats
@@ -244,29 +245,19 @@ final class ChatBinaryInteropTests: XCTestCase {
             let pythonID = try XCTUnwrap(listening["peer"] as? String)
             let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
                 .appendingPathComponent("p2pchat").path
-            let chat = Process()
-            chat.executableURL = URL(fileURLWithPath: binary)
-            chat.arguments = [
-                "lobby", "--json", "--no-mdns", "--ephemeral", "--router", router, "--listen", "/ip4/127.0.0.1/tcp/0",
-                "--connect", address,
-            ]
-            let input = Pipe()
-            let output = Pipe()
-            chat.standardInput = input
-            chat.standardOutput = output
-            try chat.run()
-            defer { if chat.isRunning { chat.terminate() } }
-            let text = Locked("")
-            output.fileHandleForReading.readabilityHandler = { handle in
-                let data = handle.availableData
-                if data.isEmpty { handle.readabilityHandler = nil }
-                text.withLock { $0 += String(decoding: data, as: UTF8.self) }
-            }
+            let chat = try ChildProcess(
+                binary,
+                [
+                    "lobby", "--json", "--no-mdns", "--ephemeral", "--router", router, "--listen", "/ip4/127.0.0.1/tcp/0",
+                    "--connect", address,
+                ],
+                stdinPipe: true, stderr: .discard)
+            defer { chat.stop() }
             // Probe until python hears the binary (both have to register each other first).
             let deadline = ContinuousClock.now + .seconds(20)
             var heard = false
             while !heard && ContinuousClock.now < deadline {
-                input.fileHandleForWriting.write(Data("from swift binary\n".utf8))
+                chat.send("from swift binary")
                 if let line = try? await python.next("message", within: 0.5), line["text"] as? String == "from swift binary" {
                     heard = true
                 }
@@ -277,16 +268,14 @@ final class ChatBinaryInteropTests: XCTestCase {
             while !printed && ContinuousClock.now < deadline {
                 python.send("from python")
                 try await Task.sleep(for: .milliseconds(300))
-                printed = text.withLock { $0 }.split(separator: "\n").contains {
+                printed = chat.outputLines.contains {
                     $0.contains("\"text\":\"from python\"") && $0.contains(pythonID)
                 }
             }
             XCTAssertTrue(printed, "the binary never printed python's line (\(router))")
-            try? input.fileHandleForWriting.close()
-            let exitDeadline = ContinuousClock.now + .seconds(10)
-            while chat.isRunning && ContinuousClock.now < exitDeadline { try await Task.sleep(for: .milliseconds(20)) }
-            XCTAssertFalse(chat.isRunning, "the chat did not exit on end of input")
-            if !chat.isRunning { XCTAssertEqual(chat.terminationStatus, 0) }
+            chat.closeInput()
+            let status = try? await chat.waitForExit(within: 10)
+            XCTAssertEqual(status, 0, "the chat did not exit cleanly on end of input")
         }
     }
 }

@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import Synchronization
 import XCTest
@@ -5,11 +6,9 @@ import XCTest
 /// A py-libp2p peer (Tests/Interop/py/peer.py) run as a subprocess. Its stdout is
 /// one JSON object per line; we wait for lines with deadlines and kill it at the end.
 final class PythonPeer: Sendable {
-    let process: Process
-    private let stdinPipe: Pipe
-    /// Parsed stdout lines not yet consumed by `next`.
-    private let lines: Locked<[[String: any Sendable]]>
-    private let stderrLog: Locked<String>
+    let process: ChildProcess
+    /// Index of the first stdout line `next` has not consumed yet.
+    private let consumed = Locked(0)
 
     static var script: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -23,51 +22,19 @@ final class PythonPeer: Sendable {
             }
             throw XCTSkip("SKIPPED: interop with py-libp2p needs P2PCHAT_PYTHON (run ./scripts/test)")
         }
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: python)
-        process.arguments = [Self.script] + arguments
-        let stdout = Pipe()
-        let stderr = Pipe()
-        stdinPipe = Pipe()
-        process.standardOutput = stdout
-        process.standardError = stderr
-        process.standardInput = stdinPipe
-        let received = Locked<[[String: any Sendable]]>([])
-        lines = received
-        let log = Locked("")
-        stderrLog = log
-        let buffer = Locked(Data())
-        stdout.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                return
-            }
-            let complete: [Data] = buffer.withLock { pending in
-                pending.append(data)
-                var out: [Data] = []
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    out.append(pending[pending.startIndex..<newline])
-                    pending.removeSubrange(pending.startIndex...newline)
-                }
-                return out
-            }
-            for line in complete {
-                if let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] {
-                    let converted = object.mapValues { Self.sendable($0) }
-                    received.withLock { $0.append(converted) }
-                }
-            }
+        process = try ChildProcess(python, [Self.script] + arguments, stdinPipe: true)
+    }
+
+    /// The stdout lines not consumed yet, parsed as JSON objects (others are skipped); marks them consumed.
+    private func takeLines() -> [[String: any Sendable]] {
+        let all = process.outputLines
+        let start = consumed.withLock { index in
+            defer { index = all.count }
+            return index
         }
-        stderr.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                return
-            }
-            log.withLock { $0 += String(decoding: data, as: UTF8.self) }
+        return all[min(start, all.count)...].compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?.mapValues { Self.sendable($0) }
         }
-        try process.run()
     }
 
     private static func sendable(_ value: Any) -> any Sendable {
@@ -82,54 +49,49 @@ final class PythonPeer: Sendable {
     /// The next JSON line whose "event" is `event`, within `seconds`
     /// (lines of other events before it are consumed; an error line fails).
     func next(_ event: String, within seconds: Double = 60) async throws -> [String: any Sendable] {
-        let deadline = ContinuousClock.now + .seconds(seconds)
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        var pending: [[String: any Sendable]] = []
         while ContinuousClock.now < deadline {
-            let line = lines.withLock { $0.isEmpty ? nil : $0.removeFirst() }
-            guard let line else {
-                if !process.isRunning && lines.withLock({ $0.isEmpty }) { break }
+            if pending.isEmpty { pending = takeLines() }
+            guard !pending.isEmpty else {
+                if !process.isRunning && process.outputLines.count <= consumed.withLock({ $0 }) { break }
                 try await Task.sleep(for: .milliseconds(20))
                 continue
             }
+            let line = pending.removeFirst()
             if line["event"] as? String == "error" {
                 throw InteropError.peerFailed("\(line) stderr: \(stderrTail)")
             }
-            if line["event"] as? String == event { return line }
+            if line["event"] as? String == event {
+                // Lines after this one stay unconsumed for the next call.
+                if !pending.isEmpty { consumed.withLock { $0 -= pending.count } }
+                return line
+            }
         }
         throw InteropError.timeout(event: event, stderr: stderrTail)
     }
 
     var stderrTail: String {
-        String(stderrLog.withLock { $0 }.suffix(3000))
+        String(process.stderrText.suffix(3000))
     }
 
     /// Waits for the process to exit by itself; its status.
     func waitForExit(within seconds: Double = 60) async throws -> Int32 {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while process.isRunning {
-            if ContinuousClock.now > deadline { throw InteropError.timeout(event: "exit", stderr: stderrTail) }
-            try await Task.sleep(for: .milliseconds(50))
+        do {
+            return try await process.waitForExit(within: seconds)
+        } catch {
+            throw InteropError.timeout(event: "exit", stderr: stderrTail)
         }
-        return process.terminationStatus
     }
 
     /// Writes one line to the peer's stdin (pubsub mode publishes it).
     func send(_ line: String) {
-        stdinPipe.fileHandleForWriting.write(Data((line + "\n").utf8))
+        process.send(line)
     }
 
     /// Closes stdin (the peer exits cleanly) and kills it if it lingers.
     func stop() {
-        try? stdinPipe.fileHandleForWriting.close()
-        let process = self.process
-        if process.isRunning {
-            DispatchQueue.global().asyncAfter(deadline: .now() + 3) {
-                if process.isRunning { process.terminate() }
-            }
-        }
-    }
-
-    deinit {
-        if process.isRunning { process.terminate() }
+        process.stop(grace: 3)
     }
 }
 

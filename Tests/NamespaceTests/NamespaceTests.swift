@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import XCTest
 
@@ -7,7 +8,7 @@ import XCTest
 final class TestNetwork {
     let prefix: String
     private(set) var hosts: [String] = []
-    private var processes: [Process] = []
+    private var processes: [ChildProcess] = []
 
     init() throws {
         guard getuid() == 0 else {
@@ -46,50 +47,35 @@ final class TestNetwork {
     }
 
     func tearDown() {
-        for process in processes where process.isRunning { process.terminate() }
-        for process in processes { process.waitUntilExit() }
+        for process in processes { process.terminate() }
+        for process in processes { process.stop() }
         for host in hosts { _ = try? Self.ip(["netns", "del", host]) }
         _ = try? Self.ip(["netns", "del", "\(prefix)-br"])
     }
 
-    func track(_ process: Process) { processes.append(process) }
+    func track(_ process: ChildProcess) { processes.append(process) }
 
     static func run(_ executable: String, _ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        try process.run()
-        process.waitUntilExit()
+        _ = try ChildProcess.run(executable, arguments)
     }
+
+    static let ipPath = FileManager.default.fileExists(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip"
 
     @discardableResult
     static func ip(_ arguments: [String]) throws -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        if !FileManager.default.fileExists(atPath: "/usr/sbin/ip") {
-            process.executableURL = URL(fileURLWithPath: "/sbin/ip")
-        }
-        process.arguments = arguments
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw NSError(domain: "ip", code: Int(process.terminationStatus), userInfo: [
+        let status = try ChildProcess.run(ipPath, arguments).status
+        guard status == 0 else {
+            throw NSError(domain: "ip", code: Int(status), userInfo: [
                 NSLocalizedDescriptionKey: "ip \(arguments.joined(separator: " ")) failed"
             ])
         }
-        return process.terminationStatus
+        return status
     }
 }
 
 /// The real p2pchat binary running in a namespace; its stdout lines are collected.
-final class ChatProcess: @unchecked Sendable {
-    // Safe: `lines` is only touched under `lock`; the rest is set once in init.
-    let process = Process()
-    let input = Pipe()
-    private let lock = NSLock()
-    private var lines: [String] = []
-    private var pending = Data()
+final class ChatProcess: Sendable {
+    let process: ChildProcess
 
     static var binary: String {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("p2pchat").path
@@ -98,38 +84,16 @@ final class ChatProcess: @unchecked Sendable {
     /// Runs the chat in `namespace`, or directly (loopback tests) when it is nil.
     init(namespace: String?, executable: String = ChatProcess.binary, arguments: [String], network: TestNetwork?) throws {
         if let namespace {
-            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            if !FileManager.default.fileExists(atPath: "/usr/sbin/ip") { process.executableURL = URL(fileURLWithPath: "/sbin/ip") }
-            process.arguments = ["netns", "exec", namespace, executable] + arguments
+            process = try ChildProcess(
+                TestNetwork.ipPath, ["netns", "exec", namespace, executable] + arguments, stdinPipe: true, stderr: .discard)
         } else {
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
+            process = try ChildProcess(executable, arguments, stdinPipe: true, stderr: .discard)
         }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = input
-        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self else { return }
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                return
-            }
-            self.lock.lock()
-            self.pending.append(data)
-            while let newline = self.pending.firstIndex(of: UInt8(ascii: "\n")) {
-                self.lines.append(String(decoding: self.pending[self.pending.startIndex..<newline], as: UTF8.self))
-                self.pending.removeSubrange(self.pending.startIndex...newline)
-            }
-            self.lock.unlock()
-        }
-        try process.run()
         network?.track(process)
     }
 
     deinit {
-        if process.isRunning { process.terminate() }
+        process.stop()
     }
 
     /// Output lines parsed as JSON objects (for --json).
@@ -141,26 +105,19 @@ final class ChatProcess: @unchecked Sendable {
 
     /// Waits for the process to exit; its status.
     func waitForExit(within seconds: Double) async throws -> Int32 {
-        let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning {
-            guard Date() < deadline else {
-                XCTFail("process did not exit within \(seconds) s")
-                throw CancellationError()
-            }
-            try await Task.sleep(for: .milliseconds(20))
+        do {
+            return try await process.waitForExit(within: seconds)
+        } catch {
+            XCTFail("\(error)")
+            throw error
         }
-        return process.terminationStatus
     }
 
-    var output: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return lines
-    }
+    var output: [String] { process.outputLines }
 
-    func send(_ line: String) { input.fileHandleForWriting.write(Data((line + "\n").utf8)) }
+    func send(_ line: String) { process.send(line) }
 
-    func closeInput() { try? input.fileHandleForWriting.close() }
+    func closeInput() { process.closeInput() }
 
     /// Waits until some output line satisfies `predicate`; returns it.
     @discardableResult
@@ -360,7 +317,7 @@ final class ChatCLITests: XCTestCase {
         a.process.terminate()
         let aStatus = try await a.waitForExit(within: 10)
         XCTAssertEqual(aStatus, 0)
-        XCTAssertEqual(a.process.terminationReason, .exit, "SIGTERM must end the chat cleanly, not kill it")
+        XCTAssertEqual(a.process.termination, .exited(0), "SIGTERM must end the chat cleanly, not kill it")
         _ = aPeer
     }
 
@@ -413,23 +370,7 @@ final class ChatCLITests: XCTestCase {
         // Only capture-pane's output is read: the tmux server that new-session starts
         // would inherit (and hold open) any pipe given to it.
         func run(_ arguments: [String]) throws -> String {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: tmux)
-            process.arguments = arguments
-            process.standardInput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            guard arguments.first == "capture-pane" else {
-                process.standardOutput = FileHandle.nullDevice
-                try process.run()
-                process.waitUntilExit()
-                return ""
-            }
-            let output = Pipe()
-            process.standardOutput = output
-            try process.run()
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return String(decoding: data, as: UTF8.self)
+            try ChildProcess.run(tmux, arguments, captureOutput: arguments.first == "capture-pane", within: 10).output
         }
         let command = [ChatProcess.binary, "--no-mdns", "--ephemeral", "--listen", "/ip4/127.0.0.1/tcp/0", "--connect", target]
         _ = try run(["new-session", "-d", "-s", session, "-x", "160", "-y", "30", command.joined(separator: " ")])
@@ -502,7 +443,7 @@ final class PerfCLITests: XCTestCase {
         server.process.terminate()
         let serverStatus = try await server.waitForExit(within: 10)
         XCTAssertEqual(serverStatus, 0)
-        XCTAssertEqual(server.process.terminationReason, .exit)
+        XCTAssertEqual(server.process.termination, .exited(0))
         let unreachable = try ChatProcess(
             namespace: nil, arguments: ["perf", address, "--timeout", "5"], network: nil)
         let unreachableStatus = try await unreachable.waitForExit(within: 20)

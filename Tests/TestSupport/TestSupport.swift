@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import Ping
 import Transport
+import Synchronization
 import XCTest
 
 public let echoProtocol = "/p2pchat/echo/1.0.0"
@@ -66,23 +67,79 @@ public func echo(_ data: [UInt8], over connection: Connection, chunk: Int = 64 *
     return try await received
 }
 
-/// Fails the test if `body` does not finish within `seconds`.
+/// Fails the test if `body` does not finish within `seconds`. On time-out the body's
+/// task is cancelled and left behind: the test goes on even if the body ignores
+/// cancellation (a task group would wait for it).
 public func withDeadline<T: Sendable>(
     _ seconds: Double, file: StaticString = #filePath, line: UInt = #line,
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            return nil
+    let outcome = FirstOutcome<T>()
+    let result: Result<T, Error> = await withCheckedContinuation { continuation in
+        outcome.install(continuation)
+        let work = Task { outcome.deliver(await Result { try await body() }) }
+        let timer = Task {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            if outcome.deliver(.failure(DeadlineExceeded(seconds: seconds))) { work.cancel() }
         }
-        guard let first = try await group.next(), let value = first else {
-            group.cancelAll()
-            XCTFail("timed out after \(seconds) s", file: file, line: line)
-            throw CancellationError()
+        outcome.onDelivered { timer.cancel() }
+    }
+    if case .failure(let error as DeadlineExceeded) = result {
+        XCTFail("timed out after \(error.seconds) s", file: file, line: line)
+    }
+    return try result.get()
+}
+
+public struct DeadlineExceeded: Error {
+    public let seconds: Double
+}
+
+extension Result where Failure == Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+/// The first of several racing outcomes, handed to one continuation.
+private final class FirstOutcome<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<Result<T, Error>, Never>?
+        var pending: Result<T, Error>?
+        var delivered = false
+        var onDelivered: (@Sendable () -> Void)?
+    }
+    private let state = Mutex(State())
+
+    func install(_ continuation: CheckedContinuation<Result<T, Error>, Never>) {
+        let ready = state.withLock { state -> Result<T, Error>? in
+            state.continuation = continuation
+            return state.pending
         }
-        group.cancelAll()
-        return value
+        if let ready { continuation.resume(returning: ready) }
+    }
+
+    func onDelivered(_ action: @escaping @Sendable () -> Void) {
+        let already = state.withLock { state -> Bool in
+            if state.delivered { return true }
+            state.onDelivered = action
+            return false
+        }
+        if already { action() }
+    }
+
+    /// Delivers `result` if nothing was delivered before; whether it was.
+    @discardableResult
+    func deliver(_ result: Result<T, Error>) -> Bool {
+        let (first, continuation, action) = state.withLock {
+            state -> (Bool, CheckedContinuation<Result<T, Error>, Never>?, (@Sendable () -> Void)?) in
+            guard !state.delivered else { return (false, nil, nil) }
+            state.delivered = true
+            if state.continuation == nil { state.pending = result }
+            defer { state.continuation = nil }
+            return (true, state.continuation, state.onDelivered)
+        }
+        continuation?.resume(returning: result)
+        action?()
+        return first
     }
 }
