@@ -2,6 +2,7 @@ import Foundation
 import Host
 import Identity
 import Logging
+import Multiformats
 import NIOCore
 import SwiftProtobuf
 import Transport
@@ -20,7 +21,18 @@ public final class PubSubService: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.core = PubSubCore(
-            router: PubSubRouter(localKey: host.localKey, configuration: configuration), logger: logger)
+            router: PubSubRouter(localKey: host.localKey, configuration: configuration), logger: logger,
+            connect: { [host, logger] peer in
+                // Peer exchange: dial only peers whose addresses we know (no signed records yet).
+                guard host.connection(to: peer) == nil, !(host.peerStore.info(peer)?.addresses.isEmpty ?? true) else { return }
+                Task {
+                    do {
+                        _ = try await host.connect(to: peer)
+                    } catch {
+                        logger.debug("peer exchange dial failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                    }
+                }
+            })
     }
 
     /// The protocols we serve and propose, best first.
@@ -75,7 +87,8 @@ public final class PubSubService: Sendable {
         do {
             let stream = try await connection.newStream(protocols: protocols)
             await core.addPeer(
-                peer, protocolID: stream.protocolID, outbound: connection.direction == .outbound, stream: stream)
+                peer, protocolID: stream.protocolID, outbound: connection.direction == .outbound,
+                ip: Self.ipAddress(of: connection.remoteAddress), stream: stream)
             logger.debug("pubsub peer", metadata: ["peer": "\(peer)", "protocol": "\(stream.protocolID)"])
         } catch {
             await core.releaseOutbound(peer)
@@ -92,7 +105,9 @@ public final class PubSubService: Sendable {
                 guard let frame = try await reader.readLengthPrefixed(maxLength: configuration.maxRPCSize) else { break }
                 do {
                     let rpc = try Pubsub_Pb_RPC(serializedBytes: Array(frame.readableBytesView))
-                    await core.handle(rpc, from: peer, protocolID: stream.protocolID)
+                    await core.handle(
+                        rpc, from: peer, protocolID: stream.protocolID,
+                        ip: Self.ipAddress(of: stream.connection.remoteAddress))
                 } catch {
                     // A malformed RPC closes nothing; it counts against the sender.
                     await core.malformed(from: peer)
@@ -105,6 +120,20 @@ public final class PubSubService: Sendable {
             }
         }
     }
+
+    /// The IP address of a connection's remote end, in text (for the IP colocation score).
+    static func ipAddress(of address: Multiaddr) -> String? {
+        for component in address.components {
+            switch component {
+            case .ip4, .ip6: return Multiaddr([component]).description.split(separator: "/").last.map(String.init)
+            default: continue
+            }
+        }
+        return nil
+    }
+
+    /// The current score of `peer` (gossipsub v1.1 peer scoring).
+    public func score(of peer: PeerID) async -> Double { await core.score(of: peer) }
 
     /// Joins `topic`; its messages (from others) arrive on the returned sequence.
     public func subscribe(_ topic: String) async -> AsyncStream<PubSubMessage> {
@@ -149,10 +178,12 @@ actor PubSubCore {
     private var claimed: Set<PeerID> = []
     private(set) var isStopped = false
     private let clock = ContinuousClock()
+    private let connect: @Sendable (PeerID) -> Void
 
-    init(router: PubSubRouter, logger: Logger) {
+    init(router: PubSubRouter, logger: Logger, connect: @escaping @Sendable (PeerID) -> Void = { _ in }) {
         self.router = router
         self.logger = logger
+        self.connect = connect
     }
 
     func claimOutbound(_ peer: PeerID) -> Bool {
@@ -164,7 +195,7 @@ actor PubSubCore {
         claimed.remove(peer)
     }
 
-    func addPeer(_ peer: PeerID, protocolID: String, outbound isOutbound: Bool, stream: MuxedStream) {
+    func addPeer(_ peer: PeerID, protocolID: String, outbound isOutbound: Bool, ip: String?, stream: MuxedStream) {
         let limit = router.configuration.maxQueuedRPCsPerPeer
         let (queue, continuation) = AsyncStream.makeStream(
             of: Pubsub_Pb_RPC.self, bufferingPolicy: .bufferingOldest(limit))
@@ -185,17 +216,17 @@ actor PubSubCore {
             stream.reset()
             self.removePeer(peer)
         }
-        perform(router.addPeer(peer, protocolID: protocolID, outbound: isOutbound))
+        perform(router.addPeer(peer, protocolID: protocolID, outbound: isOutbound, ip: ip))
     }
 
     func removePeer(_ peer: PeerID) {
         claimed.remove(peer)
         outbound.removeValue(forKey: peer)?.finish()
-        router.removePeer(peer)
+        router.removePeer(peer, now: clock.now)
     }
 
-    func handle(_ rpc: Pubsub_Pb_RPC, from peer: PeerID, protocolID: String) {
-        router.notePeer(peer, protocolID: protocolID)
+    func handle(_ rpc: Pubsub_Pb_RPC, from peer: PeerID, protocolID: String, ip: String?) {
+        router.notePeer(peer, protocolID: protocolID, ip: ip)
         let actions = router.handle(rpc, from: peer, now: clock.now)
         logger.trace(
             "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)",
@@ -247,6 +278,7 @@ actor PubSubCore {
     func peers(in topic: String) -> [PeerID] { router.peers(in: topic) }
     func mesh(_ topic: String) -> [PeerID] { router.meshPeers(topic) }
     func counters() -> PubSubCounters { router.counters }
+    func score(of peer: PeerID) -> Double { router.score(of: peer, now: clock.now) }
 
     func pubsubPeers() -> [PeerID: String] {
         var result: [PeerID: String] = [:]
@@ -278,6 +310,8 @@ actor PubSubCore {
                 for continuation in subscribers[message.topic]?.values ?? [:].values {
                     continuation.yield(message)
                 }
+            case .connect(let peer):
+                connect(peer)
             }
         }
     }

@@ -29,6 +29,8 @@ public struct PubSubConfiguration: Sendable {
     public var dHigh = 12
     public var dLazy = 6
     public var dOut = 2
+    /// Mesh peers kept by score when pruning an oversubscribed mesh.
+    public var dScore = 4
     public var heartbeatInterval: Duration = .seconds(1)
     public var fanoutTTL: Duration = .seconds(60)
     public var historyLength = 5
@@ -36,6 +38,24 @@ public struct PubSubConfiguration: Sendable {
     public var seenTTL: Duration = .seconds(120)
     public var pruneBackoff: Duration = .seconds(60)
     public var floodPublish = true
+    /// Peer exchange: a PRUNE carries up to `prunePeers` other peers of the topic
+    /// (not when the pruned peer scores negative), and we dial the peers in a
+    /// PRUNE from a peer scoring at least the accept-PX threshold.
+    public var peerExchange = true
+    public var prunePeers = 16
+    /// Peer scoring v1.1: the score function and what each threshold allows.
+    public var scoreParameters = PeerScoreParameters()
+    public var scoreThresholds = PeerScoreThresholds()
+    /// Every this many heartbeats, a mesh whose median score is below the
+    /// opportunistic-graft threshold takes up to `opportunisticGraftPeers`
+    /// peers scoring above the median.
+    public var opportunisticGraftTicks = 60
+    public var opportunisticGraftPeers = 2
+    /// A peer that announced a message in IHAVE and got our IWANT must send it
+    /// within this time, or it broke its promise (a behaviour penalty).
+    public var iwantFollowupTime: Duration = .seconds(3)
+    /// A GRAFT this soon after we pruned the peer costs an extra penalty.
+    public var graftFloodThreshold: Duration = .seconds(10)
     /// How message ids are computed (every node of a network must agree). Nil:
     /// the spec's default, `from` followed by `seqno`, or for unsigned messages
     /// a SHA-256 of topic and data. Content-based ids (a hash of `data`) make
@@ -62,6 +82,8 @@ public struct PubSubConfiguration: Sendable {
 enum RouterAction: Sendable {
     case send(PeerID, Pubsub_Pb_RPC)
     case deliver(PubSubMessage)
+    /// Peer exchange: dial this peer if its addresses are known.
+    case connect(PeerID)
 }
 
 /// Counters of what was dropped and why.
@@ -71,6 +93,10 @@ public struct PubSubCounters: Sendable {
     public var malformedRPCs = 0
     public var droppedOutbound = 0
     public var ignoredIHave = 0
+    /// RPCs ignored because their sender was graylisted.
+    public var graylistedRPCs = 0
+    /// IWANT promises not kept.
+    public var brokenPromises = 0
     /// RPC bytes written to peers (frames with their length prefixes).
     public var bytesSent = 0
 }
@@ -88,8 +114,6 @@ struct PubSubRouter {
         /// (py-libp2p 0.8.1) drop what arrives before they have registered us.
         var reannounce = true
         var iwantCounts: [MessageID: Int] = [:]
-        /// Penalty for misbehaviour (invalid messages, malformed RPCs, backoff violations).
-        var penalty: Double = 0
     }
 
     let configuration: PubSubConfiguration
@@ -101,6 +125,10 @@ struct PubSubRouter {
     private var fanout: [String: Set<PeerID>] = [:]
     private var lastPublished: [String: ContinuousClock.Instant] = [:]
     private var backoff: [String: [PeerID: ContinuousClock.Instant]] = [:]
+    private(set) var scores: PeerScore
+    /// Messages we asked for with IWANT: who promised them, and by when.
+    private var promises: [MessageID: [PeerID: ContinuousClock.Instant]] = [:]
+    private var heartbeatTicks = 0
     private var seen = SeenCache()
     private var cache: MessageCache
     private var seqno: UInt64
@@ -108,14 +136,12 @@ struct PubSubRouter {
     private(set) var counters = PubSubCounters()
     private var random: SystemRandomNumberGenerator = .init()
 
-    /// Peers at or below this penalty are ignored (the graylist).
-    static let graylistPenalty: Double = -80
-
     init(localKey: PrivateKey, configuration: PubSubConfiguration = .init()) {
         self.localKey = localKey
         self.localPeer = PeerID(publicKey: localKey.publicKey)
         self.configuration = configuration
         self.cache = MessageCache(history: configuration.historyLength, gossip: configuration.historyGossip)
+        self.scores = PeerScore(parameters: configuration.scoreParameters)
         // Start the sequence from the clock so restarts do not reuse numbers.
         self.seqno = UInt64(Date().timeIntervalSince1970 * 1_000_000_000)
     }
@@ -130,7 +156,7 @@ struct PubSubRouter {
 
     func meshPeers(_ topic: String) -> [PeerID] { Array(mesh[topic] ?? []) }
 
-    func penalty(of peer: PeerID) -> Double { peers[peer]?.penalty ?? 0 }
+    func score(of peer: PeerID, now: ContinuousClock.Instant) -> Double { scores.score(of: peer, now: now) }
 
     func protocolOf(_ peer: PeerID) -> String? { peers[peer]?.protocolID }
 
@@ -138,15 +164,20 @@ struct PubSubRouter {
         validators[topic] = validator
     }
 
-    private func isGraylisted(_ peer: PeerID) -> Bool {
-        (peers[peer]?.penalty ?? 0) <= Self.graylistPenalty
+    private func isGraylisted(_ peer: PeerID, now: ContinuousClock.Instant) -> Bool {
+        score(of: peer, now: now) < configuration.scoreThresholds.graylistThreshold
+    }
+
+    private func score(_ peer: PeerID, atLeast threshold: Double, now: ContinuousClock.Instant) -> Bool {
+        score(of: peer, now: now) >= threshold
     }
 
     // MARK: - Peers
 
     /// A peer with our outbound pubsub stream negotiated for `protocolID`: we tell
     /// it our subscriptions (the protocol of our stream is the one that counts).
-    mutating func addPeer(_ peer: PeerID, protocolID: String, outbound: Bool) -> [RouterAction] {
+    mutating func addPeer(_ peer: PeerID, protocolID: String, outbound: Bool, ip: String? = nil) -> [RouterAction] {
+        scores.addPeer(peer, ip: ip)
         if peers[peer] == nil {
             peers[peer] = PeerState(protocolID: protocolID, outbound: outbound)
         } else {
@@ -161,13 +192,15 @@ struct PubSubRouter {
 
     /// A peer whose inbound pubsub stream arrived before we attached: remember it
     /// so its subscriptions are not lost.
-    mutating func notePeer(_ peer: PeerID, protocolID: String) {
+    mutating func notePeer(_ peer: PeerID, protocolID: String, ip: String? = nil) {
         guard peers[peer] == nil else { return }
+        scores.addPeer(peer, ip: ip)
         peers[peer] = PeerState(protocolID: protocolID, outbound: false)
     }
 
-    mutating func removePeer(_ peer: PeerID) {
+    mutating func removePeer(_ peer: PeerID, now: ContinuousClock.Instant) {
         peers[peer] = nil
+        scores.removePeer(peer, now: now)
         for topic in Array(mesh.keys) { mesh[topic]?.remove(peer) }
         for topic in Array(fanout.keys) { fanout[topic]?.remove(peer) }
     }
@@ -176,25 +209,34 @@ struct PubSubRouter {
 
     mutating func subscribe(_ topic: String, now: ContinuousClock.Instant) -> [RouterAction] {
         guard subscriptions.insert(topic).inserted else { return [] }
+        scores.subscribedTopics.insert(topic)
         var actions = announce(topic, subscribe: true)
         guard configuration.router == .gossipsub else { return actions }
-        // Join: take fanout peers first, then others, up to D.
-        var members = fanout.removeValue(forKey: topic) ?? []
+        // Join: take fanout peers first (those still scoring at least 0), then others, up to D.
+        var members = (fanout.removeValue(forKey: topic) ?? []).filter { score($0, atLeast: 0, now: now) }
         lastPublished[topic] = nil
-        let candidates = gossipPeers(in: topic).subtracting(members).filter { !inBackoff(topic, $0, now: now) }
+        let candidates = graftCandidates(topic, excluding: members, now: now)
         members.formUnion(candidates.shuffled(using: &random).prefix(max(0, configuration.d - members.count)))
         mesh[topic] = members
-        for peer in members { actions.append(.send(peer, Self.graft(topic))) }
+        for peer in members {
+            scores.graft(peer, topic: topic, now: now)
+            actions.append(.send(peer, Self.graft(topic)))
+        }
         return actions
     }
 
     mutating func unsubscribe(_ topic: String, now: ContinuousClock.Instant) -> [RouterAction] {
         guard subscriptions.remove(topic) != nil else { return [] }
         var actions = announce(topic, subscribe: false)
-        for peer in mesh.removeValue(forKey: topic) ?? [] {
-            actions.append(.send(peer, prune(topic, for: peer)))
+        for peer in mesh[topic] ?? [] {
+            var rpc = Pubsub_Pb_RPC()
+            rpc.control.prune = [prune(topic, for: peer, exchange: true, now: now)]
+            actions.append(.send(peer, rpc))
+            scores.prune(peer, topic: topic, now: now)
             setBackoff(topic, peer, now: now)
         }
+        mesh[topic] = nil
+        scores.subscribedTopics.remove(topic)
         return actions
     }
 
@@ -222,7 +264,8 @@ struct PubSubRouter {
         seen.insert(id, now: now)
         cache.put(id, message)
         var targets: Set<PeerID> = []
-        let topicPeers = Set(peers(in: topic)).filter { !isGraylisted($0) }
+        let publishThreshold = configuration.scoreThresholds.publishThreshold
+        let topicPeers = Set(peers(in: topic)).filter { score($0, atLeast: publishThreshold, now: now) }
         if configuration.router == .floodsub || configuration.floodPublish {
             targets = topicPeers
         } else {
@@ -233,8 +276,8 @@ struct PubSubRouter {
                 var members = fanout[topic] ?? []
                 if members.count < configuration.d {
                     members.formUnion(
-                        gossipPeers(in: topic).subtracting(members).shuffled(using: &random)
-                            .prefix(configuration.d - members.count))
+                        gossipPeers(in: topic).subtracting(members).filter { score($0, atLeast: publishThreshold, now: now) }
+                            .shuffled(using: &random).prefix(configuration.d - members.count))
                 }
                 fanout[topic] = members
                 lastPublished[topic] = now
@@ -252,7 +295,10 @@ struct PubSubRouter {
     /// Handles one RPC from `peer`.
     mutating func handle(_ rpc: Pubsub_Pb_RPC, from peer: PeerID, now: ContinuousClock.Instant) -> [RouterAction] {
         guard peers[peer] != nil else { return [] }
-        if isGraylisted(peer) { return [] }
+        if isGraylisted(peer, now: now) {
+            counters.graylistedRPCs += 1
+            return []
+        }
         var actions: [RouterAction] = []
         for subscription in rpc.subscriptions where subscription.hasTopicid {
             let topic = subscription.topicid
@@ -261,7 +307,7 @@ struct PubSubRouter {
                 peers[peer]?.topics.insert(topic)
             } else {
                 peers[peer]?.topics.remove(topic)
-                mesh[topic]?.remove(peer)
+                if mesh[topic]?.remove(peer) != nil { scores.prune(peer, topic: topic, now: now) }
                 fanout[topic]?.remove(peer)
             }
         }
@@ -283,34 +329,40 @@ struct PubSubRouter {
         counters.bytesSent += bytes
     }
 
-    /// Counts a malformed RPC against the sender.
+    /// Counts a malformed RPC against the sender (a behaviour penalty).
     mutating func malformedRPC(from peer: PeerID) {
         counters.malformedRPCs += 1
-        peers[peer]?.penalty -= 10
+        scores.addPenalty(peer)
     }
 
     private mutating func receive(_ message: Pubsub_Pb_Message, from peer: PeerID, now: ContinuousClock.Instant) -> [RouterAction] {
         guard message.hasTopic, !message.topic.isEmpty else {
-            reject(.missingTopic, peer)
+            counters.rejected[.missingTopic, default: 0] += 1
+            scores.addPenalty(peer)
             return []
         }
+        let topic = message.topic
         guard message.data.count <= configuration.maxMessageSize else {
-            reject(.tooLarge, peer)
+            reject(.tooLarge, peer, topic: topic, id: nil, now: now)
             return []
         }
         let id = messageID(message)
         if seen.contains(id, now: now) {
             counters.duplicates += 1
+            scores.duplicate(id, topic: topic, from: peer, now: now)
+            promises[id] = nil
             return []
         }
         let author: PeerID?
         switch MessageSigning.verify(message, policy: configuration.signaturePolicy) {
         case .success(let from): author = from
         case .failure(let reason):
-            reject(reason, peer)
+            // Not remembered: anyone can forge a bad copy of a genuine message's id.
+            reject(reason, peer, topic: topic, id: nil, now: now)
             return []
         }
         seen.insert(id, now: now)
+        promises[id] = nil
         let delivered = PubSubMessage(
             topic: message.topic, data: Array(message.data), from: author,
             seqno: message.hasSeqno ? Array(message.seqno) : nil, id: id, receivedFrom: peer)
@@ -318,30 +370,38 @@ struct PubSubRouter {
             switch validator(delivered) {
             case .accept: break
             case .reject:
-                reject(.validatorRejected, peer)
+                reject(.validatorRejected, peer, topic: topic, id: id, now: now)
                 return []
             case .ignore:
+                scores.ignore(id, from: peer, now: now)
                 return []
             }
         }
         // Our own messages coming back are not delivered again.
         if author == localPeer { return [] }
+        scores.deliverFirst(id, topic: topic, from: peer, now: now)
         cache.put(id, message)
         var actions: [RouterAction] = []
         if subscriptions.contains(message.topic) { actions.append(.deliver(delivered)) }
-        actions += forward(message, topic: message.topic, from: peer, author: author)
+        actions += forward(message, topic: message.topic, from: peer, author: author, now: now)
         return actions
     }
 
-    private mutating func reject(_ reason: RejectReason, _ peer: PeerID) {
+    /// An invalid message: counted, and P4 for the sender on its topic.
+    private mutating func reject(_ reason: RejectReason, _ peer: PeerID, topic: String, id: MessageID?, now: ContinuousClock.Instant) {
         counters.rejected[reason, default: 0] += 1
-        peers[peer]?.penalty -= 10
+        scores.reject(id, topic: topic, from: peer, remember: id != nil, now: now)
     }
 
-    private func forward(_ message: Pubsub_Pb_Message, topic: String, from source: PeerID, author: PeerID?) -> [RouterAction] {
+    private func forward(
+        _ message: Pubsub_Pb_Message, topic: String, from source: PeerID, author: PeerID?, now: ContinuousClock.Instant
+    ) -> [RouterAction] {
         var targets: Set<PeerID> = []
+        let publishThreshold = configuration.scoreThresholds.publishThreshold
         for (peer, state) in peers where state.topics.contains(topic) {
-            if configuration.router == .floodsub || state.protocolID == PubSubProtocol.floodsub {
+            if configuration.router == .floodsub || state.protocolID == PubSubProtocol.floodsub,
+                score(peer, atLeast: publishThreshold, now: now)
+            {
                 targets.insert(peer)
             }
         }
@@ -350,7 +410,7 @@ struct PubSubRouter {
         }
         targets.remove(source)
         if let author { targets.remove(author) }
-        targets = targets.filter { !isGraylisted($0) }
+        targets = targets.filter { !isGraylisted($0, now: now) }
         var rpc = Pubsub_Pb_RPC()
         rpc.publish = [message]
         return targets.map { .send($0, rpc) }
@@ -361,19 +421,23 @@ struct PubSubRouter {
     private mutating func handleControl(_ control: Pubsub_Pb_ControlMessage, from peer: PeerID, now: ContinuousClock.Instant) -> [RouterAction] {
         var reply = Pubsub_Pb_ControlMessage()
         var messages: [Pubsub_Pb_Message] = []
-        // IHAVE: ask for what we have not seen, within limits.
+        var actions: [RouterAction] = []
+        let gossipAllowed = score(peer, atLeast: configuration.scoreThresholds.gossipThreshold, now: now)
+        // IHAVE: ask for what we have not seen, within limits; the peer promises to send it.
         var wanted: [Data] = []
         for ihave in control.ihave {
             peers[peer]?.ihaveThisHeartbeat += 1
-            guard (peers[peer]?.ihaveThisHeartbeat ?? 0) <= configuration.maxIHaveMessages,
+            guard gossipAllowed, (peers[peer]?.ihaveThisHeartbeat ?? 0) <= configuration.maxIHaveMessages,
                 subscriptions.contains(ihave.topicID)
             else {
                 counters.ignoredIHave += 1
                 continue
             }
-            for raw in ihave.messageIds.prefix(configuration.maxIHaveLength - wanted.count) {
+            for raw in ihave.messageIds.prefix(max(0, configuration.maxIHaveLength - wanted.count)) {
                 let id = MessageID(Array(raw))
-                if !seen.contains(id, now: now) { wanted.append(raw) }
+                guard !seen.contains(id, now: now), promises[id]?[peer] == nil else { continue }
+                wanted.append(raw)
+                promises[id, default: [:]][peer] = now + configuration.iwantFollowupTime
             }
         }
         if !wanted.isEmpty {
@@ -382,7 +446,7 @@ struct PubSubRouter {
             reply.iwant = [iwant]
         }
         // IWANT: answer from the cache, a bounded number of times per message and peer.
-        for iwant in control.iwant {
+        for iwant in control.iwant where gossipAllowed {
             for raw in iwant.messageIds.prefix(configuration.maxIHaveLength) {
                 let id = MessageID(Array(raw))
                 guard let message = cache.get(id) else { continue }
@@ -392,34 +456,51 @@ struct PubSubRouter {
                 messages.append(message)
             }
         }
-        // GRAFT: accept into the mesh unless backing off or not subscribed.
+        // GRAFT: accept into the mesh unless the peer scores negative, is backing
+        // off, or the mesh is full (outbound peers are always welcome).
         for graft in control.graft {
             let topic = graft.topicID
-            guard subscriptions.contains(topic) else {
-                reply.prune.append(prune(topic, for: peer).control.prune[0])
+            // Not our topic: ignored (answering would let anyone make us send).
+            guard subscriptions.contains(topic), mesh[topic]?.contains(peer) != true else { continue }
+            if let until = backoff[topic]?[peer], until > now {
+                // Grafting during backoff is misbehaviour (P7), doubly so right after the prune.
+                scores.addPenalty(peer)
+                if until - configuration.pruneBackoff + configuration.graftFloodThreshold > now {
+                    scores.addPenalty(peer)
+                }
+                reply.prune.append(prune(topic, for: peer, exchange: false, now: now))
+                setBackoff(topic, peer, now: now)
                 continue
             }
-            if inBackoff(topic, peer, now: now) {
-                // Grafting during backoff is misbehaviour (P7-like penalty).
-                peers[peer]?.penalty -= 5
-                reply.prune.append(prune(topic, for: peer).control.prune[0])
+            if score(of: peer, now: now) < 0 {
+                reply.prune.append(prune(topic, for: peer, exchange: false, now: now))
+                setBackoff(topic, peer, now: now)
                 continue
             }
             if (mesh[topic]?.count ?? 0) >= configuration.dHigh && !(peers[peer]?.outbound ?? false) {
-                reply.prune.append(prune(topic, for: peer).control.prune[0])
+                reply.prune.append(prune(topic, for: peer, exchange: true, now: now))
                 setBackoff(topic, peer, now: now)
                 continue
             }
             mesh[topic, default: []].insert(peer)
+            scores.graft(peer, topic: topic, now: now)
         }
-        // PRUNE: leave the mesh and back off.
+        // PRUNE: leave the mesh, back off, and dial the exchanged peers if the pruner is trusted.
         for prune in control.prune {
-            mesh[prune.topicID]?.remove(peer)
+            if mesh[prune.topicID]?.remove(peer) != nil { scores.prune(peer, topic: prune.topicID, now: now) }
             let seconds = prune.hasBackoff ? min(prune.backoff, 3600) : 0
             let duration = seconds > 0 ? Duration.seconds(Int64(seconds)) : configuration.pruneBackoff
             backoff[prune.topicID, default: [:]][peer] = now + duration
+            guard configuration.peerExchange, !prune.peers.isEmpty,
+                score(peer, atLeast: configuration.scoreThresholds.acceptPXThreshold, now: now)
+            else { continue }
+            for info in prune.peers.prefix(configuration.prunePeers) {
+                guard let exchanged = try? PeerID(bytes: Array(info.peerID)), exchanged != localPeer,
+                    peers[exchanged] == nil
+                else { continue }
+                actions.append(.connect(exchanged))
+            }
         }
-        var actions: [RouterAction] = []
         if !reply.iwant.isEmpty || !reply.prune.isEmpty || !messages.isEmpty {
             var rpc = Pubsub_Pb_RPC()
             if !reply.iwant.isEmpty || !reply.prune.isEmpty { rpc.control = reply }
@@ -431,11 +512,23 @@ struct PubSubRouter {
 
     // MARK: - Heartbeat
 
-    /// Mesh maintenance, fanout expiry, gossip emission, cache shifting.
+    /// Mesh maintenance by score, fanout expiry, gossip emission, cache shifting,
+    /// score decay and broken IWANT promises.
     mutating func heartbeat(now: ContinuousClock.Instant) -> [RouterAction] {
+        heartbeatTicks += 1
         var grafts: [PeerID: [String]] = [:]
-        var prunes: [PeerID: [String]] = [:]
+        var prunes: [PeerID: [Pubsub_Pb_ControlPrune]] = [:]
         var actions: [RouterAction] = []
+        scores.refresh(now: now, recordTTL: configuration.seenTTL)
+        for (id, promised) in promises {
+            let broken = promised.filter { $0.value <= now }
+            guard !broken.isEmpty else { continue }
+            for peer in broken.keys {
+                scores.addPenalty(peer)
+                counters.brokenPromises += 1
+            }
+            promises[id] = promised.count == broken.count ? nil : promised.filter { $0.value > now }
+        }
         for peer in Array(peers.keys) {
             peers[peer]?.ihaveThisHeartbeat = 0
             if peers[peer]?.reannounce == true {
@@ -446,8 +539,6 @@ struct PubSubRouter {
                     actions.append(.send(peer, rpc))
                 }
             }
-            // Penalties decay so that a peer can recover over time.
-            if let penalty = peers[peer]?.penalty, penalty < 0 { peers[peer]?.penalty = min(0, penalty * 0.9 + 0.5) }
         }
         seen.expire(now: now, ttl: configuration.seenTTL)
         for topic in Array(backoff.keys) {
@@ -458,41 +549,92 @@ struct PubSubRouter {
             cache.shift()
             return actions
         }
+        // Scores do not change within one heartbeat: compute them once.
+        var scoreCache: [PeerID: Double] = [:]
+        func scoreOf(_ peer: PeerID) -> Double {
+            if let known = scoreCache[peer] { return known }
+            let value = scores.score(of: peer, now: now)
+            scoreCache[peer] = value
+            return value
+        }
+        func isOutbound(_ peer: PeerID) -> Bool { peers[peer]?.outbound ?? false }
         for topic in subscriptions {
-            var members = (mesh[topic] ?? []).filter { peers[$0]?.topics.contains(topic) ?? false && !isGraylisted($0) }
+            let before = mesh[topic] ?? []
+            var members = before.filter { peers[$0]?.topics.contains(topic) ?? false }
+            var pruned: [PeerID: Bool] = [:]  // peer -> with peer exchange
+            // Peers scoring negative leave the mesh (without peer exchange).
+            for peer in members where scoreOf(peer) < 0 {
+                members.remove(peer)
+                pruned[peer] = false
+            }
             if members.count < configuration.dLow {
                 let candidates = graftCandidates(topic, excluding: members, now: now)
-                for peer in candidates.shuffled(using: &random).prefix(configuration.d - members.count) {
-                    members.insert(peer)
-                    grafts[peer, default: []].append(topic)
-                }
+                members.formUnion(candidates.shuffled(using: &random).prefix(configuration.d - members.count))
             }
             if members.count > configuration.dHigh {
-                // Keep at least D_out outbound peers; drop random others down to D.
-                var shuffled = members.shuffled(using: &random)
-                let outbound = shuffled.filter { peers[$0]?.outbound ?? false }.prefix(configuration.dOut)
-                shuffled.removeAll { outbound.contains($0) }
-                let keep = Set(outbound).union(shuffled.prefix(configuration.d - outbound.count))
-                for peer in members.subtracting(keep) {
-                    prunes[peer, default: []].append(topic)
-                    setBackoff(topic, peer, now: now)
+                // Keep the D_score best, fill to D at random, and keep at least D_out outbound peers.
+                let byScore = members.shuffled(using: &random).sorted { scoreOf($0) > scoreOf($1) }
+                var keep = Array(byScore.prefix(configuration.dScore))
+                var rest = Array(byScore.dropFirst(configuration.dScore)).shuffled(using: &random)
+                keep += rest.prefix(max(0, configuration.d - keep.count))
+                rest = Array(rest.dropFirst(max(0, configuration.d - configuration.dScore)))
+                var outboundKept = keep.filter(isOutbound).count
+                for candidate in rest where isOutbound(candidate) && outboundKept < configuration.dOut {
+                    // Swap an inbound peer of the random part for an outbound one.
+                    guard let index = keep.indices.last(where: { $0 >= configuration.dScore && !isOutbound(keep[$0]) })
+                    else { break }
+                    keep[index] = candidate
+                    outboundKept += 1
                 }
-                members = keep
+                for peer in members.subtracting(keep) where pruned[peer] == nil { pruned[peer] = true }
+                members = Set(keep)
+            }
+            if members.count >= configuration.dLow {
+                let outboundCount = members.filter(isOutbound).count
+                if outboundCount < configuration.dOut {
+                    let candidates = graftCandidates(topic, excluding: members, now: now).filter(isOutbound)
+                    members.formUnion(candidates.shuffled(using: &random).prefix(configuration.dOut - outboundCount))
+                }
+            }
+            // Opportunistic grafting: a mesh of poor peers takes a few better ones.
+            if heartbeatTicks % max(1, configuration.opportunisticGraftTicks) == 0, members.count > 1 {
+                let sorted = members.map(scoreOf).sorted()
+                let median = sorted[sorted.count / 2]
+                if median < configuration.scoreThresholds.opportunisticGraftThreshold {
+                    let better = graftCandidates(topic, excluding: members, now: now).filter { scoreOf($0) > median }
+                    members.formUnion(better.shuffled(using: &random).prefix(configuration.opportunisticGraftPeers))
+                }
+            }
+            for peer in members.subtracting(before) {
+                scores.graft(peer, topic: topic, now: now)
+                grafts[peer, default: []].append(topic)
             }
             mesh[topic] = members
+            for (peer, exchange) in pruned {
+                prunes[peer, default: []].append(prune(topic, for: peer, exchange: exchange, now: now))
+                scores.prune(peer, topic: topic, now: now)
+                setBackoff(topic, peer, now: now)
+            }
+            // Peers that left the topic or the connection are simply gone from the mesh.
+            for peer in before.subtracting(members) where pruned[peer] == nil {
+                scores.prune(peer, topic: topic, now: now)
+            }
         }
-        // Fanout: expire unused topics, refill the rest.
+        // Fanout: expire unused topics, drop peers below the publish threshold, refill the rest.
+        let publishThreshold = configuration.scoreThresholds.publishThreshold
         for topic in Array(fanout.keys) {
             if let last = lastPublished[topic], now - last > configuration.fanoutTTL {
                 fanout[topic] = nil
                 lastPublished[topic] = nil
                 continue
             }
-            var members = fanout[topic]!.filter { peers[$0]?.topics.contains(topic) ?? false }
+            var members = fanout[topic]!.filter {
+                peers[$0]?.topics.contains(topic) ?? false && scoreOf($0) >= publishThreshold
+            }
             if members.count < configuration.d {
                 members.formUnion(
-                    gossipPeers(in: topic).subtracting(members).shuffled(using: &random)
-                        .prefix(configuration.d - members.count))
+                    gossipPeers(in: topic).subtracting(members).filter { scoreOf($0) >= publishThreshold }
+                        .shuffled(using: &random).prefix(configuration.d - members.count))
             }
             fanout[topic] = members
         }
@@ -503,30 +645,30 @@ struct PubSubRouter {
                 graft.topicID = topic
                 return graft
             }
-            if let pruned = prunes.removeValue(forKey: peer) {
-                rpc.control.prune = pruned.map { prune($0, for: peer).control.prune[0] }
-            }
+            if let pruned = prunes.removeValue(forKey: peer) { rpc.control.prune = pruned }
             actions.append(.send(peer, rpc))
         }
-        for (peer, topics) in prunes {
+        for (peer, pruned) in prunes {
             var rpc = Pubsub_Pb_RPC()
-            rpc.control.prune = topics.map { prune($0, for: peer).control.prune[0] }
+            rpc.control.prune = pruned
             actions.append(.send(peer, rpc))
         }
-        actions += emitGossip()
+        actions += emitGossip(now: now)
         cache.shift()
         return actions
     }
 
     /// IHAVE for recent messages to D_lazy random peers of each topic outside the mesh.
-    private mutating func emitGossip() -> [RouterAction] {
+    private mutating func emitGossip(now: ContinuousClock.Instant) -> [RouterAction] {
         var actions: [RouterAction] = []
         let topics = Set(mesh.keys).union(fanout.keys)
         for topic in topics {
             let ids = cache.gossipIDs(topic: topic)
             guard !ids.isEmpty else { continue }
             let exclude = (mesh[topic] ?? []).union(fanout[topic] ?? [])
-            let candidates = gossipPeers(in: topic).subtracting(exclude).filter { !isGraylisted($0) }
+            let candidates = gossipPeers(in: topic).subtracting(exclude).filter {
+                score($0, atLeast: configuration.scoreThresholds.gossipThreshold, now: now)
+            }
             for peer in candidates.shuffled(using: &random).prefix(configuration.dLazy) {
                 var ihave = Pubsub_Pb_ControlIHave()
                 ihave.topicID = topic
@@ -546,9 +688,9 @@ struct PubSubRouter {
     }
 
     /// Peers the heartbeat may graft into the topic's mesh: gossipsub peers on
-    /// the topic, not yet members, not in backoff, not graylisted.
+    /// the topic, not yet members, not in backoff, scoring at least 0.
     func graftCandidates(_ topic: String, excluding members: Set<PeerID>, now: ContinuousClock.Instant) -> Set<PeerID> {
-        gossipPeers(in: topic).subtracting(members).filter { !inBackoff(topic, $0, now: now) && !isGraylisted($0) }
+        gossipPeers(in: topic).subtracting(members).filter { !inBackoff(topic, $0, now: now) && score($0, atLeast: 0, now: now) }
     }
 
     private func inBackoff(_ topic: String, _ peer: PeerID, now: ContinuousClock.Instant) -> Bool {
@@ -573,15 +715,24 @@ struct PubSubRouter {
         return MessageID(Array(SHA256.hash(data: Array(message.topic.utf8) + Array(message.data))))
     }
 
-    private func prune(_ topic: String, for peer: PeerID) -> Pubsub_Pb_RPC {
+    /// A PRUNE for `peer`. Gossipsub v1.1 peers get the backoff and, with
+    /// `exchange`, other mesh peers of the topic that score at least 0.
+    private mutating func prune(_ topic: String, for peer: PeerID, exchange: Bool, now: ContinuousClock.Instant)
+        -> Pubsub_Pb_ControlPrune
+    {
         var prune = Pubsub_Pb_ControlPrune()
         prune.topicID = topic
-        if peers[peer]?.protocolID == PubSubProtocol.meshsub11 {
-            prune.backoff = UInt64(configuration.pruneBackoff.components.seconds)
+        guard peers[peer]?.protocolID == PubSubProtocol.meshsub11 else { return prune }
+        prune.backoff = UInt64(configuration.pruneBackoff.components.seconds)
+        if exchange && configuration.peerExchange {
+            let others = (mesh[topic] ?? []).subtracting([peer]).filter { score($0, atLeast: 0, now: now) }
+            prune.peers = others.shuffled(using: &random).prefix(configuration.prunePeers).map { other in
+                var info = Pubsub_Pb_PeerInfo()
+                info.peerID = Data(other.bytes)
+                return info
+            }
         }
-        var rpc = Pubsub_Pb_RPC()
-        rpc.control.prune = [prune]
-        return rpc
+        return prune
     }
 
     static func graft(_ topic: String) -> Pubsub_Pb_RPC {

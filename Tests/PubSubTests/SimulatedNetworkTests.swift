@@ -48,6 +48,8 @@ struct SimulatedNetwork {
                 let decoded = try! Pubsub_Pb_RPC(serializedBytes: bytes)
                 let results = routers[target]!.handle(decoded, from: node, now: now)
                 queue += results.map { (target, $0) }
+            case .connect:
+                continue
             }
         }
     }
@@ -63,7 +65,7 @@ struct SimulatedNetwork {
     mutating func remove(_ peer: PeerID) {
         routers[peer] = nil
         order.removeAll { $0 == peer }
-        for other in order { routers[other]!.removePeer(peer) }
+        for other in order { routers[other]!.removePeer(peer, now: now) }
     }
 }
 
@@ -192,9 +194,15 @@ final class SimulatedNetworkTests: XCTestCase {
             rpc.publish = [forged]
             _ = network.routers[victim]!.handle(rpc, from: attacker, now: network.now)
         }
-        XCTAssertLessThanOrEqual(network.routers[victim]!.penalty(of: attacker), PubSubRouter.graylistPenalty)
-        // Each invalid message costs 10; the rest arrive after the graylist and are not even checked.
-        XCTAssertEqual(network.routers[victim]!.counters.rejected[.invalidSignature], Int(-PubSubRouter.graylistPenalty / 10))
+        let configuration = PubSubConfiguration()
+        let graylist = configuration.scoreThresholds.graylistThreshold
+        XCTAssertLessThan(network.routers[victim]!.score(of: attacker, now: network.now), graylist)
+        // P4 is the squared count of invalid messages times its weight: the first n
+        // with that below the graylist threshold are checked, the rest are not even read.
+        let weight = try XCTUnwrap(configuration.scoreParameters.defaultTopic).invalidMessageDeliveriesWeight
+        let checked = (1...20).first { Double($0 * $0) * weight < graylist }!
+        XCTAssertEqual(network.routers[victim]!.counters.rejected[.invalidSignature], checked)
+        XCTAssertEqual(network.routers[victim]!.counters.graylistedRPCs, 20 - checked)
         // A valid message from the graylisted peer is ignored now.
         let actions = try network.routers[attacker]!.publish(topic: "t", data: [7], now: network.now)
         network.run(actions, at: attacker)
