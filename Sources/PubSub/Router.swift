@@ -7,11 +7,15 @@ public enum PubSubProtocol {
     public static let floodsub = "/floodsub/1.0.0"
     public static let meshsub10 = "/meshsub/1.0.0"
     public static let meshsub11 = "/meshsub/1.1.0"
+    /// Gossipsub v1.2: v1.1 and IDONTWANT.
+    public static let meshsub12 = "/meshsub/1.2.0"
     /// What we propose when opening a stream, best first.
-    public static let gossipsubPreference = [meshsub11, meshsub10, floodsub]
+    public static let gossipsubPreference = [meshsub12, meshsub11, meshsub10, floodsub]
     public static let floodsubPreference = [floodsub]
 
-    static func isGossip(_ id: String) -> Bool { id == meshsub10 || id == meshsub11 }
+    static func isGossip(_ id: String) -> Bool { id == meshsub10 || id == meshsub11 || id == meshsub12 }
+    /// Speaks v1.1 or later (PRUNE backoff and peer exchange).
+    static func hasV11(_ id: String) -> Bool { id == meshsub11 || id == meshsub12 }
 }
 
 /// Which router a node runs.
@@ -56,6 +60,12 @@ public struct PubSubConfiguration: Sendable {
     public var iwantFollowupTime: Duration = .seconds(3)
     /// A GRAFT this soon after we pruned the peer costs an extra penalty.
     public var graftFloodThreshold: Duration = .seconds(10)
+    /// Gossipsub v1.2: on first receipt of a message of at least this many
+    /// bytes, tell our other v1.2 mesh peers IDONTWANT so they skip sending it.
+    public var idontwantMessageThreshold = 1024
+    /// IDONTWANT messages taken from one peer per heartbeat, and ids remembered per peer.
+    public var maxIDontWantMessages = 10
+    public var maxIDontWantIDs = 5000
     /// How message ids are computed (every node of a network must agree). Nil:
     /// the spec's default, `from` followed by `seqno`, or for unsigned messages
     /// a SHA-256 of topic and data. Content-based ids (a hash of `data`) make
@@ -93,6 +103,9 @@ public struct PubSubCounters: Sendable {
     public var malformedRPCs = 0
     public var droppedOutbound = 0
     public var ignoredIHave = 0
+    /// Message ids peers told us IDONTWANT, and messages not forwarded because of them.
+    public var receivedIDontWant = 0
+    public var skippedForIDontWant = 0
     /// RPCs ignored because their sender was graylisted.
     public var graylistedRPCs = 0
     /// IWANT promises not kept.
@@ -114,6 +127,9 @@ struct PubSubRouter {
         /// (py-libp2p 0.8.1) drop what arrives before they have registered us.
         var reannounce = true
         var iwantCounts: [MessageID: Int] = [:]
+        /// Messages the peer said IDONTWANT for, with the heartbeat they arrived in.
+        var dontWant: [MessageID: Int] = [:]
+        var idontwantThisHeartbeat = 0
     }
 
     let configuration: PubSubConfiguration
@@ -159,6 +175,9 @@ struct PubSubRouter {
     func score(of peer: PeerID, now: ContinuousClock.Instant) -> Double { scores.score(of: peer, now: now) }
 
     func protocolOf(_ peer: PeerID) -> String? { peers[peer]?.protocolID }
+
+    /// How many IDONTWANT ids we keep for `peer`.
+    func dontWantCount(of peer: PeerID) -> Int { peers[peer]?.dontWant.count ?? 0 }
 
     mutating func setValidator(topic: String, _ validator: @escaping @Sendable (PubSubMessage) -> ValidationResult) {
         validators[topic] = validator
@@ -363,6 +382,7 @@ struct PubSubRouter {
         }
         seen.insert(id, now: now)
         promises[id] = nil
+        var actions = idontwant(id, size: message.data.count, topic: topic, from: peer, author: author)
         let delivered = PubSubMessage(
             topic: message.topic, data: Array(message.data), from: author,
             seqno: message.hasSeqno ? Array(message.seqno) : nil, id: id, receivedFrom: peer)
@@ -381,10 +401,23 @@ struct PubSubRouter {
         if author == localPeer { return [] }
         scores.deliverFirst(id, topic: topic, from: peer, now: now)
         cache.put(id, message)
-        var actions: [RouterAction] = []
         if subscriptions.contains(message.topic) { actions.append(.deliver(delivered)) }
-        actions += forward(message, topic: message.topic, from: peer, author: author, now: now)
+        actions += forward(message, id: id, from: peer, author: author, now: now)
         return actions
+    }
+
+    /// Gossipsub v1.2: a large message seen for the first time; our other v1.2
+    /// mesh peers need not send it to us (sent before validation, as the spec asks).
+    private func idontwant(_ id: MessageID, size: Int, topic: String, from source: PeerID, author: PeerID?) -> [RouterAction] {
+        guard configuration.router == .gossipsub, size >= configuration.idontwantMessageThreshold,
+            let members = mesh[topic]
+        else { return [] }
+        var rpc = Pubsub_Pb_RPC()
+        var control = Pubsub_Pb_ControlIDontWant()
+        control.messageIds = [Data(id.bytes)]
+        rpc.control.idontwant = [control]
+        return members.filter { $0 != source && $0 != author && peers[$0]?.protocolID == PubSubProtocol.meshsub12 }
+            .map { .send($0, rpc) }
     }
 
     /// An invalid message: counted, and P4 for the sender on its topic.
@@ -393,9 +426,10 @@ struct PubSubRouter {
         scores.reject(id, topic: topic, from: peer, remember: id != nil, now: now)
     }
 
-    private func forward(
-        _ message: Pubsub_Pb_Message, topic: String, from source: PeerID, author: PeerID?, now: ContinuousClock.Instant
+    private mutating func forward(
+        _ message: Pubsub_Pb_Message, id: MessageID, from source: PeerID, author: PeerID?, now: ContinuousClock.Instant
     ) -> [RouterAction] {
+        let topic = message.topic
         var targets: Set<PeerID> = []
         let publishThreshold = configuration.scoreThresholds.publishThreshold
         for (peer, state) in peers where state.topics.contains(topic) {
@@ -411,6 +445,10 @@ struct PubSubRouter {
         targets.remove(source)
         if let author { targets.remove(author) }
         targets = targets.filter { !isGraylisted($0, now: now) }
+        for peer in targets where peers[peer]?.dontWant[id] != nil {
+            targets.remove(peer)
+            counters.skippedForIDontWant += 1
+        }
         var rpc = Pubsub_Pb_RPC()
         rpc.publish = [message]
         return targets.map { .send($0, rpc) }
@@ -445,11 +483,21 @@ struct PubSubRouter {
             iwant.messageIds = wanted
             reply.iwant = [iwant]
         }
+        // IDONTWANT: remember (bounded, for the gossip window) what not to send this peer.
+        for idontwant in control.idontwant {
+            peers[peer]?.idontwantThisHeartbeat += 1
+            guard (peers[peer]?.idontwantThisHeartbeat ?? 0) <= configuration.maxIDontWantMessages else { break }
+            for raw in idontwant.messageIds.prefix(configuration.maxIHaveLength) {
+                counters.receivedIDontWant += 1
+                guard (peers[peer]?.dontWant.count ?? 0) < configuration.maxIDontWantIDs else { break }
+                peers[peer]?.dontWant[MessageID(Array(raw))] = heartbeatTicks
+            }
+        }
         // IWANT: answer from the cache, a bounded number of times per message and peer.
         for iwant in control.iwant where gossipAllowed {
             for raw in iwant.messageIds.prefix(configuration.maxIHaveLength) {
                 let id = MessageID(Array(raw))
-                guard let message = cache.get(id) else { continue }
+                guard let message = cache.get(id), peers[peer]?.dontWant[id] == nil else { continue }
                 let count = peers[peer]?.iwantCounts[id, default: 0] ?? 0
                 guard count < configuration.gossipRetransmission else { continue }
                 peers[peer]?.iwantCounts[id] = count + 1
@@ -531,6 +579,11 @@ struct PubSubRouter {
         }
         for peer in Array(peers.keys) {
             peers[peer]?.ihaveThisHeartbeat = 0
+            peers[peer]?.idontwantThisHeartbeat = 0
+            if let dontWant = peers[peer]?.dontWant, !dontWant.isEmpty {
+                let oldest = heartbeatTicks - configuration.historyGossip
+                peers[peer]?.dontWant = dontWant.filter { $0.value > oldest }
+            }
             if peers[peer]?.reannounce == true {
                 peers[peer]?.reannounce = false
                 if !subscriptions.isEmpty {
@@ -722,7 +775,7 @@ struct PubSubRouter {
     {
         var prune = Pubsub_Pb_ControlPrune()
         prune.topicID = topic
-        guard peers[peer]?.protocolID == PubSubProtocol.meshsub11 else { return prune }
+        guard PubSubProtocol.hasV11(peers[peer]?.protocolID ?? "") else { return prune }
         prune.backoff = UInt64(configuration.pruneBackoff.components.seconds)
         if exchange && configuration.peerExchange {
             let others = (mesh[topic] ?? []).subtracting([peer]).filter { score($0, atLeast: 0, now: now) }

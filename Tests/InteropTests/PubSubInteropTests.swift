@@ -106,6 +106,14 @@ final class PubSubInteropTests: XCTestCase {
         let atSwift = try await inboxStream.firstMatching { !String(decoding: $0.data, as: UTF8.self).hasPrefix("py probe ") }
         XCTAssertEqual(String(decoding: atSwift.data, as: UTF8.self), "hello from py")
         XCTAssertEqual(atSwift.from, pythonID)
+        if router == .gossipsub && pythonRouter == .gossipsub {
+            // Both speak gossipsub v1.2: py-libp2p tells its mesh IDONTWANT for what it publishes.
+            let protocols = await pubsub.pubsubPeers()
+            XCTAssertEqual(protocols[pythonID], PubSubProtocol.meshsub12)
+            try await withDeadline(10) {
+                while await pubsub.counters().receivedIDontWant == 0 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+        }
         _ = inbox
     }
 

@@ -13,11 +13,14 @@ final class PeerScoreTests: XCTestCase {
         var peers: [PeerID]
         var now = ContinuousClock.now
 
-        init(count: Int, configuration: PubSubConfiguration = .init(), outbound: Bool = false, ip: (Int) -> String? = { _ in nil }) {
+        init(
+            count: Int, configuration: PubSubConfiguration = .init(), outbound: Bool = false,
+            protocolID: (Int) -> String = { _ in PubSubProtocol.meshsub11 }, ip: (Int) -> String? = { _ in nil }
+        ) {
             router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
             peers = (0..<count).map { _ in PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
             for (index, peer) in peers.enumerated() {
-                _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub11, outbound: outbound, ip: ip(index))
+                _ = router.addPeer(peer, protocolID: protocolID(index), outbound: outbound, ip: ip(index))
                 var rpc = Pubsub_Pb_RPC()
                 rpc.subscriptions = [PubSubRouter.subOpts("t", subscribe: true)]
                 _ = router.handle(rpc, from: peer, now: now)
@@ -166,12 +169,12 @@ final class PeerScoreTests: XCTestCase {
     func testIPColocation() {
         let parameters = PubSubConfiguration().scoreParameters
         let crowd = parameters.ipColocationFactorThreshold + 2
-        let bench = Bench(count: crowd + 1) { $0 < crowd ? "192.0.2.7" : "192.0.2.8" }
+        let bench = Bench(count: crowd + 1, ip: { $0 < crowd ? "192.0.2.7" : "192.0.2.8" })
         for peer in bench.peers.prefix(crowd) {
             XCTAssertEqual(bench.score(peer), 4 * parameters.ipColocationFactorWeight)
         }
         XCTAssertEqual(bench.score(bench.peers[crowd]), 0)
-        let local = Bench(count: crowd) { _ in "127.0.0.1" }
+        let local = Bench(count: crowd, ip: { _ in "127.0.0.1" })
         XCTAssertTrue(local.peers.allSatisfy { local.score($0) == 0 })
     }
 

@@ -208,7 +208,9 @@ async def run_dial(host, args) -> None:
 async def run_pubsub(host, args) -> None:
     """Chat on a topic: stdin lines are published, messages printed as JSON."""
     from libp2p.pubsub.floodsub import FloodSub, PROTOCOL_ID as FLOODSUB_ID
-    from libp2p.pubsub.gossipsub import GossipSub, PROTOCOL_ID as MESHSUB_10, PROTOCOL_ID_V11 as MESHSUB_11
+    from libp2p.pubsub.gossipsub import (
+        GossipSub, PROTOCOL_ID as MESHSUB_10, PROTOCOL_ID_V11 as MESHSUB_11, PROTOCOL_ID_V12 as MESHSUB_12,
+    )
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.tools.anyio_service import background_trio_service
 
@@ -216,7 +218,7 @@ async def run_pubsub(host, args) -> None:
         router = FloodSub(protocols=[FLOODSUB_ID])
     else:
         router = GossipSub(
-            protocols=[MESHSUB_11, MESHSUB_10, FLOODSUB_ID],
+            protocols=[MESHSUB_12, MESHSUB_11, MESHSUB_10, FLOODSUB_ID],
             degree=6,
             degree_low=5,
             degree_high=12,
