@@ -36,7 +36,7 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
-            exclude: ["keys.proto"]
+            exclude: ["keys.proto", "envelope.proto", "peer_record.proto"]
         ),
         .target(
             name: "Multistream",

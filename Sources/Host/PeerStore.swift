@@ -12,6 +12,10 @@ public struct PeerInfo: Sendable, Equatable {
     public var publicKey: PublicKey?
     /// Our address as this peer saw it.
     public var observedAddress: Multiaddr?
+    /// The peer's latest signed peer record (a marshalled envelope), verified,
+    /// and its sequence number: we pass it on in peer exchange.
+    public var signedPeerRecord: [UInt8]?
+    public var peerRecordSeq: UInt64?
 
     public init(peer: PeerID) {
         self.peer = peer
@@ -67,6 +71,24 @@ public final class PeerStore: Sendable {
             }
             peers[peer] = info
         }
+    }
+
+    /// Stores a verified peer record if it is newer than the one we have, and
+    /// its addresses; whether it was newer.
+    @discardableResult
+    public func addSignedRecord(_ record: PeerRecord, envelope: [UInt8]) -> Bool {
+        var newer = false
+        update(record.peerID) { info in
+            guard info.peerRecordSeq.map({ record.seq > $0 }) ?? true else { return }
+            newer = true
+            info.signedPeerRecord = envelope
+            info.peerRecordSeq = record.seq
+            for address in record.addresses where !info.addresses.contains(address) {
+                guard info.addresses.count < Self.maxAddressesPerPeer else { break }
+                info.addresses.append(address)
+            }
+        }
+        return newer
     }
 
     public func remove(_ peer: PeerID) {

@@ -17,6 +17,9 @@ public struct IdentifyInfo: Sendable, Equatable {
     public var protocols: [String]
     /// Our address as the peer sees it.
     public var observedAddress: Multiaddr?
+    /// The peer's signed peer record, verified (nil if absent or invalid), and its envelope.
+    public var peerRecord: PeerRecord?
+    public var signedPeerRecord: [UInt8]?
 
     public static func == (lhs: IdentifyInfo, rhs: IdentifyInfo) -> Bool {
         lhs.peer == rhs.peer && lhs.protocolVersion == rhs.protocolVersion && lhs.agentVersion == rhs.agentVersion
@@ -95,6 +98,12 @@ public final class IdentifyService: Sendable {
         message.listenAddrs = host.listenAddresses.map { Data($0.bytes) }
         message.protocols = host.supportedProtocols
         if let observed { message.observedAddr = Data(observed.bytes) }
+        do {
+            let record = PeerRecord(key: host.localKey, addresses: host.listenAddresses)
+            message.signedPeerRecord = Data(try record.sealed(with: host.localKey))
+        } catch {
+            logger.warning("cannot sign our peer record", metadata: ["error": "\(error)"])
+        }
         return message
     }
 
@@ -147,7 +156,9 @@ public final class IdentifyService: Sendable {
         }
     }
 
-    /// Decodes a message received from the remote of `connection`, checking the key.
+    /// Decodes a message received from the remote of `connection`, checking the
+    /// key. A signed peer record that does not verify, or is another peer's, is
+    /// dropped (the rest of the message still counts).
     static func decode(_ bytes: ByteBuffer, from connection: Connection) throws -> IdentifyInfo {
         let message: Identify_Pb_Identify
         do {
@@ -169,6 +180,12 @@ public final class IdentifyService: Sendable {
             }
             publicKey = key
         }
+        var peerRecord: PeerRecord?
+        if message.hasSignedPeerRecord, let record = try? PeerRecord.open(Array(message.signedPeerRecord)),
+            record.peerID == connection.remotePeer
+        {
+            peerRecord = record
+        }
         return IdentifyInfo(
             peer: connection.remotePeer,
             publicKey: publicKey,
@@ -176,7 +193,8 @@ public final class IdentifyService: Sendable {
             agentVersion: message.hasAgentVersion ? message.agentVersion : nil,
             listenAddresses: message.listenAddrs.prefix(maxAddresses).compactMap { try? Multiaddr(bytes: Array($0)) },
             protocols: Array(message.protocols.prefix(maxProtocols)),
-            observedAddress: message.hasObservedAddr ? try? Multiaddr(bytes: Array(message.observedAddr)) : nil)
+            observedAddress: message.hasObservedAddr ? try? Multiaddr(bytes: Array(message.observedAddr)) : nil,
+            peerRecord: peerRecord, signedPeerRecord: peerRecord == nil ? nil : Array(message.signedPeerRecord))
     }
 
     private func record(_ info: IdentifyInfo) {
@@ -188,6 +206,9 @@ public final class IdentifyService: Sendable {
             peer.observedAddress = info.observedAddress
         }
         host.peerStore.addAddresses(info.listenAddresses, for: info.peer)
+        if let record = info.peerRecord, let envelope = info.signedPeerRecord {
+            host.peerStore.addSignedRecord(record, envelope: envelope)
+        }
         host.emit(.peerUpdated(info.peer))
     }
 

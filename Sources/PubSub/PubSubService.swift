@@ -20,10 +20,14 @@ public final class PubSubService: Sendable {
         self.host = host
         self.configuration = configuration
         self.logger = logger
+        var router = PubSubRouter(localKey: host.localKey, configuration: configuration)
+        router.signedRecord = { [host] peer in host.peerStore.info(peer)?.signedPeerRecord }
         self.core = PubSubCore(
-            router: PubSubRouter(localKey: host.localKey, configuration: configuration), logger: logger,
-            connect: { [host, logger] peer in
-                // Peer exchange: dial only peers whose addresses we know (no signed records yet).
+            router: router, logger: logger,
+            connect: { [host, logger] peer, record, envelope in
+                // Peer exchange: a verified record's addresses join the peer store; dial
+                // if we know any address of the peer.
+                if let record, let envelope { host.peerStore.addSignedRecord(record, envelope: envelope) }
                 guard host.connection(to: peer) == nil, !(host.peerStore.info(peer)?.addresses.isEmpty ?? true) else { return }
                 Task {
                     do {
@@ -178,9 +182,12 @@ actor PubSubCore {
     private var claimed: Set<PeerID> = []
     private(set) var isStopped = false
     private let clock = ContinuousClock()
-    private let connect: @Sendable (PeerID) -> Void
+    private let connect: @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void
 
-    init(router: PubSubRouter, logger: Logger, connect: @escaping @Sendable (PeerID) -> Void = { _ in }) {
+    init(
+        router: PubSubRouter, logger: Logger,
+        connect: @escaping @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void = { _, _, _ in }
+    ) {
         self.router = router
         self.logger = logger
         self.connect = connect
@@ -310,8 +317,8 @@ actor PubSubCore {
                 for continuation in subscribers[message.topic]?.values ?? [:].values {
                     continuation.yield(message)
                 }
-            case .connect(let peer):
-                connect(peer)
+            case .connect(let peer, let record, let envelope):
+                connect(peer, record, envelope)
             }
         }
     }

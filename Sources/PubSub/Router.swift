@@ -92,8 +92,9 @@ public struct PubSubConfiguration: Sendable {
 enum RouterAction: Sendable {
     case send(PeerID, Pubsub_Pb_RPC)
     case deliver(PubSubMessage)
-    /// Peer exchange: dial this peer if its addresses are known.
-    case connect(PeerID)
+    /// Peer exchange: dial this peer, with the addresses of its signed record
+    /// (verified) if the pruner sent one, else those we know.
+    case connect(PeerID, record: PeerRecord?, envelope: [UInt8]?)
 }
 
 /// Counters of what was dropped and why.
@@ -145,6 +146,8 @@ struct PubSubRouter {
     /// Messages we asked for with IWANT: who promised them, and by when.
     private var promises: [MessageID: [PeerID: ContinuousClock.Instant]] = [:]
     private var heartbeatTicks = 0
+    /// The signed peer record we hold for a peer (from identify), passed on in peer exchange.
+    var signedRecord: @Sendable (PeerID) -> [UInt8]? = { _ in nil }
     private var seen = SeenCache()
     private var cache: MessageCache
     private var seqno: UInt64
@@ -546,7 +549,14 @@ struct PubSubRouter {
                 guard let exchanged = try? PeerID(bytes: Array(info.peerID)), exchanged != localPeer,
                     peers[exchanged] == nil
                 else { continue }
-                actions.append(.connect(exchanged))
+                // A record that does not verify, or names another peer, is dropped (the peer id still counts).
+                var record: PeerRecord?
+                if info.hasSignedPeerRecord, let opened = try? PeerRecord.open(Array(info.signedPeerRecord)),
+                    opened.peerID == exchanged
+                {
+                    record = opened
+                }
+                actions.append(.connect(exchanged, record: record, envelope: record.map { _ in Array(info.signedPeerRecord) }))
             }
         }
         if !reply.iwant.isEmpty || !reply.prune.isEmpty || !messages.isEmpty {
@@ -782,6 +792,7 @@ struct PubSubRouter {
             prune.peers = others.shuffled(using: &random).prefix(configuration.prunePeers).map { other in
                 var info = Pubsub_Pb_PeerInfo()
                 info.peerID = Data(other.bytes)
+                if let record = signedRecord(other) { info.signedPeerRecord = Data(record) }
                 return info
             }
         }

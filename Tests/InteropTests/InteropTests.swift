@@ -46,6 +46,11 @@ final class InteropTests: XCTestCase {
         XCTAssertTrue(info.agentVersion?.contains("py-libp2p") ?? false, "\(String(describing: info.agentVersion))")
         XCTAssertTrue(info.protocols.contains(PingService.protocolID), "\(info.protocols)")
         XCTAssertFalse(info.listenAddresses.isEmpty)
+        // py-libp2p's signed peer record verifies and names its listen address.
+        let record = try XCTUnwrap(info.peerRecord, "no valid signed peer record from python")
+        XCTAssertEqual(record.peerID, connection.remotePeer)
+        XCTAssertTrue(record.addresses.contains { address.description.hasPrefix($0.description) }, "\(record.addresses)")
+        XCTAssertNotNil(host.peerStore.info(connection.remotePeer)?.signedPeerRecord)
         await host.close()
     }
 
@@ -104,6 +109,9 @@ final class InteropTests: XCTestCase {
         XCTAssertEqual(result["agent"] as? String, "p2pchat-test/0")
         XCTAssertEqual(result["protocol_version"] as? String, "ipfs/0.1.0")
         XCTAssertEqual(result["public_key_ok"] as? Double, 1)
+        // Our signed peer record verifies with py-libp2p's envelope code.
+        XCTAssertEqual(result["record_ok"] as? Double, 1)
+        XCTAssertFalse((result["record_addrs"] as? [String] ?? []).isEmpty)
         let protocols = result["protocols"] as? [String] ?? []
         XCTAssertTrue(protocols.contains(PingService.protocolID), "\(protocols)")
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Identity
+import Multiformats
 import XCTest
 
 @testable import PubSub
@@ -327,26 +328,77 @@ final class PeerScoreTests: XCTestCase {
         var router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
         let stranger = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         for peer in [trusted, stranger] { _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub11, outbound: true) }
-        let offered = (0..<20).map { _ in PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
+        let keys = (0..<20).map { _ in PrivateKey.generateEd25519() }
+        let offered = keys.map { PeerID(publicKey: $0.publicKey) }
+        let address = try! Multiaddr("/ip4/192.0.2.5/tcp/4001")
+        // The first offered peer comes with its signed record, the second with a forged one.
+        let genuine = try! PeerRecord(key: keys[0], addresses: [address]).sealed(with: keys[0])
+        let forged = try! PeerRecord(peerID: offered[1], seq: 1, addresses: [address]).sealed(with: keys[2])
         var rpc = Pubsub_Pb_RPC()
         rpc.control.prune = [{
             var p = Pubsub_Pb_ControlPrune()
             p.topicID = "t"
             p.backoff = 60
-            p.peers = offered.map { peer in
+            p.peers = offered.enumerated().map { index, peer in
                 var info = Pubsub_Pb_PeerInfo()
                 info.peerID = Data(peer.bytes)
+                if index == 0 { info.signedPeerRecord = Data(genuine) }
+                if index == 1 { info.signedPeerRecord = Data(forged) }
                 return info
             }
             return p
         }()]
-        func dials(_ actions: [RouterAction]) -> [PeerID] {
-            actions.compactMap { if case .connect(let peer) = $0 { return peer } else { return nil } }
+        func dials(_ actions: [RouterAction]) -> [PeerID: PeerRecord?] {
+            var out: [PeerID: PeerRecord?] = [:]
+            for case .connect(let peer, let record, _) in actions { out[peer] = record }
+            return out
         }
         XCTAssertTrue(dials(router.handle(rpc, from: stranger, now: .now)).isEmpty)
         let dialed = dials(router.handle(rpc, from: trusted, now: .now))
         XCTAssertEqual(dialed.count, configuration.prunePeers)
-        XCTAssertTrue(Set(dialed).isSubset(of: Set(offered)))
+        XCTAssertTrue(Set(dialed.keys).isSubset(of: Set(offered)))
+        XCTAssertEqual(dialed[offered[0]]??.addresses, [address], "a verified record's addresses")
+        XCTAssertNotNil(dialed[offered[1]], "the peer id still counts")
+        XCTAssertNil(dialed[offered[1]]!, "a forged record is dropped")
+    }
+
+    /// Our PRUNE carries the signed records we hold of the exchanged peers.
+    func testPeerExchangeCarriesSignedRecords() {
+        var configuration = PubSubConfiguration()
+        configuration.dHigh = 2
+        configuration.d = 2
+        configuration.dLow = 1
+        configuration.dScore = 0
+        configuration.dOut = 0
+        let keys = (0..<4).map { _ in PrivateKey.generateEd25519() }
+        let ids = keys.map { PeerID(publicKey: $0.publicKey) }
+        let records = Dictionary(uniqueKeysWithValues: zip(ids, keys.map {
+            try! PeerRecord(key: $0, addresses: [try! Multiaddr("/ip4/192.0.2.9/tcp/1")]).sealed(with: $0)
+        }))
+        var router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+        router.signedRecord = { records[$0] }
+        var now = ContinuousClock.now
+        _ = router.subscribe("t", now: now)
+        var graft = Pubsub_Pb_RPC()
+        graft.subscriptions = [PubSubRouter.subOpts("t", subscribe: true)]
+        graft.control.graft = [{
+            var g = Pubsub_Pb_ControlGraft()
+            g.topicID = "t"
+            return g
+        }()]
+        for peer in ids { _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub12, outbound: true) }
+        for peer in ids { _ = router.handle(graft, from: peer, now: now) }
+        now += .seconds(1)
+        let actions = router.heartbeat(now: now)
+        let prunes = ids.flatMap { Self.sends(actions, to: $0).flatMap(\.control.prune) }
+        XCTAssertEqual(prunes.count, 2)
+        for prune in prunes {
+            XCTAssertFalse(prune.peers.isEmpty)
+            for info in prune.peers {
+                let record = try? PeerRecord.open(Array(info.signedPeerRecord))
+                XCTAssertEqual(record?.peerID.bytes, Array(info.peerID))
+            }
+        }
     }
 
     /// Opportunistic grafting: when the mesh's median score is low, peers scoring

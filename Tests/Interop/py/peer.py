@@ -111,6 +111,17 @@ async def identify(host, peer_id) -> dict:
     key_ok = False
     if message.public_key:
         key_ok = PeerID.from_pubkey(deserialize_public_key(message.public_key)) == peer_id
+    # The signed peer record: verified by py-libp2p's own envelope code.
+    record_ok, record_addrs = False, []
+    if message.HasField("signedPeerRecord"):
+        from libp2p.peer.envelope import consume_envelope
+
+        try:
+            _, record = consume_envelope(message.signedPeerRecord, "libp2p-peer-record")
+            record_ok = record.peer_id == peer_id
+            record_addrs = [str(a) for a in record.addrs]
+        except Exception as error:  # a bad record is reported, not fatal
+            emit(event="record_error", error=str(error))
     return {
         "peer": peer_id.to_base58(),
         "agent": message.agent_version,
@@ -119,6 +130,8 @@ async def identify(host, peer_id) -> dict:
         "listen_addrs": [str(multiaddr.Multiaddr(a)) for a in message.listen_addrs],
         "observed_addr": str(multiaddr.Multiaddr(message.observed_addr)) if message.observed_addr else None,
         "public_key_ok": key_ok,
+        "record_ok": record_ok,
+        "record_addrs": record_addrs,
     }
 
 
