@@ -32,6 +32,25 @@ final class TransportTests: XCTestCase {
         await server.close()
     }
 
+    /// A read waiting for data ends with CancellationError when its task is
+    /// cancelled; nothing is lost, the next read gets what arrives later.
+    func testWaitingReadIsCancellable() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        let stream = try await connection.newStream(protocols: [echoProtocol])
+        let reader = Task { try await stream.read() }
+        try await Task.sleep(for: .milliseconds(50))
+        reader.cancel()
+        let outcome = try await withDeadline(5) { await reader.result }
+        XCTAssertThrowsError(try outcome.get()) { XCTAssertTrue($0 is CancellationError, "\($0)") }
+        try await stream.write([1, 2, 3])
+        let echoed = try await withDeadline(5) { try await stream.read() }
+        XCTAssertEqual(echoed.map { Array($0.readableBytesView) }, [1, 2, 3])
+        await client.close()
+        await server.close()
+    }
+
     func testLargeEchoKeepsDataIntact() async throws {
         let (server, address) = try await makeTestHost(group: group)
         let (client, _) = try await makeTestHost(group: group)
