@@ -98,6 +98,89 @@ func rawTCPThroughput() async throws -> Double {
     return Double(totalBytes) / elapsed / 1e6
 }
 
+// MARK: Raw TCP with Noise encryption (the ceiling of a secured stream on this machine)
+
+/// Seals `total` bytes into Noise frames and writes them as fast as the socket takes them.
+final class SealingSourceHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let total: Int
+    var sent = 0
+    let payload: ByteBuffer
+    var transport: NoiseTransport
+    init(total: Int, transport: NoiseTransport) {
+        self.total = total
+        self.transport = transport
+        payload = ByteBuffer(repeating: 0x5a, count: chunk)
+    }
+    func channelActive(context: ChannelHandlerContext) { pump(context: context) }
+    func channelWritabilityChanged(context: ChannelHandlerContext) { pump(context: context) }
+    func pump(context: ChannelHandlerContext) {
+        while context.channel.isWritable && sent < total {
+            let size = min(chunk, total - sent)
+            var frames = context.channel.allocator.buffer(capacity: size + 1024)
+            try! transport.encrypt(pieces: [payload.getSlice(at: 0, length: size)!], into: &frames)
+            context.write(wrapOutboundOut(frames), promise: nil)
+            sent += size
+        }
+        context.flush()
+    }
+}
+
+/// Opens Noise frames and counts the plaintext; completes when `expected` bytes arrived.
+final class OpeningSinkHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let expected: Int
+    let done: EventLoopPromise<Void>
+    var transport: NoiseTransport
+    var received = 0
+    var plaintexts: [ByteBuffer] = []
+    init(expected: Int, done: EventLoopPromise<Void>, transport: NoiseTransport) {
+        self.expected = expected
+        self.done = done
+        self.transport = transport
+    }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        plaintexts.removeAll(keepingCapacity: true)
+        try! transport.decrypt(&bytes, into: &plaintexts)
+        for plain in plaintexts { received += plain.readableBytes }
+        if received >= expected { done.succeed(()) }
+    }
+}
+
+/// NIO TCP where the sender seals and the receiver opens Noise frames: no Yamux,
+/// no streams, no tasks. What a secured stream could reach here at best, with
+/// both ends' encryption and the kernel's work sharing this machine's cores.
+func sealedTCPThroughput() async throws -> Double {
+    let (sealer, opener) = try transportPair()
+    let done = serverLoop.makePromise(of: Void.self)
+    let server = try await ServerBootstrap(group: serverLoop)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 65536, maximum: 262_144))
+        .childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(
+                    OpeningSinkHandler(expected: totalBytes, done: done, transport: opener))
+            }
+        }
+        .bind(host: "127.0.0.1", port: 0).get()
+    let start = clock.now
+    let client = try await ClientBootstrap(group: clientLoop)
+        .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        .channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(SealingSourceHandler(total: totalBytes, transport: sealer))
+            }
+        }
+        .connect(to: server.localAddress!).get()
+    try await done.futureResult.get()
+    let elapsed = seconds(clock.now - start)
+    try await client.close()
+    try await server.close()
+    return Double(totalBytes) / elapsed / 1e6
+}
+
 // MARK: One Yamux stream over Noise
 
 /// Experiments: P2PBENCH_WINDOW, P2PBENCH_QUEUE and P2PBENCH_FRAME (bytes) override the defaults.
@@ -373,6 +456,11 @@ extension Array {
 
 let (server, serverAddress) = try await makeHost()
 let client = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
+if CommandLine.arguments.dropFirst().first == "sealed" {
+    // Only the sealed-TCP ceiling.
+    report("raw NIO TCP + Noise sealing (no Yamux)", try await sealedTCPThroughput(), "MB/s")
+    exit(0)
+}
 if CommandLine.arguments.dropFirst().first == "stream" {
     // Only the stream throughput (for profiling).
     report("one Yamux stream over Noise throughput", try await streamThroughput(server: serverAddress, client: client), "MB/s")
@@ -388,6 +476,9 @@ let chacha = try chachaThroughput()
 report("ChaChaPoly (Noise framing) encrypt", chacha.encrypt, "MB/s")
 report("ChaChaPoly (Noise framing) decrypt", chacha.decrypt, "MB/s")
 report("  stream ratio to ChaChaPoly's limit", muxed / min(chacha.encrypt, chacha.decrypt), "")
+let sealed = try await sealedTCPThroughput()
+report("raw NIO TCP + Noise sealing (no Yamux)", sealed, "MB/s")
+report("  stream ratio to sealed TCP", muxed / sealed, "")
 report("Noise XX handshakes (1 at a time)", try await handshakesPerSecond(server: serverAddress, count: 200, concurrency: 1), "/s")
 report("Noise XX handshakes (8 concurrent)", try await handshakesPerSecond(server: serverAddress, count: 400, concurrency: 8), "/s")
 report("ping round trip (median of 200)", try await pingRoundTrip(server: serverAddress, client: client), "µs")

@@ -128,6 +128,7 @@ final class ConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
+        defer { wakeReaders() }
         do {
             try process(&bytes)
         } catch let error as TransportError {
@@ -139,6 +140,16 @@ final class ConnectionHandler: ChannelInboundHandler {
         } catch {
             fail(.muxerFailed(reason: "\(error)"))
         }
+    }
+
+    /// Readers that got data during this socket read, resumed once each at its end.
+    private var inboxesToWake: [StreamInbox] = []
+
+    private func wakeReaders() {
+        guard !inboxesToWake.isEmpty else { return }
+        let inboxes = inboxesToWake
+        inboxesToWake.removeAll(keepingCapacity: true)
+        for inbox in inboxes { inbox.wake() }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -334,7 +345,8 @@ final class ConnectionHandler: ChannelInboundHandler {
             guard data.readableBytes > 0 else { return }
         }
         guard let inbox = state.inbox else { return }
-        let discarded = inbox.push(data)
+        let (needsWake, discarded) = inbox.push(data)
+        if needsWake { inboxesToWake.append(inbox) }
         if discarded > 0 { session?.consumed(streamID: id, bytes: discarded) }
     }
 

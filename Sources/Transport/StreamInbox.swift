@@ -22,6 +22,8 @@ final class StreamInbox: Sendable {
         /// Bytes read and not yet reported to the event loop for window updates.
         var unreported = 0
         var discarding = false
+        /// Data arrived for a waiting reader; it is resumed by `wake` (once per socket read).
+        var wakePending = false
     }
 
     private let state = Mutex(State())
@@ -35,42 +37,57 @@ final class StreamInbox: Sendable {
 
     // MARK: Event loop side
 
-    /// Adds arriving data; hands it straight to a waiting reader. Returns the
-    /// bytes to count as consumed at once (when the inbox discards).
-    func push(_ chunk: ByteBuffer) -> Int {
-        let (waiter, discarded) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, Int) in
-            if state.discarding { return (nil, chunk.readableBytes) }
-            if let waiter = state.waiter {
-                state.waiter = nil
-                return (waiter, 0)
-            }
+    /// Adds arriving data. A waiting reader is not resumed here but by `wake`,
+    /// which the event loop calls once per socket read: waking a thread costs
+    /// more than the bytes of one frame, so one wake hands over every chunk of
+    /// the read. Returns whether `wake` is needed, and the bytes to count as
+    /// consumed at once (when the inbox discards).
+    func push(_ chunk: ByteBuffer) -> (needsWake: Bool, discarded: Int) {
+        state.withLock { state in
+            if state.discarding { return (false, chunk.readableBytes) }
             state.chunks.append(chunk)
-            return (nil, 0)
+            guard state.waiter != nil, !state.wakePending else { return (false, 0) }
+            state.wakePending = true
+            return (true, 0)
         }
-        waiter?.resume(returning: chunk)
-        return discarded
+    }
+
+    /// Resumes a waiting reader with the first buffered chunk.
+    func wake() {
+        let (waiter, chunk) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, ByteBuffer?) in
+            state.wakePending = false
+            guard let waiter = state.waiter, let chunk = state.chunks.popFirst() else { return (nil, nil) }
+            state.waiter = nil
+            return (waiter, chunk)
+        }
+        if let waiter, let chunk { waiter.resume(returning: chunk) }
     }
 
     /// The remote's end of data: the reader sees nil after the buffered chunks.
     func finish() {
-        let waiter = state.withLock { state -> CheckedContinuation<ByteBuffer?, Error>? in
+        let (waiter, chunk) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, ByteBuffer?) in
             state.finished = true
             defer { state.waiter = nil }
-            return state.waiter
+            // A reader still waiting gets the data before the end.
+            return (state.waiter, state.waiter == nil ? nil : state.chunks.popFirst())
         }
-        waiter?.resume(returning: nil)
+        waiter?.resume(returning: chunk)
     }
 
     /// The stream failed: the reader gets `error` after the buffered chunks
     /// (or, if the remote had already finished, the clean end).
     func fail(_ error: TransportError) {
-        let waiter = state.withLock { state -> CheckedContinuation<ByteBuffer?, Error>? in
-            guard !state.finished, state.error == nil else { return nil }
+        let (waiter, chunk) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, ByteBuffer?) in
+            guard !state.finished, state.error == nil else { return (nil, nil) }
             state.error = error
             defer { state.waiter = nil }
-            return state.waiter
+            return (state.waiter, state.waiter == nil ? nil : state.chunks.popFirst())
         }
-        waiter?.resume(throwing: error)
+        if let chunk {
+            waiter?.resume(returning: chunk)
+        } else {
+            waiter?.resume(throwing: error)
+        }
     }
 
     /// The reader wants no more: drops what is buffered and everything that
