@@ -21,18 +21,24 @@ final class StreamInbox: Sendable {
         var waiter: CheckedContinuation<ByteBuffer?, Error>?
         /// Bytes read and not yet reported to the event loop for window updates.
         var unreported = 0
+        /// Bytes the reader gathers before reporting them (each report is a hop to the event loop).
+        var reportThreshold = 0
         var discarding = false
         /// Data arrived for a waiting reader; it is resumed by `wake` (once per socket read).
         var wakePending = false
     }
 
     private let state = Mutex(State())
-    /// Bytes the reader gathers before reporting them (a quarter of the window,
-    /// so reported and pending grants together never starve the sender).
-    let reportThreshold: Int
 
     init(reportThreshold: Int) {
-        self.reportThreshold = reportThreshold
+        state.withLock { $0.reportThreshold = reportThreshold }
+    }
+
+    /// Sets how many bytes the reader gathers before reporting them. At most an
+    /// eighth of the stream's window: the session grants at half a window, so
+    /// reading everything the remote may send always reaches a grant.
+    func setReportThreshold(_ bytes: Int) {
+        state.withLock { $0.reportThreshold = bytes }
     }
 
     // MARK: Event loop side
@@ -171,7 +177,7 @@ final class StreamInbox: Sendable {
     private func account(_ bytes: Int) -> Int {
         state.withLock { state in
             state.unreported += bytes
-            guard state.unreported >= reportThreshold else { return 0 }
+            guard state.unreported >= state.reportThreshold else { return 0 }
             defer { state.unreported = 0 }
             return state.unreported
         }

@@ -213,6 +213,9 @@ public struct YamuxSession {
         streams[id] = stream
     }
 
+    /// The receive window a stream is granted up to (it grows while the reader keeps up).
+    public func windowTarget(streamID id: UInt32) -> UInt32? { streams[id]?.windowTarget }
+
     /// How much to widen a stream's window at a grant: double it when its
     /// reader keeps up (at most a quarter of the window delivered and unread),
     /// within the per-stream and per-session bounds.
