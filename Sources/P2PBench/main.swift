@@ -49,15 +49,18 @@ final class SinkHandler: ChannelInboundHandler {
     }
 }
 
-/// Writes `total` bytes as fast as the socket takes them.
+/// Writes `total` bytes as fast as the socket takes them, sealed in Noise
+/// frames when given a transport.
 final class SourceHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     let total: Int
     var sent = 0
     let payload: ByteBuffer
-    init(total: Int) {
+    var transport: NoiseTransport?
+    init(total: Int, transport: NoiseTransport? = nil) {
         self.total = total
+        self.transport = transport
         payload = ByteBuffer(repeating: 0x5a, count: chunk)
     }
     func channelActive(context: ChannelHandlerContext) { pump(context: context) }
@@ -65,7 +68,13 @@ final class SourceHandler: ChannelInboundHandler {
     func pump(context: ChannelHandlerContext) {
         while context.channel.isWritable && sent < total {
             let size = min(chunk, total - sent)
-            context.write(wrapOutboundOut(payload.getSlice(at: 0, length: size)!), promise: nil)
+            var out = payload.getSlice(at: 0, length: size)!
+            if transport != nil {
+                var frames = context.channel.allocator.buffer(capacity: size + 1024)
+                try! transport!.encrypt(pieces: [out], into: &frames)
+                out = frames
+            }
+            context.write(wrapOutboundOut(out), promise: nil)
             sent += size
         }
         context.flush()
@@ -99,33 +108,6 @@ func rawTCPThroughput() async throws -> Double {
 }
 
 // MARK: Raw TCP with Noise encryption (the ceiling of a secured stream on this machine)
-
-/// Seals `total` bytes into Noise frames and writes them as fast as the socket takes them.
-final class SealingSourceHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-    let total: Int
-    var sent = 0
-    let payload: ByteBuffer
-    var transport: NoiseTransport
-    init(total: Int, transport: NoiseTransport) {
-        self.total = total
-        self.transport = transport
-        payload = ByteBuffer(repeating: 0x5a, count: chunk)
-    }
-    func channelActive(context: ChannelHandlerContext) { pump(context: context) }
-    func channelWritabilityChanged(context: ChannelHandlerContext) { pump(context: context) }
-    func pump(context: ChannelHandlerContext) {
-        while context.channel.isWritable && sent < total {
-            let size = min(chunk, total - sent)
-            var frames = context.channel.allocator.buffer(capacity: size + 1024)
-            try! transport.encrypt(pieces: [payload.getSlice(at: 0, length: size)!], into: &frames)
-            context.write(wrapOutboundOut(frames), promise: nil)
-            sent += size
-        }
-        context.flush()
-    }
-}
 
 /// Opens Noise frames and counts the plaintext; completes when `expected` bytes arrived.
 final class OpeningSinkHandler: ChannelInboundHandler {
@@ -170,7 +152,7 @@ func sealedTCPThroughput() async throws -> Double {
         .channelOption(.socketOption(.tcp_nodelay), value: 1)
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(SealingSourceHandler(total: totalBytes, transport: sealer))
+                try channel.pipeline.syncOperations.addHandler(SourceHandler(total: totalBytes, transport: sealer))
             }
         }
         .connect(to: server.localAddress!).get()

@@ -70,6 +70,16 @@ final class PeerScoreTests: XCTestCase {
         }
     }
 
+    /// A GRAFT for topic "t" (with the subscription, for peers not yet known on the topic).
+    static func graftRPC(subscribing: Bool = false) -> Pubsub_Pb_RPC {
+        var rpc = Pubsub_Pb_RPC()
+        if subscribing { rpc.subscriptions = [PubSubRouter.subOpts("t", subscribe: true)] }
+        var graft = Pubsub_Pb_ControlGraft()
+        graft.topicID = "t"
+        rpc.control.graft = [graft]
+        return rpc
+    }
+
     static func sends(_ actions: [RouterAction], to peer: PeerID) -> [Pubsub_Pb_RPC] {
         actions.compactMap { action in
             if case .send(peer, let rpc) = action { return rpc }
@@ -193,12 +203,7 @@ final class PeerScoreTests: XCTestCase {
         }()]
         _ = bench.control(prune, from: peer)
         XCTAssertTrue(bench.router.meshPeers("t").isEmpty)
-        var graft = Pubsub_Pb_ControlMessage()
-        graft.graft = [{
-            var g = Pubsub_Pb_ControlGraft()
-            g.topicID = "t"
-            return g
-        }()]
+        let graft = Self.graftRPC().control
         let reply = bench.control(graft, from: peer)
         XCTAssertTrue(Self.sends(reply, to: peer).contains { $0.control.prune.first?.topicID == "t" })
         XCTAssertTrue(bench.router.meshPeers("t").isEmpty)
@@ -292,13 +297,7 @@ final class PeerScoreTests: XCTestCase {
         var router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
         var now = ContinuousClock.now
         _ = router.subscribe("t", now: now)
-        var graft = Pubsub_Pb_RPC()
-        graft.subscriptions = [PubSubRouter.subOpts("t", subscribe: true)]
-        graft.control.graft = [{
-            var g = Pubsub_Pb_ControlGraft()
-            g.topicID = "t"
-            return g
-        }()]
+        let graft = Self.graftRPC(subscribing: true)
         // Outbound peers are accepted beyond D_hi, so the mesh overfills.
         for peer in ids { _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub11, outbound: true) }
         for peer in ids { _ = router.handle(graft, from: peer, now: now) }
@@ -379,13 +378,7 @@ final class PeerScoreTests: XCTestCase {
         router.signedRecord = { records[$0] }
         var now = ContinuousClock.now
         _ = router.subscribe("t", now: now)
-        var graft = Pubsub_Pb_RPC()
-        graft.subscriptions = [PubSubRouter.subOpts("t", subscribe: true)]
-        graft.control.graft = [{
-            var g = Pubsub_Pb_ControlGraft()
-            g.topicID = "t"
-            return g
-        }()]
+        let graft = Self.graftRPC(subscribing: true)
         for peer in ids { _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub12, outbound: true) }
         for peer in ids { _ = router.handle(graft, from: peer, now: now) }
         now += .seconds(1)
@@ -449,12 +442,7 @@ final class PeerScoreTests: XCTestCase {
         _ = bench.advance(1)
         XCTAssertTrue(bench.router.meshPeers("t").isEmpty, "pruned at the heartbeat")
         bench.now += .seconds(120)
-        var graft = Pubsub_Pb_ControlMessage()
-        graft.graft = [{
-            var g = Pubsub_Pb_ControlGraft()
-            g.topicID = "t"
-            return g
-        }()]
+        let graft = Self.graftRPC().control
         let reply = bench.control(graft, from: peer)
         XCTAssertTrue(Self.sends(reply, to: peer).contains { !$0.control.prune.isEmpty })
         XCTAssertTrue(bench.router.meshPeers("t").isEmpty)
