@@ -38,10 +38,13 @@ final class IteratorBox: @unchecked Sendable {
 }
 
 final class PubSubServiceTests: XCTestCase {
-    func makeNode(_ router: RouterKind) async throws -> (Libp2pHost, PubSubService, Multiaddr) {
+    func makeNode(_ router: RouterKind, _ configure: (inout PubSubConfiguration) -> Void = { _ in }) async throws
+        -> (Libp2pHost, PubSubService, Multiaddr)
+    {
         let (host, address) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
         var configuration = PubSubConfiguration()
         configuration.router = router
+        configure(&configuration)
         let pubsub = PubSubService(host: host, configuration: configuration)
         pubsub.start()
         return (host, pubsub, address)
@@ -72,6 +75,38 @@ final class PubSubServiceTests: XCTestCase {
         await pubsubB.stop()
         await hostA.close()
         await hostB.close()
+    }
+
+    /// Peer exchange end to end: B's mesh is full, so B answers A's GRAFT with a
+    /// PRUNE naming C with C's signed peer record (learnt through identify); A
+    /// trusts B (application score) and dials C, of which it knew nothing.
+    func testPeerExchangeDialsThePeerOfASignedRecord() async throws {
+        let (hostB, pubsubB, addressB) = try await makeNode(.gossipsub) { configuration in
+            configuration.d = 1
+            configuration.dLow = 1
+            configuration.dHigh = 1
+            configuration.dScore = 0
+            configuration.dOut = 0
+        }
+        let (hostC, pubsubC, _) = try await makeNode(.gossipsub)
+        let peerB = hostB.localPeer
+        let peerC = hostC.localPeer
+        let (hostA, pubsubA, _) = try await makeNode(.gossipsub) { configuration in
+            configuration.scoreParameters.appSpecificScore = { $0 == peerB ? 100 : 0 }
+        }
+        _ = await pubsubB.subscribe("lobby")
+        _ = await pubsubC.subscribe("lobby")
+        _ = try await hostC.connect(addressB)
+        try await eventually(10, "C in B's mesh, and B holding C's signed record") {
+            await pubsubB.mesh("lobby") == [peerC] && hostB.peerStore.info(peerC)?.signedPeerRecord != nil
+        }
+        XCTAssertNil(hostA.peerStore.info(peerC), "A knows nothing of C yet")
+        _ = await pubsubA.subscribe("lobby")
+        _ = try await hostA.connect(addressB)
+        try await eventually(15, "A dialed C from B's peer exchange") { hostA.connection(to: peerC) != nil }
+        XCTAssertNotNil(hostA.peerStore.info(peerC)?.signedPeerRecord)
+        for pubsub in [pubsubA, pubsubB, pubsubC] { await pubsub.stop() }
+        for host in [hostA, hostB, hostC] { await host.close() }
     }
 
     func testGossipsubBetweenTwoNodes() async throws { try await exchange(.gossipsub) }
