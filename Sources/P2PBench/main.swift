@@ -10,7 +10,7 @@ import PubSub
 import Transport
 
 // Measures the foundation's speed on loopback; run through Benchmarks/run.sh.
-// Usage: p2pbench [stream] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
+// Usage: p2pbench [stream | sealed | pubsub] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
 
 let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?? 256
 let totalBytes = megabytes * 1024 * 1024
@@ -366,6 +366,10 @@ func pubsubBenchmark(_ router: RouterKind, nodes count: Int = 20, messages: Int 
         let host = Libp2pHost(key: .generateEd25519(), group: group)
         var configuration = PubSubConfiguration()
         configuration.router = router
+        // Experiment: P2PBENCH_IDONTWANT overrides the IDONTWANT size threshold (bytes).
+        if let threshold = ProcessInfo.processInfo.environment["P2PBENCH_IDONTWANT"].flatMap(Int.init) {
+            configuration.idontwantMessageThreshold = threshold
+        }
         let service = PubSubService(host: host, configuration: configuration)
         service.start()
         let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])
@@ -436,6 +440,23 @@ extension Array {
 
 // MARK: Run
 
+func runPubSubBenchmarks() async throws {
+    print("pubsub: 20 nodes on loopback, 400 messages of 1 KiB at 100/s from random nodes")
+    for router in [RouterKind.gossipsub, .floodsub] {
+        let result = try await pubsubBenchmark(router)
+        report("\(router.rawValue) delivery latency p50", result.p50, "ms")
+        report("\(router.rawValue) delivery latency p99", result.p99, "ms")
+        report("\(router.rawValue) delivered fraction", result.delivered, "")
+        report("\(router.rawValue) bytes sent per byte published", result.amplification, "")
+    }
+}
+
+if CommandLine.arguments.dropFirst().first == "pubsub" {
+    // Only the pubsub benchmarks.
+    try await runPubSubBenchmarks()
+    exit(0)
+}
+
 let (server, serverAddress) = try await makeHost()
 let client = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
 if CommandLine.arguments.dropFirst().first == "sealed" {
@@ -471,13 +492,6 @@ if let (idle, perConnection) = try await memory(connections: 100) {
 await client.close()
 await server.close()
 if !CommandLine.arguments.contains("--no-pubsub") {
-    print("pubsub: 20 nodes on loopback, 400 messages of 1 KiB at 100/s from random nodes")
-    for router in [RouterKind.gossipsub, .floodsub] {
-        let result = try await pubsubBenchmark(router)
-        report("\(router.rawValue) delivery latency p50", result.p50, "ms")
-        report("\(router.rawValue) delivery latency p99", result.p99, "ms")
-        report("\(router.rawValue) delivered fraction", result.delivered, "")
-        report("\(router.rawValue) bytes sent per byte published", result.amplification, "")
-    }
+    try await runPubSubBenchmarks()
 }
 try await group.shutdownGracefully()

@@ -106,16 +106,25 @@ public final class PubSubService: Sendable {
         var reader = StreamReader(stream)
         while true {
             do {
-                guard let frame = try await reader.readLengthPrefixed(maxLength: configuration.maxRPCSize) else { break }
-                do {
-                    let rpc = try Pubsub_Pb_RPC(serializedBytes: Array(frame.readableBytesView))
-                    await core.handle(
-                        rpc, from: peer, protocolID: stream.protocolID,
-                        ip: Self.ipAddress(of: stream.connection.remoteAddress))
-                } catch {
-                    // A malformed RPC closes nothing; it counts against the sender.
-                    await core.malformed(from: peer)
+                guard let first = try await reader.readLengthPrefixed(maxLength: configuration.maxRPCSize) else { break }
+                // RPCs that arrived together are handed to the router in one call.
+                var frames = [first]
+                while frames.count < 64, let more = try reader.takeBufferedLengthPrefixed(maxLength: configuration.maxRPCSize) {
+                    frames.append(more)
                 }
+                var rpcs: [Pubsub_Pb_RPC] = []
+                var malformed = 0
+                for frame in frames {
+                    if let rpc = try? Pubsub_Pb_RPC(serializedBytes: Array(frame.readableBytesView)) {
+                        rpcs.append(rpc)
+                    } else {
+                        // A malformed RPC closes nothing; it counts against the sender.
+                        malformed += 1
+                    }
+                }
+                await core.handle(
+                    rpcs, malformed: malformed, from: peer, protocolID: stream.protocolID,
+                    ip: Self.ipAddress(of: stream.connection.remoteAddress))
             } catch {
                 logger.debug("pubsub stream ended", metadata: ["peer": "\(peer)", "error": "\(error)"])
                 await core.malformed(from: peer)
@@ -178,7 +187,7 @@ actor PubSubCore {
     private var router: PubSubRouter
     private let logger: Logger
     private var subscribers: [String: [UUID: AsyncStream<PubSubMessage>.Continuation]] = [:]
-    private var outbound: [PeerID: AsyncStream<Pubsub_Pb_RPC>.Continuation] = [:]
+    private var outbound: [PeerID: RPCOutbox] = [:]
     private var claimed: Set<PeerID> = []
     private(set) var isStopped = false
     private let clock = ContinuousClock()
@@ -203,18 +212,19 @@ actor PubSubCore {
     }
 
     func addPeer(_ peer: PeerID, protocolID: String, outbound isOutbound: Bool, ip: String?, stream: MuxedStream) {
-        let limit = router.configuration.maxQueuedRPCsPerPeer
-        let (queue, continuation) = AsyncStream.makeStream(
-            of: Pubsub_Pb_RPC.self, bufferingPolicy: .bufferingOldest(limit))
-        outbound[peer] = continuation
+        let queue = RPCOutbox(limit: router.configuration.maxQueuedRPCsPerPeer)
+        outbound[peer] = queue
         Task { [logger] in
             do {
-                for await rpc in queue {
-                    let bytes: [UInt8] = try rpc.serializedBytes()
-                    var frame = ByteBuffer()
-                    frame.writeLengthPrefixed(bytes)
-                    let size = frame.readableBytes
-                    try await stream.write(frame)
+                // Everything queued goes out in one write (each RPC keeps its own length prefix).
+                while let batch = await queue.next() {
+                    var frames = ByteBuffer()
+                    for rpc in batch {
+                        let bytes: [UInt8] = try rpc.serializedBytes()
+                        frames.writeLengthPrefixed(bytes)
+                    }
+                    let size = frames.readableBytes
+                    try await stream.write(frames)
                     self.countSent(size)
                 }
             } catch {
@@ -232,13 +242,16 @@ actor PubSubCore {
         router.removePeer(peer, now: clock.now)
     }
 
-    func handle(_ rpc: Pubsub_Pb_RPC, from peer: PeerID, protocolID: String, ip: String?) {
+    func handle(_ rpcs: [Pubsub_Pb_RPC], malformed: Int, from peer: PeerID, protocolID: String, ip: String?) {
         router.notePeer(peer, protocolID: protocolID, ip: ip)
-        let actions = router.handle(rpc, from: peer, now: clock.now)
-        logger.trace(
-            "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)",
-                "counters": "\(router.counters)"])
-        perform(actions)
+        for _ in 0..<malformed { router.malformedRPC(from: peer) }
+        let now = clock.now
+        for rpc in rpcs {
+            let actions = router.handle(rpc, from: peer, now: now)
+            logger.trace(
+                "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)"])
+            perform(actions)
+        }
     }
 
     func countSent(_ bytes: Int) {
@@ -301,7 +314,7 @@ actor PubSubCore {
         isStopped = true
         for continuation in subscribers.values.flatMap(\.values) { continuation.finish() }
         subscribers = [:]
-        for continuation in outbound.values { continuation.finish() }
+        for queue in outbound.values { queue.finish() }
         outbound = [:]
     }
 
@@ -310,9 +323,7 @@ actor PubSubCore {
             switch action {
             case .send(let peer, let rpc):
                 guard let queue = outbound[peer] else { continue }
-                if case .dropped = queue.yield(rpc) {
-                    router.countDroppedOutbound()
-                }
+                if !queue.enqueue(rpc) { router.countDroppedOutbound() }
             case .deliver(let message):
                 for continuation in subscribers[message.topic]?.values ?? [:].values {
                     continuation.yield(message)

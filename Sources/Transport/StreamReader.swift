@@ -3,7 +3,7 @@ import NIOCore
 
 /// Buffered reads on a stream for protocols with framed messages
 /// (exact lengths, unsigned-varint length prefixes), with limits.
-public struct StreamReader {
+public struct StreamReader: Sendable {
     public let stream: MuxedStream
     private var buffer = ByteBuffer()
     private var ended = false
@@ -73,6 +73,25 @@ public struct StreamReader {
                 throw ReadError.endOfStream(wanted: buffer.readableBytes + 1, had: buffer.readableBytes)
             }
         }
+    }
+
+    /// A length-prefixed message that is already wholly buffered, without
+    /// waiting for data; nil if none is (for draining a burst of small messages).
+    public mutating func takeBufferedLengthPrefixed(maxLength: Int) throws -> ByteBuffer? {
+        guard buffer.readableBytes > 0 else { return nil }
+        let length: UInt64
+        let size: Int
+        do {
+            (length, size) = try Varint.decode(buffer.readableBytesView)
+        } catch where error.isTruncation {
+            return nil
+        } catch {
+            throw ReadError.badLengthPrefix("\(error)")
+        }
+        guard length <= UInt64(maxLength) else { throw ReadError.messageTooLarge(length: length, limit: maxLength) }
+        guard buffer.readableBytes - size >= Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: size)
+        return buffer.readSlice(length: Int(length))!
     }
 
     /// Everything until the end of the stream, at most `maxLength` bytes.

@@ -51,6 +51,35 @@ final class TransportTests: XCTestCase {
         await server.close()
     }
 
+    /// Length-prefixed messages that arrived together are taken without waiting;
+    /// an incomplete one is left for a later read.
+    func testBufferedLengthPrefixedMessages() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        let stream = try await connection.newStream(protocols: [echoProtocol])
+        var out = ByteBuffer()
+        for text in ["one", "two", "three"] { out.writeLengthPrefixed(Array(text.utf8)) }
+        out.writeBytes([10, 1, 2])  // a prefix announcing 10 bytes, and only 2 of them
+        try await stream.write(out)
+        var reader = StreamReader(stream)
+        let first = try await withDeadline(5) { [reader] in
+            var copy = reader
+            let frame = try await copy.readLengthPrefixed(maxLength: 100)
+            return (copy, frame)
+        }
+        reader = first.0
+        XCTAssertEqual(first.1.map { String(buffer: $0) }, "one")
+        var rest: [String] = []
+        while let frame = try reader.takeBufferedLengthPrefixed(maxLength: 100) { rest.append(String(buffer: frame)) }
+        XCTAssertEqual(rest, ["two", "three"])
+        XCTAssertThrowsError(try reader.takeBufferedLengthPrefixed(maxLength: 5)) { error in
+            guard case StreamReader.ReadError.messageTooLarge = error else { return XCTFail("\(error)") }
+        }
+        await client.close()
+        await server.close()
+    }
+
     func testLargeEchoKeepsDataIntact() async throws {
         let (server, address) = try await makeTestHost(group: group)
         let (client, _) = try await makeTestHost(group: group)

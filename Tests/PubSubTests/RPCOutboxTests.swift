@@ -1,0 +1,46 @@
+import TestSupport
+import XCTest
+
+@testable import PubSub
+
+/// The per-peer send queue: bounded, drained in batches, finished cleanly.
+final class RPCOutboxTests: XCTestCase {
+    static func rpc(_ topic: String) -> Pubsub_Pb_RPC {
+        var rpc = Pubsub_Pb_RPC()
+        rpc.subscriptions = [PubSubRouter.subOpts(topic, subscribe: true)]
+        return rpc
+    }
+
+    func testQueuedRPCsComeOutTogetherInOrder() async {
+        let outbox = RPCOutbox(limit: 10)
+        for index in 0..<3 { XCTAssertTrue(outbox.enqueue(Self.rpc("t\(index)"))) }
+        let batch = await outbox.next()
+        XCTAssertEqual(batch?.map { $0.subscriptions[0].topicid }, ["t0", "t1", "t2"])
+    }
+
+    func testFullQueueDropsNewRPCs() async {
+        let outbox = RPCOutbox(limit: 2)
+        XCTAssertTrue(outbox.enqueue(Self.rpc("a")))
+        XCTAssertTrue(outbox.enqueue(Self.rpc("b")))
+        XCTAssertFalse(outbox.enqueue(Self.rpc("c")), "over the limit: dropped")
+        let batch = await outbox.next()
+        XCTAssertEqual(batch?.count, 2)
+        XCTAssertTrue(outbox.enqueue(Self.rpc("d")), "room again once drained")
+    }
+
+    func testWaitingSenderIsWokenAndFinishEndsIt() async throws {
+        let outbox = RPCOutbox(limit: 10)
+        let sender = Task { () -> [[String]] in
+            var seen: [[String]] = []
+            while let batch = await outbox.next() { seen.append(batch.map { $0.subscriptions[0].topicid }) }
+            return seen
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        XCTAssertTrue(outbox.enqueue(Self.rpc("late")))
+        try await Task.sleep(for: .milliseconds(20))
+        outbox.finish()
+        XCTAssertFalse(outbox.enqueue(Self.rpc("after")), "finished: nothing more is taken")
+        let seen = try await withDeadline(5) { await sender.value }
+        XCTAssertEqual(seen, [["late"]])
+    }
+}
