@@ -10,7 +10,7 @@ import PubSub
 import Transport
 
 // Measures the foundation's speed on loopback; run through Benchmarks/run.sh.
-// Usage: p2pbench [stream | sealed | pubsub] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
+// Usage: p2pbench [stream | sealed | pubsub | memory] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
 
 let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?? 256
 let totalBytes = megabytes * 1024 * 1024
@@ -449,6 +449,15 @@ func runPubSubBenchmarks() async throws {
         report("\(router.rawValue) delivered fraction", result.delivered, "")
         report("\(router.rawValue) bytes sent per byte published", result.amplification, "")
     }
+}
+
+if CommandLine.arguments.dropFirst().first == "memory" {
+    // Only the memory figures.
+    if let (idle, perConnection) = try await memory(connections: 100) {
+        report("idle node resident memory", Double(idle) / 1024 / 1024, "MiB")
+        report("per additional connection", Double(perConnection) / 1024, "KiB")
+    }
+    exit(0)
 }
 
 if CommandLine.arguments.dropFirst().first == "pubsub" {

@@ -548,7 +548,8 @@ final class ConnectionHandler: ChannelInboundHandler {
     private func flushOutput() {
         guard let context, pendingOutput.readableBytes > 0 else { return }
         let out = pendingOutput
-        pendingOutput = context.channel.allocator.buffer(capacity: 4096)
+        // Allocated on demand: an idle connection holds no output buffer (4 KiB each before).
+        pendingOutput = ByteBuffer()
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
     }
 
