@@ -124,6 +124,8 @@ struct PubSubRouter {
         var topics: Set<String> = []
         var outbound: Bool
         var ihaveThisHeartbeat = 0
+        /// Message ids we asked this peer for (IWANT) this heartbeat: at most maxIHaveLength.
+        var askedThisHeartbeat = 0
         /// Our subscriptions go out again on the next heartbeat: some peers
         /// (py-libp2p 0.8.1) drop what arrives before they have registered us.
         var reannounce = true
@@ -474,10 +476,12 @@ struct PubSubRouter {
                 counters.ignoredIHave += 1
                 continue
             }
-            for raw in ihave.messageIds.prefix(max(0, configuration.maxIHaveLength - wanted.count)) {
+            for raw in ihave.messageIds.prefix(configuration.maxIHaveLength) {
+                guard (peers[peer]?.askedThisHeartbeat ?? 0) < configuration.maxIHaveLength else { break }
                 let id = MessageID(Array(raw))
                 guard !seen.contains(id, now: now), promises[id]?[peer] == nil else { continue }
                 wanted.append(raw)
+                peers[peer]?.askedThisHeartbeat += 1
                 promises[id, default: [:]][peer] = now + configuration.iwantFollowupTime
             }
         }
@@ -589,6 +593,7 @@ struct PubSubRouter {
         }
         for peer in Array(peers.keys) {
             peers[peer]?.ihaveThisHeartbeat = 0
+            peers[peer]?.askedThisHeartbeat = 0
             peers[peer]?.idontwantThisHeartbeat = 0
             if let dontWant = peers[peer]?.dontWant, !dontWant.isEmpty {
                 let oldest = heartbeatTicks - configuration.historyGossip

@@ -254,6 +254,32 @@ final class SimulatedNetworkTests: XCTestCase {
         XCTAssertEqual(network.delivered[victim]?.count, 1)
     }
 
+    /// However many ids a peer announces, we ask it for at most maxIHaveLength per heartbeat.
+    func testIWantPerHeartbeatIsBounded() {
+        var network = SimulatedNetwork(nodes: 2, seed: 7)
+        let (victim, announcer) = (network.order[0], network.order[1])
+        network.connect(announcer, victim)
+        for node in network.order { network.run(network.routers[node]!.subscribe("t", now: network.now), at: node) }
+        let limit = PubSubConfiguration().maxIHaveLength
+        func asked(round: Int) -> Int {
+            var rpc = Pubsub_Pb_RPC()
+            rpc.control.ihave = (0..<PubSubConfiguration().maxIHaveMessages).map { entry in
+                var ihave = Pubsub_Pb_ControlIHave()
+                ihave.topicID = "t"
+                ihave.messageIds = (0..<limit).map { Data([UInt8(round), UInt8(entry), UInt8($0 >> 8), UInt8($0 & 0xff)]) }
+                return ihave
+            }
+            return network.routers[victim]!.handle(rpc, from: announcer, now: network.now).reduce(0) { total, action in
+                guard case .send(_, let reply) = action else { return total }
+                return total + reply.control.iwant.reduce(0) { $0 + $1.messageIds.count }
+            }
+        }
+        XCTAssertEqual(asked(round: 1), limit)
+        XCTAssertEqual(asked(round: 2), 0, "the budget of this heartbeat is spent")
+        _ = network.routers[victim]!.heartbeat(now: network.now + .seconds(1))
+        XCTAssertEqual(asked(round: 3), limit, "a new heartbeat, a new budget")
+    }
+
     func testGarbageRPCsNeverCrash() {
         var router = PubSubRouter(localKey: .generateEd25519())
         let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
