@@ -5,6 +5,7 @@ import Logging
 import Multiformats
 import NIOCore
 import SwiftProtobuf
+import Synchronization
 import Transport
 
 /// Pubsub on a host: floodsub or gossipsub (which also talks floodsub to
@@ -22,6 +23,8 @@ public final class PubSubService: Sendable {
         self.logger = logger
         var router = PubSubRouter(localKey: host.localKey, configuration: configuration)
         router.signedRecord = { [host] peer in host.peerStore.info(peer)?.signedPeerRecord }
+        // Peer-exchange dials in flight, bounded: a trusted peer's PRUNEs cannot make us dial without end.
+        let pendingDials = DialBudget(limit: configuration.prunePeers)
         self.core = PubSubCore(
             router: router, logger: logger,
             connect: { [host, logger] peer, record, envelope in
@@ -29,7 +32,9 @@ public final class PubSubService: Sendable {
                 // if we know any address of the peer.
                 if let record, let envelope { host.peerStore.addSignedRecord(record, envelope: envelope) }
                 guard host.connection(to: peer) == nil, !(host.peerStore.info(peer)?.addresses.isEmpty ?? true) else { return }
+                guard pendingDials.take() else { return }
                 Task {
+                    defer { pendingDials.give() }
                     do {
                         _ = try await host.connect(to: peer)
                     } catch {
@@ -179,6 +184,29 @@ public final class PubSubService: Sendable {
     /// Sets the validator of `topic`.
     public func setValidator(topic: String, _ validator: @escaping @Sendable (PubSubMessage) -> ValidationResult) async {
         await core.setValidator(topic: topic, validator)
+    }
+}
+
+/// How many peer-exchange dials may be in flight at once.
+final class DialBudget: Sendable {
+    private let inFlight = Mutex(0)
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    /// Takes a slot; false when all are taken.
+    func take() -> Bool {
+        inFlight.withLock { count in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func give() {
+        inFlight.withLock { $0 -= 1 }
     }
 }
 
