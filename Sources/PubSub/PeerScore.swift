@@ -98,9 +98,9 @@ public struct PeerScoreThresholds: Sendable {
 /// takes the current time).
 struct PeerScore {
     struct TopicStats {
-        var inMesh = false
+        /// When the peer joined our mesh of the topic; nil while it is not in it.
         var graftTime: ContinuousClock.Instant?
-        var meshTime: Duration = .zero
+        var inMesh: Bool { graftTime != nil }
         var firstMessageDeliveries = 0.0
         var meshMessageDeliveries = 0.0
         var meshMessageDeliveriesActive = false
@@ -152,10 +152,8 @@ struct PeerScore {
         for (topic, topicStats) in peerStats.topics {
             guard let p = self.parameters(of: topic) else { continue }
             var topicScore = 0.0
-            if topicStats.inMesh {
-                var inMesh = topicStats.meshTime
-                if let graftTime = topicStats.graftTime { inMesh = now - graftTime }
-                let quanta = inMesh / p.timeInMeshQuantum
+            if let graftTime = topicStats.graftTime {
+                let quanta = (now - graftTime) / p.timeInMeshQuantum
                 topicScore += min(quanta, p.timeInMeshCap) * p.timeInMeshWeight
             }
             topicScore += topicStats.firstMessageDeliveries * p.firstMessageDeliveriesWeight
@@ -218,9 +216,7 @@ struct PeerScore {
     mutating func graft(_ peer: PeerID, topic: String, now: ContinuousClock.Instant) {
         guard stats[peer] != nil, parameters(of: topic) != nil else { return }
         var topicStats = stats[peer]!.topics[topic] ?? TopicStats()
-        topicStats.inMesh = true
         topicStats.graftTime = now
-        topicStats.meshTime = .zero
         topicStats.meshMessageDeliveriesActive = false
         stats[peer]!.topics[topic] = topicStats
     }
@@ -238,7 +234,6 @@ struct PeerScore {
             let deficit = p.meshMessageDeliveriesThreshold - topicStats.meshMessageDeliveries
             topicStats.meshFailurePenalty += deficit * deficit
         }
-        topicStats.inMesh = false
         topicStats.graftTime = nil
         topicStats.meshMessageDeliveriesActive = false
         peerStats.topics[topic] = topicStats
@@ -341,11 +336,8 @@ struct PeerScore {
                 topicStats.meshFailurePenalty = decay(topicStats.meshFailurePenalty, p.meshFailurePenaltyDecay)
                 topicStats.invalidMessageDeliveries = decay(
                     topicStats.invalidMessageDeliveries, p.invalidMessageDeliveriesDecay)
-                if topicStats.inMesh, let graftTime = topicStats.graftTime {
-                    topicStats.meshTime = now - graftTime
-                    if topicStats.meshTime >= p.meshMessageDeliveriesActivation {
-                        topicStats.meshMessageDeliveriesActive = true
-                    }
+                if let graftTime = topicStats.graftTime, now - graftTime >= p.meshMessageDeliveriesActivation {
+                    topicStats.meshMessageDeliveriesActive = true
                 }
                 peerStats.topics[topic] = topicStats
             }
