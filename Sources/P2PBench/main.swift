@@ -14,7 +14,7 @@ import Transport
 
 let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?? 256
 let totalBytes = megabytes * 1024 * 1024
-let chunk = 256 * 1024
+let chunk = (ProcessInfo.processInfo.environment["P2PBENCH_CHUNK"].flatMap(Int.init)) ?? 256 * 1024
 let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
 // The two ends of each measured connection live on different loops (threads),
 // as they would in two processes: one encrypts while the other decrypts.

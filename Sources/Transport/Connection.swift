@@ -91,12 +91,14 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
     public let protocolID: String
     public let connection: Connection
     let inbox: StreamInbox
+    let credit: StreamWriteCredit
 
-    init(streamID: UInt32, protocolID: String, connection: Connection, inbox: StreamInbox) {
+    init(streamID: UInt32, protocolID: String, connection: Connection, inbox: StreamInbox, credit: StreamWriteCredit) {
         self.streamID = streamID
         self.protocolID = protocolID
         self.connection = connection
         self.inbox = inbox
+        self.credit = credit
     }
 
     public var remotePeer: PeerID { connection.remotePeer }
@@ -114,26 +116,40 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
         return chunk
     }
 
-    /// Writes data; suspends while the stream's send queue is full.
+    /// Writes data; suspends while the stream's send queue is full. The data is
+    /// handed to the connection without waiting for it to be sent; an error
+    /// (reset, closed connection) is thrown by this write, the next one or `closeWrite`.
     public func write(_ data: ByteBuffer) async throws {
+        try await credit.acquire(data.readableBytes)
         let handler = connection.handler
         let id = streamID
-        try await connection.eventLoop.flatSubmit {
-            handler.value.write(streamID: id, data: data)
-        }.get()
+        let credit = self.credit
+        connection.eventLoop.execute {
+            handler.value.write(streamID: id, data: data, credit: credit)
+        }
     }
 
     public func write(_ bytes: [UInt8]) async throws {
         try await write(ByteBuffer(bytes: bytes))
     }
 
-    /// Half-closes: we send no more data, the remote may still write.
+    /// Half-closes: we send no more data, the remote may still write. Throws
+    /// the error of an earlier write that failed after it was handed over.
     public func closeWrite() async throws {
+        try throwWriteFailure()
         let handler = connection.handler
         let id = streamID
         try await connection.eventLoop.flatSubmit {
             handler.value.closeWrite(streamID: id)
         }.get()
+        try throwWriteFailure()
+    }
+
+    /// A write failure other than our own half-close.
+    private func throwWriteFailure() throws {
+        guard let error = credit.error else { return }
+        if case .streamClosedForWriting = error { return }
+        throw error
     }
 
     /// Abruptly ends both directions.

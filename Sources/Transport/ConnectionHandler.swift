@@ -37,7 +37,8 @@ final class ConnectionHandler: ChannelInboundHandler {
         /// Data received and not yet read by the application (bounded by the
         /// Yamux window); exists once the stream's protocol is agreed.
         var inbox: StreamInbox?
-        var writeWaiters: [EventLoopPromise<Void>] = []
+        /// Shared with the stream's writer: what it may hand over before it waits.
+        var writeCredit: StreamWriteCredit?
         var remoteClosedWrite = false
         /// The application has read the end of the stream (or said it reads no more).
         var endOfStreamDelivered = false
@@ -358,7 +359,10 @@ final class ConnectionHandler: ChannelInboundHandler {
         state.protocolID = protocolID
         let inbox = StreamInbox(reportThreshold: Int(configuration.yamux.initialWindow / 8))
         state.inbox = inbox
-        let stream = MuxedStream(streamID: id, protocolID: protocolID, connection: connection, inbox: inbox)
+        let credit = StreamWriteCredit(limit: configuration.maxQueuedBytesPerStream)
+        state.writeCredit = credit
+        let stream = MuxedStream(
+            streamID: id, protocolID: protocolID, connection: connection, inbox: inbox, credit: credit)
         state.stream = stream
         let negotiation = state.negotiation
         state.negotiation = nil
@@ -397,16 +401,12 @@ final class ConnectionHandler: ChannelInboundHandler {
         guard let state = streams.removeValue(forKey: id) else { return }
         state.timeout?.cancel()
         state.inbox?.fail(error)
-        for waiter in state.writeWaiters { waiter.fail(error) }
+        state.writeCredit?.fail(error)
     }
 
     private func releaseWriters(streamID id: UInt32) {
-        guard var state = streams[id], !state.writeWaiters.isEmpty, let session else { return }
-        guard session.queuedBytes(streamID: id) <= configuration.maxQueuedBytesPerStream else { return }
-        let waiters = state.writeWaiters
-        state.writeWaiters = []
-        streams[id] = state
-        for waiter in waiters { waiter.succeed(()) }
+        guard let credit = streams[id]?.writeCredit, let session else { return }
+        credit.queuedChanged(session.queuedBytes(streamID: id))
     }
 
     // MARK: - Stream operations (called on the event loop by Connection/MuxedStream)
@@ -454,22 +454,18 @@ final class ConnectionHandler: ChannelInboundHandler {
         forgetIfFinished(id)
     }
 
-    func write(streamID id: UInt32, data: ByteBuffer) -> EventLoopFuture<Void> {
-        guard let context, session != nil else { return eventLoopFailed(closeError ?? .connectionClosed) }
-        guard var state = streams[id] else { return eventLoopFailed(.streamReset) }
-        if state.localClosedWrite { return eventLoopFailed(.streamClosedForWriting) }
+    /// Takes a write the stream's writer handed over (and counted in `credit`)
+    /// without waiting; a failure goes to the credit, which the next write throws.
+    func write(streamID id: UInt32, data: ByteBuffer, credit: StreamWriteCredit) {
+        guard session != nil else { return credit.fail(closeError ?? .connectionClosed) }
+        guard let state = streams[id] else { return credit.fail(.streamReset) }
+        if state.localClosedWrite { return credit.fail(.streamClosedForWriting) }
         session!.write(streamID: id, data: data)
-        do { try drainSession() } catch { return eventLoopFailed(.muxerFailed(reason: "\(error)")) }
+        do { try drainSession() } catch { return credit.fail(.muxerFailed(reason: "\(error)")) }
         flushOutput()
         // Flushing can close the connection (write error), which drops the session.
-        guard let session else { return eventLoopFailed(closeError ?? .connectionClosed) }
-        if session.queuedBytes(streamID: id) <= configuration.maxQueuedBytesPerStream {
-            return context.eventLoop.makeSucceededVoidFuture()
-        }
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        state.writeWaiters.append(promise)
-        streams[id] = state
-        return promise.futureResult
+        guard let session else { return credit.fail(closeError ?? .connectionClosed) }
+        credit.processed(data.readableBytes, queued: session.queuedBytes(streamID: id))
     }
 
     func closeWrite(streamID id: UInt32) -> EventLoopFuture<Void> {
@@ -477,6 +473,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         guard var state = streams[id] else { return context.eventLoop.makeSucceededVoidFuture() }
         if !state.localClosedWrite {
             state.localClosedWrite = true
+            state.writeCredit?.fail(.streamClosedForWriting)
             streams[id] = state
             session!.closeWrite(streamID: id)
             try? drainSession()
@@ -491,7 +488,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     private func forgetIfFinished(_ id: UInt32) {
         guard let state = streams[id], state.remoteClosedWrite, state.localClosedWrite,
             state.endOfStreamDelivered || state.discardInbound,
-            state.writeWaiters.isEmpty
+            !(state.writeCredit?.hasWaiters ?? false)
         else { return }
         streams[id] = nil
     }
@@ -585,7 +582,7 @@ final class ConnectionHandler: ChannelInboundHandler {
             if case .outbound(let promise, _) = state.negotiation { promise.fail(error) }
             // Buffered data is still readable, then the reader gets the error.
             state.inbox?.fail(error)
-            for waiter in state.writeWaiters { waiter.fail(error) }
+            state.writeCredit?.fail(error)
         }
         session = nil
     }

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import Ping
 import TestSupport
+import Synchronization
 import Transport
 import XCTest
 
@@ -76,6 +77,64 @@ final class TransportTests: XCTestCase {
         XCTAssertThrowsError(try reader.takeBufferedLengthPrefixed(maxLength: 5)) { error in
             guard case StreamReader.ReadError.messageTooLarge = error else { return XCTFail("\(error)") }
         }
+        await client.close()
+        await server.close()
+    }
+
+    /// A reader that does not read makes the writer wait: what the writer hands
+    /// over stays within the stream's window plus its send bound (and one write).
+    func testSlowReaderMakesTheWriterWait() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let reading = AsyncStream<Void>.makeStream()
+        server.setStreamHandler("/p2pchat/test/slow/1.0.0") { stream in
+            for await _ in reading.stream { break }
+            while (try? await stream.read()) ?? nil != nil {}
+            try? await stream.closeWrite()
+        }
+        let connection = try await client.connect(address)
+        let stream = try await connection.newStream(protocols: ["/p2pchat/test/slow/1.0.0"])
+        let written = Counter()
+        let chunk = ByteBuffer(repeating: 7, count: 64 * 1024)
+        let total = 8 * 1024 * 1024
+        let writer = Task {
+            while written.value < total {
+                try await stream.write(chunk)
+                written.add(chunk.readableBytes)
+            }
+            try await stream.closeWrite()
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let bound = Int(TransportConfiguration().yamux.initialWindow) + TransportConfiguration().maxQueuedBytesPerStream
+            + chunk.readableBytes
+        XCTAssertLessThanOrEqual(written.value, bound, "the writer ran ahead of a reader that does not read")
+        XCTAssertGreaterThan(written.value, 0)
+        // Once the reader reads, everything goes through.
+        reading.continuation.yield()
+        try await withDeadline(30) { try await writer.value }
+        XCTAssertEqual(written.value, total)
+        await client.close()
+        await server.close()
+    }
+
+    /// Writes to a stream the remote reset fail (this write, or the next one).
+    func testWritesToAResetStreamFail() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        server.setStreamHandler("/p2pchat/test/reset/1.0.0") { stream in stream.reset() }
+        let connection = try await client.connect(address)
+        let stream = try await connection.newStream(protocols: ["/p2pchat/test/reset/1.0.0"])
+        let failure: Error? = try await withDeadline(10) {
+            do {
+                while true {
+                    try await stream.write([1, 2, 3])
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            } catch {
+                return error
+            }
+        }
+        XCTAssertNotNil(failure as? TransportError, "\(String(describing: failure))")
         await client.close()
         await server.close()
     }
@@ -205,4 +264,11 @@ final class TransportTests: XCTestCase {
         await client.close()
         await server.close()
     }
+}
+
+/// A thread-safe count for tests.
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    var value: Int { count.withLock { $0 } }
+    func add(_ amount: Int) { count.withLock { $0 += amount } }
 }
