@@ -33,18 +33,29 @@ func report(_ name: String, _ value: Double, _ unit: String) {
 
 // MARK: Raw NIO TCP (the ceiling)
 
-/// Counts received bytes; completes the promise when `expected` have arrived.
+/// Counts received bytes (opening Noise frames first when given a transport);
+/// completes the promise when `expected` have arrived.
 final class SinkHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let expected: Int
     let done: EventLoopPromise<Void>
+    var transport: NoiseTransport?
     var received = 0
-    init(expected: Int, done: EventLoopPromise<Void>) {
+    var plaintexts: [ByteBuffer] = []
+    init(expected: Int, done: EventLoopPromise<Void>, transport: NoiseTransport? = nil) {
         self.expected = expected
         self.done = done
+        self.transport = transport
     }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        received += unwrapInboundIn(data).readableBytes
+        var bytes = unwrapInboundIn(data)
+        if transport != nil {
+            plaintexts.removeAll(keepingCapacity: true)
+            try! transport!.decrypt(&bytes, into: &plaintexts)
+            for plain in plaintexts { received += plain.readableBytes }
+        } else {
+            received += bytes.readableBytes
+        }
         if received >= expected { done.succeed(()) }
     }
 }
@@ -81,60 +92,11 @@ final class SourceHandler: ChannelInboundHandler {
     }
 }
 
-func rawTCPThroughput() async throws -> Double {
-    let done = group.next().makePromise(of: Void.self)
-    let server = try await ServerBootstrap(group: group)
-        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-        .childChannelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(SinkHandler(expected: totalBytes, done: done))
-            }
-        }
-        .bind(host: "127.0.0.1", port: 0).get()
-    let start = clock.now
-    let client = try await ClientBootstrap(group: group)
-        .channelOption(.socketOption(.tcp_nodelay), value: 1)
-        .channelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(SourceHandler(total: totalBytes))
-            }
-        }
-        .connect(to: server.localAddress!).get()
-    try await done.futureResult.get()
-    let elapsed = seconds(clock.now - start)
-    try await client.close()
-    try await server.close()
-    return Double(totalBytes) / elapsed / 1e6
-}
-
-// MARK: Raw TCP with Noise encryption (the ceiling of a secured stream on this machine)
-
-/// Opens Noise frames and counts the plaintext; completes when `expected` bytes arrived.
-final class OpeningSinkHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    let expected: Int
-    let done: EventLoopPromise<Void>
-    var transport: NoiseTransport
-    var received = 0
-    var plaintexts: [ByteBuffer] = []
-    init(expected: Int, done: EventLoopPromise<Void>, transport: NoiseTransport) {
-        self.expected = expected
-        self.done = done
-        self.transport = transport
-    }
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        plaintexts.removeAll(keepingCapacity: true)
-        try! transport.decrypt(&bytes, into: &plaintexts)
-        for plain in plaintexts { received += plain.readableBytes }
-        if received >= expected { done.succeed(()) }
-    }
-}
-
-/// NIO TCP where the sender seals and the receiver opens Noise frames: no Yamux,
-/// no streams, no tasks. What a secured stream could reach here at best, with
-/// both ends' encryption and the kernel's work sharing this machine's cores.
-func sealedTCPThroughput() async throws -> Double {
+/// One TCP connection between the two loops moving `totalBytes`; with
+/// `sealed`, the sender seals and the receiver opens Noise frames (no Yamux,
+/// no streams, no tasks: what a secured stream could reach here at best, with
+/// both ends' encryption and the kernel's work sharing this machine's cores).
+func tcpThroughput(sealed: Bool) async throws -> Double {
     let (sealer, opener) = try transportPair()
     let done = serverLoop.makePromise(of: Void.self)
     let server = try await ServerBootstrap(group: serverLoop)
@@ -143,7 +105,7 @@ func sealedTCPThroughput() async throws -> Double {
         .childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(
-                    OpeningSinkHandler(expected: totalBytes, done: done, transport: opener))
+                    SinkHandler(expected: totalBytes, done: done, transport: sealed ? opener : nil))
             }
         }
         .bind(host: "127.0.0.1", port: 0).get()
@@ -152,7 +114,8 @@ func sealedTCPThroughput() async throws -> Double {
         .channelOption(.socketOption(.tcp_nodelay), value: 1)
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(SourceHandler(total: totalBytes, transport: sealer))
+                try channel.pipeline.syncOperations.addHandler(
+                    SourceHandler(total: totalBytes, transport: sealed ? sealer : nil))
             }
         }
         .connect(to: server.localAddress!).get()
@@ -470,7 +433,7 @@ let (server, serverAddress) = try await makeHost()
 let client = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
 if CommandLine.arguments.dropFirst().first == "sealed" {
     // Only the sealed-TCP ceiling.
-    report("raw NIO TCP + Noise sealing (no Yamux)", try await sealedTCPThroughput(), "MB/s")
+    report("raw NIO TCP + Noise sealing (no Yamux)", try await tcpThroughput(sealed: true), "MB/s")
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "stream" {
@@ -479,7 +442,7 @@ if CommandLine.arguments.dropFirst().first == "stream" {
     exit(0)
 }
 print("p2pbench: \(megabytes) MiB per throughput run, loopback, 2 event loops")
-let raw = try await rawTCPThroughput()
+let raw = try await tcpThroughput(sealed: false)
 report("raw NIO TCP throughput", raw, "MB/s")
 let muxed = try await streamThroughput(server: serverAddress, client: client)
 report("one Yamux stream over Noise throughput", muxed, "MB/s")
@@ -488,7 +451,7 @@ let chacha = try chachaThroughput()
 report("ChaChaPoly (Noise framing) encrypt", chacha.encrypt, "MB/s")
 report("ChaChaPoly (Noise framing) decrypt", chacha.decrypt, "MB/s")
 report("  stream ratio to ChaChaPoly's limit", muxed / min(chacha.encrypt, chacha.decrypt), "")
-let sealed = try await sealedTCPThroughput()
+let sealed = try await tcpThroughput(sealed: true)
 report("raw NIO TCP + Noise sealing (no Yamux)", sealed, "MB/s")
 report("  stream ratio to sealed TCP", muxed / sealed, "")
 report("Noise XX handshakes (1 at a time)", try await handshakesPerSecond(server: serverAddress, count: 200, concurrency: 1), "/s")
