@@ -254,7 +254,8 @@ public struct NoiseTransport {
     private var receive: CipherState
     /// The start of a frame split across reads (length prefix included), held
     /// until the rest arrives. Frames that arrive whole are decrypted in place
-    /// of the read buffer, without this copy.
+    /// of the read buffer, without this copy. Its storage is kept and reused:
+    /// a fresh 64 KiB buffer per split frame cost a page fault per page.
     private var partial = ByteBuffer()
 
     init(send: CipherState, receive: CipherState) {
@@ -315,9 +316,12 @@ public struct NoiseTransport {
             var piece = input.readSlice(length: min(missing, input.readableBytes))!
             partial.writeBuffer(&piece)
             guard partial.readableBytes == 2 + length else { return }
-            var frame = partial
-            partial = ByteBuffer()
+            // The plaintext goes to a buffer of its own: the frame's storage is unshared again after this.
+            var frame = ByteBuffer()
+            swap(&frame, &partial)
             try decryptFrame(&frame, into: &plaintexts)
+            frame.clear()
+            partial = frame
         }
         while input.readableBytes >= 2 {
             let length = Int(input.getInteger(at: input.readerIndex, as: UInt16.self)!)
@@ -325,8 +329,11 @@ public struct NoiseTransport {
             try decryptFrame(&input, into: &plaintexts)
         }
         if input.readableBytes > 0 {
-            partial = ByteBuffer()
-            partial.reserveCapacity(2 + Self.maxFrame)
+            partial.clear()
+            if input.readableBytes >= 2 {
+                let length = Int(input.getInteger(at: input.readerIndex, as: UInt16.self)!)
+                partial.reserveCapacity(2 + length)
+            }
             partial.writeBuffer(&input)
         }
     }

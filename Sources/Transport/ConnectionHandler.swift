@@ -129,7 +129,6 @@ final class ConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
-        defer { wakeReaders() }
         do {
             try process(&bytes)
         } catch let error as TransportError {
@@ -143,7 +142,8 @@ final class ConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Readers that got data during this socket read, resumed once each at its end.
+    /// Readers that got data during this burst of socket reads, resumed once
+    /// each at its end (`channelReadComplete`), not once per read.
     private var inboxesToWake: [StreamInbox] = []
 
     private func wakeReaders() {
@@ -153,7 +153,20 @@ final class ConnectionHandler: ChannelInboundHandler {
         for inbox in inboxes { inbox.wake() }
     }
 
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && session != nil {
+            do {
+                try drainSession()
+            } catch {
+                fail(.securityFailed(reason: "\(error)"))
+            }
+            flushOutput()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
+        wakeReaders()
         flushOutput()
         context.fireChannelReadComplete()
     }
@@ -530,10 +543,24 @@ final class ConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Output
 
-    /// Moves whatever the Yamux session wants to send through Noise into the output buffer.
+    /// Stream data framed per batch while the socket keeps up.
+    static let outputBatch = 256 * 1024
+
+    /// Moves what the Yamux session has to send through Noise into the output
+    /// buffer: control frames always, stream data only while the channel is
+    /// writable. Data the socket cannot take yet stays in the streams' queues,
+    /// plaintext, where it counts against their writers' credit (TCP's
+    /// backpressure reaches the writers); it goes out on `channelWritabilityChanged`.
     private func drainSession() throws {
-        guard session != nil else { return }
-        try encryptAndQueue(session!.takeOutputPieces())
+        while session != nil {
+            let writable = context?.channel.isWritable ?? false
+            let output = session!.takeOutput(dataBudget: writable ? Self.outputBatch : 0)
+            try encryptAndQueue(output.pieces)
+            for id in output.streamsSent { releaseWriters(streamID: id) }
+            guard writable, session?.hasDataToSend == true else { return }
+            // More data than one batch: send this one, then see whether the socket took it.
+            flushOutput()
+        }
     }
 
     /// Seals plaintext pieces (in order) into Noise frames in the output buffer.

@@ -23,9 +23,13 @@ final class StreamWriteCredit: Sendable {
 
     private let state = Mutex(State())
     let limit: Int
+    /// A waiting writer is woken once its bytes fall to this (half the limit):
+    /// it then hands over several writes per wake-up, not one.
+    let resumeLevel: Int
 
     init(limit: Int) {
         self.limit = limit
+        self.resumeLevel = limit / 2
     }
 
     // MARK: Writer side
@@ -96,7 +100,7 @@ final class StreamWriteCredit: Sendable {
     private func update(_ change: (inout State) -> Void) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Error>] in
             change(&state)
-            guard state.inFlight + state.queued < limit, !state.waiters.isEmpty else { return [] }
+            guard state.inFlight + state.queued <= resumeLevel, !state.waiters.isEmpty else { return [] }
             defer { state.waiters = [:] }
             return Array(state.waiters.values)
         }

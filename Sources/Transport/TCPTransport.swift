@@ -18,9 +18,10 @@ public struct TransportConfiguration: Sendable {
     public var upgradeTimeout: TimeAmount = .seconds(15)
     /// Multistream-select on a new stream.
     public var streamNegotiationTimeout: TimeAmount = .seconds(10)
-    /// A writer waits while more than this much of its data is queued behind the
-    /// remote's receive window.
-    public var maxQueuedBytesPerStream: Int = 256 * 1024
+    /// A writer waits while this much of its data is handed over and not yet
+    /// framed (behind the remote's receive window or a full socket); it goes on
+    /// once half of it has gone out.
+    public var maxQueuedBytesPerStream: Int = 1024 * 1024
     /// Bounds on what a peer can make multistream-select allocate.
     public var multistreamLimits = MultistreamLimits()
     /// Yamux windows and stream limits.

@@ -109,6 +109,13 @@ public struct YamuxSession {
         var finQueued = false
         var finSent = false
         var remoteFin = false
+        /// In `sendQueue`: it has data (or a FIN) to frame.
+        var scheduled = false
+
+        /// Whether the next turn in the send queue would frame something.
+        var canSend: Bool {
+            (queuedBytes > 0 && sendWindow > 0) || (finQueued && !finSent && queuedBytes == 0)
+        }
     }
 
     public let configuration: Configuration
@@ -119,6 +126,12 @@ public struct YamuxSession {
     private var outputPieces: [ByteBuffer] = []
     /// Control bytes (headers) written after the last of `outputPieces`.
     private var output = ByteBuffer()
+    /// Streams with data or a FIN to frame, in turn order. Data is framed only
+    /// when the adapter takes output, within the budget it gives: a socket that
+    /// does not keep up leaves the data queued here (where the writer's credit
+    /// sees it), and streams share the link frame by frame.
+    private var sendQueue = CircularBuffer<UInt32>()
+
     private var input = ByteBuffer()
     private var incoming: IncomingPayload?
     private var localGoAway = false
@@ -140,17 +153,63 @@ public struct YamuxSession {
         return all
     }
 
-    /// The bytes to send, accumulated since the last call, as pieces to send in
-    /// order: frame headers, and data payloads as slices of the buffers the
-    /// application wrote (never copied here).
+    /// The bytes to send as pieces, in order: control frames first (window
+    /// updates, SYN/ACK, RST, pings, go-away: they never wait behind data),
+    /// then data frames of the streams in turn, one frame per stream per turn,
+    /// up to `dataBudget` payload bytes. Payloads are slices of the buffers the
+    /// application wrote (never copied here). A stream's FIN follows its last
+    /// data whatever the budget.
     public mutating func takeOutputPieces() -> [ByteBuffer] {
+        takeOutput(dataBudget: .max).pieces
+    }
+
+    /// What `takeOutput(dataBudget:)` hands the adapter.
+    public struct Output {
+        /// The bytes to send, in order.
+        public var pieces: [ByteBuffer]
+        /// Streams that had data or a FIN framed: their queues shrank, their writers may continue.
+        public var streamsSent: [UInt32]
+    }
+
+    /// Like `takeOutputPieces()`, framing at most `dataBudget` bytes of data.
+    public mutating func takeOutput(dataBudget: Int) -> Output {
+        var streamsSent: [UInt32] = []
+        if output.readableBytes > 0 {
+            outputPieces.append(output)
+            output = ByteBuffer()
+        }
+        var budget = dataBudget
+        // Rounds over the queue: each stream frames at most one frame per round.
+        var visits = sendQueue.count
+        while visits > 0, let id = sendQueue.popFirst() {
+            visits -= 1
+            guard var stream = streams[id] else { continue }
+            stream.scheduled = false
+            if stream.canSend && (budget > 0 || stream.queuedBytes == 0) {
+                budget -= frameNext(id, &stream, budget: budget)
+                if streamsSent.last != id { streamsSent.append(id) }
+            }
+            if stream.canSend {
+                stream.scheduled = true
+                sendQueue.append(id)
+            }
+            streams[id] = stream
+            if stream.finSent { removeIfClosed(id) }
+            if visits == 0 && budget > 0 { visits = sendQueue.count }
+        }
         if output.readableBytes > 0 {
             outputPieces.append(output)
             output = ByteBuffer()
         }
         defer { outputPieces = [] }
-        return outputPieces
+        return Output(pieces: outputPieces, streamsSent: streamsSent)
     }
+
+    /// Whether some stream has data (or a FIN) it could frame now.
+    public var hasDataToSend: Bool {
+        sendQueue.contains { streams[$0]?.canSend ?? false }
+    }
+
 
     // MARK: - Local operations
 
@@ -168,16 +227,16 @@ public struct YamuxSession {
         return id
     }
 
-    /// Queues data and sends as much as the remote's window allows.
+    /// Queues data; it is framed, as the remote's window allows, when output is taken.
     public mutating func write(streamID id: UInt32, data: ByteBuffer) {
         guard var stream = streams[id], !stream.finQueued, data.readableBytes > 0 else { return }
         stream.queue.append(data)
         stream.queuedBytes += data.readableBytes
-        flush(id, &stream)
+        schedule(id, &stream)
         streams[id] = stream
     }
 
-    /// Bytes waiting for the remote's window on this stream.
+    /// Bytes of this stream not yet framed (waiting for the remote's window or the socket).
     public func queuedBytes(streamID id: UInt32) -> Int {
         streams[id]?.queuedBytes ?? 0
     }
@@ -186,9 +245,8 @@ public struct YamuxSession {
     public mutating func closeWrite(streamID id: UInt32) {
         guard var stream = streams[id], !stream.finQueued else { return }
         stream.finQueued = true
-        flush(id, &stream)
+        schedule(id, &stream)
         streams[id] = stream
-        removeIfClosed(id)
     }
 
     /// Abruptly ends the stream (RST) and forgets it.
@@ -359,10 +417,8 @@ public struct YamuxSession {
             let (window, overflow) = stream.sendWindow.addingReportingOverflow(length)
             guard !overflow else { throw YamuxError.windowOverflow(id) }
             stream.sendWindow = window
-            if length > 0 && stream.queuedBytes > 0 {
-                flush(id, &stream)
-                events.append(.sendWindowOpened(id))
-            } else if length > 0 {
+            if length > 0 {
+                schedule(id, &stream)
                 events.append(.sendWindowOpened(id))
             }
             streams[id] = stream
@@ -397,13 +453,19 @@ public struct YamuxSession {
 
     // MARK: - Output helpers
 
-    /// Sends queued data within the window; then the FIN if one is due.
-    private mutating func flush(_ id: UInt32, _ stream: inout Stream) {
-        let sendable = min(stream.queuedBytes, Int(stream.sendWindow))
-        let frames = (sendable + configuration.maxFramePayload - 1) / configuration.maxFramePayload
-        output.reserveCapacity(minimumWritableBytes: sendable + (frames + 1) * Self.headerLength)
-        while stream.sendWindow > 0, var chunk = stream.queue.first {
-            let size = min(chunk.readableBytes, Int(stream.sendWindow), configuration.maxFramePayload)
+    /// Puts a stream that can send in the send queue (once).
+    private mutating func schedule(_ id: UInt32, _ stream: inout Stream) {
+        guard !stream.scheduled, stream.canSend else { return }
+        stream.scheduled = true
+        sendQueue.append(id)
+    }
+
+    /// Frames the stream's next data frame (at most a frame, the window and
+    /// `budget`), then its FIN if due; returns the payload bytes framed.
+    private mutating func frameNext(_ id: UInt32, _ stream: inout Stream, budget: Int) -> Int {
+        var framed = 0
+        if stream.sendWindow > 0, budget > 0, var chunk = stream.queue.first {
+            let size = min(chunk.readableBytes, Int(stream.sendWindow), configuration.maxFramePayload, budget)
             let piece = chunk.readSlice(length: size)!
             if chunk.readableBytes == 0 {
                 stream.queue.removeFirst()
@@ -418,11 +480,13 @@ public struct YamuxSession {
             output = ByteBuffer()
             outputPieces.append(piece)
             if fin { stream.finSent = true }
+            framed = size
         }
         if stream.finQueued && !stream.finSent && stream.queuedBytes == 0 {
             writeHeader(.windowUpdate, flags: .fin, stream: id, length: 0)
             stream.finSent = true
         }
+        return framed
     }
 
     /// Forgets a stream both sides have finished; true if it did.

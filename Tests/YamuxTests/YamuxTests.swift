@@ -50,7 +50,80 @@ func header(type: UInt8, flags: UInt16, stream: UInt32, length: UInt32, version:
     return buffer
 }
 
+/// The frames in a run of output pieces: (type, flags, stream, length).
+func frames(in pieces: [ByteBuffer]) -> [(type: UInt8, flags: UInt16, stream: UInt32, length: UInt32)] {
+    var all = ByteBuffer()
+    for var piece in pieces { all.writeBuffer(&piece) }
+    var result: [(type: UInt8, flags: UInt16, stream: UInt32, length: UInt32)] = []
+    while all.readableBytes >= 12 {
+        all.moveReaderIndex(forwardBy: 1)
+        let type = all.readInteger(as: UInt8.self)!
+        let flags = all.readInteger(as: UInt16.self)!
+        let stream = all.readInteger(as: UInt32.self)!
+        let length = all.readInteger(as: UInt32.self)!
+        if type == 0 { all.moveReaderIndex(forwardBy: Int(length)) }
+        result.append((type, flags, stream, length))
+    }
+    XCTAssertEqual(all.readableBytes, 0, "output ends inside a frame")
+    return result
+}
+
 final class YamuxTests: XCTestCase {
+    /// Data is framed only within the budget the adapter gives (the socket's
+    /// room), a frame per stream per turn; control frames never wait.
+    func testDataBudgetSharesTheLinkByTurns() throws {
+        var link = Link()
+        let a = try link.client.openStream()
+        let b = try link.client.openStream()
+        try link.pump()
+        link.client.write(streamID: a, data: ByteBuffer(repeating: 1, count: 512 * 1024))
+        link.client.write(streamID: b, data: ByteBuffer(repeating: 2, count: 64 * 1024))
+        _ = link.client.ping()
+
+        // A socket that takes nothing: the ping goes, the data stays queued.
+        let blocked = link.client.takeOutput(dataBudget: 0)
+        XCTAssertEqual(frames(in: blocked.pieces).map(\.type), [2])
+        XCTAssertEqual(blocked.streamsSent, [])
+        XCTAssertEqual(link.client.queuedBytes(streamID: a), 512 * 1024)
+        XCTAssertTrue(link.client.hasDataToSend)
+
+        // Room for 200 KiB: a frame of A, then B's turn, then the rest of the budget to A.
+        let some = link.client.takeOutput(dataBudget: 200 * 1024)
+        let sent = frames(in: some.pieces)
+        XCTAssertEqual(sent.map(\.stream), [a, b, a])
+        XCTAssertEqual(sent.map(\.length), [128 * 1024, 64 * 1024, 8 * 1024])
+        XCTAssertEqual(Set(some.streamsSent), [a, b])
+        XCTAssertEqual(link.client.queuedBytes(streamID: a), (512 - 136) * 1024)
+        XCTAssertEqual(link.client.queuedBytes(streamID: b), 0)
+
+        // The rest goes within A's window (256 KiB at first), then waits for the remote.
+        let rest = link.client.takeOutput(dataBudget: .max)
+        XCTAssertEqual(frames(in: rest.pieces).reduce(0) { $0 + Int($1.length) }, (256 - 136) * 1024)
+        XCTAssertFalse(link.client.hasDataToSend)
+        XCTAssertEqual(link.client.queuedBytes(streamID: a), 256 * 1024)
+    }
+
+    /// A FIN follows the stream's data: it waits while the data does, and goes
+    /// at once when nothing is queued.
+    func testFinFollowsQueuedDataWhateverTheBudget() throws {
+        var link = Link()
+        let a = try link.client.openStream()
+        let b = try link.client.openStream()
+        try link.pump()
+        link.client.write(streamID: a, data: ByteBuffer(repeating: 1, count: 1000))
+        link.client.closeWrite(streamID: a)
+        link.client.closeWrite(streamID: b)
+        let blocked = frames(in: link.client.takeOutput(dataBudget: 0).pieces)
+        XCTAssertEqual(blocked.count, 1)
+        XCTAssertEqual(blocked.first?.stream, b)
+        XCTAssertEqual(blocked.first?.flags, 4, "b's FIN alone")
+        let later = frames(in: link.client.takeOutput(dataBudget: .max).pieces)
+        XCTAssertEqual(later.count, 1)
+        XCTAssertEqual(later.first?.stream, a)
+        XCTAssertEqual(later.first?.type, 0)
+        XCTAssertEqual(later.first?.length, 1000)
+        XCTAssertEqual(later.first?.flags, 4, "FIN on a's last data frame")
+    }
     func testOpenSendCloseBothWays() throws {
         for step in [1, 5, 12, 13, 1000] {
             var link = Link()
