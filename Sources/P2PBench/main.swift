@@ -97,7 +97,8 @@ final class SourceHandler: ChannelInboundHandler {
 /// no streams, no tasks: what a secured stream could reach here at best, with
 /// both ends' encryption and the kernel's work sharing this machine's cores).
 func tcpThroughput(sealed: Bool) async throws -> Double {
-    let (sealer, opener) = try transportPair()
+    // Each transport is handed to its end's handler once and used only there, on that end's loop.
+    nonisolated(unsafe) let (sealer, opener) = try transportPair()
     let done = serverLoop.makePromise(of: Void.self)
     let server = try await ServerBootstrap(group: serverLoop)
         .childChannelOption(.socketOption(.tcp_nodelay), value: 1)

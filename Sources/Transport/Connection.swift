@@ -111,11 +111,7 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
         if chunk == nil {
             connection.eventLoop.execute { handler.value.endOfStreamRead(streamID: id) }
         } else if report > 0 {
-            if connection.eventLoop.inEventLoop {
-                handler.value.consumed(streamID: id, bytes: report)
-            } else {
-                connection.eventLoop.execute { handler.value.consumed(streamID: id, bytes: report) }
-            }
+            connection.eventLoop.execute { handler.value.consumed(streamID: id, bytes: report) }
         }
         return chunk
     }
@@ -128,10 +124,6 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
         let handler = connection.handler
         let id = streamID
         let credit = self.credit
-        if connection.eventLoop.inEventLoop {
-            handler.value.write(streamID: id, data: data, credit: credit)
-            return
-        }
         connection.eventLoop.execute {
             handler.value.write(streamID: id, data: data, credit: credit)
         }
