@@ -26,11 +26,23 @@ public struct TransportConfiguration: Sendable {
     public var multistreamLimits = MultistreamLimits()
     /// Yamux windows and stream limits.
     public var yamux = YamuxSession.Configuration()
+    /// The kernel takes more from us only while less than this is waiting
+    /// unsent in the socket (TCP_NOTSENT_LOWAT). What the link cannot carry yet
+    /// then waits in the streams' queues, where streams take turns and control
+    /// frames go first, rather than in one kernel queue where a chat message
+    /// would sit behind megabytes of a bulk stream on a slow link. nil leaves
+    /// the kernel's default (no limit).
+    public var notSentLowWatermark: Int? = 128 * 1024
     /// Socket reads grow up to 256 KiB under load (NIO's default stops at 64 KiB):
     /// fewer Noise frames are split across reads, and each split costs a copy.
     static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
 
     public init() {}
+}
+
+extension NIOBSDSocket.Option {
+    /// TCP_NOTSENT_LOWAT (Linux, since 3.12); 0 means the kernel default.
+    static let tcp_notsent_lowat = NIOBSDSocket.Option(rawValue: 25)
 }
 
 /// A TCP listener with its bound address.
@@ -91,6 +103,7 @@ public final class TCPTransport: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
+            .childChannelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
             .childChannelInitializer { [self] channel in
                 let promise = channel.eventLoop.makePromise(of: Connection.self)
                 let handler = self.makeHandler(direction: .inbound, expectedRemotePeer: nil, promise: promise)
@@ -127,6 +140,7 @@ public final class TCPTransport: Sendable {
             .connectTimeout(configuration.dialTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
+            .channelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
             .channelInitializer { [self] channel in
                 let handler = self.makeHandler(direction: .outbound, expectedRemotePeer: expected, promise: promise)
                 return channel.eventLoop.makeCompletedFuture {

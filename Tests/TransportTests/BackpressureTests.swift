@@ -12,6 +12,34 @@ import XCTest
 final class BackpressureTests: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
 
+    /// Both ends' sockets limit what waits unsent in the kernel, so that data a
+    /// slow link cannot carry yet waits in the streams' queues, by turns.
+    func testSocketsLimitTheKernelsUnsentQueue() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        var configuration = TransportConfiguration()
+        configuration.notSentLowWatermark = 64 * 1024
+        let (client, _) = try await makeTestHost(group: group, configuration: configuration)
+        let inbound = AsyncStream<Connection>.makeStream()
+        server.setStreamHandler("/p2pchat/test/lowat/1.0.0") { stream in
+            inbound.continuation.yield(stream.connection)
+            try? await stream.closeWrite()
+        }
+        let connection = try await client.connect(address)
+        let stream = try await connection.newStream(protocols: ["/p2pchat/test/lowat/1.0.0"])
+        try await stream.closeWrite()
+        let serverSide = try await withDeadline(10) { () -> Connection? in
+            for await connection in inbound.stream { return connection }
+            return nil
+        }
+        let option = ChannelOptions.tcpOption(.tcp_notsent_lowat)
+        let clientValue = try await connection.channel.getOption(option).get()
+        let serverValue = try await XCTUnwrap(serverSide).channel.getOption(option).get()
+        XCTAssertEqual(clientValue, 64 * 1024)
+        XCTAssertEqual(serverValue, TransportConfiguration().notSentLowWatermark)
+        await client.close()
+        await server.close()
+    }
+
     func testBlockedSocketHoldsTheWriterNotTheOutputBuffer() async throws {
         // A Yamux window far larger than the kernel's socket buffers, so that
         // only TCP can hold the writer back.
