@@ -491,9 +491,13 @@ if CommandLine.arguments.dropFirst().first == "sealed" {
     report("raw NIO TCP + Noise sealing (no Yamux)", try await tcpThroughput(sealed: true), "MB/s")
     exit(0)
 }
-if CommandLine.arguments.dropFirst().first == "ping" {
+/// Ping idle, then while a stream floods the same connection.
+func reportPing() async throws {
     report("ping round trip (median of 200)", try await pingRoundTrip(server: serverAddress, client: client), "µs")
     report("  same, while a stream floods the connection", try await pingUnderLoad(server: serverAddress, client: client), "µs")
+}
+if CommandLine.arguments.dropFirst().first == "ping" {
+    try await reportPing()
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "stream" {
@@ -537,8 +541,7 @@ let roundRatios = zip(streamRuns, sealedRuns).map { $0 / $1 }
 report("  same, median of each round's ratio", median(roundRatios), spread(roundRatios, digits: 2))
 report("Noise XX handshakes (1 at a time)", try await handshakesPerSecond(server: serverAddress, count: 200, concurrency: 1), "/s")
 report("Noise XX handshakes (8 concurrent)", try await handshakesPerSecond(server: serverAddress, count: 400, concurrency: 8), "/s")
-report("ping round trip (median of 200)", try await pingRoundTrip(server: serverAddress, client: client), "µs")
-report("  same, while a stream floods the connection", try await pingUnderLoad(server: serverAddress, client: client), "µs")
+try await reportPing()
 if let (idle, perConnection) = try await memory(connections: 100) {
     report("idle node resident memory", Double(idle) / 1024 / 1024, "MiB")
     report("per additional connection", Double(perConnection) / 1024, "KiB")

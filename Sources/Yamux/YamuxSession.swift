@@ -153,12 +153,7 @@ public struct YamuxSession {
         return all
     }
 
-    /// The bytes to send as pieces, in order: control frames first (window
-    /// updates, SYN/ACK, RST, pings, go-away: they never wait behind data),
-    /// then data frames of the streams in turn, one frame per stream per turn,
-    /// up to `dataBudget` payload bytes. Payloads are slices of the buffers the
-    /// application wrote (never copied here). A stream's FIN follows its last
-    /// data whatever the budget.
+    /// Everything there is to send, as pieces in order (see `takeOutput(dataBudget:)`).
     public mutating func takeOutputPieces() -> [ByteBuffer] {
         takeOutput(dataBudget: .max).pieces
     }
@@ -171,7 +166,12 @@ public struct YamuxSession {
         public var streamsSent: [UInt32]
     }
 
-    /// Like `takeOutputPieces()`, framing at most `dataBudget` bytes of data.
+    /// The bytes to send as pieces, in order: control frames first (window
+    /// updates, SYN/ACK, RST, pings, go-away: they never wait behind data),
+    /// then data frames of the streams in turn, one frame per stream per turn,
+    /// up to `dataBudget` payload bytes (the room the socket has). Payloads are
+    /// slices of the buffers the application wrote (never copied here). A
+    /// stream's FIN follows its last data whatever the budget.
     public mutating func takeOutput(dataBudget: Int) -> Output {
         var streamsSent: [UInt32] = []
         if output.readableBytes > 0 {
