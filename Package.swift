@@ -48,9 +48,13 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]
         ),
         .target(
+            name: "Security",
+            dependencies: ["Identity", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
             name: "Noise",
             dependencies: [
-                "Identity", "COpenSSLAEAD",
+                "Identity", "Security", "COpenSSLAEAD",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -65,7 +69,7 @@ let package = Package(
         .target(
             name: "Transport",
             dependencies: [
-                "Multiformats", "Identity", "Multistream", "Noise", "Yamux",
+                "Multiformats", "Identity", "Multistream", "Security", "Noise", "Yamux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -43,13 +43,16 @@ public struct NoiseHandshake {
     /// Test hook: send these bytes as our payload instead of the real one.
     var payloadOverride: [UInt8]?
     private var remoteStatic: [UInt8] = []
+    /// Muxers we list in our payload's extensions (early muxer negotiation).
+    private let muxers: [String]
 
     public init(
-        initiator: Bool, identity: PrivateKey, expectedRemotePeer: PeerID? = nil,
+        initiator: Bool, identity: PrivateKey, expectedRemotePeer: PeerID? = nil, muxers: [String] = [],
         staticKey: Curve25519.KeyAgreement.PrivateKey = .init(),
         ephemeralKey: Curve25519.KeyAgreement.PrivateKey = .init()
     ) {
         self.isInitiator = initiator
+        self.muxers = muxers
         self.identity = identity
         self.expectedRemotePeer = expectedRemotePeer
         self.staticKey = staticKey
@@ -178,6 +181,9 @@ public struct NoiseHandshake {
         guard let signature = try? identity.sign(Self.signaturePrefix + Array(staticKey.publicKey.rawRepresentation))
         else { throw .invalidIdentityKey("cannot sign with our own key") }
         payload.identitySig = Data(signature)
+        if !muxers.isEmpty {
+            payload.extensions.streamMuxers = muxers
+        }
         guard let bytes: [UInt8] = try? payload.serializedBytes() else { throw .malformedPayload("encoding") }
         return bytes
     }

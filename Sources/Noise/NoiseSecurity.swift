@@ -1,0 +1,59 @@
+import Identity
+import NIOCore
+import Security
+
+/// `/noise` as one of the upgrader's security protocols.
+public struct NoiseSecurity: SecurityProtocol {
+    public static let protocolID = "/noise"
+    public var protocolID: String { Self.protocolID }
+
+    public init() {}
+
+    public func makeHandshake(
+        role: SecurityRole, localKey: PrivateKey, expectedRemotePeer: PeerID?, muxers: [String]
+    ) throws -> any SecurityHandshake {
+        NoiseSecurityHandshake(
+            handshake: NoiseHandshake(
+                initiator: role == .initiator, identity: localKey, expectedRemotePeer: expectedRemotePeer,
+                muxers: muxers),
+            role: role, expectedRemotePeer: expectedRemotePeer, muxers: muxers)
+    }
+}
+
+/// The Noise XX handshake behind the security-protocol interface.
+struct NoiseSecurityHandshake: SecurityHandshake {
+    var handshake: NoiseHandshake
+    let role: SecurityRole
+    let expectedRemotePeer: PeerID?
+    let muxers: [String]
+
+    mutating func start(into output: inout ByteBuffer) throws {
+        handshake.start(into: &output)
+    }
+
+    mutating func receive(_ input: inout ByteBuffer, output: inout ByteBuffer) throws -> SecuredConnection? {
+        let result: NoiseHandshake.Result
+        do {
+            guard let done = try handshake.receive(&input, output: &output) else { return nil }
+            result = done
+        } catch .peerIDMismatch(_, let got) {
+            // Reported as the protocol-independent error, so callers can tell it apart.
+            if let expectedRemotePeer, let actual = try? PeerID(got) {
+                throw PeerIDMismatch(expected: expectedRemotePeer, actual: actual)
+            }
+            throw NoiseError.peerIDMismatch(expected: "\(expectedRemotePeer.map { "\($0)" } ?? "?")", got: got)
+        }
+        return SecuredConnection(
+            remotePeer: result.remotePeer, remotePublicKey: result.remotePublicKey, session: result.transport,
+            remainder: result.remainder,
+            negotiatedMuxer: selectEarlyMuxer(role: role, local: muxers, remote: result.remoteMuxers))
+    }
+}
+
+extension NoiseTransport: SecureSession {
+    public mutating func receive(
+        _ input: inout ByteBuffer, plaintexts: inout [ByteBuffer], output: inout ByteBuffer
+    ) throws {
+        try decrypt(&input, into: &plaintexts)
+    }
+}
