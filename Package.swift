@@ -71,6 +71,7 @@ let package = Package(
             dependencies: [
                 "Multiformats", "Identity", "Multistream", "Security", "Noise", "Yamux",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -78,7 +79,7 @@ let package = Package(
         .target(
             name: "Host",
             dependencies: [
-                "Transport",
+                "Transport", "Security", "Noise",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -139,9 +140,12 @@ let package = Package(
         ),
         .target(
             name: "TestSupport",
-            dependencies: ["Host", "Identify", "Ping", .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                "Host", "Identify", "Ping", "Noise", "Security", .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             path: "Tests/TestSupport"
         ),
+        .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "TestSupport"]),
         .testTarget(
             name: "TransportTests",
             dependencies: ["Transport", "Host", "Identify", "Ping", "Perf", "Noise", "Multistream", "TestSupport"]

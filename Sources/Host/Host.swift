@@ -3,13 +3,21 @@ import Logging
 import Multiformats
 import NIOCore
 import NIOPosix
+import Noise
+import Security
 import Synchronization
 import Transport
 
 /// Something that happened to the host's connections or peers.
 public enum HostEvent: Sendable {
+    /// A connection was established (there may be several to one peer: two
+    /// peers that dial each other at once keep both, as go- and rust-libp2p do).
     case connected(Connection)
     case disconnected(Connection)
+    /// The first connection to a peer: the peer is now connected.
+    case peerConnected(Connection)
+    /// The last connection to a peer closed.
+    case peerDisconnected(PeerID)
     /// The peer store learned something new about a peer (e.g. from identify).
     case peerUpdated(PeerID)
     /// Our listen addresses or supported protocols changed.
@@ -22,17 +30,26 @@ public typealias StreamHandler = @Sendable (MuxedStream) async -> Void
 
 /// Errors of the host.
 public enum HostError: Error, CustomStringConvertible, Sendable {
-    case notStarted
+    /// The peer store knows no address of the peer.
     case noAddresses(PeerID)
-    case dialFailed(PeerID, [String])
+    /// Every address of the peer failed; each attempt keeps its error.
+    case dialFailed(PeerID, [DialAttempt])
 
     public var description: String {
         switch self {
-        case .notStarted: return "host is not started"
         case .noAddresses(let peer): return "no known addresses for \(peer)"
-        case .dialFailed(let peer, let reasons): return "could not reach \(peer): \(reasons.joined(separator: "; "))"
+        case .dialFailed(let peer, let attempts):
+            return "could not reach \(peer): \(attempts.map(\.description).joined(separator: "; "))"
         }
     }
+}
+
+/// One failed dial of one address.
+public struct DialAttempt: Sendable, CustomStringConvertible {
+    public let address: Multiaddr
+    public let error: any Error
+
+    public var description: String { "\(address): \(error)" }
 }
 
 /// A libp2p node: listens, dials, keeps one connection per peer where it can,
@@ -44,36 +61,50 @@ public final class Libp2pHost: Sendable {
     public let group: EventLoopGroup
     private let logger: Logger
 
+    /// Tried in order: the first that can dial (or listen on) an address takes it.
+    public let transports: [any Transport]
+    /// Secures and multiplexes every connection of every transport.
+    public let upgrader: Upgrader
+
     private struct State {
-        var transport: TCPTransport?
         var listeners: [Listener] = []
         var handlers: [String: StreamHandler] = [:]
         var connections: [PeerID: [Connection]] = [:]
+        var pendingDials: [PeerID: Task<Connection, any Error>] = [:]
         var subscribers: [UInt64: AsyncStream<HostEvent>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
         var closed = false
     }
     private let state = Mutex(State())
 
+    /// A host on `transports` (TCP by default) offering `security` in order of
+    /// preference (Noise by default).
     public init(
         key: PrivateKey, configuration: TransportConfiguration = .init(), group: EventLoopGroup? = nil,
+        transports: [any Transport]? = nil, security: [any SecurityProtocol] = [NoiseSecurity()],
         logger: Logger = Logger(label: "p2p.host")
     ) {
         self.localKey = key
         self.localPeer = PeerID(publicKey: key.publicKey)
         // NIO's process-wide group by default: it is never shut down, so late
         // work (a stream reset after close) always has a loop to run on.
-        self.group = group ?? MultiThreadedEventLoopGroup.singleton
+        let group = group ?? MultiThreadedEventLoopGroup.singleton
+        self.group = group
         self.logger = logger
-        let acceptor = Acceptor(host: WeakHost(self))
-        let real = TCPTransport(
-            group: self.group, localKey: key, configuration: configuration, acceptor: acceptor, logger: logger,
-            onInboundConnection: { [weak self] connection in self?.adopt(connection) })
-        state.withLock { $0.transport = real }
+        self.transports = transports ?? [TCPTransport(group: group)]
+        // The upgrader reaches the host weakly: connections must not keep it alive.
+        let weakHost = WeakHost()
+        self.upgrader = Upgrader(
+            localKey: key, security: security, configuration: configuration, acceptor: Acceptor(host: weakHost),
+            logger: logger, onInboundConnection: { connection in weakHost.host?.adopt(connection) })
+        weakHost.set(self)
     }
 
-    private var transport: TCPTransport {
-        state.withLock { $0.transport! }
+    private func transport(dialing address: Multiaddr) throws -> any Transport {
+        guard let transport = transports.first(where: { $0.canDial(address) }) else {
+            throw TransportError.unsupportedAddress("\(address)")
+        }
+        return transport
     }
 
     // MARK: Listening
@@ -83,7 +114,10 @@ public final class Libp2pHost: Sendable {
     public func listen(on addresses: [Multiaddr]) async throws -> [Multiaddr] {
         var bound: [Multiaddr] = []
         for address in addresses {
-            let listener = try await transport.listen(on: address)
+            guard let transport = transports.first(where: { $0.canListen(address) }) else {
+                throw TransportError.unsupportedAddress("\(address)")
+            }
+            let listener = try await transport.listen(on: address, upgrader: upgrader)
             state.withLock { $0.listeners.append(listener) }
             bound.append(listener.address)
         }
@@ -103,30 +137,28 @@ public final class Libp2pHost: Sendable {
         var result: [Multiaddr] = []
         for address in bound {
             let parts = address.components
-            guard parts.count == 2, case .tcp(let port) = parts[1] else {
-                result.append(address)
-                continue
+            let rest = Array(parts.dropFirst())
+            func add(_ candidate: Multiaddr) {
+                if !result.contains(candidate) { result.append(candidate) }
             }
-            switch parts[0] {
-            case .ip4(let ip) where ip == [0, 0, 0, 0]:
+            switch parts.first {
+            case .ip4(let ip)? where ip == [0, 0, 0, 0]:
                 for device in interfaces {
                     guard let socket = device.address, case .v4 = socket,
-                        var expanded = try? Multiaddr(socketAddress: socket)
+                        let expanded = try? Multiaddr(socketAddress: socket)
                     else { continue }
-                    expanded = Multiaddr([expanded.components[0], .tcp(port)])
-                    if !result.contains(expanded) { result.append(expanded) }
+                    add(Multiaddr([expanded.components[0]] + rest))
                 }
-            case .ip6(let ip) where ip.allSatisfy({ $0 == 0 }):
+            case .ip6(let ip)? where ip.allSatisfy({ $0 == 0 }):
                 for device in interfaces {
                     guard let socket = device.address, case .v6(let v6) = socket,
                         v6.address.sin6_scope_id == 0,  // skip link-local: needs a zone
-                        var expanded = try? Multiaddr(socketAddress: socket)
+                        let expanded = try? Multiaddr(socketAddress: socket)
                     else { continue }
-                    expanded = Multiaddr([expanded.components[0], .tcp(port)])
-                    if !result.contains(expanded) { result.append(expanded) }
+                    add(Multiaddr([expanded.components[0]] + rest))
                 }
             default:
-                if !result.contains(address) { result.append(address) }
+                add(address)
             }
         }
         return result
@@ -161,7 +193,7 @@ public final class Libp2pHost: Sendable {
         if let peer = address.peerID, let existing = connection(to: peer) {
             return existing
         }
-        let connection = try await transport.dial(address)
+        let connection = try await transport(dialing: address).dial(address, upgrader: upgrader)
         adopt(connection)
         return connection
     }
@@ -179,21 +211,64 @@ public final class Libp2pHost: Sendable {
         state.withLock { $0.connections.values.flatMap { $0 } }
     }
 
-    /// A connection to the peer: the live one, or a new one to a known address.
+    /// Delay between starting dials to successive addresses of one peer
+    /// (happy eyeballs, RFC 8305's connection attempt delay).
+    public static let dialStagger: Duration = .milliseconds(250)
+
+    /// A connection to the peer: the live one, one being dialled already, or a
+    /// new one to its known addresses, dialled with a short stagger (happy
+    /// eyeballs); the first to succeed wins and the rest are cancelled.
     public func connect(to peer: PeerID) async throws -> Connection {
         if let existing = connection(to: peer) { return existing }
         let addresses = peerStore.info(peer)?.addresses ?? []
         guard !addresses.isEmpty else { throw HostError.noAddresses(peer) }
-        var reasons: [String] = []
-        for address in addresses {
-            do {
-                let full = address.peerID == nil ? address.encapsulating(.p2p(peer.bytes)) : address
-                return try await connect(full)
-            } catch {
-                reasons.append("\(address): \(error)")
-            }
+        let (dial, isNew) = state.withLock { state -> (Task<Connection, any Error>, Bool) in
+            if let pending = state.pendingDials[peer] { return (pending, false) }
+            let dial = Task { try await self.dialStaggered(peer, addresses: addresses) }
+            state.pendingDials[peer] = dial
+            return (dial, true)
         }
-        throw HostError.dialFailed(peer, reasons)
+        // Callers share one dial per peer; the first caller clears it.
+        defer { if isNew { state.withLock { _ = $0.pendingDials.removeValue(forKey: peer) } } }
+        return try await withTaskCancellationHandler {
+            try await dial.value
+        } onCancel: {
+            if isNew { dial.cancel() }
+        }
+    }
+
+    private func dialStaggered(_ peer: PeerID, addresses: [Multiaddr]) async throws -> Connection {
+        let targets = addresses.map { $0.peerID == nil ? $0.encapsulating(.p2p(peer.bytes)) : $0 }
+        return try await withThrowingTaskGroup(of: (Int, Result<Connection, any Error>).self) { group in
+            for (index, address) in targets.enumerated() {
+                group.addTask {
+                    do {
+                        if index > 0 { try await Task.sleep(for: Self.dialStagger * index) }
+                        let transport = try self.transport(dialing: address)
+                        return (index, .success(try await transport.dial(address, upgrader: self.upgrader)))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
+            }
+            var winner: Connection?
+            var attempts: [DialAttempt] = []
+            for try await (index, result) in group {
+                switch result {
+                case .success(let connection) where winner == nil:
+                    winner = connection
+                    group.cancelAll()
+                case .success(let connection):
+                    // Finished while the others were being cancelled.
+                    await connection.close()
+                case .failure(let error):
+                    if winner == nil { attempts.append(DialAttempt(address: targets[index], error: error)) }
+                }
+            }
+            guard let winner else { throw HostError.dialFailed(peer, attempts) }
+            adopt(winner)
+            return winner
+        }
     }
 
     /// Opens a stream to a peer for the first of `protocols` it supports.
@@ -202,11 +277,12 @@ public final class Libp2pHost: Sendable {
         return try await connection.newStream(protocols: protocols)
     }
 
-    private func adopt(_ connection: Connection) {
-        let accepted = state.withLock { state -> Bool in
-            guard !state.closed else { return false }
+    fileprivate func adopt(_ connection: Connection) {
+        let (accepted, first) = state.withLock { state -> (Bool, Bool) in
+            guard !state.closed else { return (false, false) }
+            let first = state.connections[connection.remotePeer]?.isEmpty ?? true
             state.connections[connection.remotePeer, default: []].append(connection)
-            return true
+            return (true, first)
         }
         guard accepted else {
             Task { await connection.close() }
@@ -218,23 +294,25 @@ public final class Libp2pHost: Sendable {
         peerStore.update(connection.remotePeer) { $0.publicKey = connection.remotePublicKey }
         logger.debug("connected", metadata: ["peer": "\(connection.remotePeer)", "conn": "\(connection.id)"])
         emit(.connected(connection))
+        if first { emit(.peerConnected(connection)) }
         connection.closeFuture.whenComplete { [weak self] _ in
             self?.forget(connection)
         }
     }
 
     private func forget(_ connection: Connection) {
-        let removed = state.withLock { state -> Bool in
+        let (removed, last) = state.withLock { state -> (Bool, Bool) in
             guard var list = state.connections[connection.remotePeer],
                 let index = list.firstIndex(where: { $0 === connection })
-            else { return false }
+            else { return (false, false) }
             list.remove(at: index)
             state.connections[connection.remotePeer] = list.isEmpty ? nil : list
-            return true
+            return (true, list.isEmpty)
         }
         if removed {
             logger.debug("disconnected", metadata: ["peer": "\(connection.remotePeer)", "conn": "\(connection.id)"])
             emit(.disconnected(connection))
+            if last { emit(.peerDisconnected(connection.remotePeer)) }
         }
     }
 
@@ -291,6 +369,10 @@ private final class WeakHost: Sendable {
 
     init(_ host: Libp2pHost? = nil) {
         reference = Mutex(WeakBox(host: host))
+    }
+
+    func set(_ host: Libp2pHost) {
+        reference.withLock { $0.host = host }
     }
 
     var host: Libp2pHost? { reference.withLock { $0.host } }

@@ -56,6 +56,8 @@ public enum MultiaddrComponent: Hashable, Sendable {
     /// A multihash, written as multibase text.
     case certhash([UInt8])
     case unix(String)
+    /// An in-process address (rust-libp2p's memory transport; code 777).
+    case memory(UInt64)
 
     /// The spec's code, name and value size (nil: length-prefixed; 0: no value).
     struct Descriptor {
@@ -92,6 +94,7 @@ public enum MultiaddrComponent: Hashable, Sendable {
         .init(code: 477, name: "ws", size: 0),
         .init(code: 478, name: "wss", size: 0),
         .init(code: 480, name: "http", size: 0),
+        .init(code: 777, name: "memory", size: 8),
     ]
     static let byCode: [UInt64: Descriptor] = Dictionary(uniqueKeysWithValues: descriptors.map { ($0.code, $0) })
     static let byName: [String: Descriptor] = {
@@ -130,6 +133,7 @@ public enum MultiaddrComponent: Hashable, Sendable {
         case .sni: "sni"
         case .certhash: "certhash"
         case .unix: "unix"
+        case .memory: "memory"
         }
     }
 
@@ -140,6 +144,7 @@ public enum MultiaddrComponent: Hashable, Sendable {
         switch self {
         case .ip4(let b), .ip6(let b), .p2p(let b), .certhash(let b): return b
         case .tcp(let p), .udp(let p), .dccp(let p), .sctp(let p): return [UInt8(p >> 8), UInt8(p & 0xff)]
+        case .memory(let n): return (0..<8).map { UInt8(truncatingIfNeeded: n >> (56 - 8 * $0)) }
         case .ip6zone(let s), .dns(let s), .dns4(let s), .dns6(let s), .dnsaddr(let s), .sni(let s), .unix(let s):
             return Array(s.utf8)
         default: return []
@@ -152,6 +157,7 @@ public enum MultiaddrComponent: Hashable, Sendable {
         case .ip4(let b): return IPAddressText.formatIPv4(b)
         case .ip6(let b): return IPAddressText.formatIPv6(b)
         case .tcp(let p), .udp(let p), .dccp(let p), .sctp(let p): return String(p)
+        case .memory(let n): return String(n)
         case .ip6zone(let s), .dns(let s), .dns4(let s), .dns6(let s), .dnsaddr(let s), .sni(let s): return s
         case .unix(let s): return s.hasPrefix("/") ? String(s.dropFirst()) : s
         case .p2p(let b): return Base58.encode(b)
@@ -176,6 +182,7 @@ public enum MultiaddrComponent: Hashable, Sendable {
         case "udp": return .udp(port())
         case "dccp": return .dccp(port())
         case "sctp": return .sctp(port())
+        case "memory": return .memory(value.reduce(0) { $0 << 8 | UInt64($1) })
         case "dns": return .dns(try text())
         case "dns4": return .dns4(try text())
         case "dns6": return .dns6(try text())
@@ -222,6 +229,9 @@ public enum MultiaddrComponent: Hashable, Sendable {
         case "tcp", "udp", "dccp", "sctp":
             guard text.allSatisfy({ $0.isASCII && $0.isNumber }), let port = UInt16(text) else { throw invalid }
             return try make(descriptor, value: [UInt8(port >> 8), UInt8(port & 0xff)])
+        case "memory":
+            guard text.allSatisfy({ $0.isASCII && $0.isNumber }), let n = UInt64(text) else { throw invalid }
+            return .memory(n)
         case "p2p":
             do {
                 let bytes: [UInt8]

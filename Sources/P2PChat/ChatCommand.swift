@@ -91,16 +91,13 @@ struct NodeCommand: AsyncParsableCommand {
         let printer = Task {
             for await event in events {
                 switch event {
-                case .connected(let connection):
+                // Per peer, not per connection: two peers that dial each other at once keep both.
+                case .peerConnected(let connection):
                     out.emit(
                         "connected", ["peer": "\(connection.remotePeer)", "addr": "\(connection.remoteAddress)"],
                         human: "Connected: \(connection.remotePeer) at \(connection.remoteAddress)")
-                case .disconnected(let connection):
-                    if host.connection(to: connection.remotePeer) == nil {
-                        out.emit(
-                            "disconnected", ["peer": "\(connection.remotePeer)"],
-                            human: "Disconnected: \(connection.remotePeer)")
-                    }
+                case .peerDisconnected(let peer):
+                    out.emit("disconnected", ["peer": "\(peer)"], human: "Disconnected: \(peer)")
                 default:
                     break
                 }

@@ -67,8 +67,15 @@ public final class PubSubService: Sendable {
                 case .connected(let connection):
                     Task { await self.attach(connection) }
                 case .disconnected(let connection):
-                    if host.connection(to: connection.remotePeer) == nil {
-                        await core.removePeer(connection.remotePeer)
+                    let peer = connection.remotePeer
+                    if let remaining = host.connection(to: peer) {
+                        // Another connection to the peer remains (both dialled at once): move our
+                        // stream there if it was on the one that closed.
+                        if await core.removePeer(peer, ifOutboundOn: connection.id) {
+                            Task { await self.attach(remaining) }
+                        }
+                    } else {
+                        await core.removePeer(peer)
                     }
                 default:
                     break
@@ -217,6 +224,8 @@ actor PubSubCore {
     private var subscribers: [String: [UUID: AsyncStream<PubSubMessage>.Continuation]] = [:]
     private var outbound: [PeerID: RPCOutbox] = [:]
     private var claimed: Set<PeerID> = []
+    /// The connection each peer's outbound stream runs on.
+    private var outboundConnection: [PeerID: UInt64] = [:]
     private(set) var isStopped = false
     private let clock = ContinuousClock()
     private let connect: @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void
@@ -242,6 +251,7 @@ actor PubSubCore {
     func addPeer(_ peer: PeerID, protocolID: String, outbound isOutbound: Bool, ip: String?, stream: MuxedStream) {
         let queue = RPCOutbox(limit: router.configuration.maxQueuedRPCsPerPeer)
         outbound[peer] = queue
+        outboundConnection[peer] = stream.connection.id
         Task { [logger] in
             do {
                 // Everything queued goes out in one write (each RPC keeps its own length prefix).
@@ -259,13 +269,27 @@ actor PubSubCore {
                 logger.debug("pubsub send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
             }
             stream.reset()
-            self.removePeer(peer)
+            // Only if this queue is still the peer's: the peer may have moved to another connection.
+            self.removePeer(peer, ifQueue: queue)
         }
         perform(router.addPeer(peer, protocolID: protocolID, outbound: isOutbound, ip: ip))
     }
 
+    func removePeer(_ peer: PeerID, ifQueue queue: RPCOutbox) {
+        guard outbound[peer] === queue else { return }
+        removePeer(peer)
+    }
+
+    /// Removes the peer if its outbound stream runs on connection `id`; whether it did.
+    func removePeer(_ peer: PeerID, ifOutboundOn id: UInt64) -> Bool {
+        guard outboundConnection[peer] == id else { return false }
+        removePeer(peer)
+        return true
+    }
+
     func removePeer(_ peer: PeerID) {
         claimed.remove(peer)
+        outboundConnection.removeValue(forKey: peer)
         outbound.removeValue(forKey: peer)?.finish()
         router.removePeer(peer, now: clock.now)
     }

@@ -1,6 +1,7 @@
 import Identity
 import Multiformats
 import NIOCore
+import Synchronization
 
 /// Which side opened a connection.
 public enum ConnectionDirection: String, Sendable {
@@ -18,25 +19,41 @@ public protocol InboundStreamAcceptor: Sendable {
     func accept(_ stream: MuxedStream)
 }
 
-/// A secured (Noise), multiplexed (Yamux) connection to one remote peer.
+/// A secured, multiplexed connection to one remote peer, whatever carries it
+/// (TCP, WebSocket, in-memory) and whichever security protocol and muxer were
+/// negotiated.
 public final class Connection: Sendable, CustomStringConvertible {
     public let localPeer: PeerID
     public let remotePeer: PeerID
     public let remotePublicKey: PublicKey
     public let direction: ConnectionDirection
-    /// The remote's TCP address as we see it (no `/p2p` part).
+    /// The remote's address as we see it, transport included (`/ip4/.../tcp/N`,
+    /// `/ip4/.../tcp/N/ws`, `/memory/N`), without `/p2p`.
     public let remoteAddress: Multiaddr
     public let localAddress: Multiaddr?
+    /// The transport's name (`tcp`, `ws`, `memory`).
+    public let transport: String
+    /// The negotiated security protocol (`/noise`, `/tls/1.0.0`).
+    public let security: String
+    /// The negotiated muxer (`/yamux/1.0.0`).
+    public let muxer: String
     public let id: UInt64
 
-    let handler: NIOLoopBound<ConnectionHandler>
-    let channel: Channel
+    let driver: NIOLoopBound<ConnectionDriver>
+    public let eventLoop: EventLoop
+    /// Completes when the connection has closed, for whatever reason.
+    public let closeFuture: EventLoopFuture<Void>
+    private let active = Atomic<Bool>(true)
+    /// The channel under a channel-based transport (for tests of socket behaviour).
+    let channel: Channel?
 
     init(
         id: UInt64, localPeer: PeerID, remotePeer: PeerID, remotePublicKey: PublicKey,
         direction: ConnectionDirection, remoteAddress: Multiaddr, localAddress: Multiaddr?,
-        handler: NIOLoopBound<ConnectionHandler>, channel: Channel
+        transport: String, security: String, muxer: String,
+        driver: NIOLoopBound<ConnectionDriver>, closeFuture: EventLoopFuture<Void>, channel: Channel?
     ) {
+        self.channel = channel
         self.id = id
         self.localPeer = localPeer
         self.remotePeer = remotePeer
@@ -44,45 +61,49 @@ public final class Connection: Sendable, CustomStringConvertible {
         self.direction = direction
         self.remoteAddress = remoteAddress
         self.localAddress = localAddress
-        self.handler = handler
-        self.channel = channel
+        self.transport = transport
+        self.security = security
+        self.muxer = muxer
+        self.driver = driver
+        self.eventLoop = closeFuture.eventLoop
+        self.closeFuture = closeFuture
     }
 
-    public var eventLoop: EventLoop { channel.eventLoop }
+    public var isActive: Bool { active.load(ordering: .acquiring) }
 
-    /// Completes when the connection has closed, for whatever reason.
-    public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
-
-    public var isActive: Bool { channel.isActive }
+    func markClosed() {
+        active.store(false, ordering: .releasing)
+    }
 
     /// How many streams the connection still tracks (finished ones are dropped).
-    public func trackedStreamCount() async throws -> Int {
-        let handler = self.handler
-        return try await eventLoop.submit { handler.value.trackedStreamCount }.get()
+    func trackedStreamCount() async throws -> Int {
+        let driver = self.driver
+        return try await eventLoop.submit { driver.value.trackedStreamCount }.get()
     }
 
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
     public func newStream(protocols: [String]) async throws -> MuxedStream {
-        let handler = self.handler
+        let driver = self.driver
         return try await eventLoop.flatSubmit {
-            handler.value.openStream(protocols: protocols)
+            driver.value.openStream(protocols: protocols)
         }.get()
     }
 
-    /// Closes the connection: Yamux go-away, then TCP close.
-    public func close() async {
-        let handler = self.handler
+    /// Closes the connection (the muxer's go-away, then the byte stream);
+    /// pending and later operations fail with `reason`.
+    public func close(reason: TransportError = .connectionClosed) async {
+        let driver = self.driver
         try? await eventLoop.flatSubmit {
-            handler.value.closeGracefully()
+            driver.value.closeGracefully(reason)
         }.get()
     }
 
     public var description: String {
-        "connection #\(id) \(direction.rawValue) \(remotePeer) at \(remoteAddress)"
+        "connection #\(id) \(direction.rawValue) \(remotePeer) at \(remoteAddress) (\(security), \(muxer))"
     }
 }
 
-/// One Yamux stream with its negotiated protocol.
+/// One stream of a connection with its negotiated protocol.
 ///
 /// Reads return data in the order it arrived and nil once the remote closed its
 /// write side; writes wait while the remote's receive window is full (flow control).
@@ -106,12 +127,12 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
     /// The next chunk of data, or nil at the end of the stream.
     public func read() async throws -> ByteBuffer? {
         let (chunk, report) = try await inbox.next()
-        let handler = connection.handler
+        let driver = connection.driver
         let id = streamID
         if chunk == nil {
-            connection.eventLoop.execute { handler.value.endOfStreamRead(streamID: id) }
+            connection.eventLoop.execute { driver.value.endOfStreamRead(streamID: id) }
         } else if report > 0 {
-            connection.eventLoop.execute { handler.value.consumed(streamID: id, bytes: report) }
+            connection.eventLoop.execute { driver.value.consumed(streamID: id, bytes: report) }
         }
         return chunk
     }
@@ -121,11 +142,11 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
     /// (reset, closed connection) is thrown by this write, the next one or `closeWrite`.
     public func write(_ data: ByteBuffer) async throws {
         try await credit.acquire(data.readableBytes)
-        let handler = connection.handler
+        let driver = connection.driver
         let id = streamID
         let credit = self.credit
         connection.eventLoop.execute {
-            handler.value.write(streamID: id, data: data, credit: credit)
+            driver.value.write(streamID: id, data: data, credit: credit)
         }
     }
 
@@ -137,10 +158,10 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
     /// the error of an earlier write that failed after it was handed over.
     public func closeWrite() async throws {
         try throwWriteFailure()
-        let handler = connection.handler
+        let driver = connection.driver
         let id = streamID
         try await connection.eventLoop.flatSubmit {
-            handler.value.closeWrite(streamID: id)
+            driver.value.closeWrite(streamID: id)
         }.get()
         try throwWriteFailure()
     }
@@ -154,20 +175,20 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
 
     /// Abruptly ends both directions.
     public func reset() {
-        let handler = connection.handler
+        let driver = connection.driver
         let id = streamID
         connection.eventLoop.execute {
-            handler.value.reset(streamID: id)
+            driver.value.reset(streamID: id)
         }
     }
 
     /// Closes the write side and discards whatever the remote still sends.
     public func close() async {
         try? await closeWrite()
-        let handler = connection.handler
+        let driver = connection.driver
         let id = streamID
         connection.eventLoop.execute {
-            handler.value.discardInbound(streamID: id)
+            driver.value.discardInbound(streamID: id)
         }
     }
 

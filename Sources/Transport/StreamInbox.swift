@@ -166,7 +166,7 @@ final class StreamInbox: Sendable {
             if state.finished || state.discarding { return .end }
             if let error = state.error { return .failure(error) }
             if state.waiter != nil {
-                return .failure(.negotiationFailed(phase: "read", reason: "concurrent reads on one stream"))
+                return .failure(.concurrentReads)
             }
             state.waiter = waiter
             return .wait

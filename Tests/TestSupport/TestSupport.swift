@@ -4,7 +4,9 @@ import Identity
 import Multiformats
 import NIOCore
 import NIOPosix
+import Noise
 import Ping
+import Security
 import Transport
 import Synchronization
 import XCTest
@@ -13,9 +15,15 @@ public let echoProtocol = "/p2pchat/echo/1.0.0"
 
 /// Helpers shared by the network tests.
 
-/// A host listening on 127.0.0.1 that serves identify, ping and echo.
-public func makeTestHost(group: EventLoopGroup, configuration: TransportConfiguration = .init()) async throws -> (Libp2pHost, Multiaddr) {
-    let host = Libp2pHost(key: .generateEd25519(), configuration: configuration, group: group)
+/// A host that serves identify, ping and echo, listening on 127.0.0.1 (TCP)
+/// unless `listen` says otherwise; `transports` and `security` as the host's.
+public func makeTestHost(
+    group: EventLoopGroup, configuration: TransportConfiguration = .init(), transports: [any Transport]? = nil,
+    security: [any SecurityProtocol]? = nil, listen: Multiaddr? = nil
+) async throws -> (Libp2pHost, Multiaddr) {
+    let host = Libp2pHost(
+        key: .generateEd25519(), configuration: configuration, group: group, transports: transports,
+        security: security ?? [NoiseSecurity()])
     IdentifyService(host: host, agentVersion: "p2pchat-test/0").start()
     PingService(host: host).start()
     host.setStreamHandler(echoProtocol) { stream in
@@ -28,7 +36,7 @@ public func makeTestHost(group: EventLoopGroup, configuration: TransportConfigur
             stream.reset()
         }
     }
-    let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])
+    let bound = try await host.listen(on: [listen ?? Multiaddr("/ip4/127.0.0.1/tcp/0")])
     return (host, bound[0].encapsulating(.p2p(host.localPeer.bytes)))
 }
 

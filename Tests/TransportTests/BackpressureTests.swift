@@ -32,8 +32,8 @@ final class BackpressureTests: XCTestCase {
             return nil
         }
         let option = ChannelOptions.tcpOption(.tcp_notsent_lowat)
-        let clientValue = try await connection.channel.getOption(option).get()
-        let serverValue = try await XCTUnwrap(serverSide).channel.getOption(option).get()
+        let clientValue = try await connection.channel!.getOption(option).get()
+        let serverValue = try await XCTUnwrap(serverSide).channel!.getOption(option).get()
         XCTAssertEqual(clientValue, 64 * 1024)
         XCTAssertEqual(serverValue, TransportConfiguration().notSentLowWatermark)
         await client.close()
@@ -53,10 +53,10 @@ final class BackpressureTests: XCTestCase {
         let paused = AsyncStream<Void>.makeStream()
         server.setStreamHandler("/p2pchat/test/blocked/1.0.0") { stream in
             // The server stops reading its socket altogether.
-            try? await stream.connection.channel.setOption(.autoRead, value: false).get()
+            try? await stream.connection.channel!.setOption(.autoRead, value: false).get()
             paused.continuation.yield()
             for await _ in resume.stream { break }
-            try? await stream.connection.channel.setOption(.autoRead, value: true).get()
+            try? await stream.connection.channel!.setOption(.autoRead, value: true).get()
             var count = 0
             while let chunk = try? await stream.read() { count += chunk.readableBytes }
             var reply = ByteBuffer()
@@ -88,7 +88,7 @@ final class BackpressureTests: XCTestCase {
                 last = now
             }
         }
-        let buffered = try await connection.channel.getOption(.bufferedWritableBytes).get()
+        let buffered = try await connection.channel!.getOption(.bufferedWritableBytes).get()
         XCTAssertLessThan(written.value, total, "the writer was not held back")
         // What NIO holds beyond the socket: at most about a batch and the
         // write watermark, never the megabytes the Yamux window allows.

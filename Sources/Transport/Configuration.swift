@@ -1,0 +1,42 @@
+import Multistream
+import NIOCore
+import NIOPosix
+import Yamux
+
+/// Limits and timeouts of connections: dialing, the upgrade, streams.
+public struct TransportConfiguration: Sendable {
+    public static let noiseProtocolID = "/noise"
+    public static let yamuxProtocolID = "/yamux/1.0.0"
+
+    /// TCP connect.
+    public var dialTimeout: TimeAmount = .seconds(10)
+    /// From TCP established to Yamux running (both multistream rounds and Noise).
+    public var upgradeTimeout: TimeAmount = .seconds(15)
+    /// Multistream-select on a new stream.
+    public var streamNegotiationTimeout: TimeAmount = .seconds(10)
+    /// A writer waits while this much of its data is handed over and not yet
+    /// framed (behind the remote's receive window or a full socket); it goes on
+    /// once half of it has gone out.
+    public var maxQueuedBytesPerStream: Int = 1024 * 1024
+    /// Bounds on what a peer can make multistream-select allocate.
+    public var multistreamLimits = MultistreamLimits()
+    /// Yamux windows and stream limits.
+    public var yamux = YamuxSession.Configuration()
+    /// The kernel takes more from us only while less than this is waiting
+    /// unsent in the socket (TCP_NOTSENT_LOWAT). What the link cannot carry yet
+    /// then waits in the streams' queues, where streams take turns and control
+    /// frames go first, rather than in one kernel queue where a chat message
+    /// would sit behind megabytes of a bulk stream on a slow link. nil leaves
+    /// the kernel's default (no limit).
+    public var notSentLowWatermark: Int? = 128 * 1024
+    /// Socket reads grow up to 256 KiB under load (NIO's default stops at 64 KiB):
+    /// fewer Noise frames are split across reads, and each split costs a copy.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
+
+    public init() {}
+}
+
+extension NIOBSDSocket.Option {
+    /// TCP_NOTSENT_LOWAT (Linux, since 3.12); 0 means the kernel default.
+    static let tcp_notsent_lowat = NIOBSDSocket.Option(rawValue: 25)
+}

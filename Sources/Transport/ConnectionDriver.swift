@@ -1,0 +1,552 @@
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+import Security
+import Yamux
+
+/// Where a connection's bytes go: a NIO channel, an in-memory pipe (later a
+/// relayed stream). Used only on the driver's event loop.
+protocol ByteSink: AnyObject {
+    /// Whether the sink takes more now; when it turns true again the owner
+    /// calls the driver's `writabilityChanged`.
+    var isWritable: Bool { get }
+    /// Writes and flushes.
+    func write(_ bytes: ByteBuffer)
+    /// Closes the byte stream; the owner then calls `transportClosed`.
+    func close()
+}
+
+/// Runs one connection on its event loop: feeds the bytes that arrive to the
+/// upgrade machine, then to the secure session and the stream table, and turns
+/// their events into promises, inboxes and writer credit. Protocol logic lives
+/// in the sans-IO machines; this only moves bytes and events between them,
+/// the byte sink, timers and the application.
+final class ConnectionDriver {
+    private enum State {
+        /// Created, waiting for the byte stream to become active.
+        case idle
+        case upgrading(ConnectionUpgrade, deadline: Scheduled<Void>?)
+        case established(Established)
+        /// Placeholder while an established state is mutated in place (no second copy, no CoW).
+        case busy
+        case closed(TransportError)
+    }
+
+    private struct Established {
+        var session: any SecureSession
+        var streams: StreamTable
+        let connection: Connection
+    }
+
+    /// The application side of a stream.
+    private enum Endpoint {
+        case opening(EventLoopPromise<MuxedStream>, deadline: Scheduled<Void>?)
+        case accepting(deadline: Scheduled<Void>?)
+        case open(MuxedStream)
+    }
+
+    struct Parameters {
+        let upgrader: Upgrader
+        let direction: ConnectionDirection
+        let role: SecurityRole
+        let expectedRemotePeer: PeerID?
+        let transport: String
+        let localAddress: Multiaddr?
+        let remoteAddress: Multiaddr
+        /// The channel under a channel-based transport.
+        let channel: Channel?
+    }
+
+    let eventLoop: EventLoop
+    let id: UInt64
+    private let parameters: Parameters
+    private var configuration: TransportConfiguration { parameters.upgrader.configuration }
+    private let established: EventLoopPromise<Connection>
+    /// Completed when the connection is torn down.
+    let closed: EventLoopPromise<Void>
+    private var logger: Logger
+    private var sink: ByteSink?
+    private var state: State = .idle
+    private var endpoints: [UInt32: Endpoint] = [:]
+    private var pendingOutput = ByteBuffer()
+    /// Readers that got data during this burst of reads, resumed once each at
+    /// its end (`readComplete`), not once per read.
+    private var inboxesToWake: [StreamInbox] = []
+
+    /// Stream data framed per batch while the sink keeps up.
+    static let outputBatch = 256 * 1024
+
+    init(parameters: Parameters, id: UInt64, eventLoop: EventLoop, established: EventLoopPromise<Connection>) {
+        self.parameters = parameters
+        self.id = id
+        self.eventLoop = eventLoop
+        self.established = established
+        self.closed = eventLoop.makePromise(of: Void.self)
+        var logger = parameters.upgrader.logger
+        logger[metadataKey: "conn"] = "\(id)"
+        self.logger = logger
+    }
+
+    // MARK: - Byte stream events
+
+    /// The byte stream is ready: start the upgrade and its deadline.
+    func start(sink: ByteSink) {
+        guard case .idle = state else { return }
+        self.sink = sink
+        let upgrader = parameters.upgrader
+        var upgrade = ConnectionUpgrade(
+            role: parameters.role, localKey: upgrader.localKey, expectedRemotePeer: parameters.expectedRemotePeer,
+            security: upgrader.security, muxers: upgrader.muxers, limits: configuration.multistreamLimits)
+        upgrade.start(output: &pendingOutput)
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        let deadline = eventLoop.scheduleTask(in: configuration.upgradeTimeout) {
+            let driver = bound.value
+            guard case .upgrading(let upgrade, _) = driver.state else { return }
+            driver.fail(.upgradeTimeout(phase: upgrade.phase))
+        }
+        state = .upgrading(upgrade, deadline: deadline)
+        if earlyInput.readableBytes > 0 {
+            var early = earlyInput
+            earlyInput = ByteBuffer()
+            receive(&early)
+        }
+        flushOutput()
+    }
+
+    /// Bytes that arrived before `start`.
+    private var earlyInput = ByteBuffer()
+
+    func receive(_ bytes: inout ByteBuffer) {
+        if case .idle = state {
+            // An in-memory peer may speak before our start; keep it for then.
+            earlyInput.writeBuffer(&bytes)
+            return
+        }
+        do {
+            try process(&bytes)
+        } catch {
+            fail(error)
+        }
+    }
+
+    /// The end of a burst of reads.
+    func readComplete() {
+        wakeReaders()
+        flushOutput()
+    }
+
+    func writabilityChanged() {
+        guard sink?.isWritable == true, case .established = state else { return }
+        do {
+            try drainSession()
+        } catch {
+            fail(error)
+        }
+        flushOutput()
+    }
+
+    /// The byte stream closed (EOF, error, or our own close).
+    func transportClosed() {
+        sink = nil
+        teardown(closeError ?? .connectionClosed)
+    }
+
+    func transportFailed(_ error: any Error) {
+        fail(.io(underlying: error))
+    }
+
+    private var closeError: TransportError? {
+        if case .closed(let error) = state { return error }
+        return nil
+    }
+
+    // MARK: - Upgrade
+
+    private func process(_ bytes: inout ByteBuffer) throws(TransportError) {
+        switch state {
+        case .upgrading(var upgrade, let deadline):
+            state = .busy
+            let result: ConnectionUpgrade.Upgraded?
+            do {
+                result = try upgrade.receive(&bytes, output: &pendingOutput)
+            } catch {
+                state = .upgrading(upgrade, deadline: deadline)
+                throw error
+            }
+            guard let upgraded = result else {
+                state = .upgrading(upgrade, deadline: deadline)
+                flushOutput()
+                return
+            }
+            deadline?.cancel()
+            try becomeEstablished(upgraded)
+        case .established:
+            try withEstablished { established throws(TransportError) in
+                var plaintexts: [ByteBuffer] = []
+                do {
+                    try established.session.receive(&bytes, plaintexts: &plaintexts, output: &pendingOutput)
+                } catch {
+                    throw .securityFailed(protocolID: established.connection.security, underlying: error)
+                }
+                for var plain in plaintexts where plain.readableBytes > 0 {
+                    do {
+                        events.append(contentsOf: try established.streams.receive(&plain))
+                    } catch {
+                        throw .muxerFailed(underlying: error)
+                    }
+                }
+            }
+            try drainSession()
+        case .idle, .busy, .closed:
+            return
+        }
+    }
+
+    private func becomeEstablished(_ upgraded: ConnectionUpgrade.Upgraded) throws(TransportError) {
+        let upgrader = parameters.upgrader
+        let connection = Connection(
+            id: id, localPeer: upgrader.localPeer, remotePeer: upgraded.remotePeer,
+            remotePublicKey: upgraded.remotePublicKey, direction: parameters.direction,
+            remoteAddress: parameters.remoteAddress, localAddress: parameters.localAddress,
+            transport: parameters.transport, security: upgraded.securityProtocol, muxer: upgraded.muxer,
+            driver: NIOLoopBound(self, eventLoop: eventLoop), closeFuture: closed.futureResult,
+            channel: parameters.channel)
+        let acceptor = upgrader.acceptor
+        let streams = StreamTable(
+            isClient: parameters.role == .initiator, configuration: configuration.yamux,
+            limits: configuration.multistreamLimits, supports: { acceptor.supports(protocolID: $0) })
+        state = .established(Established(session: upgraded.session, streams: streams, connection: connection))
+        logger[metadataKey: "peer"] = "\(upgraded.remotePeer)"
+        logger.debug(
+            "connection established",
+            metadata: [
+                "direction": "\(parameters.direction.rawValue)", "security": "\(upgraded.securityProtocol)",
+                "muxer": "\(upgraded.muxer)", "early": "\(upgraded.earlyMuxerNegotiation)",
+            ])
+        established.succeed(connection)
+        // Whatever followed the agreement is the muxer's.
+        try withEstablished { established throws(TransportError) in
+            for var plain in upgraded.plaintexts where plain.readableBytes > 0 {
+                do {
+                    events.append(contentsOf: try established.streams.receive(&plain))
+                } catch {
+                    throw .muxerFailed(underlying: error)
+                }
+            }
+        }
+        try drainSession()
+        flushOutput()
+    }
+
+    /// Events gathered while the established state is checked out.
+    private var events: [StreamTable.Event] = []
+
+    /// Mutates the established state in place, then handles the stream events
+    /// the mutation produced. Nothing here may re-enter the driver.
+    private func withEstablished(_ body: (inout Established) throws(TransportError) -> Void) throws(TransportError) {
+        guard case .established(var established) = state else { return }
+        state = .busy
+        do {
+            try body(&established)
+        } catch {
+            state = .established(established)
+            events.removeAll()
+            throw error
+        }
+        state = .established(established)
+        handleEvents()
+    }
+
+    private func handleEvents() {
+        while !events.isEmpty {
+            let batch = events
+            events.removeAll()
+            for event in batch { handle(event) }
+        }
+    }
+
+    // MARK: - Stream events
+
+    private func handle(_ event: StreamTable.Event) {
+        switch event {
+        case .incoming(let id):
+            trackInbound(id)
+        case .opened(let id, let protocolID, let inbound):
+            streamOpened(id, protocolID: protocolID, inbound: inbound)
+        case .negotiationFailed(let id, let error):
+            switch endpoints.removeValue(forKey: id) {
+            case .opening(let promise, let deadline)?:
+                deadline?.cancel()
+                promise.fail(error)
+            case .accepting(let deadline)?:
+                deadline?.cancel()
+            case .open?, nil:
+                break
+            }
+        case .data(let id, let data):
+            guard case .open(let stream)? = endpoints[id] else {
+                // Not ours any more: grant the bytes back.
+                _ = try? withEstablished { $0.streams.consumed(id, bytes: data.readableBytes) }
+                return
+            }
+            let (needsWake, discarded) = stream.inbox.push(data)
+            if needsWake { inboxesToWake.append(stream.inbox) }
+            if discarded > 0 { _ = try? withEstablished { $0.streams.consumed(id, bytes: discarded) } }
+        case .remoteClosedWrite(let id):
+            if case .open(let stream)? = endpoints[id] { stream.inbox.finish() }
+        case .reset(let id):
+            if case .open(let stream)? = endpoints.removeValue(forKey: id) {
+                stream.inbox.fail(.streamReset)
+                stream.credit.fail(.streamReset)
+            }
+        case .sendWindowOpened(let id):
+            releaseWriters(id)
+        case .finished(let id):
+            endpoints[id] = nil
+        case .goAway:
+            logger.debug("remote sent go-away")
+        }
+    }
+
+    private func streamOpened(_ id: UInt32, protocolID: String, inbound: Bool) {
+        guard case .established(let established) = state else { return }
+        let inbox = StreamInbox(reportThreshold: Int(configuration.yamux.initialWindow / 8))
+        let credit = StreamWriteCredit(limit: configuration.maxQueuedBytesPerStream)
+        let stream = MuxedStream(
+            streamID: id, protocolID: protocolID, connection: established.connection, inbox: inbox, credit: credit)
+        let endpoint = endpoints.updateValue(.open(stream), forKey: id)
+        switch endpoint {
+        case .opening(let promise, let deadline)?:
+            deadline?.cancel()
+            promise.succeed(stream)
+        case .accepting(let deadline)?:
+            deadline?.cancel()
+            logger.trace("inbound stream", metadata: ["protocol": "\(protocolID)", "stream": "\(id)"])
+            parameters.upgrader.acceptor.accept(stream)
+        case .open?, nil:
+            if inbound { parameters.upgrader.acceptor.accept(stream) }
+        }
+    }
+
+    private func releaseWriters(_ id: UInt32) {
+        guard case .open(let stream)? = endpoints[id], case .established(let established) = state else { return }
+        stream.credit.queuedChanged(established.streams.queuedBytes(id))
+    }
+
+    private func scheduleNegotiationDeadline(_ id: UInt32) -> Scheduled<Void> {
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        return eventLoop.scheduleTask(in: configuration.streamNegotiationTimeout) {
+            bound.value.negotiationTimedOut(id)
+        }
+    }
+
+    private func negotiationTimedOut(_ id: UInt32) {
+        try? withEstablished { established in
+            if let event = established.streams.negotiationTimedOut(id) { events.append(event) }
+        }
+        try? drainSession()
+        flushOutput()
+    }
+
+    // MARK: - Application operations (on the event loop, from Connection and MuxedStream)
+
+    func openStream(protocols: [String]) -> EventLoopFuture<MuxedStream> {
+        guard case .established = state else {
+            return eventLoop.makeFailedFuture(closeError ?? .connectionClosed)
+        }
+        let promise = eventLoop.makePromise(of: MuxedStream.self)
+        do {
+            var opened: UInt32 = 0
+            try withEstablished { established throws(TransportError) in
+                do {
+                    opened = try established.streams.open(protocols: protocols)
+                } catch {
+                    throw .muxerFailed(underlying: error)
+                }
+            }
+            endpoints[opened] = .opening(promise, deadline: scheduleNegotiationDeadline(opened))
+            try drainSession()
+            flushOutput()
+        } catch {
+            promise.fail(error)
+        }
+        return promise.futureResult
+    }
+
+    /// Inbound streams get a negotiation deadline as soon as the table sees them.
+    private func trackInbound(_ id: UInt32) {
+        endpoints[id] = .accepting(deadline: scheduleNegotiationDeadline(id))
+    }
+
+    /// The reader took `bytes` from a stream's inbox: grant them back.
+    func consumed(streamID id: UInt32, bytes: Int) {
+        guard case .open(let stream)? = endpoints[id] else { return }
+        var target: UInt32?
+        try? withEstablished { established in
+            established.streams.consumed(id, bytes: bytes)
+            target = established.streams.windowTarget(id)
+        }
+        // Reports scale with the window: fewer hops to the event loop for a fast reader.
+        if let target { stream.inbox.setReportThreshold(Int(target / 8)) }
+        try? drainSession()
+        flushOutput()
+    }
+
+    /// The reader reached the end of a stream.
+    func endOfStreamRead(streamID id: UInt32) {
+        try? withEstablished { events.append(contentsOf: $0.streams.endOfStreamRead(id)) }
+    }
+
+    /// Takes a write the stream's writer handed over (and counted in `credit`)
+    /// without waiting; a failure goes to the credit, which the next write throws.
+    func write(streamID id: UInt32, data: ByteBuffer, credit: StreamWriteCredit) {
+        guard case .established = state else { return credit.fail(closeError ?? .connectionClosed) }
+        var outcome: Result<Void, TransportError> = .success(())
+        try? withEstablished { outcome = $0.streams.write(id, data) }
+        if case .failure(let error) = outcome { return credit.fail(error) }
+        do { try drainSession() } catch { return credit.fail(error) }
+        flushOutput()
+        // Flushing can close the connection (write error).
+        guard case .established(let established) = state else { return credit.fail(closeError ?? .connectionClosed) }
+        credit.processed(data.readableBytes, queued: established.streams.queuedBytes(id))
+    }
+
+    func closeWrite(streamID id: UInt32) -> EventLoopFuture<Void> {
+        guard case .established = state else { return eventLoop.makeFailedFuture(closeError ?? .connectionClosed) }
+        if case .open(let stream)? = endpoints[id] { stream.credit.fail(.streamClosedForWriting) }
+        try? withEstablished { events.append(contentsOf: $0.streams.closeWrite(id)) }
+        try? drainSession()
+        flushOutput()
+        return eventLoop.makeSucceededVoidFuture()
+    }
+
+    func reset(streamID id: UInt32) {
+        guard case .open(let stream)? = endpoints.removeValue(forKey: id) else { return }
+        stream.inbox.fail(.streamReset)
+        stream.credit.fail(.streamReset)
+        try? withEstablished { _ = $0.streams.reset(id) }
+        try? drainSession()
+        flushOutput()
+    }
+
+    func discardInbound(streamID id: UInt32) {
+        guard case .open(let stream)? = endpoints[id] else { return }
+        let released = stream.inbox.discardAll()
+        try? withEstablished { events.append(contentsOf: $0.streams.discardInbound(id, released: released)) }
+        try? drainSession()
+        flushOutput()
+    }
+
+    /// Streams the connection still tracks (finished ones are dropped).
+    var trackedStreamCount: Int {
+        guard case .established(let established) = state else { return 0 }
+        return established.streams.count
+    }
+
+    /// Closes: Yamux go-away, then the byte stream.
+    func closeGracefully(_ error: TransportError = .connectionClosed) -> EventLoopFuture<Void> {
+        try? withEstablished { $0.streams.goAway() }
+        try? drainSession()
+        flushOutput()
+        teardown(error)
+        closeSink()
+        return closed.futureResult
+    }
+
+    // MARK: - Output
+
+    /// Moves what the muxer has to send through the secure session into the
+    /// output buffer: control frames always, stream data only while the sink is
+    /// writable. Data the sink cannot take yet stays in the streams' queues,
+    /// plaintext, where it counts against their writers' credit (backpressure
+    /// reaches the writers); it goes out on `writabilityChanged`.
+    private func drainSession() throws(TransportError) {
+        while case .established = state {
+            let writable = sink?.isWritable ?? false
+            var sent: [UInt32] = []
+            var more = false
+            try withEstablished { established throws(TransportError) in
+                let output = established.streams.takeOutput(dataBudget: writable ? Self.outputBatch : 0)
+                if !output.pieces.isEmpty {
+                    do {
+                        try established.session.encrypt(pieces: output.pieces, into: &pendingOutput)
+                    } catch {
+                        throw .securityFailed(protocolID: established.connection.security, underlying: error)
+                    }
+                }
+                sent = output.streamsSent
+                more = established.streams.hasDataToSend
+            }
+            for id in sent { releaseWriters(id) }
+            guard writable, more else { return }
+            // More data than one batch: send this one, then see whether the sink took it.
+            flushOutput()
+        }
+    }
+
+    private func flushOutput() {
+        guard let sink, pendingOutput.readableBytes > 0 else { return }
+        let out = pendingOutput
+        // Allocated on demand: an idle connection holds no output buffer.
+        pendingOutput = ByteBuffer()
+        sink.write(out)
+    }
+
+    private func wakeReaders() {
+        guard !inboxesToWake.isEmpty else { return }
+        let inboxes = inboxesToWake
+        inboxesToWake.removeAll(keepingCapacity: true)
+        for inbox in inboxes { inbox.wake() }
+    }
+
+    // MARK: - Failure
+
+    /// Fails the connection: logs why, sends go-away if established, closes the byte stream.
+    func fail(_ error: TransportError) {
+        if case .closed = state { return }
+        logger.debug("connection failed", metadata: ["error": "\(error)"])
+        try? withEstablished { $0.streams.goAway(protocolError: true) }
+        try? drainSession()
+        flushOutput()
+        teardown(error)
+        closeSink()
+    }
+
+    /// Closes the byte stream and lets go of it (it may hold us: a channel's pipeline).
+    private func closeSink() {
+        let sink = self.sink
+        self.sink = nil
+        sink?.close()
+    }
+
+    private func teardown(_ error: TransportError) {
+        let previous = state
+        switch previous {
+        case .closed: return
+        case .upgrading(_, let deadline): deadline?.cancel()
+        case .idle, .established, .busy: break
+        }
+        state = .closed(error)
+        established.fail(error)
+        let all = endpoints
+        endpoints = [:]
+        for (_, endpoint) in all {
+            switch endpoint {
+            case .opening(let promise, let deadline):
+                deadline?.cancel()
+                promise.fail(error)
+            case .accepting(let deadline):
+                deadline?.cancel()
+            case .open(let stream):
+                // Buffered data is still readable, then the reader gets the error.
+                stream.inbox.fail(error)
+                stream.credit.fail(error)
+            }
+        }
+        if case .established(let established) = previous {
+            established.connection.markClosed()
+        }
+        closed.succeed(())
+    }
+}

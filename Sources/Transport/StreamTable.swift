@@ -1,0 +1,273 @@
+import Multistream
+import NIOCore
+import Yamux
+
+/// The streams of one multiplexed connection, sans-IO: the Yamux session, each
+/// stream's protocol negotiation (multistream-select) and its half-close
+/// bookkeeping. The driver feeds it decrypted bytes and the application's
+/// operations and turns the events it returns into promises and inboxes.
+public struct StreamTable {
+    /// One stream's phase.
+    enum Phase {
+        /// Multistream-select in progress; `proposals` nil for an inbound stream.
+        case negotiating(MultistreamNegotiation, proposals: [String]?)
+        case open(OpenStream)
+    }
+
+    struct OpenStream {
+        let protocolID: String
+        var remoteClosedWrite = false
+        var localClosedWrite = false
+        /// The application read the end of the stream.
+        var endOfStreamRead = false
+        /// The application reads no more: arriving data is dropped and granted back.
+        var discardInbound = false
+
+        var isFinished: Bool {
+            remoteClosedWrite && localClosedWrite && (endOfStreamRead || discardInbound)
+        }
+    }
+
+    /// What the driver acts on.
+    public enum Event {
+        /// The remote opened a stream; its negotiation started.
+        case incoming(UInt32)
+        /// A stream's protocol is agreed; `inbound` when the remote opened it.
+        case opened(UInt32, protocolID: String, inbound: Bool)
+        /// Negotiation failed; the stream is reset and gone from the table.
+        case negotiationFailed(UInt32, TransportError)
+        /// Application data for an open stream.
+        case data(UInt32, ByteBuffer)
+        /// The remote closed its write side of an open stream.
+        case remoteClosedWrite(UInt32)
+        /// The stream was reset; it is gone from the table.
+        case reset(UInt32)
+        /// More of the stream's data went out or may go out: writers may continue.
+        case sendWindowOpened(UInt32)
+        /// Both sides finished with the stream; it is gone from the table.
+        case finished(UInt32)
+        /// The remote will open no more streams.
+        case goAway
+    }
+
+    private(set) var session: YamuxSession
+    private var streams: [UInt32: Phase] = [:]
+    private let limits: MultistreamLimits
+    private let supports: @Sendable (String) -> Bool
+
+    /// `supports` answers inbound proposals (the host's protocol handlers).
+    public init(
+        isClient: Bool, configuration: YamuxSession.Configuration, limits: MultistreamLimits,
+        supports: @escaping @Sendable (String) -> Bool
+    ) {
+        self.session = YamuxSession(isClient: isClient, configuration: configuration)
+        self.limits = limits
+        self.supports = supports
+    }
+
+    /// Streams the table tracks (finished ones are dropped).
+    public var count: Int { streams.count }
+
+    /// The protocol of an open stream.
+    func protocolID(of id: UInt32) -> String? {
+        guard case .open(let open) = streams[id] else { return nil }
+        return open.protocolID
+    }
+
+    // MARK: Input
+
+    /// Decrypted muxer bytes from the remote.
+    public mutating func receive(_ bytes: inout ByteBuffer) throws(YamuxError) -> [Event] {
+        var events: [Event] = []
+        for event in try session.receive(&bytes) {
+            handle(event, into: &events)
+        }
+        return events
+    }
+
+    private mutating func handle(_ event: YamuxEvent, into events: inout [Event]) {
+        switch event {
+        case .inboundStream(let id):
+            let supports = self.supports
+            var negotiator = MultistreamNegotiation.responder(limits: limits, supports: supports)
+            var hello = ByteBuffer()
+            negotiator.start(into: &hello)
+            streams[id] = .negotiating(negotiator, proposals: nil)
+            session.write(streamID: id, data: hello)
+            events.append(.incoming(id))
+        case .data(let id, var data):
+            receiveData(id, &data, into: &events)
+        case .remoteClosedWrite(let id):
+            switch streams[id] {
+            case .negotiating?:
+                fail(id, .negotiationFailed(phase: "stream", underlying: TransportError.connectionClosed), into: &events)
+            case .open(var open)?:
+                open.remoteClosedWrite = true
+                streams[id] = .open(open)
+                events.append(.remoteClosedWrite(id))
+                forgetIfFinished(id, into: &events)
+            case nil:
+                break
+            }
+        case .reset(let id):
+            switch streams.removeValue(forKey: id) {
+            case .negotiating?:
+                events.append(.negotiationFailed(id, .streamReset))
+            case .open?:
+                events.append(.reset(id))
+            case nil:
+                break
+            }
+        case .sendWindowOpened(let id):
+            events.append(.sendWindowOpened(id))
+        case .closed(let id):
+            forgetIfFinished(id, into: &events)
+        case .goAway:
+            events.append(.goAway)
+        case .ping, .pong:
+            break
+        }
+    }
+
+    private mutating func receiveData(_ id: UInt32, _ data: inout ByteBuffer, into events: inout [Event]) {
+        switch streams[id] {
+        case .negotiating(var negotiator, let proposals)?:
+            var reply = ByteBuffer()
+            let before = data.readableBytes
+            let agreed: String?
+            do {
+                agreed = try negotiator.receive(&data, output: &reply)
+            } catch {
+                fail(id, .negotiationFailed(phase: "stream", underlying: error), into: &events)
+                return
+            }
+            session.consumed(streamID: id, bytes: before - data.readableBytes)
+            if reply.readableBytes > 0 { session.write(streamID: id, data: reply) }
+            guard let agreed else {
+                streams[id] = .negotiating(negotiator, proposals: proposals)
+                return
+            }
+            streams[id] = .open(OpenStream(protocolID: agreed))
+            events.append(.opened(id, protocolID: agreed, inbound: proposals == nil))
+            // Bytes after the negotiation belong to the application protocol.
+            if data.readableBytes > 0 { events.append(.data(id, data)) }
+        case .open(let open)?:
+            if open.discardInbound {
+                session.consumed(streamID: id, bytes: data.readableBytes)
+            } else {
+                events.append(.data(id, data))
+            }
+        case nil:
+            // A stream we already dropped (reset by us): grant the bytes back.
+            session.consumed(streamID: id, bytes: data.readableBytes)
+        }
+    }
+
+    // MARK: Operations
+
+    /// Opens a stream and proposes `protocols` in order.
+    public mutating func open(protocols: [String]) throws(YamuxError) -> UInt32 {
+        let id = try session.openStream()
+        var negotiator = MultistreamNegotiation.initiator(protocols: protocols, limits: limits)
+        var hello = ByteBuffer()
+        negotiator.start(into: &hello)
+        streams[id] = .negotiating(negotiator, proposals: protocols)
+        session.write(streamID: id, data: hello)
+        return id
+    }
+
+    /// The stream's negotiation deadline passed: reset it if it is still negotiating.
+    mutating func negotiationTimedOut(_ id: UInt32) -> Event? {
+        guard case .negotiating(_, let proposals)? = streams[id] else { return nil }
+        streams[id] = nil
+        session.reset(streamID: id)
+        return .negotiationFailed(id, .streamNegotiationTimeout(protocols: proposals ?? []))
+    }
+
+    /// Queues application data; false if the stream is gone or closed for writing.
+    mutating func write(_ id: UInt32, _ data: ByteBuffer) -> Result<Void, TransportError> {
+        guard case .open(let open)? = streams[id] else { return .failure(.streamReset) }
+        guard !open.localClosedWrite else { return .failure(.streamClosedForWriting) }
+        session.write(streamID: id, data: data)
+        return .success(())
+    }
+
+    /// Half-closes; returns the events (the stream may be finished).
+    mutating func closeWrite(_ id: UInt32) -> [Event] {
+        guard case .open(var open)? = streams[id], !open.localClosedWrite else { return [] }
+        open.localClosedWrite = true
+        streams[id] = .open(open)
+        session.closeWrite(streamID: id)
+        var events: [Event] = []
+        forgetIfFinished(id, into: &events)
+        return events
+    }
+
+    /// Resets a stream we no longer want; true if it was known.
+    mutating func reset(_ id: UInt32) -> Bool {
+        guard streams.removeValue(forKey: id) != nil else { return false }
+        session.reset(streamID: id)
+        return true
+    }
+
+    /// The application took `bytes` of the stream's data: grant them back.
+    mutating func consumed(_ id: UInt32, bytes: Int) {
+        guard streams[id] != nil else { return }
+        session.consumed(streamID: id, bytes: bytes)
+    }
+
+    /// The application read the end of the stream.
+    mutating func endOfStreamRead(_ id: UInt32) -> [Event] {
+        guard case .open(var open)? = streams[id] else { return [] }
+        open.endOfStreamRead = true
+        streams[id] = .open(open)
+        var events: [Event] = []
+        forgetIfFinished(id, into: &events)
+        return events
+    }
+
+    /// The application reads no more; `released` bytes it held are granted back.
+    mutating func discardInbound(_ id: UInt32, released: Int) -> [Event] {
+        guard case .open(var open)? = streams[id] else { return [] }
+        open.discardInbound = true
+        streams[id] = .open(open)
+        session.consumed(streamID: id, bytes: released)
+        var events: [Event] = []
+        forgetIfFinished(id, into: &events)
+        return events
+    }
+
+    /// Drops a stream once both directions are done and nothing is left to
+    /// read, so the table does not grow with finished streams.
+    private mutating func forgetIfFinished(_ id: UInt32, into events: inout [Event]) {
+        guard case .open(let open)? = streams[id], open.isFinished else { return }
+        streams[id] = nil
+        events.append(.finished(id))
+    }
+
+    private mutating func fail(_ id: UInt32, _ error: TransportError, into events: inout [Event]) {
+        guard streams.removeValue(forKey: id) != nil else { return }
+        session.reset(streamID: id)
+        events.append(.negotiationFailed(id, error))
+    }
+
+    /// Every stream, for teardown; the table is empty afterwards.
+    mutating func removeAll() -> [UInt32] {
+        defer { streams = [:] }
+        return Array(streams.keys)
+    }
+
+    // MARK: Session passthrough
+
+    public mutating func takeOutput(dataBudget: Int) -> YamuxSession.Output {
+        session.takeOutput(dataBudget: dataBudget)
+    }
+
+    public var hasDataToSend: Bool { session.hasDataToSend }
+
+    func queuedBytes(_ id: UInt32) -> Int { session.queuedBytes(streamID: id) }
+
+    func windowTarget(_ id: UInt32) -> UInt32? { session.windowTarget(streamID: id) }
+
+    mutating func goAway(protocolError: Bool = false) { session.goAway(protocolError: protocolError) }
+}

@@ -1,0 +1,129 @@
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+import Security
+import Synchronization
+
+/// Turns raw byte streams into secured, multiplexed connections: what every
+/// transport hands its connections to. Holds our identity, the security
+/// protocols and muxers we offer (in order of preference), the limits, and
+/// where inbound streams and connections go.
+public struct Upgrader: Sendable {
+    public let localKey: PrivateKey
+    public let localPeer: PeerID
+    /// Offered in this order (the first the remote also speaks wins when we dial).
+    public let security: [any SecurityProtocol]
+    /// Muxer protocol ids, in order of preference (only Yamux is implemented).
+    public let muxers: [String]
+    public let configuration: TransportConfiguration
+    let acceptor: any InboundStreamAcceptor
+    /// Receives every upgraded inbound connection.
+    public let onInboundConnection: @Sendable (Connection) -> Void
+    let logger: Logger
+    private let connectionIDs: ConnectionIDs
+
+    public init(
+        localKey: PrivateKey, security: [any SecurityProtocol], muxers: [String] = [TransportConfiguration.yamuxProtocolID],
+        configuration: TransportConfiguration = .init(), acceptor: any InboundStreamAcceptor,
+        logger: Logger = Logger(label: "p2p.transport"),
+        onInboundConnection: @escaping @Sendable (Connection) -> Void
+    ) {
+        precondition(!security.isEmpty, "at least one security protocol")
+        self.localKey = localKey
+        self.localPeer = PeerID(publicKey: localKey.publicKey)
+        self.security = security
+        self.muxers = muxers.filter { $0 == TransportConfiguration.yamuxProtocolID }
+        self.configuration = configuration
+        self.acceptor = acceptor
+        self.logger = logger
+        self.onInboundConnection = onInboundConnection
+        self.connectionIDs = ConnectionIDs()
+    }
+
+    /// The same upgrader offering other security protocols (the CLI's `--security`).
+    public func offering(security: [any SecurityProtocol]) -> Upgrader {
+        Upgrader(
+            localKey: localKey, security: security, muxers: muxers, configuration: configuration,
+            acceptor: acceptor, logger: logger, onInboundConnection: onInboundConnection,
+            connectionIDs: connectionIDs)
+    }
+
+    private init(
+        localKey: PrivateKey, security: [any SecurityProtocol], muxers: [String],
+        configuration: TransportConfiguration, acceptor: any InboundStreamAcceptor, logger: Logger,
+        onInboundConnection: @escaping @Sendable (Connection) -> Void, connectionIDs: ConnectionIDs
+    ) {
+        self.localKey = localKey
+        self.localPeer = PeerID(publicKey: localKey.publicKey)
+        self.security = security
+        self.muxers = muxers
+        self.configuration = configuration
+        self.acceptor = acceptor
+        self.logger = logger
+        self.onInboundConnection = onInboundConnection
+        self.connectionIDs = connectionIDs
+    }
+
+    /// Upgrades a channel whose pipeline carries the raw byte stream (ByteBuffers
+    /// both ways). Call on the channel's event loop, before or after it is active.
+    /// Inbound connections also go to `onInboundConnection`.
+    ///
+    /// `addressSuffix` is appended to the socket addresses (`/ws` for WebSocket).
+    public func upgrade(
+        channel: Channel, direction: ConnectionDirection, role: SecurityRole? = nil,
+        expectedRemotePeer: PeerID? = nil, transport: String = "tcp",
+        addressSuffix: [MultiaddrComponent] = []
+    ) -> EventLoopFuture<Connection> {
+        let remote =
+            channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) } ?? Multiaddr.unspecifiedTCP
+        let local = channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+        let promise = channel.eventLoop.makePromise(of: Connection.self)
+        let driver = makeDriver(
+            direction: direction, role: role, expectedRemotePeer: expectedRemotePeer, transport: transport,
+            localAddress: local.map { Multiaddr($0.components + addressSuffix) },
+            remoteAddress: Multiaddr(remote.components + addressSuffix), channel: channel, promise: promise)
+        do {
+            try channel.pipeline.syncOperations.addHandler(ConnectionHandler(driver: driver))
+        } catch {
+            promise.fail(TransportError.io(underlying: error))
+        }
+        return promise.futureResult
+    }
+
+    /// A driver for a byte stream that is not a NIO channel (in-memory, relayed).
+    func makeDriver(
+        direction: ConnectionDirection, role: SecurityRole?, expectedRemotePeer: PeerID?, transport: String,
+        localAddress: Multiaddr?, remoteAddress: Multiaddr, channel: Channel? = nil,
+        promise: EventLoopPromise<Connection>
+    ) -> ConnectionDriver {
+        let parameters = ConnectionDriver.Parameters(
+            upgrader: self, direction: direction,
+            role: role ?? (direction == .outbound ? .initiator : .responder),
+            expectedRemotePeer: expectedRemotePeer, transport: transport, localAddress: localAddress,
+            remoteAddress: remoteAddress, channel: channel)
+        let driver = ConnectionDriver(
+            parameters: parameters, id: connectionIDs.next(), eventLoop: promise.futureResult.eventLoop,
+            established: promise)
+        if direction == .inbound {
+            let onInbound = onInboundConnection
+            let logger = self.logger
+            promise.futureResult.whenComplete { result in
+                switch result {
+                case .success(let connection): onInbound(connection)
+                case .failure(let error): logger.debug("inbound upgrade failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        return driver
+    }
+}
+
+/// Numbers connections for logs, process-wide per upgrader.
+final class ConnectionIDs: Sendable {
+    private let counter = Atomic<UInt64>(1)
+
+    func next() -> UInt64 {
+        counter.add(1, ordering: .relaxed).oldValue
+    }
+}

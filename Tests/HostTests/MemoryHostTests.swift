@@ -1,0 +1,119 @@
+import Host
+import Identify
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import Ping
+import TestSupport
+@testable import Transport
+import XCTest
+
+/// Hosts on the in-memory transport: the whole upgrade and the protocols
+/// above it, without sockets.
+final class MemoryHostTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+
+    func memoryHost(_ network: MemoryNetwork) async throws -> (Libp2pHost, Multiaddr) {
+        try await makeTestHost(
+            group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
+    }
+
+    func testPingIdentifyAndEchoOverMemory() async throws {
+        let network = MemoryNetwork()
+        let (server, address) = try await memoryHost(network)
+        let (client, _) = try await memoryHost(network)
+        try await withDeadline(30) {
+            let connection = try await client.connect(address)
+            XCTAssertEqual(connection.remotePeer, server.localPeer)
+            XCTAssertEqual(connection.transport, "memory")
+            XCTAssertEqual(connection.security, "/noise")
+            XCTAssertEqual(connection.muxer, TransportConfiguration.yamuxProtocolID)
+            XCTAssertEqual(connection.remoteAddress, address.withoutP2P)
+            let rtts = try await PingService.ping(connection, count: 3)
+            XCTAssertEqual(rtts.count, 3)
+            let info = try await IdentifyService(host: client, agentVersion: "x").identify(connection)
+            XCTAssertEqual(info.agentVersion, "p2pchat-test/0")
+            XCTAssertEqual(info.listenAddresses, [address.withoutP2P])
+            let data = patternBytes(count: 4 * 1024 * 1024 + 3, seed: 7)
+            let echoed = try await echo(data, over: connection)
+            XCTAssertEqual(echoed, data)
+        }
+        await client.close()
+        await server.close()
+    }
+
+    func testManyStreamsAndCleanupOverMemory() async throws {
+        let network = MemoryNetwork()
+        let (server, address) = try await memoryHost(network)
+        let (client, _) = try await memoryHost(network)
+        let connection = try await client.connect(address)
+        try await withDeadline(30) {
+            try await withThrowingTaskGroup(of: Bool.self) { tasks in
+                for i in 0..<50 {
+                    tasks.addTask {
+                        let data = patternBytes(count: 10_000 + i, seed: UInt64(i))
+                        return try await echo(data, over: connection) == data
+                    }
+                }
+                var ok = 0
+                for try await result in tasks where result { ok += 1 }
+                XCTAssertEqual(ok, 50)
+            }
+        }
+        let tracked = try await connection.trackedStreamCount()
+        XCTAssertEqual(tracked, 0)
+        await client.close()
+        await server.close()
+    }
+
+    func testClosingEndsBothSidesAndDialingNothingFails() async throws {
+        let network = MemoryNetwork()
+        let (server, address) = try await memoryHost(network)
+        let (client, _) = try await memoryHost(network)
+        let events = server.events()
+        let connection = try await client.connect(address)
+        await connection.close()
+        try await withDeadline(10) {
+            for await event in events {
+                if case .disconnected(let gone) = event, gone.remotePeer == client.localPeer { return }
+            }
+        }
+        XCTAssertFalse(connection.isActive)
+        do {
+            _ = try await connection.newStream(protocols: [echoProtocol])
+            XCTFail("a stream on a closed connection")
+        } catch let error as TransportError {
+            guard case .connectionClosed = error else { return XCTFail("unexpected \(error)") }
+        }
+        do {
+            _ = try await client.connect(Multiaddr([.memory(999_999)]))
+            XCTFail("dialled nothing")
+        } catch let error as TransportError {
+            guard case .dialFailed = error else { return XCTFail("unexpected \(error)") }
+        }
+        await client.close()
+        await server.close()
+    }
+
+    func testAHostPicksTheTransportByAddress() async throws {
+        let network = MemoryNetwork()
+        let transports: [any Transport] = [TCPTransport(group: group), MemoryTransport(group: group, network: network)]
+        let (server, tcpAddress) = try await makeTestHost(group: group, transports: transports)
+        let memory = try await server.listen(on: [Multiaddr([.memory(0)])])
+        let (client, _) = try await makeTestHost(group: group, transports: transports)
+        let overTCP = try await client.connect(tcpAddress)
+        XCTAssertEqual(overTCP.transport, "tcp")
+        await overTCP.close()
+        let overMemory = try await client.connect(memory[0])
+        XCTAssertEqual(overMemory.transport, "memory")
+        do {
+            _ = try await client.connect(Multiaddr("/ip4/127.0.0.1/udp/1/quic-v1"))
+            XCTFail("dialled an address no transport takes")
+        } catch let error as TransportError {
+            guard case .unsupportedAddress = error else { return XCTFail("unexpected \(error)") }
+        }
+        await client.close()
+        await server.close()
+    }
+}
