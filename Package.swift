@@ -145,7 +145,7 @@ let package = Package(
             ],
             path: "Tests/TestSupport"
         ),
-        .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "TestSupport"]),
+        .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "TransportTests",
             dependencies: ["Transport", "Host", "Identify", "Ping", "Perf", "Noise", "Multistream", "TestSupport"]

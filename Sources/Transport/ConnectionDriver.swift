@@ -52,10 +52,31 @@ final class ConnectionDriver {
         let role: SecurityRole
         let expectedRemotePeer: PeerID?
         let transport: String
-        let localAddress: Multiaddr?
-        let remoteAddress: Multiaddr
-        /// The channel under a channel-based transport.
-        let channel: Channel?
+        let addresses: Addresses
+    }
+
+    /// Where the connection's addresses come from.
+    enum Addresses {
+        case fixed(local: Multiaddr?, remote: Multiaddr)
+        /// The channel's socket addresses, known once it is connected, with `suffix` (`/ws`) appended.
+        case channel(Channel, suffix: [MultiaddrComponent])
+
+        var channel: Channel? {
+            if case .channel(let channel, _) = self { return channel }
+            return nil
+        }
+
+        func resolve() -> (local: Multiaddr?, remote: Multiaddr) {
+            switch self {
+            case .fixed(let local, let remote):
+                return (local, remote)
+            case .channel(let channel, let suffix):
+                let remote =
+                    channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) } ?? Multiaddr.unspecifiedTCP
+                let local = channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) }
+                return (local.map { Multiaddr($0.components + suffix) }, Multiaddr(remote.components + suffix))
+            }
+        }
     }
 
     let eventLoop: EventLoop
@@ -205,13 +226,14 @@ final class ConnectionDriver {
 
     private func becomeEstablished(_ upgraded: ConnectionUpgrade.Upgraded) throws(TransportError) {
         let upgrader = parameters.upgrader
+        let (localAddress, remoteAddress) = parameters.addresses.resolve()
         let connection = Connection(
             id: id, localPeer: upgrader.localPeer, remotePeer: upgraded.remotePeer,
             remotePublicKey: upgraded.remotePublicKey, direction: parameters.direction,
-            remoteAddress: parameters.remoteAddress, localAddress: parameters.localAddress,
+            remoteAddress: remoteAddress, localAddress: localAddress,
             transport: parameters.transport, security: upgraded.securityProtocol, muxer: upgraded.muxer,
             driver: NIOLoopBound(self, eventLoop: eventLoop), closeFuture: closed.futureResult,
-            channel: parameters.channel)
+            channel: parameters.addresses.channel)
         let acceptor = upgrader.acceptor
         let streams = StreamTable(
             isClient: parameters.role == .initiator, configuration: configuration.yamux,

@@ -53,7 +53,7 @@ public struct MemoryTransport: Transport {
             NIOLoopBound(
                 upgrader.makeDriver(
                     direction: .outbound, role: role, expectedRemotePeer: expected, transport: "memory",
-                    localAddress: Multiaddr([.memory(localPort)]), remoteAddress: Multiaddr([.memory(port)]),
+                    addresses: .fixed(local: Multiaddr([.memory(localPort)]), remote: Multiaddr([.memory(port)])),
                     promise: established),
                 eventLoop: clientLoop)
         }.get()
@@ -61,7 +61,7 @@ public struct MemoryTransport: Transport {
             NIOLoopBound(
                 listener.upgrader.makeDriver(
                     direction: .inbound, role: nil, expectedRemotePeer: nil, transport: "memory",
-                    localAddress: Multiaddr([.memory(port)]), remoteAddress: Multiaddr([.memory(localPort)]),
+                    addresses: .fixed(local: Multiaddr([.memory(port)]), remote: Multiaddr([.memory(localPort)])),
                     promise: accepted),
                 eventLoop: serverLoop)
         }.get()

@@ -75,14 +75,10 @@ public struct Upgrader: Sendable {
         expectedRemotePeer: PeerID? = nil, transport: String = "tcp",
         addressSuffix: [MultiaddrComponent] = []
     ) -> EventLoopFuture<Connection> {
-        let remote =
-            channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) } ?? Multiaddr.unspecifiedTCP
-        let local = channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) }
         let promise = channel.eventLoop.makePromise(of: Connection.self)
         let driver = makeDriver(
             direction: direction, role: role, expectedRemotePeer: expectedRemotePeer, transport: transport,
-            localAddress: local.map { Multiaddr($0.components + addressSuffix) },
-            remoteAddress: Multiaddr(remote.components + addressSuffix), channel: channel, promise: promise)
+            addresses: .channel(channel, suffix: addressSuffix), promise: promise)
         do {
             try channel.pipeline.syncOperations.addHandler(ConnectionHandler(driver: driver))
         } catch {
@@ -94,14 +90,12 @@ public struct Upgrader: Sendable {
     /// A driver for a byte stream that is not a NIO channel (in-memory, relayed).
     func makeDriver(
         direction: ConnectionDirection, role: SecurityRole?, expectedRemotePeer: PeerID?, transport: String,
-        localAddress: Multiaddr?, remoteAddress: Multiaddr, channel: Channel? = nil,
-        promise: EventLoopPromise<Connection>
+        addresses: ConnectionDriver.Addresses, promise: EventLoopPromise<Connection>
     ) -> ConnectionDriver {
         let parameters = ConnectionDriver.Parameters(
             upgrader: self, direction: direction,
             role: role ?? (direction == .outbound ? .initiator : .responder),
-            expectedRemotePeer: expectedRemotePeer, transport: transport, localAddress: localAddress,
-            remoteAddress: remoteAddress, channel: channel)
+            expectedRemotePeer: expectedRemotePeer, transport: transport, addresses: addresses)
         let driver = ConnectionDriver(
             parameters: parameters, id: connectionIDs.next(), eventLoop: promise.futureResult.eventLoop,
             established: promise)
