@@ -148,8 +148,11 @@ let package = Package(
         .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "TransportTests",
-            dependencies: ["Transport", "Host", "Identify", "Ping", "Perf", "Noise", "Multistream", "TestSupport"]
+            dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "Security", "TestSupport"]
         ),
+        .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
+        .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
+        .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "InteropTests",
             dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport", "ChildProcess"]

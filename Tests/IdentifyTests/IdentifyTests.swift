@@ -1,0 +1,59 @@
+import Host
+import Identify
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import Ping
+import TestSupport
+import Transport
+import XCTest
+
+/// `/ipfs/id/1.0.0` and `/ipfs/id/push/1.0.0` between Swift nodes.
+final class IdentifyTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+
+    func testIdentifyBetweenSwiftNodes() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        let info = try await IdentifyService(host: client, agentVersion: "x").identify(connection)
+        XCTAssertEqual(info.agentVersion, "p2pchat-test/0")
+        XCTAssertEqual(info.protocolVersion, "ipfs/0.1.0")
+        XCTAssertTrue(info.protocols.contains(PingService.protocolID))
+        XCTAssertTrue(info.protocols.contains(echoProtocol))
+        XCTAssertEqual(info.listenAddresses, [address.withoutP2P])
+        XCTAssertEqual(info.publicKey, server.localKey.publicKey)
+        await client.close()
+        await server.close()
+    }
+
+    func testIdentifyPushUpdatesPeers() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let events = client.events()
+        _ = try await client.connect(address)
+        let serverPeer = server.localPeer
+        // Wait for the server to have identified the client (so it knows the client takes pushes),
+        // and the client to have identified the server.
+        try await withDeadline(10) {
+            while server.peerStore.info(client.localPeer)?.protocols.contains(IdentifyService.pushProtocolID) != true
+                || client.peerStore.info(serverPeer)?.protocols.isEmpty != false
+            {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        server.setStreamHandler("/p2pchat/new/1.0.0") { _ in }
+        try await withDeadline(10) {
+            for await event in events {
+                if case .peerUpdated(serverPeer) = event,
+                    client.peerStore.info(serverPeer)?.protocols.contains("/p2pchat/new/1.0.0") == true
+                {
+                    return
+                }
+            }
+        }
+        await client.close()
+        await server.close()
+    }
+}
