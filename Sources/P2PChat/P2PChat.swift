@@ -225,11 +225,14 @@ struct IdCommand: AsyncParsableCommand {
     func run() async throws {
         let (target, host, identify) = startTool(address: address, identity: identity)
         do {
-            let info = try await withTimeout(seconds: timeout, "identify \(address)") {
+            let (info, connection) = try await withTimeout(seconds: timeout, "identify \(address)") {
                 let connection = try await host.connect(target)
-                return try await identify.identify(connection)
+                return (try await identify.identify(connection), connection)
             }
             say("Peer id: \(info.peer)")
+            say("Transport: \(connection.transport) \(connection.remoteAddress)")
+            say("Security: \(connection.security)")
+            say("Muxer: \(connection.muxer)")
             say("Agent version: \(info.agentVersion ?? "(none)")")
             say("Protocol version: \(info.protocolVersion ?? "(none)")")
             if let observed = info.observedAddress { say("Observed address: \(observed)") }
