@@ -2,7 +2,7 @@
 import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
-// Multiformats <- Identity <- Noise ; Multistream ; Yamux
+// Multiformats <- Identity <- LibP2PSecurity <- Noise ; Multistream ; Yamux
 //   <- Transport (TCP + upgrade) <- Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
 let package = Package(
     name: "p2pchat",
@@ -47,14 +47,17 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
+        // Not named "Security": swift-certificates' X509 does `#if canImport(Security)
+        // import Security` (Apple's framework), which on Linux would find this module.
         .target(
-            name: "Security",
-            dependencies: ["Identity", .product(name: "NIOCore", package: "swift-nio")]
+            name: "LibP2PSecurity",
+            dependencies: ["Identity", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Sources/Security"
         ),
         .target(
             name: "Noise",
             dependencies: [
-                "Identity", "Security", "COpenSSLAEAD",
+                "Identity", "LibP2PSecurity", "COpenSSLAEAD",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -69,7 +72,7 @@ let package = Package(
         .target(
             name: "Transport",
             dependencies: [
-                "Multiformats", "Identity", "Multistream", "Security", "Noise", "Yamux",
+                "Multiformats", "Identity", "Multistream", "LibP2PSecurity", "Noise", "Yamux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -79,7 +82,7 @@ let package = Package(
         .target(
             name: "Host",
             dependencies: [
-                "Transport", "Security", "Noise",
+                "Transport", "LibP2PSecurity", "Noise",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -141,14 +144,14 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
-                "Host", "Identify", "Ping", "Noise", "Security", .product(name: "NIOPosix", package: "swift-nio"),
+                "Host", "Identify", "Ping", "Noise", "LibP2PSecurity", .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "TransportTests",
-            dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "Security", "TestSupport"]
+            dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "LibP2PSecurity", "TestSupport"]
         ),
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
