@@ -2,7 +2,7 @@
 import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
-// Multiformats <- Identity <- LibP2PSecurity <- Noise ; Multistream ; Yamux
+// Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
 //   <- Transport (TCP + upgrade) <- Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
 let package = Package(
     name: "p2pchat",
@@ -20,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
     ],
     targets: [
         .target(name: "Multiformats"),
@@ -64,6 +67,19 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             exclude: ["payload.proto"]
+        ),
+        .target(
+            name: "TLS",
+            dependencies: [
+                "Identity", "LibP2PSecurity",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
         ),
         .target(
             name: "Yamux",
@@ -133,6 +149,15 @@ let package = Package(
         .testTarget(name: "IdentityTests", dependencies: ["Identity"]),
         .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
+        .testTarget(
+            name: "TLSTests",
+            dependencies: [
+                "TLS", "LibP2PSecurity", "Identity",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .testTarget(name: "NamespaceTests", dependencies: ["ChildProcess"]),
