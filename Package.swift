@@ -183,7 +183,7 @@ let package = Package(
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport", "ChildProcess"]
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TLS", "TestSupport", "ChildProcess"]
         ),
     ]
 )
