@@ -1,8 +1,10 @@
 import Crypto
 import Foundation
 import Identity
-import NIOCore
 import LibP2PSecurity
+import NIOCore
+import NIOEmbedded
+import NIOSSL
 import SwiftASN1
 import X509
 import XCTest
@@ -165,6 +167,32 @@ final class TLSTests: XCTestCase {
             XCTAssertEqual((error as? PeerIDMismatch)?.actual, PeerID(publicKey: initiatorKey.publicKey), "\(error)")
         }
         XCTAssertNil(responder.connection)
+    }
+
+    /// The spec forbids anything below TLS 1.3: a TLS 1.2-only client is refused.
+    func testTLS12ClientIsRefused() throws {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.maximumTLSVersion = .tlsv12
+        configuration.certificateVerification = .none
+        configuration.shutdownTimeout = .zero
+        let client = EmbeddedChannel()
+        defer {
+            client.close(promise: nil)
+            client.embeddedEventLoop.run()
+            client.embeddedEventLoop.advanceTime(by: .hours(1))
+        }
+        try client.pipeline.syncOperations.addHandler(
+            try NIOSSLClientHandler(context: NIOSSLContext(configuration: configuration), serverHostname: nil))
+        client.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 1), promise: nil)
+        client.embeddedEventLoop.run()
+        var clientHello = try XCTUnwrap(client.readOutbound(as: ByteBuffer.self))
+        var responder = try tls.makeHandshake(
+            role: .responder, localKey: .generateEd25519(), expectedRemotePeer: nil, muxers: [])
+        var output = ByteBuffer()
+        try responder.start(into: &output)
+        XCTAssertThrowsError(try responder.receive(&clientHello, output: &output)) { error in
+            guard case .handshakeFailed? = error as? TLSError else { return XCTFail("\(error)") }
+        }
     }
 
     // MARK: Early muxer negotiation (ALPN)
