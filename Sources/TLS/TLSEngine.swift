@@ -175,6 +175,15 @@ final class TLSEngine {
         if let error = observer.takeError() { throw TLSError.sessionFailed(error) }
     }
 
+    /// Sends close_notify: the remote's session then ends cleanly instead of
+    /// failing on the connection's end.
+    func close(into output: inout ByteBuffer) {
+        guard let channel, !observer.inactive else { return }
+        channel.pipeline.syncOperations.close(promise: nil)
+        channel.embeddedEventLoop.run()
+        drainOutbound(into: &output)
+    }
+
     /// Moves the ciphertext swift-nio-ssl wrote into `output`, without a copy
     /// when `output` is empty.
     private func drainOutbound(into output: inout ByteBuffer) {

@@ -316,6 +316,23 @@ final class TLSTests: XCTestCase {
         XCTAssertEqual(String(buffer: responder.received), "whole message")
     }
 
+    func testCloseNotifyEndsTheRemoteSessionCleanly() throws {
+        let (initiator, responder) = try connect()
+        try initiator.send([ByteBuffer(string: "last words")])
+        let session = try XCTUnwrap(initiator.connection?.session as? TLSSession)
+        session.close(into: &initiator.outbox)
+        // The data before close_notify arrives; close_notify itself is no error.
+        try pump(initiator, responder)
+        XCTAssertEqual(String(buffer: responder.received), "last words")
+        XCTAssertThrowsError(try responder.send([ByteBuffer(string: "too late")])) { error in
+            guard case .closed? = error as? TLSError else { return XCTFail("\(error)") }
+        }
+        // Whatever follows is dropped, not passed on as plaintext.
+        var trailing = ByteBuffer(bytes: randomBytes(100))
+        try responder.deliver(&trailing)
+        XCTAssertEqual(String(buffer: responder.received), "last words")
+    }
+
     // MARK: Hostile input
 
     func testRandomBytesToAHandshakeThrow() throws {
