@@ -178,7 +178,9 @@ let package = Package(
         .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "TransportTests",
-            dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "LibP2PSecurity", "TestSupport"]
+            dependencies: [
+                "Transport", "Host", "Identify", "Ping", "Noise", "TLS", "Multistream", "LibP2PSecurity", "TestSupport",
+            ]
         ),
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
