@@ -32,6 +32,8 @@ final class TLSEngine {
     private var channel: EmbeddedChannel?
     private let observer = Observer()
     private var handshakeBytes = 0
+    /// A session that failed stays failed: swift-nio-ssl has closed the channel.
+    private var sessionError: TLSError?
 
     init(role: SecurityRole, sslContext: NIOSSLContext, muxers: [String], maxHandshakeBytes: Int, verification: PeerVerification) {
         self.role = role
@@ -69,6 +71,7 @@ final class TLSEngine {
     func receiveHandshake(_ input: inout ByteBuffer, output: inout ByteBuffer) throws -> Bool {
         let channel = try setUp()
         guard !observer.handshakeComplete else { throw TLSError.handshakeAlreadyComplete }
+        drainOutbound(into: &output)  // the ClientHello, when `start` was skipped
         while input.readableBytes > 0 && !observer.handshakeComplete {
             let length = min(input.readableBytes, Self.handshakeSlice)
             handshakeBytes += length
@@ -127,6 +130,7 @@ final class TLSEngine {
     /// Plaintext decrypted so far (with the handshake's last flight, or from `input`).
     func receive(_ input: inout ByteBuffer, plaintexts: inout [ByteBuffer], output: inout ByteBuffer) throws {
         guard let channel, observer.handshakeComplete else { throw TLSError.sessionFailed(TLSError.closed) }
+        if let sessionError { throw sessionError }
         if input.readableBytes > 0 {
             let data = input.readSlice(length: input.readableBytes)!
             // After close_notify the pipeline is gone: bytes would come out unread as "plaintext".
@@ -138,11 +142,17 @@ final class TLSEngine {
         }
         observer.takePlaintexts(into: &plaintexts)
         drainOutbound(into: &output)
-        if let error = observer.takeError() { throw TLSError.sessionFailed(error) }
+        try checkSessionFailure()
+    }
+
+    private func checkSessionFailure() throws {
+        if let error = observer.takeError() { sessionError = .sessionFailed(error) }
+        if let sessionError { throw sessionError }
     }
 
     func encrypt(pieces: [ByteBuffer], into output: inout ByteBuffer) throws {
         guard let channel, observer.handshakeComplete else { throw TLSError.sessionFailed(TLSError.closed) }
+        if let sessionError { throw sessionError }
         guard !observer.inactive else { throw TLSError.closed }
         let pipeline = channel.pipeline.syncOperations
         // Each write becomes its own record(s): small pieces (frame headers)
@@ -172,7 +182,7 @@ final class TLSEngine {
         pipeline.flush()
         channel.embeddedEventLoop.run()
         drainOutbound(into: &output)
-        if let error = observer.takeError() { throw TLSError.sessionFailed(error) }
+        try checkSessionFailure()
     }
 
     /// Sends close_notify: the remote's session then ends cleanly instead of

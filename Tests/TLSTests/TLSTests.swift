@@ -426,8 +426,11 @@ final class TLSTests: XCTestCase {
                 ) { error in
                     guard case .sessionFailed? = error as? TLSError else { return XCTFail("\(error)") }
                 }
-                // A failed session refuses to send.
+                // A failed session stays failed, sending or receiving.
                 XCTAssertThrowsError(try initiator.send([ByteBuffer(string: "x")]))
+                var more = ByteBuffer(bytes: randomBytes(10))
+                XCTAssertThrowsError(
+                    try initiator.connection!.session.receive(&more, plaintexts: &plaintexts, output: &output))
             }
         }
         // Pure noise.
