@@ -1,9 +1,9 @@
 import Identity
+import LibP2PSecurity
 import NIOCore
 import NIOEmbedded
 import NIOSSL
 import NIOTLS
-import LibP2PSecurity
 
 /// Drives swift-nio-ssl without I/O. swift-nio-ssl has no sans-IO API, so
 /// its handler runs in an `EmbeddedChannel`: ciphertext goes in with a

@@ -1,7 +1,7 @@
 import Identity
+import LibP2PSecurity
 import NIOCore
 import NIOSSL
-import LibP2PSecurity
 
 /// `/tls/1.0.0` (libp2p TLS) as one of the upgrader's security protocols.
 ///
