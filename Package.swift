@@ -2,7 +2,7 @@
 import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
-// Multiformats <- Identity <- Noise ; Multistream ; Yamux
+// Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
 //   <- Transport (TCP + upgrade) <- Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
 let package = Package(
     name: "p2pchat",
@@ -20,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
     ],
     targets: [
         .target(name: "Multiformats"),
@@ -47,14 +50,17 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
+        // Not named "Security": swift-certificates' X509 does `#if canImport(Security)
+        // import Security` (Apple's framework), which on Linux would find this module.
         .target(
-            name: "Security",
-            dependencies: ["Identity", .product(name: "NIOCore", package: "swift-nio")]
+            name: "LibP2PSecurity",
+            dependencies: ["Identity", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Sources/Security"
         ),
         .target(
             name: "Noise",
             dependencies: [
-                "Identity", "Security", "COpenSSLAEAD",
+                "Identity", "LibP2PSecurity", "COpenSSLAEAD",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -63,13 +69,26 @@ let package = Package(
             exclude: ["payload.proto"]
         ),
         .target(
+            name: "TLS",
+            dependencies: [
+                "Identity", "LibP2PSecurity",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        .target(
             name: "Yamux",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "Transport",
             dependencies: [
-                "Multiformats", "Identity", "Multistream", "Security", "Noise", "Yamux",
+                "Multiformats", "Identity", "Multistream", "LibP2PSecurity", "Noise", "Yamux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -79,7 +98,7 @@ let package = Package(
         .target(
             name: "Host",
             dependencies: [
-                "Transport", "Security", "Noise",
+                "Transport", "LibP2PSecurity", "Noise",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -130,6 +149,17 @@ let package = Package(
         .testTarget(name: "IdentityTests", dependencies: ["Identity"]),
         .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
+        .testTarget(
+            name: "TLSTests",
+            dependencies: [
+                "TLS", "LibP2PSecurity", "Identity",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .testTarget(name: "NamespaceTests", dependencies: ["ChildProcess"]),
@@ -141,21 +171,23 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
-                "Host", "Identify", "Ping", "Noise", "Security", .product(name: "NIOPosix", package: "swift-nio"),
+                "Host", "Identify", "Ping", "Noise", "LibP2PSecurity", .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "TransportTests",
-            dependencies: ["Transport", "Host", "Identify", "Ping", "Noise", "Multistream", "Security", "TestSupport"]
+            dependencies: [
+                "Transport", "Host", "Identify", "Ping", "Noise", "TLS", "Multistream", "LibP2PSecurity", "TestSupport",
+            ]
         ),
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport", "ChildProcess"]
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TLS", "TestSupport", "ChildProcess"]
         ),
     ]
 )

@@ -4,7 +4,7 @@ import Multiformats
 import NIOCore
 import NIOPosix
 import Noise
-import Security
+import LibP2PSecurity
 import Synchronization
 import Transport
 

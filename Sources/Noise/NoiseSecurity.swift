@@ -1,6 +1,6 @@
 import Identity
 import NIOCore
-import Security
+import LibP2PSecurity
 
 /// `/noise` as one of the upgrader's security protocols.
 public struct NoiseSecurity: SecurityProtocol {

@@ -2,7 +2,7 @@ import Identity
 import Logging
 import Multiformats
 import NIOCore
-import Security
+import LibP2PSecurity
 import Yamux
 
 /// Where a connection's bytes go: a NIO channel, an in-memory pipe (later a

@@ -1,7 +1,7 @@
 import Identity
 import Multistream
 import NIOCore
-import Security
+import LibP2PSecurity
 
 /// The upgrade of a raw byte stream (TCP, WebSocket, a relayed stream) to a
 /// secured connection with an agreed muxer, sans-IO: multistream-select of a

@@ -1,7 +1,7 @@
 import Identity
 import Multiformats
 import NIOCore
-import Security
+import LibP2PSecurity
 import Synchronization
 
 /// In-process connections (`/memory/<n>`), as rust-libp2p's memory transport:

@@ -4,7 +4,7 @@ import Multiformats
 import NIOCore
 import NIOConcurrencyHelpers
 import NIOPosix
-import Security
+import LibP2PSecurity
 
 /// TCP on SwiftNIO: `/ip4|ip6/<addr>/tcp/<port>` (and `/dns*` for dialing).
 public struct TCPTransport: Transport {

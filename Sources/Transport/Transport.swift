@@ -1,7 +1,7 @@
 import Identity
 import Multiformats
 import NIOCore
-import Security
+import LibP2PSecurity
 
 /// A way to reach peers (TCP, WebSocket, in-memory; a relayed stream later):
 /// it dials and listens on the multiaddrs it understands and hands every raw

@@ -2,7 +2,7 @@ import Identity
 import Logging
 import Multiformats
 import NIOCore
-import Security
+import LibP2PSecurity
 import Synchronization
 
 /// Turns raw byte streams into secured, multiplexed connections: what every

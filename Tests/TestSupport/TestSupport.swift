@@ -6,7 +6,7 @@ import NIOCore
 import NIOPosix
 import Noise
 import Ping
-import Security
+import LibP2PSecurity
 import Transport
 import Synchronization
 import XCTest

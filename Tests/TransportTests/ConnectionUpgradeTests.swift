@@ -2,7 +2,7 @@ import Identity
 import Multistream
 import NIOCore
 import Noise
-import Security
+import LibP2PSecurity
 import XCTest
 
 @testable import Transport

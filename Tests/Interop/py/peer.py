@@ -1,6 +1,6 @@
 """A py-libp2p peer for p2pchat's interop tests.
 
-Speaks TCP + Noise + Yamux only, serves ping, identify (py-libp2p's defaults),
+Speaks TCP + Noise (or TLS with --security tls) + Yamux only, serves ping, identify (py-libp2p's defaults),
 perf (/perf/1.0.0) and an echo protocol, and can dial a peer to run ping,
 identify, echo, many concurrent echo streams or a perf measurement. Every stdout line is one JSON object; logs go to stderr.
 The process always ends by itself: on --timeout, on stdin EOF (listen mode) or
@@ -30,6 +30,7 @@ from libp2p.perf import PerfService
 from libp2p.peer.id import ID as PeerID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID, Transport as NoiseTransport
+from libp2p.security.tls.transport import PROTOCOL_ID as TLS_ID, TLSTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID, Yamux
 
 ECHO = TProtocol("/p2pchat/echo/1.0.0")
@@ -82,15 +83,19 @@ async def echo_handler(stream) -> None:
         await stream.reset()
 
 
-def make_host(seed: str | None, mdns: bool = False):
+def make_host(seed: str | None, mdns: bool = False, security: str = "noise"):
     if seed:
         key_pair = create_new_key_pair(bytes.fromhex(seed))
     else:
         key_pair = create_new_key_pair()
-    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    if security == "tls":
+        # ALPN offers only "libp2p": the muxer is then chosen by multistream-select.
+        sec_opt = {TLS_ID: TLSTransport(key_pair)}
+    else:
+        sec_opt = {NOISE_ID: NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)}
     host = new_host(
         key_pair=key_pair,
-        sec_opt={NOISE_ID: noise},
+        sec_opt=sec_opt,
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
         enable_mDNS=mdns,
     )
@@ -284,7 +289,7 @@ async def wait_for_stdin_eof() -> None:
 
 
 async def main(args) -> None:
-    host = make_host(args.seed, mdns=args.mode == "mdns")
+    host = make_host(args.seed, mdns=args.mode == "mdns", security=args.security)
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")]
     with trio.move_on_after(args.timeout) as scope:
         async with host.run(listen_addrs=listen):
@@ -331,6 +336,7 @@ def parse_args():
     parser.add_argument("--seed", help="hex 32-byte seed for a deterministic Ed25519 key")
     parser.add_argument("--ip", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--security", choices=["noise", "tls"], default="noise", help="before the mode")
     sub = parser.add_subparsers(dest="mode", required=True)
     listen = sub.add_parser("listen")
     listen.add_argument("--port", type=int, default=0)

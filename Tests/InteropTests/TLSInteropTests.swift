@@ -1,0 +1,58 @@
+import Host
+import Identify
+import Multiformats
+import NIOPosix
+import Ping
+import TLS
+import TestSupport
+import Transport
+import XCTest
+
+/// /tls/1.0.0 with py-libp2p 0.8.1 (peer.py --security tls), both directions.
+/// py offers only "libp2p" in ALPN, so the muxer is always negotiated with
+/// multistream-select after the handshake.
+final class TLSInteropTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var peers: [PythonPeer] = []
+
+    override func tearDown() async throws {
+        for peer in peers { peer.stop() }
+    }
+
+    func startPython(_ arguments: [String]) throws -> PythonPeer {
+        let peer = try PythonPeer(["--security", "tls"] + arguments)
+        peers.append(peer)
+        return peer
+    }
+
+    func testSwiftDialsPythonOverTLS() async throws {
+        let python = try startPython(["listen", "--port", "0", "--timeout", "120"])
+        let listening = try await python.next("listening")
+        let address = try Multiaddr(XCTUnwrap(listening["addr"] as? String))
+        let (host, _) = try await makeTestHost(group: group, security: [TLSSecurity()])
+        let connection = try await host.connect(address)
+        XCTAssertEqual(connection.remotePeer, address.peerID, python.stderrTail)
+        let rtts = try await PingService.ping(connection, count: 3)
+        XCTAssertEqual(rtts.count, 3)
+        let info = try await IdentifyService(host: host, agentVersion: "x").identify(connection)
+        XCTAssertTrue(info.agentVersion?.contains("py-libp2p") ?? false)
+        let data = patternBytes(count: 8 * 1024 * 1024, seed: 8)
+        let back = try await withDeadline(120) { try await echo(data, over: connection) }
+        XCTAssertTrue(back == data, "echoed bytes differ")
+        await host.close()
+    }
+
+    func testPythonDialsSwiftOverTLS() async throws {
+        let (host, address) = try await makeTestHost(group: group, security: [TLSSecurity()])
+        for (action, event) in [(["ping", "--count", "3"], "ping"), (["identify"], "identified"),
+                                (["echo", "--bytes", "\(8 * 1024 * 1024)"], "echo")] {
+            let python = try startPython(["dial", "\(address)"] + action + ["--timeout", "120"])
+            let result = try await python.next(event, within: 120)
+            if event == "echo" { XCTAssertEqual(result["ok"] as? Double, 1, python.stderrTail) }
+            if event == "identified" { XCTAssertEqual(result["agent"] as? String, "p2pchat-test/0") }
+            let status = try await python.waitForExit(within: 30)
+            XCTAssertEqual(status, 0, python.stderrTail)
+        }
+        await host.close()
+    }
+}
