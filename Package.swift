@@ -3,7 +3,7 @@ import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
 // Multiformats <- Identity <- Noise ; Multistream ; Yamux
-//   <- Transport (TCP + upgrade) <- Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
+//   <- Transport (TCP + upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -72,6 +72,17 @@ let package = Package(
                 "Multiformats", "Identity", "Multistream", "Security", "Noise", "Yamux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "WebSocket",
+            dependencies: [
+                "Transport", "Multiformats", "Identity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -147,8 +158,16 @@ let package = Package(
             dependencies: ["Transport", "Host", "Identify", "Ping", "Perf", "Noise", "Multistream", "TestSupport"]
         ),
         .testTarget(
+            name: "WebSocketTests",
+            dependencies: [
+                "WebSocket", "Transport", "Ping", "TestSupport",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport", "ChildProcess"]
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TestSupport", "ChildProcess", "WebSocket"]
         ),
     ]
 )

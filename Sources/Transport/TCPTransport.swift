@@ -45,11 +45,17 @@ extension NIOBSDSocket.Option {
     static let tcp_notsent_lowat = NIOBSDSocket.Option(rawValue: 25)
 }
 
-/// A TCP listener with its bound address.
+/// A listener (TCP, or another transport's server channel) with its bound address.
 public struct Listener: Sendable {
     /// The address actually bound (port 0 resolved).
     public let address: Multiaddr
     let channel: Channel
+
+    /// A listener whose `channel` is the bound server channel (other transports make theirs).
+    public init(address: Multiaddr, channel: Channel) {
+        self.address = address
+        self.channel = channel
+    }
 
     public func close() async {
         try? await channel.close()
@@ -91,6 +97,26 @@ public final class TCPTransport: Sendable {
             expectedRemotePeer: expectedRemotePeer, acceptor: acceptor, connectionID: id,
             established: promise, logger: logger)
         return handler
+    }
+
+    /// Runs the libp2p upgrade (multistream-select, Noise, Yamux) over whatever
+    /// raw byte stream `channel`'s pipeline carries (TCP, or WebSocket frames
+    /// turned into bytes), and completes with the connection.
+    ///
+    /// Temporary seam for other byte-stream transports until the `Upgrader`
+    /// refactor offers the same call. Must be called on the channel's event loop.
+    public func upgrade(
+        channel: Channel, direction: ConnectionDirection, expectedRemotePeer: PeerID?
+    ) -> EventLoopFuture<Connection> {
+        channel.eventLoop.preconditionInEventLoop()
+        let promise = channel.eventLoop.makePromise(of: Connection.self)
+        let handler = makeHandler(direction: direction, expectedRemotePeer: expectedRemotePeer, promise: promise)
+        do {
+            try channel.pipeline.syncOperations.addHandler(handler)
+        } catch {
+            promise.fail(error)
+        }
+        return promise.futureResult
     }
 
     /// Listens on an `/ip4|ip6/<addr>/tcp/<port>` address (port 0 picks one).

@@ -1,0 +1,222 @@
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+import Transport
+
+/// Limits of the WebSocket layer (the libp2p upgrade above it keeps the TCP
+/// transport's `TransportConfiguration`).
+public struct WebSocketConfiguration: Sendable {
+    /// Largest frame accepted from the remote; a larger one closes the connection
+    /// with status 1009. Fragments are passed on as they come, so this also bounds
+    /// what one frame can make us buffer.
+    public var maxFrameSize: Int = 1 << 20
+    /// Our writes go out in binary frames of at most this many bytes. Kept well
+    /// under 1 MiB: py-libp2p's listener refuses larger messages (trio-websocket's default limit).
+    public var maxOutboundFramePayload: Int = 64 * 1024
+    /// From TCP established to the WebSocket upgrade done (both sides).
+    public var handshakeTimeout: TimeAmount = .seconds(10)
+
+    public init() {}
+}
+
+/// libp2p's `/ws` transport: a TCP connection upgraded to a WebSocket (HTTP/1.1
+/// `GET /`, RFC 6455) whose binary frames carry the raw libp2p byte stream, which
+/// then goes through the usual upgrade (multistream-select, Noise, Yamux).
+///
+/// `/wss` (WebSocket over TLS) is not supported: such addresses are refused with
+/// `WebSocketError.secureWebSocketUnsupported`.
+public final class WebSocketTransport: Sendable {
+    /// Runs the libp2p upgrade over a channel whose pipeline carries raw bytes.
+    typealias Upgrade = @Sendable (Channel, ConnectionDirection, PeerID?) -> EventLoopFuture<Connection>
+
+    public let group: EventLoopGroup
+    public let configuration: WebSocketConfiguration
+    let transportConfiguration: TransportConfiguration
+    let upgrade: Upgrade
+    let onInboundConnection: @Sendable (Connection) -> Void
+    let logger: Logger
+
+    /// A WebSocket transport on `tcp`'s event loops, socket options and libp2p
+    /// upgrade (its key, acceptor and limits). Inbound connections upgraded here go
+    /// to `onInboundConnection` (not to `tcp`'s).
+    public init(
+        tcp: TCPTransport, configuration: WebSocketConfiguration = .init(),
+        logger: Logger = Logger(label: "p2p.transport.ws"),
+        onInboundConnection: @escaping @Sendable (Connection) -> Void
+    ) {
+        self.group = tcp.group
+        self.configuration = configuration
+        self.transportConfiguration = tcp.configuration
+        self.upgrade = { channel, direction, peer in
+            tcp.upgrade(channel: channel, direction: direction, expectedRemotePeer: peer)
+        }
+        self.logger = logger
+        self.onInboundConnection = onInboundConnection
+    }
+
+    /// Whether `dial` takes this address: `/ip4|ip6|dns|dns4|dns6/<host>/tcp/<port>/ws[/p2p/<id>]`.
+    public static func canDial(_ address: Multiaddr) -> Bool {
+        guard let parsed = try? WebSocketAddress(address) else { return false }
+        return (try? parsed.dialTarget(original: address)) != nil
+    }
+
+    /// Whether `listen` takes this address: `/ip4|ip6/<ip>/tcp/<port>/ws`.
+    public static func canListen(_ address: Multiaddr) -> Bool {
+        guard let parsed = try? WebSocketAddress(address) else { return false }
+        return (try? parsed.listenAddress(original: address)) != nil
+    }
+
+    // Kept as the TCP transport sets them (its allocator and option are internal
+    // to Transport): reads grow to 256 KiB under load, TCP_NOTSENT_LOWAT is option 25 on Linux.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
+    static let tcpNotSentLowWatermark = NIOBSDSocket.Option(rawValue: 25)
+
+    // MARK: - Listen
+
+    /// Listens on `/ip4|ip6/<ip>/tcp/<port>/ws` (port 0 picks one). The listener's
+    /// address is the bound one, ending in `/ws`. Any request path is accepted.
+    public func listen(on address: Multiaddr) async throws -> Listener {
+        let socketAddress = try WebSocketAddress(address).listenAddress(original: address)
+        let configuration = self.configuration
+        let upgrade = self.upgrade
+        let onInbound = self.onInboundConnection
+        let logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: Self.receiveAllocator)
+            .childChannelOption(
+                .tcpOption(Self.tcpNotSentLowWatermark), value: transportConfiguration.notSentLowWatermark ?? 0
+            )
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try Self.configureServerPipeline(
+                        channel: channel, configuration: configuration, upgrade: upgrade,
+                        onInbound: onInbound, logger: logger)
+                }
+            }
+        let channel = try await bootstrap.bind(to: socketAddress).get()
+        guard let bound = channel.localAddress, let boundAddress = try? Multiaddr(socketAddress: bound) else {
+            try? await channel.close()
+            throw WebSocketError.unsupportedAddress("\(address)")
+        }
+        let listening = boundAddress.encapsulating(.ws)
+        logger.debug("listening", metadata: ["address": "\(listening)"])
+        return Listener(address: listening, channel: channel)
+    }
+
+    /// HTTP server with the WebSocket upgrader; plain requests get 426/400.
+    private static func configureServerPipeline(
+        channel: Channel, configuration: WebSocketConfiguration, upgrade: @escaping Upgrade,
+        onInbound: @escaping @Sendable (Connection) -> Void, logger: Logger
+    ) throws {
+        let upgrader = NIOWebSocketServerUpgrader(
+            maxFrameSize: configuration.maxFrameSize,
+            automaticErrorHandling: true,
+            // libp2p's /ws has no path or subprotocol to check: any request may upgrade.
+            shouldUpgrade: { channel, _ in channel.eventLoop.makeSucceededFuture(HTTPHeaders()) },
+            upgradePipelineHandler: { channel, _ in
+                channel.eventLoop.makeCompletedFuture {
+                    let pipeline = channel.pipeline.syncOperations
+                    _ = pipeline.removeHandler(try pipeline.handler(type: PlainHTTPRefusalHandler.self))
+                    try pipeline.addHandler(
+                        WebSocketByteStreamHandler(
+                            role: .server, maxFramePayload: configuration.maxOutboundFramePayload, logger: logger))
+                    upgrade(channel, .inbound, nil).whenComplete { result in
+                        switch result {
+                        case .success(let connection): onInbound(connection)
+                        case .failure(let error):
+                            logger.debug("inbound upgrade failed", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+            }
+        )
+        let pipeline = channel.pipeline.syncOperations
+        try pipeline.configureHTTPServerPipeline(
+            withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
+        try pipeline.addHandler(PlainHTTPRefusalHandler(timeout: configuration.handshakeTimeout, logger: logger))
+    }
+
+    // MARK: - Dial
+
+    /// Dials a `/ws` address: TCP, `GET /` upgraded to a WebSocket, then the libp2p
+    /// upgrade. If the address ends in `/p2p/<id>`, a remote with another peer id is rejected.
+    public func dial(_ address: Multiaddr) async throws -> Connection {
+        let target = try WebSocketAddress(address).dialTarget(original: address)
+        let configuration = self.configuration
+        let upgrade = self.upgrade
+        let logger = self.logger
+        let addressText = "\(address)"
+        // Pick the loop first so the promise exists before connecting.
+        let eventLoop = group.next()
+        let promise = eventLoop.makePromise(of: Connection.self)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(transportConfiguration.dialTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: Self.receiveAllocator)
+            .channelOption(.tcpOption(Self.tcpNotSentLowWatermark), value: transportConfiguration.notSentLowWatermark ?? 0)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try Self.configureClientPipeline(
+                        channel: channel, target: target, address: addressText, configuration: configuration,
+                        upgrade: upgrade, established: promise, logger: logger)
+                }
+            }
+        do {
+            switch target.endpoint {
+            case .socket(let socketAddress):
+                _ = try await bootstrap.connect(to: socketAddress).get()
+            case .host(let host, let port):
+                _ = try await bootstrap.connect(host: host, port: port).get()
+            }
+        } catch {
+            let failure: TransportError
+            if case ChannelError.connectTimeout = error {
+                failure = .dialTimeout(address: addressText)
+            } else {
+                failure = .dialFailed(address: addressText, reason: "\(error)")
+            }
+            // The pipeline may never have been set up: settle the promise ourselves.
+            promise.fail(failure)
+            throw failure
+        }
+        return try await promise.futureResult.get()
+    }
+
+    /// HTTP client with the WebSocket upgrader, and the handler that sends `GET /`.
+    private static func configureClientPipeline(
+        channel: Channel, target: WebSocketDialTarget, address: String, configuration: WebSocketConfiguration,
+        upgrade: @escaping Upgrade, established: EventLoopPromise<Connection>, logger: Logger
+    ) throws {
+        let expectedPeer = target.expectedPeer
+        let upgrader = NIOWebSocketClientUpgrader(
+            maxFrameSize: configuration.maxFrameSize,
+            automaticErrorHandling: true,
+            upgradePipelineHandler: { channel, _ in
+                channel.eventLoop.makeCompletedFuture {
+                    let pipeline = channel.pipeline.syncOperations
+                    _ = pipeline.removeHandler(try pipeline.handler(type: WebSocketDialHandshakeHandler.self))
+                    try pipeline.addHandler(
+                        WebSocketByteStreamHandler(
+                            role: .client, maxFramePayload: configuration.maxOutboundFramePayload, logger: logger))
+                    upgrade(channel, .outbound, expectedPeer).cascade(to: established)
+                }
+            }
+        )
+        let pipeline = channel.pipeline.syncOperations
+        // Bytes that came with the 101 response are WebSocket frames: keep them.
+        try pipeline.addHTTPClientHandlers(
+            leftOverBytesStrategy: .forwardBytes,
+            withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
+        try pipeline.addHandler(
+            WebSocketDialHandshakeHandler(
+                address: address, hostHeader: target.hostHeader, timeout: configuration.handshakeTimeout,
+                established: established))
+    }
+}
