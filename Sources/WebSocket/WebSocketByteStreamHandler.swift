@@ -97,12 +97,14 @@ final class WebSocketByteStreamHandler: ChannelDuplexHandler {
         context.fireChannelRead(wrapInboundOut(payload))
     }
 
-    /// Closes with status 1002 and tells the handlers above why.
+    /// Closes with status 1002 and tells the handlers above why (before the
+    /// channel goes inactive, so the error they report is this one).
     private func violation(context: ChannelHandlerContext, _ reason: String) {
         discardingInput = true
         logger.debug("websocket protocol violation", metadata: ["reason": "\(reason)"])
-        sendCloseFrame(context: context, code: .protocolError, thenClose: true)
+        sendCloseFrame(context: context, code: .protocolError, thenClose: false)
         context.fireErrorCaught(WebSocketError.protocolViolation(reason))
+        context.close(promise: nil)
     }
 
     /// Sends a close frame once; closes the channel when it is written, if asked.
