@@ -37,6 +37,41 @@ struct EchoPingAcceptor: InboundStreamAcceptor {
     }
 }
 
+/// Serves one protocol whose handler reads nothing until `open()`, then counts all it reads.
+final class SlowReaderAcceptor: InboundStreamAcceptor {
+    static let protocolID = "/p2pchat/test/slow/1.0.0"
+    private let gate = AsyncStream<Void>.makeStream()
+    private let total = AsyncThrowingStream<Int, Error>.makeStream()
+
+    func supports(protocolID: String) -> Bool { protocolID == Self.protocolID }
+
+    func accept(_ stream: MuxedStream) {
+        let gate = self.gate.stream
+        let total = self.total.continuation
+        Task {
+            for await _ in gate { break }
+            var count = 0
+            do {
+                while let chunk = try await stream.read() { count += chunk.readableBytes }
+                total.yield(count)
+            } catch {
+                total.finish(throwing: error)
+            }
+            await stream.close()
+        }
+    }
+
+    func open() {
+        gate.continuation.yield()
+    }
+
+    /// What the handler read in all, once the stream ended.
+    func received() async throws -> Int {
+        for try await count in total.stream { return count }
+        throw TransportError.connectionClosed
+    }
+}
+
 /// The connections a node accepted.
 final class InboundConnections: Sendable {
     private let connections = Mutex<[Connection]>([])
@@ -66,10 +101,10 @@ struct Node {
     let transport: WebSocketTransport
     let inbound: InboundConnections
 
-    init(group: EventLoopGroup) {
+    init(group: EventLoopGroup, acceptor: InboundStreamAcceptor = EchoPingAcceptor()) {
         let key = PrivateKey.generateEd25519()
         let inbound = InboundConnections()
-        let tcp = TCPTransport(group: group, localKey: key, acceptor: EchoPingAcceptor(), onInboundConnection: { _ in })
+        let tcp = TCPTransport(group: group, localKey: key, acceptor: acceptor, onInboundConnection: { _ in })
         peer = tcp.localPeer
         transport = WebSocketTransport(tcp: tcp) { inbound.add($0) }
         self.inbound = inbound
@@ -170,6 +205,71 @@ final class WebSocketTransportTests: XCTestCase {
         let connection = try await withDeadline(20) { try await client.transport.dial(listener.address) }
         XCTAssertEqual(connection.remotePeer, server.peer)
         await connection.close()
+        await listener.close()
+    }
+
+    /// A reader that does not read makes the writer wait: what the writer hands
+    /// over stays within the stream's window plus its send bound (and one write),
+    /// as over TCP; then everything arrives once the reader reads.
+    func testSlowReaderMakesTheWriterWait() async throws {
+        let gate = SlowReaderAcceptor()
+        let server = Node(group: group, acceptor: gate)
+        let client = Node(group: group)
+        let listener = try await server.transport.listen(on: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
+        let connection = try await withDeadline(20) { try await client.transport.dial(listener.address) }
+        let stream = try await connection.newStream(protocols: [SlowReaderAcceptor.protocolID])
+        let written = Atomic<Int>(0)
+        let chunk = ByteBuffer(repeating: 7, count: 64 * 1024)
+        let total = 8 * 1024 * 1024
+        let writer = Task {
+            while written.load(ordering: .relaxed) < total {
+                try await stream.write(chunk)
+                written.add(chunk.readableBytes, ordering: .relaxed)
+            }
+            try await stream.closeWrite()
+        }
+        // Wait until the writer is stuck: no progress for 300 ms.
+        let deadline = ContinuousClock.now + .seconds(20)
+        var last = -1
+        while ContinuousClock.now < deadline {
+            let now = written.load(ordering: .relaxed)
+            if now == last { break }
+            last = now
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        let configuration = TransportConfiguration()
+        let bound = Int(configuration.yamux.initialWindow) + configuration.maxQueuedBytesPerStream + chunk.readableBytes
+        XCTAssertLessThanOrEqual(written.load(ordering: .relaxed), bound, "the writer ran ahead of a reader that does not read")
+        XCTAssertGreaterThan(written.load(ordering: .relaxed), 0)
+        gate.open()
+        try await withDeadline(30) { try await writer.value }
+        let received = try await withDeadline(30) { try await gate.received() }
+        XCTAssertEqual(received, total)
+        await connection.close()
+        await listener.close()
+    }
+
+    func testManyClientsDialOneListener() async throws {
+        let server = Node(group: group)
+        let listener = try await server.transport.listen(on: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
+        let target = listener.address.encapsulating(.p2p(server.peer.bytes))
+        let group = self.group
+        try await withDeadline(60) {
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for _ in 0..<16 {
+                    tasks.addTask {
+                        let client = Node(group: group)
+                        let connection = try await client.transport.dial(target)
+                        let rtts = try await PingService.ping(connection, count: 2)
+                        XCTAssertEqual(rtts.count, 2)
+                        await connection.close()
+                    }
+                }
+                try await tasks.waitForAll()
+            }
+        }
+        let accepted = try await server.inbound.waitFor(count: 16)
+        XCTAssertEqual(Set(accepted.map(\.remotePeer)).count, 16)
         await listener.close()
     }
 
