@@ -1,6 +1,7 @@
 import Identity
 import Logging
 import Multiformats
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -156,37 +157,45 @@ public final class WebSocketTransport: Sendable {
         // Pick the loop first so the promise exists before connecting.
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: Connection.self)
+        // Known once the socket exists, so a cancelled dial can close it (a host
+        // racing several addresses cancels the losers).
+        let dialling = NIOLockedValueBox<Channel?>(nil)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(transportConfiguration.dialTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: Self.receiveAllocator)
             .channelOption(.tcpOption(Self.tcpNotSentLowWatermark), value: transportConfiguration.notSentLowWatermark ?? 0)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                dialling.withLockedValue { $0 = channel }
+                return channel.eventLoop.makeCompletedFuture {
                     try Self.configureClientPipeline(
                         channel: channel, target: target, address: addressText, configuration: configuration,
                         upgrade: upgrade, established: promise, logger: logger)
                 }
             }
-        do {
-            switch target.endpoint {
-            case .socket(let socketAddress):
-                _ = try await bootstrap.connect(to: socketAddress).get()
-            case .host(let host, let port):
-                _ = try await bootstrap.connect(host: host, port: port).get()
+        return try await withTaskCancellationHandler {
+            do {
+                switch target.endpoint {
+                case .socket(let socketAddress):
+                    _ = try await bootstrap.connect(to: socketAddress).get()
+                case .host(let host, let port):
+                    _ = try await bootstrap.connect(host: host, port: port).get()
+                }
+            } catch {
+                let failure: TransportError
+                if case ChannelError.connectTimeout = error {
+                    failure = .dialTimeout(address: addressText)
+                } else {
+                    failure = .dialFailed(address: addressText, reason: "\(error)")
+                }
+                // The pipeline may never have been set up: settle the promise ourselves.
+                promise.fail(failure)
+                throw failure
             }
-        } catch {
-            let failure: TransportError
-            if case ChannelError.connectTimeout = error {
-                failure = .dialTimeout(address: addressText)
-            } else {
-                failure = .dialFailed(address: addressText, reason: "\(error)")
-            }
-            // The pipeline may never have been set up: settle the promise ourselves.
-            promise.fail(failure)
-            throw failure
+            return try await promise.futureResult.get()
+        } onCancel: {
+            dialling.withLockedValue { $0 }?.close(promise: nil)
         }
-        return try await promise.futureResult.get()
     }
 
     /// HTTP client with the WebSocket upgrader, and the handler that sends `GET /`.

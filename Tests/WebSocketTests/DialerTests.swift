@@ -173,6 +173,25 @@ final class DialerTests: XCTestCase {
         await server.close()
     }
 
+    /// Cancelling a dial stuck in the upgrade closes its socket and ends it at once.
+    func testCancelledDialEnds() async throws {
+        let server = try await ScriptedServer(group: group) { _ in nil }
+        let transport = dialer()
+        let dial = Task { try await transport.dial(server.address) }
+        // Wait for the request to arrive: the dial is then inside the upgrade.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while server.receivedRequests.isEmpty && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        XCTAssertEqual(server.receivedRequests.count, 1)
+        let start = ContinuousClock.now
+        dial.cancel()
+        let outcome = try await withDeadline(5) { await dial.result }
+        XCTAssertThrowsError(try outcome.get())
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(2), "the dial waited for its timeout")
+        await server.close()
+    }
+
     func testSuccessWithoutUpgradeFailsTheDial() async throws {
         let server = try await ScriptedServer(group: group) { _ in Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8) }
         do {
