@@ -124,6 +124,22 @@ final class WebSocketByteStreamHandler: ChannelDuplexHandler {
         }
     }
 
+    /// The frame decoder's errors (a frame over the size limit, a fragmented or
+    /// oversized control frame): closed with 1009 or 1002 here rather than by
+    /// NIO's error handler, so that exactly one close frame goes out.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let decoding = error as? NIOWebSocketError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        discardingInput = true
+        logger.debug("websocket frame refused", metadata: ["error": "\(decoding)"])
+        let code: WebSocketErrorCode = decoding == .invalidFrameLength ? .messageTooLarge : .protocolError
+        sendCloseFrame(context: context, code: code, thenClose: false)
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+
     // MARK: - Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

@@ -118,7 +118,8 @@ public final class WebSocketTransport: Sendable {
     ) throws {
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: configuration.maxFrameSize,
-            automaticErrorHandling: true,
+            // Decoder errors are answered by WebSocketByteStreamHandler.
+            automaticErrorHandling: false,
             // libp2p's /ws has no path or subprotocol to check: any request may upgrade.
             shouldUpgrade: { channel, _ in channel.eventLoop.makeSucceededFuture(HTTPHeaders()) },
             upgradePipelineHandler: { channel, _ in
@@ -206,7 +207,8 @@ public final class WebSocketTransport: Sendable {
         let expectedPeer = target.expectedPeer
         let upgrader = NIOWebSocketClientUpgrader(
             maxFrameSize: configuration.maxFrameSize,
-            automaticErrorHandling: true,
+            // Decoder errors are answered by WebSocketByteStreamHandler.
+            automaticErrorHandling: false,
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations

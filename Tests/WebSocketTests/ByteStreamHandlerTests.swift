@@ -113,6 +113,20 @@ final class ByteStreamHandlerTests: XCTestCase {
         try assertClosedWith(.protocolError, channel)
     }
 
+    func testOversizedFrameClosesWithMessageTooBig() throws {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 10)))
+        try channel.pipeline.syncOperations.addHandler(
+            WebSocketByteStreamHandler(role: .client, maxFramePayload: 64, logger: Logger(label: "test")))
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        // An unmasked binary frame of 11 bytes: one over the limit.
+        XCTAssertThrowsError(try channel.writeInbound(ByteBuffer(bytes: [0x82, 11] + [UInt8](repeating: 1, count: 11)))) {
+            XCTAssertEqual($0 as? NIOWebSocketError, .invalidFrameLength)
+        }
+        XCTAssertNil(try channel.readInbound(as: ByteBuffer.self))
+        try assertClosedWith(.messageTooLarge, channel)
+    }
+
     func testCloseFrameIsEchoedAndClosesTheChannel() throws {
         let channel = try channel(.client)
         var payload = ByteBuffer()
