@@ -92,8 +92,10 @@ final class WebSocketByteStreamHandler: ChannelDuplexHandler {
     }
 
     private func deliver(_ frame: WebSocketFrame, context: ChannelHandlerContext) {
-        let payload = frame.unmaskedData
+        // No extension is negotiated, so the payload is all application data.
+        var payload = frame.data
         guard payload.readableBytes > 0 else { return }
+        if let key = frame.maskKey { payload.unmaskWebSocketPayload(key) }
         context.fireChannelRead(wrapInboundOut(payload))
     }
 

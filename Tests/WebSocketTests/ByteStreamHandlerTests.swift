@@ -33,6 +33,20 @@ final class ByteStreamHandlerTests: XCTestCase {
         return frames
     }
 
+    func testFastUnmaskingMatchesNIO() throws {
+        for count in Array(0..<40) + [65537, 1 << 20] {
+            let key = WebSocketMaskingKey.random()
+            let bytes = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            // Also from an odd reader index, as a slice of a larger read.
+            var ours = ByteBuffer(bytes: [9, 9, 9] + bytes)
+            ours.moveReaderIndex(forwardBy: 3)
+            var theirs = ByteBuffer(bytes: bytes)
+            ours.unmaskWebSocketPayload(key)
+            theirs.webSocketUnmask(key)
+            XCTAssertTrue(ours == theirs, "count \(count)")
+        }
+    }
+
     func testClientWritesMaskedBinaryFramesOfBoundedSize() throws {
         let channel = try channel(.client, maxFramePayload: 1000)
         let data = (0..<2500).map { UInt8(truncatingIfNeeded: $0) }
