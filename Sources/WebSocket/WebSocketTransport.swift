@@ -44,6 +44,9 @@ public final class WebSocketTransport: Sendable {
     /// A WebSocket transport on `tcp`'s event loops, socket options and libp2p
     /// upgrade (its key, acceptor and limits). Inbound connections upgraded here go
     /// to `onInboundConnection` (not to `tcp`'s).
+    ///
+    /// `tcp.upgrade(channel:direction:expectedRemotePeer:)` is the only call into
+    /// the upgrade layer (stored as `upgrade`): the place to swap in the `Upgrader`.
     public init(
         tcp: TCPTransport, configuration: WebSocketConfiguration = .init(),
         logger: Logger = Logger(label: "p2p.transport.ws"),
