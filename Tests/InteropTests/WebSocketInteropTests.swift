@@ -64,6 +64,21 @@ final class WebSocketInteropTests: XCTestCase {
         await connection.close()
     }
 
+    /// More than py-libp2p's listener takes in one message (1 MiB), in our bounded frames.
+    func testSwiftEchoes8MiBThroughPythonOverWebSocket() async throws {
+        let python = try startPython(["listen", "--port", "0", "--timeout", "240"])
+        defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
+        let listening = try await python.next("listening")
+        let address = try Multiaddr(XCTUnwrap(listening["addr"] as? String))
+        let (transport, _) = makeTransport()
+        let connection = try await withDeadline(30) { try await transport.dial(address) }
+        let data = patternBytes(count: 8 * 1024 * 1024, seed: 8)
+        let back = try await withDeadline(180) { try await echo(data, over: connection, chunk: 1024 * 1024) }
+        XCTAssertEqual(back.count, data.count)
+        XCTAssertTrue(back == data, "echoed bytes differ")
+        await connection.close()
+    }
+
     /// py-libp2p dials our /ws listener and runs `action`; returns its result line.
     func pythonDialsSwift(_ action: [String], expect event: String, within seconds: Double = 120) async throws
         -> [String: any Sendable]
