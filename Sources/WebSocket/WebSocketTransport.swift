@@ -126,7 +126,7 @@ public final class WebSocketTransport: Sendable {
             // libp2p's /ws has no path or subprotocol to check: any request may upgrade.
             shouldUpgrade: { channel, _ in channel.eventLoop.makeSucceededFuture(HTTPHeaders()) },
             upgradePipelineHandler: { channel, _ in
-                channel.eventLoop.makeCompletedFuture {
+                let ready = channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
                     _ = pipeline.removeHandler(try pipeline.handler(type: PlainHTTPRefusalHandler.self))
                     try pipeline.addHandler(
@@ -140,6 +140,12 @@ public final class WebSocketTransport: Sendable {
                         }
                     }
                 }
+                // Nothing else would end a connection stuck between HTTP and libp2p.
+                ready.whenFailure { error in
+                    logger.debug("websocket pipeline setup failed", metadata: ["error": "\(error)"])
+                    channel.close(promise: nil)
+                }
+                return ready
             }
         )
         let pipeline = channel.pipeline.syncOperations
@@ -213,7 +219,7 @@ public final class WebSocketTransport: Sendable {
             // Decoder errors are answered by WebSocketByteStreamHandler.
             automaticErrorHandling: false,
             upgradePipelineHandler: { channel, _ in
-                channel.eventLoop.makeCompletedFuture {
+                let ready = channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
                     _ = pipeline.removeHandler(try pipeline.handler(type: WebSocketDialHandshakeHandler.self))
                     try pipeline.addHandler(
@@ -221,6 +227,12 @@ public final class WebSocketTransport: Sendable {
                             role: .client, maxFramePayload: configuration.maxOutboundFramePayload, logger: logger))
                     upgrade(channel, .outbound, expectedPeer).cascade(to: established)
                 }
+                // The handshake handler (and its timeout) may be gone already: fail the dial here.
+                ready.whenFailure { error in
+                    established.fail(WebSocketError.handshakeFailed(address: address, underlying: error))
+                    channel.close(promise: nil)
+                }
+                return ready
             }
         )
         let pipeline = channel.pipeline.syncOperations
