@@ -3,7 +3,7 @@ import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
 // Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
-//   <- Transport (TCP + upgrade) <- Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
+//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -96,9 +96,21 @@ let package = Package(
             ]
         ),
         .target(
+            name: "WebSocket",
+            dependencies: [
+                "Transport", "Multiformats", "Identity", "LibP2PSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "Host",
             dependencies: [
-                "Transport", "LibP2PSecurity", "Noise",
+                "Transport", "LibP2PSecurity", "Noise", "TLS", "WebSocket",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -133,7 +145,7 @@ let package = Package(
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -186,8 +198,17 @@ let package = Package(
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
+            name: "WebSocketTests",
+            dependencies: [
+                "WebSocket", "Transport", "Ping", "TestSupport", "LibP2PSecurity", "Noise",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TLS", "TestSupport", "ChildProcess"]
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
         ),
     ]
 )

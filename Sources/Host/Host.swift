@@ -4,9 +4,11 @@ import Multiformats
 import NIOCore
 import NIOPosix
 import Noise
+import TLS
 import LibP2PSecurity
 import Synchronization
 import Transport
+import WebSocket
 
 /// Something that happened to the host's connections or peers.
 public enum HostEvent: Sendable {
@@ -77,11 +79,14 @@ public final class Libp2pHost: Sendable {
     }
     private let state = Mutex(State())
 
-    /// A host on `transports` (TCP by default) offering `security` in order of
-    /// preference (Noise by default).
+    /// Security protocols offered by default, in order of preference.
+    public static let defaultSecurity: [any SecurityProtocol] = [NoiseSecurity(), TLSSecurity()]
+
+    /// A host on `transports` (TCP and WebSocket by default) offering `security`
+    /// in order of preference (Noise, then TLS, by default).
     public init(
         key: PrivateKey, configuration: TransportConfiguration = .init(), group: EventLoopGroup? = nil,
-        transports: [any Transport]? = nil, security: [any SecurityProtocol] = [NoiseSecurity()],
+        transports: [any Transport]? = nil, security: [any SecurityProtocol] = Libp2pHost.defaultSecurity,
         logger: Logger = Logger(label: "p2p.host")
     ) {
         self.localKey = key
@@ -91,7 +96,7 @@ public final class Libp2pHost: Sendable {
         let group = group ?? MultiThreadedEventLoopGroup.singleton
         self.group = group
         self.logger = logger
-        self.transports = transports ?? [TCPTransport(group: group)]
+        self.transports = transports ?? [TCPTransport(group: group), WebSocketTransport(group: group)]
         // The upgrader reaches the host weakly: connections must not keep it alive.
         let weakHost = WeakHost()
         self.upgrader = Upgrader(

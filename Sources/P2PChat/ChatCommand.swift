@@ -77,7 +77,7 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let key: PrivateKey
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key)
+        let (host, _) = makeHost(key: key, options: identity)
         var pubsubConfiguration = PubSubConfiguration()
         pubsubConfiguration.router = routerKind
         let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)

@@ -3,12 +3,15 @@ import Foundation
 import Host
 import Identify
 import Identity
+import LibP2PSecurity
 import Logging
 import MDNS
+import Noise
 import Multiformats
 import Ping
 import PubSub
 import Synchronization
+import TLS
 import Transport
 
 let p2pchatVersion = "0.1.0"
@@ -34,6 +37,30 @@ struct IdentityOptions: ParsableArguments {
 
     @Flag(name: .shortAndLong, help: "Log debug details to stderr.")
     var verbose = false
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Security protocols offered, in order of preference: noise, tls, or both (noise,tls or tls,noise).",
+            valueName: "noise|tls|noise,tls"))
+    var security: String = "noise,tls"
+
+    /// The `--security` list as protocols; exits with an error on a bad list.
+    func securityProtocols() -> [any SecurityProtocol] {
+        var chosen: [any SecurityProtocol] = []
+        for name in security.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) {
+            guard !chosen.contains(where: { $0.protocolID == Self.protocolIDs[name] }) else { continue }
+            switch name {
+            case "noise": chosen.append(NoiseSecurity())
+            case "tls": chosen.append(TLSSecurity())
+            default: exitWithError("--security: unknown protocol \"\(name)\" (use noise, tls or noise,tls)")
+            }
+        }
+        if chosen.isEmpty { exitWithError("--security: name at least one of noise, tls") }
+        return chosen
+    }
+
+    private static let protocolIDs = ["noise": NoiseSecurity.protocolID, "tls": TLSSecurity.protocolID]
 
     func loadKey() throws -> PrivateKey {
         if ephemeral { return PrivateKey.generateEd25519() }
@@ -62,9 +89,9 @@ func exitWithError(_ message: String) -> Never {
     exit(1)
 }
 
-/// Makes a host that serves identify and ping.
-func makeHost(key: PrivateKey) -> (Libp2pHost, IdentifyService) {
-    let host = Libp2pHost(key: key)
+/// Makes a host (TCP and WebSocket; the security protocols of `--security`) that serves identify and ping.
+func makeHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService) {
+    let host = Libp2pHost(key: key, security: options.securityProtocols())
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
     identify.start()
     PingService(host: host).start()
@@ -196,7 +223,7 @@ func startTool(address: String, identity: IdentityOptions) -> (Multiaddr, Libp2p
     let target = parseAddress(address)
     let key: PrivateKey
     do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-    let (host, identify) = makeHost(key: key)
+    let (host, identify) = makeHost(key: key, options: identity)
     return (target, host, identify)
 }
 

@@ -75,7 +75,7 @@ struct PerfCommand: AsyncParsableCommand {
                         "download_bytes_per_second": formatNumber(result.downloadBytesPerSecond, digits: 0),
                     ]))
             } else {
-                say("Connected to \(connection.remotePeer) in \(formatMilliseconds(connectTime)) (TCP + Noise + Yamux)")
+                say("Connected to \(connection.remotePeer) in \(formatMilliseconds(connectTime)) (\(connection.transport) + \(connection.security) + \(connection.muxer))")
                 say(describe("Uploaded", result.uploadBytes, result.uploadDuration, result.uploadBytesPerSecond))
                 say(describe("Downloaded", result.downloadBytes, result.downloadDuration, result.downloadBytesPerSecond))
             }
@@ -115,7 +115,7 @@ struct PerfServerCommand: AsyncParsableCommand {
         bootstrapLogging(verbose: identity.verbose)
         let key: PrivateKey
         do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key)
+        let (host, _) = makeHost(key: key, options: identity)
         PerfService(host: host).start()
         await listenOrExit(host, on: listen) { FileHandle.standardError.write(Data("error: \($0)\n".utf8)) }
         say("Local peer id: \(host.localPeer)")

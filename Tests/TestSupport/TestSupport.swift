@@ -151,3 +151,30 @@ private final class FirstOutcome<T: Sendable>: Sendable {
         return first
     }
 }
+
+/// A transport with an upgrader of its own, for tests at transport level
+/// (no host): `dial` and `listen` as the transport's, with our key and acceptor.
+public struct TransportNode: Sendable {
+    public let transport: any Transport
+    public let upgrader: Upgrader
+    public var peer: PeerID { upgrader.localPeer }
+
+    public init(
+        transport: any Transport, key: PrivateKey = .generateEd25519(), acceptor: any InboundStreamAcceptor,
+        security: [any SecurityProtocol] = [NoiseSecurity()], configuration: TransportConfiguration = .init(),
+        onInboundConnection: @escaping @Sendable (Connection) -> Void = { _ in }
+    ) {
+        self.transport = transport
+        self.upgrader = Upgrader(
+            localKey: key, security: security, configuration: configuration, acceptor: acceptor,
+            onInboundConnection: onInboundConnection)
+    }
+
+    public func dial(_ address: Multiaddr) async throws -> Connection {
+        try await transport.dial(address, upgrader: upgrader)
+    }
+
+    public func listen(on address: Multiaddr) async throws -> Listener {
+        try await transport.listen(on: address, upgrader: upgrader)
+    }
+}

@@ -83,7 +83,7 @@ async def echo_handler(stream) -> None:
         await stream.reset()
 
 
-def make_host(seed: str | None, mdns: bool = False, security: str = "noise"):
+def make_host(seed: str | None, mdns: bool = False, security: str = "noise", transport: str = "tcp"):
     if seed:
         key_pair = create_new_key_pair(bytes.fromhex(seed))
     else:
@@ -98,6 +98,9 @@ def make_host(seed: str | None, mdns: bool = False, security: str = "noise"):
         sec_opt=sec_opt,
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
         enable_mDNS=mdns,
+        # --transport ws: py-libp2p's WebSocket transport only (listens and dials /ws).
+        enable_tcp=transport == "tcp",
+        enable_websocket=transport == "ws",
     )
     host.set_stream_handler(ECHO, echo_handler)
     return host
@@ -289,8 +292,9 @@ async def wait_for_stdin_eof() -> None:
 
 
 async def main(args) -> None:
-    host = make_host(args.seed, mdns=args.mode == "mdns", security=args.security)
-    listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")]
+    host = make_host(args.seed, mdns=args.mode == "mdns", security=args.security, transport=args.transport)
+    suffix = "/ws" if args.transport == "ws" else ""
+    listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}{suffix}")]
     with trio.move_on_after(args.timeout) as scope:
         async with host.run(listen_addrs=listen):
             await PerfService(host).start()
@@ -337,6 +341,7 @@ def parse_args():
     parser.add_argument("--ip", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--security", choices=["noise", "tls"], default="noise", help="before the mode")
+    parser.add_argument("--transport", choices=["tcp", "ws"], default="tcp", help="listen and dial over TCP or /ws")
     sub = parser.add_subparsers(dest="mode", required=True)
     listen = sub.add_parser("listen")
     listen.add_argument("--port", type=int, default=0)

@@ -1,0 +1,141 @@
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import Ping
+import TestSupport
+import Transport
+import WebSocket
+import XCTest
+
+/// Wire compatibility with py-libp2p 0.8.1 over `/ws` (its WebSocket transport,
+/// trio-websocket underneath), both directions, at transport level.
+final class WebSocketInteropTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var peers: [PythonPeer] = []
+
+    override func tearDown() async throws {
+        for peer in peers { peer.stop() }
+    }
+
+    func startPython(_ arguments: [String]) throws -> PythonPeer {
+        let peer = try PythonPeer(["--transport", "ws"] + arguments)
+        peers.append(peer)
+        return peer
+    }
+
+    /// Our side: a /ws transport whose acceptor serves echo and ping.
+    func makeTransport() -> (TransportNode, PeerID) {
+        let node = TransportNode(transport: WebSocketTransport(group: group), acceptor: WebSocketInteropAcceptor())
+        return (node, node.peer)
+    }
+
+    func testSwiftDialsPythonOverWebSocket() async throws {
+        let python = try startPython(["listen", "--port", "0", "--timeout", "240"])
+        defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
+        let listening = try await python.next("listening")
+        let address = try Multiaddr(XCTUnwrap(listening["addr"] as? String))
+        XCTAssertTrue(address.components.contains(.ws), "\(address)")
+        let (transport, _) = makeTransport()
+
+        let connection = try await withDeadline(30) { try await transport.dial(address) }
+        XCTAssertEqual(connection.remotePeer, address.peerID)
+        let rtts = try await withDeadline(30) { try await PingService.ping(connection, count: 3) }
+        XCTAssertEqual(rtts.count, 3)
+        let data = patternBytes(count: 1024 * 1024, seed: 11)
+        let back = try await withDeadline(120) { try await echo(data, over: connection) }
+        XCTAssertEqual(back.count, data.count)
+        XCTAssertTrue(back == data, "echoed bytes differ")
+        // A few streams at once over the one WebSocket.
+        try await withDeadline(120) {
+            try await withThrowingTaskGroup(of: Bool.self) { tasks in
+                for index in 0..<10 {
+                    tasks.addTask {
+                        let data = patternBytes(count: 64 * 1024 + index, seed: UInt64(index + 20))
+                        return try await echo(data, over: connection, chunk: 4096) == data
+                    }
+                }
+                var ok = 0
+                for try await intact in tasks where intact { ok += 1 }
+                XCTAssertEqual(ok, 10)
+            }
+        }
+        await connection.close()
+    }
+
+    /// More than py-libp2p's listener takes in one message (1 MiB), in our bounded frames.
+    func testSwiftEchoes8MiBThroughPythonOverWebSocket() async throws {
+        let python = try startPython(["listen", "--port", "0", "--timeout", "240"])
+        defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
+        let listening = try await python.next("listening")
+        let address = try Multiaddr(XCTUnwrap(listening["addr"] as? String))
+        let (transport, _) = makeTransport()
+        let connection = try await withDeadline(30) { try await transport.dial(address) }
+        let data = patternBytes(count: 8 * 1024 * 1024, seed: 8)
+        let back = try await withDeadline(180) { try await echo(data, over: connection, chunk: 1024 * 1024) }
+        XCTAssertEqual(back.count, data.count)
+        XCTAssertTrue(back == data, "echoed bytes differ")
+        await connection.close()
+    }
+
+    /// py-libp2p dials our /ws listener and runs `action`; returns its result line.
+    func pythonDialsSwift(_ action: [String], expect event: String, within seconds: Double = 120) async throws
+        -> [String: any Sendable]
+    {
+        let (transport, peer) = makeTransport()
+        let listener = try await transport.listen(on: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
+        let target = listener.address.encapsulating(.p2p(peer.bytes))
+        let python = try startPython(["dial", "\(target)"] + action + ["--timeout", "\(Int(seconds))"])
+        defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
+        let result = try await python.next(event, within: seconds)
+        let status = try await python.waitForExit(within: 30)
+        XCTAssertEqual(status, 0, python.stderrTail)
+        await listener.close()
+        return result
+    }
+
+    func testPythonDialsSwiftPingOverWebSocket() async throws {
+        let result = try await pythonDialsSwift(["ping", "--count", "3"], expect: "ping")
+        XCTAssertNotNil(result["rtt_ms"] as? Double)
+    }
+
+    func testPythonEchoesThroughSwiftOverWebSocket() async throws {
+        let result = try await pythonDialsSwift(["echo", "--bytes", "\(1024 * 1024)"], expect: "echo")
+        XCTAssertEqual(result["ok"] as? Double, 1)
+        XCTAssertEqual(result["bytes"] as? Double, Double(1024 * 1024))
+    }
+
+    func testPythonOpensStreamsToSwiftOverWebSocket() async throws {
+        let result = try await pythonDialsSwift(["streams", "--count", "10", "--bytes", "16384"], expect: "streams")
+        XCTAssertEqual(result["ok"] as? Double, 1)
+        XCTAssertEqual(result["count"] as? Double, 10)
+    }
+}
+
+/// Echo and ping, served straight on the transport (no Host).
+private struct WebSocketInteropAcceptor: InboundStreamAcceptor {
+    func supports(protocolID: String) -> Bool {
+        protocolID == echoProtocol || protocolID == PingService.protocolID
+    }
+
+    func accept(_ stream: MuxedStream) {
+        Task {
+            do {
+                if stream.protocolID == PingService.protocolID {
+                    var reader = StreamReader(stream)
+                    while true {
+                        try await stream.write(try await reader.readExactly(PingService.payloadSize))
+                    }
+                } else {
+                    while let chunk = try await stream.read() {
+                        try await stream.write(chunk)
+                    }
+                    try await stream.closeWrite()
+                }
+            } catch {
+                // The end of a ping stream, or a failure: either way this stream is done.
+            }
+            await stream.close()
+        }
+    }
+}
