@@ -153,7 +153,7 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Perf", "Noise", "PubSub",
+                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -4,15 +4,17 @@ import Identity
 import Multiformats
 import NIOCore
 import NIOPosix
+import LibP2PSecurity
 import Noise
 import Perf
 import Ping
 import PubSub
 import Synchronization
+import TLS
 import Transport
 
 // Measures the foundation's speed on loopback; run through Benchmarks/run.sh.
-// Usage: p2pbench [stream | sealed | ping | pubsub | memory | ping-under-load ADDR] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
+// Usage: p2pbench [stream [tls|ws] | sealed | ping | pubsub | memory | ping-under-load ADDR] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
 
 let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?? 256
 let totalBytes = megabytes * 1024 * 1024
@@ -161,9 +163,13 @@ func makeHost() async throws -> (Libp2pHost, Multiaddr) {
             stream.reset()
         }
     }
-    let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])
+    let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0"), Multiaddr("/ip4/127.0.0.1/tcp/0/ws")])
+    webSocketAddress = bound[1].encapsulating(.p2p(host.localPeer.bytes))
     return (host, bound[0].encapsulating(.p2p(host.localPeer.bytes)))
 }
+
+/// The server's `/ws` address (set by makeHost).
+nonisolated(unsafe) var webSocketAddress: Multiaddr?
 
 func streamThroughput(server: Multiaddr, client: Libp2pHost) async throws -> Double {
     let connection = try await client.connect(server)
@@ -240,12 +246,14 @@ func transportPair() throws -> (NoiseTransport, NoiseTransport) {
 
 // MARK: Handshakes per second
 
-func handshakesPerSecond(server: Multiaddr, count: Int, concurrency: Int) async throws -> Double {
+func handshakesPerSecond(
+    server: Multiaddr, count: Int, concurrency: Int, security: [any SecurityProtocol] = [NoiseSecurity()]
+) async throws -> Double {
     let start = clock.now
     try await withThrowingTaskGroup(of: Void.self) { tasks in
         for worker in 0..<concurrency {
             tasks.addTask {
-                let client = Libp2pHost(key: .generateEd25519(), group: group)
+                let client = Libp2pHost(key: .generateEd25519(), group: group, security: security)
                 for _ in stride(from: worker, to: count, by: concurrency) {
                     let connection = try await client.connect(server)
                     await connection.close()
@@ -485,7 +493,10 @@ if CommandLine.arguments.dropFirst().first == "pubsub" {
 }
 
 let (server, serverAddress) = try await makeHost()
-let client = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
+let client = Libp2pHost(
+    key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop, security: [NoiseSecurity()])
+let tlsClient = Libp2pHost(
+    key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop, security: [TLSSecurity()])
 if CommandLine.arguments.dropFirst().first == "sealed" {
     // Only the sealed-TCP ceiling.
     report("raw NIO TCP + Noise sealing (no Yamux)", try await tcpThroughput(sealed: true), "MB/s")
@@ -501,8 +512,15 @@ if CommandLine.arguments.dropFirst().first == "ping" {
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "stream" {
-    // Only the stream throughput (for profiling).
-    report("one Yamux stream over Noise throughput", try await streamThroughput(server: serverAddress, client: client), "MB/s")
+    // Only the stream throughput (for profiling); `stream tls` and `stream ws` for the others.
+    switch CommandLine.arguments.dropFirst(2).first {
+    case "tls":
+        report("one Yamux stream over TLS throughput", try await streamThroughput(server: serverAddress, client: tlsClient), "MB/s")
+    case "ws":
+        report("one Yamux stream over Noise over /ws", try await streamThroughput(server: webSocketAddress!, client: client), "MB/s")
+    default:
+        report("one Yamux stream over Noise throughput", try await streamThroughput(server: serverAddress, client: client), "MB/s")
+    }
     exit(0)
 }
 /// Throughput runs alternate (raw, stream, sealed, raw, ...) for P2PBENCH_ROUNDS
@@ -512,10 +530,14 @@ let rounds = max(1, ProcessInfo.processInfo.environment["P2PBENCH_ROUNDS"].flatM
 print("p2pbench: \(megabytes) MiB per throughput run, loopback, 2 event loops, median of \(rounds) alternating rounds")
 var rawRuns: [Double] = []
 var streamRuns: [Double] = []
+var tlsRuns: [Double] = []
+var webSocketRuns: [Double] = []
 var sealedRuns: [Double] = []
 for _ in 0..<rounds {
     rawRuns.append(try await tcpThroughput(sealed: false))
     streamRuns.append(try await streamThroughput(server: serverAddress, client: client))
+    tlsRuns.append(try await streamThroughput(server: serverAddress, client: tlsClient))
+    webSocketRuns.append(try await streamThroughput(server: webSocketAddress!, client: client))
     sealedRuns.append(try await tcpThroughput(sealed: true))
 }
 func median(_ values: [Double]) -> Double {
@@ -530,6 +552,12 @@ report("raw NIO TCP throughput", raw, "MB/s" + spread(rawRuns))
 let muxed = median(streamRuns)
 report("one Yamux stream over Noise throughput", muxed, "MB/s" + spread(streamRuns))
 report("  ratio to raw TCP", muxed / raw, "")
+let overTLS = median(tlsRuns)
+report("one Yamux stream over TLS 1.3", overTLS, "MB/s" + spread(tlsRuns))
+report("  ratio to the stream over Noise", overTLS / muxed, "")
+let overWebSocket = median(webSocketRuns)
+report("one Yamux stream over Noise over /ws", overWebSocket, "MB/s" + spread(webSocketRuns))
+report("  ratio to the stream over TCP", overWebSocket / muxed, "")
 let chacha = try chachaThroughput()
 report("ChaChaPoly (Noise framing) encrypt", chacha.encrypt, "MB/s")
 report("ChaChaPoly (Noise framing) decrypt", chacha.decrypt, "MB/s")
@@ -541,12 +569,17 @@ let roundRatios = zip(streamRuns, sealedRuns).map { $0 / $1 }
 report("  same, median of each round's ratio", median(roundRatios), spread(roundRatios, digits: 2))
 report("Noise XX handshakes (1 at a time)", try await handshakesPerSecond(server: serverAddress, count: 200, concurrency: 1), "/s")
 report("Noise XX handshakes (8 concurrent)", try await handshakesPerSecond(server: serverAddress, count: 400, concurrency: 8), "/s")
+report("TLS 1.3 handshakes (1 at a time)", try await handshakesPerSecond(
+    server: serverAddress, count: 200, concurrency: 1, security: [TLSSecurity()]), "/s")
+report("TLS 1.3 handshakes (8 concurrent)", try await handshakesPerSecond(
+    server: serverAddress, count: 400, concurrency: 8, security: [TLSSecurity()]), "/s")
 try await reportPing()
 if let (idle, perConnection) = try await memory(connections: 100) {
     report("idle node resident memory", Double(idle) / 1024 / 1024, "MiB")
     report("per additional connection", Double(perConnection) / 1024, "KiB")
 }
 await client.close()
+await tlsClient.close()
 await server.close()
 if !CommandLine.arguments.contains("--no-pubsub") {
     try await runPubSubBenchmarks()
