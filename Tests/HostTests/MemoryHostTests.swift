@@ -96,6 +96,26 @@ final class MemoryHostTests: XCTestCase {
         await server.close()
     }
 
+    /// The default host listens on TCP and /ws at once and dials either.
+    func testDefaultHostListensOnTCPAndWebSocketAtOnce() async throws {
+        let (server, tcpAddress) = try await makeTestHost(group: group, security: Libp2pHost.defaultSecurity)
+        let ws = try await server.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0/ws")])
+        XCTAssertEqual(ws[0].components.last, .ws)
+        let (client, _) = try await makeTestHost(group: group, security: Libp2pHost.defaultSecurity)
+        let overTCP = try await client.connect(tcpAddress)
+        XCTAssertEqual(overTCP.transport, "tcp")
+        XCTAssertEqual(overTCP.security, "/noise")
+        await overTCP.close()
+        let overWebSocket = try await client.connect(ws[0].encapsulating(.p2p(server.localPeer.bytes)))
+        XCTAssertEqual(overWebSocket.transport, "ws")
+        XCTAssertEqual(overWebSocket.remoteAddress, ws[0])
+        let data = patternBytes(count: 300_000, seed: 3)
+        let echoed = try await echo(data, over: overWebSocket)
+        XCTAssertEqual(echoed, data)
+        await client.close()
+        await server.close()
+    }
+
     func testAHostPicksTheTransportByAddress() async throws {
         let network = MemoryNetwork()
         let transports: [any Transport] = [TCPTransport(group: group), MemoryTransport(group: group, network: network)]

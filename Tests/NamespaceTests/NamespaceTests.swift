@@ -229,6 +229,19 @@ final class NamespaceTests: XCTestCase {
             XCTAssertEqual(output.filter { $0.hasSuffix(": hello from \(name)") }.count, 0, "\(name) echoed itself")
         }
         XCTAssertFalse(d.output.contains { $0.contains(": hello from ") }, "D heard the lobby")
+        // mDNS makes every pair dial each other at about the same time: still one
+        // `Connected` per peer, and `/peers` lists each peer once.
+        for (name, node) in everyone {
+            node.send("/peers")
+            for (other, peer) in everyone where peer !== node {
+                let id = peer.peerID!
+                try await node.waitFor("\(other) in /peers", within: 10) { $0.hasPrefix("\(id) /") }
+                let output = node.output
+                XCTAssertEqual(
+                    output.filter { $0.hasPrefix("Connected: \(id)") }.count, 1, "\(name) reported \(other) connected")
+                XCTAssertEqual(output.filter { $0.hasPrefix("\(id) /") }.count, 1, "\(name) listed \(other)")
+            }
+        }
         for (_, node) in everyone { node.closeInput() }
         for (_, node) in everyone {
             let deadline = Date().addingTimeInterval(10)
@@ -432,7 +445,7 @@ final class PerfCLITests: XCTestCase {
         let humanStatus = try await human.waitForExit(within: 60)
         XCTAssertEqual(humanStatus, 0)
         let lines = human.output
-        XCTAssertTrue(lines.contains { $0.hasPrefix("Connected to 12D3KooW") && $0.contains("(TCP + Noise + Yamux)") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("Connected to 12D3KooW") && $0.contains("(tcp + /noise + /yamux/1.0.0)") }, "\(lines)")
         XCTAssertTrue(lines.contains { $0.hasPrefix("Uploaded 1000 bytes in ") && $0.contains("MB/s") }, "\(lines)")
         XCTAssertTrue(lines.contains { $0.hasPrefix("Downloaded 0 bytes in ") }, "\(lines)")
 
