@@ -66,6 +66,8 @@ final class ConnectionHandler: ChannelInboundHandler {
     private var connection: Connection?
     private var streams: [UInt32: StreamState] = [:]
     private var upgradeTimeout: Scheduled<Void>?
+    /// The Yamux session's timer (its round-trip pings).
+    private var sessionTick: Scheduled<Void>?
     private var pendingOutput: ByteBuffer
     private var closeError: TransportError?
 
@@ -257,7 +259,7 @@ final class ConnectionHandler: ChannelInboundHandler {
             try becomeEstablished()
         }
         guard phase == .established, session != nil, plain.readableBytes > 0 else { return }
-        let events = try session!.receive(&plain)
+        let events = try session!.receive(&plain, now: .now())
         for event in events { handle(event) }
         try drainSession()
     }
@@ -271,6 +273,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         upgradeTimeout = nil
         phase = .established
         session = YamuxSession(isClient: direction == .outbound, configuration: configuration.yamux)
+        tickSession()
         let remoteAddress =
             (context.channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) })
             ?? Multiaddr.unspecifiedTCP
@@ -336,7 +339,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     private func receiveData(streamID id: UInt32, data: inout ByteBuffer) {
         guard var state = streams[id] else { return }
         if state.discardInbound {
-            session?.consumed(streamID: id, bytes: data.readableBytes)
+            session?.consumed(streamID: id, bytes: data.readableBytes, now: .now())
             return
         }
         if var negotiator = state.negotiator {
@@ -346,7 +349,7 @@ final class ConnectionHandler: ChannelInboundHandler {
                 let outcome = try negotiator.receive(&data, output: &reply)
                 state.negotiator = negotiator
                 streams[id] = state
-                session?.consumed(streamID: id, bytes: consumedBefore - data.readableBytes)
+                session?.consumed(streamID: id, bytes: consumedBefore - data.readableBytes, now: .now())
                 if reply.readableBytes > 0 { session?.write(streamID: id, data: reply) }
                 guard let agreed = outcome else { return }
                 completeNegotiation(streamID: id, protocolID: agreed)
@@ -361,7 +364,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         guard let inbox = state.inbox else { return }
         let (needsWake, discarded) = inbox.push(data)
         if needsWake { inboxesToWake.append(inbox) }
-        if discarded > 0 { session?.consumed(streamID: id, bytes: discarded) }
+        if discarded > 0 { session?.consumed(streamID: id, bytes: discarded, now: .now()) }
     }
 
     private func completeNegotiation(streamID id: UInt32, protocolID: String) {
@@ -453,7 +456,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     /// The reader took `bytes` from a stream's inbox: grant them back to the remote.
     func consumed(streamID id: UInt32, bytes: Int) {
         guard let state = streams[id], session != nil else { return }
-        session!.consumed(streamID: id, bytes: bytes)
+        session!.consumed(streamID: id, bytes: bytes, now: .now())
         // Reports scale with the window: fewer hops to the event loop for a fast reader.
         if let target = session!.windowTarget(streamID: id) { state.inbox?.setReportThreshold(Int(target / 8)) }
         try? drainSession()
@@ -522,7 +525,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         state.discardInbound = true
         let released = state.inbox?.discardAll() ?? 0
         streams[id] = state
-        session?.consumed(streamID: id, bytes: released)
+        session?.consumed(streamID: id, bytes: released, now: .now())
         try? drainSession()
         flushOutput()
         forgetIfFinished(id)
@@ -539,6 +542,16 @@ final class ConnectionHandler: ChannelInboundHandler {
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.close(promise: promise)
         return promise.futureResult.recover { _ in }
+    }
+
+    /// Runs the session's timer (a round-trip ping when due) and schedules the next run.
+    private func tickSession() {
+        guard let context, session != nil else { return }
+        let next = session!.tick(now: .now())
+        try? drainSession()
+        flushOutput()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        sessionTick = context.eventLoop.scheduleTask(deadline: next) { bound.value.tickSession() }
     }
 
     // MARK: - Output
@@ -601,6 +614,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         guard phase != .closed else { return }
         phase = .closed
         upgradeTimeout?.cancel()
+        sessionTick?.cancel()
         established.fail(error)
         let all = streams
         streams = [:]
