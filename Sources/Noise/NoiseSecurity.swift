@@ -36,12 +36,12 @@ struct NoiseSecurityHandshake: SecurityHandshake {
         do {
             guard let done = try handshake.receive(&input, output: &output) else { return nil }
             result = done
-        } catch .peerIDMismatch(_, let got) {
-            // Reported as the protocol-independent error, so callers can tell it apart.
-            if let expectedRemotePeer, let actual = try? PeerID(got) {
+        } catch {
+            // A mismatch is reported as the protocol-independent error, so callers can tell it apart.
+            if case .peerIDMismatch(_, let got) = error, let expectedRemotePeer, let actual = try? PeerID(got) {
                 throw PeerIDMismatch(expected: expectedRemotePeer, actual: actual)
             }
-            throw NoiseError.peerIDMismatch(expected: "\(expectedRemotePeer.map { "\($0)" } ?? "?")", got: got)
+            throw error
         }
         return SecuredConnection(
             remotePeer: result.remotePeer, remotePublicKey: result.remotePublicKey, session: result.transport,
