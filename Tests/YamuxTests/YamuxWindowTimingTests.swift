@@ -133,7 +133,7 @@ final class YamuxWindowTimingTests: XCTestCase {
             XCTAssertEqual(client.tick(now: time), time + .seconds(30))
             var ping = client.takeOutput()
             XCTAssertEqual(pingRequests(in: ping), 1)
-            XCTAssertEqual(try server.receive(&ping, now: time + rtt / 2).count, 1, "the server sees a ping")
+            XCTAssertEqual(try server.receive(&ping, now: time).count, 1, "the server sees a ping")
             var pong = server.takeOutput()
             XCTAssertEqual(try client.receive(&pong, now: time + rtt), [], "our own pong is not an event")
         }
@@ -198,10 +198,11 @@ final class YamuxWindowTimingTests: XCTestCase {
     }
 
     func testWindowStaysSmallOnATinyRoundTrip() throws {
-        // 100 µs round trip, a reader at 500 MB/s: 50 kB in flight would do.
-        func run(timed: Bool) throws -> (target: UInt32, rate: Double) {
+        // 100 µs round trip.
+        func run(timed: Bool, linkRate: Double?, readRate: Double?) throws -> (target: UInt32, rate: Double) {
             var link = TimedLink(oneWay: .microseconds(50), step: .microseconds(10))
-            link.readRate = 500e6
+            link.linkRate = linkRate
+            link.readRate = readRate
             link.timed = timed
             let id = try link.client.openStream()
             let total = 32 * 1024 * 1024
@@ -209,13 +210,18 @@ final class YamuxWindowTimingTests: XCTestCase {
             let time = try link.transfer(total, on: id)
             return (link.largestTarget[id] ?? 0, megabytesPerSecond(total, time))
         }
-        let timed = try run(timed: true)
-        XCTAssertEqual(timed.target, 256 * 1024)
-        XCTAssertGreaterThan(timed.rate, 0.95 * 500, "the window limited the stream")
-        // Without the clock the window grows whatever the round trip (the old behaviour).
-        let clockless = try run(timed: false)
-        XCTAssertGreaterThan(clockless.target, 1024 * 1024)
-        XCTAssertLessThanOrEqual(clockless.rate, timed.rate * 1.01)
+        // A reader at 500 MB/s: 50 kB in flight would do.
+        let slowReader = try run(timed: true, linkRate: nil, readRate: 500e6)
+        XCTAssertEqual(slowReader.target, 256 * 1024)
+        XCTAssertGreaterThan(slowReader.rate, 0.95 * 500, "the window limited the stream")
+        // A reader that keeps up behind a 1 GB/s link: 100 kB in flight would do.
+        // Without the clock, the window grows to its maximum for nothing.
+        let timed = try run(timed: true, linkRate: 1e9, readRate: nil)
+        let clockless = try run(timed: false, linkRate: 1e9, readRate: nil)
+        XCTAssertLessThanOrEqual(timed.target, 512 * 1024)
+        XCTAssertEqual(clockless.target, YamuxSession.Configuration().maxStreamWindow)
+        XCTAssertGreaterThan(timed.rate, 0.95 * 1000, "the window limited the stream")
+        XCTAssertGreaterThan(timed.rate, 0.98 * clockless.rate)
     }
 
     func testAPeerThatNeverAnswersPingsBreaksNothing() throws {
