@@ -76,16 +76,21 @@ public struct YamuxSession {
         public var maxStreams: Int = 512
         /// Largest data frame we send.
         public var maxFramePayload: Int = 128 * 1024
-        /// A window doubles only if its reader consumed at a rate that empties
-        /// a whole window in fewer round trips than this. A stream limited by
-        /// its window consumes a window per round trip and a bit (about 4/3 of
-        /// one, as grants go at half a window), so it grows; one limited by the
-        /// link or the reader does not, and its window ends between 3 and 6
+        /// A window doubles only if its reader consumed a whole window (measured
+        /// over a whole one, so a burst that was already buffered does not count
+        /// as speed) in fewer round trips than this. A stream limited by its
+        /// window consumes a window per round trip and a bit (about 4/3 of one,
+        /// as grants go at half a window), so it grows; one limited by the link
+        /// or the reader does not, and its window ends between 3 and 6
         /// bandwidth-delay products: enough for full speed, while what waits in
         /// socket buffers ahead of a ping stays a few round trips' worth.
         public var growthRoundTrips: Double = 3
         /// Time between the session's round-trip pings (go-yamux: 30 s).
         public var rttPingInterval: TimeAmount = .seconds(30)
+        /// Pings sent back to back at the start (each on the previous one's
+        /// answer): one sample taken while the connection is being set up can
+        /// be slow, and the first windows are sized on the smallest.
+        public var startRTTPings: Int = 3
         /// The round trip is the smallest sample of this span (Linux TCP keeps
         /// its minimum RTT over 5 minutes too): samples taken while our own
         /// data fills the buffers are inflated by it, and must not make the
@@ -128,8 +133,9 @@ public struct YamuxSession {
         var remoteFin = false
         /// In `sendQueue`: it has data (or a FIN) to frame.
         var scheduled = false
-        /// Since when `consumedInEpoch` counts: the last grant, or the first
-        /// read (nil until then, so an idle start does not look like a slow reader).
+        /// Since when `consumedInEpoch` counts: the grant that ended the last
+        /// whole window read, or the first read (nil until then, so an idle
+        /// start does not look like a slow reader).
         var epochStart: NIODeadline?
         var consumedInEpoch: UInt64 = 0
 
@@ -163,6 +169,7 @@ public struct YamuxSession {
     private var nextRTTPing: NIODeadline?
     /// Round-trip samples within `rttFilterSpan`, oldest first.
     private var rttSamples: [(at: NIODeadline, rtt: TimeAmount)] = []
+    private var rttSampleCount = 0
 
     public init(isClient: Bool, configuration: Configuration = .init()) {
         self.isClient = isClient
@@ -305,7 +312,8 @@ public struct YamuxSession {
             stream.consumedNotGranted = 0
             stream.receiveWindow += delta
             writeHeader(.windowUpdate, flags: [], stream: id, length: delta)
-            if now != nil {
+            // The growth was judged on a whole window: time the next one from here.
+            if now != nil, stream.consumedInEpoch >= UInt64(stream.windowTarget - growth) {
                 stream.epochStart = now
                 stream.consumedInEpoch = 0
             }
@@ -324,9 +332,11 @@ public struct YamuxSession {
         let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
         guard unread <= Int64(stream.windowTarget / 4), stream.windowTarget < configuration.maxStreamWindow else { return 0 }
         if let now {
-            // Would the reader's rate since the last grant empty a whole window within
-            // `growthRoundTrips` round trips? (elapsed / consumed * window < k * rtt)
-            guard let rtt = roundTripTime, let start = stream.epochStart, stream.consumedInEpoch > 0 else { return 0 }
+            // Did the reader, over at least a whole window, read at a rate that empties
+            // one within `growthRoundTrips` round trips? (elapsed / consumed * window < k * rtt)
+            guard let rtt = roundTripTime, let start = stream.epochStart,
+                stream.consumedInEpoch >= UInt64(stream.windowTarget)
+            else { return 0 }
             let elapsed = Double(max(0, (now - start).nanoseconds))
             let limit = configuration.growthRoundTrips * Double(rtt.nanoseconds) * Double(stream.consumedInEpoch)
             guard elapsed * Double(stream.windowTarget) < limit else { return 0 }
@@ -347,16 +357,21 @@ public struct YamuxSession {
     /// deadline it returns. It sends a round-trip ping when one is due (at the
     /// first call, then every `rttPingInterval`; an unanswered ping is given up
     /// for the next one), so however often it is called, there is at most one
-    /// ping per interval. Without calls no ping is sent and windows grow only
+    /// ping per interval (and `startRTTPings` at the start, each answered
+    /// before the next). Without calls no ping is sent and windows grow only
     /// as `consumed` without `now` lets them.
     public mutating func tick(now: NIODeadline) -> NIODeadline {
         if let due = nextRTTPing, now < due { return due }
-        nextPing &+= 1
-        writeHeader(.ping, flags: .syn, stream: 0, length: nextPing)
-        rttPing = (nextPing, now)
+        sendRTTPing(now: now)
         let next = now + configuration.rttPingInterval
         nextRTTPing = next
         return next
+    }
+
+    private mutating func sendRTTPing(now: NIODeadline) {
+        nextPing &+= 1
+        writeHeader(.ping, flags: .syn, stream: 0, length: nextPing)
+        rttPing = (nextPing, now)
     }
 
     /// When `tick(now:)` is next due (nil before its first call).
@@ -444,7 +459,11 @@ public struct YamuxSession {
                     } else if flags.contains(.ack) {
                         if let ping = rttPing, ping.opaque == length {
                             rttPing = nil
-                            if let now { recordRoundTrip(now - ping.sent, at: now) }
+                            if let now {
+                                recordRoundTrip(now - ping.sent, at: now)
+                                rttSampleCount += 1
+                                if rttSampleCount < configuration.startRTTPings { sendRTTPing(now: now) }
+                            }
                         } else {
                             events.append(.pong(length))
                         }
