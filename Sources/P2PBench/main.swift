@@ -133,8 +133,8 @@ func tcpThroughput(sealed: Bool) async throws -> Double {
 
 // MARK: One Yamux stream over Noise
 
-/// Experiments: P2PBENCH_WINDOW, P2PBENCH_MAXWINDOW, P2PBENCH_QUEUE, P2PBENCH_FRAME and
-/// P2PBENCH_LOWAT (bytes; 0: the kernel's default) override the defaults.
+/// Experiments: P2PBENCH_WINDOW, P2PBENCH_MAXWINDOW, P2PBENCH_QUEUE, P2PBENCH_FRAME,
+/// P2PBENCH_LOWAT (bytes; 0: the kernel's default) and P2PBENCH_GROWTH_RTTS override the defaults.
 let benchConfiguration: TransportConfiguration = {
     var configuration = TransportConfiguration()
     let environment = ProcessInfo.processInfo.environment
@@ -143,6 +143,7 @@ let benchConfiguration: TransportConfiguration = {
     if let frame = environment["P2PBENCH_FRAME"].flatMap(Int.init) { configuration.yamux.maxFramePayload = frame }
     if let window = environment["P2PBENCH_MAXWINDOW"].flatMap(UInt32.init) { configuration.yamux.maxStreamWindow = window }
     if let lowat = environment["P2PBENCH_LOWAT"].flatMap(Int.init) { configuration.notSentLowWatermark = lowat == 0 ? nil : lowat }
+    if let rtts = environment["P2PBENCH_GROWTH_RTTS"].flatMap(Double.init) { configuration.yamux.growthRoundTrips = rtts }
     return configuration
 }()
 
@@ -278,7 +279,7 @@ func pingRoundTrip(server: Multiaddr, client: Libp2pHost) async throws -> Double
 /// Ping on a connection one of whose streams sends as fast as it can: control
 /// traffic must not queue behind bulk data (streams take turns frame by
 /// frame, and data waits in its stream, not in the socket's output buffer).
-func pingUnderLoad(server: Multiaddr, client: Libp2pHost) async throws -> Double {
+func pingUnderLoad(server: Multiaddr, client: Libp2pHost) async throws -> (p50: Double, p99: Double) {
     let connection = try await client.connect(server)
     let stream = try await connection.newStream(protocols: [sinkProtocol])
     let stop = Atomic<Bool>(false)
@@ -295,11 +296,11 @@ func pingUnderLoad(server: Multiaddr, client: Libp2pHost) async throws -> Double
     }
     // Measure once the flood is under way.
     while sent.load(ordering: .relaxed) < 64 * 1024 * 1024 { try await Task.sleep(for: .milliseconds(10)) }
-    let rtts = try await PingService.ping(connection, count: 50)
+    let rtts = try await PingService.ping(connection, count: 200)
     stop.store(true, ordering: .relaxed)
     try await flood.value
     let sorted = rtts.sorted()
-    return seconds(sorted[sorted.count / 2]) * 1e6
+    return (seconds(sorted[sorted.count / 2]) * 1e6, seconds(sorted[sorted.count * 99 / 100]) * 1e6)
 }
 
 // MARK: Memory
@@ -505,7 +506,9 @@ if CommandLine.arguments.dropFirst().first == "sealed" {
 /// Ping idle, then while a stream floods the same connection.
 func reportPing() async throws {
     report("ping round trip (median of 200)", try await pingRoundTrip(server: serverAddress, client: client), "µs")
-    report("  same, while a stream floods the connection", try await pingUnderLoad(server: serverAddress, client: client), "µs")
+    let loaded = try await pingUnderLoad(server: serverAddress, client: client)
+    report("  same, while a stream floods the connection (p50 of 200)", loaded.p50, "µs")
+    report("  same, while a stream floods the connection (p99 of 200)", loaded.p99, "µs")
 }
 if CommandLine.arguments.dropFirst().first == "ping" {
     try await reportPing()

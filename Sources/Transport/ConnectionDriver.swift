@@ -212,7 +212,7 @@ final class ConnectionDriver {
                 }
                 for var plain in plaintexts where plain.readableBytes > 0 {
                     do {
-                        events.append(contentsOf: try established.streams.receive(&plain))
+                        events.append(contentsOf: try established.streams.receive(&plain, now: .now()))
                     } catch {
                         throw .muxerFailed(underlying: error)
                     }
@@ -247,11 +247,12 @@ final class ConnectionDriver {
                 "muxer": "\(upgraded.muxer)", "early": "\(upgraded.earlyMuxerNegotiation)",
             ])
         established.succeed(connection)
+        tickSession()
         // Whatever followed the agreement is the muxer's.
         try withEstablished { established throws(TransportError) in
             for var plain in upgraded.plaintexts where plain.readableBytes > 0 {
                 do {
-                    events.append(contentsOf: try established.streams.receive(&plain))
+                    events.append(contentsOf: try established.streams.receive(&plain, now: .now()))
                 } catch {
                     throw .muxerFailed(underlying: error)
                 }
@@ -309,12 +310,12 @@ final class ConnectionDriver {
         case .data(let id, let data):
             guard case .open(let stream)? = endpoints[id] else {
                 // Not ours any more: grant the bytes back.
-                _ = try? withEstablished { $0.streams.consumed(id, bytes: data.readableBytes) }
+                _ = try? withEstablished { $0.streams.consumed(id, bytes: data.readableBytes, now: .now()) }
                 return
             }
             let (needsWake, discarded) = stream.inbox.push(data)
             if needsWake { inboxesToWake.append(stream.inbox) }
-            if discarded > 0 { _ = try? withEstablished { $0.streams.consumed(id, bytes: discarded) } }
+            if discarded > 0 { _ = try? withEstablished { $0.streams.consumed(id, bytes: discarded, now: .now()) } }
         case .remoteClosedWrite(let id):
             if case .open(let stream)? = endpoints[id] { stream.inbox.finish() }
         case .reset(let id):
@@ -406,7 +407,7 @@ final class ConnectionDriver {
         guard case .open(let stream)? = endpoints[id] else { return }
         var target: UInt32?
         try? withEstablished { established in
-            established.streams.consumed(id, bytes: bytes)
+            established.streams.consumed(id, bytes: bytes, now: .now())
             target = established.streams.windowTarget(id)
         }
         // Reports scale with the window: fewer hops to the event loop for a fast reader.
@@ -455,7 +456,7 @@ final class ConnectionDriver {
     func discardInbound(streamID id: UInt32) {
         guard case .open(let stream)? = endpoints[id] else { return }
         let released = stream.inbox.discardAll()
-        try? withEstablished { events.append(contentsOf: $0.streams.discardInbound(id, released: released)) }
+        try? withEstablished { events.append(contentsOf: $0.streams.discardInbound(id, released: released, now: .now())) }
         try? drainSession()
         flushOutput()
     }
@@ -474,6 +475,20 @@ final class ConnectionDriver {
         teardown(error)
         closeSink()
         return closed.futureResult
+    }
+
+    /// The muxer session's timer (its round-trip pings).
+    private var sessionTick: Scheduled<Void>?
+
+    /// Runs the session's timer and schedules the next run.
+    private func tickSession() {
+        var next: NIODeadline?
+        try? withEstablished { next = $0.streams.tick(now: .now()) }
+        guard let next else { return }
+        try? drainSession()
+        flushOutput()
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        sessionTick = eventLoop.scheduleTask(deadline: next) { bound.value.tickSession() }
     }
 
     // MARK: - Output
@@ -550,6 +565,7 @@ final class ConnectionDriver {
         case .idle, .established, .busy: break
         }
         state = .closed(error)
+        sessionTick?.cancel()
         established.fail(error)
         let all = endpoints
         endpoints = [:]

@@ -76,16 +76,22 @@ public struct StreamTable {
 
     // MARK: Input
 
-    /// Decrypted muxer bytes from the remote.
-    public mutating func receive(_ bytes: inout ByteBuffer) throws(YamuxError) -> [Event] {
+    /// Decrypted muxer bytes from the remote, arrived at `now` (times the
+    /// answers to the session's round-trip pings).
+    public mutating func receive(_ bytes: inout ByteBuffer, now: NIODeadline) throws(YamuxError) -> [Event] {
         var events: [Event] = []
-        for event in try session.receive(&bytes) {
-            handle(event, into: &events)
+        for event in try session.receive(&bytes, now: now) {
+            handle(event, now: now, into: &events)
         }
         return events
     }
 
-    private mutating func handle(_ event: YamuxEvent, into events: inout [Event]) {
+    /// Runs the session's timer (a round-trip ping when due); the next deadline.
+    public mutating func tick(now: NIODeadline) -> NIODeadline {
+        session.tick(now: now)
+    }
+
+    private mutating func handle(_ event: YamuxEvent, now: NIODeadline, into events: inout [Event]) {
         switch event {
         case .inboundStream(let id):
             let supports = self.supports
@@ -96,7 +102,7 @@ public struct StreamTable {
             session.write(streamID: id, data: hello)
             events.append(.incoming(id))
         case .data(let id, var data):
-            receiveData(id, &data, into: &events)
+            receiveData(id, &data, now: now, into: &events)
         case .remoteClosedWrite(let id):
             switch streams[id] {
             case .negotiating?:
@@ -129,7 +135,7 @@ public struct StreamTable {
         }
     }
 
-    private mutating func receiveData(_ id: UInt32, _ data: inout ByteBuffer, into events: inout [Event]) {
+    private mutating func receiveData(_ id: UInt32, _ data: inout ByteBuffer, now: NIODeadline, into events: inout [Event]) {
         switch streams[id] {
         case .negotiating(var negotiator, let proposals)?:
             var reply = ByteBuffer()
@@ -141,7 +147,7 @@ public struct StreamTable {
                 fail(id, .negotiationFailed(phase: "stream", underlying: error), into: &events)
                 return
             }
-            session.consumed(streamID: id, bytes: before - data.readableBytes)
+            session.consumed(streamID: id, bytes: before - data.readableBytes, now: now)
             if reply.readableBytes > 0 { session.write(streamID: id, data: reply) }
             guard let agreed else {
                 streams[id] = .negotiating(negotiator, proposals: proposals)
@@ -153,13 +159,13 @@ public struct StreamTable {
             if data.readableBytes > 0 { events.append(.data(id, data)) }
         case .open(let open)?:
             if open.discardInbound {
-                session.consumed(streamID: id, bytes: data.readableBytes)
+                session.consumed(streamID: id, bytes: data.readableBytes, now: now)
             } else {
                 events.append(.data(id, data))
             }
         case nil:
             // A stream we already dropped (reset by us): grant the bytes back.
-            session.consumed(streamID: id, bytes: data.readableBytes)
+            session.consumed(streamID: id, bytes: data.readableBytes, now: now)
         }
     }
 
@@ -210,10 +216,10 @@ public struct StreamTable {
         return true
     }
 
-    /// The application took `bytes` of the stream's data: grant them back.
-    mutating func consumed(_ id: UInt32, bytes: Int) {
+    /// The application took `bytes` of the stream's data at `now`: grant them back.
+    mutating func consumed(_ id: UInt32, bytes: Int, now: NIODeadline) {
         guard streams[id] != nil else { return }
-        session.consumed(streamID: id, bytes: bytes)
+        session.consumed(streamID: id, bytes: bytes, now: now)
     }
 
     /// The application read the end of the stream.
@@ -227,11 +233,11 @@ public struct StreamTable {
     }
 
     /// The application reads no more; `released` bytes it held are granted back.
-    mutating func discardInbound(_ id: UInt32, released: Int) -> [Event] {
+    mutating func discardInbound(_ id: UInt32, released: Int, now: NIODeadline) -> [Event] {
         guard case .open(var open)? = streams[id] else { return [] }
         open.discardInbound = true
         streams[id] = .open(open)
-        session.consumed(streamID: id, bytes: released)
+        session.consumed(streamID: id, bytes: released, now: now)
         var events: [Event] = []
         forgetIfFinished(id, into: &events)
         return events

@@ -63,9 +63,11 @@ public struct YamuxSession {
     public struct Configuration: Sendable {
         /// Per-stream receive window at the start (and the spec's initial send window).
         public var initialWindow: UInt32 = 256 * 1024
-        /// A stream whose reader keeps up has its receive window doubled at each
-        /// grant, up to this: one stream can then fill a fast link, while a
-        /// stream nobody reads never holds more than `initialWindow`.
+        /// A stream whose reader keeps up has its receive window doubled at a
+        /// grant, up to this: one stream can then fill a fast long link, while a
+        /// stream nobody reads never holds more than `initialWindow`. With a
+        /// clock (`now` given), it doubles only when the window limits the
+        /// stream (see `growthRoundTrips`).
         public var maxStreamWindow: UInt32 = 8 * 1024 * 1024
         /// Bound on the growth of all streams' windows together (beyond
         /// `initialWindow` each): what a peer can make one session buffer.
@@ -74,6 +76,26 @@ public struct YamuxSession {
         public var maxStreams: Int = 512
         /// Largest data frame we send.
         public var maxFramePayload: Int = 128 * 1024
+        /// A window doubles only if its reader consumed a whole window (measured
+        /// over a whole one, so a burst that was already buffered does not count
+        /// as speed) in fewer round trips than this. A stream limited by its
+        /// window consumes a window per round trip and a bit (about 4/3 of one,
+        /// as grants go at half a window), so it grows; one limited by the link
+        /// or the reader does not, and its window ends between 3 and 6
+        /// bandwidth-delay products: enough for full speed, while what waits in
+        /// socket buffers ahead of a ping stays a few round trips' worth.
+        public var growthRoundTrips: Double = 3
+        /// Time between the session's round-trip pings (go-yamux: 30 s).
+        public var rttPingInterval: TimeAmount = .seconds(30)
+        /// Pings sent back to back at the start (each on the previous one's
+        /// answer): one sample taken while the connection is being set up can
+        /// be slow, and the first windows are sized on the smallest.
+        public var startRTTPings: Int = 3
+        /// The round trip is the smallest sample of this span (Linux TCP keeps
+        /// its minimum RTT over 5 minutes too): samples taken while our own
+        /// data fills the buffers are inflated by it, and must not make the
+        /// windows, and so the buffers, grow further.
+        public var rttFilterSpan: TimeAmount = .minutes(5)
 
         public init() {}
     }
@@ -111,6 +133,11 @@ public struct YamuxSession {
         var remoteFin = false
         /// In `sendQueue`: it has data (or a FIN) to frame.
         var scheduled = false
+        /// Since when `consumedInEpoch` counts: the grant that ended the last
+        /// whole window read, or the first read (nil until then, so an idle
+        /// start does not look like a slow reader).
+        var epochStart: NIODeadline?
+        var consumedInEpoch: UInt64 = 0
 
         /// Whether the next turn in the send queue would frame something.
         var canSend: Bool {
@@ -137,6 +164,12 @@ public struct YamuxSession {
     private var localGoAway = false
     private var remoteGoAway = false
     private var nextPing: UInt32 = 0
+    /// Our round-trip ping in flight (one at most; its pong is not an event).
+    private var rttPing: (opaque: UInt32, sent: NIODeadline)?
+    private var nextRTTPing: NIODeadline?
+    /// Round-trip samples within `rttFilterSpan`, oldest first.
+    private var rttSamples: [(at: NIODeadline, rtt: TimeAmount)] = []
+    private var rttSampleCount = 0
 
     public init(isClient: Bool, configuration: Configuration = .init()) {
         self.isClient = isClient
@@ -257,16 +290,33 @@ public struct YamuxSession {
 
     /// The application read `bytes` of the stream: grant them back to the remote
     /// once half a window has accumulated (batched window updates).
-    public mutating func consumed(streamID id: UInt32, bytes: Int) {
+    ///
+    /// With `now` (a monotonic clock), the window grows only when the reader
+    /// empties it within `growthRoundTrips` of the measured round trip (none
+    /// until one is measured, see `tick(now:)`); without, whenever the reader
+    /// keeps up.
+    public mutating func consumed(streamID id: UInt32, bytes: Int, now: NIODeadline? = nil) {
         guard bytes > 0, var stream = streams[id] else { return }
         stream.consumedNotGranted += UInt32(clamping: bytes)
+        if let now {
+            if stream.epochStart == nil {
+                stream.epochStart = now
+            } else {
+                stream.consumedInEpoch += UInt64(bytes)
+            }
+        }
         if !stream.remoteFin && stream.consumedNotGranted >= stream.windowTarget / 2 {
-            let growth = windowGrowth(for: stream)
+            let growth = windowGrowth(for: stream, now: now)
             stream.windowTarget += growth
             let delta = stream.consumedNotGranted + growth
             stream.consumedNotGranted = 0
             stream.receiveWindow += delta
             writeHeader(.windowUpdate, flags: [], stream: id, length: delta)
+            // The growth was judged on a whole window: time the next one from here.
+            if now != nil, stream.consumedInEpoch >= UInt64(stream.windowTarget - growth) {
+                stream.epochStart = now
+                stream.consumedInEpoch = 0
+            }
         }
         streams[id] = stream
     }
@@ -275,15 +325,62 @@ public struct YamuxSession {
     public func windowTarget(streamID id: UInt32) -> UInt32? { streams[id]?.windowTarget }
 
     /// How much to widen a stream's window at a grant: double it when its
-    /// reader keeps up (at most a quarter of the window delivered and unread),
-    /// within the per-stream and per-session bounds.
-    private func windowGrowth(for stream: Stream) -> UInt32 {
+    /// reader keeps up (at most a quarter of the window delivered and unread)
+    /// and, given the time, when the window is what limits the stream; within
+    /// the per-stream and per-session bounds.
+    private func windowGrowth(for stream: Stream, now: NIODeadline?) -> UInt32 {
         let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
         guard unread <= Int64(stream.windowTarget / 4), stream.windowTarget < configuration.maxStreamWindow else { return 0 }
+        if let now {
+            // Did the reader, over at least a whole window, read at a rate that empties
+            // one within `growthRoundTrips` round trips? (elapsed / consumed * window < k * rtt)
+            guard let rtt = roundTripTime, let start = stream.epochStart,
+                stream.consumedInEpoch >= UInt64(stream.windowTarget)
+            else { return 0 }
+            let elapsed = Double(max(0, (now - start).nanoseconds))
+            let limit = configuration.growthRoundTrips * Double(rtt.nanoseconds) * Double(stream.consumedInEpoch)
+            guard elapsed * Double(stream.windowTarget) < limit else { return 0 }
+        }
         // Every stream's growth so far, this one's included (its target is unchanged in `streams`).
         let grown = streams.values.reduce(UInt64(0)) { $0 + UInt64($1.windowTarget - configuration.initialWindow) }
         let budget = UInt64(configuration.maxSessionWindowGrowth) - min(grown, UInt64(configuration.maxSessionWindowGrowth))
         return UInt32(min(UInt64(stream.windowTarget), UInt64(configuration.maxStreamWindow - stream.windowTarget), budget))
+    }
+
+    // MARK: - Round trip
+
+    /// The round trip measured with the session's pings: the smallest sample of
+    /// the last `rttFilterSpan`; nil until the first pong.
+    public var roundTripTime: TimeAmount? { rttSamples.lazy.map(\.rtt).min() }
+
+    /// The driver's timer: call it once the session is up and again at the
+    /// deadline it returns. It sends a round-trip ping when one is due (at the
+    /// first call, then every `rttPingInterval`; an unanswered ping is given up
+    /// for the next one), so however often it is called, there is at most one
+    /// ping per interval (and `startRTTPings` at the start, each answered
+    /// before the next). Without calls no ping is sent and windows grow only
+    /// as `consumed` without `now` lets them.
+    public mutating func tick(now: NIODeadline) -> NIODeadline {
+        if let due = nextRTTPing, now < due { return due }
+        sendRTTPing(now: now)
+        let next = now + configuration.rttPingInterval
+        nextRTTPing = next
+        return next
+    }
+
+    private mutating func sendRTTPing(now: NIODeadline) {
+        nextPing &+= 1
+        writeHeader(.ping, flags: .syn, stream: 0, length: nextPing)
+        rttPing = (nextPing, now)
+    }
+
+    /// When `tick(now:)` is next due (nil before its first call).
+    public var nextTickDeadline: NIODeadline? { nextRTTPing }
+
+    private mutating func recordRoundTrip(_ rtt: TimeAmount, at now: NIODeadline) {
+        let cutoff = now - configuration.rttFilterSpan
+        rttSamples.removeAll { $0.at < cutoff }
+        rttSamples.append((now, max(rtt, .zero)))
     }
 
     /// Sends a ping; the answer comes as `.pong(opaque)`.
@@ -307,7 +404,9 @@ public struct YamuxSession {
     ///
     /// A data frame's payload is handed on piece by piece as it arrives, so a
     /// large frame is neither held back nor copied whole.
-    public mutating func receive(_ bytes: inout ByteBuffer) throws(YamuxError) -> [YamuxEvent] {
+    ///
+    /// `now` (the clock `tick(now:)` gets) times the answers to round-trip pings.
+    public mutating func receive(_ bytes: inout ByteBuffer, now: NIODeadline? = nil) throws(YamuxError) -> [YamuxEvent] {
         if input.readableBytes == 0 {
             swap(&input, &bytes)
         } else {
@@ -358,7 +457,16 @@ public struct YamuxSession {
                         writeHeader(.ping, flags: .ack, stream: 0, length: length)
                         events.append(.ping(length))
                     } else if flags.contains(.ack) {
-                        events.append(.pong(length))
+                        if let ping = rttPing, ping.opaque == length {
+                            rttPing = nil
+                            if let now {
+                                recordRoundTrip(now - ping.sent, at: now)
+                                rttSampleCount += 1
+                                if rttSampleCount < configuration.startRTTPings { sendRTTPing(now: now) }
+                            }
+                        } else {
+                            events.append(.pong(length))
+                        }
                     }
                 case .goAway:
                     remoteGoAway = true
