@@ -28,15 +28,25 @@ final class ConnectionDriver {
         case idle
         case upgrading(ConnectionUpgrade, deadline: Scheduled<Void>?)
         case established(Established)
-        /// Placeholder while an established state is mutated in place (no second copy, no CoW).
+        /// Placeholder while the upgrade machine is mutated in place (no second copy, no CoW).
         case busy
         case closed(TransportError)
     }
 
-    private struct Established {
+    /// The established connection's machines. A class so that the hot path
+    /// mutates them in place: copying them out of the enum and back retained
+    /// and released every buffer and table they hold, on every operation
+    /// (about 10% more CPU per byte in the one-stream benchmark).
+    private final class Established {
         var session: any SecureSession
         var streams: StreamTable
         let connection: Connection
+
+        init(session: any SecureSession, streams: StreamTable, connection: Connection) {
+            self.session = session
+            self.streams = streams
+            self.connection = connection
+        }
     }
 
     /// The application side of a stream.
@@ -265,28 +275,28 @@ final class ConnectionDriver {
     /// Events gathered while the established state is checked out.
     private var events: [StreamTable.Event] = []
 
-    /// Mutates the established state in place, then handles the stream events
-    /// the mutation produced. Nothing here may re-enter the driver.
-    private func withEstablished(_ body: (inout Established) throws(TransportError) -> Void) throws(TransportError) {
-        guard case .established(var established) = state else { return }
-        state = .busy
+    /// Runs `body` on the established machines, then handles the stream events
+    /// it produced. Nothing in `body` may re-enter the driver.
+    private func withEstablished(_ body: (Established) throws(TransportError) -> Void) throws(TransportError) {
+        guard case .established(let established) = state else { return }
         do {
-            try body(&established)
+            try body(established)
         } catch {
-            state = .established(established)
             events.removeAll()
             throw error
         }
-        state = .established(established)
         handleEvents()
     }
 
     private func handleEvents() {
+        var batch: [StreamTable.Event] = []
         while !events.isEmpty {
-            let batch = events
-            events.removeAll()
+            swap(&batch, &events)
             for event in batch { handle(event) }
+            batch.removeAll(keepingCapacity: true)
         }
+        // Keep the storage for the next round.
+        if events.capacity < batch.capacity { swap(&batch, &events) }
     }
 
     // MARK: - Stream events
