@@ -507,8 +507,8 @@ if CommandLine.arguments.dropFirst().first == "sealed" {
 func reportPing() async throws {
     report("ping round trip (median of 200)", try await pingRoundTrip(server: serverAddress, client: client), "µs")
     let loaded = try await pingUnderLoad(server: serverAddress, client: client)
-    report("  same, while a stream floods the connection (p50 of 200)", loaded.p50, "µs")
-    report("  same, while a stream floods the connection (p99 of 200)", loaded.p99, "µs")
+    report("  under a flooding stream, p50 of 200", loaded.p50, "µs")
+    report("  under a flooding stream, p99 of 200", loaded.p99, "µs")
 }
 if CommandLine.arguments.dropFirst().first == "ping" {
     try await reportPing()
