@@ -26,7 +26,7 @@ final class WebSocketInteropTests: XCTestCase {
 
     /// Our side: a /ws transport whose acceptor serves echo and ping.
     func makeTransport() -> (TransportNode, PeerID) {
-        let node = TransportNode(transport: WebSocketTransport(group: group), acceptor: WebSocketInteropAcceptor())
+        let node = TransportNode(transport: WebSocketTransport(group: group), acceptor: EchoPingAcceptor())
         return (node, node.peer)
     }
 
@@ -109,33 +109,5 @@ final class WebSocketInteropTests: XCTestCase {
         let result = try await pythonDialsSwift(["streams", "--count", "10", "--bytes", "16384"], expect: "streams")
         XCTAssertEqual(result["ok"] as? Double, 1)
         XCTAssertEqual(result["count"] as? Double, 10)
-    }
-}
-
-/// Echo and ping, served straight on the transport (no Host).
-private struct WebSocketInteropAcceptor: InboundStreamAcceptor {
-    func supports(protocolID: String) -> Bool {
-        protocolID == echoProtocol || protocolID == PingService.protocolID
-    }
-
-    func accept(_ stream: MuxedStream) {
-        Task {
-            do {
-                if stream.protocolID == PingService.protocolID {
-                    var reader = StreamReader(stream)
-                    while true {
-                        try await stream.write(try await reader.readExactly(PingService.payloadSize))
-                    }
-                } else {
-                    while let chunk = try await stream.read() {
-                        try await stream.write(chunk)
-                    }
-                    try await stream.closeWrite()
-                }
-            } catch {
-                // The end of a ping stream, or a failure: either way this stream is done.
-            }
-            await stream.close()
-        }
     }
 }

@@ -38,10 +38,18 @@ final class IteratorBox: @unchecked Sendable {
 }
 
 final class PubSubServiceTests: XCTestCase {
-    func makeNode(_ router: RouterKind, _ configure: (inout PubSubConfiguration) -> Void = { _ in }) async throws
-        -> (Libp2pHost, PubSubService, Multiaddr)
-    {
-        let (host, address) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+    func makeNode(
+        _ router: RouterKind, memory: MemoryNetwork? = nil, _ configure: (inout PubSubConfiguration) -> Void = { _ in }
+    ) async throws -> (Libp2pHost, PubSubService, Multiaddr) {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let (host, address) =
+            if let memory {
+                try await makeTestHost(
+                    group: group, transports: [MemoryTransport(group: group, network: memory)],
+                    listen: Multiaddr([.memory(0)]))
+            } else {
+                try await makeTestHost(group: group)
+            }
         var configuration = PubSubConfiguration()
         configuration.router = router
         configure(&configuration)
@@ -50,9 +58,9 @@ final class PubSubServiceTests: XCTestCase {
         return (host, pubsub, address)
     }
 
-    func exchange(_ router: RouterKind) async throws {
-        let (hostA, pubsubA, addressA) = try await makeNode(router)
-        let (hostB, pubsubB, _) = try await makeNode(router)
+    func exchange(_ router: RouterKind, memory: MemoryNetwork? = nil) async throws {
+        let (hostA, pubsubA, addressA) = try await makeNode(router, memory: memory)
+        let (hostB, pubsubB, _) = try await makeNode(router, memory: memory)
         var inboxA = await pubsubA.subscribe("lobby").makeAsyncIterator()
         var inboxB = await pubsubB.subscribe("lobby").makeAsyncIterator()
         _ = try await hostB.connect(addressA)
@@ -110,5 +118,46 @@ final class PubSubServiceTests: XCTestCase {
     }
 
     func testGossipsubBetweenTwoNodes() async throws { try await exchange(.gossipsub) }
+    func testGossipsubInMemory() async throws { try await exchange(.gossipsub, memory: MemoryNetwork()) }
+
+    /// Two connections between the same peers (as when both dial at once): when
+    /// the one carrying the pubsub streams closes, pubsub moves to the other.
+    func testPubSubMovesToTheRemainingConnection() async throws {
+        let (hostA, pubsubA, addressA) = try await makeNode(.gossipsub)
+        let (hostB, pubsubB, _) = try await makeNode(.gossipsub)
+        var inboxA = await pubsubA.subscribe("lobby").makeAsyncIterator()
+        var inboxB = await pubsubB.subscribe("lobby").makeAsyncIterator()
+        let first = try await hostB.connect(addressA)
+        let peerA = hostA.localPeer
+        let peerB = hostB.localPeer
+        try await eventually(10, "subscriptions exchanged") {
+            let aKnowsB = await pubsubA.peers(in: "lobby").contains(peerB)
+            let bKnowsA = await pubsubB.peers(in: "lobby").contains(peerA)
+            return aKnowsB && bKnowsA
+        }
+        // A second connection (no /p2p: not matched to the live one), then the first closes.
+        let second = try await hostB.connect(addressA.withoutP2P)
+        XCTAssertNotIdentical(first, second)
+        await first.close()
+        try await eventually(10, "both sides down to the second connection") {
+            hostA.connections.count == 1 && hostB.connections.count == 1
+        }
+        // Lines still flow both ways, over the second connection.
+        try await eventually(10, "pubsub peers again on both sides") {
+            let aKnowsB = await pubsubA.peers(in: "lobby").contains(peerB)
+            let bKnowsA = await pubsubB.peers(in: "lobby").contains(peerA)
+            return aKnowsB && bKnowsA
+        }
+        try await pubsubA.publish("lobby", data: Array("from A".utf8))
+        try await pubsubB.publish("lobby", data: Array("from B".utf8))
+        let atB = try await nextMessage(&inboxB)
+        XCTAssertEqual(atB.from, peerA)
+        let atA = try await nextMessage(&inboxA)
+        XCTAssertEqual(atA.from, peerB)
+        await pubsubA.stop()
+        await pubsubB.stop()
+        await hostA.close()
+        await hostB.close()
+    }
     func testFloodsubBetweenTwoNodes() async throws { try await exchange(.floodsub) }
 }

@@ -178,3 +178,33 @@ public struct TransportNode: Sendable {
         try await transport.listen(on: address, upgrader: upgrader)
     }
 }
+
+/// Serves echo and ping straight on the transport (no Host).
+public struct EchoPingAcceptor: InboundStreamAcceptor {
+    public init() {}
+
+    public func supports(protocolID: String) -> Bool {
+        protocolID == echoProtocol || protocolID == PingService.protocolID
+    }
+
+    public func accept(_ stream: MuxedStream) {
+        Task {
+            do {
+                if stream.protocolID == PingService.protocolID {
+                    var reader = StreamReader(stream)
+                    while true {
+                        try await stream.write(try await reader.readExactly(PingService.payloadSize))
+                    }
+                } else {
+                    while let chunk = try await stream.read() {
+                        try await stream.write(chunk)
+                    }
+                    try await stream.closeWrite()
+                }
+            } catch {
+                // The end of a ping stream, or a failure: either way this stream is done.
+            }
+            await stream.close()
+        }
+    }
+}

@@ -9,34 +9,6 @@ import Transport
 import WebSocket
 import XCTest
 
-/// Serves echo and ping straight on the transport (no Host).
-struct EchoPingAcceptor: InboundStreamAcceptor {
-    func supports(protocolID: String) -> Bool {
-        protocolID == echoProtocol || protocolID == PingService.protocolID
-    }
-
-    func accept(_ stream: MuxedStream) {
-        Task {
-            do {
-                if stream.protocolID == PingService.protocolID {
-                    var reader = StreamReader(stream)
-                    while true {
-                        try await stream.write(try await reader.readExactly(PingService.payloadSize))
-                    }
-                } else {
-                    while let chunk = try await stream.read() {
-                        try await stream.write(chunk)
-                    }
-                    try await stream.closeWrite()
-                }
-            } catch {
-                // The end of a ping stream, or a failure: either way this stream is done.
-            }
-            await stream.close()
-        }
-    }
-}
-
 /// Serves one protocol whose handler reads nothing until `open()`, then counts all it reads.
 final class SlowReaderAcceptor: InboundStreamAcceptor {
     static let protocolID = "/p2pchat/test/slow/1.0.0"
