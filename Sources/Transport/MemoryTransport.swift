@@ -21,9 +21,9 @@ public struct MemoryTransport: Transport {
 
     public func canDial(_ address: Multiaddr) -> Bool { Self.port(address) != nil }
 
+    /// `/memory/<n>` exactly (no `/p2p`).
     public func canListen(_ address: Multiaddr) -> Bool {
-        guard let components = Optional(address.components), components.count == 1, case .memory = components[0]
-        else { return false }
+        guard address.components.count == 1, case .memory = address.components[0] else { return false }
         return true
     }
 
