@@ -2,13 +2,16 @@ import Identity
 import LibP2PSecurity
 import NIOCore
 import NIOSSL
+import Synchronization
 
 /// `/tls/1.0.0` (libp2p TLS) as one of the upgrader's security protocols.
 ///
-/// Every handshake makes a fresh ECDSA P-256 certificate key and certificate
-/// (about a millisecond): the identity key is a per-handshake input, not a
-/// property of this value, and a per-handshake key keeps this type a plain
-/// `Sendable` value with no shared cache to lock.
+/// One ECDSA P-256 certificate key, certificate and BoringSSL context serve
+/// every handshake of one local identity and muxer list (as go-libp2p keeps one
+/// certificate per identity): making them per handshake cost more than the
+/// rest of the handshake. They are made on first use and kept in a small
+/// process-wide cache keyed by our peer id, since the identity is a
+/// per-handshake input, not a property of this value.
 ///
 /// ALPN offers our muxers, in order, then "libp2p". The server picks the first
 /// of its own list that the client offers (swift-nio-ssl and py-libp2p both
@@ -34,8 +37,19 @@ public struct TLSSecurity: SecurityProtocol {
     ) throws -> any SecurityHandshake {
         // ALPN names are 1 to 255 bytes; anything else could not be offered anyway.
         let muxers = muxers.filter { (1...255).contains($0.utf8.count) && $0 != Self.alpnFallback }
+        let key = TLSContextCache.Key(peer: PeerID(publicKey: localKey.publicKey), muxers: muxers)
+        let context = try TLSContextCache.shared.context(for: key) {
+            try Self.makeContext(localKey: localKey, muxers: muxers)
+        }
+        return TLSHandshake(
+            engine: TLSEngine(
+                role: role, sslContext: context, muxers: muxers, maxHandshakeBytes: maxHandshakeBytes,
+                verification: PeerVerification(expectedPeer: expectedRemotePeer)))
+    }
+
+    /// A client-mode context (the role only picks the NIO handler) with a fresh certificate for `localKey`.
+    static func makeContext(localKey: PrivateKey, muxers: [String]) throws -> NIOSSLContext {
         let generated = try LibP2PCertificate.generate(identity: localKey)
-        let context: NIOSSLContext
         do {
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.minimumTLSVersion = .tlsv13
@@ -53,14 +67,10 @@ public struct TLSSecurity: SecurityProtocol {
             // Closing never waits for the remote's close_notify: the connection
             // is going away, and an EmbeddedChannel must not keep a timer.
             configuration.shutdownTimeout = .zero
-            context = try NIOSSLContext(configuration: configuration)
+            return try NIOSSLContext(configuration: configuration)
         } catch {
             throw TLSError.setupFailed(error)
         }
-        return TLSHandshake(
-            engine: TLSEngine(
-                role: role, sslContext: context, muxers: muxers, maxHandshakeBytes: maxHandshakeBytes,
-                verification: PeerVerification(expectedPeer: expectedRemotePeer)))
     }
 }
 
@@ -100,5 +110,31 @@ struct TLSSession: SecureSession {
     /// Appends close_notify (the interface has no close yet; tests use it).
     func close(into output: inout ByteBuffer) {
         engine.close(into: &output)
+    }
+}
+
+/// Contexts (certificate, key, configuration) by local identity and muxer
+/// list. Bounded: a process holds one or two identities; past the bound the
+/// cache starts over.
+final class TLSContextCache: Sendable {
+    static let shared = TLSContextCache()
+    static let capacity = 32
+
+    struct Key: Hashable {
+        let peer: PeerID
+        let muxers: [String]
+    }
+
+    private let contexts = Mutex<[Key: NIOSSLContext]>([:])
+
+    func context(for key: Key, make: () throws -> NIOSSLContext) throws -> NIOSSLContext {
+        if let cached = contexts.withLock({ $0[key] }) { return cached }
+        let made = try make()
+        return contexts.withLock { contexts in
+            if let raced = contexts[key] { return raced }
+            if contexts.count >= Self.capacity { contexts.removeAll() }
+            contexts[key] = made
+            return made
+        }
     }
 }
