@@ -4,7 +4,7 @@
 # py-libp2p runs as fast as its own API allows: its PerfService (served, and the
 # client's) writes and reads PY_BLOCK_SIZE-byte blocks, 1 MiB unless set: the
 # fastest of 4 KiB to 1 MiB in Benchmarks/py-perf-sweep.sh (py-libp2p's default,
-# 64 KiB, moved about 2/3 as much; 128 KiB to 1 MiB were within noise of each other).
+# 64 KiB, moved about 3/4 as much py to py; 128 KiB to 1 MiB were within noise).
 # Usage: Benchmarks/perf-compare.sh [MiB for Swift-only runs, default 256] [MiB for runs with py, default 32]
 # Environment: P2PCHAT_BIN (a release p2pchat to use instead of building one),
 # P2PCHAT_VENV (the py-libp2p venv, default .venv-interop, created if missing),
