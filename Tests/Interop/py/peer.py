@@ -194,7 +194,7 @@ async def run_dial(host, args) -> None:
         if not ok:
             raise RuntimeError("echoed bytes differ")
     elif args.action == "perf":
-        perf = PerfService(host)
+        perf = PerfService(host, perf_init(args))
         await perf.start()
         start = time.perf_counter()
         final = None
@@ -224,6 +224,12 @@ async def run_dial(host, args) -> None:
         emit(event="streams", count=len(results), ok=ok)
         if not ok:
             raise RuntimeError("some streams failed")
+
+
+def perf_init(args) -> dict:
+    """PerfService options: --block-size sets its write (and read) block size; else py-libp2p's default."""
+    block_size = getattr(args, "block_size", None)
+    return {"write_block_size": block_size} if block_size else {}
 
 
 async def run_pubsub(host, args) -> None:
@@ -297,7 +303,7 @@ async def main(args) -> None:
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}{suffix}")]
     with trio.move_on_after(args.timeout) as scope:
         async with host.run(listen_addrs=listen):
-            await PerfService(host).start()
+            await PerfService(host, perf_init(args)).start()
             if args.mode == "mdns":
                 addr = host.get_addrs()[0]
                 emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
@@ -347,6 +353,7 @@ def parse_args():
     listen.add_argument("--port", type=int, default=0)
     listen.add_argument("--ip", default="127.0.0.1")
     listen.add_argument("--timeout", type=float, default=60)
+    listen.add_argument("--block-size", type=int, help="perf: the served PerfService's write_block_size")
     mdns = sub.add_parser("mdns")
     mdns.add_argument("--timeout", type=float, default=60)
     mdns.add_argument("--port", type=int, default=0)
@@ -365,6 +372,7 @@ def parse_args():
     dial.add_argument("--bytes", type=int, default=1024 * 1024)
     dial.add_argument("--upload", type=int, default=0, help="perf: bytes to upload")
     dial.add_argument("--download", type=int, default=0, help="perf: bytes to download")
+    dial.add_argument("--block-size", type=int, help="perf: the client PerfService's write_block_size")
     dial.add_argument("--timeout", type=float, default=60)
     return parser.parse_args()
 
