@@ -38,6 +38,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             exclude: ["keys.proto", "envelope.proto", "peer_record.proto"]
         ),

@@ -61,7 +61,7 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
             guard ECDSAKey(der: data) != nil else { throw .invalidKey(type, "not a P-256/P-384/P-521 PKIX key") }
         case .rsa:
             guard data.count <= 2048 else { throw .invalidKey(type, "key of \(data.count) bytes is too large") }
-            guard let key = try? _RSA.Signing.PublicKey(unsafeDERRepresentation: data) else {
+            guard let key = RSAPublicKeyDER.parse(data) else {
                 throw .invalidKey(type, "not a DER PKIX RSA key")
             }
             guard Self.rsaBits.contains(key.keySizeInBits) else {
@@ -108,7 +108,7 @@ public struct PublicKey: Hashable, Sendable, CustomStringConvertible {
         case .ecdsa:
             return ECDSAKey(der: data)?.verify(derSignature: signature, message: message) ?? false
         case .rsa:
-            guard let key = try? _RSA.Signing.PublicKey(unsafeDERRepresentation: data),
+            guard let key = RSAPublicKeyDER.parse(data),
                 Self.rsaBits.contains(key.keySizeInBits)
             else { return false }
             return key.isValidSignature(

@@ -102,6 +102,33 @@ final class IdentityVectorTests: XCTestCase {
             XCTAssertEqual(reloaded.publicKey, key.publicKey)
         }
     }
+
+    /// Malformed RSA keys are refused without crashing the process: swift-crypto's
+    /// DER initializer freed its key twice on such input, so ours parses the DER
+    /// itself. Every single-byte change and truncation of a valid key, and random
+    /// bytes behind an RSA key header, in one process.
+    func testMalformedRSAKeysNeverCrash() throws {
+        let valid = unhex(vectors.first { $0.type == .rsa }!.publicKey)
+        let key = try PublicKey(marshaled: valid)
+        let der = key.data
+        var generator = SystemRandomNumberGenerator()
+        var refused = 0
+        for index in der.indices {
+            var changed = der
+            changed[index] ^= UInt8.random(in: 1...255, using: &generator)
+            if (try? PublicKey(type: .rsa, data: changed)) == nil { refused += 1 }
+            if (try? PublicKey(type: .rsa, data: Array(der[..<index]))) == nil { refused += 1 }
+        }
+        for _ in 0..<2000 {
+            let count = Int.random(in: 0...300, using: &generator)
+            let junk = Array(der.prefix(24)) + (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            if (try? PublicKey(type: .rsa, data: junk)) == nil { refused += 1 }
+            XCTAssertFalse(key.verify(signature: junk, for: [1, 2, 3]))
+        }
+        // Every truncation is refused; changed bytes may still be a valid key (a changed modulus digit).
+        XCTAssertGreaterThanOrEqual(refused, der.count + 2000)
+        XCTAssertThrowsError(try PublicKey(marshaled: [0x08, 0x00, 0x12, 0x01, 0x00]))
+    }
 }
 
 final class PeerIDTests: XCTestCase {
