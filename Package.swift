@@ -26,15 +26,10 @@ let package = Package(
     ],
     targets: [
         .target(name: "Multiformats"),
-        .systemLibrary(
-            name: "CSecp256k1",
-            pkgConfig: "libsecp256k1",
-            providers: [.apt(["libsecp256k1-dev"])]
-        ),
         .target(
             name: "Identity",
             dependencies: [
-                "Multiformats", "CSecp256k1",
+                "Multiformats",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -1,4 +1,3 @@
-import CSecp256k1
 import Crypto
 import Foundation
 import Multiformats
@@ -151,60 +150,6 @@ private enum ECDSAKey {
             guard let sig = try? P521.Signing.ECDSASignature(derRepresentation: derSignature) else { return false }
             return key.isValidSignature(sig, for: digest)
         }
-    }
-}
-
-/// secp256k1 through Debian's libsecp256k1.
-enum Secp256k1 {
-    /// One context for signing and verifying. Safe to share between threads:
-    /// libsecp256k1 only reads a context after creation, and we never call
-    /// secp256k1_context_randomize (the one mutating call) on it.
-    nonisolated(unsafe) static let context: OpaquePointer = secp256k1_context_create(
-        UInt32(SECP256K1_CONTEXT_NONE))
-
-    static func parse(_ bytes: [UInt8]) -> secp256k1_pubkey? {
-        guard bytes.count == 33 || bytes.count == 65 else { return nil }
-        var key = secp256k1_pubkey()
-        let ok = bytes.withUnsafeBufferPointer { secp256k1_ec_pubkey_parse(context, &key, $0.baseAddress!, $0.count) }
-        return ok == 1 ? key : nil
-    }
-
-    static func verify(publicKey: [UInt8], derSignature: [UInt8], message: [UInt8]) -> Bool {
-        guard var key = parse(publicKey), !derSignature.isEmpty, derSignature.count <= 80 else { return false }
-        var signature = secp256k1_ecdsa_signature()
-        let parsed = derSignature.withUnsafeBufferPointer {
-            secp256k1_ecdsa_signature_parse_der(context, &signature, $0.baseAddress!, $0.count)
-        }
-        guard parsed == 1 else { return false }
-        // Accept high-S signatures as other implementations do: normalize first.
-        var normalized = secp256k1_ecdsa_signature()
-        secp256k1_ecdsa_signature_normalize(context, &normalized, &signature)
-        let digest = Array(SHA256.hash(data: message))
-        return secp256k1_ecdsa_verify(context, &normalized, digest, &key) == 1
-    }
-
-    /// The compressed public key of a 32-byte secret, nil if the secret is invalid.
-    static func publicKey(secret: [UInt8]) -> [UInt8]? {
-        guard secret.count == 32 else { return nil }
-        var key = secp256k1_pubkey()
-        guard secp256k1_ec_pubkey_create(context, &key, secret) == 1 else { return nil }
-        var out = [UInt8](repeating: 0, count: 33)
-        var length = 33
-        secp256k1_ec_pubkey_serialize(
-            context, &out, &length, &key, UInt32(SECP256K1_EC_COMPRESSED))
-        return out
-    }
-
-    static func sign(secret: [UInt8], message: [UInt8]) -> [UInt8]? {
-        var signature = secp256k1_ecdsa_signature()
-        let digest = Array(SHA256.hash(data: message))
-        guard secp256k1_ecdsa_sign(context, &signature, digest, secret, nil, nil) == 1 else { return nil }
-        var der = [UInt8](repeating: 0, count: 72)
-        var length = 72
-        guard secp256k1_ecdsa_signature_serialize_der(context, &der, &length, &signature) == 1 else {
-            return nil
-        }
-        return Array(der.prefix(length))
     }
 }
 

@@ -21,6 +21,7 @@ import trio
 
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.secp256k1 import create_new_key_pair as create_secp256k1_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.identity.identify.identify import ID as IDENTIFY_ID, parse_identify_response
@@ -83,8 +84,10 @@ async def echo_handler(stream) -> None:
         await stream.reset()
 
 
-def make_host(seed: str | None, mdns: bool = False, security: str = "noise", transport: str = "tcp"):
-    if seed:
+def make_host(seed: str | None, mdns: bool = False, security: str = "noise", transport: str = "tcp", key: str = "ed25519"):
+    if key == "secp256k1":
+        key_pair = create_secp256k1_key_pair(bytes.fromhex(seed) if seed else None)
+    elif seed:
         key_pair = create_new_key_pair(bytes.fromhex(seed))
     else:
         key_pair = create_new_key_pair()
@@ -298,7 +301,7 @@ async def wait_for_stdin_eof() -> None:
 
 
 async def main(args) -> None:
-    host = make_host(args.seed, mdns=args.mode == "mdns", security=args.security, transport=args.transport)
+    host = make_host(args.seed, mdns=args.mode == "mdns", security=args.security, transport=args.transport, key=args.key)
     suffix = "/ws" if args.transport == "ws" else ""
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}{suffix}")]
     with trio.move_on_after(args.timeout) as scope:
@@ -343,7 +346,8 @@ finished = [False]
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--timeout", type=float, default=60)
-    parser.add_argument("--seed", help="hex 32-byte seed for a deterministic Ed25519 key")
+    parser.add_argument("--seed", help="hex 32-byte seed for a deterministic Ed25519 key (secp256k1: the secret)")
+    parser.add_argument("--key", choices=["ed25519", "secp256k1"], default="ed25519", help="identity key type, before the mode")
     parser.add_argument("--ip", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--security", choices=["noise", "tls"], default="noise", help="before the mode")

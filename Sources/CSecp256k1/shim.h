@@ -1,1 +1,0 @@
-#include <secp256k1.h>
