@@ -31,7 +31,7 @@ public struct TransportConfiguration: Sendable {
     public var notSentLowWatermark: Int? = 128 * 1024
     /// Socket reads grow up to 256 KiB under load (NIO's default stops at 64 KiB):
     /// fewer Noise frames are split across reads, and each split costs a copy.
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
+    public static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
 
     public init() {}
 }

@@ -220,13 +220,7 @@ final class ConnectionDriver {
                 } catch {
                     throw .securityFailed(protocolID: established.connection.security, underlying: error)
                 }
-                for var plain in plaintexts where plain.readableBytes > 0 {
-                    do {
-                        events.append(contentsOf: try established.streams.receive(&plain, now: .now()))
-                    } catch {
-                        throw .muxerFailed(underlying: error)
-                    }
-                }
+                try feedMuxer(plaintexts, established)
             }
             try drainSession()
         case .idle, .busy, .closed:
@@ -260,16 +254,22 @@ final class ConnectionDriver {
         tickSession()
         // Whatever followed the agreement is the muxer's.
         try withEstablished { established throws(TransportError) in
-            for var plain in upgraded.plaintexts where plain.readableBytes > 0 {
-                do {
-                    events.append(contentsOf: try established.streams.receive(&plain, now: .now()))
-                } catch {
-                    throw .muxerFailed(underlying: error)
-                }
-            }
+            try feedMuxer(upgraded.plaintexts, established)
         }
         try drainSession()
         flushOutput()
+    }
+
+    /// Hands decrypted bytes to the stream table (one clock reading for the lot).
+    private func feedMuxer(_ plaintexts: [ByteBuffer], _ established: Established) throws(TransportError) {
+        let now = NIODeadline.now()
+        for var plain in plaintexts where plain.readableBytes > 0 {
+            do {
+                events.append(contentsOf: try established.streams.receive(&plain, now: now))
+            } catch {
+                throw .muxerFailed(underlying: error)
+            }
+        }
     }
 
     /// Events gathered while the established state is checked out.

@@ -3,7 +3,7 @@ import Multiformats
 import NIOCore
 
 /// Where a TCP dial goes: a literal socket address, or a name to resolve.
-enum TCPTarget {
+public enum TCPTarget: Sendable {
     case socket(SocketAddress)
     case host(String, Int)
 }

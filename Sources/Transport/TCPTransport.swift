@@ -2,7 +2,6 @@ import Identity
 import Logging
 import Multiformats
 import NIOCore
-import NIOConcurrencyHelpers
 import NIOPosix
 import LibP2PSecurity
 
@@ -27,12 +26,7 @@ public struct TCPTransport: Transport {
     public func listen(on address: Multiaddr, upgrader: Upgrader) async throws -> Listener {
         let socketAddress = try address.tcpSocketAddress()
         let configuration = upgrader.configuration
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
-            .childChannelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
+        let bootstrap = SocketDial.serverBootstrap(group: group, configuration: configuration)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     _ = upgrader.upgrade(channel: channel, direction: .inbound, transport: "tcp")
@@ -56,44 +50,12 @@ public struct TCPTransport: Transport {
         // Pick the loop first so the promise exists before connecting.
         let eventLoop = group.next()
         let established = eventLoop.makePromise(of: Connection.self)
-        // Known once the socket exists, so a cancelled dial can close it (happy eyeballs' losers).
-        let dialling = NIOLockedValueBox<Channel?>(nil)
-        let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(configuration.dialTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
-            .channelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
-            .channelInitializer { channel in
-                dialling.withLockedValue { $0 = channel }
-                return channel.eventLoop.makeCompletedFuture {
-                    upgrader.upgrade(
-                        channel: channel, direction: .outbound, role: role, expectedRemotePeer: expected,
-                        transport: "tcp"
-                    ).cascade(to: established)
-                }
-            }
-        return try await withTaskCancellationHandler {
-            do {
-                switch target {
-                case .socket(let socketAddress):
-                    _ = try await bootstrap.connect(to: socketAddress).get()
-                case .host(let host, let port):
-                    _ = try await bootstrap.connect(host: host, port: port).get()
-                }
-            } catch {
-                let failure = Self.dialError(address, error)
-                // The upgrade may never have started: settle the promise ourselves.
-                established.fail(failure)
-                throw failure
-            }
-            return try await established.futureResult.get()
-        } onCancel: {
-            dialling.withLockedValue { $0 }?.close(promise: nil)
+        return try await SocketDial.connect(
+            target, address: address, on: eventLoop, configuration: configuration, established: established
+        ) { channel in
+            upgrader.upgrade(
+                channel: channel, direction: .outbound, role: role, expectedRemotePeer: expected, transport: "tcp"
+            ).cascade(to: established)
         }
-    }
-
-    static func dialError(_ address: Multiaddr, _ error: any Error) -> TransportError {
-        if case ChannelError.connectTimeout = error { return .dialTimeout(address: "\(address)") }
-        return .dialFailed(address: "\(address)", underlying: error)
     }
 }

@@ -41,30 +41,6 @@ public struct Upgrader: Sendable {
         self.connectionIDs = ConnectionIDs()
     }
 
-    /// The same upgrader offering other security protocols (the CLI's `--security`).
-    public func offering(security: [any SecurityProtocol]) -> Upgrader {
-        Upgrader(
-            localKey: localKey, security: security, muxers: muxers, configuration: configuration,
-            acceptor: acceptor, logger: logger, onInboundConnection: onInboundConnection,
-            connectionIDs: connectionIDs)
-    }
-
-    private init(
-        localKey: PrivateKey, security: [any SecurityProtocol], muxers: [String],
-        configuration: TransportConfiguration, acceptor: any InboundStreamAcceptor, logger: Logger,
-        onInboundConnection: @escaping @Sendable (Connection) -> Void, connectionIDs: ConnectionIDs
-    ) {
-        self.localKey = localKey
-        self.localPeer = PeerID(publicKey: localKey.publicKey)
-        self.security = security
-        self.muxers = muxers
-        self.configuration = configuration
-        self.acceptor = acceptor
-        self.logger = logger
-        self.onInboundConnection = onInboundConnection
-        self.connectionIDs = connectionIDs
-    }
-
     /// Upgrades a channel whose pipeline carries the raw byte stream (ByteBuffers
     /// both ways). Call on the channel's event loop, before or after it is active.
     /// Inbound connections also go to `onInboundConnection`.

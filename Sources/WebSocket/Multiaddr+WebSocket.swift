@@ -1,13 +1,11 @@
 import Identity
 import Multiformats
 import NIOCore
+import Transport
 
 /// Where a `/ws` dial goes and what it tells the server.
 struct WebSocketDialTarget: Sendable {
-    enum Endpoint: Sendable {
-        case socket(SocketAddress)
-        case host(String, Int)
-    }
+    typealias Endpoint = TCPTarget
     let endpoint: Endpoint
     /// The HTTP `Host` header: the name (or the IP literal, IPv6 in brackets) and the port.
     let hostHeader: String

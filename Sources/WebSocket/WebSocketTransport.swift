@@ -1,7 +1,6 @@
 import Identity
 import Logging
 import Multiformats
-import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -62,11 +61,6 @@ public struct WebSocketTransport: Transport {
         return (try? parsed.listenAddress(original: address)) != nil
     }
 
-    // Kept as the TCP transport sets them (its allocator and option are internal
-    // to Transport): reads grow to 256 KiB under load, TCP_NOTSENT_LOWAT is option 25 on Linux.
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
-    static let tcpNotSentLowWatermark = NIOBSDSocket.Option(rawValue: 25)
-
     // MARK: - Listen
 
     /// Listens on `/ip4|ip6/<ip>/tcp/<port>/ws` (port 0 picks one). The listener's
@@ -74,16 +68,8 @@ public struct WebSocketTransport: Transport {
     public func listen(on address: Multiaddr, upgrader: Upgrader) async throws -> Listener {
         let socketAddress = try WebSocketAddress(address).listenAddress(original: address)
         let configuration = self.configuration
-        let transportConfiguration = upgrader.configuration
         let logger = self.logger
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: Self.receiveAllocator)
-            .childChannelOption(
-                .tcpOption(Self.tcpNotSentLowWatermark), value: transportConfiguration.notSentLowWatermark ?? 0
-            )
+        let bootstrap = SocketDial.serverBootstrap(group: group, configuration: upgrader.configuration)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try Self.configureServerPipeline(
@@ -141,50 +127,18 @@ public struct WebSocketTransport: Transport {
     public func dial(_ address: Multiaddr, upgrader: Upgrader, role: SecurityRole) async throws -> Connection {
         let target = try WebSocketAddress(address).dialTarget(original: address)
         let configuration = self.configuration
-        let transportConfiguration = upgrader.configuration
         let logger = self.logger
         let addressText = "\(address)"
         // Pick the loop first so the promise exists before connecting.
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: Connection.self)
-        // Known once the socket exists, so a cancelled dial can close it (a host
-        // racing several addresses cancels the losers).
-        let dialling = NIOLockedValueBox<Channel?>(nil)
-        let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(transportConfiguration.dialTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.recvAllocator, value: Self.receiveAllocator)
-            .channelOption(.tcpOption(Self.tcpNotSentLowWatermark), value: transportConfiguration.notSentLowWatermark ?? 0)
-            .channelInitializer { channel in
-                dialling.withLockedValue { $0 = channel }
-                return channel.eventLoop.makeCompletedFuture {
-                    try Self.configureClientPipeline(
-                        channel: channel, target: target, address: addressText, configuration: configuration,
-                        upgrader: upgrader, role: role, established: promise, logger: logger)
-                }
-            }
-        return try await withTaskCancellationHandler {
-            do {
-                switch target.endpoint {
-                case .socket(let socketAddress):
-                    _ = try await bootstrap.connect(to: socketAddress).get()
-                case .host(let host, let port):
-                    _ = try await bootstrap.connect(host: host, port: port).get()
-                }
-            } catch {
-                let failure: TransportError
-                if case ChannelError.connectTimeout = error {
-                    failure = .dialTimeout(address: addressText)
-                } else {
-                    failure = .dialFailed(address: addressText, underlying: error)
-                }
-                // The pipeline may never have been set up: settle the promise ourselves.
-                promise.fail(failure)
-                throw failure
-            }
-            return try await promise.futureResult.get()
-        } onCancel: {
-            dialling.withLockedValue { $0 }?.close(promise: nil)
+        return try await SocketDial.connect(
+            target.endpoint, address: address, on: eventLoop, configuration: upgrader.configuration,
+            established: promise
+        ) { channel in
+            try Self.configureClientPipeline(
+                channel: channel, target: target, address: addressText, configuration: configuration,
+                upgrader: upgrader, role: role, established: promise, logger: logger)
         }
     }
 

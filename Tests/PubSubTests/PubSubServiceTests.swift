@@ -37,6 +37,17 @@ final class IteratorBox: @unchecked Sendable {
     func next() async -> PubSubMessage? { await iterator.next() }
 }
 
+/// Waits (bounded) until each of two nodes lists the other as a peer on `topic`.
+func waitForEachOther(
+    _ a: PubSubService, _ peerA: PeerID, _ b: PubSubService, _ peerB: PeerID, on topic: String, _ what: String
+) async throws {
+    try await eventually(10, what) {
+        let aKnowsB = await a.peers(in: topic).contains(peerB)
+        let bKnowsA = await b.peers(in: topic).contains(peerA)
+        return aKnowsB && bKnowsA
+    }
+}
+
 final class PubSubServiceTests: XCTestCase {
     func makeNode(
         _ router: RouterKind, memory: MemoryNetwork? = nil, _ configure: (inout PubSubConfiguration) -> Void = { _ in }
@@ -66,11 +77,7 @@ final class PubSubServiceTests: XCTestCase {
         _ = try await hostB.connect(addressA)
         let peerA = hostA.localPeer
         let peerB = hostB.localPeer
-        try await eventually(10, "subscriptions exchanged") {
-            let aKnowsB = await pubsubA.peers(in: "lobby").contains(peerB)
-            let bKnowsA = await pubsubB.peers(in: "lobby").contains(peerA)
-            return aKnowsB && bKnowsA
-        }
+        try await waitForEachOther(pubsubA, peerA, pubsubB, peerB, on: "lobby", "subscriptions exchanged")
         try await pubsubA.publish("lobby", data: Array("hello from A".utf8))
         try await pubsubB.publish("lobby", data: Array("hello from B".utf8))
         let atB = try await nextMessage(&inboxB)
@@ -130,11 +137,7 @@ final class PubSubServiceTests: XCTestCase {
         let first = try await hostB.connect(addressA)
         let peerA = hostA.localPeer
         let peerB = hostB.localPeer
-        try await eventually(10, "subscriptions exchanged") {
-            let aKnowsB = await pubsubA.peers(in: "lobby").contains(peerB)
-            let bKnowsA = await pubsubB.peers(in: "lobby").contains(peerA)
-            return aKnowsB && bKnowsA
-        }
+        try await waitForEachOther(pubsubA, peerA, pubsubB, peerB, on: "lobby", "subscriptions exchanged")
         // A second connection (no /p2p: not matched to the live one), then the first closes.
         let second = try await hostB.connect(addressA.withoutP2P)
         XCTAssertNotIdentical(first, second)
@@ -143,11 +146,7 @@ final class PubSubServiceTests: XCTestCase {
             hostA.connections.count == 1 && hostB.connections.count == 1
         }
         // Lines still flow both ways, over the second connection.
-        try await eventually(10, "pubsub peers again on both sides") {
-            let aKnowsB = await pubsubA.peers(in: "lobby").contains(peerB)
-            let bKnowsA = await pubsubB.peers(in: "lobby").contains(peerA)
-            return aKnowsB && bKnowsA
-        }
+        try await waitForEachOther(pubsubA, peerA, pubsubB, peerB, on: "lobby", "pubsub peers again on both sides")
         try await pubsubA.publish("lobby", data: Array("from A".utf8))
         try await pubsubB.publish("lobby", data: Array("from B".utf8))
         let atB = try await nextMessage(&inboxB)

@@ -1,0 +1,63 @@
+import Multiformats
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// What the socket transports (TCP, and WebSocket on top of TCP) share: the
+/// socket options every libp2p connection gets, and a connect that a
+/// cancelled task aborts (a host racing several addresses cancels the losers).
+public enum SocketDial {
+    /// A listener with our socket options; the caller adds its child initializer.
+    public static func serverBootstrap(group: EventLoopGroup, configuration: TransportConfiguration) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
+            .childChannelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
+    }
+
+    /// Connects to `target` with our socket options, `initialize` setting up each
+    /// new channel's pipeline (which must complete `established`), and waits for
+    /// `established`. Cancelling the calling task closes the socket.
+    public static func connect(
+        _ target: TCPTarget, address: Multiaddr, on eventLoop: EventLoop, configuration: TransportConfiguration,
+        established: EventLoopPromise<Connection>,
+        initialize: @escaping @Sendable (Channel) throws -> Void
+    ) async throws -> Connection {
+        // Known once the socket exists, so that a cancelled dial can close it.
+        let dialling = NIOLockedValueBox<Channel?>(nil)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.dialTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
+            .channelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
+            .channelInitializer { channel in
+                dialling.withLockedValue { $0 = channel }
+                return channel.eventLoop.makeCompletedFuture { try initialize(channel) }
+            }
+        return try await withTaskCancellationHandler {
+            do {
+                switch target {
+                case .socket(let socketAddress):
+                    _ = try await bootstrap.connect(to: socketAddress).get()
+                case .host(let host, let port):
+                    _ = try await bootstrap.connect(host: host, port: port).get()
+                }
+            } catch {
+                let failure: TransportError =
+                    if case ChannelError.connectTimeout = error {
+                        .dialTimeout(address: "\(address)")
+                    } else {
+                        .dialFailed(address: "\(address)", underlying: error)
+                    }
+                // The pipeline may never have been set up: settle the promise here.
+                established.fail(failure)
+                throw failure
+            }
+            return try await established.futureResult.get()
+        } onCancel: {
+            dialling.withLockedValue { $0 }?.close(promise: nil)
+        }
+    }
+}
