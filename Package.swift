@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "Multiformats", targets: ["Multiformats"]),
         .library(name: "Identity", targets: ["Identity"]),
         .library(name: "Host", targets: ["Host"]),
+        .library(name: "RequestResponse", targets: ["RequestResponse"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -130,6 +131,15 @@ let package = Package(
             exclude: ["rpc.proto"]
         ),
         .target(
+            name: "RequestResponse",
+            dependencies: [
+                "Host", "Transport", "Multistream", "Identity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "MDNS",
             dependencies: [
                 "Multiformats", "Identity",
@@ -204,7 +214,14 @@ let package = Package(
         ),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
+            dependencies: [
+                "Host", "Identify", "Ping", "Perf", "PubSub", "RequestResponse", "TLS", "WebSocket", "TestSupport",
+                "ChildProcess",
+            ]
+        ),
+        .testTarget(
+            name: "RequestResponseTests",
+            dependencies: ["RequestResponse", "Host", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
     ]
 )

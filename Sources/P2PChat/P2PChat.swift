@@ -120,55 +120,6 @@ func parseAddress(_ text: String) -> Multiaddr {
     }
 }
 
-/// Runs `body` but gives up after `seconds` (without waiting for `body` to notice).
-func withTimeout<T: Sendable>(
-    seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    let race = TimeoutRace<T>()
-    return try await withCheckedThrowingContinuation { continuation in
-        race.arm(continuation)
-        let work = Task {
-            do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
-        }
-        Task {
-            try? await Task.sleep(for: .seconds(seconds))
-            race.finish(.failure(TimeoutError(what: what, seconds: seconds)))
-            work.cancel()
-        }
-    }
-}
-
-/// Resumes a continuation once, with whichever result comes first.
-final class TimeoutRace<T: Sendable>: Sendable {
-    private let state = Mutex<(CheckedContinuation<T, Error>?, Result<T, Error>?)>((nil, nil))
-
-    func arm(_ continuation: CheckedContinuation<T, Error>) {
-        let early = state.withLock { state -> Result<T, Error>? in
-            state.0 = continuation
-            return state.1
-        }
-        if let early { finish(early) }
-    }
-
-    func finish(_ result: Result<T, Error>) {
-        let continuation = state.withLock { state -> CheckedContinuation<T, Error>? in
-            guard let continuation = state.0 else {
-                if state.1 == nil { state.1 = result }
-                return nil
-            }
-            state.0 = nil
-            return continuation
-        }
-        continuation?.resume(with: result)
-    }
-}
-
-struct TimeoutError: Error, CustomStringConvertible {
-    let what: String
-    let seconds: Double
-    var description: String { "\(what) timed out after \(Int(seconds)) s" }
-}
-
 struct PingCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ping", abstract: "Ping a peer over /ipfs/ping/1.0.0, printing each round trip.")

@@ -4,6 +4,7 @@ import Host
 import Identity
 import Multiformats
 import Perf
+import Transport
 
 /// A byte count typed as `1048576`, `64KiB`, `100M`, `1GiB` (binary) or `10MB`, `1GB` (decimal).
 struct ByteCount: ExpressibleByArgument, Sendable {

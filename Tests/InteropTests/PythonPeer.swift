@@ -10,19 +10,21 @@ final class PythonPeer: Sendable {
     /// Index of the first stdout line `next` has not consumed yet.
     private let consumed = Locked(0)
 
-    static var script: String {
+    /// A script of Tests/Interop/py.
+    static func script(_ name: String) -> String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Interop/py/peer.py").path
+            .appendingPathComponent("Interop/py/\(name)").path
     }
 
-    init(_ arguments: [String]) throws {
+    /// Runs `script` (Tests/Interop/py/peer.py unless said otherwise) with `arguments`.
+    init(script: String = "peer.py", _ arguments: [String]) throws {
         guard let python = ProcessInfo.processInfo.environment["P2PCHAT_PYTHON"], !python.isEmpty else {
             if ProcessInfo.processInfo.environment["P2PCHAT_REQUIRE_INTEROP"] != nil {
                 XCTFail("P2PCHAT_PYTHON is not set but interop is required")
             }
             throw XCTSkip("SKIPPED: interop with py-libp2p needs P2PCHAT_PYTHON (run ./scripts/test)")
         }
-        process = try ChildProcess(python, [Self.script] + arguments, stdinPipe: true)
+        process = try ChildProcess(python, [Self.script(script)] + arguments, stdinPipe: true)
     }
 
     /// The stdout lines not consumed yet, parsed as JSON objects (others are skipped); marks them consumed.

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Identity
+import TestSupport
 import XCTest
 
 @testable import PubSub
@@ -14,7 +15,7 @@ struct SimulatedNetwork {
     var rng: SplitMix
 
     init(nodes: Int, seed: UInt64, configuration: PubSubConfiguration = .init()) {
-        rng = SplitMix(state: seed)
+        rng = SplitMix(seed: seed)
         for _ in 0..<nodes {
             let router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
             routers[router.localPeer] = router
@@ -66,17 +67,6 @@ struct SimulatedNetwork {
         routers[peer] = nil
         order.removeAll { $0 == peer }
         for other in order { routers[other]!.removePeer(peer, now: now) }
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
@@ -284,7 +274,7 @@ final class SimulatedNetworkTests: XCTestCase {
         var router = PubSubRouter(localKey: .generateEd25519())
         let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub11, outbound: false)
-        var rng = SplitMix(state: 6)
+        var rng = SplitMix(seed: 6)
         var malformed = 0
         for _ in 0..<5000 {
             let bytes = (0..<Int(rng.next() % 200)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
