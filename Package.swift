@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "Identity", targets: ["Identity"]),
         .library(name: "Host", targets: ["Host"]),
         .library(name: "RequestResponse", targets: ["RequestResponse"]),
+        .library(name: "FileShare", targets: ["FileShare"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -140,6 +141,18 @@ let package = Package(
             ]
         ),
         .target(
+            name: "FileShare",
+            dependencies: [
+                "Host", "Transport", "RequestResponse", "Multiformats", "Multistream", "Identity",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["file.proto"]
+        ),
+        .target(
             name: "MDNS",
             dependencies: [
                 "Multiformats", "Identity",
@@ -218,6 +231,10 @@ let package = Package(
                 "Host", "Identify", "Ping", "Perf", "PubSub", "RequestResponse", "TLS", "WebSocket", "TestSupport",
                 "ChildProcess",
             ]
+        ),
+        .testTarget(
+            name: "FileShareTests",
+            dependencies: ["FileShare", "Host", "Transport", "Multiformats", "TestSupport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(
             name: "RequestResponseTests",

@@ -63,26 +63,30 @@ public struct Multihash: Hashable, Sendable {
     }
 }
 
-/// CIDv1 with the libp2p-key codec, the other text form of a peer id.
-public enum LibP2PKeyCID {
-    public static let codec: UInt64 = 0x72
+/// A CIDv1: a content codec and the multihash of the content
+/// (<https://github.com/multiformats/cid>).
+public struct CID: Hashable, Sendable, CustomStringConvertible {
+    /// Raw bytes (files, arbitrary keys).
+    public static let raw: UInt64 = 0x55
 
-    /// `b` + base32(0x01, 0x72, multihash).
-    public static func encode(_ multihash: Multihash, base: Multibase = .base32) -> String {
+    public let codec: UInt64
+    public let multihash: Multihash
+
+    public init(codec: UInt64, multihash: Multihash) {
+        self.codec = codec
+        self.multihash = multihash
+    }
+
+    /// 0x01, the codec and the multihash, as varints and bytes.
+    public var bytes: [UInt8] {
         var bytes: [UInt8] = [0x01]
         Varint.append(codec, to: &bytes)
         bytes.append(contentsOf: multihash.bytes)
-        return base.encode(bytes)
+        return bytes
     }
 
-    /// The multihash inside a CIDv1 string whose codec is libp2p-key.
-    public static func decode(_ text: String) throws(MultihashError) -> Multihash {
-        let bytes: [UInt8]
-        do {
-            (_, bytes) = try Multibase.decode(text)
-        } catch {
-            throw .encoding(error)
-        }
+    public init(bytes: some Collection<UInt8>) throws(MultihashError) {
+        let bytes = Array(bytes)
         let version: UInt64
         let versionSize: Int
         let codec: UInt64
@@ -94,7 +98,39 @@ public enum LibP2PKeyCID {
             throw .varint(error)
         }
         guard version == 1 else { throw .unsupportedCIDVersion(version) }
-        guard codec == Self.codec else { throw .wrongCodec(codec) }
-        return try Multihash(bytes: bytes[(versionSize + codecSize)...])
+        self.codec = codec
+        multihash = try Multihash(bytes: bytes[(versionSize + codecSize)...])
+    }
+
+    /// A multibase text form (`b` + base32 by default).
+    public init(_ text: String) throws(MultihashError) {
+        let bytes: [UInt8]
+        do {
+            (_, bytes) = try Multibase.decode(text)
+        } catch {
+            throw .encoding(error)
+        }
+        try self.init(bytes: bytes)
+    }
+
+    public func text(base: Multibase = .base32) -> String { base.encode(bytes) }
+
+    public var description: String { text() }
+}
+
+/// CIDv1 with the libp2p-key codec, the other text form of a peer id.
+public enum LibP2PKeyCID {
+    public static let codec: UInt64 = 0x72
+
+    /// `b` + base32(0x01, 0x72, multihash).
+    public static func encode(_ multihash: Multihash, base: Multibase = .base32) -> String {
+        CID(codec: codec, multihash: multihash).text(base: base)
+    }
+
+    /// The multihash inside a CIDv1 string whose codec is libp2p-key.
+    public static func decode(_ text: String) throws(MultihashError) -> Multihash {
+        let cid = try CID(text)
+        guard cid.codec == Self.codec else { throw .wrongCodec(cid.codec) }
+        return cid.multihash
     }
 }

@@ -53,26 +53,9 @@ public struct StreamReader: Sendable {
     /// One unsigned-varint length-prefixed message of at most `maxLength` bytes;
     /// nil if the stream ends cleanly before a new message starts.
     public mutating func readLengthPrefixed(maxLength: Int) async throws -> ByteBuffer? {
-        while true {
-            if buffer.readableBytes > 0 {
-                do {
-                    let (length, size) = try Varint.decode(buffer.readableBytesView)
-                    guard length <= UInt64(maxLength) else {
-                        throw ReadError.messageTooLarge(length: length, limit: maxLength)
-                    }
-                    buffer.moveReaderIndex(forwardBy: size)
-                    return try await readExactly(Int(length))
-                } catch let error as VarintError where error.isTruncation {
-                    // Need more bytes for the prefix.
-                } catch let error as VarintError {
-                    throw ReadError.badLengthPrefix("\(error)")
-                }
-            }
-            guard try await fill() else {
-                if buffer.readableBytes == 0 { return nil }
-                throw ReadError.endOfStream(wanted: buffer.readableBytes + 1, had: buffer.readableBytes)
-            }
-        }
+        guard let length = try await readVarint() else { return nil }
+        guard length <= UInt64(maxLength) else { throw ReadError.messageTooLarge(length: length, limit: maxLength) }
+        return try await readExactly(Int(length))
     }
 
     /// A length-prefixed message that is already wholly buffered, without
@@ -92,6 +75,40 @@ public struct StreamReader: Sendable {
         guard buffer.readableBytes - size >= Int(length) else { return nil }
         buffer.moveReaderIndex(forwardBy: size)
         return buffer.readSlice(length: Int(length))!
+    }
+
+    /// The next piece of data, buffered bytes first; nil at the end of the
+    /// stream (for streaming a body after a framed header, never held whole).
+    public mutating func readChunk() async throws -> ByteBuffer? {
+        if buffer.readableBytes > 0 {
+            defer { buffer = ByteBuffer() }
+            return buffer
+        }
+        guard try await fill() else { return nil }
+        defer { buffer = ByteBuffer() }
+        return buffer
+    }
+
+    /// One unsigned varint (a length that precedes a streamed body); nil if
+    /// the stream ends cleanly before it starts.
+    public mutating func readVarint() async throws -> UInt64? {
+        while true {
+            if buffer.readableBytes > 0 {
+                do {
+                    let (value, size) = try Varint.decode(buffer.readableBytesView)
+                    buffer.moveReaderIndex(forwardBy: size)
+                    return value
+                } catch where error.isTruncation {
+                    // Need more bytes.
+                } catch {
+                    throw ReadError.badLengthPrefix("\(error)")
+                }
+            }
+            guard try await fill() else {
+                if buffer.readableBytes == 0 { return nil }
+                throw ReadError.endOfStream(wanted: buffer.readableBytes + 1, had: buffer.readableBytes)
+            }
+        }
     }
 
     /// Everything until the end of the stream, at most `maxLength` bytes.

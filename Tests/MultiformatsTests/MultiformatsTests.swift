@@ -213,4 +213,29 @@ final class CIDTests: XCTestCase {
         wrong += multihash.bytes
         XCTAssertThrowsError(try LibP2PKeyCID.decode(Multibase.base32.encode(wrong)))
     }
+
+    func testRawCIDOfHelloWorld() throws {
+        // The well-known CIDv1 (raw, sha2-256) of "hello world".
+        let digest: [UInt8] = [
+            0xb9, 0x4d, 0x27, 0xb9, 0x93, 0x4d, 0x3e, 0x08, 0xa5, 0x2e, 0x52, 0xd7, 0xda, 0x7d, 0xab, 0xfa,
+            0xc4, 0x84, 0xef, 0xe3, 0x7a, 0x53, 0x80, 0xee, 0x90, 0x88, 0xf7, 0xac, 0xe2, 0xef, 0xcd, 0xe9,
+        ]
+        let cid = CID(codec: CID.raw, multihash: Multihash(code: Multihash.sha2_256, digest: digest))
+        XCTAssertEqual(cid.text(), "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e")
+        XCTAssertEqual(try CID(cid.text()), cid)
+        XCTAssertEqual(try CID(bytes: cid.bytes), cid)
+    }
+
+    func testMalformedCIDsAreRefused() {
+        XCTAssertThrowsError(try CID(""))
+        XCTAssertThrowsError(try CID("bafk"))
+        XCTAssertThrowsError(try CID(bytes: [0x00, 0x55]))  // version 0 in a v1 frame
+        XCTAssertThrowsError(try CID(bytes: [0x01, 0x55, 0x12, 0x20, 1, 2]))  // truncated digest
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let bytes = (0..<Int.random(in: 0..<48, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+            _ = try? CID(bytes: bytes)
+            _ = try? CID("b" + String(decoding: bytes.map { $0 % 26 + 97 }, as: UTF8.self))
+        }
+    }
 }
