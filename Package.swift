@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "Host", targets: ["Host"]),
         .library(name: "RequestResponse", targets: ["RequestResponse"]),
         .library(name: "FileShare", targets: ["FileShare"]),
+        .library(name: "ChatHistory", targets: ["ChatHistory"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -153,6 +154,17 @@ let package = Package(
             exclude: ["file.proto"]
         ),
         .target(
+            name: "ChatHistory",
+            dependencies: [
+                "Host", "PubSub", "RequestResponse", "Multiformats", "Identity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["history.proto"]
+        ),
+        .target(
             name: "MDNS",
             dependencies: [
                 "Multiformats", "Identity",
@@ -235,6 +247,10 @@ let package = Package(
         .testTarget(
             name: "FileShareTests",
             dependencies: ["FileShare", "Host", "Transport", "Multiformats", "TestSupport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .testTarget(
+            name: "ChatHistoryTests",
+            dependencies: ["ChatHistory", "PubSub", "Host", "Transport", "Identity", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(
             name: "RequestResponseTests",

@@ -12,6 +12,58 @@ public struct PubSubMessage: Sendable, Equatable {
     public let id: MessageID
     /// The peer that forwarded it to us (nil when we published it).
     public let receivedFrom: PeerID?
+    /// The author's signature and key as they came (nil when unsigned, or the
+    /// key inlined in the peer id): with them the message can be passed on
+    /// outside pubsub (history) and verified there.
+    public let signature: [UInt8]?
+    public let key: [UInt8]?
+
+    public init(
+        topic: String, data: [UInt8], from: PeerID?, seqno: [UInt8]?, id: MessageID, receivedFrom: PeerID?,
+        signature: [UInt8]? = nil, key: [UInt8]? = nil
+    ) {
+        self.topic = topic
+        self.data = data
+        self.from = from
+        self.seqno = seqno
+        self.id = id
+        self.receivedFrom = receivedFrom
+        self.signature = signature
+        self.key = key
+    }
+
+    init(_ message: Pubsub_Pb_Message, author: PeerID?, id: MessageID, receivedFrom: PeerID?) {
+        self.init(
+            topic: message.topic, data: Array(message.data), from: author,
+            seqno: message.hasSeqno ? Array(message.seqno) : nil, id: id, receivedFrom: receivedFrom,
+            signature: message.hasSignature ? Array(message.signature) : nil, key: message.hasKey ? Array(message.key) : nil)
+    }
+
+    /// The message as pubsub carries it (its protobuf), signature included.
+    public var wireBytes: [UInt8] {
+        var message = Pubsub_Pb_Message()
+        message.topic = topic
+        message.data = Data(data)
+        if let from { message.from = Data(from.bytes) }
+        if let seqno { message.seqno = Data(seqno) }
+        if let signature { message.signature = Data(signature) }
+        if let key { message.key = Data(key) }
+        return (try? message.serializedBytes()) ?? []
+    }
+
+    /// A message from its wire bytes (as `wireBytes` gives), accepted only if
+    /// its signature holds under `policy`; its id is the default (from + seqno).
+    /// `receivedFrom` is the peer that passed it on.
+    public static func verified(
+        wire bytes: [UInt8], policy: SignaturePolicy = .strictSign, maxSize: Int = 1024 * 1024, receivedFrom: PeerID?
+    ) throws(RejectReason) -> PubSubMessage {
+        guard bytes.count <= maxSize + 1024 else { throw .tooLarge }
+        guard let message = try? Pubsub_Pb_Message(serializedBytes: bytes) else { throw .malformed }
+        guard message.data.count <= maxSize else { throw .tooLarge }
+        guard !message.topic.isEmpty else { throw .missingTopic }
+        let author = try MessageSigning.verify(message, policy: policy).get()
+        return PubSubMessage(message, author: author, id: MessageSigning.defaultID(message), receivedFrom: receivedFrom)
+    }
 }
 
 /// A message id (default: `from` bytes followed by `seqno`).
@@ -47,6 +99,8 @@ public enum RejectReason: String, Error, Sendable, CaseIterable {
     case unexpectedSignature
     case missingTopic
     case validatorRejected
+    /// Not a pubsub message at all (bytes that do not decode).
+    case malformed
 }
 
 /// The verdict of an application validator.

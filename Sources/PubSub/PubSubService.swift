@@ -176,6 +176,12 @@ public final class PubSubService: Sendable {
         try await core.publish(topic, data: data)
     }
 
+    /// Publishes `data` on `topic`; returns the message as sent (signed, with
+    /// its id) and how many peers it went to.
+    public func publishMessage(_ topic: String, data: [UInt8]) async throws -> (message: PubSubMessage, sentTo: Int) {
+        try await core.publishMessage(topic, data: data)
+    }
+
     /// Peers known to be subscribed to `topic`.
     public func peers(in topic: String) async -> [PeerID] { await core.peers(in: topic) }
 
@@ -341,10 +347,14 @@ actor PubSubCore {
     }
 
     func publish(_ topic: String, data: [UInt8]) throws -> Int {
+        try publishMessage(topic, data: data).sentTo
+    }
+
+    func publishMessage(_ topic: String, data: [UInt8]) throws -> (message: PubSubMessage, sentTo: Int) {
         guard !isStopped else { throw PubSubError.stopped }
-        let actions = try router.publish(topic: topic, data: data, now: clock.now)
+        let (actions, message) = try router.publishMessage(topic: topic, data: data, now: clock.now)
         perform(actions)
-        return actions.count
+        return (message, actions.count)
     }
 
     func peers(in topic: String) -> [PeerID] { router.peers(in: topic) }

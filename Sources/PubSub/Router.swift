@@ -272,6 +272,13 @@ struct PubSubRouter {
 
     /// Publishes `data` on `topic` (signed per the policy).
     mutating func publish(topic: String, data: [UInt8], now: ContinuousClock.Instant) throws -> [RouterAction] {
+        try publishMessage(topic: topic, data: data, now: now).actions
+    }
+
+    /// Publishes, returning the message as sent (signed) beside the actions.
+    mutating func publishMessage(topic: String, data: [UInt8], now: ContinuousClock.Instant) throws
+        -> (actions: [RouterAction], message: PubSubMessage)
+    {
         guard data.count <= configuration.maxMessageSize else {
             throw PubSubError.messageTooLarge(size: data.count, limit: configuration.maxMessageSize)
         }
@@ -311,7 +318,9 @@ struct PubSubRouter {
         // Our own subscribers do not hear our messages (the chat never echoes its own lines).
         var rpc = Pubsub_Pb_RPC()
         rpc.publish = [message]
-        return targets.map { RouterAction.send($0, rpc) }
+        let sent = PubSubMessage(
+            message, author: configuration.signaturePolicy == .strictSign ? localPeer : nil, id: id, receivedFrom: nil)
+        return (targets.map { RouterAction.send($0, rpc) }, sent)
     }
 
     // MARK: - Remote input
@@ -388,9 +397,7 @@ struct PubSubRouter {
         seen.insert(id, now: now)
         promises[id] = nil
         var actions = idontwant(id, size: message.data.count, topic: topic, from: peer, author: author)
-        let delivered = PubSubMessage(
-            topic: message.topic, data: Array(message.data), from: author,
-            seqno: message.hasSeqno ? Array(message.seqno) : nil, id: id, receivedFrom: peer)
+        let delivered = PubSubMessage(message, author: author, id: id, receivedFrom: peer)
         if let validator = validators[message.topic] {
             switch validator(delivered) {
             case .accept: break
