@@ -381,7 +381,8 @@ def parse_args():
     return parser.parse_args()
 
 
-if __name__ == "__main__":
+def run_script(main, parse_args) -> None:
+    """Runs a peer script's trio `main`, every failure reported as one JSON line."""
     logging.basicConfig(stream=sys.stderr, level=os.environ.get("PEER_LOG", "WARNING"))
     arguments = parse_args()
     try:
@@ -389,3 +390,7 @@ if __name__ == "__main__":
     except BaseException as error:  # report every failure as one JSON line
         emit(event="error", message=repr(error))
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

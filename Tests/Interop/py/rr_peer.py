@@ -10,10 +10,6 @@ Every stdout line is one JSON object. The process ends by itself (--timeout, std
 """
 
 import argparse
-import logging
-import os
-import sys
-
 import multiaddr
 import trio
 
@@ -21,7 +17,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.request_response import BytesCodec, RequestResponse, RequestResponseConfig
 
-from peer import emit, make_host, wait_for_stdin_eof
+from peer import emit, make_host, run_script, wait_for_stdin_eof
 
 PROTOCOL = TProtocol("/p2pchat/rr/1.0.0")
 
@@ -77,10 +73,4 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    logging.basicConfig(stream=sys.stderr, level=os.environ.get("PEER_LOG", "WARNING"))
-    arguments = parse_args()
-    try:
-        trio.run(main, arguments)
-    except BaseException as error:  # report every failure as one JSON line
-        emit(event="error", message=repr(error))
-        sys.exit(1)
+    run_script(main, parse_args)
