@@ -41,6 +41,9 @@ final class StreamInbox: Sendable {
         state.withLock { $0.reportThreshold = bytes }
     }
 
+    /// Whether a reader is parked waiting for data (tests wait for this state).
+    var hasWaitingReader: Bool { state.withLock { $0.waiter != nil } }
+
     // MARK: Event loop side
 
     /// Adds arriving data. A waiting reader is not resumed here but by `wake`,

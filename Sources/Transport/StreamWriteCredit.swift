@@ -32,6 +32,9 @@ final class StreamWriteCredit: Sendable {
         self.resumeLevel = limit / 2
     }
 
+    /// Whether a writer is parked waiting for room (tests wait for this state).
+    var hasWaitingWriter: Bool { state.withLock { !$0.waiters.isEmpty } }
+
     // MARK: Writer side
 
     /// Counts `bytes` as handed over, once there is room; throws the stream's

@@ -237,7 +237,7 @@ final class RequestResponseTests: XCTestCase {
         let peer = responder.localPeer
         try await withDeadline(30) {
             let held = (0..<2).map { _ in Task { try await client.send([1], to: peer) } }
-            try await waitFor { started.value == 2 }
+            try await waitUntil("both held requests are being served") { started.value == 2 }
             do {
                 _ = try await client.send([2], to: peer)
                 XCTFail("a request over the limit was served")
@@ -274,15 +274,6 @@ final class RequestResponseTests: XCTestCase {
         admission.release(c)
         XCTAssertEqual(admission.activeTotal, 0)
         XCTAssertEqual(admission.active(for: a), 0)
-    }
-}
-
-/// Waits until `condition` holds (polling), failing after `seconds`.
-func waitFor(seconds: Double = 10, _ condition: @Sendable () -> Bool) async throws {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while !condition() {
-        guard ContinuousClock.now < deadline else { throw TimeoutError(what: "waiting for a condition", seconds: seconds) }
-        try await Task.sleep(for: .milliseconds(5))
     }
 }
 

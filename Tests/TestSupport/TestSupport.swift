@@ -222,3 +222,19 @@ public struct SplitMix: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
 }
+
+/// Waits until `condition` holds, polling every few milliseconds; fails the
+/// test (and throws) after `seconds`.
+public func waitUntil(
+    _ what: String, seconds: Double = 10, file: StaticString = #filePath, line: UInt = #line,
+    _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            XCTFail("timed out after \(seconds) s waiting until \(what)", file: file, line: line)
+            throw DeadlineExceeded(seconds: seconds)
+        }
+        try await Task.sleep(for: .milliseconds(2))
+    }
+}

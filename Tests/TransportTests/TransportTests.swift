@@ -23,7 +23,8 @@ final class TransportTests: XCTestCase {
         let connection = try await client.connect(address)
         let stream = try await connection.newStream(protocols: [echoProtocol])
         let reader = Task { try await stream.read() }
-        try await Task.sleep(for: .milliseconds(50))
+        // Cancelled once it is parked (the path under test), not before.
+        try await waitUntil("the read parks") { stream.inbox.hasWaitingReader }
         reader.cancel()
         let outcome = try await withDeadline(5) { await reader.result }
         XCTAssertThrowsError(try outcome.get()) { XCTAssertTrue($0 is CancellationError, "\($0)") }
@@ -86,7 +87,8 @@ final class TransportTests: XCTestCase {
             }
             try await stream.closeWrite()
         }
-        try await Task.sleep(for: .milliseconds(500))
+        // The writer parks once it has handed over all it may.
+        try await waitUntil("the writer waits for the reader") { stream.credit.hasWaitingWriter }
         let bound = Int(TransportConfiguration().yamux.initialWindow) + TransportConfiguration().maxQueuedBytesPerStream
             + chunk.readableBytes
         XCTAssertLessThanOrEqual(written.value, bound, "the writer ran ahead of a reader that does not read")
