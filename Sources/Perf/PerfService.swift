@@ -80,17 +80,15 @@ public struct PerfService: Sendable {
 
     /// The server side on one stream.
     static func serve(_ stream: MuxedStream) async throws {
-        var header = ByteBuffer()
-        while header.readableBytes < 8 {
-            guard var chunk = try await stream.read() else {
-                throw PerfError.truncatedHeader(got: header.readableBytes)
-            }
-            header.writeBuffer(&chunk)
+        var reader = StreamReader(stream)
+        let requested: UInt64
+        do {
+            requested = try await reader.readExactly(8).getInteger(at: 0, endianness: .big, as: UInt64.self) ?? 0
+        } catch StreamReader.ReadError.endOfStream(_, let had) {
+            throw PerfError.truncatedHeader(got: had)
         }
-        let requested = header.readInteger(endianness: .big, as: UInt64.self)!
-        // Whatever followed the header in the same chunk is upload data; drop it
-        // with the rest of the upload.
-        while try await stream.read() != nil {}
+        // The rest is upload data, dropped as it comes.
+        while try await reader.readChunk() != nil {}
         try await send(requested, on: stream)
         try await stream.closeWrite()
     }
