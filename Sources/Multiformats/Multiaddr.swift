@@ -364,6 +364,18 @@ public struct Multiaddr: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// This address without a trailing `/p2p/<id>`.
+    /// The text of the first `/ip4` or `/ip6` component (canonical form), nil if there is none.
+    public var ipAddressText: String? {
+        for component in components {
+            switch component {
+            case .ip4(let bytes): return IPAddressText.formatIPv4(bytes)
+            case .ip6(let bytes): return IPAddressText.formatIPv6(bytes)
+            default: continue
+            }
+        }
+        return nil
+    }
+
     public var withoutP2P: Multiaddr {
         guard case .p2p = components.last else { return self }
         return Multiaddr(Array(components.dropLast()))

@@ -147,15 +147,7 @@ public final class PubSubService: Sendable {
     }
 
     /// The IP address of a connection's remote end, in text (for the IP colocation score).
-    static func ipAddress(of address: Multiaddr) -> String? {
-        for component in address.components {
-            switch component {
-            case .ip4, .ip6: return Multiaddr([component]).description.split(separator: "/").last.map(String.init)
-            default: continue
-            }
-        }
-        return nil
-    }
+    static func ipAddress(of address: Multiaddr) -> String? { address.ipAddressText }
 
     /// The current score of `peer` (gossipsub v1.1 peer scoring).
     public func score(of peer: PeerID) async -> Double { await core.score(of: peer) }

@@ -44,13 +44,7 @@ struct WebSocketAddress {
     }
 
     /// The IP literal of an `/ip4` or `/ip6` host, nil for names.
-    var ipLiteral: String? {
-        switch host {
-        case .ip4: return String(Multiaddr([host]).description.dropFirst("/ip4/".count))
-        case .ip6: return String(Multiaddr([host]).description.dropFirst("/ip6/".count))
-        default: return nil
-        }
-    }
+    var ipLiteral: String? { Multiaddr([host]).ipAddressText }
 
     /// The socket address to listen on (listening needs a literal IP).
     func listenAddress(original: Multiaddr) throws(WebSocketError) -> SocketAddress {

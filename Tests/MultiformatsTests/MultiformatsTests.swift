@@ -115,6 +115,13 @@ final class MultihashTests: XCTestCase {
 }
 
 final class MultiaddrTests: XCTestCase {
+    func testIPAddressText() throws {
+        XCTAssertEqual(try Multiaddr("/ip4/10.0.0.1/tcp/4001").ipAddressText, "10.0.0.1")
+        XCTAssertEqual(try Multiaddr("/ip6/2001:db8:0:0:0:0:0:1/tcp/1/ws").ipAddressText, "2001:db8::1")
+        XCTAssertEqual(try Multiaddr("/dns4/example.com/tcp/1/ip4/1.2.3.4").ipAddressText, "1.2.3.4")
+        XCTAssertNil(try Multiaddr("/dns/example.com/tcp/1").ipAddressText)
+    }
+
     // Text and binary pairs, as in go-multiaddr's and rust-multiaddr's tests.
     let vectors: [(String, String)] = [
         ("/ip4/127.0.0.1/tcp/4001", "047f000001060fa1"),
