@@ -20,12 +20,6 @@ public struct PeerInfo: Sendable, Equatable {
     public init(peer: PeerID) {
         self.peer = peer
     }
-
-    public static func == (lhs: PeerInfo, rhs: PeerInfo) -> Bool {
-        lhs.peer == rhs.peer && lhs.addresses == rhs.addresses && lhs.protocols == rhs.protocols
-            && lhs.agentVersion == rhs.agentVersion && lhs.protocolVersion == rhs.protocolVersion
-            && lhs.observedAddress == rhs.observedAddress
-    }
 }
 
 /// Thread-safe store of peer information, bounded in the number of peers and

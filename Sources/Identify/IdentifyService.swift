@@ -20,12 +20,6 @@ public struct IdentifyInfo: Sendable, Equatable {
     /// The peer's signed peer record, verified (nil if absent or invalid), and its envelope.
     public var peerRecord: PeerRecord?
     public var signedPeerRecord: [UInt8]?
-
-    public static func == (lhs: IdentifyInfo, rhs: IdentifyInfo) -> Bool {
-        lhs.peer == rhs.peer && lhs.protocolVersion == rhs.protocolVersion && lhs.agentVersion == rhs.agentVersion
-            && lhs.listenAddresses == rhs.listenAddresses && lhs.protocols == rhs.protocols
-            && lhs.observedAddress == rhs.observedAddress
-    }
 }
 
 /// Errors of identify.

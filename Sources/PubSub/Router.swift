@@ -380,7 +380,7 @@ struct PubSubRouter {
             return []
         }
         let id = messageID(message)
-        if seen.contains(id, now: now) {
+        if seen.contains(id) {
             counters.duplicates += 1
             scores.duplicate(id, topic: topic, from: peer, now: now)
             promises[id] = nil
@@ -486,7 +486,7 @@ struct PubSubRouter {
             for raw in ihave.messageIds.prefix(configuration.maxIHaveLength) {
                 guard (peers[peer]?.askedThisHeartbeat ?? 0) < configuration.maxIHaveLength else { break }
                 let id = MessageID(Array(raw))
-                guard !seen.contains(id, now: now), promises[id]?[peer] == nil else { continue }
+                guard !seen.contains(id), promises[id]?[peer] == nil else { continue }
                 wanted.append(raw)
                 peers[peer]?.askedThisHeartbeat += 1
                 promises[id, default: [:]][peer] = now + configuration.iwantFollowupTime
@@ -844,7 +844,7 @@ public enum PubSubError: Error, CustomStringConvertible, Sendable {
 struct SeenCache {
     private var entries: [MessageID: ContinuousClock.Instant] = [:]
 
-    func contains(_ id: MessageID, now: ContinuousClock.Instant) -> Bool { entries[id] != nil }
+    func contains(_ id: MessageID) -> Bool { entries[id] != nil }
 
     mutating func insert(_ id: MessageID, now: ContinuousClock.Instant) { entries[id] = now }
 
