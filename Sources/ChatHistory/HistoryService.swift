@@ -130,6 +130,7 @@ public final class HistoryService: Sendable {
     }
 }
 
+/// Why the history could not be loaded, kept or synced.
 public enum HistoryError: Error, CustomStringConvertible, Sendable {
     /// The history file could not be read or written.
     case file(path: String, underlying: any Error)

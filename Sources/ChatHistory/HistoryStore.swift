@@ -4,6 +4,7 @@ import PubSub
 /// The recent messages of each topic, in the order they were received,
 /// bounded by count and age (sans-IO: time is an input).
 public struct HistoryStore: Sendable {
+    /// A kept message and when it arrived.
     public struct Entry: Sendable {
         public let message: PubSubMessage
         public let receivedAt: Date

@@ -85,6 +85,7 @@ public enum RequestResponseError: Error, CustomStringConvertible, Sendable {
 /// responder answers and closes. Wire-compatible with py-libp2p's
 /// `RequestResponse` and rust-libp2p's length-prefixed codecs.
 public final class RequestResponse<Codec: RequestResponseCodec>: Sendable {
+    /// Answers one request (throwing resets the stream: the requester sees `.reset`).
     public typealias Handler = @Sendable (Codec.Request, RequestContext) async throws -> Codec.Response
 
     public let host: Libp2pHost
