@@ -14,7 +14,7 @@ import TLS
 import Transport
 
 // Measures the foundation's speed on loopback; run through Benchmarks/run.sh.
-// Usage: p2pbench [stream [tls|ws] | sealed | ping | pubsub | memory | ping-under-load ADDR] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
+// Usage: p2pbench [stream [tls|ws] | sealed | ping | pubsub | memory | files | history | ping-under-load ADDR] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
 
 let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?? 256
 let totalBytes = megabytes * 1024 * 1024
@@ -456,6 +456,15 @@ func runPubSubBenchmarks() async throws {
     }
 }
 
+if CommandLine.arguments.dropFirst().first == "files" {
+    // A file transfer against perf on one connection, memory, and chat latency while it runs.
+    try await runFileBenchmarks(megabytes: megabytes)
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "history" {
+    try await runHistoryBenchmark()
+    exit(0)
+}
 if CommandLine.arguments.dropFirst().first == "ping-under-load" {
     // Ping a remote perf-server while a /perf upload fills the same connection
     // (Benchmarks/latency-under-load.sh runs it across a slow link).
