@@ -65,14 +65,14 @@ struct PerfCommand: AsyncParsableCommand {
             if json {
                 say(
                     jsonLine([
-                        "peer": "\"\(connection.remotePeer)\"",
-                        "connect_seconds": formatNumber(connectTime.seconds, digits: 6),
-                        "upload_bytes": "\(result.uploadBytes)",
-                        "upload_seconds": formatNumber(result.uploadDuration.seconds, digits: 6),
-                        "upload_bytes_per_second": formatNumber(result.uploadBytesPerSecond, digits: 0),
-                        "download_bytes": "\(result.downloadBytes)",
-                        "download_seconds": formatNumber(result.downloadDuration.seconds, digits: 6),
-                        "download_bytes_per_second": formatNumber(result.downloadBytesPerSecond, digits: 0),
+                        "peer": .string("\(connection.remotePeer)"),
+                        "connect_seconds": .decimal(connectTime.seconds, digits: 6),
+                        "upload_bytes": .int(result.uploadBytes),
+                        "upload_seconds": .decimal(result.uploadDuration.seconds, digits: 6),
+                        "upload_bytes_per_second": .decimal(result.uploadBytesPerSecond, digits: 0),
+                        "download_bytes": .int(result.downloadBytes),
+                        "download_seconds": .decimal(result.downloadDuration.seconds, digits: 6),
+                        "download_bytes_per_second": .decimal(result.downloadBytesPerSecond, digits: 0),
                     ]))
             } else {
                 say("Connected to \(connection.remotePeer) in \(formatMilliseconds(connectTime)) (\(connection.transport) + \(connection.security) + \(connection.muxer))")
@@ -90,15 +90,6 @@ struct PerfCommand: AsyncParsableCommand {
         let throughput = bytes == 0 ? "-" : "\(formatNumber(rate / 1e6, digits: 1)) MB/s (\(formatNumber(rate * 8 / 1e6, digits: 0)) Mbit/s)"
         return "\(verb) \(bytes) bytes in \(formatNumber(duration.seconds, digits: 3)) s: \(throughput)"
     }
-}
-
-/// A JSON object of pre-encoded values, keys in a stable order.
-func jsonLine(_ fields: [String: String]) -> String {
-    "{" + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
-}
-
-func formatNumber(_ value: Double, digits: Int) -> String {
-    String(format: "%.\(digits)f", value)
 }
 
 struct PerfServerCommand: AsyncParsableCommand {
