@@ -92,10 +92,14 @@ struct NodeCommand: AsyncParsableCommand {
     var mdnsTTL: Int = 120
 
     @OptionGroup var identity: IdentityOptions
+    @OptionGroup var metrics: MetricsOption
 
     func run() async throws {
-        bootstrapLogging(verbose: identity.verbose)
+        bootstrapLogging(verbosity: identity.verbose)
         let out = ChatOutput(json: json, decorated: isatty(1) == 1)
+        let exporter = await metrics.start { address in
+            out.emit("metrics", ["addr": .string(address)], human: "Metrics at \(address)/metrics")
+        }
         guard let routerKind = RouterKind(rawValue: router) else {
             exitWithError("--router must be gossipsub or floodsub, not \(router)")
         }
@@ -163,6 +167,7 @@ struct NodeCommand: AsyncParsableCommand {
         await mdns?.stop()
         await pubsub.stop()
         await host.close()
+        try? await exporter?.close()
         ChatTerminal.shared.restore()
     }
 }

@@ -35,8 +35,10 @@ struct IdentityOptions: ParsableArguments {
     @Flag(help: "Use a fresh throwaway key; write nothing.")
     var ephemeral = false
 
-    @Flag(name: .shortAndLong, help: "Log debug details to stderr.")
-    var verbose = false
+    @Flag(
+        name: .shortAndLong,
+        help: "Log to stderr: -v debug, -vv trace (P2PCHAT_LOG=LEVEL or SUBSYSTEM=LEVEL,... sets levels per subsystem).")
+    var verbose: Int
 
     @Option(
         name: .long,
@@ -65,15 +67,6 @@ struct IdentityOptions: ParsableArguments {
     func loadKey() throws -> PrivateKey {
         if ephemeral { return PrivateKey.generateEd25519() }
         return try KeyFile.loadOrCreate(path: identityPath ?? KeyFile.defaultPath)
-    }
-}
-
-/// Starts logging to stderr; quiet unless --verbose.
-func bootstrapLogging(verbose: Bool) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = verbose ? (ProcessInfo.processInfo.environment["P2PCHAT_TRACE"] != nil ? .trace : .debug) : .warning
-        return handler
     }
 }
 
@@ -219,7 +212,7 @@ func formatMilliseconds(_ duration: Duration) -> String {
 
 /// What `ping` and `id` share: logging, the target address, a host with a key.
 func startTool(address: String, identity: IdentityOptions) -> (Multiaddr, Libp2pHost, IdentifyService) {
-    bootstrapLogging(verbose: identity.verbose)
+    bootstrapLogging(verbosity: identity.verbose)
     let target = parseAddress(address)
     let key: PrivateKey
     do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }

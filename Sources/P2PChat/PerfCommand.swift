@@ -101,9 +101,11 @@ struct PerfServerCommand: AsyncParsableCommand {
     var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
 
     @OptionGroup var identity: IdentityOptions
+    @OptionGroup var metrics: MetricsOption
 
     func run() async throws {
-        bootstrapLogging(verbose: identity.verbose)
+        bootstrapLogging(verbosity: identity.verbose)
+        let exporter = await metrics.start { say("Metrics at \($0)/metrics") }
         let key: PrivateKey
         do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
         let (host, _) = makeHost(key: key, options: identity)
@@ -115,5 +117,6 @@ struct PerfServerCommand: AsyncParsableCommand {
         }
         await waitForTerminationSignal()
         await host.close()
+        try? await exporter?.close()
     }
 }

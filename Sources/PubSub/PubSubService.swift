@@ -243,6 +243,7 @@ actor PubSubCore {
     /// The connection each peer's outbound stream runs on.
     private var outboundConnection: [PeerID: UInt64] = [:]
     private(set) var isStopped = false
+    private var metrics = PubSubMetrics()
     private let clock = ContinuousClock()
     private let connect: @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void
 
@@ -320,6 +321,7 @@ actor PubSubCore {
                 "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)"])
             perform(actions)
         }
+        metrics.follow(router.counters)
     }
 
     func countSent(_ bytes: Int) {
@@ -332,7 +334,12 @@ actor PubSubCore {
 
     func heartbeat() {
         guard !isStopped else { return }
-        perform(router.heartbeat(now: clock.now))
+        let now = clock.now
+        perform(router.heartbeat(now: now))
+        metrics.follow(router.counters)
+        metrics.heartbeat(
+            mesh: Dictionary(uniqueKeysWithValues: router.subscriptions.map { ($0, router.meshPeers($0).count) }),
+            graylisted: router.graylistedPeerCount(now: now))
     }
 
     func subscribe(_ topic: String) -> AsyncStream<PubSubMessage> {
@@ -413,6 +420,7 @@ actor PubSubCore {
                 guard let queue = outbound[peer] else { continue }
                 if !queue.enqueue(rpc) { router.countDroppedOutbound() }
             case .deliver(let message):
+                metrics.deliveredMessage()
                 for continuation in subscribers[message.topic]?.values ?? [:].values {
                     continuation.yield(message)
                 }

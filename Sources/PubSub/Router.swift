@@ -190,6 +190,11 @@ struct PubSubRouter {
         validators[topic] = validator
     }
 
+    /// How many known peers score below the graylist threshold.
+    func graylistedPeerCount(now: ContinuousClock.Instant) -> Int {
+        peers.keys.filter { isGraylisted($0, now: now) }.count
+    }
+
     private func isGraylisted(_ peer: PeerID, now: ContinuousClock.Instant) -> Bool {
         score(of: peer, now: now) < configuration.scoreThresholds.graylistThreshold
     }

@@ -82,12 +82,15 @@ final class ChatProcess: Sendable {
     }
 
     /// Runs the chat in `namespace`, or directly (loopback tests) when it is nil.
-    init(namespace: String?, executable: String = ChatProcess.binary, arguments: [String], network: TestNetwork?) throws {
+    init(
+        namespace: String?, executable: String = ChatProcess.binary, arguments: [String], network: TestNetwork?,
+        stderr: ChildProcess.Stream = .discard
+    ) throws {
         if let namespace {
             process = try ChildProcess(
-                TestNetwork.ipPath, ["netns", "exec", namespace, executable] + arguments, stdinPipe: true, stderr: .discard)
+                TestNetwork.ipPath, ["netns", "exec", namespace, executable] + arguments, stdinPipe: true, stderr: stderr)
         } else {
-            process = try ChildProcess(executable, arguments, stdinPipe: true, stderr: .discard)
+            process = try ChildProcess(executable, arguments, stdinPipe: true, stderr: stderr)
         }
         network?.track(process)
     }
