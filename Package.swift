@@ -10,9 +10,27 @@ let package = Package(
     products: [
         .executable(name: "p2pchat", targets: ["P2PChat"]),
         .executable(name: "p2pbench", targets: ["P2PBench"]),
+        .executable(name: "echo-example", targets: ["EchoExample"]),
+        .executable(name: "pubsub-example", targets: ["PubSubExample"]),
+        // The whole stack in one import.
+        .library(name: "Libp2p", targets: ["Libp2p"]),
+        // Each protocol on its own.
         .library(name: "Multiformats", targets: ["Multiformats"]),
         .library(name: "Identity", targets: ["Identity"]),
+        .library(name: "Multistream", targets: ["Multistream"]),
+        .library(name: "LibP2PSecurity", targets: ["LibP2PSecurity"]),
+        .library(name: "Noise", targets: ["Noise"]),
+        .library(name: "TLS", targets: ["TLS"]),
+        .library(name: "Yamux", targets: ["Yamux"]),
+        .library(name: "Transport", targets: ["Transport"]),
+        .library(name: "WebSocket", targets: ["WebSocket"]),
         .library(name: "Host", targets: ["Host"]),
+        .library(name: "Identify", targets: ["Identify"]),
+        .library(name: "Ping", targets: ["Ping"]),
+        .library(name: "Perf", targets: ["Perf"]),
+        .library(name: "PubSub", targets: ["PubSub"]),
+        .library(name: "MDNS", targets: ["MDNS"]),
+        .library(name: "MetricsExporter", targets: ["MetricsExporter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -168,6 +186,20 @@ let package = Package(
                 "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        // Re-exports what an application needs (`import Libp2p`).
+        .target(
+            name: "Libp2p",
+            dependencies: [
+                "Host", "Identify", "Identity", "LibP2PSecurity", "MDNS", "Multiformats", "Noise", "Perf", "Ping",
+                "PubSub", "TLS", "Transport", "WebSocket", .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(name: "EchoExample", dependencies: ["Libp2p"], path: "Examples/Echo"),
+        .executableTarget(name: "PubSubExample", dependencies: ["Libp2p"], path: "Examples/PubSubSubscriber"),
+        .testTarget(
+            name: "ExamplesTests",
+            dependencies: ["ChildProcess", "Host", "Multiformats", "PubSub", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"]),
         .testTarget(name: "IdentityTests", dependencies: ["Identity"]),

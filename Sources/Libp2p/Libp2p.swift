@@ -1,0 +1,16 @@
+// The stack as one import: `import Libp2p` brings what an application needs to
+// run a host, serve and dial protocols, and use pubsub, identify, ping and mDNS.
+@_exported import Host
+@_exported import Identify
+@_exported import Identity
+@_exported import LibP2PSecurity
+@_exported import MDNS
+@_exported import Multiformats
+@_exported import NIOCore
+@_exported import Noise
+@_exported import Perf
+@_exported import Ping
+@_exported import PubSub
+@_exported import TLS
+@_exported import Transport
+@_exported import WebSocket
