@@ -3,7 +3,8 @@ import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
 // Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
-//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
+//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS
+//   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -43,6 +44,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // `swift package generate-documentation --target NAME` (DocC); a plugin, not linked into anything.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         .target(name: "Multiformats"),

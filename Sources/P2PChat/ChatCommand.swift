@@ -276,7 +276,7 @@ actor ChatSession {
     /// A line that went to no peer: said so, not silently lost (and not an error).
     private func notDelivered(_ text: String) async {
         let nobody = await pubsub.peers(in: topic).isEmpty
-        let reason = nobody ? "nobody on \(topic) yet" : "no peer on \(topic) may receive it (scores below the publish threshold)"
+        let reason = nobody ? "nobody on \(topic) yet" : "no peer on \(topic) to send it to yet (none in the mesh or above the publish threshold)"
         out.emit(
             "not_delivered", ["topic": .string(topic), "text": .string(text), "reason": .string(reason)],
             human: "\(reason): not delivered")
