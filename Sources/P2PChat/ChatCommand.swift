@@ -95,7 +95,7 @@ struct NodeCommand: AsyncParsableCommand {
     @OptionGroup var metrics: MetricsOption
 
     func run() async throws {
-        bootstrapLogging(verbosity: identity.verbose)
+        bootstrapLogging(verbose: identity.verbose)
         let out = ChatOutput(json: json, decorated: isatty(1) == 1)
         let exporter = await metrics.start { address in
             out.emit("metrics", ["addr": .string(address)], human: "Metrics at \(address)/metrics")
@@ -114,10 +114,10 @@ struct NodeCommand: AsyncParsableCommand {
         pubsubConfiguration.router = routerKind
         let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)
         pubsub.start()
-        out.emit("local_peer", ["peer": .string("\(host.localPeer)")], human: "Local peer id: \(host.localPeer)")
+        out.emit("local_peer", ["peer": "\(host.localPeer)"], human: "Local peer id: \(host.localPeer)")
         await listenOrExit(host, on: listen) { out.error($0) }
         for address in host.listenAddresses {
-            out.emit("listening", ["addr": .string("\(address)")], human: "Listening on \(address)")
+            out.emit("listening", ["addr": "\(address)"], human: "Listening on \(address)")
         }
         let events = host.events()
         let printer = Task {
@@ -126,10 +126,10 @@ struct NodeCommand: AsyncParsableCommand {
                 // Per peer, not per connection: two peers that dial each other at once keep both.
                 case .peerConnected(let connection):
                     out.emit(
-                        "connected", ["peer": .string("\(connection.remotePeer)"), "addr": .string("\(connection.remoteAddress)")],
+                        "connected", ["peer": "\(connection.remotePeer)", "addr": "\(connection.remoteAddress)"],
                         human: "Connected: \(connection.remotePeer) at \(connection.remoteAddress)")
                 case .peerDisconnected(let peer):
-                    out.emit("disconnected", ["peer": .string("\(peer)")], human: "Disconnected: \(peer)")
+                    out.emit("disconnected", ["peer": "\(peer)"], human: "Disconnected: \(peer)")
                 default:
                     break
                 }
@@ -207,7 +207,7 @@ actor ChatSession {
             for await event in events where event.topic == topic {
                 let (name, verb) = if case .subscribed = event { ("joined", "joined") } else { ("left", "left") }
                 out.emit(
-                    name, ["topic": .string(topic), "peer": .string("\(event.peer)")],
+                    name, ["topic": .string(topic), "peer": "\(event.peer)"],
                     human: "\(out.name(event.peer)) \(verb) \(topic)")
             }
         })
@@ -237,7 +237,7 @@ actor ChatSession {
                 for peer in peers {
                     let addresses = host.connections.filter { $0.remotePeer == peer }.map { "\($0.remoteAddress)" }
                     out.emit(
-                        "peer", ["peer": .string("\(peer)"), "addr": .string(addresses.joined(separator: " "))],
+                        "peer", ["peer": "\(peer)", "addr": .string(addresses.joined(separator: " "))],
                         human: "\(peer) \(addresses.joined(separator: " "))")
                 }
             case "/topic":
@@ -316,7 +316,7 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, out: 
         case .discovered(let peer, let addresses):
             for address in addresses {
                 out.emit(
-                    "discovered", ["peer": .string("\(peer)"), "addr": .string("\(address.withoutP2P)")],
+                    "discovered", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
                     human: "Got peer: \(peer) with addr \(address.withoutP2P)")
             }
             host.peerStore.addAddresses(addresses.map(\.withoutP2P), for: peer)
@@ -329,7 +329,7 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, out: 
         case .expired(let peer, let addresses):
             for address in addresses {
                 out.emit(
-                    "expired", ["peer": .string("\(peer)"), "addr": .string("\(address.withoutP2P)")],
+                    "expired", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
                     human: "Removed peer: \(peer) with addr \(address.withoutP2P)")
             }
         }

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A value of a `--json` output field.
-enum JSONValue: Sendable, ExpressibleByStringLiteral {
+enum JSONValue: Sendable, ExpressibleByStringInterpolation {
     case string(String)
     case strings([String])
     /// A number already formatted (an integer, or a decimal with the digits the field needs).

@@ -49,7 +49,7 @@ struct LogLevelError: Error, CustomStringConvertible {
 }
 
 /// Starts logging to stderr at the levels of `-v`/`-vv` and `P2PCHAT_LOG`.
-func bootstrapLogging(verbosity: Int) {
+func bootstrapLogging(verbose verbosity: Int) {
     let levels: LogLevels
     do {
         levels = try LogLevels(verbosity: verbosity, environment: ProcessInfo.processInfo.environment["P2PCHAT_LOG"])

@@ -212,7 +212,7 @@ func formatMilliseconds(_ duration: Duration) -> String {
 
 /// What `ping` and `id` share: logging, the target address, a host with a key.
 func startTool(address: String, identity: IdentityOptions) -> (Multiaddr, Libp2pHost, IdentifyService) {
-    bootstrapLogging(verbosity: identity.verbose)
+    bootstrapLogging(verbose: identity.verbose)
     let target = parseAddress(address)
     let key: PrivateKey
     do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }

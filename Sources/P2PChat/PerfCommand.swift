@@ -104,7 +104,7 @@ struct PerfServerCommand: AsyncParsableCommand {
     @OptionGroup var metrics: MetricsOption
 
     func run() async throws {
-        bootstrapLogging(verbosity: identity.verbose)
+        bootstrapLogging(verbose: identity.verbose)
         let exporter = await metrics.start { say("Metrics at \($0)/metrics") }
         let key: PrivateKey
         do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
