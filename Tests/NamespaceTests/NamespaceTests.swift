@@ -355,6 +355,12 @@ final class ChatCLITests: XCTestCase {
         let who = try await a.waitFor("who", within: 10) { $0.contains("\"event\":\"who\"") }
         let whoEvent = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(who.utf8))) as? [String: Any])
         XCTAssertEqual(whoEvent["peers"] as? [String], [bPeer])
+        // Quotes, backslashes, tabs and non-ASCII text survive the JSON encoding.
+        let awkward = "say \"hi\" \\ back\tslash /path é ✓"
+        b.send(awkward)
+        let awkwardLine = try await a.waitFor("the awkward line", within: 10) { $0.contains("back\\tslash") }
+        let awkwardEvent = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(awkwardLine.utf8))) as? [String: String])
+        XCTAssertEqual(awkwardEvent["text"], awkward)
         // A line over the size limit is an error event; the chat goes on.
         b.send(String(repeating: "x", count: 1024 * 1024 + 1))
         try await b.waitFor("error event", within: 10) { $0.contains("\"event\":\"error\"") }
