@@ -3,16 +3,35 @@ import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
 // Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
-//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
+//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS
+//   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "p2pchat", targets: ["P2PChat"]),
         .executable(name: "p2pbench", targets: ["P2PBench"]),
+        .executable(name: "echo-example", targets: ["EchoExample"]),
+        .executable(name: "pubsub-example", targets: ["PubSubExample"]),
+        // The whole stack in one import.
+        .library(name: "Libp2p", targets: ["Libp2p"]),
+        // Each protocol on its own.
         .library(name: "Multiformats", targets: ["Multiformats"]),
         .library(name: "Identity", targets: ["Identity"]),
+        .library(name: "Multistream", targets: ["Multistream"]),
+        .library(name: "LibP2PSecurity", targets: ["LibP2PSecurity"]),
+        .library(name: "Noise", targets: ["Noise"]),
+        .library(name: "TLS", targets: ["TLS"]),
+        .library(name: "Yamux", targets: ["Yamux"]),
+        .library(name: "Transport", targets: ["Transport"]),
+        .library(name: "WebSocket", targets: ["WebSocket"]),
         .library(name: "Host", targets: ["Host"]),
+        .library(name: "Identify", targets: ["Identify"]),
+        .library(name: "Ping", targets: ["Ping"]),
+        .library(name: "Perf", targets: ["Perf"]),
+        .library(name: "PubSub", targets: ["PubSub"]),
+        .library(name: "MDNS", targets: ["MDNS"]),
+        .library(name: "MetricsExporter", targets: ["MetricsExporter"]),
         .library(name: "RequestResponse", targets: ["RequestResponse"]),
         .library(name: "FileShare", targets: ["FileShare"]),
         .library(name: "ChatHistory", targets: ["ChatHistory"]),
@@ -26,6 +45,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // `swift package generate-documentation --target NAME` (DocC); a plugin, not linked into anything.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         .target(name: "Multiformats"),
@@ -92,6 +115,7 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         .target(
@@ -129,6 +153,7 @@ let package = Package(
                 "Host",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             exclude: ["rpc.proto"]
         ),
@@ -173,10 +198,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Prometheus text at /metrics over a small HTTP/1 server, for any swift-metrics user.
+        .target(
+            name: "MetricsExporter",
+            dependencies: [
+                "Multiformats", "Transport",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -187,6 +224,21 @@ let package = Package(
                 "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        // Re-exports what an application needs (`import Libp2p`).
+        .target(
+            name: "Libp2p",
+            dependencies: [
+                "ChatHistory", "FileShare", "Host", "Identify", "Identity", "LibP2PSecurity", "MDNS", "Multiformats", "Noise",
+                "Perf", "Ping", "PubSub", "RequestResponse", "TLS", "Transport", "WebSocket",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(name: "EchoExample", dependencies: ["Libp2p"], path: "Examples/Echo"),
+        .executableTarget(name: "PubSubExample", dependencies: ["Libp2p"], path: "Examples/PubSubSubscriber"),
+        .testTarget(
+            name: "ExamplesTests",
+            dependencies: ["ChildProcess", "Host", "Multiformats", "PubSub", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"]),
         .testTarget(name: "IdentityTests", dependencies: ["Identity"]),

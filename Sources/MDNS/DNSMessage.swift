@@ -48,6 +48,7 @@ public struct DNSName: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// The DNS record types mDNS discovery uses (RFC 1035, RFC 3596, RFC 6763).
 public enum DNSType {
     public static let a: UInt16 = 1
     public static let ptr: UInt16 = 12
@@ -78,6 +79,7 @@ public enum DNSRecordData: Hashable, Sendable {
     }
 }
 
+/// A question of a DNS message: a name and a record type.
 public struct DNSQuestion: Hashable, Sendable {
     public var name: DNSName
     public var type: UInt16
@@ -91,6 +93,7 @@ public struct DNSQuestion: Hashable, Sendable {
     }
 }
 
+/// A resource record of a DNS message (answer, authority or additional section).
 public struct DNSRecord: Hashable, Sendable {
     public var name: DNSName
     public var ttl: UInt32

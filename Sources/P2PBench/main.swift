@@ -14,7 +14,27 @@ import TLS
 import Transport
 
 // Measures the foundation's speed on loopback; run through Benchmarks/run.sh.
-// Usage: p2pbench [stream [tls|ws] | sealed | ping | pubsub | memory | files | history | ping-under-load ADDR] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
+
+let usage = """
+    Usage: p2pbench [PART] [--no-pubsub] [MiB]
+    Measures the stack on loopback (release build: Benchmarks/run.sh). With no PART, runs every benchmark.
+      stream [tls|ws]        one Yamux stream over Noise (or TLS 1.3, or Noise on /ws), in one process
+      sealed                 raw TCP with Noise sealing, no Yamux
+      ping                   ping round trips, alone and under a flooding stream
+      pubsub                 gossipsub and floodsub on 20 nodes
+      memory                 resident memory of an idle node and per connection
+      files                  a file transfer against perf on one connection, memory, chat latency while it runs
+      history                history sync of 10 000 missed messages
+      ping-under-load ADDR   ping a perf-server at ADDR while a /perf upload fills the connection
+      --no-pubsub            skip the pubsub part of the full run
+      MiB                    bytes per throughput run (default 256)
+    Environment: P2PBENCH_ROUNDS (throughput rounds, default 5), P2PBENCH_CHUNK (write size).
+    """
+
+if CommandLine.arguments.contains(where: { ["--help", "-h", "help"].contains($0) }) {
+    print(usage)
+    exit(0)
+}
 
 let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?? 256
 let totalBytes = megabytes * 1024 * 1024

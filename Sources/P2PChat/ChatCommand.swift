@@ -9,27 +9,55 @@ import PubSub
 import Synchronization
 import Transport
 
-/// How the chat reports events: human lines or one JSON object per line.
+/// How the chat reports events: human lines or one JSON object per line (with
+/// the event's name and time), as the README's event table lists them.
 struct ChatOutput: Sendable {
     let json: Bool
+    /// Shortened, coloured peer ids: only when a person reads stdout in a terminal.
+    let decorated: Bool
 
-    func emit(_ event: String, _ fields: [String: String], human: String) {
+    init(json: Bool, decorated: Bool = false) {
+        self.json = json
+        self.decorated = decorated && !json
+    }
+
+    func emit(_ event: String, _ fields: [String: JSONValue], human: @autoclosure () -> String) {
         guard json else {
-            say(human)
+            say(human())
             return
         }
-        var object: [String: String] = fields
-        object["event"] = event
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-        say(String(decoding: data, as: UTF8.self))
+        var object = fields
+        object["event"] = .string(event)
+        object["ts"] = .string(isoTimestamp())
+        say(jsonLine(object))
     }
 
     func error(_ message: String) {
         if json {
-            emit("error", ["message": message], human: "")
+            emit("error", ["message": .string(message)], human: "")
         } else {
             FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         }
+    }
+
+    /// A peer as a person reads it: in a terminal, the last 8 characters of its id in
+    /// a colour of its own (the same in every run); elsewhere the full id.
+    func name(_ peer: PeerID) -> String {
+        let id = "\(peer)"
+        guard decorated else { return id }
+        return "\u{1B}[\(Self.colour(of: peer))m\(id.suffix(8))\u{1B}[0m"
+    }
+
+    /// Bright ANSI foreground colours that read on dark and light backgrounds.
+    static let palette = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96]
+
+    /// The colour of `peer`, from an FNV-1a hash of its id's bytes: stable across runs and machines.
+    static func colour(of peer: PeerID) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in peer.bytes {
+            hash = (hash ^ UInt32(byte)) &* 16_777_619
+        }
+        return palette[Int(hash % UInt32(palette.count))]
     }
 }
 
@@ -37,7 +65,7 @@ struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
         abstract: "Chat on TOPIC (default lobby): each stdin line is published, each message printed.",
-        discussion: "Commands: /peers, /topic NAME, /help, /quit; a line starting with // sends the rest with one /.")
+        discussion: "Commands: /who, /peers, /topic NAME, /help, /quit; a line starting with // sends the rest with one /.")
 
     @Argument(help: "The chat topic.")
     var topic = "lobby"
@@ -64,10 +92,14 @@ struct NodeCommand: AsyncParsableCommand {
     var mdnsTTL: Int = 120
 
     @OptionGroup var identity: IdentityOptions
+    @OptionGroup var metrics: MetricsOption
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
-        let out = ChatOutput(json: json)
+        let out = ChatOutput(json: json, decorated: isatty(1) == 1)
+        let exporter = await metrics.start { address in
+            out.emit("metrics", ["addr": .string(address)], human: "Metrics at \(address)/metrics")
+        }
         guard let routerKind = RouterKind(rawValue: router) else {
             exitWithError("--router must be gossipsub or floodsub, not \(router)")
         }
@@ -135,16 +167,17 @@ struct NodeCommand: AsyncParsableCommand {
         await mdns?.stop()
         await pubsub.stop()
         await host.close()
+        try? await exporter?.close()
         ChatTerminal.shared.restore()
     }
 }
 
-/// The topic being chatted on, its printer, and the chat's commands.
+/// The topic being chatted on, its printers (messages, who joins and leaves), and the chat's commands.
 actor ChatSession {
     private(set) var topic: String
     let pubsub: PubSubService
     let out: ChatOutput
-    private var receiver: Task<Void, Never>?
+    private var receivers: [Task<Void, Never>] = []
 
     init(topic: String, pubsub: PubSubService, out: ChatOutput) {
         self.topic = topic
@@ -154,21 +187,35 @@ actor ChatSession {
 
     func join(_ topic: String) async {
         self.topic = topic
+        // Listen for joins before subscribing: our subscription is what makes peers answer with theirs.
+        let events = await pubsub.events()
         let messages = await pubsub.subscribe(topic)
         let out = self.out
-        receiver = Task {
+        receivers.append(Task {
             for await message in messages {
-                let author = message.from.map { "\($0)" } ?? "anonymous"
                 let text = String(decoding: message.data, as: UTF8.self)
                 out.emit(
-                    "message", ["topic": message.topic, "from": author, "id": "\(message.id.hex)", "text": text],
-                    human: "\(author): \(text)")
+                    "message",
+                    [
+                        "topic": .string(message.topic), "from": .string(message.from.map { "\($0)" } ?? "anonymous"),
+                        "id": .string(message.id.hex), "text": .string(text),
+                    ],
+                    human: "\(message.from.map(out.name) ?? "anonymous"): \(text)")
             }
-        }
+        })
+        receivers.append(Task {
+            for await event in events where event.topic == topic {
+                let (name, verb) = if case .subscribed = event { ("joined", "joined") } else { ("left", "left") }
+                out.emit(
+                    name, ["topic": .string(topic), "peer": "\(event.peer)"],
+                    human: "\(out.name(event.peer)) \(verb) \(topic)")
+            }
+        })
     }
 
     func leave() async {
-        receiver?.cancel()
+        for receiver in receivers { receiver.cancel() }
+        receivers = []
         await pubsub.unsubscribe(topic)
     }
 
@@ -181,14 +228,16 @@ actor ChatSession {
             case "/quit":
                 return false
             case "/help":
-                say("Commands: /peers, /topic NAME, /help, /quit. Start a line with // to send it with one /.")
+                say("Commands: /who, /peers, /topic NAME, /help, /quit. Start a line with // to send it with one /.")
+            case "/who":
+                await who()
             case "/peers":
                 let peers = host.connectedPeers.sorted()
                 if peers.isEmpty { say("No peers connected.") }
                 for peer in peers {
                     let addresses = host.connections.filter { $0.remotePeer == peer }.map { "\($0.remoteAddress)" }
                     out.emit(
-                        "peer", ["peer": "\(peer)", "addr": addresses.joined(separator: " ")],
+                        "peer", ["peer": "\(peer)", "addr": .string(addresses.joined(separator: " "))],
                         human: "\(peer) \(addresses.joined(separator: " "))")
                 }
             case "/topic":
@@ -198,7 +247,8 @@ actor ChatSession {
                 }
                 await leave()
                 await join(parts[1].trimmingCharacters(in: .whitespaces))
-                say("Now on topic \(topic)")
+                out.emit("topic", ["topic": .string(topic)], human: "Now on topic \(topic)")
+                await who()
             default:
                 out.error("unknown command \(parts[0]); /help lists them")
             }
@@ -206,11 +256,30 @@ actor ChatSession {
         }
         let text = line.hasPrefix("//") ? String(line.dropFirst()) : line
         do {
-            try await pubsub.publish(topic, data: Array(text.utf8))
+            let reached = try await pubsub.publish(topic, data: Array(text.utf8))
+            if reached == 0 { await notDelivered(text) }
         } catch {
             out.error("\(error)")
         }
         return true
+    }
+
+    /// Prints the peers on the topic, full ids (`who` event).
+    private func who() async {
+        let peers = await pubsub.peers(in: topic).map { "\($0)" }.sorted()
+        out.emit(
+            "who", ["topic": .string(topic), "peers": .strings(peers)],
+            human: peers.isEmpty
+                ? "Nobody else on \(topic)." : "On \(topic): \(peers.joined(separator: " "))")
+    }
+
+    /// A line that went to no peer: said so, not silently lost (and not an error).
+    private func notDelivered(_ text: String) async {
+        let nobody = await pubsub.peers(in: topic).isEmpty
+        let reason = nobody ? "nobody on \(topic) yet" : "no peer on \(topic) to send it to yet (none in the mesh or above the publish threshold)"
+        out.emit(
+            "not_delivered", ["topic": .string(topic), "text": .string(text), "reason": .string(reason)],
+            human: "\(reason): not delivered")
     }
 }
 

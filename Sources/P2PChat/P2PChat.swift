@@ -35,8 +35,10 @@ struct IdentityOptions: ParsableArguments {
     @Flag(help: "Use a fresh throwaway key; write nothing.")
     var ephemeral = false
 
-    @Flag(name: .shortAndLong, help: "Log debug details to stderr.")
-    var verbose = false
+    @Flag(
+        name: .shortAndLong,
+        help: "Log to stderr: -v debug, -vv trace (P2PCHAT_LOG=LEVEL or SUBSYSTEM=LEVEL,... sets levels per subsystem).")
+    var verbose: Int
 
     @Option(
         name: .long,
@@ -65,15 +67,6 @@ struct IdentityOptions: ParsableArguments {
     func loadKey() throws -> PrivateKey {
         if ephemeral { return PrivateKey.generateEd25519() }
         return try KeyFile.loadOrCreate(path: identityPath ?? KeyFile.defaultPath)
-    }
-}
-
-/// Starts logging to stderr; quiet unless --verbose.
-func bootstrapLogging(verbose: Bool) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = verbose ? (ProcessInfo.processInfo.environment["P2PCHAT_TRACE"] != nil ? .trace : .debug) : .warning
-        return handler
     }
 }
 

@@ -66,14 +66,14 @@ struct PerfCommand: AsyncParsableCommand {
             if json {
                 say(
                     jsonLine([
-                        "peer": "\"\(connection.remotePeer)\"",
-                        "connect_seconds": formatNumber(connectTime.seconds, digits: 6),
-                        "upload_bytes": "\(result.uploadBytes)",
-                        "upload_seconds": formatNumber(result.uploadDuration.seconds, digits: 6),
-                        "upload_bytes_per_second": formatNumber(result.uploadBytesPerSecond, digits: 0),
-                        "download_bytes": "\(result.downloadBytes)",
-                        "download_seconds": formatNumber(result.downloadDuration.seconds, digits: 6),
-                        "download_bytes_per_second": formatNumber(result.downloadBytesPerSecond, digits: 0),
+                        "peer": .string("\(connection.remotePeer)"),
+                        "connect_seconds": .decimal(connectTime.seconds, digits: 6),
+                        "upload_bytes": .int(result.uploadBytes),
+                        "upload_seconds": .decimal(result.uploadDuration.seconds, digits: 6),
+                        "upload_bytes_per_second": .decimal(result.uploadBytesPerSecond, digits: 0),
+                        "download_bytes": .int(result.downloadBytes),
+                        "download_seconds": .decimal(result.downloadDuration.seconds, digits: 6),
+                        "download_bytes_per_second": .decimal(result.downloadBytesPerSecond, digits: 0),
                     ]))
             } else {
                 say("Connected to \(connection.remotePeer) in \(formatMilliseconds(connectTime)) (\(connection.transport) + \(connection.security) + \(connection.muxer))")
@@ -93,15 +93,6 @@ struct PerfCommand: AsyncParsableCommand {
     }
 }
 
-/// A JSON object of pre-encoded values, keys in a stable order.
-func jsonLine(_ fields: [String: String]) -> String {
-    "{" + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",") + "}"
-}
-
-func formatNumber(_ value: Double, digits: Int) -> String {
-    String(format: "%.\(digits)f", value)
-}
-
 struct PerfServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "perf-server",
@@ -111,9 +102,11 @@ struct PerfServerCommand: AsyncParsableCommand {
     var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
 
     @OptionGroup var identity: IdentityOptions
+    @OptionGroup var metrics: MetricsOption
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
+        let exporter = await metrics.start { say("Metrics at \($0)/metrics") }
         let key: PrivateKey
         do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
         let (host, _) = makeHost(key: key, options: identity)
@@ -125,5 +118,6 @@ struct PerfServerCommand: AsyncParsableCommand {
         }
         await waitForTerminationSignal()
         await host.close()
+        try? await exporter?.close()
     }
 }

@@ -162,7 +162,8 @@ public final class PubSubService: Sendable {
         await core.unsubscribe(topic)
     }
 
-    /// Publishes `data` on `topic`.
+    /// Publishes `data` on `topic`; returns the number of peers it was sent to
+    /// (0 when no peer we may publish to is on the topic).
     @discardableResult
     public func publish(_ topic: String, data: [UInt8]) async throws -> Int {
         try await core.publish(topic, data: data)
@@ -176,6 +177,20 @@ public final class PubSubService: Sendable {
 
     /// Peers known to be subscribed to `topic`.
     public func peers(in topic: String) async -> [PeerID] { await core.peers(in: topic) }
+
+    /// Peers joining and leaving topics, from now on (`peers(in:)` tells who is
+    /// there already). The sequence ends when the service stops.
+    public func events() async -> AsyncStream<PubSubEvent> { await core.events() }
+
+    /// Returns true once `peer` is subscribed to `topic` (at once if it already is);
+    /// false if the service stops or the task is cancelled first.
+    public func waitUntilSubscribed(_ peer: PeerID, to topic: String) async -> Bool {
+        // Listen first, then look: a subscription between the two is not missed.
+        let events = await core.events()
+        if await core.peers(in: topic).contains(peer) { return true }
+        for await event in events where event == .subscribed(peer: peer, topic: topic) { return true }
+        return false
+    }
 
     /// Our gossipsub mesh for `topic`.
     public func mesh(_ topic: String) async -> [PeerID] { await core.mesh(topic) }
@@ -220,11 +235,13 @@ actor PubSubCore {
     private var router: PubSubRouter
     private let logger: Logger
     private var subscribers: [String: [UUID: AsyncStream<PubSubMessage>.Continuation]] = [:]
+    private var eventListeners: [UUID: AsyncStream<PubSubEvent>.Continuation] = [:]
     private var outbound: [PeerID: RPCOutbox] = [:]
     private var claimed: Set<PeerID> = []
     /// The connection each peer's outbound stream runs on.
     private var outboundConnection: [PeerID: UInt64] = [:]
     private(set) var isStopped = false
+    private var metrics = PubSubMetrics()
     private let clock = ContinuousClock()
     private let connect: @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void
 
@@ -289,7 +306,7 @@ actor PubSubCore {
         claimed.remove(peer)
         outboundConnection.removeValue(forKey: peer)
         outbound.removeValue(forKey: peer)?.finish()
-        router.removePeer(peer, now: clock.now)
+        perform(router.removePeer(peer, now: clock.now))
     }
 
     func handle(_ rpcs: [Pubsub_Pb_RPC], malformed: Int, from peer: PeerID, protocolID: String, ip: String?) {
@@ -302,6 +319,7 @@ actor PubSubCore {
                 "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)"])
             perform(actions)
         }
+        metrics.follow(router.counters)
     }
 
     func countSent(_ bytes: Int) {
@@ -314,7 +332,12 @@ actor PubSubCore {
 
     func heartbeat() {
         guard !isStopped else { return }
-        perform(router.heartbeat(now: clock.now))
+        let now = clock.now
+        perform(router.heartbeat(now: now))
+        metrics.follow(router.counters)
+        metrics.heartbeat(
+            mesh: Dictionary(uniqueKeysWithValues: router.subscriptions.map { ($0, router.meshPeers($0).count) }),
+            graylisted: router.graylistedPeerCount(now: now))
     }
 
     func subscribe(_ topic: String) -> AsyncStream<PubSubMessage> {
@@ -331,6 +354,24 @@ actor PubSubCore {
 
     private func dropSubscriber(_ topic: String, _ id: UUID) {
         subscribers[topic]?[id] = nil
+    }
+
+    func events() -> AsyncStream<PubSubEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: PubSubEvent.self, bufferingPolicy: .bufferingNewest(4096))
+        guard !isStopped else {
+            continuation.finish()
+            return stream
+        }
+        let id = UUID()
+        eventListeners[id] = continuation
+        continuation.onTermination = { _ in
+            Task { await self.dropEventListener(id) }
+        }
+        return stream
+    }
+
+    private func dropEventListener(_ id: UUID) {
+        eventListeners[id] = nil
     }
 
     func unsubscribe(_ topic: String) {
@@ -368,6 +409,8 @@ actor PubSubCore {
         isStopped = true
         for continuation in subscribers.values.flatMap(\.values) { continuation.finish() }
         subscribers = [:]
+        for continuation in eventListeners.values { continuation.finish() }
+        eventListeners = [:]
         for queue in outbound.values { queue.finish() }
         outbound = [:]
     }
@@ -379,11 +422,14 @@ actor PubSubCore {
                 guard let queue = outbound[peer] else { continue }
                 if !queue.enqueue(rpc) { router.countDroppedOutbound() }
             case .deliver(let message):
+                metrics.deliveredMessage()
                 for continuation in subscribers[message.topic]?.values ?? [:].values {
                     continuation.yield(message)
                 }
             case .connect(let peer, let record, let envelope):
                 connect(peer, record, envelope)
+            case .event(let event):
+                for continuation in eventListeners.values { continuation.yield(event) }
             }
         }
     }

@@ -95,6 +95,8 @@ enum RouterAction: Sendable {
     /// Peer exchange: dial this peer, with the addresses of its signed record
     /// (verified) if the pruner sent one, else those we know.
     case connect(PeerID, record: PeerRecord?, envelope: [UInt8]?)
+    /// A peer joined or left a topic (its subscription messages, or its departure).
+    case event(PubSubEvent)
 }
 
 /// Counters of what was dropped and why.
@@ -188,6 +190,11 @@ struct PubSubRouter {
         validators[topic] = validator
     }
 
+    /// How many known peers score below the graylist threshold.
+    func graylistedPeerCount(now: ContinuousClock.Instant) -> Int {
+        peers.keys.filter { isGraylisted($0, now: now) }.count
+    }
+
     private func isGraylisted(_ peer: PeerID, now: ContinuousClock.Instant) -> Bool {
         score(of: peer, now: now) < configuration.scoreThresholds.graylistThreshold
     }
@@ -222,11 +229,14 @@ struct PubSubRouter {
         peers[peer] = PeerState(protocolID: protocolID, outbound: false)
     }
 
-    mutating func removePeer(_ peer: PeerID, now: ContinuousClock.Instant) {
-        peers[peer] = nil
+    /// Forgets `peer`; returns an unsubscription event for each topic it was on.
+    @discardableResult
+    mutating func removePeer(_ peer: PeerID, now: ContinuousClock.Instant) -> [RouterAction] {
+        let topics = peers.removeValue(forKey: peer)?.topics ?? []
         scores.removePeer(peer, now: now)
         for topic in Array(mesh.keys) { mesh[topic]?.remove(peer) }
         for topic in Array(fanout.keys) { fanout[topic]?.remove(peer) }
+        return topics.sorted().map { .event(.unsubscribed(peer: peer, topic: $0)) }
     }
 
     // MARK: - Local operations
@@ -337,9 +347,13 @@ struct PubSubRouter {
             let topic = subscription.topicid
             if subscription.subscribe {
                 guard (peers[peer]?.topics.count ?? 0) < configuration.maxTopicsPerPeer else { continue }
-                peers[peer]?.topics.insert(topic)
+                if peers[peer]?.topics.insert(topic).inserted == true {
+                    actions.append(.event(.subscribed(peer: peer, topic: topic)))
+                }
             } else {
-                peers[peer]?.topics.remove(topic)
+                if peers[peer]?.topics.remove(topic) != nil {
+                    actions.append(.event(.unsubscribed(peer: peer, topic: topic)))
+                }
                 if mesh[topic]?.remove(peer) != nil { scores.prune(peer, topic: topic, now: now) }
                 fanout[topic]?.remove(peer)
             }

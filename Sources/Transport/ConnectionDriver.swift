@@ -105,6 +105,8 @@ final class ConnectionDriver {
     /// its end (`readComplete`), not once per read.
     private var inboxesToWake: [StreamInbox] = []
 
+    private let metrics = ConnectionMetrics()
+
     /// Stream data framed per batch while the sink keeps up.
     static let outputBatch = 256 * 1024
 
@@ -149,6 +151,7 @@ final class ConnectionDriver {
     private var earlyInput = ByteBuffer()
 
     func receive(_ bytes: inout ByteBuffer) {
+        metrics.bytesReceived.increment(by: bytes.readableBytes)
         if case .idle = state {
             // An in-memory peer may speak before our start; keep it for then.
             earlyInput.writeBuffer(&bytes)
@@ -250,6 +253,8 @@ final class ConnectionDriver {
                 "direction": "\(parameters.direction.rawValue)", "security": "\(upgraded.securityProtocol)",
                 "muxer": "\(upgraded.muxer)", "early": "\(upgraded.earlyMuxerNegotiation)",
             ])
+        metrics.established(
+            direction: parameters.direction, transport: parameters.transport, security: upgraded.securityProtocol)
         established.succeed(connection)
         tickSession()
         // Whatever followed the agreement is the muxer's.
@@ -360,6 +365,7 @@ final class ConnectionDriver {
         case .open?, nil:
             if inbound { parameters.upgrader.acceptor.accept(stream) }
         }
+        metrics.streamOpened(protocolID: protocolID, inbound: inbound)
     }
 
     private func releaseWriters(_ id: UInt32) {
@@ -537,6 +543,7 @@ final class ConnectionDriver {
         let out = pendingOutput
         // Allocated on demand: an idle connection holds no output buffer.
         pendingOutput = ByteBuffer()
+        metrics.bytesSent.increment(by: out.readableBytes)
         sink.write(out)
     }
 
@@ -571,8 +578,13 @@ final class ConnectionDriver {
         let previous = state
         switch previous {
         case .closed: return
-        case .upgrading(_, let deadline): deadline?.cancel()
-        case .idle, .established, .busy: break
+        case .upgrading(_, let deadline):
+            deadline?.cancel()
+            metrics.handshakeFailed(error)
+        case .established(let established):
+            let connection = established.connection
+            metrics.closed(direction: connection.direction, transport: connection.transport, security: connection.security)
+        case .idle, .busy: break
         }
         state = .closed(error)
         sessionTick?.cancel()

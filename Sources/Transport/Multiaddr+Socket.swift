@@ -32,7 +32,7 @@ extension Multiaddr {
     }
 
     /// The socket address of an `/ip4|ip6/.../tcp/...` address (listening needs a literal IP).
-    func tcpSocketAddress() throws -> SocketAddress {
+    public func tcpSocketAddress() throws -> SocketAddress {
         guard case .socket(let address) = try tcpTarget() else {
             throw TransportError.unsupportedAddress("\(self)")
         }

@@ -60,6 +60,7 @@ public enum YamuxEvent: Equatable, Sendable {
 /// granted, and we grant more only as the application consumes; our writes wait
 /// in the stream's queue for the remote's window (the adapter bounds that queue).
 public struct YamuxSession {
+    /// Windows, limits and timing of a session.
     public struct Configuration: Sendable {
         /// Per-stream receive window at the start (and the spec's initial send window).
         public var initialWindow: UInt32 = 256 * 1024

@@ -48,12 +48,8 @@ final class PubSubInteropTests: XCTestCase {
     }
 
     func waitForTopicPeer(_ pubsub: PubSubService, _ peer: PeerID) async throws {
-        let deadline = ContinuousClock.now + .seconds(20)
-        while ContinuousClock.now < deadline {
-            if await pubsub.peers(in: "lobby").contains(peer) { return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        XCTFail("\(peer) never announced the topic")
+        let subscribed = try await withDeadline(20) { await pubsub.waitUntilSubscribed(peer, to: "lobby") }
+        XCTAssertTrue(subscribed, "\(peer) never announced the topic")
     }
 
     func waitForMesh(_ pubsub: PubSubService, _ expected: Set<PeerID>) async throws {

@@ -82,12 +82,15 @@ final class ChatProcess: Sendable {
     }
 
     /// Runs the chat in `namespace`, or directly (loopback tests) when it is nil.
-    init(namespace: String?, executable: String = ChatProcess.binary, arguments: [String], network: TestNetwork?) throws {
+    init(
+        namespace: String?, executable: String = ChatProcess.binary, arguments: [String], network: TestNetwork?,
+        stderr: ChildProcess.Stream = .discard
+    ) throws {
         if let namespace {
             process = try ChildProcess(
-                TestNetwork.ipPath, ["netns", "exec", namespace, executable] + arguments, stdinPipe: true, stderr: .discard)
+                TestNetwork.ipPath, ["netns", "exec", namespace, executable] + arguments, stdinPipe: true, stderr: stderr)
         } else {
-            process = try ChildProcess(executable, arguments, stdinPipe: true, stderr: .discard)
+            process = try ChildProcess(executable, arguments, stdinPipe: true, stderr: stderr)
         }
         network?.track(process)
     }
@@ -208,8 +211,28 @@ final class NamespaceTests: XCTestCase {
                 try await node.waitFor("connection to \(id)", within: 10) { $0.hasPrefix("Connected: \(id)") }
             }
         }
-        // Meshes form on the first heartbeats: let the lobby nodes see a probe through before the real lines.
+        // Each lobby node says who joined its topic (full ids: the output is piped); D, on
+        // another topic, sees no one join.
+        for (name, node) in lobby {
+            for (other, peer) in lobby where other != name {
+                let id = peer.peerID!
+                try await node.waitFor("\(other) joined", within: 10) { $0 == "\(id) joined lobby" }
+            }
+        }
+        XCTAssertFalse(d.output.contains { $0.contains(" joined ") }, "D saw someone join its topic")
+        // /who lists the topic's peers: B and C for A, nobody for D.
+        a.send("/who")
+        let who = try await a.waitFor("/who", within: 10) { $0.hasPrefix("On lobby: ") }
+        XCTAssertEqual(
+            Set(who.dropFirst("On lobby: ".count).split(separator: " ").map(String.init)), [b.peerID!, c.peerID!])
+        d.send("/who")
+        try await d.waitFor("/who on hello", within: 10) { $0 == "Nobody else on hello." }
         for (name, node) in everyone { node.send("hello from \(name)") }
+        // D's line reaches nobody, and says so.
+        try await d.waitFor("the nobody-on-topic notice", within: 10) { $0 == "nobody on hello yet: not delivered" }
+        for (name, node) in lobby {
+            XCTAssertFalse(node.output.contains { $0.contains("not delivered") }, "\(name) reported a delivered line")
+        }
         for (name, node) in lobby {
             for (other, _) in lobby where other != name {
                 try await node.waitFor("line of \(other)", within: 10) { $0.hasSuffix(": hello from \(other)") }
@@ -319,6 +342,25 @@ final class ChatCLITests: XCTestCase {
         XCTAssertEqual(event["topic"], "lobby")
         XCTAssertEqual(event["text"], "hello from B")
         XCTAssertNotNil(event["id"])
+        // Every event has an ISO 8601 time; slashes are not escaped.
+        for line in a.output {
+            let object = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any], line)
+            let ts = try XCTUnwrap(object["ts"] as? String, line)
+            XCTAssertNotNil(try? Date(ts, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)), ts)
+            XCTAssertFalse(line.contains("\\/"), line)
+        }
+        XCTAssertTrue(a.output.contains { $0.contains("\"addr\":\"/ip4/127.0.0.1/tcp/") }, "\(a.output)")
+        try await a.waitFor("B joined", within: 10) { $0.contains("\"event\":\"joined\"") && $0.contains(bPeer) }
+        a.send("/who")
+        let who = try await a.waitFor("who", within: 10) { $0.contains("\"event\":\"who\"") }
+        let whoEvent = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(who.utf8))) as? [String: Any])
+        XCTAssertEqual(whoEvent["peers"] as? [String], [bPeer])
+        // Quotes, backslashes, tabs and non-ASCII text survive the JSON encoding.
+        let awkward = "say \"hi\" \\ back\tslash /path é ✓"
+        b.send(awkward)
+        let awkwardLine = try await a.waitFor("the awkward line", within: 10) { $0.contains("back\\tslash") }
+        let awkwardEvent = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(awkwardLine.utf8))) as? [String: String])
+        XCTAssertEqual(awkwardEvent["text"], awkward)
         // A line over the size limit is an error event; the chat goes on.
         b.send(String(repeating: "x", count: 1024 * 1024 + 1))
         try await b.waitFor("error event", within: 10) { $0.contains("\"event\":\"error\"") }

@@ -30,6 +30,13 @@ func nextMessage(_ iterator: inout AsyncStream<PubSubMessage>.AsyncIterator, wit
     return try XCTUnwrap(message)
 }
 
+final class EventIteratorBox: @unchecked Sendable {
+    // Safe: used by one task at a time (the test awaits it before touching it again).
+    var iterator: AsyncStream<PubSubEvent>.AsyncIterator
+    init(_ iterator: AsyncStream<PubSubEvent>.AsyncIterator) { self.iterator = iterator }
+    func next() async -> PubSubEvent? { await iterator.next() }
+}
+
 final class IteratorBox: @unchecked Sendable {
     // Safe: used by one task at a time (the test awaits it before touching it again).
     var iterator: AsyncStream<PubSubMessage>.AsyncIterator
@@ -41,11 +48,12 @@ final class IteratorBox: @unchecked Sendable {
 func waitForEachOther(
     _ a: PubSubService, _ peerA: PeerID, _ b: PubSubService, _ peerB: PeerID, on topic: String, _ what: String
 ) async throws {
-    try await eventually(10, what) {
-        let aKnowsB = await a.peers(in: topic).contains(peerB)
-        let bKnowsA = await b.peers(in: topic).contains(peerA)
+    let both = try await withDeadline(10) {
+        let aKnowsB = await a.waitUntilSubscribed(peerB, to: topic)
+        let bKnowsA = await b.waitUntilSubscribed(peerA, to: topic)
         return aKnowsB && bKnowsA
     }
+    XCTAssertTrue(both, what)
 }
 
 final class PubSubServiceTests: XCTestCase {
@@ -122,6 +130,44 @@ final class PubSubServiceTests: XCTestCase {
         XCTAssertNotNil(hostA.peerStore.info(peerC)?.signedPeerRecord)
         for pubsub in [pubsubA, pubsubB, pubsubC] { await pubsub.stop() }
         for host in [hostA, hostB, hostC] { await host.close() }
+    }
+
+    /// Joins and leaves are events: B subscribing, unsubscribing, subscribing again and
+    /// then disconnecting reach A in that order; publishing with nobody on the topic
+    /// reaches no peer, and with B there reaches one.
+    func testSubscriptionEventsAndPublishReach() async throws {
+        let memory = MemoryNetwork()
+        let (hostA, pubsubA, addressA) = try await makeNode(.gossipsub, memory: memory)
+        let (hostB, pubsubB, _) = try await makeNode(.gossipsub, memory: memory)
+        let peerB = hostB.localPeer
+        var events = await pubsubA.events().makeAsyncIterator()
+        _ = await pubsubA.subscribe("lobby")
+        _ = try await hostB.connect(addressA)
+        let reachedNobody = try await pubsubA.publish("lobby", data: Array("anyone?".utf8))
+        XCTAssertEqual(reachedNobody, 0, "B is connected but not on the topic")
+        _ = await pubsubB.subscribe("lobby")
+        let box = EventIteratorBox(events)
+        let joined = try await withDeadline(10) { await box.next() }
+        XCTAssertEqual(joined, .subscribed(peer: peerB, topic: "lobby"))
+        let reached = try await pubsubA.publish("lobby", data: Array("hello".utf8))
+        XCTAssertEqual(reached, 1)
+        await pubsubB.unsubscribe("lobby")
+        let left = try await withDeadline(10) { await box.next() }
+        XCTAssertEqual(left, .unsubscribed(peer: peerB, topic: "lobby"))
+        let remaining = await pubsubA.peers(in: "lobby")
+        XCTAssertEqual(remaining, [])
+        _ = await pubsubB.subscribe("lobby")
+        let rejoined = try await withDeadline(10) { await box.next() }
+        XCTAssertEqual(rejoined, .subscribed(peer: peerB, topic: "lobby"))
+        await hostB.close()
+        let gone = try await withDeadline(10) { await box.next() }
+        XCTAssertEqual(gone, .unsubscribed(peer: peerB, topic: "lobby"), "a disconnect is a leave")
+        events = box.iterator
+        await pubsubA.stop()
+        let ended = await events.next()
+        XCTAssertNil(ended, "the events end when the service stops")
+        await pubsubB.stop()
+        await hostA.close()
     }
 
     func testGossipsubBetweenTwoNodes() async throws { try await exchange(.gossipsub) }

@@ -49,7 +49,7 @@ struct SimulatedNetwork {
                 let decoded = try! Pubsub_Pb_RPC(serializedBytes: bytes)
                 let results = routers[target]!.handle(decoded, from: node, now: now)
                 queue += results.map { (target, $0) }
-            case .connect:
+            case .connect, .event:
                 continue
             }
         }

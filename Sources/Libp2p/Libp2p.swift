@@ -1,0 +1,20 @@
+// The stack as one import: `import Libp2p` brings what an application needs to
+// run a host, serve and dial protocols, and use pubsub, identify, ping, mDNS,
+// request-response, file sharing and chat history.
+@_exported import ChatHistory
+@_exported import FileShare
+@_exported import Host
+@_exported import Identify
+@_exported import Identity
+@_exported import LibP2PSecurity
+@_exported import MDNS
+@_exported import Multiformats
+@_exported import NIOCore
+@_exported import Noise
+@_exported import Perf
+@_exported import Ping
+@_exported import PubSub
+@_exported import RequestResponse
+@_exported import TLS
+@_exported import Transport
+@_exported import WebSocket
