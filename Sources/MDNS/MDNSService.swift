@@ -122,7 +122,18 @@ public actor MDNSService {
     let logger: Logger
     let peerName = MDNSRecords.randomPeerName()
     /// One socket per interface and IP version, with the group it sends to.
-    private var channels: [(channel: Channel, group: SocketAddress)] = []
+    private var channels: [(channel: Channel, group: SocketAddress, key: InterfaceKey)] = []
+    /// The interfaces we run on: a socket that closes (NIO closes a datagram
+    /// socket whose send fails with "network unreachable", as when a link
+    /// goes down) is opened again while its interface exists.
+    private var wanted: Set<InterfaceKey> = []
+    private var stopped = false
+
+    /// An interface as mDNS uses it: an IPv4 address, or an IPv6 interface index.
+    enum InterfaceKey: Hashable {
+        case v4(UInt32)
+        case v6(Int)
+    }
     private var known: [PeerID: (addresses: [Multiaddr], expires: ContinuousClock.Instant)] = [:]
     private var continuations: [Int: AsyncStream<MDNSEvent>.Continuation] = [:]
     private var nextSubscriber = 0
@@ -138,6 +149,11 @@ public actor MDNSService {
         self.logger = logger
     }
 
+    /// Whether `peer` is discovered and its records have not expired.
+    public func knows(_ peer: PeerID) -> Bool {
+        known[peer].map { $0.expires > ContinuousClock.now } ?? false
+    }
+
     /// Discovery events from now on.
     public func events() -> AsyncStream<MDNSEvent> {
         let (stream, continuation) = AsyncStream.makeStream(of: MDNSEvent.self, bufferingPolicy: .bufferingNewest(1024))
@@ -148,33 +164,7 @@ public actor MDNSService {
 
     /// Opens a socket per interface and starts querying. Throws if no interface works.
     public func start() async throws {
-        let devices = (try? System.enumerateDevices()) ?? []
-        var errors: [String] = []
-        var ipv6Interfaces: Set<Int> = []
-        for device in devices where device.multicastSupported {
-            guard let address = device.address else { continue }
-            do {
-                switch address {
-                case .v4(let v4):
-                    let addressBits = v4.address.sin_addr.s_addr
-                    if addressBits == UInt32(0x7f00_0001).bigEndian { continue }
-                    let channel = try await openChannel(device: device, interfaceAddress: addressBits)
-                    channels.append((channel, Self.group))
-                case .v6:
-                    // One IPv6 socket per interface, whatever its number of addresses.
-                    guard device.interfaceIndex > 0, ipv6Interfaces.insert(device.interfaceIndex).inserted else {
-                        continue
-                    }
-                    let channel = try await openChannel6(device: device)
-                    channels.append((channel, Self.group6))
-                default:
-                    continue
-                }
-                logger.debug("mdns on interface", metadata: ["interface": "\(device.name)", "address": "\(address)"])
-            } catch {
-                errors.append("\(device.name) \(address): \(error)")
-            }
-        }
+        let errors = await openChannels()
         guard !channels.isEmpty else {
             throw MDNSError.noInterface(errors.isEmpty ? "no multicast-capable interface" : errors.joined(separator: "; "))
         }
@@ -191,12 +181,81 @@ public actor MDNSService {
                 await self?.expire()
             }
         })
+        tasks.append(Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: Self.repairInterval)
+                await self?.reopenLostChannels()
+            }
+        })
+    }
+
+    /// How often sockets lost to a network failure are opened again.
+    static let repairInterval: Duration = .seconds(1)
+
+    /// Opens a socket on each multicast-capable interface that has none yet; the errors.
+    private func openChannels(only keys: Set<InterfaceKey>? = nil) async -> [String] {
+        let devices = (try? System.enumerateDevices()) ?? []
+        var errors: [String] = []
+        for device in devices where device.multicastSupported {
+            guard let address = device.address else { continue }
+            let key: InterfaceKey
+            switch address {
+            case .v4(let v4):
+                let addressBits = v4.address.sin_addr.s_addr
+                if addressBits == UInt32(0x7f00_0001).bigEndian { continue }
+                key = .v4(addressBits)
+            case .v6:
+                // One IPv6 socket per interface, whatever its number of addresses.
+                guard device.interfaceIndex > 0 else { continue }
+                key = .v6(device.interfaceIndex)
+            default:
+                continue
+            }
+            guard keys.map({ $0.contains(key) }) ?? true, !channels.contains(where: { $0.key == key }) else { continue }
+            do {
+                let channel: Channel
+                let group: SocketAddress
+                switch key {
+                case .v4(let addressBits):
+                    channel = try await openChannel(device: device, interfaceAddress: addressBits)
+                    group = Self.group
+                case .v6:
+                    channel = try await openChannel6(device: device)
+                    group = Self.group6
+                }
+                channels.append((channel, group, key))
+                wanted.insert(key)
+                channel.closeFuture.whenComplete { [weak self] _ in
+                    Task { await self?.closed(channel) }
+                }
+                logger.debug("mdns on interface", metadata: ["interface": "\(device.name)", "address": "\(address)"])
+            } catch {
+                errors.append("\(device.name) \(address): \(error)")
+            }
+        }
+        return errors
+    }
+
+    private func closed(_ channel: Channel) {
+        guard !stopped else { return }
+        channels.removeAll { $0.channel === channel }
+        logger.debug("mdns socket closed; it is opened again when its interface works")
+    }
+
+    /// Opens again the sockets of interfaces that lost theirs; asks at once when one came back.
+    func reopenLostChannels() async {
+        let missing = wanted.subtracting(channels.map(\.key))
+        guard !stopped, !missing.isEmpty else { return }
+        let before = channels.count
+        _ = await openChannels(only: missing)
+        if channels.count > before { sendQuery() }
     }
 
     public func stop() async {
+        stopped = true
         for task in tasks { task.cancel() }
         tasks = []
-        for (channel, _) in channels { try? await channel.close() }
+        for (channel, _, _) in channels { try? await channel.close() }
         channels = []
         for continuation in continuations.values { continuation.finish() }
         continuations = [:]
@@ -244,7 +303,7 @@ public actor MDNSService {
 
     private func send(_ message: DNSMessage) {
         let bytes = message.encoded()
-        for (channel, group) in channels {
+        for (channel, group, _) in channels {
             let envelope = AddressedEnvelope(remoteAddress: group, data: ByteBuffer(bytes: bytes))
             let logger = self.logger
             channel.writeAndFlush(envelope).whenFailure { error in

@@ -1,5 +1,7 @@
 import ArgumentParser
+import ChatHistory
 import Dispatch
+import FileShare
 import Foundation
 import Host
 import Identity
@@ -65,7 +67,7 @@ struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
         abstract: "Chat on TOPIC (default lobby): each stdin line is published, each message printed.",
-        discussion: "Commands: /who, /peers, /topic NAME, /help, /quit; a line starting with // sends the rest with one /.")
+        discussion: "Commands: /who, /peers, /send PATH, /files, /get N, /topic NAME, /help, /quit; a line starting with // sends the rest with one /.")
 
     @Argument(help: "The chat topic.")
     var topic = "lobby"
@@ -90,6 +92,18 @@ struct NodeCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("mdns-ttl"), help: ArgumentHelp("TTL in seconds of our mDNS records.", visibility: .hidden))
     var mdnsTTL: Int = 120
+
+    @Option(name: .customLong("download-dir"), help: "Where fetched files go (default: the user's data directory, p2pchat/downloads).")
+    var downloadDirectory: String?
+
+    @Flag(name: .customLong("accept-files"), help: "Fetch offered files without asking, up to --max-accept bytes.")
+    var acceptFiles = false
+
+    @Option(name: .customLong("max-accept"), help: "Largest file --accept-files fetches, in bytes (K, M, G suffixes).")
+    var maxAccept = "100M"
+
+    @Option(help: "Keep the topic's recent lines in this file (in memory otherwise), to give peers what they missed.")
+    var history: String?
 
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var metrics: MetricsOption
@@ -135,6 +149,7 @@ struct NodeCommand: AsyncParsableCommand {
                 }
             }
         }
+        var redialers: [Task<Void, Never>] = []
         var mdns: MDNSService?
         if !noMDNS {
             var configuration = MDNSConfiguration()
@@ -148,13 +163,25 @@ struct NodeCommand: AsyncParsableCommand {
                 try await service.start()
                 mdns = service
                 Task { await handleDiscoveries(discoveries, host: host, out: out) }
+                let hostEvents = host.events()
+                redialers.append(Task { await keepLocalPeersConnected(hostEvents, host: host, mdns: service) })
             } catch {
                 out.error("\(error)")
             }
         }
-        let session = ChatSession(topic: topic, pubsub: pubsub, out: out)
+        guard let acceptLimit = parseByteCount(maxAccept) else { exitWithError("--max-accept: not a size: \(maxAccept)") }
+        let fileService = FileShareService(host: host)
+        fileService.start()
+        let files = ChatFiles(
+            service: fileService, out: out, directory: downloadDirectory ?? defaultDownloadDirectory(),
+            autoAcceptLimit: acceptFiles ? acceptLimit : nil)
+        let historyService: HistoryService
+        do { historyService = try HistoryService(host: host, path: history) } catch { exitWithError("\(error)") }
+        historyService.start()
+        let session = ChatSession(
+            topic: topic, pubsub: pubsub, out: out, files: files,
+            history: ChatHistorySync(history: historyService, out: out))
         await session.join(topic)
-        var redialers: [Task<Void, Never>] = []
         for address in connectAddresses {
             redialers.append(Task { await keepConnected(address, host: host, out: out) })
         }
@@ -162,6 +189,7 @@ struct NodeCommand: AsyncParsableCommand {
             guard await session.handle(line: line, host: host) else { break }
         }
         for redialer in redialers { redialer.cancel() }
+        await files.cancelAll()
         printer.cancel()
         await session.leave()
         await mdns?.stop()
@@ -177,12 +205,16 @@ actor ChatSession {
     private(set) var topic: String
     let pubsub: PubSubService
     let out: ChatOutput
+    let files: ChatFiles
+    let history: ChatHistorySync
     private var receivers: [Task<Void, Never>] = []
 
-    init(topic: String, pubsub: PubSubService, out: ChatOutput) {
+    init(topic: String, pubsub: PubSubService, out: ChatOutput, files: ChatFiles, history: ChatHistorySync) {
         self.topic = topic
         self.pubsub = pubsub
         self.out = out
+        self.files = files
+        self.history = history
     }
 
     func join(_ topic: String) async {
@@ -191,16 +223,17 @@ actor ChatSession {
         let events = await pubsub.events()
         let messages = await pubsub.subscribe(topic)
         let out = self.out
+        let files = self.files
+        let history = self.history
         receivers.append(Task {
             for await message in messages {
-                let text = String(decoding: message.data, as: UTF8.self)
-                out.emit(
-                    "message",
-                    [
-                        "topic": .string(message.topic), "from": .string(message.from.map { "\($0)" } ?? "anonymous"),
-                        "id": .string(message.id.hex), "text": .string(text),
-                    ],
-                    human: "\(message.from.map(out.name) ?? "anonymous"): \(text)")
+                // Already printed (it came with the history from a peer).
+                guard history.history.record(message) else { continue }
+                if let author = message.from, let offer = FileOffer(announcement: String(decoding: message.data, as: UTF8.self)) {
+                    await files.received(offer, from: author)
+                } else {
+                    printMessage(message, out: out, history: false)
+                }
             }
         })
         receivers.append(Task {
@@ -209,6 +242,8 @@ actor ChatSession {
                 out.emit(
                     name, ["topic": .string(topic), "peer": "\(event.peer)"],
                     human: "\(out.name(event.peer)) \(verb) \(topic)")
+                // A peer (back) on the topic: ask it for what we missed.
+                if case .subscribed(let peer, _) = event { Task { await history.request(topic, from: peer) } }
             }
         })
     }
@@ -228,9 +263,27 @@ actor ChatSession {
             case "/quit":
                 return false
             case "/help":
-                say("Commands: /who, /peers, /topic NAME, /help, /quit. Start a line with // to send it with one /.")
+                say("Commands: /who, /peers, /send PATH, /files, /get N, /topic NAME, /help, /quit. Start a line with // to send it with one /.")
             case "/who":
                 await who()
+            case "/send":
+                guard parts.count == 2, !parts[1].isEmpty else {
+                    out.error("usage: /send PATH")
+                    return true
+                }
+                guard let offer = await files.offer(path: parts[1]) else { return true }
+                await publish(offer.announcement, files: true)
+                out.emit(
+                    "file_offered", ["name": .string(offer.name), "size": .int(offer.size), "cid": .string(offer.cid.text())],
+                    human: "offering \(offer.name) (\(byteCount(offer.size))) on \(topic)")
+            case "/get":
+                guard parts.count == 2, let number = Int(parts[1]) else {
+                    out.error("usage: /get N (the number of a file offer; /files lists them)")
+                    return true
+                }
+                await files.get(number)
+            case "/files":
+                await files.list()
             case "/peers":
                 let peers = host.connectedPeers.sorted()
                 if peers.isEmpty { say("No peers connected.") }
@@ -254,14 +307,19 @@ actor ChatSession {
             }
             return true
         }
-        let text = line.hasPrefix("//") ? String(line.dropFirst()) : line
+        await publish(line.hasPrefix("//") ? String(line.dropFirst()) : line)
+        return true
+    }
+
+    /// Publishes a line, kept in the history (for peers that miss it).
+    private func publish(_ text: String, files: Bool = false) async {
         do {
-            let reached = try await pubsub.publish(topic, data: Array(text.utf8))
+            let (message, reached) = try await pubsub.publishMessage(topic, data: Array(text.utf8))
+            history.history.record(message)
             if reached == 0 { await notDelivered(text) }
         } catch {
             out.error("\(error)")
         }
-        return true
     }
 
     /// Prints the peers on the topic, full ids (`who` event).
@@ -281,6 +339,38 @@ actor ChatSession {
             "not_delivered", ["topic": .string(topic), "text": .string(text), "reason": .string(reason)],
             human: "\(reason): not delivered")
     }
+}
+
+/// Prints a chat line (`message` event); lines from a peer's history are marked so.
+func printMessage(_ message: PubSubMessage, out: ChatOutput, history: Bool) {
+    let text = String(decoding: message.data, as: UTF8.self)
+    var fields: [String: JSONValue] = [
+        "topic": .string(message.topic), "from": .string(message.from.map { "\($0)" } ?? "anonymous"),
+        "id": .string(message.id.hex), "text": .string(text),
+    ]
+    if history { fields["history"] = .bool(true) }
+    out.emit("message", fields, human: (history ? "[history] " : "") + "\(message.from.map(out.name) ?? "anonymous"): \(text)")
+}
+
+/// The default download directory: $XDG_DATA_HOME (or ~/.local/share) /p2pchat/downloads.
+func defaultDownloadDirectory() -> String {
+    let environment = ProcessInfo.processInfo.environment
+    let base = environment["XDG_DATA_HOME"].flatMap { $0.isEmpty ? nil : $0 }
+        ?? (NSHomeDirectory() as NSString).appendingPathComponent(".local/share")
+    return (base as NSString).appendingPathComponent("p2pchat/downloads")
+}
+
+/// "100M", "2G", "512K" or a plain number of bytes.
+func parseByteCount(_ text: String) -> UInt64? {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+    let trimmed = text.trimmingCharacters(in: .whitespaces).uppercased().replacingOccurrences(of: "IB", with: "")
+    guard let last = trimmed.last else { return nil }
+    if let unit = units[last] {
+        guard let value = UInt64(trimmed.dropLast()) else { return nil }
+        let (product, overflow) = value.multipliedReportingOverflow(by: unit)
+        return overflow ? nil : product
+    }
+    return UInt64(trimmed)
 }
 
 extension MessageID {
@@ -306,6 +396,27 @@ func keepConnected(_ address: Multiaddr, host: Libp2pHost, out: ChatOutput) asyn
             try? await Task.sleep(for: delay)
             delay = min(delay * 2, .seconds(30))
         }
+    }
+}
+
+/// Peers found by mDNS stay connected: one that drops while mDNS still sees
+/// it (a link that flapped for less than the records' TTL reports nothing new)
+/// is redialled with backoff, until connected or no longer seen.
+func keepLocalPeersConnected(_ events: AsyncStream<HostEvent>, host: Libp2pHost, mdns: MDNSService) async {
+    await withTaskGroup(of: Void.self) { group in
+        for await event in events {
+            guard case .peerDisconnected(let peer) = event else { continue }
+            group.addTask {
+                var delay = Duration.seconds(1)
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: delay)
+                    guard !Task.isCancelled, host.connection(to: peer) == nil, await mdns.knows(peer) else { return }
+                    if (try? await host.connect(to: peer)) != nil { return }
+                    delay = min(delay * 2, .seconds(30))
+                }
+            }
+        }
+        group.cancelAll()
     }
 }
 

@@ -6,6 +6,7 @@ enum JSONValue: Sendable, ExpressibleByStringInterpolation {
     case strings([String])
     /// A number already formatted (an integer, or a decimal with the digits the field needs).
     case number(String)
+    case bool(Bool)
 
     init(stringLiteral value: String) { self = .string(value) }
 
@@ -34,6 +35,7 @@ func jsonLine(_ fields: [String: JSONValue]) -> String {
             }
             out += "]"
         case .number(let number): out += number
+        case .bool(let value): out += value ? "true" : "false"
         case nil: out += "null"
         }
     }

@@ -1,0 +1,202 @@
+import ChildProcess
+import Foundation
+import XCTest
+
+/// Files offered and fetched between chat processes on loopback (`/send`, `/get`, `--accept-files`).
+final class ChatFilesCLITests: XCTestCase {
+    var directories: [String] = []
+
+    override func tearDown() {
+        for directory in directories { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    func makeDirectory() throws -> String {
+        let path = NSTemporaryDirectory() + "p2pchat-chatfiles-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        directories.append(path)
+        return path
+    }
+
+    func start(_ arguments: [String]) async throws -> ChatProcess {
+        let chat = try ChatProcess(
+            namespace: nil,
+            arguments: ["--ephemeral", "--no-mdns", "--json", "--listen", "/ip4/127.0.0.1/tcp/0"] + arguments, network: nil)
+        try await chat.waitFor("listening", within: 20) { $0.contains("\"event\":\"listening\"") }
+        return chat
+    }
+
+    func address(of chat: ChatProcess) throws -> String {
+        let events = chat.events
+        let peer = try XCTUnwrap(events.first { $0["event"] == "local_peer" }?["peer"])
+        let addr = try XCTUnwrap(events.first { $0["event"] == "listening" }?["addr"])
+        return "\(addr)/p2p/\(peer)"
+    }
+
+    func peer(of chat: ChatProcess) throws -> String {
+        try XCTUnwrap(chat.events.first { $0["event"] == "local_peer" }?["peer"])
+    }
+
+    /// Waits for a JSON event matching `predicate`; returns it.
+    @discardableResult
+    func event(_ chat: ChatProcess, _ what: String, within seconds: Double = 30, _ predicate: ([String: String]) -> Bool)
+        async throws -> [String: String]
+    {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let found = chat.events.first(where: predicate) { return found }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        XCTFail("timed out after \(seconds) s waiting for \(what); output:\n\(chat.output.joined(separator: "\n"))")
+        throw CancellationError()
+    }
+
+    func testSendGetAutoAcceptVerifyAndNeverOverwrite() async throws {
+        let source = try makeDirectory()
+        let manual = try makeDirectory()
+        let automatic = try makeDirectory()
+        let small = (0..<1_500_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+        let smallPath = source + "/notes.txt"
+        try Data(small).write(to: URL(fileURLWithPath: smallPath))
+        let bigPath = source + "/big.bin"
+        try Data(count: 3 * 1024 * 1024).write(to: URL(fileURLWithPath: bigPath))
+        let changingPath = source + "/changing.bin"
+        try Data(repeating: 1, count: 100_000).write(to: URL(fileURLWithPath: changingPath))
+
+        let a = try await start([])
+        let b = try await start(["--connect", try address(of: a), "--download-dir", manual])
+        let c = try await start([
+            "--connect", try address(of: a), "--download-dir", automatic, "--accept-files", "--max-accept", "2M",
+        ])
+        let aPeer = try peer(of: a)
+        for chat in [b, c] {
+            try await event(chat, "A joined") { $0["event"] == "joined" && $0["peer"] == aPeer }
+        }
+        for other in [b, c] {
+            let id = try peer(of: other)
+            try await event(a, "\(id) joined") { $0["event"] == "joined" && $0["peer"] == id }
+        }
+        a.send("/send \(smallPath)")
+        try await event(a, "file_offered") { $0["event"] == "file_offered" && $0["name"] == "notes.txt" }
+        let offer = try await event(b, "offer 1") { $0["event"] == "file_offer" && $0["n"] == "1" }
+        XCTAssertEqual(offer["name"], "notes.txt")
+        XCTAssertEqual(offer["size"], "1500000")
+        XCTAssertEqual(offer["from"], aPeer)
+        // C takes it by itself (within --max-accept); B asks, twice.
+        let auto = try await event(c, "auto file_done") { $0["event"] == "file_done" && $0["n"] == "1" }
+        XCTAssertEqual(try Array(Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(auto["path"])))), small)
+        b.send("/get 1")
+        let first = try await event(b, "file_done") { $0["event"] == "file_done" && $0["n"] == "1" }
+        XCTAssertEqual(first["path"], manual + "/notes.txt")
+        XCTAssertEqual(try Array(Data(contentsOf: URL(fileURLWithPath: manual + "/notes.txt"))), small)
+        XCTAssertTrue(b.events.contains { $0["event"] == "file_progress" && $0["bytes"] == "1500000" })
+        b.send("/get 1")
+        try await event(b, "second file_done") { $0["event"] == "file_done" && $0["path"] == manual + "/notes (1).txt" }
+        XCTAssertEqual(try Array(Data(contentsOf: URL(fileURLWithPath: manual + "/notes.txt"))), small, "overwritten")
+
+        // Over --max-accept: C only lists it; B fetches it meanwhile.
+        a.send("/send \(bigPath)")
+        try await event(c, "offer 2 at C") { $0["event"] == "file_offer" && $0["n"] == "2" }
+        try await event(b, "offer 2 at B") { $0["event"] == "file_offer" && $0["n"] == "2" }
+        b.send("/get 2")
+        try await event(b, "big file_done") { $0["event"] == "file_done" && $0["n"] == "2" }
+        XCTAssertFalse(c.events.contains { ($0["event"] == "file_progress" || $0["event"] == "file_done") && $0["n"] == "2" })
+
+        // A file changed after it was offered: refused by its hash, nothing left behind.
+        a.send("/send \(changingPath)")
+        try await event(b, "offer 3") { $0["event"] == "file_offer" && $0["n"] == "3" }
+        try Data(repeating: 2, count: 100_000).write(to: URL(fileURLWithPath: changingPath))
+        b.send("/get 3")
+        let failed = try await event(b, "file_failed") { $0["event"] == "file_failed" && $0["n"] == "3" }
+        XCTAssertTrue(failed["error"]?.contains("do not match") ?? false, "\(failed)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: manual + "/changing.bin"))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: manual).filter { $0.hasSuffix(".part") }, [])
+        // Bad commands are errors, not crashes.
+        b.send("/get 99")
+        try await event(b, "error for /get 99") { $0["event"] == "error" && ($0["message"]?.contains("no file offer 99") ?? false) }
+        b.send("/send /nonexistent/file")
+        try await event(b, "error for /send") { $0["event"] == "error" && ($0["message"]?.contains("cannot offer") ?? false) }
+        for chat in [a, b, c] { chat.closeInput() }
+        for chat in [a, b, c] {
+            let status = try await chat.waitForExit(within: 20)
+            XCTAssertEqual(status, 0)
+        }
+    }
+}
+
+/// History after a partition, in network namespaces: one node cut off (its
+/// link down, its connections destroyed) while the two others exchange 100
+/// lines; healed, it prints all 100, once each, in order.
+final class ChatHistoryNamespaceTests: XCTestCase {
+    var network: TestNetwork!
+
+    override func setUpWithError() throws {
+        network = try TestNetwork()
+    }
+
+    override func tearDown() {
+        network?.tearDown()
+    }
+
+    func testANodeCutOffGetsTheLinesItMissedOnceInOrder() async throws {
+        var chats: [ChatProcess] = []
+        var namespaces: [String] = []
+        for index in 1...3 {
+            let namespace = try network.addHost(index)
+            namespaces.append(namespace)
+            let chat = try ChatProcess(
+                namespace: namespace,
+                arguments: ["lobby", "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/0", "--mdns-interval", "1", "--mdns-ttl", "3"],
+                network: network)
+            try await chat.waitFor("startup", within: 20) { $0.hasPrefix("Listening on /ip4/192.0.2.") }
+            chats.append(chat)
+        }
+        let (a, b, c) = (chats[0], chats[1], chats[2])
+        for chat in chats {
+            for other in chats where other !== chat {
+                let id = try XCTUnwrap(other.peerID)
+                try await chat.waitFor("\(id) joined", within: 20) { $0.hasSuffix("\(id) joined lobby") }
+            }
+        }
+        // Meshes formed: a probe from each reaches the others.
+        for (name, chat) in [("A", a), ("B", b), ("C", c)] { chat.send("probe from \(name)") }
+        for (name, chat) in [("A", a), ("B", b), ("C", c)] {
+            for other in ["A", "B", "C"] where other != name {
+                try await chat.waitFor("probe of \(other)", within: 20) { $0.hasSuffix(": probe from \(other)") }
+            }
+        }
+        // Cut C off: its link down and its sockets destroyed (its peers' ends stay half open).
+        let cutAt = c.output.count
+        try TestNetwork.ip(["-n", namespaces[2], "link", "set", "eth0", "down"])
+        _ = try ChildProcess.run(TestNetwork.ipPath, ["netns", "exec", namespaces[2], "ss", "-K", "state", "established"])
+        for other in [a, b] {
+            let id = try XCTUnwrap(other.peerID)
+            try await c.waitFor("C disconnected from \(id)", within: 20) { $0.hasPrefix("Disconnected: \(id)") }
+        }
+        // A and B exchange 100 lines meanwhile.
+        for number in 1...50 { a.send("line \(number)") }
+        try await b.waitFor("line 50 at B", within: 30) { $0.hasSuffix(": line 50") }
+        for number in 51...100 { b.send("line \(number)") }
+        try await a.waitFor("line 100 at A", within: 30) { $0.hasSuffix(": line 100") }
+        XCTAssertFalse(c.output[cutAt...].contains { $0.hasSuffix(": line 1") }, "C heard the lines while cut off")
+        // Healed: C reconnects and is given what it missed.
+        try TestNetwork.ip(["-n", namespaces[2], "link", "set", "eth0", "up"])
+        try await c.waitFor("line 100 at C", within: 90) { $0.hasSuffix(": line 100") }
+        // A live line after the history marks the end of what is in flight.
+        a.send("after the partition")
+        try await c.waitFor("the live line", within: 30) { $0.hasSuffix(": after the partition") }
+        let lines = c.output[cutAt...]
+        var positions: [Int] = []
+        for number in 1...100 {
+            let matches = lines.indices.filter { lines[$0].hasSuffix(": line \(number)") }
+            XCTAssertEqual(matches.count, 1, "C printed line \(number) \(matches.count) times")
+            if let first = matches.first { positions.append(first) }
+        }
+        XCTAssertEqual(positions, positions.sorted(), "C printed the lines out of order")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("[history] ") }, "no line came from the history")
+        for chat in chats { chat.closeInput() }
+        for chat in chats {
+            let status = try await chat.waitForExit(within: 20)
+            XCTAssertEqual(status, 0)
+        }
+    }
+}
