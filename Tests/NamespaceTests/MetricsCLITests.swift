@@ -69,8 +69,7 @@ final class MetricsCLITests: XCTestCase {
         _ = try await b.waitForExit(within: 10)
         a.closeInput()
         _ = try await a.waitForExit(within: 10)
-        let log = a.process.stderrText
-        XCTAssertTrue(log.contains(" debug p2p.pubsub"), "pubsub logs at debug:\n\(log)")
+        let log = try await Self.stderr(of: a.process, containing: " debug p2p.pubsub")
         XCTAssertFalse(log.contains(" debug p2p.host"), "the host stays at warning:\n\(log)")
     }
 
@@ -82,7 +81,18 @@ final class MetricsCLITests: XCTestCase {
             stderr: .capture)
         let status = try await chat.waitForExit(within: 20)
         XCTAssertEqual(status, 1)
-        XCTAssertTrue(chat.process.stderrText.contains("P2PCHAT_LOG"), chat.process.stderrText)
+        _ = try await Self.stderr(of: chat.process, containing: "P2PCHAT_LOG: bad entry \"pubsub=loud\"")
+    }
+
+    /// The process's stderr once it contains `text` (its reader may lag behind the exit); fails after 10 s.
+    static func stderr(of process: ChildProcess, containing text: String) async throws -> String {
+        let deadline = Date().addingTimeInterval(10)
+        while !process.stderrText.contains(text) && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let log = process.stderrText
+        XCTAssertTrue(log.contains(text), "stderr never showed \(text):\n\(log)")
+        return log
     }
 
     /// The samples of a Prometheus text response: `name{labels}` to value.
