@@ -86,12 +86,7 @@ extension ChatHistoryTests {
     }
 
     func testSyncFetchesWhatIsMissingOnceInOrderAndDropsForgeries() async throws {
-        let network = MemoryNetwork()
-        let (holderHost, address) = try await makeTestHost(
-            group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
-        let (askerHost, _) = try await makeTestHost(
-            group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
-        _ = try await askerHost.connect(address)
+        let (holderHost, askerHost) = try await makeConnectedMemoryHosts(group: group)
         let holder = try HistoryService(host: holderHost)
         holder.start()
         let asker = try HistoryService(host: askerHost)

@@ -35,12 +35,7 @@ final class FileShareTests: XCTestCase {
     func pair(configuration: FileShareConfiguration = .init()) async throws
         -> (sender: FileShareService, receiver: FileShareService, senderHost: Libp2pHost, receiverHost: Libp2pHost)
     {
-        let network = MemoryNetwork()
-        let (senderHost, address) = try await makeTestHost(
-            group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
-        let (receiverHost, _) = try await makeTestHost(
-            group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
-        _ = try await receiverHost.connect(address)
+        let (senderHost, receiverHost) = try await makeConnectedMemoryHosts(group: group)
         let sender = FileShareService(host: senderHost, configuration: configuration)
         sender.start()
         return (sender, FileShareService(host: receiverHost, configuration: configuration), senderHost, receiverHost)

@@ -17,20 +17,9 @@ final class ChatFilesCLITests: XCTestCase {
         return path
     }
 
-    func start(_ arguments: [String]) async throws -> ChatProcess {
-        let chat = try ChatProcess(
-            namespace: nil,
-            arguments: ["--ephemeral", "--no-mdns", "--json", "--listen", "/ip4/127.0.0.1/tcp/0"] + arguments, network: nil)
-        try await chat.waitFor("listening", within: 20) { $0.contains("\"event\":\"listening\"") }
-        return chat
-    }
+    func start(_ arguments: [String]) async throws -> ChatProcess { try await ChatProcess.loopback(["--ephemeral"] + arguments) }
 
-    func address(of chat: ChatProcess) throws -> String {
-        let events = chat.events
-        let peer = try XCTUnwrap(events.first { $0["event"] == "local_peer" }?["peer"])
-        let addr = try XCTUnwrap(events.first { $0["event"] == "listening" }?["addr"])
-        return "\(addr)/p2p/\(peer)"
-    }
+    func address(of chat: ChatProcess) throws -> String { try chat.dialAddress() }
 
     func peer(of chat: ChatProcess) throws -> String {
         try XCTUnwrap(chat.events.first { $0["event"] == "local_peer" }?["peer"])

@@ -315,20 +315,28 @@ final class NamespaceTests: XCTestCase {
 }
 
 /// The chat binary on loopback: JSON output, clean exits, redialing.
-final class ChatCLITests: XCTestCase {
-    func start(_ arguments: [String]) async throws -> ChatProcess {
+extension ChatProcess {
+    /// A chat on loopback without mDNS, with --json, once it listens.
+    static func loopback(_ arguments: [String]) async throws -> ChatProcess {
         let chat = try ChatProcess(
             namespace: nil, arguments: ["--no-mdns", "--json", "--listen", "/ip4/127.0.0.1/tcp/0"] + arguments, network: nil)
         try await chat.waitFor("listening", within: 20) { $0.contains("\"event\":\"listening\"") }
         return chat
     }
 
-    func address(of chat: ChatProcess) throws -> String {
-        let events = chat.events
+    /// Its /p2p/ address (from its --json events).
+    func dialAddress() throws -> String {
+        let events = self.events
         let peer = try XCTUnwrap(events.first { $0["event"] == "local_peer" }?["peer"])
         let addr = try XCTUnwrap(events.first { $0["event"] == "listening" }?["addr"])
         return "\(addr)/p2p/\(peer)"
     }
+}
+
+final class ChatCLITests: XCTestCase {
+    func start(_ arguments: [String]) async throws -> ChatProcess { try await ChatProcess.loopback(arguments) }
+
+    func address(of chat: ChatProcess) throws -> String { try chat.dialAddress() }
 
     func testJSONEventsAndCleanExits() async throws {
         let a = try await start(["--ephemeral"])

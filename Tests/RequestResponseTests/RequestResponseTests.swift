@@ -18,12 +18,7 @@ final class RequestResponseTests: XCTestCase {
 
     /// A responder and a requester connected to it.
     func pair() async throws -> (responder: Libp2pHost, requester: Libp2pHost) {
-        let network = MemoryNetwork()
-        let (responder, address) = try await makeTestHost(
-            group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
-        let (requester, _) = try await makeTestHost(
-            group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
-        _ = try await requester.connect(address)
+        let (responder, requester) = try await makeConnectedMemoryHosts(group: group)
         return (responder, requester)
     }
 

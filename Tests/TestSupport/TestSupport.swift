@@ -238,3 +238,14 @@ public func waitUntil(
         try await Task.sleep(for: .milliseconds(2))
     }
 }
+
+/// Two test hosts on one in-memory network, the second connected to the first.
+public func makeConnectedMemoryHosts(group: EventLoopGroup) async throws -> (listener: Libp2pHost, dialer: Libp2pHost) {
+    let network = MemoryNetwork()
+    let (listener, address) = try await makeTestHost(
+        group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
+    let (dialer, _) = try await makeTestHost(
+        group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
+    _ = try await dialer.connect(address)
+    return (listener, dialer)
+}
