@@ -119,6 +119,16 @@ let package = Package(
             exclude: ["identify.proto"]
         ),
         .target(name: "Ping", dependencies: ["Host"]),
+        .target(
+            name: "Relay",
+            dependencies: [
+                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["circuit.proto", "voucher.proto"]
+        ),
         .target(name: "Perf", dependencies: ["Host"]),
         .target(
             name: "PubSub",
@@ -192,6 +202,7 @@ let package = Package(
         ),
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "WebSocketTests",
@@ -204,7 +215,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "Relay", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
         ),
     ]
 )
