@@ -120,6 +120,16 @@ let package = Package(
         ),
         .target(name: "Ping", dependencies: ["Host"]),
         .target(
+            name: "AutoNAT",
+            dependencies: [
+                "Host", "Transport", "Identity", "Multiformats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["autonat.proto"]
+        ),
+        .target(
             name: "Relay",
             dependencies: [
                 "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
@@ -203,6 +213,7 @@ let package = Package(
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay", "Host", "Ping", "TestSupport"]),
+        .testTarget(name: "AutoNATTests", dependencies: ["AutoNAT", "Host", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "WebSocketTests",
