@@ -120,6 +120,16 @@ let package = Package(
         ),
         .target(name: "Ping", dependencies: ["Host"]),
         .target(
+            name: "DCUtR",
+            dependencies: [
+                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["holepunch.proto"]
+        ),
+        .target(
             name: "AutoNAT",
             dependencies: [
                 "Host", "Transport", "Identity", "Multiformats",
@@ -214,6 +224,7 @@ let package = Package(
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "AutoNATTests", dependencies: ["AutoNAT", "Host", "TestSupport"]),
+        .testTarget(name: "DCUtRTests", dependencies: ["DCUtR", "Relay", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "WebSocketTests",
