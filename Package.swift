@@ -172,6 +172,8 @@ let package = Package(
             name: "P2PChat",
             dependencies: [
                 "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS",
+                "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

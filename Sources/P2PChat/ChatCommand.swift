@@ -63,6 +63,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .customLong("mdns-ttl"), help: ArgumentHelp("TTL in seconds of our mDNS records.", visibility: .hidden))
     var mdnsTTL: Int = 120
 
+    @Option(name: .long, help: "A relay's /p2p/ address: stay connected, and reserve a slot there (advertising its circuit address) when AutoNAT says we are private.")
+    var relay: String?
+
     @OptionGroup var identity: IdentityOptions
 
     func run() async throws {
@@ -77,7 +80,9 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let key: PrivateKey
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key, options: identity)
+        let (host, _, _) = makeNATHost(key: key, options: identity)
+        let relayAddress = relay.map(parseAddress)
+        let nat = ChatNATTraversal(host: host, relay: relayAddress, out: out)
         var pubsubConfiguration = PubSubConfiguration()
         pubsubConfiguration.router = routerKind
         let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)
@@ -123,7 +128,7 @@ struct NodeCommand: AsyncParsableCommand {
         let session = ChatSession(topic: topic, pubsub: pubsub, out: out)
         await session.join(topic)
         var redialers: [Task<Void, Never>] = []
-        for address in connectAddresses {
+        for address in connectAddresses + (relayAddress.map { [$0] } ?? []) {
             redialers.append(Task { await keepConnected(address, host: host, out: out) })
         }
         for await line in inputLinesUntilSignal() {
@@ -131,6 +136,7 @@ struct NodeCommand: AsyncParsableCommand {
         }
         for redialer in redialers { redialer.cancel() }
         printer.cancel()
+        nat.stop()
         await session.leave()
         await mdns?.stop()
         await pubsub.stop()
