@@ -218,7 +218,12 @@ public final class AutoNATService: Sendable {
     /// A fresh connection (never the one the request came on) to `peer` at `address`.
     private func dialBack(_ peer: PeerID, at address: Multiaddr) async -> Bool {
         let target = address.encapsulating(.p2p(peer.bytes))
-        guard let transport = host.transports.first(where: { $0.canDial(target) }) else { return false }
+        guard let found = host.transports.first(where: { $0.canDial(target) }) else { return false }
+        // Never from our listening port (a port-reusing TCP transport would):
+        // that four-tuple may be the reverse of a connection the requester's
+        // NAT already maps, which would let the dial through (a false
+        // "public") and disturb that connection.
+        let transport: any Transport = found is TCPTransport ? TCPTransport(group: host.group) : found
         do {
             let connection = try await withTimeout(configuration.dialTimeout, "autonat dial back") { [host] in
                 try await transport.dial(target, upgrader: host.upgrader)

@@ -31,8 +31,16 @@ public final class HolePunchService: Sendable {
         /// A whole exchange (CONNECT, CONNECT, SYNC), and one dial.
         public var exchangeTimeout: Duration = .seconds(10)
         public var dialTimeout: Duration = .seconds(5)
-        /// Start hole punching on every inbound relayed connection.
+        /// The relayed connection closes this long after the direct one works
+        /// (its users move their streams over meanwhile).
+        public var closeRelayedAfter: Duration = .seconds(1)
+        /// Before attempt n + 1, n times this (the remote may not know its
+        /// observed addresses yet at the first).
+        public var retryDelay: Duration = .seconds(1)
+        /// Start hole punching on every inbound relayed connection...
         public var automatic = true
+        /// ...this long after it is established.
+        public var startDelay: Duration = .zero
 
         public init() {}
     }
@@ -108,7 +116,9 @@ public final class HolePunchService: Sendable {
     /// Runs `holePunch` in a task the service owns (cancelled by `stop`).
     private func punchInBackground(_ relayed: Connection) {
         let id = relayed.id
+        let delay = configuration.startDelay
         let task = Task { [weak self] in
+            if delay > .zero { try? await Task.sleep(for: delay) }
             _ = try? await self?.holePunch(relayed)
             _ = self?.state.withLock { $0.punches.removeValue(forKey: id) }
         }
@@ -119,9 +129,18 @@ public final class HolePunchService: Sendable {
     /// listen addresses that are neither loopback nor private, TCP only.
     public var ourAddresses: [Multiaddr] {
         var result: [Multiaddr] = []
+        let listenPorts = Set(host.listenAddresses.compactMap { address -> UInt16? in
+            guard address.components.count == 2, case .tcp(let port) = address.components[1] else { return nil }
+            return port
+        })
         for connection in host.connections where connection.transport != "p2p-circuit" {
-            if let observed = host.peerStore.info(connection.remotePeer)?.observedAddress {
-                result.append(observed)
+            guard let observed = host.peerStore.info(connection.remotePeer)?.observedAddress else { continue }
+            result.append(observed)
+            // Our listening port at the observed IP: where a port-preserving NAT
+            // maps the dials we make from that port (a connection that left from
+            // another port was observed at another one).
+            if let ip = observed.components.first, observed.components.count == 2, case .tcp = observed.components[1] {
+                result += listenPorts.sorted().map { Multiaddr([ip, .tcp($0)]) }
             }
         }
         result += host.listenAddresses.filter { !$0.isLocalOrPrivate }
@@ -139,6 +158,7 @@ public final class HolePunchService: Sendable {
         let start = ContinuousClock.now
         var lastError: any Error = HolePunchError.noAddresses
         for attempt in 1...configuration.maxAttempts {
+            if attempt > 1 { try await Task.sleep(for: configuration.retryDelay * (attempt - 1)) }
             do {
                 let (exchange, rtt) = try await withTimeout(configuration.exchangeTimeout, "dcutr exchange") {
                     try await self.initiate(on: relayed)
@@ -147,7 +167,7 @@ public final class HolePunchService: Sendable {
                 let direct = try await dialAll(exchange.dial, peer: peer, role: .responder)
                 logger.info("hole punch succeeded", metadata: ["peer": "\(peer)", "attempt": "\(attempt)"])
                 emit(.succeeded(peer: peer, connection: direct, rtt: rtt, elapsed: .now - start, attempt: attempt))
-                await relayed.close()
+                await closeRelayed(relayed)
                 return direct
             } catch is CancellationError {
                 throw CancellationError()
@@ -173,7 +193,9 @@ public final class HolePunchService: Sendable {
         defer { stream.reset() }
         var machine = HolePunchInitiator()
         var reader = StreamReader(stream)
-        try await send(machine.start(addresses: ourAddresses, now: .now), on: stream)
+        let addresses = ourAddresses
+        logger.debug("dcutr connect", metadata: ["peer": "\(relayed.remotePeer)", "addresses": "\(addresses)"])
+        try await send(machine.start(addresses: addresses, now: .now), on: stream)
         let answer = try await receive(&reader)
         let (sync, dial, after, rtt) = try machine.receive(answer, now: .now)
         try await send(sync, on: stream)
@@ -191,7 +213,10 @@ public final class HolePunchService: Sendable {
                 var machine = HolePunchResponder()
                 var reader = StreamReader(stream)
                 while true {
-                    switch try machine.receive(try await receive(&reader), ourAddresses: ourAddresses) {
+                    let message = try await receive(&reader)
+                    let addresses = ourAddresses
+                    logger.debug("dcutr answer", metadata: ["peer": "\(peer)", "received": "\(message)", "addresses": "\(addresses)"])
+                    switch try machine.receive(message, ourAddresses: addresses) {
                     case .reply(let message): try await send(message, on: stream)
                     case .dial(let addresses): return addresses
                     }
@@ -199,7 +224,7 @@ public final class HolePunchService: Sendable {
             }
             let direct = try await dialAll(dial, peer: peer, role: .initiator)
             emit(.succeeded(peer: peer, connection: direct, rtt: .zero, elapsed: .now - start, attempt: 1))
-            await relayed.close()
+            await closeRelayed(relayed)
         } catch {
             logger.debug("hole punch (answering) failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
@@ -234,7 +259,7 @@ public final class HolePunchService: Sendable {
                         break
                     }
                 }
-                return .failure(HolePunchError.noAddresses)
+                return .failure(TimeoutError(operation: "dcutr dial", after: configuration.dialTimeout))
             }
             var last: Result<Connection, any Error> = .failure(HolePunchError.noAddresses)
             for await result in group {
@@ -254,6 +279,11 @@ public final class HolePunchService: Sendable {
         if case .success(let connection) = dialed { return connection }
         if let direct = Self.directConnection(host, to: peer) { return direct }
         return try dialed.get()
+    }
+
+    private func closeRelayed(_ relayed: Connection) async {
+        try? await Task.sleep(for: configuration.closeRelayedAfter)
+        await relayed.close()
     }
 
     private static func directConnection(_ host: Libp2pHost, to peer: PeerID) -> Connection? {

@@ -195,8 +195,12 @@ public final class Libp2pHost: Sendable {
 
     /// Dials an address (reusing a live connection when the address names a known peer).
     public func connect(_ address: Multiaddr) async throws -> Connection {
-        if let peer = address.peerID, let existing = connection(to: peer) {
-            return existing
+        if let peer = address.peerID {
+            if let existing = connection(to: peer) { return existing }
+            // A dial to the peer under way (connect(to:)) is shared rather than doubled.
+            if let pending = state.withLock({ $0.pendingDials[peer] }), let connection = try? await pending.value {
+                return connection
+            }
         }
         let connection = try await transport(dialing: address).dial(address, upgrader: upgrader)
         adopt(connection)

@@ -66,6 +66,9 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A relay's /p2p/ address: stay connected, and reserve a slot there (advertising its circuit address) when AutoNAT says we are private.")
     var relay: String?
 
+    @Option(name: .customLong("hole-punch-delay"), help: ArgumentHelp("Seconds before hole punching a relayed connection.", visibility: .hidden))
+    var holePunchDelay: Double = 0
+
     @OptionGroup var identity: IdentityOptions
 
     func run() async throws {
@@ -82,7 +85,7 @@ struct NodeCommand: AsyncParsableCommand {
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
         let (host, _, _) = makeNATHost(key: key, options: identity)
         let relayAddress = relay.map(parseAddress)
-        let nat = ChatNATTraversal(host: host, relay: relayAddress, out: out)
+        let nat = ChatNATTraversal(host: host, relay: relayAddress, holePunchDelay: holePunchDelay, out: out)
         var pubsubConfiguration = PubSubConfiguration()
         pubsubConfiguration.router = routerKind
         let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)

@@ -97,12 +97,14 @@ struct ChatNATTraversal: Sendable {
     let holePunch: HolePunchService
     private let tasks: [Task<Void, Never>]
 
-    init(host: Libp2pHost, relay: Multiaddr?, out: ChatOutput) {
+    init(host: Libp2pHost, relay: Multiaddr?, holePunchDelay: Double, out: ChatOutput) {
         var configuration = AutoNATService.Configuration()
         // A home node may know one other peer (its relay): one answer decides.
         configuration.threshold = 1
         autonat = AutoNATService(host: host, configuration: configuration)
-        holePunch = HolePunchService(host: host)
+        var holePunchConfiguration = HolePunchService.Configuration()
+        holePunchConfiguration.startDelay = .milliseconds(Int(holePunchDelay * 1000))
+        holePunch = HolePunchService(host: host, configuration: holePunchConfiguration)
         let changes = autonat.reachabilityChanges()
         let punches = holePunch.events()
         autonat.start()

@@ -71,9 +71,11 @@ public final class CircuitTransport: Transport {
         }) {
             return existing
         }
-        let connection =
-            circuit.relayAddress.components.count == 1
-            ? try await host.connect(to: circuit.relay) : try await host.connect(circuit.relayAddress)
+        // One dial per peer, shared with the host's other callers.
+        if circuit.relayAddress.components.count > 1 {
+            host.peerStore.addAddresses([circuit.relayAddress.withoutP2P], for: circuit.relay)
+        }
+        let connection = try await host.connect(to: circuit.relay)
         guard connection.transport != Self.transportName else {
             throw RelayError.badAddress("the relay \(circuit.relay) is itself reached through a relay")
         }

@@ -4,6 +4,11 @@ public struct TimeoutError: Error, CustomStringConvertible, Sendable {
     public let operation: String
     public let after: Duration
 
+    public init(operation: String, after: Duration) {
+        self.operation = operation
+        self.after = after
+    }
+
     public var description: String { "\(operation) timed out after \(after)" }
 }
 
