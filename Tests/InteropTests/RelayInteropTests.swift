@@ -1,3 +1,4 @@
+import AutoNAT
 import Host
 import Multiformats
 import NIOPosix
@@ -94,5 +95,57 @@ final class RelayInteropTests: XCTestCase {
         for _ in 0..<3 { _ = try await dialer.next("ping", within: 60) }
         let status = try await dialer.waitForExit()
         XCTAssertEqual(status, 0)
+    }
+}
+
+/// AutoNAT v1 with py-libp2p 0.8.1 (relay_peer.py autonat-*), both ways.
+final class AutoNATInteropTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var peers: [PythonPeer] = []
+    var hosts: [Libp2pHost] = []
+
+    override func tearDown() async throws {
+        for peer in peers { peer.stop() }
+        for host in hosts { await host.close() }
+    }
+
+    func startPython(_ arguments: [String]) throws -> PythonPeer {
+        let peer = try PythonPeer(["--timeout", "60"] + arguments, script: PythonPeer.script(named: "relay_peer.py"))
+        peers.append(peer)
+        return peer
+    }
+
+    /// py-libp2p's server answers our DIAL; we parse its DIAL_RESPONSE.
+    func testSwiftAsksPythonServer() async throws {
+        let server = try startPython(["autonat-server"])
+        let listening = try await server.next("listening")
+        let address = try Multiaddr(XCTUnwrap(listening["addr"] as? String))
+        let (host, _) = try await makeTestHost(group: group)
+        hosts.append(host)
+        var configuration = AutoNATService.Configuration()
+        configuration.probe = false
+        configuration.threshold = 1
+        let autonat = AutoNATService(host: host, configuration: configuration)
+        autonat.start()
+        let connection = try await host.connect(address)
+        let (status, reached) = try await autonat.ask(connection.remotePeer)
+        XCTAssertEqual(status, .ok)
+        XCTAssertEqual(reached, host.listenAddresses.first)
+        XCTAssertEqual(autonat.reachability, .public)
+    }
+
+    /// Our server dials py-libp2p back at its listen address (a fresh connection) and answers OK.
+    func testPythonAsksSwiftServer() async throws {
+        let (host, address) = try await makeTestHost(group: group)
+        hosts.append(host)
+        var configuration = AutoNATService.Configuration()
+        configuration.probe = false
+        AutoNATService(host: host, configuration: configuration).start()
+        let client = try startPython(["autonat-ask", address.description])
+        let answer = try await client.next("autonat")
+        XCTAssertEqual(answer["status"] as? Double, 0, "\(answer)")
+        let reached = try XCTUnwrap(answer["addr"] as? String)
+        let listen = answer["listen"] as? [String] ?? []
+        XCTAssertTrue(listen.contains { $0.hasPrefix(reached) }, "reached \(reached), python listens on \(listen)")
     }
 }

@@ -1,4 +1,4 @@
-"""A py-libp2p circuit relay v2 peer for p2pchat's relay interop tests.
+"""A py-libp2p peer for p2pchat's NAT traversal interop tests (circuit relay v2, AutoNAT).
 
 Modes (every stdout line is one JSON object, as in peer.py):
   relay                      serve the hop protocol (py-libp2p's CircuitV2Protocol, allow_hop)
@@ -8,6 +8,9 @@ Modes (every stdout line is one JSON object, as in peer.py):
   dial-via CIRCUIT_ADDR ACTION
                              dial <relay>/p2p-circuit/p2p/<target> with py-libp2p's
                              CircuitV2Transport, then run ping or echo over it
+  autonat-server             serve /libp2p/autonat/1.0.0 (py-libp2p's AutoNATService) until
+                             stdin closes; emits "listening"
+  autonat-ask TARGET         connect to TARGET and ask it to dial us back; emits "autonat"
 """
 
 import argparse
@@ -19,6 +22,7 @@ import time
 import multiaddr
 import trio
 
+from libp2p.host.autonat.autonat import AutoNATService
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_ID, CircuitV2Protocol
@@ -33,6 +37,9 @@ async def run(args) -> None:
     host = make_host(args.seed)
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")]
     async with host.run(listen_addrs=listen):
+        if args.mode.startswith("autonat"):
+            await run_autonat(host, args)
+            return
         if args.mode == "relay":
             limits = RelayLimits(
                 duration=args.duration, data=args.data, max_circuit_conns=8, max_reservations=args.max_reservations
@@ -74,6 +81,19 @@ async def run(args) -> None:
                     raise RuntimeError("echoed bytes differ")
 
 
+async def run_autonat(host, args) -> None:
+    service = AutoNATService(host, serve=args.mode == "autonat-server")
+    if args.mode == "autonat-server":
+        emit(event="listening", peer=host.get_id().to_base58(), addr=f"{host.get_addrs()[0]}")
+        await wait_for_stdin_eof()
+        return
+    target = info_from_p2p_addr(multiaddr.Multiaddr(args.target))
+    await host.connect(target)
+    status, addr = await service.query_server(target.peer_id)
+    emit(event="autonat", status=int(status), addr=str(multiaddr.Multiaddr(addr)) if addr else None,
+         listen=[str(a) for a in host.get_addrs()])
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timeout", type=float, default=60)
@@ -92,6 +112,9 @@ def parse_args():
     dial.add_argument("action", choices=["ping", "echo"])
     dial.add_argument("--count", type=int, default=3)
     dial.add_argument("--bytes", type=int, default=64 * 1024)
+    sub.add_parser("autonat-server")
+    ask = sub.add_parser("autonat-ask")
+    ask.add_argument("target")
     return parser.parse_args()
 
 
