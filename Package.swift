@@ -239,7 +239,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "Relay", "AutoNAT", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "Relay", "AutoNAT", "DCUtR", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
         ),
     ]
 )

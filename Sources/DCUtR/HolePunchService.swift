@@ -159,6 +159,12 @@ public final class HolePunchService: Sendable {
         var lastError: any Error = HolePunchError.noAddresses
         for attempt in 1...configuration.maxAttempts {
             if attempt > 1 { try await Task.sleep(for: configuration.retryDelay * (attempt - 1)) }
+            // The remote may have punched through on its own initiative meanwhile.
+            if let direct = Self.directConnection(host, to: peer) {
+                emit(.succeeded(peer: peer, connection: direct, rtt: .zero, elapsed: .now - start, attempt: attempt))
+                await closeRelayed(relayed)
+                return direct
+            }
             do {
                 let (exchange, rtt) = try await withTimeout(configuration.exchangeTimeout, "dcutr exchange") {
                     try await self.initiate(on: relayed)

@@ -1,4 +1,5 @@
 import AutoNAT
+import DCUtR
 import Host
 import Multiformats
 import NIOPosix
@@ -147,5 +148,51 @@ final class AutoNATInteropTests: XCTestCase {
         let reached = try XCTUnwrap(answer["addr"] as? String)
         let listen = answer["listen"] as? [String] ?? []
         XCTAssertTrue(listen.contains { $0.hasPrefix(reached) }, "reached \(reached), python listens on \(listen)")
+    }
+}
+
+/// DCUtR with py-libp2p 0.8.1 on loopback: py-libp2p dials us through our
+/// relay, we hole punch (no NAT here: the simultaneous dials meet listeners).
+final class DCUtRInteropTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var peers: [PythonPeer] = []
+    var hosts: [Libp2pHost] = []
+
+    override func tearDown() async throws {
+        for peer in peers { peer.stop() }
+        for host in hosts { await host.close() }
+    }
+
+    func testRelayedConnectionFromPythonIsUpgraded() async throws {
+        func node() async throws -> Libp2pHost {
+            let circuit = CircuitTransport()
+            let (host, _) = try await makeTestHost(group: group, transports: [TCPTransport(group: group, reusePort: true), circuit])
+            circuit.attach(host)
+            hosts.append(host)
+            return host
+        }
+        let relayHost = try await node()
+        RelayService(host: relayHost).start()
+        let relayAddress = relayHost.listenAddresses[0].encapsulating(.p2p(relayHost.localPeer.bytes))
+        let b = try await node()
+        let punch = HolePunchService(host: b)
+        punch.start()
+        let events = punch.events()
+        try await b.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        let python = try PythonPeer(
+            ["--timeout", "60", "dcutr-dial", "\(relayAddress)/p2p-circuit/p2p/\(b.localPeer)"],
+            script: PythonPeer.script(named: "relay_peer.py"))
+        peers.append(python)
+        let event = try await withDeadline(45) {
+            var iterator = events.makeAsyncIterator()
+            return await iterator.next()
+        }
+        guard case .succeeded(_, let direct, _, _, _)? = event else {
+            return XCTFail("\(String(describing: event)); python stderr:\n\(python.stderrTail)")
+        }
+        XCTAssertEqual(direct.transport, "tcp")
+        _ = try await python.next("direct", within: 20)
+        let rtts = try await PingService.ping(direct, count: 2)
+        XCTAssertEqual(rtts.count, 2)
     }
 }

@@ -8,6 +8,8 @@ Modes (every stdout line is one JSON object, as in peer.py):
   dial-via CIRCUIT_ADDR ACTION
                              dial <relay>/p2p-circuit/p2p/<target> with py-libp2p's
                              CircuitV2Transport, then run ping or echo over it
+  dcutr-dial CIRCUIT_ADDR    as dial-via, with py-libp2p's DCUtRProtocol running; emits "direct"
+                             once a direct connection to the target exists, then waits for stdin EOF
   autonat-server             serve /libp2p/autonat/1.0.0 (py-libp2p's AutoNATService) until
                              stdin closes; emits "listening"
   autonat-ask TARGET         connect to TARGET and ask it to dial us back; emits "autonat"
@@ -25,6 +27,7 @@ import trio
 from libp2p.host.autonat.autonat import AutoNATService
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_ID, CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
@@ -68,6 +71,18 @@ async def run(args) -> None:
                     nursery.cancel_scope.cancel()
                 return
             target = multiaddr.Multiaddr(args.target)
+            if args.mode == "dcutr-dial":
+                dcutr = DCUtRProtocol(host)
+                async with background_trio_service(dcutr):
+                    await dcutr.event_started.wait()
+                    conn = await transport.dial(target)
+                    peer_id = conn.muxed_conn.peer_id
+                    emit(event="connected", peer=peer_id.to_base58())
+                    while not await dcutr._have_direct_connection(peer_id):
+                        await trio.sleep(0.05)
+                    emit(event="direct", peer=peer_id.to_base58())
+                    await wait_for_stdin_eof()
+                return
             conn = await transport.dial(target)
             peer_id = conn.muxed_conn.peer_id
             emit(event="connected", peer=peer_id.to_base58())
@@ -112,6 +127,8 @@ def parse_args():
     dial.add_argument("action", choices=["ping", "echo"])
     dial.add_argument("--count", type=int, default=3)
     dial.add_argument("--bytes", type=int, default=64 * 1024)
+    punch = sub.add_parser("dcutr-dial")
+    punch.add_argument("target")
     sub.add_parser("autonat-server")
     ask = sub.add_parser("autonat-ask")
     ask.add_argument("target")
