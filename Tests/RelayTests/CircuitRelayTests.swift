@@ -135,6 +135,35 @@ final class CircuitRelayTests: XCTestCase {
         XCTAssertGreaterThan(ContinuousClock.now - start, .milliseconds(500))
     }
 
+    /// A hop request over the size limit, or garbage, is answered with
+    /// MALFORMED_MESSAGE; a STATUS as a request with UNEXPECTED_MESSAGE.
+    func testRelayAnswersBadRequestsWithTheirStatus() async throws {
+        let (_, relayAddress, _) = try await makeRelay()
+        let (client, _, _) = try await makeNode()
+        let connection = try await client.connect(relayAddress)
+        func answer(to bytes: [UInt8]) async throws -> HopMessage {
+            let stream = try await connection.newStream(protocols: ["/libp2p/circuit/relay/0.2.0/hop"])
+            try await stream.write(bytes)
+            let reply = try await withDeadline(15) {
+                var reader = StreamReader(stream)
+                return try await reader.readLengthPrefixed(maxLength: 4096)
+            }
+            return try HopMessage(bytes: XCTUnwrap(reply).readableBytesView)
+        }
+        var oversized = ByteBuffer()
+        oversized.writeLengthPrefixed([UInt8](repeating: 0x08, count: 5000))
+        let tooLarge = try await answer(to: Array(oversized.readableBytesView))
+        XCTAssertEqual(tooLarge, .status(.malformedMessage))
+        var garbage = ByteBuffer()
+        garbage.writeLengthPrefixed([0xFF, 0xFF, 0xFF])
+        let malformed = try await answer(to: Array(garbage.readableBytesView))
+        XCTAssertEqual(malformed, .status(.malformedMessage))
+        var status = ByteBuffer()
+        status.writeLengthPrefixed(HopMessage.status(.ok).encoded())
+        let unexpected = try await answer(to: Array(status.readableBytesView))
+        XCTAssertEqual(unexpected, .status(.unexpectedMessage))
+    }
+
     /// Polls `probe` until it returns a value, within `seconds`.
     func waitFor<T>(within seconds: Double = 10, _ probe: () -> T?) async throws -> T {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
