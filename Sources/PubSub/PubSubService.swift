@@ -80,10 +80,10 @@ public final class PubSubService: Sendable {
                 case .disconnected(let connection):
                     let peer = connection.remotePeer
                     if let remaining = host.connection(to: peer) {
-                        // Another connection to the peer remains (both dialled at once, or a hole
-                        // punch): move our stream there if it was on the one that closed.
-                        if await core.outboundConnectionID(peer) == connection.id {
-                            Task { await self.move(peer, to: remaining) }
+                        // Another connection to the peer remains (both dialled at once): move our
+                        // stream there if it was on the one that closed.
+                        if await core.removePeer(peer, ifOutboundOn: connection.id) {
+                            Task { await self.attach(remaining) }
                         }
                     } else {
                         await core.removePeer(peer)
@@ -128,7 +128,7 @@ public final class PubSubService: Sendable {
     func move(_ peer: PeerID, to connection: Connection) async {
         do {
             let stream = try await connection.newStream(protocols: protocols)
-            guard await core.replaceOutbound(peer, stream: stream) else {
+            guard await core.replaceOutbound(peer, stream: stream, ip: Self.ipAddress(of: connection.remoteAddress)) else {
                 // The peer was dropped meanwhile: start afresh.
                 stream.reset()
                 await attach(connection)
@@ -287,11 +287,14 @@ actor PubSubCore {
     }
 
     /// Sends to the peer on `stream` from now on (the router's state of the
-    /// peer stays); the old stream is closed once its queue is drained.
-    func replaceOutbound(_ peer: PeerID, stream: MuxedStream) -> Bool {
+    /// peer stays); the old stream is closed once its queue is drained. Our
+    /// subscriptions are announced again on the new stream, in case the peer
+    /// dropped its state of us when the old connection went.
+    func replaceOutbound(_ peer: PeerID, stream: MuxedStream, ip: String?) -> Bool {
         guard let old = outbound[peer] else { return false }
         startOutbound(peer, stream: stream)
         old.finish()
+        perform(router.addPeer(peer, protocolID: stream.protocolID, outbound: stream.connection.direction == .outbound, ip: ip))
         return true
     }
 
@@ -326,6 +329,13 @@ actor PubSubCore {
     func removePeer(_ peer: PeerID, ifQueue queue: RPCOutbox) {
         guard outbound[peer] === queue else { return }
         removePeer(peer)
+    }
+
+    /// Removes the peer if its outbound stream runs on connection `id`; whether it did.
+    func removePeer(_ peer: PeerID, ifOutboundOn id: UInt64) -> Bool {
+        guard outboundConnection[peer] == id else { return false }
+        removePeer(peer)
+        return true
     }
 
     func removePeer(_ peer: PeerID) {
