@@ -123,18 +123,20 @@ public final class CircuitTransport: Transport {
         let advertised = Self.circuitAddress(over: relay)
         let refresher = Task { [weak self] in
             var expire = grant.expire
+            var carrier = relay
             while !Task.isCancelled {
                 let now = unixNow()
-                // Refresh halfway to the expiry (at least a second apart).
+                // Refresh halfway to the expiry (at least a second apart), or at
+                // once when the connection to the relay is lost (the relay then
+                // drops the reservation).
                 let wait = expire > now ? max(1, (expire - now) / 2) : 1
+                let lost = await Self.sleep(.seconds(Int(wait)), orUntilClosed: carrier)
+                guard !Task.isCancelled, let self else { return }
+                if lost { self.state.withLock { _ = $0.reservations.removeValue(forKey: circuit.relay) } }
                 do {
-                    try await Task.sleep(for: .seconds(Int(wait)))
-                } catch {
-                    return
-                }
-                guard let self else { return }
-                do {
-                    expire = try await self.reserve(circuit, host: host).1.expire
+                    let (connection, renewed) = try await self.reserve(circuit, host: host)
+                    carrier = connection
+                    expire = renewed.expire
                 } catch {
                     self.logger.debug("reservation refresh failed", metadata: ["relay": "\(circuit.relay)", "error": "\(error)"])
                     try? await Task.sleep(for: Self.retryDelay)
@@ -145,6 +147,21 @@ public final class CircuitTransport: Transport {
             refresher.cancel()
             _ = self?.state.withLock { $0.reservations.removeValue(forKey: circuit.relay) }
         }
+    }
+
+    /// Sleeps for `duration` or until `connection` closes (checked every
+    /// second); whether it closed.
+    private static func sleep(_ duration: Duration, orUntilClosed connection: Connection) async -> Bool {
+        let deadline = ContinuousClock.now + duration
+        while ContinuousClock.now < deadline {
+            guard connection.isActive else { return true }
+            do {
+                try await Task.sleep(for: min(.seconds(1), deadline - ContinuousClock.now))
+            } catch {
+                return false
+            }
+        }
+        return !connection.isActive
     }
 
     /// One RESERVE on the relay.

@@ -135,6 +135,23 @@ final class CircuitRelayTests: XCTestCase {
         XCTAssertGreaterThan(ContinuousClock.now - start, .milliseconds(500))
     }
 
+    /// The connection to the relay drops: the listener reconnects and reserves
+    /// again at once, and is reachable through the relay again.
+    func testReservationIsRenewedWhenTheRelayConnectionDrops() async throws {
+        let (relayHost, relayAddress, relay) = try await makeRelay()
+        let (listener, _, _) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        try await listener.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        XCTAssertEqual(relay.reservationCount, 1)
+        await listener.connection(to: relayHost.localPeer)?.close()
+        _ = try await waitFor { relay.reservationCount == 0 ? true : nil }
+        _ = try await waitFor(within: 10) { relay.reservationCount == 1 ? true : nil }
+        let connection = try await dialer.connect(
+            relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(listener.localPeer.bytes)))
+        let rtts = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(rtts.count, 1)
+    }
+
     /// A hop request over the size limit, or garbage, is answered with
     /// MALFORMED_MESSAGE; a STATUS as a request with UNEXPECTED_MESSAGE.
     func testRelayAnswersBadRequestsWithTheirStatus() async throws {
