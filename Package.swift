@@ -35,6 +35,9 @@ let package = Package(
         .library(name: "RequestResponse", targets: ["RequestResponse"]),
         .library(name: "FileShare", targets: ["FileShare"]),
         .library(name: "ChatHistory", targets: ["ChatHistory"]),
+        .library(name: "Relay", targets: ["Relay"]),
+        .library(name: "AutoNAT", targets: ["AutoNAT"]),
+        .library(name: "DCUtR", targets: ["DCUtR"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -146,6 +149,36 @@ let package = Package(
             exclude: ["identify.proto"]
         ),
         .target(name: "Ping", dependencies: ["Host"]),
+        .target(
+            name: "DCUtR",
+            dependencies: [
+                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["holepunch.proto"]
+        ),
+        .target(
+            name: "AutoNAT",
+            dependencies: [
+                "Host", "Transport", "Identity", "Multiformats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["autonat.proto"]
+        ),
+        .target(
+            name: "Relay",
+            dependencies: [
+                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["circuit.proto", "voucher.proto"]
+        ),
         .target(name: "Perf", dependencies: ["Host"]),
         .target(
             name: "PubSub",
@@ -213,7 +246,9 @@ let package = Package(
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter", "FileShare", "ChatHistory",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter",
+                "FileShare", "ChatHistory", "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -229,8 +264,8 @@ let package = Package(
         .target(
             name: "Libp2p",
             dependencies: [
-                "ChatHistory", "FileShare", "Host", "Identify", "Identity", "LibP2PSecurity", "MDNS", "Multiformats", "Noise",
-                "Perf", "Ping", "PubSub", "RequestResponse", "TLS", "Transport", "WebSocket",
+                "AutoNAT", "ChatHistory", "DCUtR", "FileShare", "Host", "Identify", "Identity", "LibP2PSecurity", "MDNS",
+                "Multiformats", "Noise", "Perf", "Ping", "PubSub", "Relay", "RequestResponse", "TLS", "Transport", "WebSocket",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
@@ -279,6 +314,9 @@ let package = Package(
         ),
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
+        .testTarget(name: "RelayTests", dependencies: ["Relay", "Host", "Ping", "TestSupport"]),
+        .testTarget(name: "AutoNATTests", dependencies: ["AutoNAT", "Host", "TestSupport"]),
+        .testTarget(name: "DCUtRTests", dependencies: ["DCUtR", "Relay", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "WebSocketTests",
@@ -292,7 +330,7 @@ let package = Package(
         .testTarget(
             name: "InteropTests",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "RequestResponse", "TLS", "WebSocket", "TestSupport",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "RequestResponse", "Relay", "AutoNAT", "DCUtR", "TLS", "WebSocket", "TestSupport",
                 "ChildProcess",
             ]
         ),

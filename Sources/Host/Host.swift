@@ -195,17 +195,34 @@ public final class Libp2pHost: Sendable {
 
     /// Dials an address (reusing a live connection when the address names a known peer).
     public func connect(_ address: Multiaddr) async throws -> Connection {
-        if let peer = address.peerID, let existing = connection(to: peer) {
-            return existing
+        if let peer = address.peerID {
+            if let existing = connection(to: peer) { return existing }
+            // A dial to the peer under way (connect(to:)) is shared rather than doubled.
+            if let pending = state.withLock({ $0.pendingDials[peer] }), let connection = try? await pending.value {
+                return connection
+            }
         }
         let connection = try await transport(dialing: address).dial(address, upgrader: upgrader)
         adopt(connection)
         return connection
     }
 
+    /// Dials a new connection even if the peer is connected already (a direct
+    /// connection beside a relayed one), with the security role given (a hole
+    /// punch fixes it by protocol, not by who dials).
+    public func dial(_ address: Multiaddr, role: SecurityRole) async throws -> Connection {
+        let connection = try await transport(dialing: address).dial(address, upgrader: upgrader, role: role)
+        adopt(connection)
+        return connection
+    }
+
     /// A live connection to the peer, if any.
+    /// A direct one is preferred to a relayed one (`p2p-circuit`).
     public func connection(to peer: PeerID) -> Connection? {
-        state.withLock { $0.connections[peer]?.first(where: { $0.isActive }) }
+        state.withLock { state in
+            let live = state.connections[peer]?.filter(\.isActive) ?? []
+            return live.first { $0.transport != "p2p-circuit" } ?? live.first
+        }
     }
 
     public var connectedPeers: [PeerID] {

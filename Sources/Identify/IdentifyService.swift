@@ -5,6 +5,7 @@ import Logging
 import Multiformats
 import NIOCore
 import SwiftProtobuf
+import Synchronization
 import Transport
 
 /// What a peer told us about itself through identify.
@@ -52,11 +53,27 @@ public final class IdentifyService: Sendable {
     public let host: Libp2pHost
     public let agentVersion: String
     let logger: Logger
+    private let observed: Mutex<ObservedAddressBook>
 
-    public init(host: Libp2pHost, agentVersion: String, logger: Logger = Logger(label: "p2p.identify")) {
+    public init(
+        host: Libp2pHost, agentVersion: String, observedAddresses: ObservedAddressBook = .init(),
+        logger: Logger = Logger(label: "p2p.identify")
+    ) {
         self.host = host
         self.agentVersion = agentVersion
         self.logger = logger
+        self.observed = Mutex(observedAddresses)
+    }
+
+    /// Our addresses as enough peers observed them (confirmed), and then advertised.
+    public var confirmedObservedAddresses: [Multiaddr] {
+        observed.withLock { $0.confirmed(now: .now) }
+    }
+
+    /// What we advertise: our listen addresses and the confirmed observed ones.
+    public var advertisedAddresses: [Multiaddr] {
+        let listen = host.listenAddresses
+        return listen + confirmedObservedAddresses.filter { !listen.contains($0) }
     }
 
     /// Registers the handlers and identifies every new connection until the host closes.
@@ -89,11 +106,12 @@ public final class IdentifyService: Sendable {
         message.protocolVersion = Self.protocolVersion
         message.agentVersion = agentVersion
         message.publicKey = Data(host.localKey.publicKey.marshal())
-        message.listenAddrs = host.listenAddresses.map { Data($0.bytes) }
+        let addresses = advertisedAddresses
+        message.listenAddrs = addresses.map { Data($0.bytes) }
         message.protocols = host.supportedProtocols
         if let observed { message.observedAddr = Data(observed.bytes) }
         do {
-            let record = PeerRecord(key: host.localKey, addresses: host.listenAddresses)
+            let record = PeerRecord(key: host.localKey, addresses: addresses)
             message.signedPeerRecord = Data(try record.sealed(with: host.localKey))
         } catch {
             logger.warning("cannot sign our peer record", metadata: ["error": "\(error)"])
@@ -192,6 +210,12 @@ public final class IdentifyService: Sendable {
     }
 
     private func record(_ info: IdentifyInfo) {
+        if let address = info.observedAddress {
+            let before = confirmedObservedAddresses
+            observed.withLock { $0.record(address, by: info.peer, now: .now) }
+            // A newly confirmed address is news for our peers.
+            if confirmedObservedAddresses != before { host.emit(.localChanged) }
+        }
         host.peerStore.update(info.peer) { peer in
             if let key = info.publicKey { peer.publicKey = key }
             peer.protocols = info.protocols

@@ -1,7 +1,10 @@
 // The stack as one import: `import Libp2p` brings what an application needs to
 // run a host, serve and dial protocols, and use pubsub, identify, ping, mDNS,
-// request-response, file sharing and chat history.
+// request-response, file sharing, chat history and NAT traversal (AutoNAT,
+// circuit relay v2, DCUtR).
+@_exported import AutoNAT
 @_exported import ChatHistory
+@_exported import DCUtR
 @_exported import FileShare
 @_exported import Host
 @_exported import Identify
@@ -14,6 +17,7 @@
 @_exported import Perf
 @_exported import Ping
 @_exported import PubSub
+@_exported import Relay
 @_exported import RequestResponse
 @_exported import TLS
 @_exported import Transport

@@ -105,6 +105,12 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Keep the topic's recent lines in this file (in memory otherwise), to give peers what they missed.")
     var history: String?
 
+    @Option(name: .long, help: "A relay's /p2p/ address: stay connected, and reserve a slot there (advertising its circuit address) when AutoNAT says we are private.")
+    var relay: String?
+
+    @Option(name: .customLong("hole-punch-delay"), help: ArgumentHelp("Seconds before hole punching a relayed connection.", visibility: .hidden))
+    var holePunchDelay: Double = 0
+
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var metrics: MetricsOption
 
@@ -123,7 +129,9 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let key: PrivateKey
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key, options: identity)
+        let (host, _, _) = makeNATHost(key: key, options: identity)
+        let relayAddress = relay.map(parseAddress)
+        let nat = ChatNATTraversal(host: host, relay: relayAddress, holePunchDelay: holePunchDelay, out: out)
         var pubsubConfiguration = PubSubConfiguration()
         pubsubConfiguration.router = routerKind
         let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)
@@ -182,7 +190,7 @@ struct NodeCommand: AsyncParsableCommand {
             topic: topic, pubsub: pubsub, out: out, files: files,
             history: ChatHistorySync(history: historyService, out: out))
         await session.join(topic)
-        for address in connectAddresses {
+        for address in connectAddresses + (relayAddress.map { [$0] } ?? []) {
             redialers.append(Task { await keepConnected(address, host: host, out: out) })
         }
         for await line in inputLinesUntilSignal() {
@@ -191,6 +199,7 @@ struct NodeCommand: AsyncParsableCommand {
         for redialer in redialers { redialer.cancel() }
         await files.cancelAll()
         printer.cancel()
+        nat.stop()
         await session.leave()
         await mdns?.stop()
         await pubsub.stop()

@@ -65,7 +65,18 @@ public final class PubSubService: Sendable {
             for await event in events {
                 switch event {
                 case .connected(let connection):
-                    Task { await self.attach(connection) }
+                    Task {
+                        // A direct connection beside the relayed one our stream runs on (a hole
+                        // punch): move the stream now, before the relayed one closes.
+                        if connection.transport != "p2p-circuit",
+                            let current = await core.outboundConnectionID(connection.remotePeer),
+                            host.connections.contains(where: { $0.id == current && $0.transport == "p2p-circuit" })
+                        {
+                            await self.move(connection.remotePeer, to: connection)
+                        } else {
+                            await self.attach(connection)
+                        }
+                    }
                 case .disconnected(let connection):
                     let peer = connection.remotePeer
                     if let remaining = host.connection(to: peer) {
@@ -109,6 +120,23 @@ public final class PubSubService: Sendable {
         } catch {
             await core.releaseOutbound(peer)
             logger.debug("peer speaks no pubsub", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// Moves our outbound stream to `peer` onto `connection`, keeping what the
+    /// router knows of the peer (subscriptions, mesh, score): nothing is lost.
+    func move(_ peer: PeerID, to connection: Connection) async {
+        do {
+            let stream = try await connection.newStream(protocols: protocols)
+            guard await core.replaceOutbound(peer, stream: stream, ip: Self.ipAddress(of: connection.remoteAddress)) else {
+                // The peer was dropped meanwhile: start afresh.
+                stream.reset()
+                await attach(connection)
+                return
+            }
+            logger.debug("pubsub peer moved", metadata: ["peer": "\(peer)", "conn": "\(connection.id)"])
+        } catch {
+            logger.debug("pubsub move failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
     }
 
@@ -264,6 +292,28 @@ actor PubSubCore {
     }
 
     func addPeer(_ peer: PeerID, protocolID: String, outbound isOutbound: Bool, ip: String?, stream: MuxedStream) {
+        startOutbound(peer, stream: stream)
+        perform(router.addPeer(peer, protocolID: protocolID, outbound: isOutbound, ip: ip))
+    }
+
+    /// The connection the peer's outbound stream runs on.
+    func outboundConnectionID(_ peer: PeerID) -> UInt64? {
+        outboundConnection[peer]
+    }
+
+    /// Sends to the peer on `stream` from now on (the router's state of the
+    /// peer stays); the old stream is closed once its queue is drained. Our
+    /// subscriptions are announced again on the new stream, in case the peer
+    /// dropped its state of us when the old connection went.
+    func replaceOutbound(_ peer: PeerID, stream: MuxedStream, ip: String?) -> Bool {
+        guard let old = outbound[peer] else { return false }
+        startOutbound(peer, stream: stream)
+        old.finish()
+        perform(router.addPeer(peer, protocolID: stream.protocolID, outbound: stream.connection.direction == .outbound, ip: ip))
+        return true
+    }
+
+    private func startOutbound(_ peer: PeerID, stream: MuxedStream) {
         let queue = RPCOutbox(limit: router.configuration.maxQueuedRPCsPerPeer)
         outbound[peer] = queue
         outboundConnection[peer] = stream.connection.id
@@ -280,14 +330,15 @@ actor PubSubCore {
                     try await stream.write(frames)
                     self.countSent(size)
                 }
+                // Finished (stopped, or moved to another stream): the remote reads a clean end.
+                await stream.close()
             } catch {
                 logger.debug("pubsub send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                stream.reset()
             }
-            stream.reset()
             // Only if this queue is still the peer's: the peer may have moved to another connection.
             self.removePeer(peer, ifQueue: queue)
         }
-        perform(router.addPeer(peer, protocolID: protocolID, outbound: isOutbound, ip: ip))
     }
 
     func removePeer(_ peer: PeerID, ifQueue queue: RPCOutbox) {

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Multiformats
 import NIOConcurrencyHelpers
 import NIOCore
@@ -17,17 +20,24 @@ public enum SocketDial {
             .childChannelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
     }
 
+    /// SO_REUSEPORT: several sockets on one port (a listener and the dials made
+    /// from its port, for NAT hole punching).
+    static let reusePort = ChannelOptions.Types.SocketOption(
+        level: NIOBSDSocket.OptionLevel(rawValue: SOL_SOCKET), name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT))
+
     /// Connects to `target` with our socket options, `initialize` setting up each
     /// new channel's pipeline (which must complete `established`), and waits for
-    /// `established`. Cancelling the calling task closes the socket.
+    /// `established`. Cancelling the calling task closes the socket. With
+    /// `localAddress` the socket is bound there first (SO_REUSEADDR and
+    /// SO_REUSEPORT set), so that it leaves from a listener's port.
     public static func connect(
         _ target: TCPTarget, address: Multiaddr, on eventLoop: EventLoop, configuration: TransportConfiguration,
-        established: EventLoopPromise<Connection>,
+        localAddress: SocketAddress? = nil, established: EventLoopPromise<Connection>,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) async throws -> Connection {
         // Known once the socket exists, so that a cancelled dial can close it.
         let dialling = NIOLockedValueBox<Channel?>(nil)
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.dialTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
@@ -36,6 +46,11 @@ public enum SocketDial {
                 dialling.withLockedValue { $0 = channel }
                 return channel.eventLoop.makeCompletedFuture { try initialize(channel) }
             }
+        if let localAddress {
+            bootstrap = bootstrap.channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelOption(reusePort, value: 1)
+                .bind(to: localAddress)
+        }
         return try await withTaskCancellationHandler {
             do {
                 switch target {

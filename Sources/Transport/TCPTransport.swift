@@ -1,5 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Identity
 import Logging
+import NIOConcurrencyHelpers
 import Multiformats
 import NIOCore
 import NIOPosix
@@ -9,9 +13,16 @@ import LibP2PSecurity
 public struct TCPTransport: Transport {
     public let group: EventLoopGroup
     public var name: String { "tcp" }
+    /// With port reuse, the ports we listen on (dials leave from one of them).
+    private let listenPorts: ListenPorts?
 
-    public init(group: EventLoopGroup) {
+    /// `reusePort`: listeners set SO_REUSEPORT and dials leave from a
+    /// listener's port (of the same IP family), as go-libp2p does, so that a
+    /// NAT maps our outgoing connections to the port we listen on: what peers
+    /// observe is then an address hole punching can use.
+    public init(group: EventLoopGroup, reusePort: Bool = false) {
         self.group = group
+        self.listenPorts = reusePort ? ListenPorts() : nil
     }
 
     public func canDial(_ address: Multiaddr) -> Bool {
@@ -26,8 +37,9 @@ public struct TCPTransport: Transport {
     public func listen(on address: Multiaddr, upgrader: Upgrader) async throws -> Listener {
         let socketAddress = try address.tcpSocketAddress()
         let configuration = upgrader.configuration
-        let bootstrap = SocketDial.serverBootstrap(group: group, configuration: configuration)
-            .childChannelInitializer { channel in
+        var bootstrap = SocketDial.serverBootstrap(group: group, configuration: configuration)
+        if listenPorts != nil { bootstrap = bootstrap.serverChannelOption(SocketDial.reusePort, value: 1) }
+        bootstrap = bootstrap.childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     _ = upgrader.upgrade(channel: channel, direction: .inbound, transport: "tcp")
                 }
@@ -38,7 +50,12 @@ public struct TCPTransport: Transport {
             throw TransportError.unsupportedAddress("\(address)")
         }
         upgrader.logger.debug("listening", metadata: ["address": "\(boundAddress)"])
-        return Listener(address: boundAddress) { try? await channel.close() }
+        listenPorts?.add(bound)
+        let ports = listenPorts
+        return Listener(address: boundAddress) {
+            ports?.remove(bound)
+            try? await channel.close()
+        }
     }
 
     /// Dials a TCP address and upgrades the connection. If the address ends in
@@ -49,13 +66,53 @@ public struct TCPTransport: Transport {
         let configuration = upgrader.configuration
         // Pick the loop first so the promise exists before connecting.
         let eventLoop = group.next()
+        let local = listenPorts.flatMap { ports in
+            if case .socket(let remote) = target { ports.source(toward: remote) } else { nil }
+        }
         let established = eventLoop.makePromise(of: Connection.self)
-        return try await SocketDial.connect(
-            target, address: address, on: eventLoop, configuration: configuration, established: established
-        ) { channel in
-            upgrader.upgrade(
-                channel: channel, direction: .outbound, role: role, expectedRemotePeer: expected, transport: "tcp"
-            ).cascade(to: established)
+        do {
+            return try await SocketDial.connect(
+                target, address: address, on: eventLoop, configuration: configuration, localAddress: local,
+                established: established
+            ) { channel in
+                upgrader.upgrade(
+                    channel: channel, direction: .outbound, role: role, expectedRemotePeer: expected, transport: "tcp"
+                ).cascade(to: established)
+            }
+        } catch TransportError.dialFailed(_, let underlying) where local != nil && Self.isAddressClash(underlying) {
+            // Already connected to that remote from our port: dial from another one.
+            return try await TCPTransport(group: group).dial(address, upgrader: upgrader, role: role)
+        }
+    }
+
+    /// The bind or connect clashed with a connection that has the same four-tuple.
+    private static func isAddressClash(_ error: any Error) -> Bool {
+        guard let error = error as? IOError else { return false }
+        return error.errnoCode == EADDRINUSE || error.errnoCode == EADDRNOTAVAIL
+    }
+}
+
+/// The socket addresses a port-reusing TCP transport listens on.
+private final class ListenPorts: Sendable {
+    private let bound = NIOLockedValueBox<[SocketAddress]>([])
+
+    func add(_ address: SocketAddress) { bound.withLockedValue { $0.append(address) } }
+
+    func remove(_ address: SocketAddress) { bound.withLockedValue { $0.removeAll { $0 == address } } }
+
+    /// Where a dial to `remote` leaves from: a listener's address of its family
+    /// (loopback listeners only toward loopback).
+    func source(toward remote: SocketAddress) -> SocketAddress? {
+        bound.withLockedValue { list in
+            list.first { local in
+                switch (local, remote) {
+                case (.v4(let l), .v4(let r)):
+                    let loopback = { (a: sockaddr_in) in UInt32(bigEndian: a.sin_addr.s_addr) >> 24 == 127 }
+                    return !loopback(l.address) || loopback(r.address)
+                case (.v6, .v6): return true
+                default: return false
+                }
+            }
         }
     }
 }

@@ -40,6 +40,14 @@ public func withTimeout<T: Sendable>(
     }
 }
 
+/// `withTimeout(seconds:_:_:)` with the limit as a `Duration`.
+public func withTimeout<T: Sendable>(
+    _ limit: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+    return try await withTimeout(seconds: seconds, what, body)
+}
+
 /// Resumes a continuation once, with whichever result comes first.
 final class TimeoutRace<T: Sendable>: Sendable {
     private struct State {

@@ -100,6 +100,10 @@ public func withDeadline<T: Sendable>(
 
 public struct DeadlineExceeded: Error {
     public let seconds: Double
+
+    public init(seconds: Double) {
+        self.seconds = seconds
+    }
 }
 
 extension Result where Failure == Error {

@@ -1,0 +1,148 @@
+import Identity
+import Multiformats
+
+/// What the AutoNAT server allows, sans-IO: how many requests per peer and in
+/// all per period, and which addresses of a request it dials back (only ever
+/// at the requester's observed IP, so that it cannot be used to attack others).
+public struct AutoNATServerPolicy: Sendable {
+    public struct Limits: Sendable, Equatable {
+        /// go-libp2p's throttles: 3 per peer and 30 in all per minute.
+        public var perPeer = 3
+        public var global = 30
+        public var period: Duration = .seconds(60)
+        /// Addresses dialled per request.
+        public var maxDials = 4
+
+        public init() {}
+    }
+
+    public let limits: Limits
+    private var periodStart: ContinuousClock.Instant?
+    private var perPeer: [PeerID: Int] = [:]
+    private var total = 0
+
+    public init(limits: Limits = .init()) {
+        self.limits = limits
+    }
+
+    /// The decision for a DIAL from `requester` (the connection's peer)
+    /// claiming `peer`, seen at `observed`: the addresses to dial, or the refusal.
+    public mutating func decide(
+        requester: PeerID, claimedPeer: PeerID, addresses: [Multiaddr], observed: Multiaddr, relayed: Bool,
+        now: ContinuousClock.Instant
+    ) -> Result<[Multiaddr], Refusal> {
+        guard claimedPeer == requester else { return .failure(Refusal(.badRequest, "peer id is not the requester's")) }
+        guard !relayed else { return .failure(Refusal(.dialRefused, "requests over relayed connections are refused")) }
+        if let start = periodStart, now - start < limits.period {
+        } else {
+            periodStart = now
+            perPeer = [:]
+            total = 0
+        }
+        guard total < limits.global, perPeer[requester, default: 0] < limits.perPeer else {
+            return .failure(Refusal(.dialRefused, "too many requests"))
+        }
+        let candidates = Self.candidates(addresses, observed: observed, max: limits.maxDials)
+        guard !candidates.isEmpty else { return .failure(Refusal(.dialRefused, "no dialable address at the observed IP")) }
+        total += 1
+        perPeer[requester, default: 0] += 1
+        return .success(candidates)
+    }
+
+    /// The claimed TCP addresses moved to the observed IP: an address at that IP
+    /// as is, one at another IP (a private one behind a NAT) with the observed IP
+    /// and its own port (what a port-preserving NAT would expose). Relay and
+    /// non-IP addresses are skipped.
+    static func candidates(_ claimed: [Multiaddr], observed: Multiaddr, max: Int) -> [Multiaddr] {
+        guard let ip = observed.components.first, ip.isIP else { return [] }
+        var result: [Multiaddr] = []
+        for address in claimed {
+            let parts = address.components
+            guard parts.count >= 2, parts[0].isIP, case .tcp = parts[1], !parts.contains(.p2pCircuit),
+                parts[0].sameFamily(as: ip)
+            else { continue }
+            let moved = Multiaddr([ip] + parts[1...].filter { if case .p2p = $0 { return false } else { return true } })
+            if !result.contains(moved) { result.append(moved) }
+            if result.count == max { break }
+        }
+        return result
+    }
+
+    public struct Refusal: Error, Sendable, Equatable {
+        public let status: AutoNATStatus
+        public let text: String
+        init(_ status: AutoNATStatus, _ text: String) {
+            self.status = status
+            self.text = text
+        }
+    }
+}
+
+/// Whether we are reachable from outside.
+public enum Reachability: String, Sendable, Equatable {
+    case unknown, `public`, `private`
+}
+
+/// Our reachability from the servers' answers, sans-IO: each server's latest
+/// verdict counts once; `threshold` agreeing verdicts (and more than the
+/// other way) decide, otherwise the status stays as it was.
+public struct ReachabilityTracker: Sendable {
+    public let threshold: Int
+    private var verdicts: [PeerID: Bool] = [:]
+    /// The order servers answered in, to forget the oldest beyond `window`.
+    private var order: [PeerID] = []
+    public let window: Int
+    public private(set) var reachability = Reachability.unknown
+    /// The address a server reached us at, from the latest OK.
+    public private(set) var publicAddress: Multiaddr?
+
+    public init(threshold: Int = 2, window: Int = 8) {
+        self.threshold = threshold
+        self.window = window
+    }
+
+    /// Records a server's answer; returns the new reachability if it changed.
+    /// Refusals and errors other than a failed dial say nothing about us.
+    public mutating func record(server: PeerID, status: AutoNATStatus, address: Multiaddr?) -> Reachability? {
+        let reached: Bool
+        switch status {
+        case .ok: reached = true
+        case .dialError: reached = false
+        default: return nil
+        }
+        if reached, let address { publicAddress = address }
+        order.removeAll { $0 == server }
+        order.append(server)
+        verdicts[server] = reached
+        if order.count > window { verdicts[order.removeFirst()] = nil }
+        let yes = verdicts.values.count(where: { $0 })
+        let no = verdicts.count - yes
+        let next: Reachability
+        if yes >= threshold && yes > no {
+            next = .public
+        } else if no >= threshold && no > yes {
+            next = .private
+        } else {
+            return nil
+        }
+        guard next != reachability else { return nil }
+        reachability = next
+        return next
+    }
+}
+
+extension MultiaddrComponent {
+    var isIP: Bool {
+        switch self {
+        case .ip4, .ip6: true
+        default: false
+        }
+    }
+
+    func sameFamily(as other: MultiaddrComponent) -> Bool {
+        switch (self, other) {
+        case (.ip4, .ip4), (.ip6, .ip6): true
+        default: false
+        }
+    }
+}

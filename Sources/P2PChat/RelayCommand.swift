@@ -1,0 +1,159 @@
+import ArgumentParser
+import AutoNAT
+import DCUtR
+import Foundation
+import Host
+import Identify
+import Identity
+import Multiformats
+import NIOPosix
+import Ping
+import Relay
+import Transport
+import WebSocket
+
+/// `p2pchat relay`: a public node that relays (circuit relay v2 hop), answers
+/// AutoNAT requests, and serves identify and ping.
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Run a public relay node (circuit relay v2, AutoNAT server, identify, ping) until SIGINT or SIGTERM.")
+
+    @Option(help: "Address to listen on (repeatable).")
+    var listen: [String] = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001"]
+
+    @Flag(help: "One JSON object per line on stdout for every event.")
+    var json = false
+
+    @Option(name: .customLong("max-reservations"), help: "Reservations held at once.")
+    var maxReservations = RelayLimits().maxReservations
+
+    @Option(name: .customLong("circuit-bytes"), help: "Bytes a circuit may relay in each direction (0: unlimited).")
+    var circuitBytes: UInt64 = RelayLimits().circuit.data ?? 0
+
+    @Option(name: .customLong("circuit-seconds"), help: "Seconds a circuit may last (0: unlimited).")
+    var circuitSeconds: UInt32 = RelayLimits().circuit.duration ?? 0
+
+    @Option(name: .customLong("autonat-dial-timeout"), help: ArgumentHelp("Seconds per AutoNAT dial back.", visibility: .hidden))
+    var autonatDialTimeout: Double = 10
+
+    @OptionGroup var identity: IdentityOptions
+
+    func run() async throws {
+        bootstrapLogging(verbose: identity.verbose)
+        let out = ChatOutput(json: json)
+        let key: PrivateKey
+        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
+        let (host, _, _) = makeNATHost(key: key, options: identity)
+        var limits = RelayLimits()
+        limits.maxReservations = maxReservations
+        limits.circuit = CircuitLimit(duration: circuitSeconds == 0 ? nil : circuitSeconds, data: circuitBytes == 0 ? nil : circuitBytes)
+        RelayService(host: host, limits: limits).start()
+        var autonatConfiguration = AutoNATService.Configuration()
+        autonatConfiguration.dialTimeout = .milliseconds(Int(autonatDialTimeout * 1000))
+        let autonat = AutoNATService(host: host, configuration: autonatConfiguration)
+        let reachability = autonat.reachabilityChanges()
+        autonat.start()
+        await listenOrExit(host, on: listen) { out.error($0) }
+        out.emit("local_peer", ["peer": "\(host.localPeer)"], human: "Local peer id: \(host.localPeer)")
+        for address in host.listenAddresses {
+            let full = address.encapsulating(.p2p(host.localPeer.bytes))
+            out.emit("listening", ["addr": "\(full)"], human: "Listening on \(full)")
+        }
+        let printer = Task {
+            for await change in reachability {
+                out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
+            }
+        }
+        await waitForTerminationSignal()
+        printer.cancel()
+        autonat.stop()
+        await host.close()
+    }
+}
+
+/// A host for NAT traversal: TCP reusing its listening port for dials (so
+/// that peers observe the port we listen on), WebSocket, and `/p2p-circuit`;
+/// with identify and ping.
+func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService, CircuitTransport) {
+    let circuit = CircuitTransport()
+    let group = MultiThreadedEventLoopGroup.singleton
+    let host = Libp2pHost(
+        key: key, group: group,
+        transports: [TCPTransport(group: group, reusePort: true), WebSocketTransport(group: group), circuit],
+        security: options.securityProtocols())
+    circuit.attach(host)
+    let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
+    identify.start()
+    PingService(host: host).start()
+    return (host, identify, circuit)
+}
+
+/// The chat's NAT traversal: AutoNAT (client and server), hole punching of
+/// relayed connections, and, once AutoNAT says private, a reservation on the
+/// `--relay` node whose circuit address we then advertise.
+struct ChatNATTraversal: Sendable {
+    let autonat: AutoNATService
+    let holePunch: HolePunchService
+    private let tasks: [Task<Void, Never>]
+
+    init(host: Libp2pHost, relay: Multiaddr?, holePunchDelay: Double, out: ChatOutput) {
+        var configuration = AutoNATService.Configuration()
+        // A home node may know one other peer (its relay): one answer decides.
+        configuration.threshold = 1
+        autonat = AutoNATService(host: host, configuration: configuration)
+        var holePunchConfiguration = HolePunchService.Configuration()
+        holePunchConfiguration.startDelay = .milliseconds(Int(holePunchDelay * 1000))
+        holePunch = HolePunchService(host: host, configuration: holePunchConfiguration)
+        let changes = autonat.reachabilityChanges()
+        let punches = holePunch.events()
+        autonat.start()
+        holePunch.start()
+        let reserve = Task {
+            var reserved = false
+            for await change in changes {
+                out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
+                guard change == .private, !reserved, let relay else { continue }
+                do {
+                    let bound = try await host.listen(on: [relay.encapsulating(.p2pCircuit)])
+                    reserved = true
+                    for address in bound {
+                        let full = address.encapsulating(.p2p(host.localPeer.bytes))
+                        out.emit("listening", ["addr": "\(full)"], human: "Listening on \(full)")
+                    }
+                } catch {
+                    out.error("reservation on \(relay): \(error)")
+                }
+            }
+        }
+        let report = Task {
+            for await event in punches {
+                switch event {
+                case .succeeded(let peer, let connection, let rtt, let elapsed, let attempt):
+                    out.emit(
+                        "connection_upgraded",
+                        [
+                            "peer": "\(peer)", "addr": "\(connection.remoteAddress)", "rtt_ms": "\(rtt.milliseconds)",
+                            "elapsed_ms": "\(elapsed.milliseconds)", "attempt": "\(attempt)",
+                        ],
+                        human: "Direct connection to \(peer) at \(connection.remoteAddress) (hole punched)")
+                case .failed(let peer, let error):
+                    out.error("hole punch with \(peer): \(error)")
+                }
+            }
+        }
+        tasks = [reserve, report]
+    }
+
+    func stop() {
+        autonat.stop()
+        holePunch.stop()
+        for task in tasks { task.cancel() }
+    }
+}
+
+extension Duration {
+    var milliseconds: Double {
+        Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
+    }
+}

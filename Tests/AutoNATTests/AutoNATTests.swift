@@ -1,0 +1,158 @@
+import Host
+import Identity
+import Multiformats
+import NIOPosix
+import TestSupport
+import Transport
+import XCTest
+
+@testable import AutoNAT
+
+final class AutoNATTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var hosts: [Libp2pHost] = []
+    let alice = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+
+    override func tearDown() async throws {
+        for host in hosts { await host.close() }
+    }
+
+    func testMessagesRoundTripAndRefuseGarbage() throws {
+        let messages: [AutoNATMessage] = [
+            .dial(peer: alice, addresses: [try Multiaddr("/ip4/192.0.2.1/tcp/4001")]),
+            .dialResponse(.ok, text: nil, address: try Multiaddr("/ip4/192.0.2.1/tcp/4001")),
+            .dialResponse(.dialError, text: "no", address: nil),
+        ]
+        for message in messages {
+            XCTAssertEqual(try AutoNATMessage(bytes: message.encoded()), message)
+        }
+        // DIAL_RESPONSE OK: type 1, dialResponse { status 0 }.
+        XCTAssertEqual(AutoNATMessage.dialResponse(.ok, text: nil, address: nil).encoded(), [0x08, 0x01, 0x1A, 0x02, 0x08, 0x00])
+        XCTAssertThrowsError(try AutoNATMessage(bytes: [] as [UInt8]))
+        XCTAssertThrowsError(try AutoNATMessage(bytes: [0x08, 0x00]))  // DIAL without a peer
+        XCTAssertThrowsError(try AutoNATMessage(bytes: [0x08, 0x01, 0x1A, 0x02, 0x08, 0x05]))  // unknown status
+        let valid = messages[0].encoded()
+        for cut in 0..<valid.count { _ = try? AutoNATMessage(bytes: valid.prefix(cut)) }
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let bytes = (0..<Int.random(in: 0...80, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            _ = try? AutoNATMessage(bytes: bytes)
+        }
+    }
+
+    func testServerDialsOnlyTheObservedIPWithinItsLimits() throws {
+        var limits = AutoNATServerPolicy.Limits()
+        limits.perPeer = 2
+        limits.global = 3
+        var policy = AutoNATServerPolicy(limits: limits)
+        let observed = try Multiaddr("/ip4/203.0.113.7/tcp/53211")
+        let claimed = [
+            try Multiaddr("/ip4/10.0.0.2/tcp/4001"), try Multiaddr("/ip4/203.0.113.7/tcp/4002/p2p/\(alice)"),
+            try Multiaddr("/ip6/2001:db8::1/tcp/4001"), try Multiaddr("/ip4/198.51.100.1/tcp/1/p2p/\(alice)/p2p-circuit"),
+        ]
+        let now = ContinuousClock.now
+        XCTAssertEqual(
+            try policy.decide(requester: alice, claimedPeer: alice, addresses: claimed, observed: observed, relayed: false, now: now).get(),
+            [try Multiaddr("/ip4/203.0.113.7/tcp/4001"), try Multiaddr("/ip4/203.0.113.7/tcp/4002")])
+        let bob = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        XCTAssertEqual(
+            refusal(policy.decide(requester: alice, claimedPeer: bob, addresses: claimed, observed: observed, relayed: false, now: now)), .badRequest)
+        XCTAssertEqual(
+            refusal(policy.decide(requester: alice, claimedPeer: alice, addresses: claimed, observed: observed, relayed: true, now: now)), .dialRefused)
+        XCTAssertEqual(
+            refusal(policy.decide(requester: alice, claimedPeer: alice, addresses: [], observed: observed, relayed: false, now: now)), .dialRefused)
+        _ = policy.decide(requester: alice, claimedPeer: alice, addresses: claimed, observed: observed, relayed: false, now: now)
+        // Third from alice in the period: refused; bob still has room, then the global limit is hit.
+        XCTAssertEqual(
+            refusal(policy.decide(requester: alice, claimedPeer: alice, addresses: claimed, observed: observed, relayed: false, now: now)), .dialRefused)
+        XCTAssertNoThrow(try policy.decide(requester: bob, claimedPeer: bob, addresses: claimed, observed: observed, relayed: false, now: now).get())
+        XCTAssertEqual(
+            refusal(policy.decide(requester: bob, claimedPeer: bob, addresses: claimed, observed: observed, relayed: false, now: now)), .dialRefused)
+        // A new period resets the counts.
+        XCTAssertNoThrow(try policy.decide(requester: alice, claimedPeer: alice, addresses: claimed, observed: observed, relayed: false, now: now + .seconds(61)).get())
+    }
+
+    func testReachabilityNeedsAgreeingServers() {
+        var tracker = ReachabilityTracker(threshold: 2)
+        let servers = (0..<4).map { _ in PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
+        XCTAssertNil(tracker.record(server: servers[0], status: .dialError, address: nil))
+        // The same server again does not count twice.
+        XCTAssertNil(tracker.record(server: servers[0], status: .dialError, address: nil))
+        XCTAssertNil(tracker.record(server: servers[1], status: .dialRefused, address: nil))
+        XCTAssertEqual(tracker.record(server: servers[1], status: .dialError, address: nil), .private)
+        XCTAssertNil(tracker.record(server: servers[2], status: .ok, address: nil))
+        XCTAssertEqual(tracker.reachability, .private)
+        XCTAssertNil(tracker.record(server: servers[3], status: .ok, address: nil))  // 2 against 2: unchanged
+        let reached = try? Multiaddr("/ip4/203.0.113.7/tcp/4001")
+        XCTAssertEqual(tracker.record(server: servers[0], status: .ok, address: reached), .public)
+        XCTAssertEqual(tracker.publicAddress, reached)
+        var single = ReachabilityTracker(threshold: 1)
+        XCTAssertEqual(single.record(server: servers[0], status: .dialError, address: nil), .private)
+    }
+
+    /// On loopback every node is reachable: a client asking two servers becomes public.
+    func testClientBecomesPublicOnLoopback() async throws {
+        var configuration = AutoNATService.Configuration()
+        configuration.probe = false
+        var servers: [Multiaddr] = []
+        for _ in 0..<2 {
+            let (server, address) = try await makeTestHost(group: group)
+            hosts.append(server)
+            AutoNATService(host: server, configuration: configuration).start()
+            servers.append(address)
+        }
+        let (client, _) = try await makeTestHost(group: group)
+        hosts.append(client)
+        let autonat = AutoNATService(host: client, configuration: configuration)
+        autonat.start()
+        for address in servers {
+            let connection = try await client.connect(address)
+            // Wait for identify to tell us the server speaks AutoNAT.
+            try await waitUntil { client.peerStore.info(connection.remotePeer)?.protocols.contains(AutoNATService.protocolID) ?? false }
+        }
+        let (status, reached) = try await autonat.ask(try XCTUnwrap(servers[0].peerID))
+        XCTAssertEqual(status, .ok)
+        XCTAssertEqual(reached?.components.first, .ip4([127, 0, 0, 1]))
+        let reachability = await autonat.probe()
+        XCTAssertEqual(reachability, .public)
+    }
+
+    /// A client that cannot be dialled at the IP the server sees (it listens on
+    /// 127.0.0.2 and connects from 127.0.0.1, as a host behind a NAT) is private.
+    func testClientUnreachableAtItsObservedIPIsPrivate() async throws {
+        var configuration = AutoNATService.Configuration()
+        configuration.probe = false
+        configuration.threshold = 1
+        let (server, serverAddress) = try await makeTestHost(group: group)
+        hosts.append(server)
+        AutoNATService(host: server, configuration: configuration).start()
+        let (client, _) = try await makeTestHost(group: group, listen: try Multiaddr("/ip4/127.0.0.2/tcp/0"))
+        hosts.append(client)
+        let autonat = AutoNATService(host: client, configuration: configuration)
+        autonat.start()
+        let changes = autonat.reachabilityChanges()
+        let connection = try await client.connect(serverAddress)
+        XCTAssertEqual(connection.localAddress?.components.first, .ip4([127, 0, 0, 1]))
+        try await waitUntil { client.peerStore.info(connection.remotePeer)?.protocols.contains(AutoNATService.protocolID) ?? false }
+        let (status, _) = try await autonat.ask(connection.remotePeer)
+        XCTAssertEqual(status, .dialError)
+        XCTAssertEqual(autonat.reachability, .private)
+        var iterator = changes.makeAsyncIterator()
+        let change = await iterator.next()
+        XCTAssertEqual(change, .private)
+        autonat.stop()
+    }
+
+    func refusal(_ result: Result<[Multiaddr], AutoNATServerPolicy.Refusal>) -> AutoNATStatus? {
+        if case .failure(let refusal) = result { return refusal.status }
+        return nil
+    }
+
+    func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while !condition() {
+            guard ContinuousClock.now < deadline else { throw DeadlineExceeded(seconds: seconds) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import Host
+import Identity
+import Multiformats
+import NIOPosix
+import Relay
+import TestSupport
+import Transport
+import XCTest
+
+@testable import DCUtR
+
+final class DCUtRTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var hosts: [Libp2pHost] = []
+
+    override func tearDown() async throws {
+        for host in hosts { await host.close() }
+    }
+
+    func testMessagesRoundTripAndRefuseGarbage() throws {
+        let addresses = [try Multiaddr("/ip4/203.0.113.2/tcp/4001"), try Multiaddr("/ip6/2001:db8::2/tcp/4001")]
+        XCTAssertEqual(try HolePunchMessage(bytes: HolePunchMessage.connect(addresses).encoded()), .connect(addresses))
+        XCTAssertEqual(try HolePunchMessage(bytes: HolePunchMessage.sync.encoded()), .sync)
+        XCTAssertEqual(HolePunchMessage.sync.encoded(), [0x08, 0xAC, 0x02])  // type = 300
+        XCTAssertThrowsError(try HolePunchMessage(bytes: [] as [UInt8]))  // type is required
+        XCTAssertThrowsError(try HolePunchMessage(bytes: [0x08, 0x05]))  // unknown type
+        let valid = HolePunchMessage.connect(addresses).encoded()
+        for cut in 0..<valid.count { _ = try? HolePunchMessage(bytes: valid.prefix(cut)) }
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let bytes = (0..<Int.random(in: 0...80, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            _ = try? HolePunchMessage(bytes: bytes)
+        }
+    }
+
+    func testExchangeMeasuresTheRoundTripAndSyncsAtHalfOfIt() throws {
+        let mine = [try Multiaddr("/ip4/203.0.113.2/tcp/4001")]
+        let theirs = [
+            try Multiaddr("/ip4/203.0.113.3/tcp/4002"), try Multiaddr("/ip4/203.0.113.1/tcp/1/p2p-circuit"),
+            try Multiaddr("/dns4/example.com/tcp/1"),
+        ]
+        var b = HolePunchInitiator()
+        var a = HolePunchResponder()
+        let t0 = ContinuousClock.now
+        let connect = b.start(addresses: mine, now: t0)
+        XCTAssertEqual(try a.receive(connect, ourAddresses: theirs), .reply(.connect(theirs)))
+        let (sync, dial, after, rtt) = try b.receive(.connect(theirs), now: t0 + .milliseconds(40))
+        XCTAssertEqual(sync, .sync)
+        XCTAssertEqual(dial, [try Multiaddr("/ip4/203.0.113.3/tcp/4002")])  // relayed and DNS addresses dropped
+        XCTAssertEqual(rtt, .milliseconds(40))
+        XCTAssertEqual(after, .milliseconds(20))
+        XCTAssertEqual(try a.receive(.sync, ourAddresses: theirs), .dial(mine))
+        // Out of order.
+        XCTAssertThrowsError(try a.receive(.sync, ourAddresses: theirs))
+        var fresh = HolePunchResponder()
+        XCTAssertThrowsError(try fresh.receive(.sync, ourAddresses: mine))
+        XCTAssertThrowsError(try fresh.receive(.connect([]), ourAddresses: mine))  // nothing to dial
+    }
+
+    /// On loopback: B reserves on a relay, A dials B through it, B hole punches;
+    /// a direct TCP connection replaces the relayed one.
+    func testRelayedConnectionIsUpgradedToDirect() async throws {
+        func node() async throws -> Libp2pHost {
+            let circuit = CircuitTransport()
+            let (host, _) = try await makeTestHost(
+                group: group, transports: [TCPTransport(group: group, reusePort: true), circuit])
+            circuit.attach(host)
+            hosts.append(host)
+            return host
+        }
+        let relayHost = try await node()
+        RelayService(host: relayHost).start()
+        let relayAddress = relayHost.listenAddresses[0].encapsulating(.p2p(relayHost.localPeer.bytes))
+        let a = try await node()
+        let b = try await node()
+        let punchA = HolePunchService(host: a)
+        punchA.start()
+        let punchB = HolePunchService(host: b)
+        punchB.start()
+        let events = punchB.events()
+        try await b.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        _ = try await a.connect(relayAddress)
+        // Both learn from identify where the relay sees them (their listening port: reuse).
+        for host in [a, b] {
+            try await waitUntil { host.peerStore.info(relayHost.localPeer)?.observedAddress != nil }
+            XCTAssertEqual(host.peerStore.info(relayHost.localPeer)?.observedAddress, host.listenAddresses[0])
+        }
+        let relayed = try await a.connect(
+            relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(b.localPeer.bytes)))
+        XCTAssertEqual(relayed.transport, "p2p-circuit")
+        let event = try await withDeadline(30) {
+            var iterator = events.makeAsyncIterator()
+            return await iterator.next()
+        }
+        guard case .succeeded(let peer, let direct, let rtt, _, _)? = event else { return XCTFail("\(String(describing: event))") }
+        XCTAssertEqual(peer, a.localPeer)
+        XCTAssertEqual(direct.transport, "tcp")
+        XCTAssertGreaterThan(rtt, .zero)
+        try await waitUntil { !relayed.isActive }
+        let fromA = try XCTUnwrap(a.connection(to: b.localPeer))
+        XCTAssertEqual(fromA.transport, "tcp")
+        let data = patternBytes(count: 100_000, seed: 4)
+        let back = try await echo(data, over: fromA)
+        XCTAssertTrue(back == data)
+    }
+
+    func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while !condition() {
+            guard ContinuousClock.now < deadline else { throw DeadlineExceeded(seconds: seconds) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}

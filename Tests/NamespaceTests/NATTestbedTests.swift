@@ -1,0 +1,237 @@
+import ChildProcess
+import Foundation
+import XCTest
+
+/// A lab network with real NAT, made of network namespaces (root and nft needed):
+///
+///     relay 203.0.113.10 ─┐
+///                         ├─ public segment 203.0.113.0/24 (a bridge)
+///     router1 203.0.113.1 ┤   router2 203.0.113.2
+///       │ NAT (masquerade; new inbound connections dropped, as home routers do)
+///     home1 10.0.1.2          home2 10.0.2.2
+///
+/// Addresses come from TEST-NET-3 and RFC 1918 space and exist only inside
+/// these namespaces.
+final class NATTestbed {
+    let prefix: String
+    private(set) var namespaces: [String] = []
+    private var processes: [ChildProcess] = []
+
+    static let nft = "/usr/sbin/nft"
+    static let relayIP = "203.0.113.10"
+
+    init() throws {
+        guard getuid() == 0 else {
+            print("SKIPPED: the NAT testbed needs root (ip netns, nft)")
+            throw XCTSkip("SKIPPED: the NAT testbed needs root")
+        }
+        guard FileManager.default.isExecutableFile(atPath: Self.nft) else {
+            throw XCTSkip("SKIPPED: the NAT testbed needs nft (Debian's nftables)")
+        }
+        prefix = "p2pn\(getpid() % 100_000)"
+        do {
+            try build()
+        } catch {
+            tearDown()
+            throw error
+        }
+    }
+
+    func name(_ role: String) -> String { "\(prefix)-\(role)" }
+
+    private func addNamespace(_ role: String) throws -> String {
+        let namespace = name(role)
+        try TestNetwork.ip(["netns", "add", namespace])
+        namespaces.append(namespace)
+        try TestNetwork.ip(["-n", namespace, "link", "set", "lo", "up"])
+        return namespace
+    }
+
+    /// A veth pair with one end in each namespace, named in each.
+    private func link(_ a: String, _ aName: String, _ b: String, _ bName: String) throws {
+        try TestNetwork.ip(["link", "add", "name", aName, "netns", a, "type", "veth", "peer", "name", bName, "netns", b])
+        try TestNetwork.ip(["-n", a, "link", "set", aName, "up"])
+        try TestNetwork.ip(["-n", b, "link", "set", bName, "up"])
+    }
+
+    private func exec(_ namespace: String, _ command: [String]) throws {
+        let status = try ChildProcess.run(TestNetwork.ipPath, ["netns", "exec", namespace] + command).status
+        guard status == 0 else {
+            throw NSError(domain: "testbed", code: Int(status), userInfo: [
+                NSLocalizedDescriptionKey: "\(command.joined(separator: " ")) in \(namespace) failed"
+            ])
+        }
+    }
+
+    private func build() throws {
+        let segment = try addNamespace("pub")
+        try TestNetwork.ip(["-n", segment, "link", "add", "br0", "type", "bridge"])
+        try TestNetwork.ip(["-n", segment, "link", "set", "br0", "up"])
+        func attach(_ namespace: String, _ port: String, address: String) throws {
+            try link(namespace, "wan", segment, port)
+            try TestNetwork.ip(["-n", segment, "link", "set", port, "master", "br0"])
+            try TestNetwork.ip(["-n", namespace, "addr", "add", address, "dev", "wan"])
+        }
+        let relay = try addNamespace("relay")
+        try attach(relay, "relay", address: "\(Self.relayIP)/24")
+        for index in 1...2 {
+            let router = try addNamespace("router\(index)")
+            try attach(router, "router\(index)", address: "203.0.113.\(index)/24")
+            let home = try addNamespace("home\(index)")
+            try link(router, "lan", home, "eth0")
+            try TestNetwork.ip(["-n", router, "addr", "add", "10.0.\(index).1/24", "dev", "lan"])
+            try TestNetwork.ip(["-n", home, "addr", "add", "10.0.\(index).2/24", "dev", "eth0"])
+            try TestNetwork.ip(["-n", home, "route", "add", "default", "via", "10.0.\(index).1"])
+            try exec(router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+            // Masquerade the home network; drop new connections from outside (to the
+            // router and through it). Replies and what a hole punch opened pass.
+            let rules = """
+                table ip nat {
+                  chain postrouting { type nat hook postrouting priority 100; oifname "wan" masquerade; }
+                }
+                table inet filter {
+                  chain input { type filter hook input priority 0; iifname "wan" ct state new drop; }
+                  chain forward { type filter hook forward priority 0; iifname "wan" ct state new drop; }
+                }
+                """
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-router\(index).nft")
+            try rules.write(to: file, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(at: file) }
+            try exec(router, [Self.nft, "-f", file.path])
+        }
+    }
+
+    /// Runs the p2pchat binary in a namespace of the testbed.
+    func start(_ role: String, _ arguments: [String]) throws -> ChatProcess {
+        let process = try ChatProcess(namespace: name(role), arguments: arguments, network: nil)
+        processes.append(process.process)
+        return process
+    }
+
+    func tearDown() {
+        for process in processes { process.terminate() }
+        for process in processes { process.stop() }
+        for namespace in namespaces.reversed() { _ = try? TestNetwork.ip(["netns", "del", namespace]) }
+    }
+}
+
+final class NATTestbedTests: XCTestCase {
+    var testbed: NATTestbed!
+
+    override func setUpWithError() throws {
+        testbed = try NATTestbed()
+    }
+
+    override func tearDown() {
+        testbed?.tearDown()
+    }
+
+    /// Waits for a JSON event of `name` whose fields satisfy `predicate`.
+    @discardableResult
+    func event(
+        _ process: ChatProcess, _ name: String, within seconds: Double,
+        where predicate: @escaping ([String: String]) -> Bool = { _ in true }
+    ) async throws -> [String: String] {
+        let line = try await process.waitFor("\(name) event", within: seconds) { line in
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String] else { return false }
+            return object["event"] == name && predicate(object)
+        }
+        return (try JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String] ?? [:]
+    }
+
+    func startRelay(_ extra: [String] = []) async throws -> (ChatProcess, String) {
+        let relay = try testbed.start(
+            "relay",
+            ["relay", "--json", "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/4001", "--autonat-dial-timeout", "2"] + extra)
+        let listening = try await event(relay, "listening", within: 20) { $0["addr"]?.contains(NATTestbed.relayIP) ?? false }
+        return (relay, try XCTUnwrap(listening["addr"]))
+    }
+
+    func startHome(_ index: Int, relay: String, extra: [String] = []) throws -> ChatProcess {
+        try testbed.start(
+            "home\(index)",
+            ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--relay", relay] + extra)
+    }
+
+    /// Sends `text` from one chat until the other prints it (the first lines
+    /// may precede the mesh), within 20 s.
+    func sendUntilReceived(_ text: String, from sender: ChatProcess, to receiver: ChatProcess) async throws {
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            sender.send(text)
+            for _ in 0..<25 {
+                if receiver.events.contains(where: { $0["event"] == "message" && $0["text"] == text }) { return }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        XCTFail("\(text) never arrived")
+        throw CancellationError()
+    }
+
+    func peerID(_ process: ChatProcess) async throws -> String {
+        let local = try await event(process, "local_peer", within: 20)
+        return try XCTUnwrap(local["peer"])
+    }
+
+    /// The homes find out they are private and the relay public; they meet
+    /// through the relay, chat, then DCUtR gives them a direct connection
+    /// between the routers' public addresses, and the chat goes on.
+    func testHomesMeetThroughTheRelayThenHolePunch() async throws {
+        let (relay, relayAddress) = try await startRelay()
+        // home2 waits before hole punching, so that lines first cross the relay.
+        let home2 = try startHome(2, relay: relayAddress, extra: ["--hole-punch-delay", "10"])
+        let id2 = try await peerID(home2)
+        try await event(home2, "reachability", within: 30) { $0["reachability"] == "private" }
+        let circuit = try await event(home2, "listening", within: 20) { $0["addr"]?.contains("/p2p-circuit") ?? false }
+        XCTAssertEqual(circuit["addr"], "\(relayAddress)/p2p-circuit/p2p/\(id2)")
+
+        // home1 knows the relay and home2's peer id: its circuit address.
+        let home1 = try startHome(1, relay: relayAddress, extra: ["--connect", "\(relayAddress)/p2p-circuit/p2p/\(id2)"])
+        let id1 = try await peerID(home1)
+        try await event(home1, "reachability", within: 30) { $0["reachability"] == "private" }
+        try await event(relay, "reachability", within: 30) { $0["reachability"] == "public" }
+
+        let connected = try await event(home1, "connected", within: 20) { $0["peer"] == id2 }
+        XCTAssertTrue(connected["addr"]?.contains("/p2p-circuit") ?? false, "home1 first reaches home2 through the relay: \(connected)")
+        // A line each way through the relay.
+        try await sendUntilReceived("through the relay from home1", from: home1, to: home2)
+        try await sendUntilReceived("through the relay from home2", from: home2, to: home1)
+        XCTAssertFalse(home2.output.contains { $0.contains("connection_upgraded") }, "upgraded before the relayed lines")
+
+        // home2 hole punches the relayed connection home1 opened: the direct
+        // connection's remote is home1's router (public address, listening port).
+        let upgraded = try await event(home2, "connection_upgraded", within: 30) { $0["peer"] == id1 }
+        XCTAssertEqual(upgraded["addr"], "/ip4/203.0.113.1/tcp/4001")
+        try await event(home1, "connection_upgraded", within: 10) { $0["addr"] == "/ip4/203.0.113.2/tcp/4001" }
+
+        // Lines flow both ways, none lost, over the direct connection.
+        for round in 1...5 {
+            home1.send("from home1 #\(round)")
+            home2.send("from home2 #\(round)")
+        }
+        for round in 1...5 {
+            try await event(home2, "message", within: 20) { $0["text"] == "from home1 #\(round)" }
+            try await event(home1, "message", within: 20) { $0["text"] == "from home2 #\(round)" }
+        }
+        home1.closeInput()
+        home2.closeInput()
+    }
+
+    /// The relay keeps its limits: one reservation only (the second home is
+    /// refused), and a circuit is cut at its byte limit.
+    func testRelayEnforcesItsLimits() async throws {
+        // Kept: a ChatProcess stops its process when released.
+        let (relay, relayAddress) = try await startRelay(["--max-reservations", "1", "--circuit-bytes", "2048"])
+        defer { withExtendedLifetime(relay) {} }
+        let home2 = try startHome(2, relay: relayAddress, extra: ["--hole-punch-delay", "20"])
+        let id2 = try await peerID(home2)
+        try await event(home2, "listening", within: 30) { $0["addr"]?.contains("/p2p-circuit") ?? false }
+        let home1 = try startHome(1, relay: relayAddress, extra: ["--connect", "\(relayAddress)/p2p-circuit/p2p/\(id2)"])
+        try await event(home1, "error", within: 30) { $0["message"]?.contains("RESERVATION_REFUSED") ?? false }
+        // The circuit to home2 carries at most 2 KiB each way: a 4 KB line cuts it.
+        try await event(home1, "connected", within: 30) { $0["peer"] == id2 && ($0["addr"]?.contains("/p2p-circuit") ?? false) }
+        home1.send(String(repeating: "x", count: 4000))
+        try await event(home1, "disconnected", within: 15) { $0["peer"] == id2 }
+        XCTAssertFalse(home2.events.contains { $0["event"] == "message" }, "the line crossed a circuit limited to 2 KiB")
+    }
+}

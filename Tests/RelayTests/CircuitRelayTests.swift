@@ -1,0 +1,194 @@
+import Host
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import Ping
+import Relay
+import TestSupport
+import Transport
+import XCTest
+
+/// Circuit relay v2 end to end on loopback TCP: a relay, a client that
+/// reserves and listens through it, a client that dials through it.
+final class CircuitRelayTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    var hosts: [Libp2pHost] = []
+
+    override func tearDown() async throws {
+        for host in hosts { await host.close() }
+    }
+
+    /// A test host (identify, ping, echo) that also has the circuit transport.
+    func makeNode() async throws -> (Libp2pHost, Multiaddr, CircuitTransport) {
+        let circuit = CircuitTransport()
+        let (host, address) = try await makeTestHost(group: group, transports: [TCPTransport(group: group), circuit])
+        circuit.attach(host)
+        hosts.append(host)
+        return (host, address, circuit)
+    }
+
+    func makeRelay(_ limits: RelayLimits = .init()) async throws -> (Libp2pHost, Multiaddr, RelayService) {
+        let (host, address, _) = try await makeNode()
+        let relay = RelayService(host: host, limits: limits)
+        relay.start()
+        return (host, address, relay)
+    }
+
+    func testDialThroughRelayPingAndEcho() async throws {
+        let (relayHost, relayAddress, relay) = try await makeRelay()
+        let (listener, _, listenerCircuit) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        let bound = try await listener.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        XCTAssertEqual(bound, [relayAddress.encapsulating(.p2pCircuit)])
+        XCTAssertTrue(listener.listenAddresses.contains(bound[0]), "advertised: \(listener.listenAddresses)")
+        XCTAssertEqual(relay.reservationCount, 1)
+        let grant = try XCTUnwrap(listenerCircuit.reservations[relayHost.localPeer])
+        XCTAssertGreaterThan(grant.expire, UInt64(Date().timeIntervalSince1970))
+        XCTAssertNotNil(grant.voucher)
+
+        let target = bound[0].encapsulating(.p2p(listener.localPeer.bytes))
+        let connection = try await withDeadline(30) { try await dialer.connect(target) }
+        XCTAssertEqual(connection.remotePeer, listener.localPeer)
+        XCTAssertEqual(connection.transport, "p2p-circuit")
+        XCTAssertEqual(connection.remoteAddress, relayAddress.encapsulating(.p2pCircuit))
+        let rtts = try await PingService.ping(connection, count: 3)
+        XCTAssertEqual(rtts.count, 3)
+        let data = patternBytes(count: 60_000, seed: 3)
+        let back = try await withDeadline(30) { try await echo(data, over: connection) }
+        XCTAssertTrue(back == data, "echoed bytes differ")
+        // The listener sees the dialer as a relayed inbound connection.
+        let inbound = try await waitFor { listener.connections.first { $0.remotePeer == dialer.localPeer } }
+        XCTAssertEqual(inbound.transport, "p2p-circuit")
+        XCTAssertEqual(inbound.direction, .inbound)
+        XCTAssertEqual(relay.circuitCount, 1)
+        await connection.close()
+        _ = try await waitFor { relay.circuitCount == 0 ? true : nil }
+    }
+
+    func testDialWithoutReservationIsRefused() async throws {
+        let (_, relayAddress, _) = try await makeRelay()
+        let (other, _, _) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        let target = relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(other.localPeer.bytes))
+        do {
+            _ = try await dialer.connect(target)
+            XCTFail("dial succeeded without a reservation")
+        } catch TransportError.dialFailed(_, let underlying) {
+            guard case RelayError.refused(.noReservation, _) = underlying else { return XCTFail("\(underlying)") }
+        }
+    }
+
+    func testRelayRefusesReservationsOverItsLimit() async throws {
+        var limits = RelayLimits()
+        limits.maxReservations = 1
+        let (_, relayAddress, relay) = try await makeRelay(limits)
+        let (first, _, _) = try await makeNode()
+        let (second, _, _) = try await makeNode()
+        try await first.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        do {
+            try await second.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+            XCTFail("a second reservation was granted")
+        } catch RelayError.refused(let status, _) {
+            XCTAssertEqual(status, .reservationRefused)
+        }
+        XCTAssertEqual(relay.reservationCount, 1)
+    }
+
+    func testRelayCutsACircuitAtItsDataLimit() async throws {
+        var limits = RelayLimits()
+        limits.circuit = CircuitLimit(duration: 60, data: 64 * 1024)
+        let (_, relayAddress, relay) = try await makeRelay(limits)
+        let (listener, _, _) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        try await listener.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        let connection = try await dialer.connect(
+            relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(listener.localPeer.bytes)))
+        // A small echo fits; a large one crosses the limit and the circuit is reset.
+        let small = patternBytes(count: 1000, seed: 1)
+        let back = try await echo(small, over: connection)
+        XCTAssertEqual(back, small)
+        do {
+            _ = try await withDeadline(30) { try await echo(patternBytes(count: 256 * 1024, seed: 2), over: connection) }
+            XCTFail("256 KiB crossed a circuit limited to 64 KiB")
+        } catch is DeadlineExceeded {
+            XCTFail("the circuit was not cut")
+        } catch {
+            // The stream or connection failed: the relay reset the circuit.
+        }
+        _ = try await waitFor { connection.isActive ? nil : true }
+        _ = try await waitFor { relay.circuitCount == 0 ? true : nil }
+    }
+
+    func testRelayCutsACircuitAtItsDuration() async throws {
+        var limits = RelayLimits()
+        limits.circuit = CircuitLimit(duration: 1, data: nil)
+        let (_, relayAddress, _) = try await makeRelay(limits)
+        let (listener, _, _) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        try await listener.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        let connection = try await dialer.connect(
+            relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(listener.localPeer.bytes)))
+        XCTAssertTrue(connection.isActive)
+        let start = ContinuousClock.now
+        _ = try await waitFor(within: 10) { connection.isActive ? nil : true }
+        XCTAssertGreaterThan(ContinuousClock.now - start, .milliseconds(500))
+    }
+
+    /// The connection to the relay drops: the listener reconnects and reserves
+    /// again at once, and is reachable through the relay again.
+    func testReservationIsRenewedWhenTheRelayConnectionDrops() async throws {
+        let (relayHost, relayAddress, relay) = try await makeRelay()
+        let (listener, _, _) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        try await listener.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        XCTAssertEqual(relay.reservationCount, 1)
+        await listener.connection(to: relayHost.localPeer)?.close()
+        _ = try await waitFor { relay.reservationCount == 0 ? true : nil }
+        _ = try await waitFor(within: 10) { relay.reservationCount == 1 ? true : nil }
+        let connection = try await dialer.connect(
+            relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(listener.localPeer.bytes)))
+        let rtts = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(rtts.count, 1)
+    }
+
+    /// A hop request over the size limit, or garbage, is answered with
+    /// MALFORMED_MESSAGE; a STATUS as a request with UNEXPECTED_MESSAGE.
+    func testRelayAnswersBadRequestsWithTheirStatus() async throws {
+        let (_, relayAddress, _) = try await makeRelay()
+        let (client, _, _) = try await makeNode()
+        let connection = try await client.connect(relayAddress)
+        func answer(to bytes: [UInt8]) async throws -> HopMessage {
+            let stream = try await connection.newStream(protocols: ["/libp2p/circuit/relay/0.2.0/hop"])
+            try await stream.write(bytes)
+            let reply = try await withDeadline(15) {
+                var reader = StreamReader(stream)
+                return try await reader.readLengthPrefixed(maxLength: 4096)
+            }
+            return try HopMessage(bytes: XCTUnwrap(reply).readableBytesView)
+        }
+        var oversized = ByteBuffer()
+        oversized.writeLengthPrefixed([UInt8](repeating: 0x08, count: 5000))
+        let tooLarge = try await answer(to: Array(oversized.readableBytesView))
+        XCTAssertEqual(tooLarge, .status(.malformedMessage))
+        var garbage = ByteBuffer()
+        garbage.writeLengthPrefixed([0xFF, 0xFF, 0xFF])
+        let malformed = try await answer(to: Array(garbage.readableBytesView))
+        XCTAssertEqual(malformed, .status(.malformedMessage))
+        var status = ByteBuffer()
+        status.writeLengthPrefixed(HopMessage.status(.ok).encoded())
+        let unexpected = try await answer(to: Array(status.readableBytesView))
+        XCTAssertEqual(unexpected, .status(.unexpectedMessage))
+    }
+
+    /// Polls `probe` until it returns a value, within `seconds`.
+    func waitFor<T>(within seconds: Double = 10, _ probe: () -> T?) async throws -> T {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if let value = probe() { return value }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        XCTFail("condition not met within \(seconds) s")
+        throw CancellationError()
+    }
+}
