@@ -3,7 +3,7 @@ import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
 // Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
-//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS <- P2PChat
+//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub, KadDHT ; MDNS <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -130,6 +130,16 @@ let package = Package(
             exclude: ["rpc.proto"]
         ),
         .target(
+            name: "KadDHT",
+            dependencies: [
+                "Multiformats", "Identity", "Host",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["dht.proto"]
+        ),
+        .target(
             name: "MDNS",
             dependencies: [
                 "Multiformats", "Identity",
@@ -170,6 +180,7 @@ let package = Package(
         ),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
+        .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "TestSupport"]),
         .testTarget(name: "NamespaceTests", dependencies: ["ChildProcess"]),
         .target(name: "ChildProcess", path: "Tests/ChildProcess"),
         .testTarget(
