@@ -1,0 +1,103 @@
+import Host
+import Identity
+import KadDHT
+import Multiformats
+import NIOPosix
+import TestSupport
+import Transport
+import XCTest
+
+final class KadDHTServiceTests: XCTestCase {
+    /// `count` DHT servers on loopback, each bootstrapped from the first.
+    private static func makeNetwork(count: Int) async throws -> [(host: Libp2pHost, dht: KadDHT, address: Multiaddr)] {
+        var nodes: [(host: Libp2pHost, dht: KadDHT, address: Multiaddr)] = []
+        for _ in 0..<count {
+            let (host, address) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            var configuration = KadDHTConfiguration(mode: .server)
+            configuration.requestTimeout = .seconds(5)
+            let dht = KadDHT(host: host, configuration: configuration)
+            dht.start()
+            nodes.append((host, dht, address))
+        }
+        for node in nodes.dropFirst() {
+            try await node.dht.bootstrap(peers: [nodes[0].address])
+        }
+        return nodes
+    }
+
+    private static func shutDown(_ hosts: [(host: Libp2pHost, dht: KadDHT)]) async {
+        for node in hosts {
+            await node.dht.close()
+            await node.host.close()
+        }
+    }
+
+    func testClientFindsPeersProvidersAndValuesThroughServers() async throws {
+        try await withDeadline(60) {
+            let servers = try await Self.makeNetwork(count: 8)
+            let (clientHost, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            let client = KadDHT(host: clientHost)
+            client.start()
+            XCTAssertFalse(clientHost.supportedProtocols.contains(KadDHT.protocolID), "client mode does not serve")
+            XCTAssertTrue(servers[0].host.supportedProtocols.contains(KadDHT.protocolID))
+
+            let size = try await client.bootstrap(peers: [servers[0].address])
+            XCTAssertGreaterThanOrEqual(size, 4, "the self-lookup fills the table")
+
+            // find-peer: a server the client never dialled, found with its addresses.
+            let target = servers[7].host.localPeer
+            let addresses = await client.findPeer(target)
+            XCTAssertEqual(addresses?.isEmpty, false)
+            XCTAssertNotNil(clientHost.peerStore.info(target)?.addresses.first, "peers learnt go into the peer store")
+
+            // Providers: a server provides, the client finds it.
+            let key = Array("some content".utf8)
+            let told = await servers[3].dht.provide(key)
+            XCTAssertGreaterThan(told, 0)
+            let providers = await client.findProviders(key)
+            XCTAssertEqual(providers.map(\.id), [servers[3].host.localPeer])
+
+            // Values: the client puts, another server gets.
+            let recordKey = Array("/p2pchat/lobby".utf8)
+            let stored = try await client.putValue(key: recordKey, value: Array("hello".utf8))
+            XCTAssertGreaterThan(stored, 0)
+            let value = await servers[5].dht.getValue(key: recordKey)
+            XCTAssertEqual(value, Array("hello".utf8))
+            // An invalid record is refused before it leaves.
+            do {
+                _ = try await client.putValue(key: Array("/pk/nothing".utf8), value: [1])
+                XCTFail("invalid /pk record accepted")
+            } catch KadDHTError.invalidRecord {}
+
+            await Self.shutDown(servers.map { ($0.host, $0.dht) } + [(clientHost, client)])
+        }
+    }
+
+    /// A peer that answers every request with itself and garbage, forever: lookups end.
+    func testLookupAgainstAPeerAnsweringWithItselfEnds() async throws {
+        try await withDeadline(30) {
+            let (liarHost, liarAddress) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            liarHost.setStreamHandler(KadDHT.protocolID) { stream in
+                var reader = StreamReader(stream)
+                while let body = try? await reader.readLengthPrefixed(maxLength: DHTMessage.maxSize),
+                    let request = try? DHTMessage(decoding: body.readableBytesView)
+                {
+                    var garbage = (0..<60).map { _ in
+                        DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/127.0.0.1/tcp/1")])
+                    }
+                    garbage.insert(DHTPeer(id: liarHost.localPeer, addresses: liarHost.listenAddresses), at: 0)
+                    try? await stream.write(DHTMessage(type: request.type, key: request.key, closerPeers: garbage).framed())
+                }
+            }
+            let (host, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            var configuration = KadDHTConfiguration()
+            configuration.requestTimeout = .seconds(1)
+            let dht = KadDHT(host: host, configuration: configuration)
+            _ = try await dht.bootstrap(peers: [liarAddress])
+            let found = await dht.closestPeers(to: Array("anything".utf8))
+            XCTAssertEqual(found, [liarHost.localPeer], "only the liar ever answered")
+            await Self.shutDown([(host, dht)])
+            await liarHost.close()
+        }
+    }
+}
