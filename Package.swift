@@ -215,7 +215,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InteropTests",
-            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
+            dependencies: ["Host", "Identify", "Ping", "Perf", "PubSub", "KadDHT", "TLS", "WebSocket", "TestSupport", "ChildProcess"]
         ),
     ]
 )

@@ -130,6 +130,11 @@ public final class KadDHT: Sendable {
         for task in tasks { await task.value }
     }
 
+    /// The value we hold ourselves under `key` (no lookup).
+    public func storedValue(key: [UInt8]) -> [UInt8]? {
+        state.withLock { $0.records.get(key, now: .now)?.value }
+    }
+
     public var routingTableSize: Int { state.withLock { $0.table.count } }
     public var routingTablePeers: [PeerID] { state.withLock { $0.table.peers } }
 

@@ -10,19 +10,22 @@ final class PythonPeer: Sendable {
     /// Index of the first stdout line `next` has not consumed yet.
     private let consumed = Locked(0)
 
-    static var script: String {
+    static var script: String { script(named: "peer.py") }
+
+    /// A script of Tests/Interop/py.
+    static func script(named name: String) -> String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Interop/py/peer.py").path
+            .appendingPathComponent("Interop/py/\(name)").path
     }
 
-    init(_ arguments: [String]) throws {
+    init(_ arguments: [String], script: String = PythonPeer.script) throws {
         guard let python = ProcessInfo.processInfo.environment["P2PCHAT_PYTHON"], !python.isEmpty else {
             if ProcessInfo.processInfo.environment["P2PCHAT_REQUIRE_INTEROP"] != nil {
                 XCTFail("P2PCHAT_PYTHON is not set but interop is required")
             }
             throw XCTSkip("SKIPPED: interop with py-libp2p needs P2PCHAT_PYTHON (run ./scripts/test)")
         }
-        process = try ChildProcess(python, [Self.script] + arguments, stdinPipe: true)
+        process = try ChildProcess(python, [script] + arguments, stdinPipe: true)
     }
 
     /// The stdout lines not consumed yet, parsed as JSON objects (others are skipped); marks them consumed.
