@@ -151,7 +151,7 @@ let package = Package(
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "KadDHT", "LibP2PSecurity", "Noise", "TLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

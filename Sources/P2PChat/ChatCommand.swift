@@ -65,9 +65,12 @@ struct NodeCommand: AsyncParsableCommand {
 
     @OptionGroup var identity: IdentityOptions
 
+    @OptionGroup var dhtOptions: DHTOptions
+
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
         let out = ChatOutput(json: json)
+        let bootstrapAddresses = dhtOptions.bootstrapAddresses()
         guard let routerKind = RouterKind(rawValue: router) else {
             exitWithError("--router must be gossipsub or floodsub, not \(router)")
         }
@@ -122,6 +125,16 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let session = ChatSession(topic: topic, pubsub: pubsub, out: out)
         await session.join(topic)
+        // The DHT: served with --dht-server; with bootstrap peers, topic peers are found through it.
+        let dht = bootstrapAddresses.isEmpty && !dhtOptions.dhtServer ? nil : startDHT(host: host, server: dhtOptions.dhtServer)
+        var discovery: TopicDiscovery?
+        if let dht, !bootstrapAddresses.isEmpty {
+            let topicDiscovery = TopicDiscovery(
+                dht: dht, topic: topic, interval: .milliseconds(Int64(dhtOptions.interval * 1000)), out: out)
+            await topicDiscovery.start(bootstrap: bootstrapAddresses)
+            await session.onTopicChange { await topicDiscovery.move(to: $0) }
+            discovery = topicDiscovery
+        }
         var redialers: [Task<Void, Never>] = []
         for address in connectAddresses {
             redialers.append(Task { await keepConnected(address, host: host, out: out) })
@@ -130,6 +143,8 @@ struct NodeCommand: AsyncParsableCommand {
             guard await session.handle(line: line, host: host) else { break }
         }
         for redialer in redialers { redialer.cancel() }
+        await discovery?.stop()
+        await dht?.close()
         printer.cancel()
         await session.leave()
         await mdns?.stop()
@@ -145,6 +160,7 @@ actor ChatSession {
     let pubsub: PubSubService
     let out: ChatOutput
     private var receiver: Task<Void, Never>?
+    private var topicChanged: (@Sendable (String) async -> Void)?
 
     init(topic: String, pubsub: PubSubService, out: ChatOutput) {
         self.topic = topic
@@ -165,6 +181,11 @@ actor ChatSession {
                     human: "\(author): \(text)")
             }
         }
+    }
+
+    /// Runs `observer` after each `/topic` (the DHT moves the topic's advertisement).
+    func onTopicChange(_ observer: @escaping @Sendable (String) async -> Void) {
+        topicChanged = observer
     }
 
     func leave() async {
@@ -199,6 +220,7 @@ actor ChatSession {
                 await leave()
                 await join(parts[1].trimmingCharacters(in: .whitespaces))
                 say("Now on topic \(topic)")
+                await topicChanged?(topic)
             default:
                 out.error("unknown command \(parts[0]); /help lists them")
             }

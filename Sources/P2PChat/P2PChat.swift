@@ -22,7 +22,10 @@ struct P2PChat: AsyncParsableCommand {
         commandName: "p2pchat",
         abstract: "A peer-to-peer chat on a Swift libp2p stack.",
         version: p2pchatVersion,
-        subcommands: [NodeCommand.self, PingCommand.self, IdCommand.self, PerfCommand.self, PerfServerCommand.self],
+        subcommands: [
+            NodeCommand.self, PingCommand.self, IdCommand.self, PerfCommand.self, PerfServerCommand.self,
+            DHTServerCommand.self, DHTCommand.self,
+        ],
         defaultSubcommand: NodeCommand.self
     )
 }
