@@ -1,0 +1,95 @@
+import ChildProcess
+import Foundation
+import XCTest
+
+/// Two chats on separate networks joined only by a router (which forwards
+/// unicast, never multicast: mDNS cannot cross it) find each other through a
+/// DHT bootstrap node running on the router, and exchange a line.
+final class DHTNamespaceTests: XCTestCase {
+    private var namespaces: [String] = []
+    private var processes: [ChatProcess] = []
+
+    override func setUpWithError() throws {
+        guard getuid() == 0 else {
+            print("SKIPPED: namespace tests need root (ip netns); they run in CI as root")
+            throw XCTSkip("SKIPPED: namespace tests need root")
+        }
+    }
+
+    override func tearDown() {
+        for process in processes { process.process.stop() }
+        for namespace in namespaces { _ = try? TestNetwork.ip(["netns", "del", namespace]) }
+    }
+
+    private func sh(_ namespace: String, _ arguments: [String]) throws {
+        try TestNetwork.run(TestNetwork.ipPath, ["netns", "exec", namespace] + arguments)
+    }
+
+    /// Router namespace R with 10.1.0.1 toward A (10.1.0.2) and 10.2.0.1 toward B (10.2.0.2).
+    private func makeRoutedNetwork() throws -> (router: String, a: String, b: String) {
+        let prefix = "p2pd\(getpid() % 100_000)"
+        let (router, a, b) = ("\(prefix)-r", "\(prefix)-a", "\(prefix)-b")
+        for name in [router, a, b] {
+            try TestNetwork.ip(["netns", "add", name])
+            namespaces.append(name)
+            try TestNetwork.ip(["-n", name, "link", "set", "lo", "up"])
+        }
+        for (index, host) in [(1, a), (2, b)] {
+            let veth = "\(prefix)r\(index)"
+            try TestNetwork.ip(["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host])
+            try TestNetwork.ip(["link", "set", veth, "netns", router])
+            try TestNetwork.ip(["-n", router, "addr", "add", "10.\(index).0.1/24", "dev", veth])
+            try TestNetwork.ip(["-n", router, "link", "set", veth, "up"])
+            try TestNetwork.ip(["-n", host, "addr", "add", "10.\(index).0.2/24", "dev", "eth0"])
+            try TestNetwork.ip(["-n", host, "link", "set", "eth0", "up"])
+            try TestNetwork.ip(["-n", host, "route", "add", "default", "via", "10.\(index).0.1"])
+        }
+        try sh(router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        return (router, a, b)
+    }
+
+    private func start(_ namespace: String, _ arguments: [String]) throws -> ChatProcess {
+        let process = try ChatProcess(namespace: namespace, arguments: arguments, network: nil)
+        processes.append(process)
+        return process
+    }
+
+    func testChatsOnSeparateNetworksMeetThroughTheDHT() async throws {
+        let (router, a, b) = try makeRoutedNetwork()
+        let bootstrap = try start(router, ["dht-server", "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/4001"])
+        try await bootstrap.waitFor("bootstrap node", within: 20) { $0.hasPrefix("Listening on /ip4/10.") }
+        let bootstrapID = try XCTUnwrap(bootstrap.peerID)
+        func chat(_ namespace: String, _ routerAddress: String, _ extra: [String]) throws -> ChatProcess {
+            try start(
+                namespace,
+                [
+                    "lobby", "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/0", "--dht-interval", "1",
+                    "--bootstrap", "/ip4/\(routerAddress)/tcp/4001/p2p/\(bootstrapID)",
+                ] + extra)
+        }
+        // A keeps mDNS (it finds nobody across the router); B runs without it.
+        let chatA = try chat(a, "10.1.0.1", ["--mdns-interval", "1"])
+        let chatB = try chat(b, "10.2.0.1", ["--no-mdns"])
+        try await chatA.waitFor("A started", within: 20) { $0.hasPrefix("Listening on /ip4/10.1.0.2") }
+        try await chatB.waitFor("B started", within: 20) { $0.hasPrefix("Listening on /ip4/10.2.0.2") }
+        let idA = try XCTUnwrap(chatA.peerID)
+        let idB = try XCTUnwrap(chatB.peerID)
+        try await chatA.waitFor("B connected to A", within: 30) { $0.hasPrefix("Connected: \(idB)") }
+        try await chatB.waitFor("A connected to B", within: 30) { $0.hasPrefix("Connected: \(idA)") }
+        XCTAssertFalse(chatA.output.contains { $0.hasPrefix("Got peer: \(idB)") }, "mDNS crossed the router")
+        // Gossipsub meshes form on heartbeats: repeat the line until it arrives.
+        let deadline = Date().addingTimeInterval(20)
+        var heard = false
+        while !heard && Date() < deadline {
+            chatB.send("hello across the DHT")
+            try await Task.sleep(for: .milliseconds(500))
+            heard = chatA.output.contains { $0 == "\(idB): hello across the DHT" }
+        }
+        XCTAssertTrue(heard, "A never printed B's line; A's output:\n\(chatA.output.joined(separator: "\n"))")
+        for chat in [chatA, chatB] { chat.closeInput() }
+        for chat in [chatA, chatB] {
+            let status = try await chat.waitForExit(within: 15)
+            XCTAssertEqual(status, 0)
+        }
+    }
+}
