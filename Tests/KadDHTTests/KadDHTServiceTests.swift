@@ -100,4 +100,42 @@ final class KadDHTServiceTests: XCTestCase {
             await liarHost.close()
         }
     }
+
+    /// Oversized and garbage requests reset the stream; the server goes on serving.
+    /// An oversized answer fails the request instead of being read.
+    func testOversizedAndGarbageMessagesAreRefused() async throws {
+        try await withDeadline(30) {
+            let nodes = try await Self.makeNetwork(count: 1)
+            let server = nodes[0]
+            let (clientHost, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            _ = try await clientHost.connect(server.address)
+            let client = KadDHT(host: clientHost)
+            for bad in [Varint.encode(UInt64(DHTMessage.maxSize + 1)), [5, 0xff, 0xff, 0xff, 0xff, 0xff]] {
+                let stream = try await clientHost.newStream(to: server.host.localPeer, protocols: [KadDHT.protocolID])
+                try await stream.write(bad)
+                var reader = StreamReader(stream)
+                do {
+                    let answer = try await reader.readLengthPrefixed(maxLength: DHTMessage.maxSize)
+                    XCTAssertNil(answer, "no answer to a bad request")
+                } catch {}  // reset: as expected
+            }
+            let pong = try await client.send(DHTMessage(type: .ping), to: server.host.localPeer)
+            XCTAssertEqual(pong?.type, .ping, "the server still serves")
+
+            // A peer answering with a length prefix beyond the limit.
+            let (bigHost, bigAddress) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            bigHost.setStreamHandler(KadDHT.protocolID) { stream in
+                try? await stream.write(Varint.encode(UInt64(DHTMessage.maxSize + 1)) + [UInt8](repeating: 0, count: 1024))
+            }
+            _ = try await clientHost.connect(bigAddress)
+            do {
+                _ = try await client.send(DHTMessage(type: .ping), to: bigHost.localPeer)
+                XCTFail("an oversized answer was accepted")
+            } catch let error as StreamReader.ReadError {
+                guard case .messageTooLarge = error else { return XCTFail("\(error)") }
+            }
+            await Self.shutDown(nodes.map { ($0.host, $0.dht) } + [(clientHost, client)])
+            await bigHost.close()
+        }
+    }
 }
