@@ -93,3 +93,55 @@ final class DHTNamespaceTests: XCTestCase {
         }
     }
 }
+
+/// `p2pchat dht-server` and the `p2pchat dht` queries on loopback.
+final class DHTCLITests: XCTestCase {
+    private func run(_ arguments: [String]) async throws -> (status: Int32, output: [String]) {
+        let process = try ChatProcess(namespace: nil, arguments: ["dht"] + arguments + ["--timeout", "20"], network: nil)
+        let status = try await process.waitForExit(within: 30)
+        return (status, process.output)
+    }
+
+    func testQueriesAgainstABootstrapNode() async throws {
+        let server = try ChatProcess(
+            namespace: nil, arguments: ["dht-server", "--ephemeral", "--listen", "/ip4/127.0.0.1/tcp/0"], network: nil)
+        defer { server.process.stop() }
+        let listening = try await server.waitFor("dht-server", within: 20) { $0.hasPrefix("Listening on /ip4/127.0.0.1") }
+        let bootstrap = String(listening.dropFirst("Listening on ".count))
+
+        let put = try await run(["put", "/p2pchat/alice", "hello", "--bootstrap", bootstrap])
+        XCTAssertEqual(put.status, 0)
+        XCTAssertEqual(put.output, ["Stored /p2pchat/alice at 1 peers"])
+        let get = try await run(["get", "/p2pchat/alice", "--bootstrap", bootstrap, "--json"])
+        XCTAssertEqual(get.status, 0)
+        let value = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data((get.output.first ?? "").utf8)) as? [String: String])
+        XCTAssertEqual(value["value"], "hello")
+        let missing = try await run(["get", "/p2pchat/nobody", "--bootstrap", bootstrap])
+        XCTAssertEqual(missing.status, 1, "nothing found is an error")
+        let refused = try await run(["put", "/elsewhere/x", "y", "--bootstrap", bootstrap])
+        XCTAssertEqual(refused.status, 1, "a namespace without a validator is refused")
+
+        // A chat with the bootstrap node provides its topic; the queries find it.
+        let chat = try ChatProcess(
+            namespace: nil,
+            arguments: [
+                "lobby", "--ephemeral", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", bootstrap,
+                "--dht-interval", "1",
+            ], network: nil)
+        defer { chat.process.stop() }
+        try await chat.waitFor("chat connected to the bootstrap node", within: 20) { $0.hasPrefix("Connected: ") }
+        let chatID = try XCTUnwrap(chat.peerID)
+        var providers: [String] = []
+        let deadline = Date().addingTimeInterval(20)
+        while !providers.contains(where: { $0.hasPrefix(chatID) }) && Date() < deadline {
+            providers = try await run(["providers", "--topic", "lobby", "--bootstrap", bootstrap]).output
+        }
+        XCTAssertTrue(providers.contains { $0.hasPrefix("\(chatID) /ip4/127.0.0.1/tcp/") }, "\(providers)")
+        let found = try await run(["find-peer", chatID, "--bootstrap", bootstrap])
+        XCTAssertEqual(found.status, 0)
+        XCTAssertTrue(found.output.contains { $0.hasPrefix("/ip4/127.0.0.1/tcp/") }, "\(found.output)")
+        chat.closeInput()
+        let status = try await chat.waitForExit(within: 15)
+        XCTAssertEqual(status, 0)
+    }
+}
