@@ -135,6 +135,11 @@ public final class KadDHT: Sendable {
         state.withLock { $0.records.get(key, now: .now)?.value }
     }
 
+    /// The providers of `key` we hold ourselves (no lookup).
+    public func storedProviders(of key: [UInt8]) -> [DHTPeer] {
+        state.withLock { $0.providers.providers(of: key, now: .now) }
+    }
+
     public var routingTableSize: Int { state.withLock { $0.table.count } }
     public var routingTablePeers: [PeerID] { state.withLock { $0.table.peers } }
 

@@ -138,4 +138,40 @@ final class KadDHTServiceTests: XCTestCase {
             await bigHost.close()
         }
     }
+
+    /// The service's own periodic work: bucket refresh finds a server that joined
+    /// later, and the provider republish reaches it.
+    func testRefreshAndRepublishReachALaterServer() async throws {
+        try await withDeadline(30) {
+            let nodes = try await Self.makeNetwork(count: 1)
+            let (clientHost, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            var configuration = KadDHTConfiguration()
+            configuration.maintenanceInterval = .milliseconds(200)
+            configuration.refreshInterval = .milliseconds(200)
+            configuration.republishInterval = .milliseconds(500)
+            let client = KadDHT(host: clientHost, configuration: configuration)
+            client.start()
+            try await client.bootstrap(peers: [nodes[0].address])
+            let key = ContentKey.sha256(Array("republished".utf8))
+            let told = await client.provide(key)
+            XCTAssertEqual(told, 1)
+            // ADD_PROVIDER has no answer: wait until the server has taken it.
+            while nodes[0].dht.storedProviders(of: key).map(\.id) != [clientHost.localPeer] {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+
+            let (lateHost, lateAddress) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            var lateConfiguration = KadDHTConfiguration(mode: .server)
+            lateConfiguration.requestTimeout = .seconds(5)
+            let late = KadDHT(host: lateHost, configuration: lateConfiguration)
+            late.start()
+            try await late.bootstrap(peers: [nodes[0].address])
+            _ = lateAddress
+            while !late.storedProviders(of: key).contains(where: { $0.id == clientHost.localPeer }) {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            XCTAssertTrue(client.routingTablePeers.contains(lateHost.localPeer), "the refresh found the later server")
+            await Self.shutDown(nodes.map { ($0.host, $0.dht) } + [(clientHost, client), (lateHost, late)])
+        }
+    }
 }
