@@ -159,7 +159,7 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub",
+                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "KadDHT", "Identify",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -307,9 +307,23 @@ public final class KadDHT: Sendable {
         return routingTableSize
     }
 
+    /// What a FIND_NODE lookup found and what it cost.
+    public struct LookupResult: Sendable {
+        /// The closest peers that answered, closest first.
+        public var peers: [PeerID]
+        public var requests: Int
+        public var failures: Int
+    }
+
     /// The closest peers to `key` that answered (FIND_NODE lookup), closest first.
     public func closestPeers(to key: [UInt8]) async -> [PeerID] {
-        await lookup(key: key, request: DHTMessage(type: .findNode, key: key)).closestAnswered
+        await lookupClosest(to: key).peers
+    }
+
+    /// A FIND_NODE lookup of `key` with its cost (for measurements).
+    public func lookupClosest(to key: [UInt8]) async -> LookupResult {
+        let lookup = await lookup(key: key, request: DHTMessage(type: .findNode, key: key))
+        return LookupResult(peers: lookup.closestAnswered, requests: lookup.requestsSent, failures: lookup.failures)
     }
 
     /// The addresses of `peer` found through the DHT (nil if nobody knows it).

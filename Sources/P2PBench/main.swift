@@ -14,7 +14,7 @@ import TLS
 import Transport
 
 // Measures the foundation's speed on loopback; run through Benchmarks/run.sh.
-// Usage: p2pbench [stream [tls|ws] | sealed | ping | pubsub | memory | ping-under-load ADDR] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
+// Usage: p2pbench [stream [tls|ws] | sealed | ping | pubsub | dht [NODES] | memory | ping-under-load ADDR] [--no-pubsub] [MiB] (default 256 MiB per throughput run)
 
 let megabytes = CommandLine.arguments.dropFirst().compactMap { Int($0) }.first ?? 256
 let totalBytes = megabytes * 1024 * 1024
@@ -484,6 +484,14 @@ if CommandLine.arguments.dropFirst().first == "memory" {
         report("idle node resident memory", Double(idle) / 1024 / 1024, "MiB")
         report("per additional connection", Double(perConnection) / 1024, "KiB")
     }
+    exit(0)
+}
+
+if CommandLine.arguments.dropFirst().first == "dht" {
+    // Only the DHT: lookups over NODES real loopback nodes (200 by default), then memory.
+    let nodes = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }.first ?? 200
+    try await dhtLookupBenchmark(nodes: nodes, lookups: 200)
+    dhtMemoryBenchmark()
     exit(0)
 }
 
