@@ -225,6 +225,17 @@ public final class KadDHT: Sendable {
         }
     }
 
+    /// One request of a lookup and how it went. A struct, not a tuple: Swift 6.3.1's
+    /// release builds corrupted a task group's `(PeerID, Result<...>)` results.
+    struct RequestOutcome: Sendable {
+        enum Answer: Sendable {
+            case response(DHTMessage?)
+            case failed(any Error)
+        }
+        let peer: PeerID
+        let answer: Answer
+    }
+
     /// Runs an iterative lookup toward `key` sending `request` to each peer;
     /// `onResponse` sees every answer and returns true to stop early.
     @discardableResult
@@ -237,24 +248,27 @@ public final class KadDHT: Sendable {
         var lookup = Lookup(
             target: target, localPeer: host.localPeer, seeds: seeds, alpha: configuration.alpha,
             k: configuration.bucketSize, requestTimeout: configuration.requestTimeout)
-        await withTaskGroup(of: (PeerID, Result<DHTMessage?, any Error>).self) { group in
+        await withTaskGroup(of: RequestOutcome.self) { group in
             var stop = false
             while !stop {
                 for peer in lookup.nextRequests(now: .now) {
                     group.addTask { [self] in
-                        do { return (peer, .success(try await send(request, to: peer))) } catch { return (peer, .failure(error)) }
+                        do { return RequestOutcome(peer: peer, answer: .response(try await send(request, to: peer))) } catch {
+                            return RequestOutcome(peer: peer, answer: .failed(error))
+                        }
                     }
                 }
-                guard let (peer, result) = await group.next() else { break }
+                guard let outcome = await group.next() else { break }
+                let peer = outcome.peer
                 let now = Instant.now
-                switch result {
-                case .success(let response?):
+                switch outcome.answer {
+                case .response(let response?):
                     learn(response.closerPeers)
                     state.withLock { _ = $0.table.peerResponded(peer, now: now) }
                     lookup.received(from: peer, closerPeers: response.closerPeers.map(\.id))
                     if onResponse(peer, response) { stop = true }
-                case .success(nil), .failure:
-                    if case .failure(let error) = result {
+                case .response(nil), .failed:
+                    if case .failed(let error) = outcome.answer {
                         logger.debug("DHT request failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
                     }
                     state.withLock { _ = $0.table.peerFailed(peer, now: now) }
@@ -286,19 +300,12 @@ public final class KadDHT: Sendable {
         let addresses = state.withLock { $0.bootstrapPeers }
         var reached: [PeerID] = []
         var attempts: [String] = []
-        await withTaskGroup(of: (Multiaddr, Result<PeerID, any Error>).self) { group in
-            for address in addresses {
-                group.addTask { [host] in
-                    do { return (address, .success(try await host.connect(address).remotePeer)) } catch {
-                        return (address, .failure(error))
-                    }
-                }
-            }
-            for await (address, result) in group {
-                switch result {
-                case .success(let peer): reached.append(peer)
-                case .failure(let error): attempts.append("\(address): \(error)")
-                }
+        // One after the other: there are few, and each dial is bounded by the transport's timeouts.
+        for address in addresses {
+            do {
+                reached.append(try await host.connect(address).remotePeer)
+            } catch {
+                attempts.append("\(address): \(error)")
             }
         }
         guard !reached.isEmpty || addresses.isEmpty else { throw KadDHTError.bootstrapFailed(attempts) }
