@@ -140,6 +140,15 @@ final class DHTCLITests: XCTestCase {
         let found = try await run(["find-peer", chatID, "--bootstrap", bootstrap])
         XCTAssertEqual(found.status, 0)
         XCTAssertTrue(found.output.contains { $0.hasPrefix("/ip4/127.0.0.1/tcp/") }, "\(found.output)")
+        // /topic moves the advertisement at once.
+        chat.send("/topic elsewhere")
+        try await chat.waitFor("topic moved", within: 20) { $0 == "Now on topic elsewhere" }
+        var moved: [String] = []
+        let movedDeadline = Date().addingTimeInterval(20)
+        while !moved.contains(where: { $0.hasPrefix(chatID) }) && Date() < movedDeadline {
+            moved = try await run(["providers", "--topic", "elsewhere", "--bootstrap", bootstrap]).output
+        }
+        XCTAssertTrue(moved.contains { $0.hasPrefix(chatID) }, "\(moved)")
         chat.closeInput()
         let status = try await chat.waitForExit(within: 15)
         XCTAssertEqual(status, 0)
