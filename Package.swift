@@ -180,7 +180,7 @@ let package = Package(
         ),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
-        .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
+        .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "NamespaceTests", dependencies: ["ChildProcess"]),
         .target(name: "ChildProcess", path: "Tests/ChildProcess"),
         .testTarget(

@@ -3,6 +3,8 @@ import Identity
 import KadDHT
 import Multiformats
 import NIOPosix
+import Identify
+import Noise
 import TestSupport
 import Transport
 import XCTest
@@ -172,6 +174,43 @@ final class KadDHTServiceTests: XCTestCase {
             }
             XCTAssertTrue(client.routingTablePeers.contains(lateHost.localPeer), "the refresh found the later server")
             await Self.shutDown(nodes.map { ($0.host, $0.dht) } + [(clientHost, client), (lateHost, late)])
+        }
+    }
+
+    /// When every peer of the table has failed, the service bootstraps again.
+    func testTableThatRunsEmptyIsBootstrappedAgain() async throws {
+        try await withDeadline(30) {
+            let group = MultiThreadedEventLoopGroup.singleton
+            let network = MemoryNetwork()
+            let serverKey = PrivateKey.generateEd25519()
+            func server() async throws -> (Libp2pHost, KadDHT, Multiaddr) {
+                let host = Libp2pHost(
+                    key: serverKey, group: group, transports: [MemoryTransport(group: group, network: network)],
+                    security: [NoiseSecurity()])
+                IdentifyService(host: host, agentVersion: "test").start()
+                let dht = KadDHT(host: host, configuration: KadDHTConfiguration(mode: .server))
+                dht.start()
+                let bound = try await host.listen(on: [Multiaddr([.memory(4242)])])
+                return (host, dht, bound[0].encapsulating(.p2p(host.localPeer.bytes)))
+            }
+            let (firstHost, first, address) = try await server()
+            let (clientHost, _) = try await makeTestHost(
+                group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
+            var configuration = KadDHTConfiguration()
+            configuration.maintenanceInterval = .milliseconds(100)
+            configuration.refreshInterval = .milliseconds(100)
+            configuration.requestTimeout = .seconds(1)
+            let client = KadDHT(host: clientHost, configuration: configuration)
+            client.start()
+            try await client.bootstrap(peers: [address])
+            XCTAssertEqual(client.routingTablePeers, [firstHost.localPeer])
+            await first.close()
+            await firstHost.close()
+            // The refresh lookups fail on the only peer: the table empties.
+            while client.routingTableSize > 0 { try await Task.sleep(for: .milliseconds(50)) }
+            let (secondHost, second, _) = try await server()
+            while client.routingTablePeers != [secondHost.localPeer] { try await Task.sleep(for: .milliseconds(50)) }
+            await Self.shutDown([(clientHost, client), (secondHost, second)])
         }
     }
 }
