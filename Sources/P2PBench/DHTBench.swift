@@ -36,7 +36,8 @@ func dhtLookupBenchmark(nodes count: Int, lookups: Int) async throws {
     }
     let setup = seconds(clock.now - started)
     let tables = nodes.map { Double($0.dht.routingTableSize) }
-    print("dht: \(count) servers on loopback bootstrapped in \(String(format: "%.1f", setup)) s, table size mean \(String(format: "%.1f", tables.reduce(0, +) / Double(count)))")
+    let meanTable = tables.reduce(0, +) / Double(count)
+    print(String(format: "dht: %d servers on loopback bootstrapped in %.1f s, table size mean %.1f", count, setup, meanTable))
     var latencies: [Double] = []
     var messages: [Double] = []
     var found = 0

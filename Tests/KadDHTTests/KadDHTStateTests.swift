@@ -249,7 +249,9 @@ final class DHTServerTests: XCTestCase {
         // Providers: only the sender may announce itself.
         let key: [UInt8] = [0x01, 0x55]
         let stranger = DHTPeer(id: randomPeer(), addresses: address)
-        XCTAssertEqual(handle(DHTMessage(type: .addProvider, key: key, providerPeers: [stranger, DHTPeer(id: sender, addresses: [])])), .none)
+        let announcement = DHTMessage(
+            type: .addProvider, key: key, providerPeers: [stranger, DHTPeer(id: sender, addresses: [])])
+        XCTAssertEqual(handle(announcement), .none)
         guard case .respond(let listed) = handle(DHTMessage(type: .getProviders, key: key)) else { return XCTFail() }
         XCTAssertEqual(listed.providerPeers, [DHTPeer(id: sender, addresses: address)])
         // Values.
