@@ -3,7 +3,8 @@ import PackageDescription
 
 // One target per concern; the dependency graph is a tree:
 // Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
-//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub ; MDNS
+//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub, KadDHT,
+//   RequestResponse, FileShare, ChatHistory, Relay, AutoNAT, DCUtR ; MDNS
 //   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
 let package = Package(
     name: "p2pchat",
@@ -35,6 +36,7 @@ let package = Package(
         .library(name: "RequestResponse", targets: ["RequestResponse"]),
         .library(name: "FileShare", targets: ["FileShare"]),
         .library(name: "ChatHistory", targets: ["ChatHistory"]),
+        .library(name: "KadDHT", targets: ["KadDHT"]),
         .library(name: "Relay", targets: ["Relay"]),
         .library(name: "AutoNAT", targets: ["AutoNAT"]),
         .library(name: "DCUtR", targets: ["DCUtR"]),
@@ -223,6 +225,16 @@ let package = Package(
             exclude: ["history.proto"]
         ),
         .target(
+            name: "KadDHT",
+            dependencies: [
+                "Multiformats", "Identity", "Host",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["dht.proto"]
+        ),
+        .target(
             name: "MDNS",
             dependencies: [
                 "Multiformats", "Identity",
@@ -247,7 +259,7 @@ let package = Package(
             name: "P2PChat",
             dependencies: [
                 "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter",
-                "FileShare", "ChatHistory", "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket",
+                "FileShare", "ChatHistory", "KadDHT", "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -256,7 +268,7 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory",
+                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -264,7 +276,7 @@ let package = Package(
         .target(
             name: "Libp2p",
             dependencies: [
-                "AutoNAT", "ChatHistory", "DCUtR", "FileShare", "Host", "Identify", "Identity", "LibP2PSecurity", "MDNS",
+                "AutoNAT", "ChatHistory", "DCUtR", "FileShare", "Host", "Identify", "Identity", "KadDHT", "LibP2PSecurity", "MDNS",
                 "Multiformats", "Noise", "Perf", "Ping", "PubSub", "Relay", "RequestResponse", "TLS", "Transport", "WebSocket",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -292,6 +304,7 @@ let package = Package(
         ),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
+        .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "NamespaceTests", dependencies: ["ChildProcess"]),
         .target(name: "ChildProcess", path: "Tests/ChildProcess"),
         .testTarget(
@@ -330,7 +343,7 @@ let package = Package(
         .testTarget(
             name: "InteropTests",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "RequestResponse", "Relay", "AutoNAT", "DCUtR", "TLS", "WebSocket", "TestSupport",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "KadDHT", "RequestResponse", "Relay", "AutoNAT", "DCUtR", "TLS", "WebSocket", "TestSupport",
                 "ChildProcess",
             ]
         ),

@@ -1,6 +1,6 @@
 // The stack as one import: `import Libp2p` brings what an application needs to
 // run a host, serve and dial protocols, and use pubsub, identify, ping, mDNS,
-// request-response, file sharing, chat history and NAT traversal (AutoNAT,
+// the Kademlia DHT, request-response, file sharing, chat history and NAT traversal (AutoNAT,
 // circuit relay v2, DCUtR).
 @_exported import AutoNAT
 @_exported import ChatHistory
@@ -9,6 +9,7 @@
 @_exported import Host
 @_exported import Identify
 @_exported import Identity
+@_exported import KadDHT
 @_exported import LibP2PSecurity
 @_exported import MDNS
 @_exported import Multiformats

@@ -47,14 +47,6 @@ struct DataPlanePair {
     }
 }
 
-/// The process's resident memory in bytes (Linux /proc; 0 elsewhere).
-func residentBytes() -> Int {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
-    else { return 0 }
-    return (Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) * 1024
-}
-
 func percentile(_ values: [Double], _ fraction: Double) -> Double {
     guard !values.isEmpty else { return .nan }
     let sorted = values.sorted()
@@ -117,12 +109,12 @@ func runFileBenchmarks(megabytes: Int) async throws {
     var fileRates: [Double] = []
     var perfRates: [Double] = []
     var peakResident = 0
-    let startResident = residentBytes()
+    let startResident = ownResidentBytes()
     for _ in 0..<3 {
         let sampler = Task {
             var peak = 0
             while !Task.isCancelled {
-                peak = max(peak, residentBytes())
+                peak = max(peak, ownResidentBytes())
                 try? await Task.sleep(for: .milliseconds(50))
             }
             return peak

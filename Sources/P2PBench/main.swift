@@ -23,6 +23,7 @@ let usage = """
       ping                   ping round trips, alone and under a flooding stream
       pubsub                 gossipsub and floodsub on 20 nodes
       memory                 resident memory of an idle node and per connection
+      dht [NODES]            Kademlia lookups over real loopback DHT servers (default 120 nodes)
       files                  a file transfer against perf on one connection, memory, chat latency while it runs
       history                history sync of 10 000 missed messages
       ping-under-load ADDR   ping a perf-server at ADDR while a /perf upload fills the connection
@@ -513,6 +514,14 @@ if CommandLine.arguments.dropFirst().first == "memory" {
         report("idle node resident memory", Double(idle) / 1024 / 1024, "MiB")
         report("per additional connection", Double(perConnection) / 1024, "KiB")
     }
+    exit(0)
+}
+
+if CommandLine.arguments.dropFirst().first == "dht" {
+    // Only the DHT: lookups over NODES real loopback nodes (200 by default), then memory.
+    let nodes = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }.first ?? 200
+    try await dhtLookupBenchmark(nodes: nodes, lookups: 200)
+    dhtMemoryBenchmark()
     exit(0)
 }
 

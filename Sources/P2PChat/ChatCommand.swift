@@ -114,12 +114,15 @@ struct NodeCommand: AsyncParsableCommand {
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var metrics: MetricsOption
 
+    @OptionGroup var dhtOptions: DHTOptions
+
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
         let out = ChatOutput(json: json, decorated: isatty(1) == 1)
         let exporter = await metrics.start { address in
             out.emit("metrics", ["addr": .string(address)], human: "Metrics at \(address)/metrics")
         }
+        let bootstrapAddresses = dhtOptions.bootstrapAddresses()
         guard let routerKind = RouterKind(rawValue: router) else {
             exitWithError("--router must be gossipsub or floodsub, not \(router)")
         }
@@ -190,6 +193,16 @@ struct NodeCommand: AsyncParsableCommand {
             topic: topic, pubsub: pubsub, out: out, files: files,
             history: ChatHistorySync(history: historyService, out: out))
         await session.join(topic)
+        // The DHT: served with --dht-server; with bootstrap peers, topic peers are found through it.
+        let dht = bootstrapAddresses.isEmpty && !dhtOptions.dhtServer ? nil : startDHT(host: host, server: dhtOptions.dhtServer)
+        var discovery: TopicDiscovery?
+        if let dht, !bootstrapAddresses.isEmpty {
+            let topicDiscovery = TopicDiscovery(
+                dht: dht, topic: topic, interval: .milliseconds(Int64(dhtOptions.interval * 1000)), out: out)
+            await topicDiscovery.start(bootstrap: bootstrapAddresses)
+            await session.onTopicChange { await topicDiscovery.move(to: $0) }
+            discovery = topicDiscovery
+        }
         for address in connectAddresses + (relayAddress.map { [$0] } ?? []) {
             redialers.append(Task { await keepConnected(address, host: host, out: out) })
         }
@@ -198,6 +211,8 @@ struct NodeCommand: AsyncParsableCommand {
         }
         for redialer in redialers { redialer.cancel() }
         await files.cancelAll()
+        await discovery?.stop()
+        await dht?.close()
         printer.cancel()
         nat.stop()
         await session.leave()
@@ -217,6 +232,7 @@ actor ChatSession {
     let files: ChatFiles
     let history: ChatHistorySync
     private var receivers: [Task<Void, Never>] = []
+    private var topicChanged: (@Sendable (String) async -> Void)?
 
     init(topic: String, pubsub: PubSubService, out: ChatOutput, files: ChatFiles, history: ChatHistorySync) {
         self.topic = topic
@@ -255,6 +271,11 @@ actor ChatSession {
                 if case .subscribed(let peer, _) = event { Task { await history.request(topic, from: peer) } }
             }
         })
+    }
+
+    /// Runs `observer` after each `/topic` (the DHT moves the topic's advertisement).
+    func onTopicChange(_ observer: @escaping @Sendable (String) async -> Void) {
+        topicChanged = observer
     }
 
     func leave() async {
@@ -311,6 +332,7 @@ actor ChatSession {
                 await join(parts[1].trimmingCharacters(in: .whitespaces))
                 out.emit("topic", ["topic": .string(topic)], human: "Now on topic \(topic)")
                 await who()
+                await topicChanged?(topic)
             default:
                 out.error("unknown command \(parts[0]); /help lists them")
             }

@@ -24,6 +24,7 @@ struct P2PChat: AsyncParsableCommand {
         version: p2pchatVersion,
         subcommands: [
             NodeCommand.self, PingCommand.self, IdCommand.self, PerfCommand.self, PerfServerCommand.self, RelayCommand.self,
+            DHTServerCommand.self, DHTCommand.self,
         ],
         defaultSubcommand: NodeCommand.self
     )

@@ -1,0 +1,480 @@
+import Crypto
+import Host
+import Identity
+import Logging
+import Multiformats
+import NIOCore
+import Synchronization
+import Transport
+
+/// Settings of the DHT service.
+public struct KadDHTConfiguration: Sendable {
+    public enum Mode: Sendable { case client, server }
+
+    /// Client mode (the default) asks others and serves nobody: it does not
+    /// register the protocol, so identify does not advertise it.
+    public var mode: Mode = .client
+    /// Requests in flight per lookup (go's Amino DHT uses 10).
+    public var alpha = 3
+    public var bucketSize = 20
+    public var requestTimeout: Duration = .seconds(10)
+    /// Buckets not looked into for this long get a lookup of a random key in them.
+    public var refreshInterval: Duration = .seconds(600)
+    /// How often the service checks for an empty table and due work.
+    public var maintenanceInterval: Duration = .seconds(30)
+    public var republishInterval: Duration = ProviderStore.republishInterval
+    public var validator: NamespacedValidator = .standard
+
+    public init(mode: Mode = .client) {
+        self.mode = mode
+    }
+}
+
+/// Errors of the DHT service.
+public enum KadDHTError: Error, CustomStringConvertible, Sendable {
+    case timeout(PeerID)
+    case noResponse(PeerID)
+    case badResponse(PeerID, DHTMessageError)
+    case invalidRecord(RecordError)
+    case noPeers
+    /// Every bootstrap address failed; each failure says why.
+    case bootstrapFailed([String])
+
+    public var description: String {
+        switch self {
+        case .timeout(let peer): return "DHT request to \(peer) timed out"
+        case .noResponse(let peer): return "\(peer) closed the DHT stream without a response"
+        case .badResponse(let peer, let error): return "bad DHT response from \(peer): \(error)"
+        case .invalidRecord(let error): return "invalid record: \(error)"
+        case .noPeers: return "no DHT peers known (bootstrap first)"
+        case .bootstrapFailed(let attempts):
+            return "no bootstrap peer reachable: \(attempts.joined(separator: "; "))"
+        }
+    }
+}
+
+/// `/ipfs/kad/1.0.0` on a host: the routing table, lookups, records and
+/// providers, with the periodic work (bucket refresh, provider republish,
+/// re-bootstrap when the table empties) owned here and ended by `close()`.
+public final class KadDHT: Sendable {
+    public static let protocolID = "/ipfs/kad/1.0.0"
+    public typealias Instant = ContinuousClock.Instant
+
+    public let host: Libp2pHost
+    public let configuration: KadDHTConfiguration
+    private let logger: Logger
+
+    private struct State {
+        var table: RoutingTable
+        var records: RecordStore
+        var providers = ProviderStore()
+        var bootstrapPeers: [Multiaddr] = []
+        /// Keys we provide, and when we last announced each.
+        var provided: [[UInt8]: Instant] = [:]
+        var tasks: [Task<Void, Never>] = []
+        var closed = false
+    }
+    private let state: Mutex<State>
+
+    public init(host: Libp2pHost, configuration: KadDHTConfiguration = .init(), logger: Logger = Logger(label: "p2p.kad")) {
+        self.host = host
+        self.configuration = configuration
+        self.logger = logger
+        self.state = Mutex(
+            State(
+                table: RoutingTable(localPeer: host.localPeer, bucketSize: configuration.bucketSize),
+                records: RecordStore(validator: configuration.validator)))
+    }
+
+    /// Serves the protocol in server mode, and starts learning DHT servers
+    /// from identify and the periodic work.
+    public func start() {
+        if configuration.mode == .server {
+            host.setStreamHandler(Self.protocolID) { [self] stream in await self.serve(stream) }
+        }
+        let events = host.events()
+        let watcher = Task { [self] in
+            for await event in events {
+                // Identify told us the peer's protocols: a DHT server that answered identify enters.
+                if case .peerUpdated(let peer) = event,
+                    host.peerStore.info(peer)?.protocols.contains(Self.protocolID) ?? false
+                {
+                    let now = Instant.now
+                    state.withLock { _ = $0.table.peerResponded(peer, now: now) }
+                }
+            }
+        }
+        let maintenance = Task { [self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: configuration.maintenanceInterval)
+                guard !Task.isCancelled else { break }
+                await maintain()
+            }
+        }
+        let closed = state.withLock { state in
+            state.tasks += [watcher, maintenance]
+            return state.closed
+        }
+        if closed { watcher.cancel(); maintenance.cancel() }
+    }
+
+    /// Stops the periodic work and serving.
+    public func close() async {
+        let tasks = state.withLock { state in
+            state.closed = true
+            defer { state.tasks = [] }
+            return state.tasks
+        }
+        if configuration.mode == .server { host.removeStreamHandler(Self.protocolID) }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+    }
+
+    /// The value we hold ourselves under `key` (no lookup).
+    public func storedValue(key: [UInt8]) -> [UInt8]? {
+        state.withLock { $0.records.get(key, now: .now)?.value }
+    }
+
+    /// The providers of `key` we hold ourselves (no lookup).
+    public func storedProviders(of key: [UInt8]) -> [DHTPeer] {
+        state.withLock { $0.providers.providers(of: key, now: .now) }
+    }
+
+    public var routingTableSize: Int { state.withLock { $0.table.count } }
+    public var routingTablePeers: [PeerID] { state.withLock { $0.table.peers } }
+
+    // MARK: Serving
+
+    private func serve(_ stream: MuxedStream) async {
+        var reader = StreamReader(stream)
+        do {
+            while let body = try await reader.readLengthPrefixed(maxLength: DHTMessage.maxSize) {
+                let request = try DHTMessage(decoding: body.readableBytesView)
+                let now = Instant.now
+                let store = host.peerStore
+                let reply = state.withLock { state in
+                    DHTServer.handle(
+                        request, from: stream.remotePeer, records: &state.records, providers: &state.providers,
+                        table: state.table, now: now, addresses: { store.info($0)?.addresses ?? [] })
+                }
+                switch reply {
+                case .respond(let response): try await stream.write(response.framed())
+                case .none: break
+                case .reject(let why):
+                    logger.debug("DHT request refused", metadata: ["peer": "\(stream.remotePeer)", "why": "\(why)"])
+                    stream.reset()
+                    return
+                }
+            }
+        } catch {
+            logger.debug("DHT stream failed", metadata: ["peer": "\(stream.remotePeer)", "error": "\(error)"])
+            stream.reset()
+        }
+    }
+
+    // MARK: Requests
+
+    /// Sends one request on a new stream and reads the response (none for ADD_PROVIDER).
+    public func send(_ request: DHTMessage, to peer: PeerID) async throws -> DHTMessage? {
+        try await withTimeout(configuration.requestTimeout, peer: peer) { [host] () async throws -> DHTMessage? in
+            let stream = try await host.newStream(to: peer, protocols: [Self.protocolID])
+            do {
+                try await stream.write(request.framed())
+                guard request.type != .addProvider else {
+                    await stream.close()
+                    return nil
+                }
+                var reader = StreamReader(stream)
+                guard let body = try await reader.readLengthPrefixed(maxLength: DHTMessage.maxSize) else {
+                    throw KadDHTError.noResponse(peer)
+                }
+                let response: DHTMessage
+                do throws(DHTMessageError) {
+                    response = try DHTMessage(decoding: body.readableBytesView)
+                } catch {
+                    throw KadDHTError.badResponse(peer, error)
+                }
+                await stream.close()
+                return response
+            } catch {
+                stream.reset()
+                throw error
+            }
+        }
+    }
+
+    private func withTimeout<T: Sendable>(
+        _ limit: Duration, peer: PeerID, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else { throw KadDHTError.timeout(peer) }
+            return value
+        }
+    }
+
+    /// Learns the peers of an answer: their addresses go into the peer store.
+    private func learn(_ peers: [DHTPeer]) {
+        for peer in peers where peer.id != host.localPeer && !peer.addresses.isEmpty {
+            host.peerStore.addAddresses(peer.addresses, for: peer.id)
+        }
+    }
+
+    /// One request of a lookup and how it went. A struct, not a tuple: Swift 6.3.1's
+    /// release builds corrupted a task group's `(PeerID, Result<...>)` results.
+    struct RequestOutcome: Sendable {
+        enum Answer: Sendable {
+            case response(DHTMessage?)
+            case failed(any Error)
+        }
+        let peer: PeerID
+        let answer: Answer
+    }
+
+    /// Runs an iterative lookup toward `key` sending `request` to each peer;
+    /// `onResponse` sees every answer and returns true to stop early.
+    @discardableResult
+    func lookup(
+        key: [UInt8], request: DHTMessage, extraSeeds: [PeerID] = [],
+        onResponse: (PeerID, DHTMessage) -> Bool = { _, _ in false }
+    ) async -> Lookup {
+        let target = KadKey(hashing: key)
+        let seeds = state.withLock { $0.table.closest(to: target, count: configuration.bucketSize) } + extraSeeds
+        var lookup = Lookup(
+            target: target, localPeer: host.localPeer, seeds: seeds, alpha: configuration.alpha,
+            k: configuration.bucketSize, requestTimeout: configuration.requestTimeout)
+        await withTaskGroup(of: RequestOutcome.self) { group in
+            var stop = false
+            while !stop {
+                for peer in lookup.nextRequests(now: .now) {
+                    group.addTask { [self] in
+                        do { return RequestOutcome(peer: peer, answer: .response(try await send(request, to: peer))) } catch {
+                            return RequestOutcome(peer: peer, answer: .failed(error))
+                        }
+                    }
+                }
+                guard let outcome = await group.next() else { break }
+                let peer = outcome.peer
+                let now = Instant.now
+                switch outcome.answer {
+                case .response(let response?):
+                    learn(response.closerPeers)
+                    state.withLock { _ = $0.table.peerResponded(peer, now: now) }
+                    lookup.received(from: peer, closerPeers: response.closerPeers.map(\.id))
+                    if onResponse(peer, response) { stop = true }
+                case .response(nil), .failed:
+                    if case .failed(let error) = outcome.answer {
+                        logger.debug("DHT request failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                    }
+                    state.withLock { _ = $0.table.peerFailed(peer, now: now) }
+                    lookup.failed(peer)
+                }
+                for peer in lookup.expire(now: now) { state.withLock { _ = $0.table.peerFailed(peer, now: now) } }
+                if lookup.isFinished { stop = true }
+            }
+            group.cancelAll()
+        }
+        let now = Instant.now
+        state.withLock { state in
+            state.table.markRefreshed(bucket: state.table.bucketIndex(target), now: now)
+        }
+        return lookup
+    }
+
+    // MARK: Public operations
+
+    /// Connects to the bootstrap peers, looks ourselves up and fills the table;
+    /// done again by the service whenever the table runs empty. Returns the table size.
+    @discardableResult
+    public func bootstrap(peers: [Multiaddr]) async throws -> Int {
+        state.withLock { $0.bootstrapPeers = peers }
+        return try await rebootstrap()
+    }
+
+    private func rebootstrap() async throws -> Int {
+        let addresses = state.withLock { $0.bootstrapPeers }
+        var reached: [PeerID] = []
+        var attempts: [String] = []
+        // One after the other: there are few, and each dial is bounded by the transport's timeouts.
+        for address in addresses {
+            do {
+                reached.append(try await host.connect(address).remotePeer)
+            } catch {
+                attempts.append("\(address): \(error)")
+            }
+        }
+        guard !reached.isEmpty || addresses.isEmpty else { throw KadDHTError.bootstrapFailed(attempts) }
+        await lookup(key: host.localPeer.bytes, request: DHTMessage(type: .findNode, key: host.localPeer.bytes), extraSeeds: reached)
+        await refreshBuckets(force: true)
+        return routingTableSize
+    }
+
+    /// What a FIND_NODE lookup found and what it cost.
+    public struct LookupResult: Sendable {
+        /// The closest peers that answered, closest first.
+        public var peers: [PeerID]
+        public var requests: Int
+        public var failures: Int
+    }
+
+    /// The closest peers to `key` that answered (FIND_NODE lookup), closest first.
+    public func closestPeers(to key: [UInt8]) async -> [PeerID] {
+        await lookupClosest(to: key).peers
+    }
+
+    /// A FIND_NODE lookup of `key` with its cost (for measurements).
+    public func lookupClosest(to key: [UInt8]) async -> LookupResult {
+        let lookup = await lookup(key: key, request: DHTMessage(type: .findNode, key: key))
+        return LookupResult(peers: lookup.closestAnswered, requests: lookup.requestsSent, failures: lookup.failures)
+    }
+
+    /// The addresses of `peer` found through the DHT (nil if nobody knows it).
+    public func findPeer(_ peer: PeerID) async -> [Multiaddr]? {
+        var found: [Multiaddr] = []
+        await lookup(key: peer.bytes, request: DHTMessage(type: .findNode, key: peer.bytes)) { _, response in
+            if let match = response.closerPeers.first(where: { $0.id == peer && !$0.addresses.isEmpty }) {
+                found = match.addresses
+                return true
+            }
+            return false
+        }
+        if found.isEmpty, host.connection(to: peer) != nil { found = host.peerStore.info(peer)?.addresses ?? [] }
+        return found.isEmpty ? nil : found
+    }
+
+    /// Announces us as a provider of `key` to the closest peers (and keeps
+    /// republishing it); returns how many peers took the announcement.
+    @discardableResult
+    public func provide(_ key: [UInt8]) async -> Int {
+        let now = Instant.now
+        let me = DHTPeer(id: host.localPeer, addresses: host.listenAddresses)
+        state.withLock { state in
+            state.provided[key] = now
+            state.providers.add(me, for: key, now: now)
+        }
+        let closest = await closestPeers(to: key)
+        let request = DHTMessage(type: .addProvider, key: key, providerPeers: [me])
+        return await withTaskGroup(of: Bool.self) { group in
+            for peer in closest {
+                group.addTask { [self] in
+                    do {
+                        _ = try await send(request, to: peer)
+                        return true
+                    } catch {
+                        return false
+                    }
+                }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+    }
+
+    /// Stops republishing `key` (its records elsewhere expire within 48 h).
+    public func stopProviding(_ key: [UInt8]) {
+        state.withLock { _ = $0.provided.removeValue(forKey: key) }
+    }
+
+    /// Providers of `key` (ours included when we provide it), up to `limit`.
+    public func findProviders(_ key: [UInt8], limit: Int = 20) async -> [DHTPeer] {
+        var found = state.withLock { $0.providers.providers(of: key, now: .now) }
+        await lookup(key: key, request: DHTMessage(type: .getProviders, key: key)) { _, response in
+            for provider in response.providerPeers where !found.contains(where: { $0.id == provider.id }) {
+                found.append(provider)
+            }
+            return found.count >= limit
+        }
+        learn(found)
+        return Array(found.prefix(limit))
+    }
+
+    /// Stores a record here and at the closest peers; returns how many accepted it.
+    @discardableResult
+    public func putValue(key: [UInt8], value: [UInt8]) async throws -> Int {
+        let record = DHTRecord(key: key, value: value)
+        do {
+            try state.withLock { state throws(RecordError) in try state.records.put(record, now: .now) }
+        } catch .notBetter {
+            // Ours is not the best known locally; still offer it to the network.
+        } catch {
+            throw KadDHTError.invalidRecord(error)
+        }
+        let closest = await closestPeers(to: key)
+        let request = DHTMessage(type: .putValue, key: key, record: record)
+        return await withTaskGroup(of: Bool.self) { group in
+            for peer in closest {
+                group.addTask { [self] in
+                    do {
+                        return try await send(request, to: peer) != nil
+                    } catch {
+                        return false
+                    }
+                }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+    }
+
+    /// The best valid value of `key` found here and at the closest peers.
+    public func getValue(key: [UInt8]) async -> [UInt8]? {
+        let validator = configuration.validator
+        var values: [[UInt8]] = state.withLock { $0.records.get(key, now: .now).map { [$0.value] } ?? [] }
+        await lookup(key: key, request: DHTMessage(type: .getValue, key: key)) { _, response in
+            if let record = response.record, record.key == key, (try? validator.validate(record)) != nil,
+                !values.contains(record.value)
+            {
+                values.append(record.value)
+            }
+            return false
+        }
+        guard !values.isEmpty, let best = try? validator.select(key: key, values: values) else { return nil }
+        return values[best]
+    }
+
+    // MARK: Periodic work
+
+    private func maintain() async {
+        let (empty, hasBootstrap) = state.withLock { ($0.table.isEmpty, !$0.bootstrapPeers.isEmpty) }
+        if empty && hasBootstrap {
+            logger.debug("routing table empty: bootstrapping again")
+            _ = try? await rebootstrap()
+        } else {
+            await refreshBuckets(force: false)
+        }
+        let now = Instant.now
+        let due = state.withLock { state -> [[UInt8]] in
+            state.records.expire(now: now)
+            state.providers.expire(now: now)
+            return state.provided.filter { now - $0.value >= configuration.republishInterval }.map(\.key)
+        }
+        for key in due { await provide(key) }
+    }
+
+    /// Looks up a random key in every bucket not refreshed lately (all of them when forced).
+    private func refreshBuckets(force: Bool) async {
+        let buckets = state.withLock { state in
+            state.table.bucketsNeedingRefresh(now: .now, interval: force ? .zero : configuration.refreshInterval)
+        }
+        for index in buckets {
+            guard !Task.isCancelled else { return }
+            let key = Self.randomPeerKey(inBucket: index, of: KadKey(hashing: host.localPeer.bytes))
+            await lookup(key: key, request: DHTMessage(type: .findNode, key: key))
+        }
+    }
+
+    /// A peer-id-shaped key (a sha2-256 multihash) whose Kademlia key shares
+    /// exactly `index` leading bits with `local` (found by trying: 2^index tries
+    /// on average, so buckets beyond 15 are not refreshed, as in go-libp2p).
+    static func randomPeerKey(inBucket index: Int, of local: KadKey) -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        while true {
+            let digest = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+            let bytes = Multihash(code: Multihash.sha2_256, digest: digest).bytes
+            if min(KadKey(hashing: bytes).commonPrefixLength(with: local), 255) == index { return bytes }
+        }
+    }
+}
