@@ -14,8 +14,9 @@ import Transport
 public struct FileShareConfiguration: Sendable {
     /// Largest file we download.
     public var maxDownloadSize: UInt64 = 64 * 1024 * 1024 * 1024
-    /// Bytes read from a file per write to the stream.
-    public var chunkSize = 256 * 1024
+    /// Bytes read from a file per write to the stream, and gathered from the
+    /// stream per write to a file (each a hop to the file thread pool).
+    public var chunkSize = 1024 * 1024
     /// Uploads at once to one peer, and in total; more are refused (`busy`).
     public var maxUploadsPerPeer = 4
     public var maxUploads = 32
@@ -76,8 +77,9 @@ public final class FileShareService: Sendable {
                 throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "not a regular file"])
             }
             let size = (attributes[.size] as? NSNumber)?.uint64Value ?? 0
-            let digest = try await sha256(ofFile: path, length: size).finalize()
-            let offer = FileOffer(cid: .rawSHA256(digest), name: safeName, size: size)
+            let digest = RunningDigest()
+            try await forEachChunk(ofFile: path, length: size) { digest.update([$0]) }
+            let offer = FileOffer(cid: .rawSHA256(digest.finalize()), name: safeName, size: size)
             offers.withLock { $0[offer.cid] = (offer, path) }
             return offer
         } catch let error as FileTransferError {
@@ -152,17 +154,26 @@ public final class FileShareService: Sendable {
         async throws
     {
         let file = try await PooledFile.openForReading(path)
+        let chunk = UInt64(configuration.chunkSize)
+        // The next chunk is read while the current one is written (read ahead by one).
+        func readAhead(_ position: UInt64) -> Task<ByteBuffer, Error>? {
+            guard position < size else { return nil }
+            return Task { try await file.read(at: position, count: Int(min(chunk, size - position))) }
+        }
+        var position = offset
+        var next = readAhead(position)
         do {
-            var position = offset
-            while position < size {
-                let piece = try await file.read(at: position, count: Int(min(UInt64(configuration.chunkSize), size - position)))
+            while let reading = next {
+                let piece = try await reading.value
                 // The file shrank since it was offered: stop short (the recipient sees a truncated transfer).
                 guard piece.readableBytes > 0 else { throw FileTransferError.truncated(received: position, expected: size) }
+                position += UInt64(piece.readableBytes)
+                next = readAhead(position)
                 try await stream.write(piece)
                 watchdog.touch()
-                position += UInt64(piece.readableBytes)
             }
         } catch {
+            if let next { _ = try? await next.value }
             await file.close()
             throw error
         }
@@ -189,14 +200,14 @@ public final class FileShareService: Sendable {
             removeFile(partial)
             start = 0
         }
-        var hasher = SHA256()
+        let hasher = RunningDigest()
         if start > 0 {
             do {
-                hasher = try await sha256(ofFile: partial, length: start)
+                try await forEachChunk(ofFile: partial, length: start) { hasher.update([$0]) }
             } catch {
                 removeFile(partial)
                 start = 0
-                hasher = SHA256()
+                hasher.reset()
             }
         }
         var request = FileRequest()
@@ -242,7 +253,7 @@ public final class FileShareService: Sendable {
         let limit = configuration.maxDownloadSize
         return try await download(
             from: peer, protocolID: Self.universalConnectivityProtocolID, request: Array(fileID.utf8), partial: partial,
-            start: 0, hasher: SHA256(), expectedDigest: (try? CID(fileID))?.sha256Digest, name: safeName,
+            start: 0, hasher: RunningDigest(), expectedDigest: (try? CID(fileID))?.sha256Digest, name: safeName,
             directory: directory, progress: progress
         ) { reader in
             guard let size = try await reader.readVarint() else {
@@ -256,11 +267,10 @@ public final class FileShareService: Sendable {
     /// The common download: request, header (`readHeader` returns the file's
     /// whole size), then the body appended to `partial` from `start`.
     private func download(
-        from peer: PeerID, protocolID: String, request: [UInt8], partial: String, start: UInt64, hasher: SHA256,
+        from peer: PeerID, protocolID: String, request: [UInt8], partial: String, start: UInt64, hasher digest: RunningDigest,
         expectedDigest: [UInt8]?, name: String, directory: String, progress: @escaping @Sendable (FileProgress) -> Void,
         readHeader: (inout StreamReader) async throws -> UInt64
     ) async throws(FileTransferError) -> String {
-        var hasher = hasher
         let stream: MuxedStream
         do {
             stream = try await host.newStream(to: peer, protocols: [protocolID])
@@ -284,20 +294,48 @@ public final class FileShareService: Sendable {
             do { file = try await PooledFile.openForAppending(partial) } catch {
                 throw FileTransferError.file(path: partial, underlying: error)
             }
+            // Chunks are gathered into batches of `chunkSize`, each hashed and
+            // written on the file pool while the next is gathered (one at a
+            // time, in order), so the receiving task only moves buffers.
+            var gathered: [ByteBuffer] = []
+            var gatheredBytes = 0
+            var writing: Task<Void, Error>?
+            func flush() async throws {
+                if let writing { try await writing.value }
+                writing = nil
+                guard gatheredBytes > 0 else { return }
+                let batch = gathered
+                gathered = []
+                gatheredBytes = 0
+                writing = Task {
+                    try await PooledFile.run { digest.update(batch) }
+                    try await file.append(batch)
+                }
+            }
             do {
                 while received < total, let chunk = try await reader.readChunk() {
                     watchdog.touch()
                     guard UInt64(chunk.readableBytes) <= total - received else {
                         throw FileTransferError.malformed("more bytes than the file's \(total)")
                     }
-                    chunk.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
-                    do { try await file.append(chunk) } catch { throw FileTransferError.file(path: partial, underlying: error) }
                     received += UInt64(chunk.readableBytes)
-                    let seconds = max(1e-6, Double((ContinuousClock.now - began).components.attoseconds) / 1e18
-                        + Double((ContinuousClock.now - began).components.seconds))
+                    gathered.append(chunk)
+                    gatheredBytes += chunk.readableBytes
+                    if gatheredBytes >= configuration.chunkSize {
+                        do { try await flush() } catch { throw FileTransferError.file(path: partial, underlying: error) }
+                    }
+                    let elapsed = ContinuousClock.now - began
+                    let seconds = max(1e-6, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
                     progress(FileProgress(received: received, total: total, bytesPerSecond: Double(received - start) / seconds))
                 }
+                do {
+                    try await flush()
+                    try await flush()
+                } catch {
+                    throw FileTransferError.file(path: partial, underlying: error)
+                }
             } catch {
+                if let writing { _ = try? await writing.value }
                 await file.close()
                 throw error
             }
@@ -313,7 +351,7 @@ public final class FileShareService: Sendable {
             throw watchdog.fired ? .truncated(received: received, expected: total) : .transport(underlying: error)
         }
         guard received == total else { throw .truncated(received: received, expected: total) }
-        if let expectedDigest, Array(hasher.finalize()) != expectedDigest {
+        if let expectedDigest, digest.finalize() != expectedDigest {
             removeFile(partial)
             throw .hashMismatch(expected: CID(codec: CID.raw, multihash: Multihash(code: Multihash.sha2_256, digest: expectedDigest)).text())
         }
@@ -357,6 +395,25 @@ public final class FileShareService: Sendable {
         }
         throw .file(path: directory, underlying: CocoaError(.fileWriteFileExists))
     }
+}
+
+/// A SHA-256 being computed by whichever task holds the next batch (batches
+/// are hashed one at a time, in order).
+final class RunningDigest: Sendable {
+    private let hasher = Mutex(SHA256())
+
+    init() {}
+
+    /// Starts over.
+    func reset() { hasher.withLock { $0 = SHA256() } }
+
+    func update(_ buffers: [ByteBuffer]) {
+        hasher.withLock { hasher in
+            for buffer in buffers { buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
+        }
+    }
+
+    func finalize() -> [UInt8] { hasher.withLock { Array($0.finalize()) } }
 }
 
 /// Resets a stream on which nothing moved for `limit` seconds (its pending

@@ -54,9 +54,17 @@ final class PooledFile: Sendable {
         }
     }
 
-    func append(_ buffer: ByteBuffer) async throws {
+    /// Writes the buffers at the end of the file, in order.
+    func append(_ buffers: [ByteBuffer]) async throws {
         try await Self.run { [handle] in
-            try handle.write(contentsOf: Data(buffer.readableBytesView))
+            for buffer in buffers {
+                try buffer.withUnsafeReadableBytes { bytes in
+                    guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+                    // The buffer outlives the write: no copy into Data.
+                    try handle.write(
+                        contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: base), count: bytes.count, deallocator: .none))
+                }
+            }
         }
     }
 
@@ -65,16 +73,18 @@ final class PooledFile: Sendable {
     }
 }
 
-/// The SHA-256 of a file's first `length` bytes, read in chunks.
-func sha256(ofFile path: String, length: UInt64, chunk: Int = 1 << 20) async throws -> SHA256 {
-    var hasher = SHA256()
+/// Hands the file's first `length` bytes to `body`, chunk by chunk; throws
+/// `truncated` if the file is shorter.
+func forEachChunk(
+    ofFile path: String, length: UInt64, chunk: Int = 1 << 20, _ body: (ByteBuffer) -> Void
+) async throws {
     let file = try await PooledFile.openForReading(path)
     var offset: UInt64 = 0
     do {
         while offset < length {
             let piece = try await file.read(at: offset, count: Int(min(UInt64(chunk), length - offset)))
             guard piece.readableBytes > 0 else { break }
-            piece.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
+            body(piece)
             offset += UInt64(piece.readableBytes)
         }
     } catch {
@@ -83,13 +93,12 @@ func sha256(ofFile path: String, length: UInt64, chunk: Int = 1 << 20) async thr
     }
     await file.close()
     guard offset == length else { throw FileTransferError.truncated(received: offset, expected: length) }
-    return hasher
 }
 
 extension CID {
     /// The CIDv1 (raw, sha2-256) of content whose SHA-256 is `digest`.
-    static func rawSHA256(_ digest: SHA256.Digest) -> CID {
-        CID(codec: CID.raw, multihash: Multihash(code: Multihash.sha2_256, digest: Array(digest)))
+    static func rawSHA256(_ digest: [UInt8]) -> CID {
+        CID(codec: CID.raw, multihash: Multihash(code: Multihash.sha2_256, digest: digest))
     }
 
     /// Whether this CID names content by its SHA-256 (so a download can be verified).
