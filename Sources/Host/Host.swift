@@ -107,7 +107,12 @@ public final class Libp2pHost: Sendable {
         transports: [any Transport]? = nil, security: [any SecurityProtocol] = Libp2pHost.defaultSecurity,
         limits: HostLimits = .init(), logger: Logger = Logger(label: "p2p.host")
     ) {
-        self.limits = limits
+        // Sockets must never use up the descriptors: see `HostLimits.fitting(descriptors:)`.
+        let descriptors = HostLimits.descriptorLimit()
+        self.limits = limits.fitting(descriptors: descriptors)
+        var configuration = configuration
+        configuration.maxInboundHandshakes = min(
+            configuration.maxInboundHandshakes, HostLimits.handshakeBudget(descriptors: descriptors))
         self.localKey = key
         self.localPeer = PeerID(publicKey: key.publicKey)
         // NIO's process-wide group by default: it is never shut down, so late

@@ -38,6 +38,50 @@ public struct HostLimits: Sendable {
     public init() {}
 }
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension HostLimits {
+    /// The process's descriptor limit (RLIMIT_NOFILE, soft).
+    static func descriptorLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else {
+            return Int.max / 4
+        }
+        return Int(clamping: limit.rlim_cur)
+    }
+
+    /// Descriptors kept free of sockets: for files, timers, the runtime, and
+    /// sockets accepted and being refused.
+    static func reserve(descriptors: Int) -> Int { max(32, descriptors / 8) }
+
+    /// Inbound handshakes in flight that fit `descriptors` (an eighth of the sockets).
+    static func handshakeBudget(descriptors: Int) -> Int {
+        max(1, (descriptors - reserve(descriptors: descriptors)) / 8)
+    }
+
+    /// These limits, lowered so that connections, handshakes and dials
+    /// together never use up `descriptors`. Running out is not survivable:
+    /// on Linux, libdispatch (under Swift's concurrency runtime) checks its
+    /// worker threads each second by opening /proc/<tid>/stat and crashes
+    /// the process (SIGILL, "workq: registered worker exited prematurely")
+    /// when that open fails with EMFILE.
+    func fitting(descriptors: Int) -> HostLimits {
+        var limits = self
+        let sockets = max(8, descriptors - Self.reserve(descriptors: descriptors))
+        let dialSockets = max(1, sockets / 8)
+        limits.maxAddressesPerDial = max(1, min(maxAddressesPerDial, dialSockets))
+        limits.maxDialsInFlight = max(1, min(maxDialsInFlight, dialSockets / limits.maxAddressesPerDial))
+        // What handshakes and dials leave.
+        let connections = max(1, sockets - Self.handshakeBudget(descriptors: descriptors) - dialSockets)
+        limits.maxConnections = min(maxConnections, connections)
+        limits.highWater = min(highWater, limits.maxConnections)
+        limits.lowWater = min(lowWater, limits.highWater)
+        return limits
+    }
+}
+
 /// Counts of what the host's limits refused or closed, by reason.
 public struct HostLimitCounters: Sendable, Equatable {
     /// Connections closed as soon as they were established, by the limit they hit.
