@@ -5,6 +5,19 @@ import Yamux
 /// Found 2 of issue 14: replies a peer asks for while not reading them must
 /// not queue without bound.
 final class YamuxControlBoundTests: XCTestCase {
+    /// `count` streams opened and reset at once (SYN then RST each), from stream `id` on.
+    func openAndReset(_ count: Int, from id: inout UInt32) -> ByteBuffer {
+        var burst = ByteBuffer()
+        for _ in 0..<count {
+            var syn = header(type: 1, flags: 1, stream: id, length: 0)
+            var rst = header(type: 1, flags: 8, stream: id, length: 0)
+            burst.writeBuffer(&syn)
+            burst.writeBuffer(&rst)
+            id += 2
+        }
+        return burst
+    }
+
     /// A ping flood leaves one pong to send: only the latest ping is answered.
     func testPingFloodQueuesOnePong() throws {
         var session = YamuxSession(isClient: false)
@@ -34,14 +47,7 @@ final class YamuxControlBoundTests: XCTestCase {
         var failure: YamuxError?
         var id: UInt32 = 1
         flood: for _ in 0..<1000 {
-            var burst = ByteBuffer()
-            for _ in 0..<100 {
-                var syn = header(type: 1, flags: 1, stream: id, length: 0)
-                var rst = header(type: 1, flags: 8, stream: id, length: 0)
-                burst.writeBuffer(&syn)
-                burst.writeBuffer(&rst)
-                id += 2
-            }
+            var burst = openAndReset(100, from: &id)
             do {
                 _ = try session.receive(&burst)
             } catch {
@@ -68,14 +74,7 @@ final class YamuxControlBoundTests: XCTestCase {
         var session = YamuxSession(isClient: false, configuration: configuration)
         var id: UInt32 = 1
         for _ in 0..<100 {
-            var burst = ByteBuffer()
-            for _ in 0..<100 {
-                var syn = header(type: 1, flags: 1, stream: id, length: 0)
-                var rst = header(type: 1, flags: 8, stream: id, length: 0)
-                burst.writeBuffer(&syn)
-                burst.writeBuffer(&rst)
-                id += 2
-            }
+            var burst = openAndReset(100, from: &id)
             _ = try session.receive(&burst)
             _ = session.takeOutputPieces()
         }
