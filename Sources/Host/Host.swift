@@ -89,6 +89,8 @@ public final class Libp2pHost: Sendable {
         var openedAt: [UInt64: ContinuousClock.Instant] = [:]
         var idleSince: [UInt64: ContinuousClock.Instant] = [:]
         var protected: [PeerID: Set<String>] = [:]
+        /// Inbound streams being handled, per connection and protocol.
+        var handling: [StreamSlot: Int] = [:]
         var maintenance: Task<Void, Never>?
     }
     private let state = Mutex(State())
@@ -455,6 +457,28 @@ extension Libp2pHost {
         state.withLock { $0.protected[peer] != nil }
     }
 
+    /// Counts an inbound stream against `maxInboundStreamsPerProtocol`; false (counted) when over.
+    fileprivate func takeStreamSlot(for stream: MuxedStream) -> Bool {
+        let slot = StreamSlot(connection: stream.connection.id, protocolID: stream.protocolID)
+        let limit = limits.maxInboundStreamsPerProtocol
+        return state.withLock { state in
+            guard state.handling[slot, default: 0] < limit else {
+                state.counters.refusedStreams[stream.protocolID, default: 0] += 1
+                return false
+            }
+            state.handling[slot, default: 0] += 1
+            return true
+        }
+    }
+
+    fileprivate func giveStreamSlot(for stream: MuxedStream) {
+        let slot = StreamSlot(connection: stream.connection.id, protocolID: stream.protocolID)
+        state.withLock { state in
+            let count = state.handling[slot, default: 1] - 1
+            state.handling[slot] = count > 0 ? count : nil
+        }
+    }
+
     /// Why an inbound connection is refused, if it is: the limit it hits.
     fileprivate static func refusal(
         of connection: Connection, existing: [Connection], _ state: State, _ limits: HostLimits
@@ -560,13 +584,18 @@ private struct Acceptor: InboundStreamAcceptor {
     }
 
     func accept(_ stream: MuxedStream) {
-        guard let handler = host.host?.handler(for: stream.protocolID) else {
+        guard let host = host.host, let handler = host.handler(for: stream.protocolID) else {
+            stream.reset()
+            return
+        }
+        guard host.takeStreamSlot(for: stream) else {
             stream.reset()
             return
         }
         Task {
             await handler(stream)
             await stream.close()
+            host.giveStreamSlot(for: stream)
         }
     }
 }

@@ -14,6 +14,9 @@ public struct HostLimits: Sendable {
     public var limitLoopback = false
     /// Connections to one peer (two peers that dial each other at once keep two).
     public var maxConnectionsPerPeer = 4
+    /// Inbound streams of one connection handled at once per protocol; a
+    /// newer one is reset beyond it (Yamux bounds all streams of a connection).
+    public var maxInboundStreamsPerProtocol = 256
     /// Peers being dialled at once (`connect(to:)`); beyond it a dial fails at once.
     public var maxDialsInFlight = 32
     /// Addresses of one peer tried in one dial (a peer can announce many).
@@ -86,6 +89,8 @@ extension HostLimits {
 public struct HostLimitCounters: Sendable, Equatable {
     /// Connections closed as soon as they were established, by the limit they hit.
     public var refusedConnections: [String: Int] = [:]
+    /// Inbound streams reset over `maxInboundStreamsPerProtocol`, by protocol.
+    public var refusedStreams: [String: Int] = [:]
     /// Dials refused because `maxDialsInFlight` peers were being dialled.
     public var refusedDials = 0
     /// Addresses skipped because they were backing off after a failure.
@@ -95,6 +100,12 @@ public struct HostLimitCounters: Sendable, Equatable {
     public var trimmed = 0
 
     public init() {}
+}
+
+/// A connection and a protocol, for counting the streams handled.
+struct StreamSlot: Hashable {
+    let connection: UInt64
+    let protocolID: String
 }
 
 /// Failed addresses and when each may be dialled again (bounded in size).

@@ -20,6 +20,10 @@ public struct TransportConfiguration: Sendable {
     /// A listener whose accept fails (EMFILE, ENFILE: out of file
     /// descriptors) stops accepting for this long, then tries again.
     public var acceptBackoff: TimeAmount = .milliseconds(500)
+    /// Inbound streams of one connection still negotiating their protocol (as
+    /// rust-libp2p's max_negotiating_inbound_streams);
+    /// a newer one is reset at once beyond it.
+    public var maxNegotiatingInboundStreams = 128
     /// Multistream-select on a new stream.
     public var streamNegotiationTimeout: TimeAmount = .seconds(10)
     /// A writer waits while this much of its data is handed over and not yet

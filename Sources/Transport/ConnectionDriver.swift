@@ -241,7 +241,8 @@ final class ConnectionDriver {
         let acceptor = upgrader.acceptor
         let streams = StreamTable(
             isClient: parameters.role == .initiator, configuration: configuration.yamux,
-            limits: configuration.multistreamLimits, supports: { acceptor.supports(protocolID: $0) })
+            limits: configuration.multistreamLimits, maxNegotiatingInbound: configuration.maxNegotiatingInboundStreams,
+            supports: { acceptor.supports(protocolID: $0) })
         state = .established(Established(session: upgraded.session, streams: streams, connection: connection))
         logger[metadataKey: "peer"] = "\(upgraded.remotePeer)"
         logger.debug(

@@ -154,6 +154,40 @@ final class HostLimitsTests: XCTestCase {
         await server.close()
     }
 
+    func testInboundStreamsPerProtocol() async throws {
+        let (server, address) = try await makeHost { $0.maxInboundStreamsPerProtocol = 2 }
+        let (client, _) = try await makeHost()
+        let connection = try await client.connect(address)
+        var held: [MuxedStream] = []
+        for _ in 0..<2 {
+            let stream = try await connection.newStream(protocols: [echoProtocol])
+            try await stream.write(ByteBuffer(bytes: [1]))
+            _ = try await stream.read()
+            held.append(stream)
+        }
+        let third = try await connection.newStream(protocols: [echoProtocol])
+        do {
+            try await third.write(ByteBuffer(bytes: [1]))
+            _ = try await withDeadline(5) { try await third.read() }
+            XCTFail("a third echo stream was served")
+        } catch TransportError.streamReset {
+        }
+        XCTAssertEqual(server.limitCounters.refusedStreams[echoProtocol], 1)
+        // Other protocols are not affected, and a slot freed is taken again.
+        let rtts = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(rtts.count, 1)
+        try await held[0].closeWrite()
+        while try await held[0].read() != nil {}
+        try await waitFor("a stream slot freed") {
+            guard let stream = try? await connection.newStream(protocols: [echoProtocol]) else { return false }
+            defer { stream.reset() }
+            guard (try? await stream.write(ByteBuffer(bytes: [2]))) != nil else { return false }
+            return (try? await withDeadline(2) { try await stream.read() }) != nil
+        }
+        await client.close()
+        await server.close()
+    }
+
     func testIdleConnectionsAreClosed() async throws {
         let (server, address) = try await makeHost {
             $0.idleTimeout = .milliseconds(500)
