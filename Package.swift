@@ -10,6 +10,8 @@ let package = Package(
     products: [
         .executable(name: "p2pchat", targets: ["P2PChat"]),
         .executable(name: "p2pbench", targets: ["P2PBench"]),
+        // Fuzz targets of the network decoders (Fuzz/run.sh; replays its corpus without libFuzzer).
+        .executable(name: "p2pfuzz", targets: ["P2PFuzz"]),
         .library(name: "Multiformats", targets: ["Multiformats"]),
         .library(name: "Identity", targets: ["Identity"]),
         .library(name: "Host", targets: ["Host"]),
@@ -145,6 +147,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .executableTarget(
+            name: "P2PFuzz",
+            dependencies: [
+                "Multiformats", "Multistream", "Yamux", "Noise", "Identity", "MDNS",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Fuzz/P2PFuzz"
         ),
         .executableTarget(
             name: "P2PBench",
