@@ -88,7 +88,25 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
     return 0
 }
 
-#if !FUZZING
+#if FUZZING
+/// libFuzzer's driver (in the runtime `-sanitize=fuzzer` links). SwiftPM names
+/// an executable's entry point itself, so `main` is ours and hands over to it.
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+@main
+enum Fuzz {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(runFuzzerDriver(&argc, &argv, fuzzTestOneInput))
+    }
+}
+#else
 /// Replays inputs without libFuzzer: `p2pfuzz TARGET FILE|DIRECTORY...`.
 @main
 enum Replay {
