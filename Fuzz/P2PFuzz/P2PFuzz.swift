@@ -21,9 +21,10 @@ enum FuzzTarget: String, CaseIterable {
             _ = try? Varint.decode(bytes)
         case .multiaddr:
             if let address = try? Multiaddr(bytes: bytes) {
-                // What we decode we can print and parse back.
+                // What we decode we can print and parse back (within the text
+                // length limit: text is longer than binary, an IPv6 address 16 bytes or 39 characters).
                 let text = address.description
-                guard let again = try? Multiaddr(text), again == address else {
+                guard text.utf8.count > Multiaddr.maxLength || (try? Multiaddr(text)) == address else {
                     fatalError("multiaddr \(text) does not round-trip")
                 }
             }
