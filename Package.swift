@@ -151,7 +151,7 @@ let package = Package(
         .executableTarget(
             name: "P2PFuzz",
             dependencies: [
-                "Multiformats", "Multistream", "Yamux", "Noise", "Identity", "MDNS",
+                "Multiformats", "Multistream", "Yamux", "Noise", "Identity", "MDNS", "Identify", "PubSub",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/P2PFuzz"

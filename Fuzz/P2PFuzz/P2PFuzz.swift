@@ -7,13 +7,20 @@ import NIOCore
 import Noise
 import Yamux
 
+// The protobuf types and the router are internal to their modules; debug
+// builds (the fuzzing build is one) can reach them.
+#if DEBUG
+@testable import Identify
+@testable import PubSub
+#endif
+
 /// Decoders of network input, each fed arbitrary bytes: they must return or
 /// throw, never crash, hang or allocate without bound. One libFuzzer binary
 /// for all (`FUZZ_TARGET` picks one); without libFuzzer the same binary
 /// replays files (`p2pfuzz TARGET FILE...`), which is how the test command
 /// runs the committed corpus.
 enum FuzzTarget: String, CaseIterable {
-    case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope
+    case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope, identify, pubsub
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -59,6 +66,27 @@ enum FuzzTarget: String, CaseIterable {
             _ = try? PeerID(bytes: bytes)
         case .envelope:
             _ = try? PeerRecord.open(bytes)
+        case .identify:
+            #if DEBUG
+            // What the identify service reads from a message.
+            guard let message = try? Identify_Pb_Identify(serializedBytes: bytes) else { return }
+            for address in message.listenAddrs { _ = try? Multiaddr(bytes: Array(address)) }
+            _ = try? Multiaddr(bytes: Array(message.observedAddr))
+            _ = try? PublicKey(marshaled: Array(message.publicKey))
+            _ = try? PeerRecord.open(Array(message.signedPeerRecord))
+            #endif
+        case .pubsub:
+            #if DEBUG
+            // An RPC from a gossipsub peer to a router subscribed to the topic "t".
+            guard let rpc = try? Pubsub_Pb_RPC(serializedBytes: bytes) else { return }
+            let now = ContinuousClock.now
+            var router = PubSubRouter(localKey: Self.identity)
+            _ = router.subscribe("t", now: now)
+            let peer = PeerID(publicKey: Self.remote.publicKey)
+            _ = router.addPeer(peer, protocolID: "/meshsub/1.2.0", outbound: false)
+            _ = router.handle(rpc, from: peer, now: now)
+            _ = router.heartbeat(now: now)
+            #endif
         }
     }
 
@@ -76,6 +104,7 @@ enum FuzzTarget: String, CaseIterable {
     }
 
     static let identity = PrivateKey.generateEd25519()
+    static let remote = PrivateKey.generateEd25519()
 }
 
 /// The target named by `FUZZ_TARGET` (libFuzzer runs).
