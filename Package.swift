@@ -12,6 +12,8 @@ let package = Package(
     products: [
         .executable(name: "p2pchat", targets: ["P2PChat"]),
         .executable(name: "p2pbench", targets: ["P2PBench"]),
+        // Fuzz targets of the network decoders (Fuzz/run.sh; replays its corpus without libFuzzer).
+        .executable(name: "p2pfuzz", targets: ["P2PFuzz"]),
         .executable(name: "echo-example", targets: ["EchoExample"]),
         .executable(name: "pubsub-example", targets: ["PubSubExample"]),
         // The whole stack in one import.
@@ -264,6 +266,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .executableTarget(
+            name: "P2PFuzz",
+            dependencies: [
+                "Multiformats", "Multistream", "Yamux", "Noise", "Identity", "MDNS", "Identify", "PubSub",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Fuzz/P2PFuzz"
         ),
         .executableTarget(
             name: "P2PBench",

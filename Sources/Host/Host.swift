@@ -36,12 +36,18 @@ public enum HostError: Error, CustomStringConvertible, Sendable {
     case noAddresses(PeerID)
     /// Every address of the peer failed; each attempt keeps its error.
     case dialFailed(PeerID, [DialAttempt])
+    /// Every known address of the peer failed recently and is backing off.
+    case dialBackoff(PeerID)
+    /// A limit of `HostLimits` refused the dial (which, in words).
+    case limitReached(String)
 
     public var description: String {
         switch self {
         case .noAddresses(let peer): return "no known addresses for \(peer)"
         case .dialFailed(let peer, let attempts):
             return "could not reach \(peer): \(attempts.map(\.description).joined(separator: "; "))"
+        case .dialBackoff(let peer): return "every address of \(peer) failed recently; not dialling again yet"
+        case .limitReached(let what): return "refused: limit of \(what) reached"
         }
     }
 }
@@ -68,7 +74,7 @@ public final class Libp2pHost: Sendable {
     /// Secures and multiplexes every connection of every transport.
     public let upgrader: Upgrader
 
-    private struct State {
+    fileprivate struct State {
         var listeners: [Listener] = []
         var handlers: [String: StreamHandler] = [:]
         var connections: [PeerID: [Connection]] = [:]
@@ -76,19 +82,39 @@ public final class Libp2pHost: Sendable {
         var subscribers: [UInt64: AsyncStream<HostEvent>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
         var closed = false
+        /// Limits: dials in flight, failed addresses, counters, connection ages and idleness, protected peers.
+        var dialsInFlight = 0
+        var backoffs = DialBackoffs()
+        var counters = HostLimitCounters()
+        var openedAt: [UInt64: ContinuousClock.Instant] = [:]
+        var idleSince: [UInt64: ContinuousClock.Instant] = [:]
+        var protected: [PeerID: Set<String>] = [:]
+        /// Inbound streams being handled, per connection and protocol.
+        var handling: [StreamSlot: Int] = [:]
+        var maintenance: Task<Void, Never>?
     }
     private let state = Mutex(State())
 
     /// Security protocols offered by default, in order of preference.
     public static let defaultSecurity: [any SecurityProtocol] = [NoiseSecurity(), TLSSecurity()]
 
+    /// Limits on connections and dials (see `HostLimits`).
+    public let limits: HostLimits
+    private let clock = ContinuousClock()
+
     /// A host on `transports` (TCP and WebSocket by default) offering `security`
     /// in order of preference (Noise, then TLS, by default).
     public init(
         key: PrivateKey, configuration: TransportConfiguration = .init(), group: EventLoopGroup? = nil,
         transports: [any Transport]? = nil, security: [any SecurityProtocol] = Libp2pHost.defaultSecurity,
-        logger: Logger = Logger(label: "p2p.host")
+        limits: HostLimits = .init(), logger: Logger = Logger(label: "p2p.host")
     ) {
+        // Sockets must never use up the descriptors: see `HostLimits.fitting(descriptors:)`.
+        let descriptors = HostLimits.descriptorLimit()
+        self.limits = limits.fitting(descriptors: descriptors)
+        var configuration = configuration
+        configuration.maxInboundHandshakes = min(
+            configuration.maxInboundHandshakes, HostLimits.handshakeBudget(descriptors: descriptors))
         self.localKey = key
         self.localPeer = PeerID(publicKey: key.publicKey)
         // NIO's process-wide group by default: it is never shut down, so late
@@ -103,6 +129,7 @@ public final class Libp2pHost: Sendable {
             localKey: key, security: security, configuration: configuration, acceptor: Acceptor(host: weakHost),
             logger: logger, onInboundConnection: { connection in weakHost.host?.adopt(connection) })
         weakHost.set(self)
+        startMaintenance(weakHost)
     }
 
     private func transport(dialing address: Multiaddr) throws -> any Transport {
@@ -244,14 +271,28 @@ public final class Libp2pHost: Sendable {
         if let existing = connection(to: peer) { return existing }
         let addresses = peerStore.info(peer)?.addresses ?? []
         guard !addresses.isEmpty else { throw HostError.noAddresses(peer) }
-        let (dial, isNew) = state.withLock { state -> (Task<Connection, any Error>, Bool) in
+        let maxDials = limits.maxDialsInFlight
+        let shared = state.withLock { state -> (Task<Connection, any Error>, Bool)? in
             if let pending = state.pendingDials[peer] { return (pending, false) }
+            guard state.dialsInFlight < maxDials else {
+                state.counters.refusedDials += 1
+                return nil
+            }
+            state.dialsInFlight += 1
             let dial = Task { try await self.dialStaggered(peer, addresses: addresses) }
             state.pendingDials[peer] = dial
             return (dial, true)
         }
+        guard let (dial, isNew) = shared else { throw HostError.limitReached("\(maxDials) dials in flight") }
         // Callers share one dial per peer; the first caller clears it.
-        defer { if isNew { state.withLock { _ = $0.pendingDials.removeValue(forKey: peer) } } }
+        defer {
+            if isNew {
+                state.withLock { state in
+                    state.pendingDials.removeValue(forKey: peer)
+                    state.dialsInFlight -= 1
+                }
+            }
+        }
         return try await withTaskCancellationHandler {
             try await dial.value
         } onCancel: {
@@ -260,7 +301,16 @@ public final class Libp2pHost: Sendable {
     }
 
     private func dialStaggered(_ peer: PeerID, addresses: [Multiaddr]) async throws -> Connection {
-        let targets = addresses.map { $0.peerID == nil ? $0.encapsulating(.p2p(peer.bytes)) : $0 }
+        // Addresses that failed lately wait out their backoff; at most `maxAddressesPerDial` are tried.
+        let now = clock.now
+        let allowed = state.withLock { state in
+            let allowed = addresses.filter { state.backoffs.allows($0, now: now) }
+            state.counters.backedOffAddresses += addresses.count - allowed.count
+            return allowed
+        }
+        guard !allowed.isEmpty else { throw HostError.dialBackoff(peer) }
+        let chosen = Array(allowed.prefix(limits.maxAddressesPerDial))
+        let targets = chosen.map { $0.peerID == nil ? $0.encapsulating(.p2p(peer.bytes)) : $0 }
         return try await withThrowingTaskGroup(of: (Int, Result<Connection, any Error>).self) { group in
             for (index, address) in targets.enumerated() {
                 group.addTask {
@@ -279,12 +329,19 @@ public final class Libp2pHost: Sendable {
                 switch result {
                 case .success(let connection) where winner == nil:
                     winner = connection
+                    state.withLock { $0.backoffs.succeeded(chosen[index]) }
                     group.cancelAll()
                 case .success(let connection):
                     // Finished while the others were being cancelled.
                     await connection.close()
                 case .failure(let error):
-                    if winner == nil { attempts.append(DialAttempt(address: targets[index], error: error)) }
+                    guard winner == nil, !(error is CancellationError), !Task.isCancelled else { continue }
+                    attempts.append(DialAttempt(address: targets[index], error: error))
+                    let limits = self.limits
+                    state.withLock {
+                        $0.backoffs.failed(
+                            chosen[index], now: self.clock.now, base: limits.dialBackoff, max: limits.maxDialBackoff)
+                    }
                 }
             }
             guard let winner else { throw HostError.dialFailed(peer, attempts) }
@@ -300,14 +357,23 @@ public final class Libp2pHost: Sendable {
     }
 
     fileprivate func adopt(_ connection: Connection) {
-        let (accepted, first) = state.withLock { state -> (Bool, Bool) in
-            guard !state.closed else { return (false, false) }
-            let first = state.connections[connection.remotePeer]?.isEmpty ?? true
+        let limits = self.limits
+        let now = clock.now
+        let (refusal, first) = state.withLock { state -> (String?, Bool) in
+            guard !state.closed else { return ("host closed", false) }
+            let existing = state.connections[connection.remotePeer] ?? []
+            if connection.direction == .inbound, let why = Self.refusal(of: connection, existing: existing, state, limits) {
+                state.counters.refusedConnections[why, default: 0] += 1
+                return (why, false)
+            }
             state.connections[connection.remotePeer, default: []].append(connection)
-            return (true, first)
+            state.openedAt[connection.id] = now
+            return (nil, existing.isEmpty)
         }
-        guard accepted else {
-            Task { await connection.close() }
+        if let refusal {
+            logger.debug(
+                "connection refused", metadata: ["peer": "\(connection.remotePeer)", "limit": "\(refusal)"])
+            Task { await connection.close(reason: .limitReached(refusal)) }
             return
         }
         if connection.direction == .outbound {
@@ -329,6 +395,8 @@ public final class Libp2pHost: Sendable {
             else { return (false, false) }
             list.remove(at: index)
             state.connections[connection.remotePeer] = list.isEmpty ? nil : list
+            state.openedAt[connection.id] = nil
+            state.idleSince[connection.id] = nil
             return (true, list.isEmpty)
         }
         if removed {
@@ -367,6 +435,8 @@ public final class Libp2pHost: Sendable {
     public func close() async {
         let (listeners, connections, subscribers) = state.withLock { state in
             state.closed = true
+            state.maintenance?.cancel()
+            state.maintenance = nil
             let result = (state.listeners, state.connections.values.flatMap { $0 }, Array(state.subscribers.values))
             state.listeners = []
             return result
@@ -378,6 +448,128 @@ public final class Libp2pHost: Sendable {
             }
         }
         for subscriber in subscribers { subscriber.finish() }
+    }
+}
+
+// MARK: - Limits
+
+extension Libp2pHost {
+    /// What the limits refused or closed so far.
+    public var limitCounters: HostLimitCounters { state.withLock { $0.counters } }
+
+    /// Keeps the peer's connections when trimming over the high-water mark,
+    /// for as long as any tag protects it (e.g. pubsub's mesh).
+    public func protect(_ peer: PeerID, tag: String) {
+        state.withLock { _ = $0.protected[peer, default: []].insert(tag) }
+    }
+
+    public func unprotect(_ peer: PeerID, tag: String) {
+        state.withLock { state in
+            state.protected[peer]?.remove(tag)
+            if state.protected[peer]?.isEmpty == true { state.protected[peer] = nil }
+        }
+    }
+
+    public func isProtected(_ peer: PeerID) -> Bool {
+        state.withLock { $0.protected[peer] != nil }
+    }
+
+    /// Counts an inbound stream against `maxInboundStreamsPerProtocol`; false (counted) when over.
+    fileprivate func takeStreamSlot(for stream: MuxedStream) -> Bool {
+        let slot = StreamSlot(connection: stream.connection.id, protocolID: stream.protocolID)
+        let limit = limits.maxInboundStreamsPerProtocol
+        return state.withLock { state in
+            guard state.handling[slot, default: 0] < limit else {
+                state.counters.refusedStreams[stream.protocolID, default: 0] += 1
+                return false
+            }
+            state.handling[slot, default: 0] += 1
+            return true
+        }
+    }
+
+    fileprivate func giveStreamSlot(for stream: MuxedStream) {
+        let slot = StreamSlot(connection: stream.connection.id, protocolID: stream.protocolID)
+        state.withLock { state in
+            let count = state.handling[slot, default: 1] - 1
+            state.handling[slot] = count > 0 ? count : nil
+        }
+    }
+
+    /// Why an inbound connection is refused, if it is: the limit it hits.
+    fileprivate static func refusal(
+        of connection: Connection, existing: [Connection], _ state: State, _ limits: HostLimits
+    ) -> String? {
+        let total = state.connections.values.reduce(0) { $0 + $1.count }
+        if total >= limits.maxConnections { return "\(limits.maxConnections) connections" }
+        if existing.count >= limits.maxConnectionsPerPeer { return "\(limits.maxConnectionsPerPeer) connections per peer" }
+        let address = connection.remoteAddress
+        if let ip = address.ipAddressText, limits.limitLoopback || !address.isLoopback {
+            let fromIP = state.connections.values.joined().filter {
+                $0.direction == .inbound && $0.remoteAddress.ipAddressText == ip
+            }.count
+            if fromIP >= limits.maxInboundPerIP { return "\(limits.maxInboundPerIP) inbound connections per IP address" }
+        }
+        return nil
+    }
+
+    /// Starts the task that closes idle connections and trims over the
+    /// high-water mark; `close()` ends it. It holds the host weakly.
+    fileprivate func startMaintenance(_ weakHost: WeakHost) {
+        let interval = limits.maintenanceInterval
+        let task = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                guard let host = weakHost.host else { return }
+                await host.maintain()
+            }
+        }
+        state.withLock { $0.maintenance = task }
+    }
+
+    /// One round of maintenance: idle connections, then the high-water mark.
+    func maintain() async {
+        let connections = self.connections
+        var streams: [UInt64: Int] = [:]
+        for connection in connections where connection.isActive {
+            streams[connection.id] = (try? await connection.streamCount()) ?? 0
+        }
+        let now = clock.now
+        let limits = self.limits
+        let (idle, trim) = state.withLock { state -> ([Connection], [Connection]) in
+            var idle: [Connection] = []
+            for connection in connections {
+                guard let count = streams[connection.id], count == 0 else {
+                    state.idleSince[connection.id] = nil
+                    continue
+                }
+                let since = state.idleSince[connection.id] ?? now
+                state.idleSince[connection.id] = since
+                if let timeout = limits.idleTimeout, now - since >= timeout { idle.append(connection) }
+            }
+            state.counters.idleClosed += idle.count
+            let remaining = connections.filter { connection in !idle.contains { $0 === connection } }
+            guard remaining.count > limits.highWater else { return (idle, []) }
+            let candidates = remaining.filter { connection in
+                state.protected[connection.remotePeer] == nil
+                    && now - (state.openedAt[connection.id] ?? now) >= limits.gracePeriod
+            }.sorted { a, b in
+                let (sa, sb) = (streams[a.id] ?? 0, streams[b.id] ?? 0)
+                if sa != sb { return sa < sb }
+                return (state.openedAt[a.id] ?? now) > (state.openedAt[b.id] ?? now)
+            }
+            let trim = Array(candidates.prefix(remaining.count - limits.lowWater))
+            state.counters.trimmed += trim.count
+            return (idle, trim)
+        }
+        for connection in idle {
+            logger.debug("closing idle connection", metadata: ["peer": "\(connection.remotePeer)"])
+            await connection.close(reason: .limitReached("idle for \(limits.idleTimeout.map { "\($0)" } ?? "")"))
+        }
+        for connection in trim {
+            logger.debug("trimming connection", metadata: ["peer": "\(connection.remotePeer)"])
+            await connection.close(reason: .limitReached("\(limits.highWater) connections (high-water mark)"))
+        }
     }
 }
 
@@ -409,13 +601,18 @@ private struct Acceptor: InboundStreamAcceptor {
     }
 
     func accept(_ stream: MuxedStream) {
-        guard let handler = host.host?.handler(for: stream.protocolID) else {
+        guard let host = host.host, let handler = host.handler(for: stream.protocolID) else {
+            stream.reset()
+            return
+        }
+        guard host.takeStreamSlot(for: stream) else {
             stream.reset()
             return
         }
         Task {
             await handler(stream)
             await stream.close()
+            host.giveStreamSlot(for: stream)
         }
     }
 }

@@ -5,12 +5,20 @@ public enum KeyFileError: Error, CustomStringConvertible, Sendable {
     case unreadable(path: String, reason: String)
     case malformed(path: String, reason: String)
     case unwritable(path: String, reason: String)
+    /// Group or others may read the key (as ssh, we refuse it).
+    case tooOpen(path: String, mode: UInt32)
+    /// Something other than a regular file is at the path (what, in words).
+    case notAFile(path: String, what: String)
 
     public var description: String {
         switch self {
         case .unreadable(let path, let reason): return "cannot read key file \(path): \(reason)"
         case .malformed(let path, let reason): return "key file \(path) is not a libp2p private key: \(reason)"
         case .unwritable(let path, let reason): return "cannot write key file \(path): \(reason)"
+        case .tooOpen(let path, let mode):
+            return "key file \(path) has permissions \(String(mode, radix: 8)): others can read it, so it is not used "
+                + "(run: chmod 600 \(path))"
+        case .notAFile(let path, let what): return "key file \(path) is \(what), not a key file"
         }
     }
 }
@@ -32,7 +40,33 @@ public enum KeyFile {
     /// Largest key file we read (RSA 8192 private keys are under 5 KiB).
     static let maxSize = 16 * 1024
 
+    /// What is at `path` (following a symbolic link), checked before reading:
+    /// a regular file that only its owner can read.
+    static func checkKeyFile(path: String) throws {
+        var link = stat()
+        guard lstat(path, &link) == 0 else {
+            throw KeyFileError.unreadable(path: path, reason: String(cString: strerror(errno)))
+        }
+        var target = stat()
+        guard stat(path, &target) == 0 else {
+            let destination = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
+            throw KeyFileError.notAFile(
+                path: path, what: "a symbolic link to \(destination), which does not exist (create the key there or remove the link)")
+        }
+        switch target.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw KeyFileError.notAFile(path: path, what: "a directory")
+        case S_IFIFO: throw KeyFileError.notAFile(path: path, what: "a FIFO (named pipe)")
+        case S_IFSOCK: throw KeyFileError.notAFile(path: path, what: "a socket")
+        case S_IFCHR, S_IFBLK: throw KeyFileError.notAFile(path: path, what: "a device")
+        default: throw KeyFileError.notAFile(path: path, what: "not a regular file")
+        }
+        let mode = UInt32(target.st_mode) & 0o777
+        guard mode & 0o077 == 0 else { throw KeyFileError.tooOpen(path: path, mode: mode) }
+    }
+
     public static func load(path: String) throws -> PrivateKey {
+        try checkKeyFile(path: path)
         let data: Data
         do {
             let attributes = try FileManager.default.attributesOfItem(atPath: path)
@@ -80,8 +114,11 @@ public enum KeyFile {
     }
 
     /// Loads the key at `path`, or creates a new Ed25519 key there if there is no file.
+    /// Anything at the path, a dangling symbolic link included, is loaded (and
+    /// refused with a reason if it is not a private key file), never replaced.
     public static func loadOrCreate(path: String) throws -> PrivateKey {
-        if FileManager.default.fileExists(atPath: path) {
+        var link = stat()
+        if lstat(path, &link) == 0 {
             return try load(path: path)
         }
         let key = PrivateKey.generateEd25519()

@@ -9,7 +9,9 @@ import NIOPosix
 
 /// A peer found or lost on the local network.
 public enum MDNSEvent: Sendable, Equatable {
+    /// A peer, or new addresses of a known peer (only those not reported before).
     case discovered(PeerID, [Multiaddr])
+    /// A peer's records expired (every address it had).
     case expired(PeerID, [Multiaddr])
 }
 
@@ -20,6 +22,12 @@ public struct MDNSConfiguration: Sendable {
     /// TTL of the records we announce; peers we learn of expire after theirs.
     public var ttl: Duration = .seconds(120)
     public var port = 5353
+    /// Addresses kept per discovered peer: anyone on the link can announce
+    /// any number for one peer id, and each new one is reported and dialled.
+    public var maxAddressesPerPeer = 16
+    /// Peers known at once; announcements of further peers are ignored until
+    /// some expire.
+    public var maxPeers = 256
 
     public init() {}
 }
@@ -138,6 +146,9 @@ public actor MDNSService {
     private var continuations: [Int: AsyncStream<MDNSEvent>.Continuation] = [:]
     private var nextSubscriber = 0
     private var tasks: [Task<Void, Never>] = []
+    /// Announced addresses and peers dropped by the caps (for tests and status).
+    public private(set) var ignoredAddresses = 0
+    public private(set) var ignoredPeers = 0
 
     public init(
         localPeer: PeerID, configuration: MDNSConfiguration = .init(),
@@ -341,13 +352,24 @@ public actor MDNSService {
                 if let entry = known.removeValue(forKey: peer) { emit(.expired(peer, entry.addresses)) }
                 continue
             }
-            if let entry = known[peer], Set(addresses).isSubset(of: Set(entry.addresses)) {
-                known[peer] = (entry.addresses, max(entry.expires, expires))
+            guard known[peer] != nil || known.count < configuration.maxPeers else {
+                ignoredPeers += 1
                 continue
             }
-            let merged = Array(Set((known[peer]?.addresses ?? []) + addresses)).sorted { $0.description < $1.description }
-            known[peer] = (merged, expires)
-            emit(.discovered(peer, merged))
+            // Only addresses we did not know are reported (and so dialled), up to the cap.
+            var entry = known[peer] ?? ([], expires)
+            var added: [Multiaddr] = []
+            for address in addresses where !entry.addresses.contains(address) && !added.contains(address) {
+                guard entry.addresses.count + added.count < configuration.maxAddressesPerPeer else {
+                    ignoredAddresses += 1
+                    continue
+                }
+                added.append(address)
+            }
+            entry.addresses += added
+            entry.expires = max(entry.expires, expires)
+            known[peer] = entry
+            if !added.isEmpty { emit(.discovered(peer, added)) }
         }
     }
 

@@ -190,7 +190,13 @@ public enum MultiaddrComponent: Hashable, Sendable {
         case "sni": return .sni(try text())
         case "unix": return .unix(try text())
         case "p2p":
-            guard (try? Multihash(bytes: value)) != nil else {
+            // A peer id's multihash: identity, or SHA-256 of 32 bytes. Text names
+            // these alone as bare base58 (`1...`, `Qm...`; anything else is read
+            // as a CID), so any other multihash could not be written back as text.
+            guard let multihash = try? Multihash(bytes: value),
+                multihash.code == Multihash.identity
+                    || (multihash.code == Multihash.sha2_256 && multihash.digest.count == 32)
+            else {
                 throw .invalidValue(protocol: "p2p", value: Base58.encode(value))
             }
             return .p2p(value)

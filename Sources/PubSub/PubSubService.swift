@@ -41,6 +41,16 @@ public final class PubSubService: Sendable {
                         logger.debug("peer exchange dial failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
                     }
                 }
+            },
+            disconnect: { [host] peer in
+                for connection in host.connections where connection.remotePeer == peer {
+                    Task { await connection.close(reason: .limitReached("graylisted pubsub peer")) }
+                }
+            },
+            meshChanged: { [host] joined, left in
+                // Mesh peers are kept when the host trims connections.
+                for peer in joined { host.protect(peer, tag: PubSubCore.meshTag) }
+                for peer in left { host.unprotect(peer, tag: PubSubCore.meshTag) }
             })
     }
 
@@ -141,37 +151,75 @@ public final class PubSubService: Sendable {
     }
 
     /// Reads length-prefixed RPCs from a peer's inbound stream until it ends.
+    ///
+    /// A peer has one inbound stream (a newer one replaces the older, as in go
+    /// and rust). Between RPCs the stream may idle; once an RPC's first byte
+    /// is here, the RPC must arrive whole within `rpcCompletionTimeout` and
+    /// its announced length must fit the budget for RPCs in transit.
     func readLoop(_ stream: MuxedStream) async {
         let peer = stream.remotePeer
+        guard let slot = await core.adoptInbound(stream) else {
+            stream.reset()
+            return
+        }
+        let maxSize = configuration.maxRPCSize
+        let ip = Self.ipAddress(of: stream.connection.remoteAddress)
         var reader = StreamReader(stream)
-        while true {
-            do {
-                guard let first = try await reader.readLengthPrefixed(maxLength: configuration.maxRPCSize) else { break }
-                // RPCs that arrived together are handed to the router in one call.
-                var frames = [first]
-                while frames.count < 64, let more = try reader.takeBufferedLengthPrefixed(maxLength: configuration.maxRPCSize) {
-                    frames.append(more)
+        do {
+            while true {
+                if let first = try reader.takeBufferedLengthPrefixed(maxLength: maxSize) {
+                    try await handle(first, &reader, from: peer, protocolID: stream.protocolID, ip: ip)
+                    continue
                 }
-                var rpcs: [Pubsub_Pb_RPC] = []
-                var malformed = 0
-                for frame in frames {
-                    if let rpc = try? Pubsub_Pb_RPC(serializedBytes: Array(frame.readableBytesView)) {
-                        rpcs.append(rpc)
-                    } else {
-                        // A malformed RPC closes nothing; it counts against the sender.
-                        malformed += 1
+                if reader.bufferedBytes == 0 {
+                    guard try await reader.readMore() else { break }
+                    continue
+                }
+                // Part of an RPC is here: the rest must follow in time and fit the budget.
+                await core.rpcStarted(slot, peer: peer)
+                var announced = try reader.bufferedLengthPrefix(maxLength: maxSize)
+                while announced == nil {
+                    guard try await reader.readMore() else {
+                        throw StreamReader.ReadError.endOfStream(wanted: reader.bufferedBytes + 1, had: reader.bufferedBytes)
                     }
+                    announced = try reader.bufferedLengthPrefix(maxLength: maxSize)
                 }
-                await core.handle(
-                    rpcs, malformed: malformed, from: peer, protocolID: stream.protocolID,
-                    ip: Self.ipAddress(of: stream.connection.remoteAddress))
-            } catch {
+                try await core.reserve(announced ?? 0, slot, peer: peer)
+                guard let first = try await reader.readLengthPrefixed(maxLength: maxSize) else { break }
+                await core.rpcFinished(slot, peer: peer)
+                try await handle(first, &reader, from: peer, protocolID: stream.protocolID, ip: ip)
+            }
+            await core.releaseInbound(slot, peer: peer)
+        } catch {
+            // A stream replaced by the peer's newer one ends without blame.
+            if await core.releaseInbound(slot, peer: peer) {
                 logger.debug("pubsub stream ended", metadata: ["peer": "\(peer)", "error": "\(error)"])
                 await core.malformed(from: peer)
-                stream.reset()
-                return
+            }
+            stream.reset()
+        }
+    }
+
+    /// Hands `first` and the RPCs buffered behind it (those that arrived
+    /// together) to the router in one call.
+    private func handle(
+        _ first: ByteBuffer, _ reader: inout StreamReader, from peer: PeerID, protocolID: String, ip: String?
+    ) async throws {
+        var frames = [first]
+        while frames.count < 64, let more = try reader.takeBufferedLengthPrefixed(maxLength: configuration.maxRPCSize) {
+            frames.append(more)
+        }
+        var rpcs: [Pubsub_Pb_RPC] = []
+        var malformed = 0
+        for frame in frames {
+            if let rpc = try? Pubsub_Pb_RPC(serializedBytes: Array(frame.readableBytesView)) {
+                rpcs.append(rpc)
+            } else {
+                // A malformed RPC closes nothing; it counts against the sender.
+                malformed += 1
             }
         }
+        await core.handle(rpcs, malformed: malformed, from: peer, protocolID: protocolID, ip: ip)
     }
 
     /// The IP address of a connection's remote end, in text (for the IP colocation score).
@@ -229,6 +277,9 @@ public final class PubSubService: Sendable {
     /// What was dropped and why.
     public func counters() async -> PubSubCounters { await core.counters() }
 
+    /// Inbound pubsub streams (one per peer at most) and the bytes reserved by RPCs still arriving.
+    public func inboundUsage() async -> (streams: Int, pendingRPCBytes: Int) { await core.inboundUsage() }
+
     /// Sets the validator of `topic`.
     public func setValidator(topic: String, _ validator: @escaping @Sendable (PubSubMessage) -> ValidationResult) async {
         await core.setValidator(topic: topic, validator)
@@ -271,15 +322,32 @@ actor PubSubCore {
     private(set) var isStopped = false
     private var metrics = PubSubMetrics()
     private let clock = ContinuousClock()
+    /// Each peer's inbound stream (one per peer) and the RPC arriving on it.
+    private var inbound: [PeerID: InboundStream] = [:]
+    private var nextInboundSlot: UInt64 = 0
+    /// Bytes reserved by RPCs in transit, all peers together.
+    private var pendingRPCBytes = 0
+    private var inboundCounters = PubSubCounters()
     private let connect: @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void
+    private let disconnect: @Sendable (PeerID) -> Void
+    private let meshChanged: @Sendable (_ joined: Set<PeerID>, _ left: Set<PeerID>) -> Void
+    /// Since when each peer has been graylisted (for `graylistDisconnectAfter`).
+    private var graylistedSince: [PeerID: ContinuousClock.Instant] = [:]
+    /// Peers in any of our meshes at the last heartbeat.
+    private var meshMembers: Set<PeerID> = []
+    static let meshTag = "pubsub-mesh"
 
     init(
         router: PubSubRouter, logger: Logger,
-        connect: @escaping @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void = { _, _, _ in }
+        connect: @escaping @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void = { _, _, _ in },
+        disconnect: @escaping @Sendable (PeerID) -> Void = { _ in },
+        meshChanged: @escaping @Sendable (_ joined: Set<PeerID>, _ left: Set<PeerID>) -> Void = { _, _ in }
     ) {
         self.router = router
         self.logger = logger
         self.connect = connect
+        self.disconnect = disconnect
+        self.meshChanged = meshChanged
     }
 
     func claimOutbound(_ peer: PeerID) -> Bool {
@@ -373,6 +441,104 @@ actor PubSubCore {
         metrics.follow(router.counters)
     }
 
+    /// A peer's inbound stream and its RPC in transit, if any.
+    struct InboundStream {
+        let slot: UInt64
+        let stream: MuxedStream
+        /// When the RPC in transit started arriving.
+        var rpcStarted: ContinuousClock.Instant?
+        /// Bytes the RPC in transit announced (reserved from the shared budget).
+        var reserved = 0
+        var timedOut = false
+    }
+
+    /// Makes `stream` its peer's inbound stream, resetting the one it replaces;
+    /// its slot, or nil once stopped.
+    func adoptInbound(_ stream: MuxedStream) -> UInt64? {
+        guard !isStopped else { return nil }
+        let peer = stream.remotePeer
+        nextInboundSlot += 1
+        if let previous = inbound[peer] {
+            pendingRPCBytes -= previous.reserved
+            previous.stream.reset()
+            inboundCounters.replacedInboundStreams += 1
+            logger.debug("newer inbound pubsub stream replaces the older", metadata: ["peer": "\(peer)"])
+        }
+        inbound[peer] = InboundStream(slot: nextInboundSlot, stream: stream)
+        return nextInboundSlot
+    }
+
+    /// The stream of `slot` ended; true if it was still the peer's (not replaced).
+    @discardableResult
+    func releaseInbound(_ slot: UInt64, peer: PeerID) -> Bool {
+        guard let entry = inbound[peer], entry.slot == slot else { return false }
+        pendingRPCBytes -= entry.reserved
+        inbound[peer] = nil
+        return true
+    }
+
+    func rpcStarted(_ slot: UInt64, peer: PeerID) {
+        guard var entry = inbound[peer], entry.slot == slot else { return }
+        entry.rpcStarted = clock.now
+        inbound[peer] = entry
+    }
+
+    /// Reserves an arriving RPC's announced length from the shared budget; throws when it does not fit.
+    func reserve(_ bytes: Int, _ slot: UInt64, peer: PeerID) throws(PubSubError) {
+        guard var entry = inbound[peer], entry.slot == slot else { return }
+        let available = router.configuration.maxPendingRPCBytes - pendingRPCBytes
+        guard bytes <= available else {
+            inboundCounters.refusedOverRPCBudget += 1
+            throw .rpcBudgetExceeded(announced: bytes, available: available)
+        }
+        pendingRPCBytes += bytes
+        entry.reserved = bytes
+        inbound[peer] = entry
+    }
+
+    func rpcFinished(_ slot: UInt64, peer: PeerID) {
+        guard var entry = inbound[peer], entry.slot == slot else { return }
+        pendingRPCBytes -= entry.reserved
+        entry.reserved = 0
+        entry.rpcStarted = nil
+        inbound[peer] = entry
+    }
+
+    /// Resets the streams whose RPC in transit is overdue (their reader then ends).
+    private func expireIncompleteRPCs() {
+        let cutoff = clock.now - router.configuration.rpcCompletionTimeout
+        for (peer, var entry) in inbound where !entry.timedOut {
+            guard let started = entry.rpcStarted, started < cutoff else { continue }
+            entry.timedOut = true
+            inbound[peer] = entry
+            inboundCounters.incompleteRPCTimeouts += 1
+            logger.debug("pubsub RPC not finished in time", metadata: ["peer": "\(peer)"])
+            entry.stream.reset()
+        }
+    }
+
+    /// Disconnects peers graylisted for longer than `graylistDisconnectAfter`.
+    private func disconnectGraylisted() {
+        guard let after = router.configuration.graylistDisconnectAfter else { return }
+        let now = clock.now
+        let threshold = router.configuration.scoreThresholds.graylistThreshold
+        var stillGraylisted: [PeerID: ContinuousClock.Instant] = [:]
+        for peer in router.knownPeers where router.score(of: peer, now: now) < threshold {
+            let since = graylistedSince[peer] ?? now
+            if now - since >= after {
+                inboundCounters.graylistDisconnects += 1
+                logger.debug("disconnecting graylisted peer", metadata: ["peer": "\(peer)"])
+                disconnect(peer)
+            } else {
+                stillGraylisted[peer] = since
+            }
+        }
+        graylistedSince = stillGraylisted
+    }
+
+    /// Bytes reserved by RPCs in transit, and the inbound streams (for tests and status).
+    func inboundUsage() -> (streams: Int, pendingRPCBytes: Int) { (inbound.count, pendingRPCBytes) }
+
     func countSent(_ bytes: Int) {
         router.countSent(bytes)
     }
@@ -383,8 +549,15 @@ actor PubSubCore {
 
     func heartbeat() {
         guard !isStopped else { return }
+        expireIncompleteRPCs()
         let now = clock.now
         perform(router.heartbeat(now: now))
+        disconnectGraylisted()
+        let members = router.mesh.values.reduce(into: Set<PeerID>()) { $0.formUnion($1) }
+        if members != meshMembers {
+            meshChanged(members.subtracting(meshMembers), meshMembers.subtracting(members))
+            meshMembers = members
+        }
         metrics.follow(router.counters)
         metrics.heartbeat(
             mesh: Dictionary(uniqueKeysWithValues: router.subscriptions.map { ($0, router.meshPeers($0).count) }),
@@ -443,7 +616,14 @@ actor PubSubCore {
 
     func peers(in topic: String) -> [PeerID] { router.peers(in: topic) }
     func mesh(_ topic: String) -> [PeerID] { router.meshPeers(topic) }
-    func counters() -> PubSubCounters { router.counters }
+    func counters() -> PubSubCounters {
+        var counters = router.counters
+        counters.replacedInboundStreams = inboundCounters.replacedInboundStreams
+        counters.incompleteRPCTimeouts = inboundCounters.incompleteRPCTimeouts
+        counters.refusedOverRPCBudget = inboundCounters.refusedOverRPCBudget
+        counters.graylistDisconnects = inboundCounters.graylistDisconnects
+        return counters
+    }
     func score(of peer: PeerID) -> Double { router.score(of: peer, now: clock.now) }
 
     func pubsubPeers() -> [PeerID: String] {
@@ -464,6 +644,9 @@ actor PubSubCore {
         eventListeners = [:]
         for queue in outbound.values { queue.finish() }
         outbound = [:]
+        for entry in inbound.values { entry.stream.reset() }
+        inbound = [:]
+        pendingRPCBytes = 0
     }
 
     private func perform(_ actions: [RouterAction]) {

@@ -84,6 +84,16 @@ public struct PubSubConfiguration: Sendable {
     public var maxTopicsPerPeer = 1024
     /// Outbound RPCs queued per peer before we drop (and count) them.
     public var maxQueuedRPCsPerPeer = 1024
+    /// A peer whose score stays below the graylist threshold this long is
+    /// disconnected (graylisting alone only ignores its RPCs). Nil: never.
+    public var graylistDisconnectAfter: Duration? = .seconds(30)
+    /// An RPC must arrive whole within this time of its first byte; a peer
+    /// that starts one and stalls has its stream reset (the buffer is freed).
+    public var rpcCompletionTimeout: Duration = .seconds(30)
+    /// Bytes all peers together may hold in RPCs still arriving (each reserves
+    /// the length its prefix announces). Each peer has one inbound stream, so
+    /// one RPC (`maxRPCSize`) is its own budget; this bounds many peers at once.
+    public var maxPendingRPCBytes = 64 * 1024 * 1024
 
     public init() {}
 }
@@ -115,6 +125,14 @@ public struct PubSubCounters: Sendable {
     public var brokenPromises = 0
     /// RPC bytes written to peers (frames with their length prefixes).
     public var bytesSent = 0
+    /// Inbound streams reset because the peer opened a newer one (one per peer).
+    public var replacedInboundStreams = 0
+    /// Streams reset because an RPC did not arrive whole in `rpcCompletionTimeout`.
+    public var incompleteRPCTimeouts = 0
+    /// Streams reset because an announced RPC did not fit `maxPendingRPCBytes`.
+    public var refusedOverRPCBudget = 0
+    /// Peers disconnected for staying graylisted (`graylistDisconnectAfter`).
+    public var graylistDisconnects = 0
 }
 
 /// Floodsub and gossipsub v1.1 routing, sans-IO: feed it peers, RPCs, local
@@ -845,11 +863,15 @@ struct PubSubRouter {
 public enum PubSubError: Error, CustomStringConvertible, Sendable {
     case messageTooLarge(size: Int, limit: Int)
     case stopped
+    /// An inbound RPC announced more bytes than the budget for RPCs in transit has left.
+    case rpcBudgetExceeded(announced: Int, available: Int)
 
     public var description: String {
         switch self {
         case .messageTooLarge(let size, let limit): return "message of \(size) bytes exceeds the limit of \(limit)"
         case .stopped: return "pubsub is stopped"
+        case .rpcBudgetExceeded(let announced, let available):
+            return "an RPC of \(announced) bytes does not fit the \(available) bytes left for RPCs in transit"
         }
     }
 }

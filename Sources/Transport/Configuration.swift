@@ -12,6 +12,18 @@ public struct TransportConfiguration: Sendable {
     public var dialTimeout: TimeAmount = .seconds(10)
     /// From TCP established to Yamux running (both multistream rounds and Noise).
     public var upgradeTimeout: TimeAmount = .seconds(15)
+    /// Inbound connections still in the upgrade (multistream, security
+    /// handshake) at once; newer ones are closed at once (and counted) beyond
+    /// it, so a flood of sockets that never finish cannot hold every file
+    /// descriptor for `upgradeTimeout`.
+    public var maxInboundHandshakes = 64
+    /// A listener whose accept fails (EMFILE, ENFILE: out of file
+    /// descriptors) stops accepting for this long, then tries again.
+    public var acceptBackoff: TimeAmount = .milliseconds(500)
+    /// Inbound streams of one connection still negotiating their protocol (as
+    /// rust-libp2p's max_negotiating_inbound_streams);
+    /// a newer one is reset at once beyond it.
+    public var maxNegotiatingInboundStreams = 128
     /// Multistream-select on a new stream.
     public var streamNegotiationTimeout: TimeAmount = .seconds(10)
     /// A writer waits while this much of its data is handed over and not yet

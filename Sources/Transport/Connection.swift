@@ -81,6 +81,11 @@ public final class Connection: Sendable, CustomStringConvertible {
         return try await eventLoop.submit { driver.value.trackedStreamCount }.get()
     }
 
+    /// Streams open now (negotiating or negotiated), for idleness checks.
+    public func streamCount() async throws -> Int {
+        try await trackedStreamCount()
+    }
+
     /// Opens a stream and negotiates the first of `protocols` the remote supports.
     public func newStream(protocols: [String]) async throws -> MuxedStream {
         let driver = self.driver

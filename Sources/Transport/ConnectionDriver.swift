@@ -244,7 +244,8 @@ final class ConnectionDriver {
         let acceptor = upgrader.acceptor
         let streams = StreamTable(
             isClient: parameters.role == .initiator, configuration: configuration.yamux,
-            limits: configuration.multistreamLimits, supports: { acceptor.supports(protocolID: $0) })
+            limits: configuration.multistreamLimits, maxNegotiatingInbound: configuration.maxNegotiatingInboundStreams,
+            supports: { acceptor.supports(protocolID: $0) })
         state = .established(Established(session: upgraded.session, streams: streams, connection: connection))
         logger[metadataKey: "peer"] = "\(upgraded.remotePeer)"
         logger.debug(
@@ -517,10 +518,14 @@ final class ConnectionDriver {
     private func drainSession() throws(TransportError) {
         while case .established = state {
             let writable = sink?.isWritable ?? false
+            // Control frames wait in the session too while the sink is full:
+            // there they are bounded (pongs merged, a backlog fails the session)
+            // instead of piling up in the channel behind a peer that does not read.
+            guard writable else { return }
             var sent: [UInt32] = []
             var more = false
             try withEstablished { established throws(TransportError) in
-                let output = established.streams.takeOutput(dataBudget: writable ? Self.outputBatch : 0)
+                let output = established.streams.takeOutput(dataBudget: Self.outputBatch)
                 if !output.pieces.isEmpty {
                     do {
                         try established.session.encrypt(pieces: output.pieces, into: &pendingOutput)
@@ -532,7 +537,7 @@ final class ConnectionDriver {
                 more = established.streams.hasDataToSend
             }
             for id in sent { releaseWriters(id) }
-            guard writable, more else { return }
+            guard more else { return }
             // More data than one batch: send this one, then see whether the sink took it.
             flushOutput()
         }

@@ -11,8 +11,17 @@ import NIOPosix
 /// cancelled task aborts (a host racing several addresses cancels the losers).
 public enum SocketDial {
     /// A listener with our socket options; the caller adds its child initializer.
+    ///
+    /// When accept fails (out of file descriptors: EMFILE, ENFILE), accepting
+    /// pauses for `acceptBackoff` and resumes (`AcceptPauseHandler`).
     public static func serverBootstrap(group: EventLoopGroup, configuration: TransportConfiguration) -> ServerBootstrap {
-        ServerBootstrap(group: group)
+        let backoff = configuration.acceptBackoff
+        return ServerBootstrap(group: group)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(backoff: backoff))
+                }
+            }
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -129,3 +129,31 @@ extension ByteBuffer {
         writeBytes(bytes)
     }
 }
+
+extension StreamReader {
+    /// Bytes read from the stream and not yet taken as messages.
+    public var bufferedBytes: Int { buffer.readableBytes }
+
+    /// Waits for more data and buffers it; false at the end of the stream. For
+    /// protocols that wait without a deadline for a message to start, then give
+    /// it a deadline to finish.
+    public mutating func readMore() async throws -> Bool {
+        try await fill()
+    }
+
+    /// The length a buffered unsigned-varint prefix announces, without taking
+    /// it; nil while the prefix is incomplete.
+    public func bufferedLengthPrefix(maxLength: Int) throws -> Int? {
+        guard buffer.readableBytes > 0 else { return nil }
+        let length: UInt64
+        do {
+            (length, _) = try Varint.decode(buffer.readableBytesView)
+        } catch where error.isTruncation {
+            return nil
+        } catch {
+            throw ReadError.badLengthPrefix("\(error)")
+        }
+        guard length <= UInt64(maxLength) else { throw ReadError.messageTooLarge(length: length, limit: maxLength) }
+        return Int(length)
+    }
+}

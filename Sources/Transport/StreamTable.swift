@@ -54,15 +54,28 @@ public struct StreamTable {
     private var streams: [UInt32: Phase] = [:]
     private let limits: MultistreamLimits
     private let supports: @Sendable (String) -> Bool
+    /// Inbound streams still negotiating their protocol, at most.
+    private let maxNegotiatingInbound: Int
+    private var negotiatingInbound = 0
+    /// Inbound streams reset at once because `maxNegotiatingInbound` were negotiating.
+    public private(set) var refusedNegotiating = 0
 
-    /// `supports` answers inbound proposals (the host's protocol handlers).
+    /// `supports` answers inbound proposals (the host's protocol handlers);
+    /// beyond `maxNegotiatingInbound` inbound streams still negotiating, a new
+    /// one is reset at once.
     public init(
         isClient: Bool, configuration: YamuxSession.Configuration, limits: MultistreamLimits,
-        supports: @escaping @Sendable (String) -> Bool
+        maxNegotiatingInbound: Int = 128, supports: @escaping @Sendable (String) -> Bool
     ) {
         self.session = YamuxSession(isClient: isClient, configuration: configuration)
         self.limits = limits
+        self.maxNegotiatingInbound = maxNegotiatingInbound
         self.supports = supports
+    }
+
+    /// Keeps `negotiatingInbound` right when a stream leaves the table or its negotiation.
+    private mutating func left(_ phase: Phase?) {
+        if case .negotiating(_, proposals: nil)? = phase { negotiatingInbound -= 1 }
     }
 
     /// Streams the table tracks (finished ones are dropped).
@@ -94,6 +107,12 @@ public struct StreamTable {
     private mutating func handle(_ event: YamuxEvent, now: NIODeadline, into events: inout [Event]) {
         switch event {
         case .inboundStream(let id):
+            guard negotiatingInbound < maxNegotiatingInbound else {
+                refusedNegotiating += 1
+                session.reset(streamID: id)
+                return
+            }
+            negotiatingInbound += 1
             let supports = self.supports
             var negotiator = MultistreamNegotiation.responder(limits: limits, supports: supports)
             var hello = ByteBuffer()
@@ -116,7 +135,9 @@ public struct StreamTable {
                 break
             }
         case .reset(let id):
-            switch streams.removeValue(forKey: id) {
+            let removed = streams.removeValue(forKey: id)
+            left(removed)
+            switch removed {
             case .negotiating?:
                 events.append(.negotiationFailed(id, .streamReset))
             case .open?:
@@ -154,6 +175,7 @@ public struct StreamTable {
                 return
             }
             streams[id] = .open(OpenStream(protocolID: agreed))
+            if proposals == nil { negotiatingInbound -= 1 }
             events.append(.opened(id, protocolID: agreed, inbound: proposals == nil))
             // Bytes after the negotiation belong to the application protocol.
             if data.readableBytes > 0 { events.append(.data(id, data)) }
@@ -185,7 +207,7 @@ public struct StreamTable {
     /// The stream's negotiation deadline passed: reset it if it is still negotiating.
     mutating func negotiationTimedOut(_ id: UInt32) -> Event? {
         guard case .negotiating(_, let proposals)? = streams[id] else { return nil }
-        streams[id] = nil
+        left(streams.removeValue(forKey: id))
         session.reset(streamID: id)
         return .negotiationFailed(id, .streamNegotiationTimeout(protocols: proposals ?? []))
     }
@@ -211,7 +233,8 @@ public struct StreamTable {
 
     /// Resets a stream we no longer want; true if it was known.
     mutating func reset(_ id: UInt32) -> Bool {
-        guard streams.removeValue(forKey: id) != nil else { return false }
+        guard let removed = streams.removeValue(forKey: id) else { return false }
+        left(removed)
         session.reset(streamID: id)
         return true
     }
@@ -252,14 +275,18 @@ public struct StreamTable {
     }
 
     private mutating func fail(_ id: UInt32, _ error: TransportError, into events: inout [Event]) {
-        guard streams.removeValue(forKey: id) != nil else { return }
+        guard let removed = streams.removeValue(forKey: id) else { return }
+        left(removed)
         session.reset(streamID: id)
         events.append(.negotiationFailed(id, error))
     }
 
     /// Every stream, for teardown; the table is empty afterwards.
     mutating func removeAll() -> [UInt32] {
-        defer { streams = [:] }
+        defer {
+            streams = [:]
+            negotiatingInbound = 0
+        }
         return Array(streams.keys)
     }
 

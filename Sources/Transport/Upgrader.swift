@@ -22,6 +22,7 @@ public struct Upgrader: Sendable {
     public let onInboundConnection: @Sendable (Connection) -> Void
     let logger: Logger
     private let connectionIDs: ConnectionIDs
+    private let handshakes: HandshakeSlots
 
     public init(
         localKey: PrivateKey, security: [any SecurityProtocol], muxers: [String] = [TransportConfiguration.yamuxProtocolID],
@@ -39,7 +40,12 @@ public struct Upgrader: Sendable {
         self.logger = logger
         self.onInboundConnection = onInboundConnection
         self.connectionIDs = ConnectionIDs()
+        self.handshakes = HandshakeSlots()
     }
+
+    /// Inbound connections in the upgrade now, and those refused because
+    /// `maxInboundHandshakes` were already (counted since the start).
+    public var inboundHandshakes: (inFlight: Int, refused: Int) { handshakes.snapshot }
 
     /// Upgrades a channel whose pipeline carries the raw byte stream (ByteBuffers
     /// both ways). Call on the channel's event loop, before or after it is active.
@@ -52,6 +58,16 @@ public struct Upgrader: Sendable {
         addressSuffix: [MultiaddrComponent] = []
     ) -> EventLoopFuture<Connection> {
         let promise = channel.eventLoop.makePromise(of: Connection.self)
+        if direction == .inbound {
+            guard handshakes.take(limit: configuration.maxInboundHandshakes) else {
+                logger.debug("inbound connection refused: too many handshakes in flight")
+                channel.close(promise: nil)
+                promise.fail(TransportError.limitReached("\(configuration.maxInboundHandshakes) inbound handshakes in flight"))
+                return promise.futureResult
+            }
+            let handshakes = self.handshakes
+            promise.futureResult.whenComplete { _ in handshakes.give() }
+        }
         let driver = makeDriver(
             direction: direction, role: role, expectedRemotePeer: expectedRemotePeer, transport: transport,
             addresses: .channel(channel, suffix: addressSuffix), promise: promise)
@@ -87,6 +103,28 @@ public struct Upgrader: Sendable {
         }
         return driver
     }
+}
+
+/// Inbound upgrades in flight, bounded, and how many were refused.
+final class HandshakeSlots: Sendable {
+    private let counts = Mutex((inFlight: 0, refused: 0))
+
+    func take(limit: Int) -> Bool {
+        counts.withLock { counts in
+            guard counts.inFlight < limit else {
+                counts.refused += 1
+                return false
+            }
+            counts.inFlight += 1
+            return true
+        }
+    }
+
+    func give() {
+        counts.withLock { $0.inFlight -= 1 }
+    }
+
+    var snapshot: (inFlight: Int, refused: Int) { counts.withLock { ($0.inFlight, $0.refused) } }
 }
 
 /// Numbers connections for logs, process-wide per upgrader.

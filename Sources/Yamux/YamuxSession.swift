@@ -14,6 +14,9 @@ public enum YamuxError: Error, CustomStringConvertible, Sendable, Equatable {
     case tooManyStreams
     case unknownStream(UInt32)
     case windowOverflow(UInt32)
+    /// Our replies (ACKs, RSTs, window updates) waiting unsent passed the bound:
+    /// the remote keeps asking and does not read.
+    case controlBacklog(bytes: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -28,6 +31,8 @@ public enum YamuxError: Error, CustomStringConvertible, Sendable, Equatable {
         case .tooManyStreams: return "too many streams"
         case .unknownStream(let s): return "unknown stream \(s)"
         case .windowOverflow(let s): return "window of stream \(s) overflowed"
+        case .controlBacklog(let bytes, let limit):
+            return "\(bytes) bytes of control replies unsent (limit \(limit)): the remote does not read"
         }
     }
 }
@@ -97,6 +102,11 @@ public struct YamuxSession {
         /// data fills the buffers are inflated by it, and must not make the
         /// windows, and so the buffers, grow further.
         public var rttFilterSpan: TimeAmount = .minutes(5)
+        /// Control frames (ACKs, RSTs, window updates) waiting for the adapter
+        /// to take them, in bytes. A remote that makes us answer (opening and
+        /// resetting streams) while not reading our answers fails the session
+        /// beyond this. Pongs do not count: only the latest ping is answered.
+        public var maxPendingControlBytes: Int = 64 * 1024
 
         public init() {}
     }
@@ -161,6 +171,9 @@ public struct YamuxSession {
     private var sendQueue = CircularBuffer<UInt32>()
 
     private var input = ByteBuffer()
+    /// The opaque of the latest ping to answer: pings that arrive before the
+    /// answer goes out share it (as go-yamux), so a ping flood queues nothing.
+    private var pendingPong: UInt32?
     private var incoming: IncomingPayload?
     private var localGoAway = false
     private var remoteGoAway = false
@@ -208,6 +221,10 @@ public struct YamuxSession {
     /// stream's FIN follows its last data whatever the budget.
     public mutating func takeOutput(dataBudget: Int) -> Output {
         var streamsSent: [UInt32] = []
+        if let pong = pendingPong {
+            pendingPong = nil
+            writeHeader(.ping, flags: .ack, stream: 0, length: pong)
+        }
         if output.readableBytes > 0 {
             outputPieces.append(output)
             output = ByteBuffer()
@@ -237,6 +254,11 @@ public struct YamuxSession {
         }
         defer { outputPieces = [] }
         return Output(pieces: outputPieces, streamsSent: streamsSent)
+    }
+
+    /// Control bytes waiting for `takeOutput` (a pending pong included).
+    public var pendingControlBytes: Int {
+        output.readableBytes + (pendingPong == nil ? 0 : Self.headerLength)
     }
 
     /// Whether some stream has data (or a FIN) it could frame now.
@@ -455,7 +477,7 @@ public struct YamuxSession {
                     _ = try handleStreamFrame(type, flags: flags, id: id, length: length, events: &events)
                 case .ping:
                     if flags.contains(.syn) {
-                        writeHeader(.ping, flags: .ack, stream: 0, length: length)
+                        pendingPong = length
                         events.append(.ping(length))
                     } else if flags.contains(.ack) {
                         if let ping = rttPing, ping.opaque == length {
@@ -473,6 +495,9 @@ public struct YamuxSession {
                     remoteGoAway = true
                     events.append(.goAway(length))
                 }
+            }
+            guard output.readableBytes <= configuration.maxPendingControlBytes else {
+                throw YamuxError.controlBacklog(bytes: output.readableBytes, limit: configuration.maxPendingControlBytes)
             }
         } catch {
             goAway(protocolError: true)
@@ -502,7 +527,8 @@ public struct YamuxSession {
             guard streams[id] == nil else { throw YamuxError.duplicateStream(id) }
             // The remote's streams have the other parity.
             guard (id % 2 == 1) != isClient else { throw YamuxError.wrongStreamParity(id) }
-            if localGoAway || streams.count >= configuration.maxStreams {
+            // After either side's go-away no new stream is accepted (the remote said it opens none).
+            if localGoAway || remoteGoAway || streams.count >= configuration.maxStreams {
                 writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
                 return false
             }

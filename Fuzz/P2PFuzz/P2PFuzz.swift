@@ -1,0 +1,166 @@
+import Foundation
+import Identity
+import MDNS
+import Multiformats
+import Multistream
+import NIOCore
+import Noise
+import Yamux
+
+// The protobuf types and the router are internal to their modules; debug
+// builds (the fuzzing build is one) can reach them.
+#if DEBUG
+@testable import Identify
+@testable import PubSub
+#endif
+
+/// Decoders of network input, each fed arbitrary bytes: they must return or
+/// throw, never crash, hang or allocate without bound. One libFuzzer binary
+/// for all (`FUZZ_TARGET` picks one); without libFuzzer the same binary
+/// replays files (`p2pfuzz TARGET FILE...`), which is how the test command
+/// runs the committed corpus.
+enum FuzzTarget: String, CaseIterable {
+    case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope, identify, pubsub
+
+    func run(_ bytes: [UInt8]) {
+        switch self {
+        case .varint:
+            _ = try? Varint.decode(bytes)
+        case .multiaddr:
+            if let address = try? Multiaddr(bytes: bytes) {
+                // What we decode we can print and parse back (within the text
+                // length limit: text is longer than binary, an IPv6 address 16 bytes or 39 characters).
+                let text = address.description
+                guard text.utf8.count > Multiaddr.maxLength || (try? Multiaddr(text)) == address else {
+                    fatalError("multiaddr \(text) does not round-trip")
+                }
+            }
+        case .multistream:
+            var negotiation = MultistreamNegotiation.responder(supports: { $0 == "/yes/1.0.0" })
+            var output = ByteBuffer()
+            negotiation.start(into: &output)
+            for chunk in Self.chunks(bytes) {
+                var input = ByteBuffer(bytes: chunk)
+                guard (try? negotiation.receive(&input, output: &output)) != nil else { return }
+            }
+        case .yamux:
+            var session = YamuxSession(isClient: false)
+            for chunk in Self.chunks(bytes) {
+                var input = ByteBuffer(bytes: chunk)
+                guard (try? session.receive(&input)) != nil else { return }
+                _ = session.takeOutputPieces()
+            }
+        case .noise:
+            // A responder fed whatever comes (message 1, then message 3).
+            var handshake = NoiseHandshake(initiator: false, identity: Self.identity)
+            var output = ByteBuffer()
+            for chunk in Self.chunks(bytes) {
+                var input = ByteBuffer(bytes: chunk)
+                guard (try? handshake.receive(&input, output: &output)) != nil else { return }
+            }
+        case .dns:
+            _ = try? DNSMessage(bytes: bytes)
+        case .keys:
+            _ = try? PublicKey(marshaled: bytes)
+            _ = try? PrivateKey(marshaled: bytes)
+            _ = try? PeerID(bytes: bytes)
+        case .envelope:
+            _ = try? PeerRecord.open(bytes)
+        case .identify:
+            #if DEBUG
+            // What the identify service reads from a message.
+            guard let message = try? Identify_Pb_Identify(serializedBytes: bytes) else { return }
+            for address in message.listenAddrs { _ = try? Multiaddr(bytes: Array(address)) }
+            _ = try? Multiaddr(bytes: Array(message.observedAddr))
+            _ = try? PublicKey(marshaled: Array(message.publicKey))
+            _ = try? PeerRecord.open(Array(message.signedPeerRecord))
+            #endif
+        case .pubsub:
+            #if DEBUG
+            // An RPC from a gossipsub peer to a router subscribed to the topic "t".
+            guard let rpc = try? Pubsub_Pb_RPC(serializedBytes: bytes) else { return }
+            let now = ContinuousClock.now
+            var router = PubSubRouter(localKey: Self.identity)
+            _ = router.subscribe("t", now: now)
+            let peer = PeerID(publicKey: Self.remote.publicKey)
+            _ = router.addPeer(peer, protocolID: "/meshsub/1.2.0", outbound: false)
+            _ = router.handle(rpc, from: peer, now: now)
+            _ = router.heartbeat(now: now)
+            #endif
+        }
+    }
+
+    /// The input split where a byte 0xA5 follows a byte 0x5A, so that machines
+    /// fed piece by piece see fragmentation too.
+    static func chunks(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
+        var result: [ArraySlice<UInt8>] = []
+        var start = 0
+        for index in bytes.indices.dropFirst() where bytes[index - 1] == 0x5A && bytes[index] == 0xA5 {
+            result.append(bytes[start..<index])
+            start = index
+        }
+        result.append(bytes[start...])
+        return result
+    }
+
+    static let identity = PrivateKey.generateEd25519()
+    static let remote = PrivateKey.generateEd25519()
+}
+
+/// The target named by `FUZZ_TARGET` (libFuzzer runs).
+let selectedTarget: FuzzTarget? = ProcessInfo.processInfo.environment["FUZZ_TARGET"].flatMap(FuzzTarget.init(rawValue:))
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    guard let target = selectedTarget else { fatalError("set FUZZ_TARGET to one of \(FuzzTarget.allCases.map(\.rawValue))") }
+    let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
+    target.run(bytes)
+    return 0
+}
+
+#if FUZZING
+/// libFuzzer's driver (in the runtime `-sanitize=fuzzer` links). SwiftPM names
+/// an executable's entry point itself, so `main` is ours and hands over to it.
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+@main
+enum Fuzz {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(runFuzzerDriver(&argc, &argv, fuzzTestOneInput))
+    }
+}
+#else
+/// Replays inputs without libFuzzer: `p2pfuzz TARGET FILE|DIRECTORY...`.
+@main
+enum Replay {
+    static func main() {
+        let arguments = CommandLine.arguments.dropFirst()
+        guard let name = arguments.first, let target = FuzzTarget(rawValue: name) else {
+            print("usage: p2pfuzz TARGET FILE|DIRECTORY... (targets: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")))")
+            exit(2)
+        }
+        var count = 0
+        for path in arguments.dropFirst() {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { continue }
+            let files =
+                isDirectory.boolValue
+                ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { "\(path)/\($0)" }
+                : [path]
+            for file in files {
+                guard let data = FileManager.default.contents(atPath: file) else { continue }
+                target.run(Array(data))
+                count += 1
+            }
+        }
+        print("\(target.rawValue): \(count) inputs replayed")
+    }
+}
+#endif

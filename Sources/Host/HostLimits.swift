@@ -1,0 +1,151 @@
+import Multiformats
+import Synchronization
+import Transport
+
+/// What a host lets peers make it spend in connections and dials; when a
+/// limit is hit the newest is refused (closed with a reason, counted) and
+/// what is already accepted keeps being served.
+public struct HostLimits: Sendable {
+    /// Connections at once, all peers, both directions: a newer inbound one is closed beyond it.
+    public var maxConnections = 512
+    /// Inbound connections from one IP address.
+    public var maxInboundPerIP = 32
+    /// Whether loopback addresses count against `maxInboundPerIP` (local tests and tools often share them).
+    public var limitLoopback = false
+    /// Connections to one peer (two peers that dial each other at once keep two).
+    public var maxConnectionsPerPeer = 4
+    /// Inbound streams of one connection handled at once per protocol; a
+    /// newer one is reset beyond it (Yamux bounds all streams of a connection).
+    public var maxInboundStreamsPerProtocol = 256
+    /// Peers being dialled at once (`connect(to:)`); beyond it a dial fails at once.
+    public var maxDialsInFlight = 32
+    /// Addresses of one peer tried in one dial (a peer can announce many).
+    public var maxAddressesPerDial = 8
+    /// An address whose dial failed is not dialled again for this long by
+    /// `connect(to:)`, doubling with each further failure up to `maxDialBackoff`.
+    public var dialBackoff: Duration = .seconds(5)
+    public var maxDialBackoff: Duration = .seconds(300)
+    /// A connection seen with no stream for this long is closed (nil: never).
+    /// Pubsub peers keep their pubsub streams, so they are never idle.
+    public var idleTimeout: Duration? = .seconds(300)
+    /// Connection manager: over `highWater` connections, connections are
+    /// closed down to `lowWater`: never those of protected peers (`protect`,
+    /// e.g. pubsub mesh peers) nor those younger than `gracePeriod`; those with
+    /// the fewest streams first, then the newest.
+    public var highWater = 256
+    public var lowWater = 192
+    public var gracePeriod: Duration = .seconds(20)
+    /// How often idle connections and the high-water mark are checked.
+    public var maintenanceInterval: Duration = .seconds(5)
+
+    public init() {}
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension HostLimits {
+    /// The process's descriptor limit (RLIMIT_NOFILE, soft).
+    static func descriptorLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else {
+            return Int.max / 4
+        }
+        return Int(clamping: limit.rlim_cur)
+    }
+
+    /// Descriptors kept free of sockets: for files, timers, the runtime, and
+    /// sockets accepted and being refused.
+    static func reserve(descriptors: Int) -> Int { max(32, descriptors / 8) }
+
+    /// Inbound handshakes in flight that fit `descriptors` (an eighth of the sockets).
+    static func handshakeBudget(descriptors: Int) -> Int {
+        max(1, (descriptors - reserve(descriptors: descriptors)) / 8)
+    }
+
+    /// These limits, lowered so that connections, handshakes and dials
+    /// together never use up `descriptors`. Running out is not survivable:
+    /// on Linux, libdispatch (under Swift's concurrency runtime) checks its
+    /// worker threads each second by opening /proc/<tid>/stat and crashes
+    /// the process (SIGILL, "workq: registered worker exited prematurely")
+    /// when that open fails with EMFILE.
+    func fitting(descriptors: Int) -> HostLimits {
+        var limits = self
+        let sockets = max(8, descriptors - Self.reserve(descriptors: descriptors))
+        let dialSockets = max(1, sockets / 8)
+        limits.maxAddressesPerDial = max(1, min(maxAddressesPerDial, dialSockets))
+        limits.maxDialsInFlight = max(1, min(maxDialsInFlight, dialSockets / limits.maxAddressesPerDial))
+        // What handshakes and dials leave.
+        let connections = max(1, sockets - Self.handshakeBudget(descriptors: descriptors) - dialSockets)
+        limits.maxConnections = min(maxConnections, connections)
+        limits.highWater = min(highWater, limits.maxConnections)
+        limits.lowWater = min(lowWater, limits.highWater)
+        return limits
+    }
+}
+
+/// Counts of what the host's limits refused or closed, by reason.
+public struct HostLimitCounters: Sendable, Equatable {
+    /// Connections closed as soon as they were established, by the limit they hit.
+    public var refusedConnections: [String: Int] = [:]
+    /// Inbound streams reset over `maxInboundStreamsPerProtocol`, by protocol.
+    public var refusedStreams: [String: Int] = [:]
+    /// Dials refused because `maxDialsInFlight` peers were being dialled.
+    public var refusedDials = 0
+    /// Addresses skipped because they were backing off after a failure.
+    public var backedOffAddresses = 0
+    public var idleClosed = 0
+    /// Connections closed by the connection manager (over the high-water mark).
+    public var trimmed = 0
+
+    public init() {}
+}
+
+/// A connection and a protocol, for counting the streams handled.
+struct StreamSlot: Hashable {
+    let connection: UInt64
+    let protocolID: String
+}
+
+/// Failed addresses and when each may be dialled again (bounded in size).
+struct DialBackoffs {
+    struct Entry {
+        var until: ContinuousClock.Instant
+        var delay: Duration
+    }
+
+    private(set) var entries: [Multiaddr: Entry] = [:]
+    static let maxEntries = 4096
+
+    func allows(_ address: Multiaddr, now: ContinuousClock.Instant) -> Bool {
+        guard let entry = entries[address] else { return true }
+        return entry.until <= now
+    }
+
+    mutating func failed(_ address: Multiaddr, now: ContinuousClock.Instant, base: Duration, max: Duration) {
+        let delay = entries[address].map { Swift.min($0.delay * 2, max) } ?? base
+        entries[address] = Entry(until: now + delay, delay: delay)
+        guard entries.count > Self.maxEntries else { return }
+        // Forget the entries whose wait is over, else the one ending soonest.
+        let expired = entries.filter { $0.value.until <= now }.map(\.key)
+        if expired.isEmpty, let first = entries.min(by: { $0.value.until < $1.value.until })?.key {
+            entries[first] = nil
+        }
+        for key in expired { entries[key] = nil }
+    }
+
+    mutating func succeeded(_ address: Multiaddr) {
+        entries[address] = nil
+    }
+}
+
+extension Multiaddr {
+    var isLoopback: Bool {
+        switch components.first {
+        case .ip4(let bytes): return bytes.first == 127
+        case .ip6(let bytes): return bytes == [UInt8](repeating: 0, count: 15) + [1]
+        default: return false
+        }
+    }
+}

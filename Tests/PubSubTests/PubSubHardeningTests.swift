@@ -1,0 +1,153 @@
+import Host
+import Identity
+import Multiformats
+import NIOCore
+import NIOPosix
+import TestSupport
+import Transport
+import XCTest
+
+@testable import PubSub
+
+/// A peer that starts pubsub RPCs and never finishes them cannot make us hold
+/// their bytes: one inbound stream per peer, a deadline per RPC, a shared budget.
+final class PubSubHardeningTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+
+    func makeNode(_ configure: (inout PubSubConfiguration) -> Void = { _ in }) async throws
+        -> (Libp2pHost, PubSubService, Multiaddr)
+    {
+        let (host, address) = try await makeTestHost(group: group)
+        var configuration = PubSubConfiguration()
+        configuration.heartbeatInterval = .milliseconds(200)
+        configure(&configuration)
+        let pubsub = PubSubService(host: host, configuration: configuration)
+        pubsub.start()
+        return (host, pubsub, address)
+    }
+
+    /// Opens a meshsub stream and sends the length prefix of a `announced`-byte
+    /// RPC followed by `sent` bytes of it, never the rest.
+    func startIncompleteRPC(on connection: Connection, announced: Int, sent: Int) async throws -> MuxedStream {
+        let stream = try await connection.newStream(protocols: ["/meshsub/1.2.0"])
+        var frame = ByteBuffer()
+        frame.writeBytes(Varint.encode(UInt64(announced)))
+        frame.writeBytes([UInt8](repeating: 0x0a, count: sent))
+        try await stream.write(frame)
+        return stream
+    }
+
+    /// Whether the remote resets `stream` within `seconds` (reads until then).
+    func isReset(_ stream: MuxedStream, within seconds: Double) async -> Bool {
+        do {
+            return try await withDeadline(seconds) {
+                do {
+                    while try await stream.read() != nil {}
+                    return false
+                } catch TransportError.streamReset {
+                    return true
+                }
+            }
+        } catch {
+            return false
+        }
+    }
+
+    /// Found 1 of issue 14: many streams, each with most of a large RPC, held
+    /// forever. Now a newer stream replaces the older, the unfinished RPC is
+    /// dropped at its deadline, and an honest peer is still served.
+    func testIncompleteRPCsAreNotHeld() async throws {
+        let (server, serverPubSub, address) = try await makeNode { configuration in
+            configuration.rpcCompletionTimeout = .seconds(1)
+        }
+        let (attacker, _) = try await makeTestHost(group: group)
+        let connection = try await attacker.connect(address)
+        var streams: [MuxedStream] = []
+        for _ in 0..<8 {
+            streams.append(try await startIncompleteRPC(on: connection, announced: 300_000, sent: 200_000))
+        }
+        // Every stream but the newest was replaced at once...
+        for (index, stream) in streams.dropLast().enumerated() {
+            let reset = await isReset(stream, within: 5)
+            XCTAssertTrue(reset, "older stream \(index) still open")
+        }
+        // ...and the newest is dropped at the RPC deadline.
+        let lastReset = await isReset(streams[streams.count - 1], within: 5)
+        XCTAssertTrue(lastReset, "the unfinished RPC was not dropped at its deadline")
+        let counters = await serverPubSub.counters()
+        XCTAssertEqual(counters.replacedInboundStreams, streams.count - 1)
+        XCTAssertEqual(counters.incompleteRPCTimeouts, 1)
+        try await eventually(5, "inbound state released") {
+            let usage = await serverPubSub.inboundUsage()
+            return usage.pendingRPCBytes == 0 && usage.streams == 0
+        }
+        try await assertServesHonestPeer(server, serverPubSub, address)
+        await attacker.close()
+        await serverPubSub.stop()
+        await server.close()
+    }
+
+    /// RPCs in transit share a budget: one that does not fit is refused (its
+    /// stream reset), and the budget is back once the others end.
+    func testRPCsInTransitShareABudget() async throws {
+        let (server, serverPubSub, address) = try await makeNode { configuration in
+            configuration.maxPendingRPCBytes = 500_000
+        }
+        let (first, _) = try await makeTestHost(group: group)
+        let (second, _) = try await makeTestHost(group: group)
+        let firstStream = try await startIncompleteRPC(
+            on: try await first.connect(address), announced: 400_000, sent: 1000)
+        try await eventually(5, "the first RPC reserved its bytes") {
+            await serverPubSub.inboundUsage().pendingRPCBytes == 400_000
+        }
+        let secondStream = try await startIncompleteRPC(
+            on: try await second.connect(address), announced: 400_000, sent: 1000)
+        let secondReset = await isReset(secondStream, within: 5)
+        XCTAssertTrue(secondReset, "an RPC over the budget was accepted")
+        let refused = await serverPubSub.counters().refusedOverRPCBudget
+        XCTAssertEqual(refused, 1)
+        firstStream.reset()
+        try await eventually(5, "budget released") { await serverPubSub.inboundUsage().pendingRPCBytes == 0 }
+        try await assertServesHonestPeer(server, serverPubSub, address)
+        await first.close()
+        await second.close()
+        await serverPubSub.stop()
+        await server.close()
+    }
+
+    /// Found 6 of issue 14: a graylisted peer stayed connected; now it is
+    /// disconnected once graylisted for `graylistDisconnectAfter`.
+    func testGraylistedPeerIsDisconnected() async throws {
+        let (attacker, attackerPubSub, _) = try await makeNode()
+        let attackerPeer = attacker.localPeer
+        let (server, serverPubSub, address) = try await makeNode { configuration in
+            configuration.graylistDisconnectAfter = .seconds(1)
+            configuration.scoreParameters.appSpecificScore = { $0 == attackerPeer ? -1000 : 0 }
+        }
+        _ = try await attacker.connect(address)
+        try await eventually(10, "the graylisted peer was disconnected") {
+            let disconnects = await serverPubSub.counters().graylistDisconnects
+            return server.connections.allSatisfy { $0.remotePeer != attackerPeer } && disconnects >= 1
+        }
+        try await assertServesHonestPeer(server, serverPubSub, address)
+        await attackerPubSub.stop()
+        await attacker.close()
+        await serverPubSub.stop()
+        await server.close()
+    }
+
+    /// An honest node joins the server's topic and its message arrives.
+    func assertServesHonestPeer(_ server: Libp2pHost, _ serverPubSub: PubSubService, _ address: Multiaddr) async throws {
+        let (honest, honestPubSub, _) = try await makeNode()
+        var inbox = await serverPubSub.subscribe("lobby").makeAsyncIterator()
+        _ = await honestPubSub.subscribe("lobby")
+        _ = try await honest.connect(address)
+        try await waitForEachOther(
+            serverPubSub, server.localPeer, honestPubSub, honest.localPeer, on: "lobby", "honest peer joined")
+        try await honestPubSub.publish("lobby", data: Array("still here".utf8))
+        let message = try await nextMessage(&inbox)
+        XCTAssertEqual(String(decoding: message.data, as: UTF8.self), "still here")
+        await honestPubSub.stop()
+        await honest.close()
+    }
+}
