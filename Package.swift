@@ -315,7 +315,10 @@ let package = Package(
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
-        .testTarget(name: "NamespaceTests", dependencies: ["ChildProcess"]),
+        .testTarget(
+            name: "NamespaceTests",
+            dependencies: ["ChildProcess", "FileShare", "PubSub", "Host", "Multiformats", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
+        ),
         .target(name: "ChildProcess", path: "Tests/ChildProcess"),
         .testTarget(
             name: "PubSubTests",

@@ -22,7 +22,15 @@ func dhtLookupBenchmark(nodes count: Int, lookups: Int) async throws {
     var nodes: [(host: Libp2pHost, dht: KadDHT, address: Multiaddr)] = []
     let started = clock.now
     for index in 0..<count {
-        let host = Libp2pHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()])
+        // A connection manager as a busy DHT server would run (trim to 30 over
+        // 40): without it every node ends up connected to every other, and 200
+        // nodes in one process need more descriptors than this machine allows.
+        var limits = HostLimits()
+        limits.highWater = 40
+        limits.lowWater = 30
+        limits.gracePeriod = .seconds(2)
+        limits.maintenanceInterval = .seconds(1)
+        let host = Libp2pHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()], limits: limits)
         IdentifyService(host: host, agentVersion: "p2pbench").start()
         let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])
         let dht = KadDHT(host: host, configuration: KadDHTConfiguration(mode: .server))

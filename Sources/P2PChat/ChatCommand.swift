@@ -255,10 +255,19 @@ actor ChatSession {
                 // Already printed (it came with the history from a peer).
                 guard history.history.record(message) else { continue }
                 if let author = message.from, let offer = FileOffer(announcement: String(decoding: message.data, as: UTF8.self)) {
-                    await files.received(offer, from: author)
+                    await files.received(.announced(offer), from: author)
                 } else {
                     printMessage(message, out: out, history: false)
                 }
+            }
+        })
+        // Files announced the universal-connectivity way: a file id on `<topic>-file`.
+        let fileAnnouncements = await pubsub.subscribe(ChatFiles.fileTopic(of: topic))
+        receivers.append(Task {
+            for await message in fileAnnouncements {
+                let id = String(decoding: message.data, as: UTF8.self)
+                guard let author = message.from, !id.isEmpty, id.utf8.count <= 1024, FileName.safe(id) != nil else { continue }
+                await files.received(.universal(fileID: id), from: author)
             }
         })
         receivers.append(Task {
@@ -282,6 +291,7 @@ actor ChatSession {
         for receiver in receivers { receiver.cancel() }
         receivers = []
         await pubsub.unsubscribe(topic)
+        await pubsub.unsubscribe(ChatFiles.fileTopic(of: topic))
     }
 
     /// Handles one input line; false to quit.
@@ -303,6 +313,8 @@ actor ChatSession {
                 }
                 guard let offer = await files.offer(path: parts[1]) else { return true }
                 await publish(offer.announcement, files: true)
+                // And the universal-connectivity way, for its chats (they fetch by CID).
+                _ = try? await pubsub.publish(ChatFiles.fileTopic(of: topic), data: Array(offer.cid.text().utf8))
                 out.emit(
                     "file_offered", ["name": .string(offer.name), "size": .int(offer.size), "cid": .string(offer.cid.text())],
                     human: "offering \(offer.name) (\(byteCount(offer.size))) on \(topic)")

@@ -6,6 +6,37 @@ import Identity
 import PubSub
 import Synchronization
 
+/// A file offered on the topic.
+enum SeenOffer: Equatable, Sendable {
+    /// Announced with a `/file <cid> <size> <name>` line (ours, `/p2pchat/file/1.0.0`).
+    case announced(FileOffer)
+    /// Announced on `<topic>-file` with its id only, as libp2p's
+    /// universal-connectivity chat does (`/universal-connectivity-file/1`).
+    case universal(fileID: String)
+
+    var name: String {
+        switch self {
+        case .announced(let offer): return offer.name
+        case .universal(let id): return FileName.safe(id) ?? "file"
+        }
+    }
+
+    var size: UInt64? {
+        if case .announced(let offer) = self { return offer.size }
+        return nil
+    }
+
+    /// The id the file goes by on both protocols (the CID's text for ours).
+    var fileID: String {
+        switch self {
+        case .announced(let offer): return offer.cid.text()
+        case .universal(let id): return id
+        }
+    }
+
+    func sameFile(as other: SeenOffer) -> Bool { fileID == other.fileID }
+}
+
 /// Files in the chat: offers seen on the topic (numbered for `/get N`), our
 /// own offers (`/send PATH`), downloads with progress, resumed after a drop.
 actor ChatFiles {
@@ -14,7 +45,7 @@ actor ChatFiles {
     let directory: String
     /// `--accept-files`: offers up to this size are fetched without asking.
     let autoAcceptLimit: UInt64?
-    private var offers: [(offer: FileOffer, from: PeerID)] = []
+    private var offers: [(offer: SeenOffer, from: PeerID)] = []
     private var downloads: [Int: Task<Void, Never>] = [:]
     static let attempts = 4
 
@@ -24,6 +55,9 @@ actor ChatFiles {
         self.directory = directory
         self.autoAcceptLimit = autoAcceptLimit
     }
+
+    /// The topic where universal-connectivity chats announce files of `topic`.
+    static func fileTopic(of topic: String) -> String { topic + "-file" }
 
     /// Offers the file at `path`: the announcement line to publish, or nil (the error is printed).
     func offer(path: String) async -> FileOffer? {
@@ -36,25 +70,36 @@ actor ChatFiles {
     }
 
     /// An offer seen on the topic: printed with its number; fetched at once
-    /// when it is within the `--accept-files` limit.
-    func received(_ offer: FileOffer, from peer: PeerID) {
+    /// when its size is known and within the `--accept-files` limit.
+    func received(_ offer: SeenOffer, from peer: PeerID) {
         if let index = offers.firstIndex(where: { $0.offer == offer && $0.from == peer }) {
+            return announce(index + 1, offer, from: peer)
+        }
+        // A p2pchat sender announces both ways: one offer, the richer form kept.
+        if let index = offers.firstIndex(where: { $0.from == peer && $0.offer.sameFile(as: offer) }) {
+            guard case .announced = offer else { return }
+            offers[index].offer = offer
             return announce(index + 1, offer, from: peer)
         }
         offers.append((offer, peer))
         let number = offers.count
         announce(number, offer, from: peer)
-        if let limit = autoAcceptLimit, offer.size <= limit { get(number) }
+        if let limit = autoAcceptLimit, let size = offer.size, size <= limit { get(number) }
     }
 
-    private func announce(_ number: Int, _ offer: FileOffer, from peer: PeerID) {
-        out.emit(
-            "file_offer",
-            [
-                "n": .int(number), "from": .string("\(peer)"), "name": .string(offer.name), "size": .int(offer.size),
-                "cid": .string(offer.cid.text()),
-            ],
-            human: "\(out.name(peer)) offers \(offer.name) (\(byteCount(offer.size))): /get \(number)")
+    private func announce(_ number: Int, _ offer: SeenOffer, from peer: PeerID) {
+        var fields: [String: JSONValue] = ["n": .int(number), "from": .string("\(peer)"), "name": .string(offer.name)]
+        let human: String
+        switch offer {
+        case .announced(let announced):
+            fields["size"] = .int(announced.size)
+            fields["cid"] = .string(announced.cid.text())
+            human = "\(out.name(peer)) offers \(announced.name) (\(byteCount(announced.size))): /get \(number)"
+        case .universal(let id):
+            fields["file_id"] = .string(id)
+            human = "\(out.name(peer)) offers \(id) (universal-connectivity): /get \(number)"
+        }
+        out.emit("file_offer", fields, human: human)
     }
 
     /// Lists the offers seen.
@@ -73,24 +118,37 @@ actor ChatFiles {
         let service = self.service
         let out = self.out
         let directory = self.directory
+        let name = offer.name
         downloads[number] = Task {
             defer { Task { await self.finished(number) } }
+            func failed(_ why: String) {
+                out.emit(
+                    "file_failed", ["n": .int(number), "name": .string(name), "error": .string(why)],
+                    human: "file \(name) failed: \(why)")
+            }
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             } catch {
-                return out.emit(
-                    "file_failed", ["n": .int(number), "name": .string(offer.name), "error": .string("\(error)")],
-                    human: "file \(offer.name): cannot create \(directory): \(error)")
+                return failed("cannot create \(directory): \(error)")
             }
-            let bar = ProgressPrinter(out: out, number: number, offer: offer)
+            let bar = ProgressPrinter(out: out, number: number, name: name)
             var attempt = 1
             while true {
                 do {
-                    let path = try await service.fetch(offer, from: peer, into: directory) { bar.update($0) }
+                    let path: String
+                    switch offer {
+                    case .announced(let announced):
+                        path = try await service.fetch(announced, from: peer, into: directory) { bar.update($0) }
+                    case .universal(let id):
+                        path = try await service.fetchUniversalConnectivity(fileID: id, from: peer, into: directory) {
+                            bar.update($0)
+                        }
+                    }
                     bar.finish()
+                    let size = ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.uint64Value ?? 0
                     return out.emit(
-                        "file_done", ["n": .int(number), "name": .string(offer.name), "path": .string(path), "size": .int(offer.size)],
-                        human: "file \(offer.name) saved as \(path)")
+                        "file_done", ["n": .int(number), "name": .string(name), "path": .string(path), "size": .int(size)],
+                        human: "file \(name) saved as \(path)")
                 } catch let error as FileTransferError {
                     // A dropped connection or a stalled sender: resume from the partial file, a few times.
                     let retry: Bool
@@ -100,17 +158,13 @@ actor ChatFiles {
                     }
                     guard retry else {
                         bar.finish()
-                        return out.emit(
-                            "file_failed", ["n": .int(number), "name": .string(offer.name), "error": .string("\(error)")],
-                            human: "file \(offer.name) failed: \(error)")
+                        return failed("\(error)")
                     }
                     try? await Task.sleep(for: .seconds(1 << attempt))
                     attempt += 1
                 } catch {
                     bar.finish()
-                    return out.emit(
-                        "file_failed", ["n": .int(number), "name": .string(offer.name), "error": .string("\(error)")],
-                        human: "file \(offer.name) failed: \(error)")
+                    return failed("\(error)")
                 }
             }
         }
@@ -129,14 +183,14 @@ actor ChatFiles {
 final class ProgressPrinter: Sendable {
     let out: ChatOutput
     let number: Int
-    let offer: FileOffer
+    let name: String
     private let last = Mutex<ContinuousClock.Instant?>(nil)
     private let terminal = isatty(2) == 1
 
-    init(out: ChatOutput, number: Int, offer: FileOffer) {
+    init(out: ChatOutput, number: Int, name: String) {
         self.out = out
         self.number = number
-        self.offer = offer
+        self.name = name
     }
 
     func update(_ progress: FileProgress) {
@@ -155,7 +209,7 @@ final class ProgressPrinter: Sendable {
             out.emit(
                 "file_progress",
                 [
-                    "n": .int(number), "name": .string(offer.name), "bytes": .int(progress.received), "size": .int(progress.total),
+                    "n": .int(number), "name": .string(name), "bytes": .int(progress.received), "size": .int(progress.total),
                     "rate": .decimal(progress.bytesPerSecond, digits: 0), "eta": .decimal(remaining, digits: 1),
                 ],
                 human: "")
@@ -164,7 +218,7 @@ final class ProgressPrinter: Sendable {
             let filled = Int(fraction * Double(width))
             let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
             let line = String(
-                format: "\r%@ [%@] %3d%% %@ %@/s ETA %ds", offer.name, bar, Int(fraction * 100),
+                format: "\r%@ [%@] %3d%% %@ %@/s ETA %ds", name, bar, Int(fraction * 100),
                 byteCount(progress.received), byteCount(UInt64(progress.bytesPerSecond)), Int(remaining))
             FileHandle.standardError.write(Data(line.utf8))
         }

@@ -1,5 +1,11 @@
 import ChildProcess
+import FileShare
 import Foundation
+import Host
+import Multiformats
+import NIOPosix
+import PubSub
+import TestSupport
 import XCTest
 
 /// Files offered and fetched between chat processes on loopback (`/send`, `/get`, `--accept-files`).
@@ -109,6 +115,43 @@ final class ChatFilesCLITests: XCTestCase {
             let status = try await chat.waitForExit(within: 20)
             XCTAssertEqual(status, 0)
         }
+    }
+}
+
+extension ChatFilesCLITests {
+    /// A node of libp2p's universal-connectivity kind (here in-process: its file
+    /// id published on `<topic>-file`, the file served on
+    /// `/universal-connectivity-file/1`): the chat lists the offer and fetches it.
+    func testUniversalConnectivityOfferIsListedAndFetched() async throws {
+        let source = try makeDirectory()
+        let downloads = try makeDirectory()
+        let content = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        try Data(content).write(to: URL(fileURLWithPath: source + "/photo.jpg"))
+        let chat = try await start(["--download-dir", downloads])
+        let group = MultiThreadedEventLoopGroup.singleton
+        let (host, _) = try await makeTestHost(group: group)
+        let files = FileShareService(host: host)
+        files.start()
+        let pubsub = PubSubService(host: host)
+        pubsub.start()
+        _ = await pubsub.subscribe("lobby-file")
+        _ = try await host.connect(try Multiaddr(try chat.dialAddress()))
+        let chatPeer = try peer(of: chat)
+        let peerID = try XCTUnwrap(host.connectedPeers.first { "\($0)" == chatPeer })
+        let subscribed = try await withDeadline(20) { await pubsub.waitUntilSubscribed(peerID, to: "lobby-file") }
+        XCTAssertTrue(subscribed)
+        let offer = try await files.offer(path: source + "/photo.jpg")
+        try await pubsub.publish("lobby-file", data: Array(offer.cid.text().utf8))
+        let seen = try await event(chat, "universal offer") { $0["event"] == "file_offer" && $0["file_id"] == offer.cid.text() }
+        XCTAssertEqual(seen["from"], "\(host.localPeer)")
+        chat.send("/get \(try XCTUnwrap(seen["n"]))")
+        let done = try await event(chat, "file_done") { $0["event"] == "file_done" }
+        XCTAssertEqual(try Array(Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(done["path"])))), content)
+        chat.closeInput()
+        let status = try await chat.waitForExit(within: 20)
+        XCTAssertEqual(status, 0)
+        await pubsub.stop()
+        await host.close()
     }
 }
 
