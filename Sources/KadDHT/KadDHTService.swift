@@ -73,6 +73,8 @@ public final class KadDHT: Sendable {
         var provided: [[UInt8]: Instant] = [:]
         var tasks: [Task<Void, Never>] = []
         var closed = false
+        /// Client or server, now (starts as the configuration says; `setMode` changes it).
+        var mode: KadDHTConfiguration.Mode
     }
     private let state: Mutex<State>
 
@@ -83,15 +85,13 @@ public final class KadDHT: Sendable {
         self.state = Mutex(
             State(
                 table: RoutingTable(localPeer: host.localPeer, bucketSize: configuration.bucketSize),
-                records: RecordStore(validator: configuration.validator)))
+                records: RecordStore(validator: configuration.validator), mode: configuration.mode))
     }
 
     /// Serves the protocol in server mode, and starts learning DHT servers
     /// from identify and the periodic work.
     public func start() {
-        if configuration.mode == .server {
-            host.setStreamHandler(Self.protocolID) { [self] stream in await self.serve(stream) }
-        }
+        if mode == .server { serveProtocol() }
         let events = host.events()
         let watcher = Task { [self] in
             for await event in events {
@@ -118,6 +118,27 @@ public final class KadDHT: Sendable {
         if closed { watcher.cancel(); maintenance.cancel() }
     }
 
+    /// Client or server, now.
+    public var mode: KadDHTConfiguration.Mode { state.withLock { $0.mode } }
+
+    /// Becomes a server (serving and advertising the protocol, as when AutoNAT
+    /// finds us publicly reachable) or a client again. Identify pushes the
+    /// change to connected peers (the host's protocol list changed).
+    public func setMode(_ mode: KadDHTConfiguration.Mode) {
+        let changed = state.withLock { state -> Bool in
+            guard state.mode != mode, !state.closed else { return false }
+            state.mode = mode
+            return true
+        }
+        guard changed else { return }
+        if mode == .server { serveProtocol() } else { host.removeStreamHandler(Self.protocolID) }
+        logger.info("dht mode changed", metadata: ["mode": "\(mode)"])
+    }
+
+    private func serveProtocol() {
+        host.setStreamHandler(Self.protocolID) { [self] stream in await self.serve(stream) }
+    }
+
     /// Stops the periodic work and serving.
     public func close() async {
         let tasks = state.withLock { state in
@@ -125,7 +146,7 @@ public final class KadDHT: Sendable {
             defer { state.tasks = [] }
             return state.tasks
         }
-        if configuration.mode == .server { host.removeStreamHandler(Self.protocolID) }
+        if mode == .server { host.removeStreamHandler(Self.protocolID) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
     }

@@ -1,7 +1,9 @@
 import ArgumentParser
+import AutoNAT
 import ChatHistory
 import Dispatch
 import FileShare
+import KadDHT
 import Foundation
 import Host
 import Identity
@@ -203,6 +205,15 @@ struct NodeCommand: AsyncParsableCommand {
             await session.onTopicChange { await topicDiscovery.move(to: $0) }
             discovery = topicDiscovery
         }
+        if let dht, !dhtOptions.dhtServer {
+            // A client that AutoNAT finds publicly reachable serves the DHT (as go-libp2p's auto mode).
+            let changes = nat.autonat.reachabilityChanges()
+            let initial = nat.autonat.reachability
+            redialers.append(Task {
+                followReachability(initial, dht: dht, out: out)
+                for await change in changes { followReachability(change, dht: dht, out: out) }
+            })
+        }
         for address in connectAddresses + (relayAddress.map { [$0] } ?? []) {
             redialers.append(Task { await keepConnected(address, host: host, out: out) })
         }
@@ -382,6 +393,19 @@ actor ChatSession {
             "not_delivered", ["topic": .string(topic), "text": .string(text), "reason": .string(reason)],
             human: "\(reason): not delivered")
     }
+}
+
+/// The DHT mode that `reachability` calls for: server when public, client when private.
+func followReachability(_ reachability: Reachability, dht: KadDHT, out: ChatOutput) {
+    let wanted: KadDHTConfiguration.Mode
+    switch reachability {
+    case .public: wanted = .server
+    case .private: wanted = .client
+    case .unknown: return
+    }
+    guard dht.mode != wanted else { return }
+    dht.setMode(wanted)
+    out.emit("dht_mode", ["mode": .string("\(wanted)")], human: "DHT mode: \(wanted)")
 }
 
 /// Prints a chat line (`message` event); lines from a peer's history are marked so.
