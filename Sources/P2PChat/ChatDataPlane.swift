@@ -120,7 +120,7 @@ actor ChatFiles {
         let directory = self.directory
         let name = offer.name
         downloads[number] = Task {
-            defer { Task { await self.finished(number) } }
+            defer { self.finished(number) }
             func failed(_ why: String) {
                 out.emit(
                     "file_failed", ["n": .int(number), "name": .string(name), "error": .string(why)],
