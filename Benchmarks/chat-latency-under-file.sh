@@ -64,7 +64,7 @@ send_lines() {  # $1: phase name, $2: seconds (or "until-done")
         fi
     done
 }
-echo "link: $rate each way (tbf, at most 20 ms queued); file: $size MiB from A to B; a line every 100 ms from A"
+echo "link: $rate each way (tbf, at most 20 ms queued; none: unshaped veth); file: $size MiB from A to B; a line every 100 ms from A"
 send_lines idle 10
 echo "/send $work/payload.bin" >&3
 for _ in $(seq 100); do grep -q '"file_offer"' "$work/b.out" && break; sleep 0.1; done
