@@ -70,6 +70,11 @@ public final class IdentifyService: Sendable {
         observed.withLock { $0.confirmed(now: .now) }
     }
 
+    /// Every address peers told us they observe us at (confirmed or not).
+    public var observedAddresses: [Multiaddr] {
+        observed.withLock { $0.all }
+    }
+
     /// What we advertise: our listen addresses and the confirmed observed ones.
     public var advertisedAddresses: [Multiaddr] {
         let listen = host.listenAddresses

@@ -6,10 +6,12 @@ import FileShare
 import KadDHT
 import Foundation
 import Host
+import Identify
 import Identity
 import MDNS
 import Multiformats
 import PubSub
+import Relay
 import Synchronization
 import Transport
 
@@ -69,7 +71,7 @@ struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
         abstract: "Chat on TOPIC (default lobby): each stdin line is published, each message printed.",
-        discussion: "Commands: /who, /peers, /send PATH, /files, /get N, /topic NAME, /help, /quit; a line starting with // sends the rest with one /.")
+        discussion: "Commands: /who, /peers, /status, /send PATH, /files, /get N, /topic NAME, /help, /quit; a line starting with // sends the rest with one /.")
 
     @Argument(help: "The chat topic.")
     var topic = "lobby"
@@ -134,7 +136,7 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let key: PrivateKey
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
-        let (host, _, _) = makeNATHost(key: key, options: identity)
+        let (host, identifyService, circuit) = makeNATHost(key: key, options: identity)
         let relayAddress = relay.map(parseAddress)
         let nat = ChatNATTraversal(host: host, relay: relayAddress, holePunchDelay: holePunchDelay, out: out)
         var pubsubConfiguration = PubSubConfiguration()
@@ -205,6 +207,11 @@ struct NodeCommand: AsyncParsableCommand {
             await session.onTopicChange { await topicDiscovery.move(to: $0) }
             discovery = topicDiscovery
         }
+        await session.onStatus {
+            printStatus(
+                out: out, host: host, identify: identifyService, circuit: circuit,
+                reachability: nat.autonat.reachability, dht: dht)
+        }
         if let dht, !dhtOptions.dhtServer {
             // A client that AutoNAT finds publicly reachable serves the DHT (as go-libp2p's auto mode).
             let changes = nat.autonat.reachabilityChanges()
@@ -244,6 +251,7 @@ actor ChatSession {
     let history: ChatHistorySync
     private var receivers: [Task<Void, Never>] = []
     private var topicChanged: (@Sendable (String) async -> Void)?
+    private var statusReporter: (@Sendable () async -> Void)?
 
     init(topic: String, pubsub: PubSubService, out: ChatOutput, files: ChatFiles, history: ChatHistorySync) {
         self.topic = topic
@@ -298,6 +306,11 @@ actor ChatSession {
         topicChanged = observer
     }
 
+    /// What `/status` prints.
+    func onStatus(_ reporter: @escaping @Sendable () async -> Void) {
+        statusReporter = reporter
+    }
+
     func leave() async {
         for receiver in receivers { receiver.cancel() }
         receivers = []
@@ -314,7 +327,7 @@ actor ChatSession {
             case "/quit":
                 return false
             case "/help":
-                say("Commands: /who, /peers, /send PATH, /files, /get N, /topic NAME, /help, /quit. Start a line with // to send it with one /.")
+                say("Commands: /who, /peers, /status, /send PATH, /files, /get N, /topic NAME, /help, /quit. Start a line with // to send it with one /.")
             case "/who":
                 await who()
             case "/send":
@@ -337,6 +350,8 @@ actor ChatSession {
                 await files.get(number)
             case "/files":
                 await files.list()
+            case "/status":
+                await statusReporter?()
             case "/peers":
                 let peers = host.connectedPeers.sorted()
                 if peers.isEmpty { say("No peers connected.") }
@@ -393,6 +408,35 @@ actor ChatSession {
             "not_delivered", ["topic": .string(topic), "text": .string(text), "reason": .string(reason)],
             human: "\(reason): not delivered")
     }
+}
+
+/// `/status`: reachability, the addresses peers see us at and those we
+/// advertise, relay reservations, the DHT mode, and each connection, direct or
+/// relayed (`status` event with --json).
+func printStatus(
+    out: ChatOutput, host: Libp2pHost, identify: IdentifyService, circuit: CircuitTransport, reachability: Reachability,
+    dht: KadDHT?
+) {
+    let observed = identify.observedAddresses.map { "\($0)" }.sorted()
+    let advertised = identify.advertisedAddresses.map { "\($0)" }
+    let reservations = circuit.reservations.map { relay, grant in
+        "\(relay) until \(Date(timeIntervalSince1970: Double(grant.expire)).formatted(.iso8601))"
+    }.sorted()
+    let connections = host.connections.map { connection in
+        let kind = connection.remoteAddress.components.contains(.p2pCircuit) ? "relayed" : "direct"
+        return "\(connection.remotePeer) \(connection.remoteAddress) \(kind)"
+    }.sorted()
+    let mode = dht.map { "\($0.mode)" } ?? "off"
+    let fields: [String: JSONValue] = [
+        "reachability": .string(reachability.rawValue), "observed": .strings(observed), "advertised": .strings(advertised),
+        "reservations": .strings(reservations), "connections": .strings(connections), "dht": .string(mode),
+    ]
+    var lines = ["Reachability: \(reachability.rawValue) (DHT: \(mode))"]
+    lines += observed.map { "Observed at: \($0)" }
+    lines += advertised.map { "Advertised: \($0)" }
+    lines += reservations.map { "Relay reservation: \($0)" }
+    lines += connections.map { "Connection: \($0)" }
+    out.emit("status", fields, human: lines.joined(separator: "\n"))
 }
 
 /// The DHT mode that `reachability` calls for: server when public, client when private.

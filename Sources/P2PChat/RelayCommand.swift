@@ -13,11 +13,11 @@ import Transport
 import WebSocket
 
 /// `p2pchat relay`: a public node that relays (circuit relay v2 hop), answers
-/// AutoNAT requests, and serves identify and ping.
+/// AutoNAT requests, serves the DHT (a bootstrap node for chats), identify and ping.
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
-        abstract: "Run a public relay node (circuit relay v2, AutoNAT server, identify, ping) until SIGINT or SIGTERM.")
+        abstract: "Run a public relay node (circuit relay v2, AutoNAT server, DHT server, identify, ping) until SIGINT or SIGTERM.")
 
     @Option(help: "Address to listen on (repeatable).")
     var listen: [String] = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001"]
@@ -36,6 +36,9 @@ struct RelayCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("autonat-dial-timeout"), help: ArgumentHelp("Seconds per AutoNAT dial back.", visibility: .hidden))
     var autonatDialTimeout: Double = 10
+
+    @Option(help: "A DHT peer to join through (repeatable, with /p2p/ID).")
+    var bootstrap: [String] = []
 
     @OptionGroup var identity: IdentityOptions
 
@@ -65,9 +68,15 @@ struct RelayCommand: AsyncParsableCommand {
                 out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
             }
         }
+        // A DHT server, so that chats can use the relay as their bootstrap node.
+        let dht = startDHT(host: host, server: true)
+        if !bootstrap.isEmpty {
+            do { _ = try await dht.bootstrap(peers: bootstrap.map(parseAddress)) } catch { out.error("DHT bootstrap: \(error)") }
+        }
         await waitForTerminationSignal()
         printer.cancel()
         autonat.stop()
+        await dht.close()
         await host.close()
     }
 }

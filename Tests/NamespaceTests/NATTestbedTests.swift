@@ -133,10 +133,10 @@ final class NATTestbedTests: XCTestCase {
         where predicate: @escaping ([String: String]) -> Bool = { _ in true }
     ) async throws -> [String: String] {
         let line = try await process.waitFor("\(name) event", within: seconds) { line in
-            guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String] else { return false }
+            guard let object = ChatProcess.event(in: line) else { return false }
             return object["event"] == name && predicate(object)
         }
-        return (try JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String] ?? [:]
+        return ChatProcess.event(in: line) ?? [:]
     }
 
     func startRelay(_ extra: [String] = []) async throws -> (ChatProcess, String) {
@@ -213,6 +213,16 @@ final class NATTestbedTests: XCTestCase {
             try await event(home2, "message", within: 20) { $0["text"] == "from home1 #\(round)" }
             try await event(home1, "message", within: 20) { $0["text"] == "from home2 #\(round)" }
         }
+        // /status: private, seen at its router's public address, its reservation
+        // on the relay, and the direct connection to home1.
+        home2.send("/status")
+        let status = try await event(home2, "status", within: 20) { _ in true }
+        XCTAssertEqual(status["reachability"], "private")
+        XCTAssertTrue(status["observed"]?.contains("/ip4/203.0.113.2/") ?? false, "\(status)")
+        let relayID = String(relayAddress.split(separator: "/").last ?? "")
+        XCTAssertTrue(status["reservations"]?.contains(relayID) ?? false, "\(status)")
+        XCTAssertTrue(status["connections"]?.contains("\(id1) /ip4/203.0.113.1/tcp/4001 direct") ?? false, "\(status)")
+        XCTAssertTrue(status["advertised"]?.contains("/p2p-circuit") ?? false, "\(status)")
         home1.closeInput()
         home2.closeInput()
     }

@@ -101,15 +101,16 @@ final class ChatProcess: Sendable {
 
     /// Output lines parsed as JSON objects (for --json); numbers and booleans
     /// as their text, arrays joined by spaces.
-    var events: [[String: String]] {
-        output.compactMap { line in
-            guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else { return nil }
-            return object.mapValues { value in
-                switch value {
-                case let text as String: return text
-                case let list as [Any]: return list.map { "\($0)" }.joined(separator: " ")
-                default: return "\(value)"
-                }
+    var events: [[String: String]] { output.compactMap(Self.event(in:)) }
+
+    /// A --json line as text fields (numbers and booleans as their text, arrays joined by spaces).
+    static func event(in line: String) -> [String: String]? {
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] else { return nil }
+        return object.mapValues { value in
+            switch value {
+            case let text as String: return text
+            case let list as [Any]: return list.map { "\($0)" }.joined(separator: " ")
+            default: return "\(value)"
             }
         }
     }
