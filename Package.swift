@@ -278,7 +278,7 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify",
+                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

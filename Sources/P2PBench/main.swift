@@ -26,6 +26,7 @@ let usage = """
       dht [NODES]            Kademlia lookups over real loopback DHT servers (default 120 nodes)
       files                  a file transfer against perf on one connection, memory, chat latency while it runs
       history                history sync of 10 000 missed messages
+      relay                  /perf through a circuit relay against a direct connection
       ping-under-load ADDR   ping a perf-server at ADDR while a /perf upload fills the connection
       --no-pubsub            skip the pubsub part of the full run
       MiB                    bytes per throughput run (default 256)
@@ -480,6 +481,10 @@ func runPubSubBenchmarks() async throws {
 if CommandLine.arguments.dropFirst().first == "files" {
     // A file transfer against perf on one connection, memory, and chat latency while it runs.
     try await runFileBenchmarks(megabytes: megabytes)
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "relay" {
+    try await runRelayBenchmark(megabytes: megabytes)
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "history" {
