@@ -411,8 +411,8 @@ actor ChatSession {
 }
 
 /// `/status`: reachability, the addresses peers see us at and those we
-/// advertise, relay reservations, the DHT mode, and each connection, direct or
-/// relayed (`status` event with --json).
+/// advertise, relay reservations, the DHT mode, each connection, direct or
+/// relayed, and what the host's limits refused (`status` event with --json).
 func printStatus(
     out: ChatOutput, host: Libp2pHost, identify: IdentifyService, circuit: CircuitTransport, reachability: Reachability,
     dht: KadDHT?
@@ -427,15 +427,26 @@ func printStatus(
         return "\(connection.remotePeer) \(connection.remoteAddress) \(kind)"
     }.sorted()
     let mode = dht.map { "\($0.mode)" } ?? "off"
+    // What the host's limits refused or closed, by reason ("connection:per-ip 3").
+    let counters = host.limitCounters
+    var limits = counters.refusedConnections.map { "connection:\($0.key) \($0.value)" }
+        + counters.refusedStreams.map { "stream:\($0.key) \($0.value)" }
+    if counters.refusedDials > 0 { limits.append("dials \(counters.refusedDials)") }
+    if counters.backedOffAddresses > 0 { limits.append("backed-off-addresses \(counters.backedOffAddresses)") }
+    if counters.idleClosed > 0 { limits.append("idle-closed \(counters.idleClosed)") }
+    if counters.trimmed > 0 { limits.append("trimmed \(counters.trimmed)") }
+    limits.sort()
     let fields: [String: JSONValue] = [
         "reachability": .string(reachability.rawValue), "observed": .strings(observed), "advertised": .strings(advertised),
         "reservations": .strings(reservations), "connections": .strings(connections), "dht": .string(mode),
+        "limits": .strings(limits),
     ]
     var lines = ["Reachability: \(reachability.rawValue) (DHT: \(mode))"]
     lines += observed.map { "Observed at: \($0)" }
     lines += advertised.map { "Advertised: \($0)" }
     lines += reservations.map { "Relay reservation: \($0)" }
     lines += connections.map { "Connection: \($0)" }
+    lines += limits.map { "Refused or closed by limits: \($0)" }
     out.emit("status", fields, human: lines.joined(separator: "\n"))
 }
 

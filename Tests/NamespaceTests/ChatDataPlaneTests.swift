@@ -232,3 +232,33 @@ final class ChatHistoryNamespaceTests: XCTestCase {
         }
     }
 }
+
+/// `/status` on a chat process: a peer that opens more connections than the
+/// per-peer limit sees the extra ones refused, and the chat says so.
+final class ChatStatusCLITests: XCTestCase {
+    func testStatusListsConnectionsAndRefusals() async throws {
+        let chat = try await ChatProcess.loopback(["--ephemeral"])
+        let address = try Multiaddr(try chat.dialAddress())
+        let (host, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+        // Four connections are allowed per peer; the fifth and sixth are refused.
+        for _ in 0..<6 { _ = try? await host.dial(address, role: .initiator) }
+        chat.send("/status")
+        let deadline = Date().addingTimeInterval(20)
+        var status: [String: String]?
+        while Date() < deadline {
+            status = chat.events.last { $0["event"] == "status" }
+            if status?["limits"]?.contains("connection:4 connections per peer 2") ?? false { break }
+            chat.send("/status")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let found = try XCTUnwrap(status, chat.output.joined(separator: "\n"))
+        XCTAssertTrue(found["limits"]?.contains("connection:4 connections per peer 2") ?? false, "\(found)")
+        XCTAssertTrue(found["connections"]?.contains("\(host.localPeer) /ip4/127.0.0.1/") ?? false, "\(found)")
+        XCTAssertTrue(found["connections"]?.contains("direct") ?? false, "\(found)")
+        XCTAssertNotNil(found["reachability"])
+        chat.closeInput()
+        let exit = try await chat.waitForExit(within: 20)
+        XCTAssertEqual(exit, 0)
+        await host.close()
+    }
+}
