@@ -79,7 +79,10 @@ actor ChatFiles {
         if let index = offers.firstIndex(where: { $0.from == peer && $0.offer.sameFile(as: offer) }) {
             guard case .announced = offer else { return }
             offers[index].offer = offer
-            return announce(index + 1, offer, from: peer)
+            announce(index + 1, offer, from: peer)
+            // Its size is known now: within --accept-files, fetched (if not already).
+            if let limit = autoAcceptLimit, let size = offer.size, size <= limit, downloads[index + 1] == nil { get(index + 1) }
+            return
         }
         offers.append((offer, peer))
         let number = offers.count

@@ -23,6 +23,10 @@ final class DHTModeTests: XCTestCase {
             let asker = KadDHT(host: askerHost)
             asker.start()
             _ = try await askerHost.connect(nodeAddress)
+            // Identify's first exchange is done (a later answer would overwrite the push).
+            try await waitUntil("the asker identified the node") {
+                !(askerHost.peerStore.info(nodeHost.localPeer)?.protocols.isEmpty ?? true)
+            }
             // A client answers nobody.
             var request = DHTMessage(type: .findNode)
             request.key = Array(askerHost.localPeer.bytes)

@@ -72,7 +72,9 @@ final class ChatFilesCLITests: XCTestCase {
         }
         a.send("/send \(smallPath)")
         try await event(a, "file_offered") { $0["event"] == "file_offered" && $0["name"] == "notes.txt" }
-        let offer = try await event(b, "offer 1") { $0["event"] == "file_offer" && $0["n"] == "1" }
+        // Announced both ways (the chat line and `lobby-file`): offer 1 gets its name and size
+        // whichever arrives first.
+        let offer = try await event(b, "offer 1") { $0["event"] == "file_offer" && $0["n"] == "1" && $0["size"] != nil }
         XCTAssertEqual(offer["name"], "notes.txt")
         XCTAssertEqual(offer["size"], "1500000")
         XCTAssertEqual(offer["from"], aPeer)
