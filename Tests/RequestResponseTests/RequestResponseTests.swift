@@ -223,7 +223,7 @@ final class RequestResponseTests: XCTestCase {
         let server = RequestResponse(host: responder, protocols: [protocolID], codec: BytesCodec(), configuration: configuration)
         server.serve { request, _ in
             if request == [1] {
-                started.increment()
+                started.add(1)
                 await release.wait()
             }
             return request
@@ -295,11 +295,5 @@ final class Gate: Sendable {
             if passed { continuation.resume() }
         }
     }
-}
-
-final class Counter: Sendable {
-    private let count = Mutex(0)
-    func increment() { count.withLock { $0 += 1 } }
-    var value: Int { count.withLock { $0 } }
 }
 

@@ -253,3 +253,11 @@ public func makeConnectedMemoryHosts(group: EventLoopGroup) async throws -> (lis
     _ = try await dialer.connect(address)
     return (listener, dialer)
 }
+
+/// A thread-safe count for tests.
+public final class Counter: Sendable {
+    private let count = Mutex(0)
+    public init() {}
+    public var value: Int { count.withLock { $0 } }
+    public func add(_ amount: Int) { count.withLock { $0 += amount } }
+}

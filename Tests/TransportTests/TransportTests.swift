@@ -220,10 +220,3 @@ final class TransportTests: XCTestCase {
         await server.close()
     }
 }
-
-/// A thread-safe count for tests.
-final class Counter: Sendable {
-    private let count = Mutex(0)
-    var value: Int { count.withLock { $0 } }
-    func add(_ amount: Int) { count.withLock { $0 += amount } }
-}
