@@ -166,6 +166,7 @@ let benchConfiguration: TransportConfiguration = {
     if let window = environment["P2PBENCH_MAXWINDOW"].flatMap(UInt32.init) { configuration.yamux.maxStreamWindow = window }
     if let lowat = environment["P2PBENCH_LOWAT"].flatMap(Int.init) { configuration.notSentLowWatermark = lowat == 0 ? nil : lowat }
     if let rtts = environment["P2PBENCH_GROWTH_RTTS"].flatMap(Double.init) { configuration.yamux.growthRoundTrips = rtts }
+    if let floor = environment["P2PBENCH_GROWTH_FLOOR_US"].flatMap(Int64.init) { configuration.yamux.growthTimeFloor = .microseconds(floor) }
     return configuration
 }()
 

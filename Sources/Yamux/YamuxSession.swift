@@ -91,6 +91,15 @@ public struct YamuxSession {
         /// bandwidth-delay products: enough for full speed, while what waits in
         /// socket buffers ahead of a ping stays a few round trips' worth.
         public var growthRoundTrips: Double = 3
+        /// A window also doubles while its reader empties one faster than
+        /// this, whatever the round trip. Off (zero) by default: the queueing
+        /// delay it buys is this much time's worth of data ahead of every other
+        /// frame on the connection. Bulk-transfer hosts on fast links can set it:
+        /// with a round trip of microseconds (loopback, a LAN) the reader's own
+        /// scheduling, not the network, paces the grants, and round-trip-sized
+        /// windows idle the sender (on two shared cores, 1 ms gives back the
+        /// loopback throughput of unbounded windows, and their ping delay).
+        public var growthTimeFloor: TimeAmount = .zero
         /// Time between the session's round-trip pings (go-yamux: 30 s).
         public var rttPingInterval: TimeAmount = .seconds(30)
         /// Pings sent back to back at the start (each on the previous one's
@@ -361,7 +370,8 @@ public struct YamuxSession {
                 stream.consumedInEpoch >= UInt64(stream.windowTarget)
             else { return 0 }
             let elapsed = Double(max(0, (now - start).nanoseconds))
-            let limit = configuration.growthRoundTrips * Double(rtt.nanoseconds) * Double(stream.consumedInEpoch)
+            let span = max(configuration.growthRoundTrips * Double(rtt.nanoseconds), Double(configuration.growthTimeFloor.nanoseconds))
+            let limit = span * Double(stream.consumedInEpoch)
             guard elapsed * Double(stream.windowTarget) < limit else { return 0 }
         }
         // Every stream's growth so far, this one's included (its target is unchanged in `streams`).

@@ -234,6 +234,26 @@ final class YamuxWindowTimingTests: XCTestCase {
         XCTAssertGreaterThan(timed.rate, 0.98 * clockless.rate)
     }
 
+    func testGrowthTimeFloorWidensWindowsOnlyOnFastLinks() throws {
+        // 100 µs round trip; windows may hold 1 ms of data whatever the round trip.
+        func target(linkRate: Double, total: Int) throws -> UInt32 {
+            var configuration = YamuxSession.Configuration()
+            configuration.growthTimeFloor = .milliseconds(1)
+            var link = TimedLink(oneWay: .microseconds(50), step: .microseconds(10), configuration: configuration)
+            link.linkRate = linkRate
+            let id = try link.client.openStream()
+            link.client.write(streamID: id, data: ByteBuffer(repeating: 1, count: total))
+            _ = try link.transfer(total, on: id, limit: .seconds(120))
+            return try XCTUnwrap(link.largestTarget[id])
+        }
+        // 1 GB/s: a window of 1 MB empties in 1 ms, so it grows to about that.
+        let fast = try target(linkRate: 1e9, total: 64 * 1024 * 1024)
+        XCTAssertGreaterThanOrEqual(fast, 1024 * 1024)
+        XCTAssertLessThanOrEqual(fast, 2 * 1024 * 1024, "grew past 1 ms of data")
+        // 50 Mbit/s: the initial window already takes 42 ms to empty.
+        XCTAssertEqual(try target(linkRate: 6.25e6, total: 4 * 1024 * 1024), 256 * 1024)
+    }
+
     func testAPeerThatNeverAnswersPingsBreaksNothing() throws {
         var link = TimedLink(oneWay: .milliseconds(10), step: .microseconds(500))
         link.dropPongs = true
