@@ -74,10 +74,11 @@ let package = Package(
             name: "Multistream",
             dependencies: ["Multiformats", .product(name: "NIOCore", package: "swift-nio")]
         ),
-        .systemLibrary(
-            name: "COpenSSLAEAD",
-            pkgConfig: "libcrypto",
-            providers: [.apt(["libssl-dev"])]
+        // ChaCha20-Poly1305 from the system's libcrypto, loaded at run time
+        // (no headers or library needed to build); Noise falls back to swift-crypto.
+        .target(
+            name: "CLibcryptoAEAD",
+            linkerSettings: [.linkedLibrary("dl", .when(platforms: [.linux]))]
         ),
         // Not named "Security": swift-certificates' X509 does `#if canImport(Security)
         // import Security` (Apple's framework), which on Linux would find this module.
@@ -89,7 +90,7 @@ let package = Package(
         .target(
             name: "Noise",
             dependencies: [
-                "Identity", "LibP2PSecurity", "COpenSSLAEAD",
+                "Identity", "LibP2PSecurity", "CLibcryptoAEAD",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -1,4 +1,4 @@
-import COpenSSLAEAD
+import CLibcryptoAEAD
 import Crypto
 import Foundation
 import NIOCore
@@ -36,46 +36,75 @@ public enum NoiseError: Error, CustomStringConvertible, Sendable, Equatable {
     }
 }
 
-/// An OpenSSL cipher context, reused for every message of one CipherState.
+/// Where ChaCha20-Poly1305 comes from.
+public enum AEADBackend: String, Sendable, CaseIterable {
+    /// The system's libcrypto (OpenSSL), loaded at run time: seals and opens
+    /// on the caller's buffers.
+    case libcrypto
+    /// swift-crypto's `ChaChaPoly`: always there, slower (its API copies each
+    /// message into and out of `Data`; about a third less throughput).
+    case swiftCrypto = "swift-crypto"
+
+    /// Whether the system's libcrypto could be loaded.
+    public static var libcryptoAvailable: Bool { p2p_aead_available() == 1 }
+
+    /// libcrypto when the system has it, else swift-crypto;
+    /// `P2PCHAT_AEAD=swift-crypto` forces the latter.
+    public static let preferred: AEADBackend = {
+        if ProcessInfo.processInfo.environment["P2PCHAT_AEAD"] == AEADBackend.swiftCrypto.rawValue { return .swiftCrypto }
+        return libcryptoAvailable ? .libcrypto : .swiftCrypto
+    }()
+}
+
+/// A libcrypto cipher context, reused for every message of one CipherState.
 ///
 /// `@unchecked Sendable` is not claimed: a context belongs to one CipherState,
 /// which belongs to one connection, driven by one event loop.
-final class AEADContext {
-    /// ChaCha20-Poly1305, fetched from OpenSSL once per process. Unchecked but
-    /// safe: a fetched EVP_CIPHER is immutable, and OpenSSL documents it as
-    /// usable from any number of threads at once.
-    nonisolated(unsafe) static let cipher: OpaquePointer = {
-        guard let cipher = p2p_chachapoly_cipher() else { fatalError("OpenSSL has no ChaCha20-Poly1305") }
-        return cipher
-    }()
+final class LibcryptoContext {
+    let pointer: UnsafeMutableRawPointer
 
-    let pointer: OpaquePointer
-
-    init() {
-        guard let context = EVP_CIPHER_CTX_new() else { fatalError("EVP_CIPHER_CTX_new: out of memory") }
+    init?() {
+        guard let context = p2p_aead_context_new() else { return nil }
         pointer = context
     }
 
     deinit {
-        EVP_CIPHER_CTX_free(pointer)
+        p2p_aead_context_free(pointer)
     }
 }
 
 /// Noise CipherState with ChaChaPoly: key, 64-bit counter nonce.
 ///
-/// The cipher works on the caller's buffers (OpenSSL's ChaCha20-Poly1305):
-/// ciphertext is written straight into the output buffer and plaintext into a
-/// fresh one, with no copy on either side.
+/// With libcrypto the cipher works on the caller's buffers: ciphertext is
+/// written straight into the output buffer and plaintext into a fresh one,
+/// with no copy on either side.
 struct CipherState {
     static let tagLength = 16
     static let nonceLength = 12
+
+    private enum Engine {
+        case libcrypto(LibcryptoContext)
+        case swiftCrypto(SymmetricKey)
+    }
+
     private let key: [UInt8]
-    private let context = AEADContext()
+    private let engine: Engine
     private(set) var nonce: UInt64 = 0
 
-    init(key: [UInt8]) {
+    init(key: [UInt8], backend: AEADBackend = .preferred) {
         precondition(key.count == 32, "ChaChaPoly keys are 32 bytes")
         self.key = key
+        if backend == .libcrypto, let context = LibcryptoContext() {
+            engine = .libcrypto(context)
+        } else {
+            engine = .swiftCrypto(SymmetricKey(data: key))
+        }
+    }
+
+    /// The backend in use (libcrypto asked for but missing gives swift-crypto).
+    var backend: AEADBackend {
+        if case .libcrypto = engine { return .libcrypto }
+        return .swiftCrypto
     }
 
     /// Test hook: jump the counter (to test exhaustion).
@@ -100,41 +129,88 @@ struct CipherState {
     }
 
     /// ciphertext || tag of the concatenation of `parts`, appended to `output`;
-    /// the parts are read where they lie, never gathered into one buffer.
+    /// with libcrypto the parts are read where they lie, never gathered into one buffer.
     mutating func encrypt(parts: some Collection<ByteBuffer>, ad: [UInt8], into output: inout ByteBuffer) throws(NoiseError) {
         let nonceBytes = try nonceBytes()
+        let sealed: Bool
+        switch engine {
+        case .libcrypto(let context):
+            sealed = Self.seal(parts: parts, ad: ad, key: key, nonce: nonceBytes, context: context.pointer, into: &output)
+        case .swiftCrypto(let symmetricKey):
+            sealed = Self.seal(parts: parts, ad: ad, key: symmetricKey, nonce: nonceBytes, into: &output)
+        }
+        // Sealing fails only if the library does (out of memory): nothing is written then.
+        guard sealed else { throw .decryptionFailed }
+        nonce += 1
+    }
+
+    private static func seal(
+        parts: some Collection<ByteBuffer>, ad: [UInt8], key: [UInt8], nonce nonceBytes: [UInt8],
+        context: UnsafeMutableRawPointer, into output: inout ByteBuffer
+    ) -> Bool {
         let length = parts.reduce(0) { $0 + $1.readableBytes }
-        let context = self.context.pointer
         var sealed = false
         output.writeWithUnsafeMutableBytes(minimumWritableBytes: length + Self.tagLength) { out in
             let out = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
             sealed = key.withUnsafeBufferPointer { key in
                 ad.withUnsafeBufferPointer { ad in
-                    p2p_chachapoly_seal_init(context, AEADContext.cipher, key.baseAddress, nonceBytes, ad.baseAddress, ad.count) == 1
+                    p2p_aead_seal_init(context, key.baseAddress, nonceBytes, ad.baseAddress, ad.count) == 1
                 }
             }
             var offset = 0
             for part in parts where sealed {
                 sealed = part.withUnsafeReadableBytes { input in
-                    p2p_chachapoly_seal_update(
-                        context, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count, out + offset) == 1
+                    p2p_aead_seal_update(context, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count, out + offset) == 1
                 }
                 offset += part.readableBytes
             }
-            sealed = sealed && p2p_chachapoly_seal_final(context, out + length) == 1
+            sealed = sealed && p2p_aead_seal_final(context, out + length) == 1
             return sealed ? length + Self.tagLength : 0
         }
-        // Sealing fails only if OpenSSL does (out of memory): nothing is written then.
-        guard sealed else { throw .decryptionFailed }
-        nonce += 1
+        return sealed
+    }
+
+    private static func seal(
+        parts: some Collection<ByteBuffer>, ad: [UInt8], key: SymmetricKey, nonce nonceBytes: [UInt8],
+        into output: inout ByteBuffer
+    ) -> Bool {
+        let message: ByteBuffer
+        if parts.count == 1, let only = parts.first {
+            message = only
+        } else {
+            var gathered = ByteBuffer()
+            gathered.reserveCapacity(parts.reduce(0) { $0 + $1.readableBytes })
+            for var part in parts { gathered.writeBuffer(&part) }
+            message = gathered
+        }
+        guard let nonce = try? ChaChaPoly.Nonce(data: nonceBytes),
+            let box = try? ChaChaPoly.seal(message.readableBytesView, using: key, nonce: nonce, authenticating: ad)
+        else { return false }
+        output.writeBytes(box.ciphertext)
+        output.writeBytes(box.tag)
+        return true
     }
 
     /// The plaintext of `ciphertext || tag`.
     mutating func decrypt(_ sealed: ByteBuffer, ad: [UInt8]) throws(NoiseError) -> ByteBuffer {
         guard sealed.readableBytes >= Self.tagLength else { throw .decryptionFailed }
         let nonceBytes = try nonceBytes()
+        let plaintext: ByteBuffer?
+        switch engine {
+        case .libcrypto(let context):
+            plaintext = Self.open(sealed, ad: ad, key: key, nonce: nonceBytes, context: context.pointer)
+        case .swiftCrypto(let symmetricKey):
+            plaintext = Self.open(sealed, ad: ad, key: symmetricKey, nonce: nonceBytes)
+        }
+        guard let plaintext else { throw .decryptionFailed }
+        nonce += 1
+        return plaintext
+    }
+
+    private static func open(
+        _ sealed: ByteBuffer, ad: [UInt8], key: [UInt8], nonce nonceBytes: [UInt8], context: UnsafeMutableRawPointer
+    ) -> ByteBuffer? {
         let length = sealed.readableBytes - Self.tagLength
-        let context = self.context.pointer
         var plaintext = ByteBuffer()
         plaintext.reserveCapacity(length)
         var opened = false
@@ -143,8 +219,8 @@ struct CipherState {
                 key.withUnsafeBufferPointer { key in
                     ad.withUnsafeBufferPointer { ad in
                         opened =
-                            p2p_chachapoly_open(
-                                context, AEADContext.cipher, key.baseAddress, nonceBytes, ad.baseAddress, ad.count,
+                            p2p_aead_open(
+                                context, key.baseAddress, nonceBytes, ad.baseAddress, ad.count,
                                 input.baseAddress!.assumingMemoryBound(to: UInt8.self), length,
                                 out.baseAddress!.assumingMemoryBound(to: UInt8.self)) == 1
                     }
@@ -152,9 +228,17 @@ struct CipherState {
             }
             return opened ? length : 0
         }
-        guard opened else { throw .decryptionFailed }
-        nonce += 1
-        return plaintext
+        return opened ? plaintext : nil
+    }
+
+    private static func open(_ sealed: ByteBuffer, ad: [UInt8], key: SymmetricKey, nonce nonceBytes: [UInt8]) -> ByteBuffer? {
+        let length = sealed.readableBytes - Self.tagLength
+        let view = sealed.readableBytesView
+        guard let nonce = try? ChaChaPoly.Nonce(data: nonceBytes),
+            let box = try? ChaChaPoly.SealedBox(nonce: nonce, ciphertext: view.prefix(length), tag: view.suffix(Self.tagLength)),
+            let opened = try? ChaChaPoly.open(box, using: key, authenticating: ad)
+        else { return nil }
+        return ByteBuffer(bytes: opened)
     }
 }
 
@@ -206,9 +290,9 @@ struct SymmetricState {
     }
 
     /// The two transport cipher states (initiator-to-responder, responder-to-initiator).
-    func split() -> (CipherState, CipherState) {
+    func split(backend: AEADBackend = .preferred) -> (CipherState, CipherState) {
         let (k1, k2) = Self.hkdf(chainingKey: chainingKey, inputKeyMaterial: [])
-        return (CipherState(key: k1), CipherState(key: k2))
+        return (CipherState(key: k1, backend: backend), CipherState(key: k2, backend: backend))
     }
 
     /// Noise's HKDF with two outputs, on HMAC-SHA256.

@@ -45,14 +45,18 @@ public struct NoiseHandshake {
     private var remoteStatic: [UInt8] = []
     /// Muxers we list in our payload's extensions (early muxer negotiation).
     private let muxers: [String]
+    /// The transport ciphers' backend.
+    private let aead: AEADBackend
 
     public init(
         initiator: Bool, identity: PrivateKey, expectedRemotePeer: PeerID? = nil, muxers: [String] = [],
+        aead: AEADBackend = .preferred,
         staticKey: Curve25519.KeyAgreement.PrivateKey = .init(),
         ephemeralKey: Curve25519.KeyAgreement.PrivateKey = .init()
     ) {
         self.isInitiator = initiator
         self.muxers = muxers
+        self.aead = aead
         self.identity = identity
         self.expectedRemotePeer = expectedRemotePeer
         self.staticKey = staticKey
@@ -89,12 +93,12 @@ public struct NoiseHandshake {
                 let remote = try readMessage2(message)
                 try writeMessage3(into: &output)
                 step = .done
-                let (send, receive) = symmetric.split()
+                let (send, receive) = symmetric.split(backend: aead)
                 return finish(remote: remote, send: send, receive: receive)
             case .responderAwaitingMessage3:
                 let remote = try readMessage3(message)
                 step = .done
-                let (receive, send) = symmetric.split()
+                let (receive, send) = symmetric.split(backend: aead)
                 return finish(remote: remote, send: send, receive: receive)
             case .initiatorStart:
                 throw .unexpectedData

@@ -7,7 +7,12 @@ public struct NoiseSecurity: SecurityProtocol {
     public static let protocolID = "/noise"
     public var protocolID: String { Self.protocolID }
 
-    public init() {}
+    /// Where the transport's ChaCha20-Poly1305 comes from.
+    public let aead: AEADBackend
+
+    public init(aead: AEADBackend = .preferred) {
+        self.aead = aead
+    }
 
     public func makeHandshake(
         role: SecurityRole, localKey: PrivateKey, expectedRemotePeer: PeerID?, muxers: [String]
@@ -15,7 +20,7 @@ public struct NoiseSecurity: SecurityProtocol {
         NoiseSecurityHandshake(
             handshake: NoiseHandshake(
                 initiator: role == .initiator, identity: localKey, expectedRemotePeer: expectedRemotePeer,
-                muxers: muxers),
+                muxers: muxers, aead: aead),
             role: role, expectedRemotePeer: expectedRemotePeer, muxers: muxers)
     }
 }

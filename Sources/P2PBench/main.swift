@@ -575,6 +575,7 @@ if CommandLine.arguments.dropFirst().first == "stream" {
 /// moves by ±20%, and alternating keeps a slow spell from hitting one figure only.
 let rounds = max(1, ProcessInfo.processInfo.environment["P2PBENCH_ROUNDS"].flatMap(Int.init) ?? 5)
 print("p2pbench: \(megabytes) MiB per throughput run, loopback, 2 event loops, median of \(rounds) alternating rounds")
+print("p2pbench: Noise's ChaCha20-Poly1305 from \(AEADBackend.preferred.rawValue) (P2PCHAT_AEAD=swift-crypto forces swift-crypto)")
 var rawRuns: [Double] = []
 var streamRuns: [Double] = []
 var tlsRuns: [Double] = []

@@ -163,33 +163,87 @@ final class NoiseTests: XCTestCase {
         }
     }
 
-    /// The OpenSSL AEAD agrees with swift-crypto's ChaChaPoly byte for byte.
-    func testCipherStateMatchesSwiftCrypto() throws {
+    /// Both backends agree with swift-crypto's ChaChaPoly byte for byte, and
+    /// open each other's messages.
+    func testCipherStateBackendsAgree() throws {
         let key = (0..<32).map { UInt8($0 &* 7 &+ 1) }
         let ad: [UInt8] = Array("associated".utf8)
-        var sender = CipherState(key: key)
-        var receiver = CipherState(key: key)
-        for (counter, size) in [0, 1, 63, 64, 65, 1000, 65519].enumerated() {
-            let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ counter) }
+        for (sendBackend, receiveBackend) in [(AEADBackend.libcrypto, AEADBackend.swiftCrypto), (.swiftCrypto, .libcrypto), (.libcrypto, .libcrypto), (.swiftCrypto, .swiftCrypto)] {
+            var sender = CipherState(key: key, backend: sendBackend)
+            var receiver = CipherState(key: key, backend: receiveBackend)
+            let pair = "\(sendBackend) to \(receiveBackend)"
+            for (counter, size) in [0, 1, 63, 64, 65, 1000, 65519].enumerated() {
+                let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ counter) }
+                var sealed = ByteBuffer()
+                // In parts, as the muxer hands them over.
+                let cut = size / 3
+                try sender.encrypt(
+                    parts: [ByteBuffer(bytes: plaintext[..<cut]), ByteBuffer(bytes: plaintext[cut...])], ad: ad, into: &sealed)
+                var nonce = [UInt8](repeating: 0, count: 4)
+                withUnsafeBytes(of: UInt64(counter).littleEndian) { nonce += $0 }
+                let expected = try ChaChaPoly.seal(
+                    plaintext, using: SymmetricKey(data: key), nonce: ChaChaPoly.Nonce(data: nonce), authenticating: ad)
+                XCTAssertEqual(Array(sealed.readableBytesView), Array(expected.ciphertext + expected.tag), "size \(size), \(pair)")
+                let opened = try receiver.decrypt(sealed, ad: ad)
+                XCTAssertEqual(Array(opened.readableBytesView), plaintext, pair)
+            }
+            // An empty message is a lone tag, and opens to nothing.
+            var empty = ByteBuffer()
+            try sender.encrypt(ByteBuffer(), ad: [], into: &empty)
+            XCTAssertEqual(empty.readableBytes, 16)
+            XCTAssertEqual(try receiver.decrypt(empty, ad: []).readableBytes, 0)
+            // Wrong associated data, and a flipped bit, fail.
             var sealed = ByteBuffer()
-            try sender.encrypt(ByteBuffer(bytes: plaintext), ad: ad, into: &sealed)
-            var nonce = [UInt8](repeating: 0, count: 4)
-            withUnsafeBytes(of: UInt64(counter).littleEndian) { nonce += $0 }
-            let expected = try ChaChaPoly.seal(
-                plaintext, using: SymmetricKey(data: key), nonce: ChaChaPoly.Nonce(data: nonce), authenticating: ad)
-            XCTAssertEqual(Array(sealed.readableBytesView), Array(expected.ciphertext + expected.tag), "size \(size)")
-            let opened = try receiver.decrypt(sealed, ad: ad)
-            XCTAssertEqual(Array(opened.readableBytesView), plaintext)
+            try sender.encrypt(ByteBuffer(bytes: [1, 2, 3]), ad: ad, into: &sealed)
+            XCTAssertThrowsError(try receiver.decrypt(sealed, ad: [])) { XCTAssertEqual($0 as? NoiseError, .decryptionFailed) }
+            var flipped = ByteBuffer()
+            try sender.encrypt(ByteBuffer(bytes: [1, 2, 3]), ad: ad, into: &flipped)
+            flipped.setInteger(flipped.getInteger(at: 0, as: UInt8.self)! ^ 1, at: 0)
+            XCTAssertThrowsError(try receiver.decrypt(flipped, ad: ad)) { XCTAssertEqual($0 as? NoiseError, .decryptionFailed) }
         }
-        // An empty message is a lone tag, and opens to nothing.
-        var empty = ByteBuffer()
-        try sender.encrypt(ByteBuffer(), ad: [], into: &empty)
-        XCTAssertEqual(empty.readableBytes, 16)
-        XCTAssertEqual(try receiver.decrypt(empty, ad: []).readableBytes, 0)
-        // Wrong associated data fails.
-        var sealed = ByteBuffer()
-        try sender.encrypt(ByteBuffer(bytes: [1, 2, 3]), ad: ad, into: &sealed)
-        XCTAssertThrowsError(try receiver.decrypt(sealed, ad: [])) { XCTAssertEqual($0 as? NoiseError, .decryptionFailed) }
+    }
+
+    /// On Linux with libcrypto installed (as on the machines we test on), it is
+    /// the backend chosen; elsewhere swift-crypto serves.
+    func testLibcryptoIsPreferredWhereInstalled() throws {
+        #if os(Linux)
+        let installed = ["/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/usr/lib/aarch64-linux-gnu/libcrypto.so.3", "/lib64/libcrypto.so.3"]
+            .contains { FileManager.default.fileExists(atPath: $0) }
+        try XCTSkipUnless(installed, "no libcrypto.so.3 on this system")
+        XCTAssertTrue(AEADBackend.libcryptoAvailable)
+        if ProcessInfo.processInfo.environment["P2PCHAT_AEAD"] == nil {
+            XCTAssertEqual(AEADBackend.preferred, .libcrypto)
+        }
+        XCTAssertEqual(CipherState(key: [UInt8](repeating: 1, count: 32), backend: .libcrypto).backend, .libcrypto)
+        #endif
+        XCTAssertEqual(CipherState(key: [UInt8](repeating: 1, count: 32), backend: .swiftCrypto).backend, .swiftCrypto)
+    }
+
+    /// A handshake and transport between a libcrypto peer and a swift-crypto peer.
+    func testTransportAcrossBackends() throws {
+        var initiator = NoiseHandshake(initiator: true, identity: .generateEd25519(), aead: .libcrypto)
+        var responder = NoiseHandshake(initiator: false, identity: .generateEd25519(), aead: .swiftCrypto)
+        var pair = try handshake(&initiator, &responder)
+        for size in [0, 1, 70_000, 300_000] {
+            let message = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+            var wire = ByteBuffer()
+            var outgoing = message
+            try pair.initiator.transport.encrypt(&outgoing, into: &wire)
+            var plaintexts: [ByteBuffer] = []
+            try pair.responder.transport.decrypt(&wire, into: &plaintexts)
+            var joined = ByteBuffer()
+            for var piece in plaintexts { joined.writeBuffer(&piece) }
+            XCTAssertEqual(joined, message, "size \(size)")
+            // And back.
+            var back = ByteBuffer()
+            var returning = message
+            try pair.responder.transport.encrypt(&returning, into: &back)
+            plaintexts = []
+            try pair.initiator.transport.decrypt(&back, into: &plaintexts)
+            joined = ByteBuffer()
+            for var piece in plaintexts { joined.writeBuffer(&piece) }
+            XCTAssertEqual(joined, message, "back, size \(size)")
+        }
     }
 
     func testWrongExpectedPeerIsRejected() throws {
