@@ -236,6 +236,7 @@ struct NodeCommand: AsyncParsableCommand {
         await session.leave()
         await mdns?.stop()
         await pubsub.stop()
+        historyService.close()
         await host.close()
         try? await exporter?.close()
         ChatTerminal.shared.restore()
