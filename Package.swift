@@ -59,6 +59,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "Multiformats"),
+        .target(name: "EventBroadcast"),
         .target(
             name: "Identity",
             dependencies: [
@@ -140,7 +141,7 @@ let package = Package(
         .target(
             name: "Host",
             dependencies: [
-                "Transport", "LibP2PSecurity", "Noise", "TLS", "WebSocket",
+                "Transport", "LibP2PSecurity", "Noise", "TLS", "WebSocket", "EventBroadcast",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -156,7 +157,7 @@ let package = Package(
         .target(
             name: "DCUtR",
             dependencies: [
-                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
+                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity", "EventBroadcast",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
@@ -166,7 +167,7 @@ let package = Package(
         .target(
             name: "AutoNAT",
             dependencies: [
-                "Host", "Transport", "Identity", "Multiformats",
+                "Host", "Transport", "Identity", "Multiformats", "EventBroadcast",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
@@ -187,7 +188,7 @@ let package = Package(
         .target(
             name: "PubSub",
             dependencies: [
-                "Host",
+                "Host", "EventBroadcast",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -239,7 +240,7 @@ let package = Package(
         .target(
             name: "MDNS",
             dependencies: [
-                "Multiformats", "Identity",
+                "Multiformats", "Identity", "EventBroadcast",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -298,6 +299,7 @@ let package = Package(
             dependencies: ["ChildProcess", "Host", "Multiformats", "PubSub", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"]),
+        .testTarget(name: "EventBroadcastTests", dependencies: ["EventBroadcast", "TestSupport"]),
         .testTarget(name: "IdentityTests", dependencies: ["Identity"]),
         .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
