@@ -67,7 +67,8 @@ struct ChatOutput: Sendable {
     }
 }
 
-struct NodeCommand: AsyncParsableCommand {
+/// `p2pchat chat` (the default command): the chat on a topic, with files, history and discovery.
+struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
         abstract: "Chat on TOPIC (default lobby): each stdin line is published, each message printed.",

@@ -247,8 +247,9 @@ public final class PubSubService: Sendable {
         await core.unsubscribe(topic)
     }
 
-    /// Publishes `data` on `topic`; returns the number of peers it was sent to
-    /// (0 when no peer we may publish to is on the topic).
+    /// Publishes `data` on `topic`; returns how many peers it was sent to (0
+    /// when no peer we may publish to is on the topic: nobody got it). Our own
+    /// subscribers never receive what we publish.
     @discardableResult
     public func publish(_ topic: String, data: [UInt8]) async throws -> Int {
         try await core.publish(topic, data: data)
@@ -606,7 +607,8 @@ actor PubSubCore {
         guard !isStopped else { throw PubSubError.stopped }
         let (actions, message) = try router.publishMessage(topic: topic, data: data, now: clock.now)
         perform(actions)
-        return (message, actions.count)
+        let sentTo = actions.reduce(0) { count, action in if case .send = action { count + 1 } else { count } }
+        return (message, sentTo)
     }
 
     func peers(in topic: String) -> [PeerID] { router.peers(in: topic) }
