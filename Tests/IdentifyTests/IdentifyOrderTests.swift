@@ -46,6 +46,15 @@ final class IdentifyOrderTests: XCTestCase {
         return (local, remote)
     }
 
+    /// `remote` pushes an identify message announcing `protocols`; returns once `local` applied it.
+    private func push(_ protocols: [String], from remote: Libp2pHost, to local: Libp2pHost) async throws {
+        let stream = try await XCTUnwrap(remote.connection(to: local.localPeer))
+            .newStream(protocols: [IdentifyService.pushProtocolID])
+        try await stream.write(try message(protocols: protocols))
+        try await stream.closeWrite()
+        try await waitUntil("the push is applied") { local.peerStore.info(remote.localPeer)?.protocols == protocols }
+    }
+
     func testAPushReceivedAfterTheRequestWinsOverItsLateAnswer() async throws {
         let (local, remote) = try await makeConnectedHostsWithoutIdentify()
         let gate = Gate()
@@ -64,13 +73,7 @@ final class IdentifyOrderTests: XCTestCase {
         try await waitUntil("the remote got the request") { gate.requests.value >= 1 }
 
         // Meanwhile the remote pushes newer information.
-        let push = try await XCTUnwrap(remote.connection(to: local.localPeer))
-            .newStream(protocols: [IdentifyService.pushProtocolID])
-        try await push.write(try message(protocols: ["/new/1.0.0"]))
-        try await push.closeWrite()
-        try await waitUntil("the push is applied") {
-            local.peerStore.info(remote.localPeer)?.protocols == ["/new/1.0.0"]
-        }
+        try await push(["/new/1.0.0"], from: remote, to: local)
 
         gate.release()
         let info = try await withDeadline(10) { try await answer.value }
@@ -89,13 +92,7 @@ final class IdentifyOrderTests: XCTestCase {
         }
         let service = IdentifyService(host: local, agentVersion: "order-test")
         service.start()
-        let push = try await XCTUnwrap(remote.connection(to: local.localPeer))
-            .newStream(protocols: [IdentifyService.pushProtocolID])
-        try await push.write(try message(protocols: ["/pushed/1.0.0"]))
-        try await push.closeWrite()
-        try await waitUntil("the push is applied") {
-            local.peerStore.info(remote.localPeer)?.protocols == ["/pushed/1.0.0"]
-        }
+        try await push(["/pushed/1.0.0"], from: remote, to: local)
         let connection = try XCTUnwrap(local.connection(to: remote.localPeer))
         _ = try await withDeadline(10) { try await service.identify(connection) }
         XCTAssertEqual(local.peerStore.info(remote.localPeer)?.protocols, ["/current/1.0.0"])

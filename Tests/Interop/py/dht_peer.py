@@ -22,7 +22,6 @@ import json
 import sys
 
 import multiaddr
-import trio
 
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID as PeerID
@@ -31,7 +30,7 @@ from libp2p.records.validator import Validator
 from libp2p.tools.anyio_service import background_trio_service
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from peer import emit, make_host, run_script  # noqa: E402
+from peer import emit, make_host, run_script, stdin_lines  # noqa: E402
 
 
 class ChatValidator(Validator):
@@ -88,21 +87,13 @@ async def main(args) -> None:
         dht.register_validator("p2pchat", ChatValidator())
         async with background_trio_service(dht):
             emit(event="listening", peer=host.get_id().to_base58(), addr=str(host.get_addrs()[0]))
-            stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-            pending = b""
-            while True:
-                chunk = await stdin.receive_some(4096)
-                if not chunk:
-                    return
-                pending += chunk
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    try:
-                        await run_command(host, dht, json.loads(line))
-                    except Exception as error:  # reported, the peer goes on
-                        emit(event="error", message=f"{type(error).__name__}: {error}")
+            async for line in stdin_lines():
+                if not line.strip():
+                    continue
+                try:
+                    await run_command(host, dht, json.loads(line))
+                except Exception as error:  # reported, the peer goes on
+                    emit(event="error", message=f"{type(error).__name__}: {error}")
 
 
 def parse_args():

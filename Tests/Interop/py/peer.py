@@ -275,23 +275,29 @@ async def run_pubsub(host, args) -> None:
                     emit(event="message", topic=args.topic, **{"from": sender}, text=message.data.decode("utf-8", "replace"))
 
             async def publish_lines():
-                stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-                pending = b""
-                while True:
-                    chunk = await stdin.receive_some(4096)
-                    if not chunk:
-                        return
-                    pending += chunk
-                    while b"\n" in pending:
-                        line, pending = pending.split(b"\n", 1)
-                        if line:
-                            await pubsub.publish(args.topic, line)
-                            emit(event="published", text=line.decode())
+                async for line in stdin_lines():
+                    if line:
+                        await pubsub.publish(args.topic, line)
+                        emit(event="published", text=line.decode())
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(receive)
                 await publish_lines()
                 nursery.cancel_scope.cancel()
+
+
+async def stdin_lines():
+    """Stdin's lines (bytes, without the newline) until EOF."""
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    pending = b""
+    while True:
+        chunk = await stdin.receive_some(4096)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line
 
 
 async def wait_for_stdin_eof() -> None:
