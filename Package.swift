@@ -59,6 +59,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "Multiformats"),
+        .target(name: "EventBroadcast"),
         .target(
             name: "Identity",
             dependencies: [
@@ -141,7 +142,7 @@ let package = Package(
         .target(
             name: "Host",
             dependencies: [
-                "Transport", "LibP2PSecurity", "Noise", "TLS", "WebSocket",
+                "Transport", "LibP2PSecurity", "Noise", "TLS", "WebSocket", "EventBroadcast",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -157,7 +158,7 @@ let package = Package(
         .target(
             name: "DCUtR",
             dependencies: [
-                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
+                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity", "EventBroadcast",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
@@ -167,7 +168,7 @@ let package = Package(
         .target(
             name: "AutoNAT",
             dependencies: [
-                "Host", "Transport", "Identity", "Multiformats",
+                "Host", "Transport", "Identity", "Multiformats", "EventBroadcast",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
@@ -188,7 +189,7 @@ let package = Package(
         .target(
             name: "PubSub",
             dependencies: [
-                "Host",
+                "Host", "EventBroadcast",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -240,7 +241,7 @@ let package = Package(
         .target(
             name: "MDNS",
             dependencies: [
-                "Multiformats", "Identity",
+                "Multiformats", "Identity", "EventBroadcast",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -299,6 +300,7 @@ let package = Package(
             dependencies: ["ChildProcess", "Host", "Multiformats", "PubSub", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"]),
+        .testTarget(name: "EventBroadcastTests", dependencies: ["EventBroadcast", "TestSupport"]),
         .testTarget(name: "IdentityTests", dependencies: ["Identity"]),
         .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
         .testTarget(name: "NoiseTests", dependencies: ["Noise"]),

@@ -4,46 +4,26 @@
 # each way (tc tbf, at most 20 ms queued). A offers a SIZE MiB file, B fetches
 # it with /get; A sends a line every 100 ms carrying its send time, idle for
 # 10 s and then while the file moves; B's receive times (its --json `ts`) give
-# each line's latency. Needs root (ip netns, tc).
+# each line's latency. Needs root (ip netns, tc). P2PCHAT_BIN_DIR: release binaries
+# to use instead of building them.
 # Usage: Benchmarks/chat-latency-under-file.sh [RATE, default 50mbit] [SIZE MiB, default 64]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/lib.sh
 rate=${1:-50mbit}
 size=${2:-64}
-swift build -c release --product p2pchat >/dev/null
-bin="$(swift build -c release --show-bin-path)"
+release_products p2pchat
 ns_a="p2pcfl-a-$$"
 ns_b="p2pcfl-b-$$"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    ip netns del "$ns_a" 2>/dev/null || true
-    ip netns del "$ns_b" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-ip netns add "$ns_a"
-ip netns add "$ns_b"
-ip link add "va$$" netns "$ns_a" type veth peer name "vb$$" netns "$ns_b"
-ip -n "$ns_a" addr add 10.78.0.1/24 dev "va$$"
-ip -n "$ns_b" addr add 10.78.0.2/24 dev "vb$$"
-for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
-ip -n "$ns_a" link set "va$$" up
-ip -n "$ns_b" link set "vb$$" up
-if [ "$rate" != "none" ]; then
-    ip netns exec "$ns_a" tc qdisc add dev "va$$" root tbf rate "$rate" burst 32kbit latency 20ms
-    ip netns exec "$ns_b" tc qdisc add dev "vb$$" root tbf rate "$rate" burst 32kbit latency 20ms
-fi
+bench_init
+shaped_link "$ns_a" "$ns_b" 10.78.0 "$rate"
 head -c "$((size * 1024 * 1024))" /dev/urandom >"$work/payload.bin"
 mkfifo "$work/a.in" "$work/b.in"
 ip netns exec "$ns_a" "$bin/p2pchat" lobby --ephemeral --no-mdns --json --listen /ip4/10.78.0.1/tcp/4001 \
     <"$work/a.in" >"$work/a.out" 2>/dev/null &
 pids+=($!)
 exec 3>"$work/a.in"
-for _ in $(seq 100); do grep -q '"local_peer"' "$work/a.out" && break; sleep 0.1; done
+wait_for "$work/a.out" '"local_peer"' || true
 peer=$(sed -n 's/.*"event":"local_peer","peer":"\([^"]*\)".*/\1/p' "$work/a.out" | head -1)
 ip netns exec "$ns_b" "$bin/p2pchat" lobby --ephemeral --no-mdns --json --listen /ip4/10.78.0.2/tcp/4001 \
     --connect "/ip4/10.78.0.1/tcp/4001/p2p/$peer" --download-dir "$work/dl" <"$work/b.in" >"$work/b.out" 2>/dev/null &
@@ -67,7 +47,7 @@ send_lines() {  # $1: phase name, $2: seconds (or "until-done")
 echo "link: $rate each way (tbf, at most 20 ms queued; none: unshaped veth); file: $size MiB from A to B; a line every 100 ms from A"
 send_lines idle 10
 echo "/send $work/payload.bin" >&3
-for _ in $(seq 100); do grep -q '"file_offer"' "$work/b.out" && break; sleep 0.1; done
+wait_for "$work/b.out" '"file_offer"' || true
 echo "/get 1" >&4
 transfer_start=$(date +%s%3N)
 send_lines file until-done

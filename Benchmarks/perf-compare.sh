@@ -11,6 +11,7 @@
 # PY_BLOCK_SIZE (bytes), P2PCHAT_MACHINE_PRINTED=1 (skip Benchmarks/machine.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/lib.sh
 swift_mib=${1:-256}
 py_mib=${2:-32}
 py_block=${PY_BLOCK_SIZE:-1048576}
@@ -19,43 +20,17 @@ if [ -z "$bin" ]; then
     swift build -c release --product p2pchat >/dev/null
     bin="$(swift build -c release --show-bin-path)/p2pchat"
 fi
-venv=${P2PCHAT_VENV:-.venv-interop}
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r Tests/Interop/py/requirements.txt
-    cp Tests/Interop/py/requirements.txt "$venv/requirements.installed"
-fi
-py="$venv/bin/python"
-peer=Tests/Interop/py/peer.py
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    exec 3>&- 2>/dev/null || true
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+py_venv create
+bench_init
 
 "$bin" perf-server --listen /ip4/127.0.0.1/tcp/0 >"$work/swift-server" 2>/dev/null &
 pids+=($!)
-# The py listener ends on stdin EOF (fd 3 closes when this script exits) or after its timeout.
-mkfifo "$work/py-stdin"
-"$py" "$peer" listen --timeout 600 --block-size "$py_block" <"$work/py-stdin" >"$work/py-server" 2>/dev/null &
-pids+=($!)
-exec 3>"$work/py-stdin"
-for _ in $(seq 100); do
-    grep -q "Listening on" "$work/swift-server" && grep -q listening "$work/py-server" && break
-    sleep 0.1
-done
-swift_addr=$(sed -n 's/^Listening on //p' "$work/swift-server" | head -1)
-py_addr=$("$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["addr"])' "$work/py-server")
-
-mb_per_s() { "$py" -c 'import json,sys; d=json.loads(sys.stdin.readline()); print("%.1f" % (float(d[sys.argv[1]]) / 1e6))' "$1"; }
-py_mb_per_s() { "$py" -c 'import json,sys
-for line in sys.stdin:
-    d = json.loads(line)
-    if d.get("event") == "perf": print("%.1f" % (d["bytes_per_second"] / 1e6))'; }
+py_listen "$work/py-server" "$py_block" 600
+py_listeners_started
+wait_for "$work/swift-server" "Listening on" || true
+wait_for "$work/py-server" listening || true
+swift_addr=$(listening_address "$work/swift-server")
+py_addr=$(py_listen_address "$work/py-server")
 
 row() { printf '%-44s %10s MB/s\n' "$1" "$2"; }
 bytes() { echo $(($1 * 1024 * 1024)); }

@@ -11,46 +11,25 @@
 # P2PCHAT_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/lib.sh
 mib=${1:-32}
 rounds=${2:-3}
 sizes=${PY_BLOCK_SIZES:-4096 8192 16384 32768 65536 131072 262144 524288 1048576}
-venv=${P2PCHAT_VENV:-.venv-interop}
-py="$venv/bin/python"
-[ -x "$py" ] || { echo "no python at $py (set P2PCHAT_VENV, or run Benchmarks/perf-compare.sh once to create it)" >&2; exit 1; }
-peer=Tests/Interop/py/peer.py
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    exec 3>&- 2>/dev/null || true
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+py_venv
+bench_init
 
-# One listener per block size, all fed by fd 3 (they end on its EOF).
-mkfifo "$work/stdin"
-for size in $sizes; do
-    "$py" "$peer" listen --timeout 3600 --block-size "$size" <"$work/stdin" >"$work/server-$size" 2>/dev/null &
-    pids+=($!)
-done
-exec 3>"$work/stdin"
+# One listener per block size.
+for size in $sizes; do py_listen "$work/server-$size" "$size" 3600; done
+py_listeners_started
 bin=${P2PCHAT_BIN:-}
 if [ -n "$bin" ]; then
     "$bin" perf-server --listen /ip4/127.0.0.1/tcp/0 >"$work/swift-server" 2>/dev/null &
     pids+=($!)
-    for _ in $(seq 100); do grep -q "Listening on" "$work/swift-server" && break; sleep 0.1; done
-    swift_addr=$(sed -n 's/^Listening on //p' "$work/swift-server" | head -1)
+    wait_for "$work/swift-server" "Listening on" || true
+    swift_addr=$(listening_address "$work/swift-server")
 fi
-for size in $sizes; do
-    for _ in $(seq 300); do grep -q listening "$work/server-$size" && break; sleep 0.1; done
-done
-addr() { "$py" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["addr"])' "$work/server-$1"; }
-py_mb_per_s() { "$py" -c 'import json,sys
-for line in sys.stdin:
-    d = json.loads(line)
-    if d.get("event") == "perf": print("%.1f" % (d["bytes_per_second"] / 1e6))'; }
-mb_per_s() { "$py" -c 'import json,sys; d=json.loads(sys.stdin.readline()); print("%.1f" % (float(d[sys.argv[1]]) / 1e6))' "$1"; }
+for size in $sizes; do wait_for "$work/server-$size" listening 300 || true; done
+addr() { py_listen_address "$work/server-$1"; }
 bytes=$((mib * 1024 * 1024))
 
 Benchmarks/machine.sh

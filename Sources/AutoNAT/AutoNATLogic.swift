@@ -5,6 +5,7 @@ import Multiformats
 /// all per period, and which addresses of a request it dials back (only ever
 /// at the requester's observed IP, so that it cannot be used to attack others).
 public struct AutoNATServerPolicy: Sendable {
+    /// How many dial-back requests are answered, per peer and in all, per minute.
     public struct Limits: Sendable, Equatable {
         /// go-libp2p's throttles: 3 per peer and 30 in all per minute.
         public var perPeer = 3
@@ -68,6 +69,7 @@ public struct AutoNATServerPolicy: Sendable {
         return result
     }
 
+    /// A request we do not dial back for: the status and text of our answer.
     public struct Refusal: Error, Sendable, Equatable {
         public let status: AutoNATStatus
         public let text: String

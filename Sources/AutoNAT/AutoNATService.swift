@@ -1,3 +1,4 @@
+import EventBroadcast
 import Host
 import Identity
 import Logging
@@ -13,6 +14,7 @@ import Transport
 public final class AutoNATService: Sendable {
     public static let protocolID = "/libp2p/autonat/1.0.0"
 
+    /// What the service serves and asks, how often, and its time-outs.
     public struct Configuration: Sendable {
         /// Answer other peers' requests.
         public var serve = true
@@ -39,11 +41,10 @@ public final class AutoNATService: Sendable {
     private struct State {
         var policy: AutoNATServerPolicy
         var tracker: ReachabilityTracker
-        var subscribers: [UInt64: AsyncStream<Reachability>.Continuation] = [:]
-        var nextSubscriber: UInt64 = 0
         var prober: Task<Void, Never>?
     }
     private let state: Mutex<State>
+    private let changes = EventBroadcaster<Reachability>(bufferingNewest: 16)
 
     public init(host: Libp2pHost, configuration: Configuration = .init(), logger: Logger = Logger(label: "p2p.autonat")) {
         self.host = host
@@ -60,18 +61,7 @@ public final class AutoNATService: Sendable {
     public var publicAddress: Multiaddr? { state.withLock { $0.tracker.publicAddress } }
 
     /// Every change of reachability from now on (ends at `stop`).
-    public func reachabilityChanges() -> AsyncStream<Reachability> {
-        let (stream, continuation) = AsyncStream.makeStream(of: Reachability.self, bufferingPolicy: .bufferingNewest(16))
-        let id = state.withLock { state -> UInt64 in
-            state.nextSubscriber += 1
-            state.subscribers[state.nextSubscriber] = continuation
-            return state.nextSubscriber
-        }
-        continuation.onTermination = { [weak self] _ in
-            self?.state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
-        }
-        return stream
-    }
+    public func reachabilityChanges() -> AsyncStream<Reachability> { changes.subscribe() }
 
     public func start() {
         if configuration.serve {
@@ -96,15 +86,12 @@ public final class AutoNATService: Sendable {
     }
 
     public func stop() {
-        let (prober, subscribers) = state.withLock { state in
-            defer {
-                state.prober = nil
-                state.subscribers = [:]
-            }
-            return (state.prober, Array(state.subscribers.values))
+        let prober = state.withLock { state in
+            defer { state.prober = nil }
+            return state.prober
         }
         prober?.cancel()
-        for subscriber in subscribers { subscriber.finish() }
+        changes.finish()
         if configuration.serve { host.removeStreamHandler(Self.protocolID) }
     }
 
@@ -163,13 +150,15 @@ public final class AutoNATService: Sendable {
         guard case .dialResponse(let status, _, let address) = answer else {
             throw AutoNATError.unexpected("expected DIAL_RESPONSE, got \(answer)")
         }
-        let (changed, subscribers) = state.withLock { state in
-            (state.tracker.record(server: server, status: status, address: address), Array(state.subscribers.values))
+        let changed = state.withLock { state in
+            let changed = state.tracker.record(server: server, status: status, address: address)
+            // Under the lock: concurrent answers reach subscribers in the order the tracker saw them.
+            if let changed { changes.yield(changed) }
+            return changed
         }
         logger.debug("autonat answer", metadata: ["server": "\(server)", "status": "\(status)"])
         if let changed {
             logger.info("reachability changed", metadata: ["reachability": "\(changed.rawValue)"])
-            for subscriber in subscribers { subscriber.yield(changed) }
         }
         return (status, address)
     }

@@ -1,11 +1,12 @@
 import Foundation
 import Multiformats
 import PubSub
+import Synchronization
 
 /// The history on disk: records of an unsigned-varint length, then the
 /// receive time (milliseconds since 1970, 8 bytes big-endian) and the message
-/// as pubsub carries it. Appended as messages arrive, rewritten with what is
-/// kept at each start. Small writes, made where the message is recorded.
+/// as pubsub carries it. Appended as messages arrive (through one handle kept
+/// open, see `HistoryAppender`), rewritten with what is kept at each start.
 struct HistoryFile: Sendable {
     let path: String
     /// Larger files are not read (a history never grows that big by itself).
@@ -58,17 +59,13 @@ struct HistoryFile: Sendable {
         return record + wire
     }
 
-    func append(_ message: PubSubMessage, at time: Date) throws {
-        let record = Data(Self.encode(message, at: time))
-        if !FileManager.default.fileExists(atPath: path) {
-            FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+    /// Opens the file for appending records (creating it, owner-only, if missing).
+    func openForAppending() throws(HistoryError) -> HistoryAppender {
+        let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw .file(path: path, underlying: POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO))
         }
-        guard let handle = FileHandle(forWritingAtPath: path) else {
-            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
-        }
-        defer { try? handle.close() }
-        try handle.seekToEnd()
-        try handle.write(contentsOf: record)
+        return HistoryAppender(path: path, handle: FileHandle(fileDescriptor: descriptor, closeOnDealloc: true))
     }
 
     /// Replaces the file with the store's messages (atomically).
@@ -81,5 +78,39 @@ struct HistoryFile: Sendable {
         } catch {
             throw .file(path: path, underlying: error)
         }
+    }
+}
+
+/// The history file open for appending, from the service's start to its
+/// `close` (one open per session, not per message). Appends are serialized, so
+/// records from concurrent writers never interleave.
+final class HistoryAppender: Sendable {
+    let path: String
+    /// Nil once closed.
+    private let handle: Mutex<FileHandle?>
+
+    init(path: String, handle: FileHandle) {
+        self.path = path
+        self.handle = Mutex(handle)
+    }
+
+    /// Appends one record; false when the appender is closed.
+    @discardableResult
+    func append(_ message: PubSubMessage, at time: Date) throws(HistoryError) -> Bool {
+        let record = Data(HistoryFile.encode(message, at: time))
+        let path = self.path
+        return try handle.withLock { handle throws(HistoryError) -> Bool in
+            guard let handle else { return false }
+            do { try handle.write(contentsOf: record) } catch { throw .file(path: path, underlying: error) }
+            return true
+        }
+    }
+
+    func close() {
+        let closing = handle.withLock { handle in
+            defer { handle = nil }
+            return handle
+        }
+        try? closing?.close()
     }
 }

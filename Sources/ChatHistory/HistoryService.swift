@@ -22,7 +22,7 @@ public final class HistoryService: Sendable {
     typealias Codec = ProtobufCodec<HistoryRequest, HistoryResponse>
     private let service: RequestResponse<Codec>
     private let store: Mutex<HistoryStore>
-    private let file: HistoryFile?
+    private let file: HistoryAppender?
     private let logger = Logger(label: "p2pchat.history")
     public let maxMessageSize: Int
 
@@ -43,7 +43,8 @@ public final class HistoryService: Sendable {
             for (message, time) in try file.load(maxMessageSize: maxMessageSize) { initial.record(message, at: time) }
             initial.prune(now: Date())
             try file.rewrite(initial)
-            self.file = file
+            // Opened after the rewrite, which replaces the file.
+            self.file = try file.openForAppending()
         } else {
             file = nil
         }
@@ -78,6 +79,9 @@ public final class HistoryService: Sendable {
         }
         return added
     }
+
+    /// Closes the history file; messages recorded afterwards are kept in memory only.
+    public func close() { file?.close() }
 
     public func contains(_ id: MessageID) -> Bool { store.withLock { $0.contains(id) } }
 

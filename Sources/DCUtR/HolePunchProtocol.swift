@@ -118,6 +118,7 @@ public struct HolePunchResponder: Sendable {
     }
     private var state = State.awaitingConnect
 
+    /// What the caller does next: send a reply, or dial the addresses.
     public enum Action: Sendable, Equatable {
         case reply(HolePunchMessage)
         case dial([Multiaddr])

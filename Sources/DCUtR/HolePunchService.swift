@@ -1,3 +1,4 @@
+import EventBroadcast
 import Host
 import Identity
 import LibP2PSecurity
@@ -26,6 +27,7 @@ public enum HolePunchEvent: Sendable {
 public final class HolePunchService: Sendable {
     public static let protocolID = "/libp2p/dcutr"
 
+    /// Attempts, time-outs and delays of a hole punch, and whether it starts by itself.
     public struct Configuration: Sendable {
         public var maxAttempts = 3
         /// A whole exchange (CONNECT, CONNECT, SYNC), and one dial.
@@ -52,10 +54,9 @@ public final class HolePunchService: Sendable {
     private struct State {
         var watcher: Task<Void, Never>?
         var punches: [UInt64: Task<Void, Never>] = [:]
-        var subscribers: [UInt64: AsyncStream<HolePunchEvent>.Continuation] = [:]
-        var nextID: UInt64 = 0
     }
     private let state = Mutex(State())
+    private let broadcaster = EventBroadcaster<HolePunchEvent>(bufferingNewest: 64)
 
     public init(host: Libp2pHost, configuration: Configuration = .init(), logger: Logger = Logger(label: "p2p.dcutr")) {
         self.host = host
@@ -64,22 +65,9 @@ public final class HolePunchService: Sendable {
     }
 
     /// Hole punch outcomes from now on (ends at `stop`).
-    public func events() -> AsyncStream<HolePunchEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: HolePunchEvent.self, bufferingPolicy: .bufferingNewest(64))
-        let id = state.withLock { state -> UInt64 in
-            state.nextID += 1
-            state.subscribers[state.nextID] = continuation
-            return state.nextID
-        }
-        continuation.onTermination = { [weak self] _ in
-            self?.state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
-        }
-        return stream
-    }
+    public func events() -> AsyncStream<HolePunchEvent> { broadcaster.subscribe() }
 
-    private func emit(_ event: HolePunchEvent) {
-        for subscriber in state.withLock({ Array($0.subscribers.values) }) { subscriber.yield(event) }
-    }
+    private func emit(_ event: HolePunchEvent) { broadcaster.yield(event) }
 
     public func start() {
         host.setStreamHandler(Self.protocolID) { [self] stream in
@@ -99,17 +87,16 @@ public final class HolePunchService: Sendable {
     }
 
     public func stop() {
-        let (watcher, punches, subscribers) = state.withLock { state in
+        let (watcher, punches) = state.withLock { state in
             defer {
                 state.watcher = nil
                 state.punches = [:]
-                state.subscribers = [:]
             }
-            return (state.watcher, Array(state.punches.values), Array(state.subscribers.values))
+            return (state.watcher, Array(state.punches.values))
         }
         watcher?.cancel()
         for punch in punches { punch.cancel() }
-        for subscriber in subscribers { subscriber.finish() }
+        broadcaster.finish()
         host.removeStreamHandler(Self.protocolID)
     }
 

@@ -158,6 +158,7 @@ public final class FileShareService: Sendable {
         // The next chunk is read while the current one is written (read ahead by one).
         func readAhead(_ position: UInt64) -> Task<ByteBuffer, Error>? {
             guard position < size else { return nil }
+            // Awaited before returning, on success and failure alike.
             return Task { try await file.read(at: position, count: Int(min(chunk, size - position))) }
         }
         var position = offset
@@ -307,6 +308,7 @@ public final class FileShareService: Sendable {
                 let batch = gathered
                 gathered = []
                 gatheredBytes = 0
+                // Awaited by the next flush, or before returning on failure.
                 writing = Task {
                     try await PooledFile.run { digest.update(batch) }
                     try await file.append(batch)
@@ -450,6 +452,8 @@ final class StallWatchdog: Sendable {
             }
         }
     }
+
+    deinit { task.cancel() }
 
     func touch() { progress.lastNanos.store(Self.nowNanos, ordering: .relaxed) }
     func stop() { task.cancel() }

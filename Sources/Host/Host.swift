@@ -1,3 +1,4 @@
+import EventBroadcast
 import Identity
 import Logging
 import Multiformats
@@ -79,8 +80,6 @@ public final class Libp2pHost: Sendable {
         var handlers: [String: StreamHandler] = [:]
         var connections: [PeerID: [Connection]] = [:]
         var pendingDials: [PeerID: Task<Connection, any Error>] = [:]
-        var subscribers: [UInt64: AsyncStream<HostEvent>.Continuation] = [:]
-        var nextSubscriber: UInt64 = 0
         var closed = false
         /// Limits: dials in flight, failed addresses, counters, connection ages and idleness, protected peers.
         var dialsInFlight = 0
@@ -94,6 +93,7 @@ public final class Libp2pHost: Sendable {
         var maintenance: Task<Void, Never>?
     }
     private let state = Mutex(State())
+    private let broadcaster = EventBroadcaster<HostEvent>(bufferingNewest: 1024)
 
     /// Security protocols offered by default, in order of preference.
     public static let defaultSecurity: [any SecurityProtocol] = [NoiseSecurity(), TLSSecurity()]
@@ -279,6 +279,7 @@ public final class Libp2pHost: Sendable {
                 return nil
             }
             state.dialsInFlight += 1
+            // Shared by every caller dialling the peer; owned by `pendingDials` until it ends.
             let dial = Task { try await self.dialStaggered(peer, addresses: addresses) }
             state.pendingDials[peer] = dial
             return (dial, true)
@@ -373,6 +374,7 @@ public final class Libp2pHost: Sendable {
         if let refusal {
             logger.debug(
                 "connection refused", metadata: ["peer": "\(connection.remotePeer)", "limit": "\(refusal)"])
+            // Outlives this synchronous call: closing is bounded by the connection's close timeout.
             Task { await connection.close(reason: .limitReached(refusal)) }
             return
         }
@@ -410,34 +412,23 @@ public final class Libp2pHost: Sendable {
 
     /// A new subscription to host events, from now on. Bounded: a subscriber that
     /// does not keep up loses the oldest events.
+    /// After `close` the stream ends at once.
     public func events(bufferingNewest limit: Int = 1024) -> AsyncStream<HostEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: HostEvent.self, bufferingPolicy: .bufferingNewest(limit))
-        let id = state.withLock { state -> UInt64 in
-            state.nextSubscriber += 1
-            state.subscribers[state.nextSubscriber] = continuation
-            return state.nextSubscriber
-        }
-        continuation.onTermination = { [weak self] _ in
-            self?.state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
-        }
-        return stream
+        broadcaster.subscribe(bufferingNewest: limit)
     }
 
     /// Publishes an event to every subscriber (used by protocols such as identify too).
-    public func emit(_ event: HostEvent) {
-        let subscribers = state.withLock { Array($0.subscribers.values) }
-        for subscriber in subscribers { subscriber.yield(event) }
-    }
+    public func emit(_ event: HostEvent) { broadcaster.yield(event) }
 
     // MARK: Shutdown
 
     /// Closes every connection and listener; the host cannot be used afterwards.
     public func close() async {
-        let (listeners, connections, subscribers) = state.withLock { state in
+        let (listeners, connections) = state.withLock { state in
             state.closed = true
             state.maintenance?.cancel()
             state.maintenance = nil
-            let result = (state.listeners, state.connections.values.flatMap { $0 }, Array(state.subscribers.values))
+            let result = (state.listeners, state.connections.values.flatMap { $0 })
             state.listeners = []
             return result
         }
@@ -447,7 +438,7 @@ public final class Libp2pHost: Sendable {
                 group.addTask { await connection.close() }
             }
         }
-        for subscriber in subscribers { subscriber.finish() }
+        broadcaster.finish()
     }
 }
 
@@ -609,6 +600,7 @@ private struct Acceptor: InboundStreamAcceptor {
             stream.reset()
             return
         }
+        // The handler owns the stream: the task ends with it (and the stream with its connection).
         Task {
             await handler(stream)
             await stream.close()

@@ -54,6 +54,21 @@ public final class IdentifyService: Sendable {
     public let agentVersion: String
     let logger: Logger
     private let observed: Mutex<ObservedAddressBook>
+    private let freshness = Mutex(Freshness())
+
+    /// Orders what each peer tells us: answers arrive in any order, so every
+    /// message gets a ticket (an answer when we asked, a push when it arrived)
+    /// and one older than the peer's last applied message is not applied. A
+    /// push received after we sent a request thus wins over that request's answer.
+    private struct Freshness {
+        var nextTicket: UInt64 = 0
+        var applied: [PeerID: UInt64] = [:]
+
+        mutating func take() -> UInt64 {
+            nextTicket += 1
+            return nextTicket
+        }
+    }
 
     public init(
         host: Libp2pHost, agentVersion: String, observedAddresses: ObservedAddressBook = .init(),
@@ -91,15 +106,21 @@ public final class IdentifyService: Sendable {
             await self.receivePush(on: stream)
         }
         let events = host.events()
+        // Runs as long as the host: its event stream finishes when the host closes, and the
+        // group then waits for the identify exchanges, which end with their connections.
         Task { [self] in
-            for await event in events {
-                switch event {
-                case .connected(let connection):
-                    Task { _ = try? await self.identify(connection) }
-                case .localChanged:
-                    Task { await self.pushToAll() }
-                default:
-                    break
+            await withDiscardingTaskGroup { group in
+                for await event in events {
+                    switch event {
+                    case .connected(let connection):
+                        group.addTask { _ = try? await self.identify(connection) }
+                    case .localChanged:
+                        group.addTask { await self.pushToAll() }
+                    case .peerDisconnected(let peer):
+                        _ = freshness.withLock { $0.applied.removeValue(forKey: peer) }
+                    default:
+                        break
+                    }
                 }
             }
         }
@@ -146,7 +167,7 @@ public final class IdentifyService: Sendable {
             var reader = StreamReader(stream)
             guard let bytes = try await reader.readLengthPrefixed(maxLength: Self.maxMessageSize) else { return }
             let info = try Self.decode(bytes, from: stream.connection)
-            record(info)
+            record(info, ticket: freshness.withLock { $0.take() })
             await stream.close()
         } catch {
             logger.debug("identify push failed", metadata: ["error": "\(error)"])
@@ -157,6 +178,7 @@ public final class IdentifyService: Sendable {
     /// Asks the remote of `connection` who it is and records the answer.
     @discardableResult
     public func identify(_ connection: Connection) async throws -> IdentifyInfo {
+        let ticket = freshness.withLock { $0.take() }
         let stream = try await connection.newStream(protocols: [Self.protocolID])
         do {
             var reader = StreamReader(stream)
@@ -165,7 +187,7 @@ public final class IdentifyService: Sendable {
             }
             let info = try Self.decode(bytes, from: connection)
             await stream.close()
-            record(info)
+            record(info, ticket: ticket)
             return info
         } catch {
             stream.reset()
@@ -214,23 +236,36 @@ public final class IdentifyService: Sendable {
             peerRecord: peerRecord, signedPeerRecord: peerRecord == nil ? nil : Array(message.signedPeerRecord))
     }
 
-    private func record(_ info: IdentifyInfo) {
+    /// Records what the peer told us, unless it already told us something newer
+    /// (see `Freshness`); the address it observed us at counts either way.
+    private func record(_ info: IdentifyInfo, ticket: UInt64) {
         if let address = info.observedAddress {
             let before = confirmedObservedAddresses
             observed.withLock { $0.record(address, by: info.peer, now: .now) }
             // A newly confirmed address is news for our peers.
             if confirmedObservedAddresses != before { host.emit(.localChanged) }
         }
-        host.peerStore.update(info.peer) { peer in
-            if let key = info.publicKey { peer.publicKey = key }
-            peer.protocols = info.protocols
-            peer.agentVersion = info.agentVersion
-            peer.protocolVersion = info.protocolVersion
-            peer.observedAddress = info.observedAddress
+        // The check and the peer store writes under one lock: a newer message
+        // cannot be applied between them and then overwritten.
+        let fresh = freshness.withLock { freshness -> Bool in
+            if let last = freshness.applied[info.peer], last > ticket { return false }
+            freshness.applied[info.peer] = ticket
+            host.peerStore.update(info.peer) { peer in
+                if let key = info.publicKey { peer.publicKey = key }
+                peer.protocols = info.protocols
+                peer.agentVersion = info.agentVersion
+                peer.protocolVersion = info.protocolVersion
+                peer.observedAddress = info.observedAddress
+            }
+            host.peerStore.addAddresses(info.listenAddresses, for: info.peer)
+            if let record = info.peerRecord, let envelope = info.signedPeerRecord {
+                host.peerStore.addSignedRecord(record, envelope: envelope)
+            }
+            return true
         }
-        host.peerStore.addAddresses(info.listenAddresses, for: info.peer)
-        if let record = info.peerRecord, let envelope = info.signedPeerRecord {
-            host.peerStore.addSignedRecord(record, envelope: envelope)
+        guard fresh else {
+            logger.debug("identify: an older answer arrived after newer information", metadata: ["peer": "\(info.peer)"])
+            return
         }
         host.emit(.peerUpdated(info.peer))
     }

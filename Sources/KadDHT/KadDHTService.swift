@@ -9,6 +9,7 @@ import Transport
 
 /// Settings of the DHT service.
 public struct KadDHTConfiguration: Sendable {
+    /// A client asks only; a server also answers requests (and is announced as a DHT peer).
     public enum Mode: Sendable { case client, server }
 
     /// Client mode (the default) asks others and serves nobody: it does not
@@ -58,6 +59,7 @@ public enum KadDHTError: Error, CustomStringConvertible, Sendable {
 /// re-bootstrap when the table empties) owned here and ended by `close()`.
 public final class KadDHT: Sendable {
     public static let protocolID = "/ipfs/kad/1.0.0"
+    /// Time as the DHT keeps it: expiries and answers are measured on the continuous clock.
     public typealias Instant = ContinuousClock.Instant
 
     public let host: Libp2pHost

@@ -8,6 +8,7 @@ import Identity
 /// `maxCandidates` peers and sends at most `maxRequests` requests, whatever
 /// the answers say.
 public struct Lookup: Sendable {
+    /// Time as the lookup takes it (an input: the lookup reads no clock).
     public typealias Instant = ContinuousClock.Instant
 
     enum PeerState: Sendable, Equatable {

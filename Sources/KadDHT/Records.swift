@@ -110,8 +110,10 @@ public struct NamespacedValidator: Sendable {
 
 /// Value records we hold for others (and our own), validated, bounded and expiring.
 public struct RecordStore: Sendable {
+    /// Time as the store takes it (an input: the store reads no clock).
     public typealias Instant = ContinuousClock.Instant
 
+    /// A record as held: its value and when it arrived.
     public struct Stored: Sendable, Equatable {
         public var value: [UInt8]
         public var received: Instant
@@ -174,12 +176,14 @@ public struct RecordStore: Sendable {
 /// Who provides which key: provider records that expire after 48 h (so
 /// providers republish every 22 h), bounded per key and in total.
 public struct ProviderStore: Sendable {
+    /// Time as the store takes it (an input: the store reads no clock).
     public typealias Instant = ContinuousClock.Instant
 
     public static let expiry: Duration = .seconds(48 * 3600)
     public static let republishInterval: Duration = .seconds(22 * 3600)
     public static let maxKeyLength = 256
 
+    /// A peer providing a key, until its announcement expires.
     public struct Provider: Sendable, Equatable {
         public var peer: DHTPeer
         public var expires: Instant

@@ -6,8 +6,10 @@ import Identity
 /// queues newcomers as replacements; a replacement takes the place of an entry
 /// only when that entry fails (Kademlia's preference for long-lived peers).
 public struct RoutingTable: Sendable {
+    /// Time as the table takes it (an input: the table reads no clock).
     public typealias Instant = ContinuousClock.Instant
 
+    /// A peer in a bucket: its id, its Kademlia key, when it entered and when it last answered.
     public struct Entry: Sendable, Equatable {
         public let peer: PeerID
         public let key: KadKey

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Identity
+import EventBroadcast
 import Logging
 import Multiformats
 import NIOCore
@@ -143,9 +144,10 @@ public actor MDNSService {
         case v6(Int)
     }
     private var known: [PeerID: (addresses: [Multiaddr], expires: ContinuousClock.Instant)] = [:]
-    private var continuations: [Int: AsyncStream<MDNSEvent>.Continuation] = [:]
-    private var nextSubscriber = 0
+    private let broadcaster = EventBroadcaster<MDNSEvent>(bufferingNewest: 1024)
     private var tasks: [Task<Void, Never>] = []
+    /// Each socket's one consumer: its packets are handled in the order they arrived.
+    private var consumers: [ObjectIdentifier: Task<Void, Never>] = [:]
     /// Announced addresses and peers dropped by the caps (for tests and status).
     public private(set) var ignoredAddresses = 0
     public private(set) var ignoredPeers = 0
@@ -166,12 +168,7 @@ public actor MDNSService {
     }
 
     /// Discovery events from now on.
-    public func events() -> AsyncStream<MDNSEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: MDNSEvent.self, bufferingPolicy: .bufferingNewest(1024))
-        nextSubscriber += 1
-        continuations[nextSubscriber] = continuation
-        return stream
-    }
+    public func events() -> AsyncStream<MDNSEvent> { broadcaster.subscribe() }
 
     /// Opens a socket per interface and starts querying. Throws if no interface works.
     public func start() async throws {
@@ -225,18 +222,24 @@ public actor MDNSService {
             guard keys.map({ $0.contains(key) }) ?? true, !channels.contains(where: { $0.key == key }) else { continue }
             do {
                 let channel: Channel
+                let packets: AsyncStream<MDNSPacket>
                 let group: SocketAddress
                 switch key {
                 case .v4(let addressBits):
-                    channel = try await openChannel(device: device, interfaceAddress: addressBits)
+                    (channel, packets) = try await openChannel(device: device, interfaceAddress: addressBits)
                     group = Self.group
                 case .v6:
-                    channel = try await openChannel6(device: device)
+                    (channel, packets) = try await openChannel6(device: device)
                     group = Self.group6
                 }
                 channels.append((channel, group, key))
+                // Ends when the socket closes (the handler finishes the stream) or at `stop`.
+                consumers[ObjectIdentifier(channel)] = Task { [weak self] in
+                    for await packet in packets { await self?.received(packet.bytes, from: packet.source) }
+                }
                 wanted.insert(key)
                 channel.closeFuture.whenComplete { [weak self] _ in
+                    // Only hops from the event loop onto the actor.
                     Task { await self?.closed(channel) }
                 }
                 logger.debug("mdns on interface", metadata: ["interface": "\(device.name)", "address": "\(address)"])
@@ -250,6 +253,7 @@ public actor MDNSService {
     private func closed(_ channel: Channel) {
         guard !stopped else { return }
         channels.removeAll { $0.channel === channel }
+        consumers.removeValue(forKey: ObjectIdentifier(channel))?.cancel()
         logger.debug("mdns socket closed; it is opened again when its interface works")
     }
 
@@ -266,29 +270,32 @@ public actor MDNSService {
         stopped = true
         for task in tasks { task.cancel() }
         tasks = []
+        for consumer in consumers.values { consumer.cancel() }
+        consumers = [:]
         for (channel, _, _) in channels { try? await channel.close() }
         channels = []
-        for continuation in continuations.values { continuation.finish() }
-        continuations = [:]
+        broadcaster.finish()
     }
 
-    /// A UDP socket on port 5353 of `host` ("0.0.0.0" or "::") that feeds this service.
-    private func bindSocket(host: String) async throws -> Channel {
-        let service = self
-        return try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+    /// A UDP socket on port 5353 of `host` ("0.0.0.0" or "::") and its packets.
+    private func bindSocket(host: String) async throws -> (Channel, AsyncStream<MDNSPacket>) {
+        // Bounded like a socket buffer: when the consumer falls behind, new packets are dropped.
+        let (packets, sink) = AsyncStream.makeStream(of: MDNSPacket.self, bufferingPolicy: .bufferingOldest(256))
+        let channel = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             // Several nodes on one host share port 5353.
             .channelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SocketOptionName(SO_REUSEPORT)), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(MDNSHandler(service: service))
+                    try channel.pipeline.syncOperations.addHandler(MDNSHandler(packets: sink))
                 }
             }
             .bind(host: host, port: configuration.port).get()
+        return (channel, packets)
     }
 
-    private func openChannel(device: NIONetworkDevice, interfaceAddress: UInt32) async throws -> Channel {
-        let channel = try await bindSocket(host: "0.0.0.0")
+    private func openChannel(device: NIONetworkDevice, interfaceAddress: UInt32) async throws -> (Channel, AsyncStream<MDNSPacket>) {
+        let (channel, packets) = try await bindSocket(host: "0.0.0.0")
         guard let multicast = channel as? MulticastChannel else { throw MDNSError.noInterface("not a multicast channel") }
         try await multicast.joinGroup(Self.group, device: device).get()
         // Always say which interface multicast goes out of (the default route may be elsewhere).
@@ -298,18 +305,18 @@ public actor MDNSService {
         try await options.setIPMulticastIF(in_addr(s_addr: interfaceAddress)).get()
         try await options.setIPMulticastLoop(1).get()
         try await options.setIPMulticastTTL(255).get()
-        return channel
+        return (channel, packets)
     }
 
-    private func openChannel6(device: NIONetworkDevice) async throws -> Channel {
-        let channel = try await bindSocket(host: "::")
+    private func openChannel6(device: NIONetworkDevice) async throws -> (Channel, AsyncStream<MDNSPacket>) {
+        let (channel, packets) = try await bindSocket(host: "::")
         guard let multicast = channel as? MulticastChannel, let options = channel as? SocketOptionProvider else {
             throw MDNSError.noInterface("not a multicast channel")
         }
         try await multicast.joinGroup(Self.group6, device: device).get()
         try await options.setIPv6MulticastIF(CUnsignedInt(device.interfaceIndex)).get()
         try await options.setIPv6MulticastLoop(1).get()
-        return channel
+        return (channel, packets)
     }
 
     private func send(_ message: DNSMessage) {
@@ -411,7 +418,7 @@ public actor MDNSService {
     }
 
     private func emit(_ event: MDNSEvent) {
-        for continuation in continuations.values { continuation.yield(event) }
+        broadcaster.yield(event)
     }
 }
 
@@ -426,13 +433,29 @@ public enum MDNSError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// Hands received datagrams to the service.
+/// A received datagram: its bytes (at most one over the largest message) and
+/// its IPv4 source address, network byte order.
+struct MDNSPacket: Sendable {
+    var bytes: [UInt8]
+    var source: [UInt8]?
+}
+
+/// Hands received datagrams, in order, to the socket's consumer.
 final class MDNSHandler: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    let service: MDNSService
+    let packets: AsyncStream<MDNSPacket>.Continuation
 
-    init(service: MDNSService) {
-        self.service = service
+    init(packets: AsyncStream<MDNSPacket>.Continuation) {
+        self.packets = packets
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        packets.finish()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        packets.finish()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -443,7 +466,6 @@ final class MDNSHandler: ChannelInboundHandler {
             var raw = v4.address.sin_addr.s_addr  // network byte order
             source = withUnsafeBytes(of: &raw) { Array($0) }
         }
-        let service = self.service
-        Task { await service.received(bytes, from: source) }
+        packets.yield(MDNSPacket(bytes: bytes, source: source))
     }
 }

@@ -45,18 +45,10 @@ public struct Multihash: Hashable, Sendable {
     /// Decodes exactly one multihash filling `bytes`.
     public init(bytes: some Collection<UInt8>) throws(MultihashError) {
         let input = Array(bytes)
-        let code: UInt64
-        let codeSize: Int
-        let length: UInt64
-        let lengthSize: Int
-        do {
-            (code, codeSize) = try Varint.decode(input)
-            (length, lengthSize) = try Varint.decode(input[codeSize...])
-        } catch {
-            throw .varint(error)
-        }
+        let (code, length, prefixSize): (UInt64, UInt64, Int)
+        do { (code, length, prefixSize) = try Varint.decodePair(input) } catch { throw .varint(error) }
         guard length <= UInt64(Self.maxDigestLength) else { throw .digestTooLong(Int(clamping: length)) }
-        let digest = input[(codeSize + lengthSize)...]
+        let digest = input[prefixSize...]
         guard digest.count == Int(length) else { throw .lengthMismatch(declared: length, actual: digest.count) }
         self.code = code
         self.digest = Array(digest)
@@ -87,19 +79,11 @@ public struct CID: Hashable, Sendable, CustomStringConvertible {
 
     public init(bytes: some Collection<UInt8>) throws(MultihashError) {
         let bytes = Array(bytes)
-        let version: UInt64
-        let versionSize: Int
-        let codec: UInt64
-        let codecSize: Int
-        do {
-            (version, versionSize) = try Varint.decode(bytes)
-            (codec, codecSize) = try Varint.decode(bytes[versionSize...])
-        } catch {
-            throw .varint(error)
-        }
+        let (version, codec, prefixSize): (UInt64, UInt64, Int)
+        do { (version, codec, prefixSize) = try Varint.decodePair(bytes) } catch { throw .varint(error) }
         guard version == 1 else { throw .unsupportedCIDVersion(version) }
         self.codec = codec
-        multihash = try Multihash(bytes: bytes[(versionSize + codecSize)...])
+        multihash = try Multihash(bytes: bytes[prefixSize...])
     }
 
     /// A multibase text form (`b` + base32 by default).

@@ -72,4 +72,12 @@ public enum Varint {
         }
         throw .truncated
     }
+
+    /// Decodes two varints at the start of `bytes` (a multihash's code and
+    /// length, a CID's version and codec): the values and the bytes both took.
+    public static func decodePair(_ bytes: [UInt8]) throws(VarintError) -> (first: UInt64, second: UInt64, size: Int) {
+        let (first, firstSize) = try decode(bytes)
+        let (second, secondSize) = try decode(bytes[firstSize...])
+        return (first, second, firstSize + secondSize)
+    }
 }

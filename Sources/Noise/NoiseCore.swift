@@ -8,6 +8,8 @@ public enum NoiseError: Error, CustomStringConvertible, Sendable, Equatable {
     case frameTooLarge(Int)
     case messageTooShort(expected: Int, got: Int)
     case decryptionFailed
+    /// Sealing a message failed (OpenSSL could not allocate): nothing was sent.
+    case encryptionFailed
     case nonceExhausted
     case weakPublicKey
     case malformedPayload(String)
@@ -23,6 +25,7 @@ public enum NoiseError: Error, CustomStringConvertible, Sendable, Equatable {
         case .frameTooLarge(let n): return "noise frame of \(n) bytes exceeds 65535"
         case .messageTooShort(let expected, let got): return "handshake message of \(got) bytes, need at least \(expected)"
         case .decryptionFailed: return "decryption failed (bad key or tampered data)"
+        case .encryptionFailed: return "encryption failed (the cipher could not seal the message)"
         case .nonceExhausted: return "nonce exhausted: the session must be rekeyed or closed"
         case .weakPublicKey: return "remote X25519 key is of low order (all-zero shared secret)"
         case .malformedPayload(let why): return "malformed handshake payload: \(why)"
@@ -140,7 +143,7 @@ struct CipherState {
             sealed = Self.seal(parts: parts, ad: ad, key: symmetricKey, nonce: nonceBytes, into: &output)
         }
         // Sealing fails only if the library does (out of memory): nothing is written then.
-        guard sealed else { throw .decryptionFailed }
+        guard sealed else { throw .encryptionFailed }
         nonce += 1
     }
 

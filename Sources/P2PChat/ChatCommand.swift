@@ -67,7 +67,8 @@ struct ChatOutput: Sendable {
     }
 }
 
-struct NodeCommand: AsyncParsableCommand {
+/// `p2pchat chat` (the default command): the chat on a topic, with files, history and discovery.
+struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
         abstract: "Chat on TOPIC (default lobby): each stdin line is published, each message printed.",
@@ -177,7 +178,7 @@ struct NodeCommand: AsyncParsableCommand {
             do {
                 try await service.start()
                 mdns = service
-                Task { await handleDiscoveries(discoveries, host: host, out: out) }
+                redialers.append(Task { await handleDiscoveries(discoveries, host: host, out: out) })
                 let hostEvents = host.events()
                 redialers.append(Task { await keepLocalPeersConnected(hostEvents, host: host, mdns: service) })
             } catch {
@@ -236,6 +237,7 @@ struct NodeCommand: AsyncParsableCommand {
         await session.leave()
         await mdns?.stop()
         await pubsub.stop()
+        historyService.close()
         await host.close()
         try? await exporter?.close()
         ChatTerminal.shared.restore()
@@ -296,7 +298,10 @@ actor ChatSession {
                     name, ["topic": .string(topic), "peer": "\(event.peer)"],
                     human: "\(out.name(event.peer)) \(verb) \(topic)")
                 // A peer (back) on the topic: ask it for what we missed.
-                if case .subscribed(let peer, _) = event { Task { await history.request(topic, from: peer) } }
+                if case .subscribed(let peer, _) = event {
+                    // Not awaited, so that events keep flowing; bounded by the history request timeout.
+                    Task { await history.request(topic, from: peer) }
+                }
             }
         })
     }
@@ -544,26 +549,29 @@ func keepLocalPeersConnected(_ events: AsyncStream<HostEvent>, host: Libp2pHost,
 
 /// Prints mDNS discoveries and dials each newly discovered peer once.
 func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, out: ChatOutput) async {
-    for await event in events {
-        switch event {
-        case .discovered(let peer, let addresses):
-            for address in addresses {
-                out.emit(
-                    "discovered", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
-                    human: "Got peer: \(peer) with addr \(address.withoutP2P)")
-            }
-            host.peerStore.addAddresses(addresses.map(\.withoutP2P), for: peer)
-            guard host.connection(to: peer) == nil else { continue }
-            Task {
-                do { _ = try await host.connect(to: peer) } catch {
-                    out.error("dial \(peer): \(error)")
+    // The dials run beside the loop, and are cancelled with it.
+    await withDiscardingTaskGroup { group in
+        for await event in events {
+            switch event {
+            case .discovered(let peer, let addresses):
+                for address in addresses {
+                    out.emit(
+                        "discovered", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
+                        human: "Got peer: \(peer) with addr \(address.withoutP2P)")
                 }
-            }
-        case .expired(let peer, let addresses):
-            for address in addresses {
-                out.emit(
-                    "expired", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
-                    human: "Removed peer: \(peer) with addr \(address.withoutP2P)")
+                host.peerStore.addAddresses(addresses.map(\.withoutP2P), for: peer)
+                guard host.connection(to: peer) == nil else { continue }
+                group.addTask {
+                    do { _ = try await host.connect(to: peer) } catch {
+                        out.error("dial \(peer): \(error)")
+                    }
+                }
+            case .expired(let peer, let addresses):
+                for address in addresses {
+                    out.emit(
+                        "expired", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
+                        human: "Removed peer: \(peer) with addr \(address.withoutP2P)")
+                }
             }
         }
     }

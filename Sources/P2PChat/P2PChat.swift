@@ -23,10 +23,10 @@ struct P2PChat: AsyncParsableCommand {
         abstract: "A peer-to-peer chat on a Swift libp2p stack.",
         version: p2pchatVersion,
         subcommands: [
-            NodeCommand.self, PingCommand.self, IdCommand.self, PerfCommand.self, PerfServerCommand.self, RelayCommand.self,
+            ChatCommand.self, PingCommand.self, IdCommand.self, PerfCommand.self, PerfServerCommand.self, RelayCommand.self,
             DHTServerCommand.self, DHTCommand.self,
         ],
-        defaultSubcommand: NodeCommand.self
+        defaultSubcommand: ChatCommand.self
     )
 }
 

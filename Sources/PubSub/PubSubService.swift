@@ -1,3 +1,4 @@
+import EventBroadcast
 import Foundation
 import Host
 import Identity
@@ -16,6 +17,8 @@ public final class PubSubService: Sendable {
     public let configuration: PubSubConfiguration
     let core: PubSubCore
     let logger: Logger
+    /// The event watcher and the heartbeat, cancelled by `stop`.
+    private let tasks = Mutex<[Task<Void, Never>]>([])
 
     public init(host: Libp2pHost, configuration: PubSubConfiguration = .init(), logger: Logger = Logger(label: "p2p.pubsub")) {
         self.host = host
@@ -33,6 +36,7 @@ public final class PubSubService: Sendable {
                 if let record, let envelope { host.peerStore.addSignedRecord(record, envelope: envelope) }
                 guard host.connection(to: peer) == nil, !(host.peerStore.info(peer)?.addresses.isEmpty ?? true) else { return }
                 guard pendingDials.take() else { return }
+                // Outlives this call on purpose: a dial bounded by the host's dial timeout and `pendingDials`.
                 Task {
                     defer { pendingDials.give() }
                     do {
@@ -44,6 +48,7 @@ public final class PubSubService: Sendable {
             },
             disconnect: { [host] peer in
                 for connection in host.connections where connection.remotePeer == peer {
+                    // Closing is bounded by the connection's own close timeout.
                     Task { await connection.close(reason: .limitReached("graylisted pubsub peer")) }
                 }
             },
@@ -70,11 +75,12 @@ public final class PubSubService: Sendable {
         let events = host.events()
         let core = self.core
         let interval = configuration.heartbeatInterval
-        Task { [self] in
+        let watcher = Task { [self] in
             for connection in host.connections { await self.attach(connection) }
             for await event in events {
                 switch event {
                 case .connected(let connection):
+                    // One stream open per new connection; ends with it (or when it is open).
                     Task {
                         // A direct connection beside the relayed one our stream runs on (a hole
                         // punch): move the stream now, before the relayed one closes.
@@ -93,6 +99,7 @@ public final class PubSubService: Sendable {
                         // Another connection to the peer remains (both dialled at once): move our
                         // stream there if it was on the one that closed.
                         if await core.removePeer(peer, ifOutboundOn: connection.id) {
+                            // As for a new connection: one stream open, bounded by the connection.
                             Task { await self.attach(remaining) }
                         }
                     } else {
@@ -104,16 +111,18 @@ public final class PubSubService: Sendable {
             }
             await core.stop()
         }
-        Task {
-            while !(await core.isStopped) {
+        let heartbeat = Task {
+            while !Task.isCancelled, !(await core.isStopped) {
                 try? await Task.sleep(for: interval)
                 await core.heartbeat()
             }
         }
+        tasks.withLock { $0 += [watcher, heartbeat] }
     }
 
     /// Stops the heartbeat and ends every subscription.
     public func stop() async {
+        for task in tasks.withLock({ tasks in defer { tasks = [] }; return tasks }) { task.cancel() }
         await core.stop()
     }
 
@@ -238,8 +247,9 @@ public final class PubSubService: Sendable {
         await core.unsubscribe(topic)
     }
 
-    /// Publishes `data` on `topic`; returns the number of peers it was sent to
-    /// (0 when no peer we may publish to is on the topic).
+    /// Publishes `data` on `topic`; returns how many peers it was sent to (0
+    /// when no peer we may publish to is on the topic: nobody got it). Our own
+    /// subscribers never receive what we publish.
     @discardableResult
     public func publish(_ topic: String, data: [UInt8]) async throws -> Int {
         try await core.publish(topic, data: data)
@@ -314,7 +324,7 @@ actor PubSubCore {
     private var router: PubSubRouter
     private let logger: Logger
     private var subscribers: [String: [UUID: AsyncStream<PubSubMessage>.Continuation]] = [:]
-    private var eventListeners: [UUID: AsyncStream<PubSubEvent>.Continuation] = [:]
+    private let eventBroadcaster = EventBroadcaster<PubSubEvent>(bufferingNewest: 4096)
     private var outbound: [PeerID: RPCOutbox] = [:]
     private var claimed: Set<PeerID> = []
     /// The connection each peer's outbound stream runs on.
@@ -385,6 +395,7 @@ actor PubSubCore {
         let queue = RPCOutbox(limit: router.configuration.maxQueuedRPCsPerPeer)
         outbound[peer] = queue
         outboundConnection[peer] = stream.connection.id
+        // Ends when the queue finishes (`stop`, a replaced stream or a removed peer) or a write fails.
         Task { [logger] in
             do {
                 // Everything queued goes out in one write (each RPC keeps its own length prefix).
@@ -570,6 +581,7 @@ actor PubSubCore {
         let id = UUID()
         subscribers[topic, default: [:]][id] = continuation
         continuation.onTermination = { _ in
+            // Only hops onto the actor to forget the subscriber.
             Task { await self.dropSubscriber(topic, id) }
         }
         perform(router.subscribe(topic, now: clock.now))
@@ -580,23 +592,7 @@ actor PubSubCore {
         subscribers[topic]?[id] = nil
     }
 
-    func events() -> AsyncStream<PubSubEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: PubSubEvent.self, bufferingPolicy: .bufferingNewest(4096))
-        guard !isStopped else {
-            continuation.finish()
-            return stream
-        }
-        let id = UUID()
-        eventListeners[id] = continuation
-        continuation.onTermination = { _ in
-            Task { await self.dropEventListener(id) }
-        }
-        return stream
-    }
-
-    private func dropEventListener(_ id: UUID) {
-        eventListeners[id] = nil
-    }
+    func events() -> AsyncStream<PubSubEvent> { eventBroadcaster.subscribe() }
 
     func unsubscribe(_ topic: String) {
         for continuation in subscribers.removeValue(forKey: topic)?.values ?? [:].values { continuation.finish() }
@@ -611,7 +607,8 @@ actor PubSubCore {
         guard !isStopped else { throw PubSubError.stopped }
         let (actions, message) = try router.publishMessage(topic: topic, data: data, now: clock.now)
         perform(actions)
-        return (message, actions.count)
+        let sentTo = actions.reduce(0) { count, action in if case .send = action { count + 1 } else { count } }
+        return (message, sentTo)
     }
 
     func peers(in topic: String) -> [PeerID] { router.peers(in: topic) }
@@ -640,8 +637,7 @@ actor PubSubCore {
         isStopped = true
         for continuation in subscribers.values.flatMap(\.values) { continuation.finish() }
         subscribers = [:]
-        for continuation in eventListeners.values { continuation.finish() }
-        eventListeners = [:]
+        eventBroadcaster.finish()
         for queue in outbound.values { queue.finish() }
         outbound = [:]
         for entry in inbound.values { entry.stream.reset() }
@@ -663,7 +659,7 @@ actor PubSubCore {
             case .connect(let peer, let record, let envelope):
                 connect(peer, record, envelope)
             case .event(let event):
-                for continuation in eventListeners.values { continuation.yield(event) }
+                eventBroadcaster.yield(event)
             }
         }
     }

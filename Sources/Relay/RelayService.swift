@@ -64,6 +64,7 @@ public final class RelayService: Sendable {
             await self.serve(stream)
         }
         let events = host.events()
+        // Runs as long as the host: its event stream finishes when the host closes.
         Task { [weak self] in
             for await event in events {
                 guard case .peerDisconnected(let peer) = event else { continue }

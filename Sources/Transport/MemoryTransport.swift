@@ -103,7 +103,7 @@ public final class MemoryNetwork: Sendable {
                 port = state.next
                 state.next &+= 1
             } else if state.listeners[port] != nil {
-                throw .dialFailed(address: "/memory/\(port)", underlying: DescribedError(description: "address in use"))
+                throw .listenFailed(address: "/memory/\(port)", underlying: DescribedError(description: "address in use"))
             }
             state.listeners[port] = endpoint
             return port

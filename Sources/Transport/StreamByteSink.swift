@@ -76,6 +76,7 @@ final class MuxedStreamSink: ByteSink {
         let stream = self.stream
         let driver = self.driver
         let loop = driver.eventLoop
+        // Ends when the carrying stream ends or fails (it is reset when the sink closes).
         Task {
             do {
                 while let chunk = try await stream.read() {

@@ -24,6 +24,8 @@ public func withTimeout<T: Sendable>(
     return try await withTaskCancellationHandler {
         try await withCheckedThrowingContinuation { continuation in
             race.arm(continuation)
+            // Not a child task on purpose: on time-out the caller resumes at once, and a body
+            // that ignores cancellation is left to end by itself instead of holding the caller.
             let work = Task {
                 do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
             }

@@ -11,6 +11,8 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
     case dialTimeout(address: String)
     /// The transport's connect failed.
     case dialFailed(address: String, underlying: any Error)
+    /// The transport could not listen on the address (in use, say).
+    case listenFailed(address: String, underlying: any Error)
     /// The security/muxer upgrade did not finish in time.
     case upgradeTimeout(phase: String)
     /// Multistream-select failed while choosing `phase` (security, muxer, stream).
@@ -39,7 +41,7 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
     /// The error this one wraps, if any.
     public var underlying: (any Error)? {
         switch self {
-        case .dialFailed(_, let error), .negotiationFailed(_, let error), .securityFailed(_, let error),
+        case .dialFailed(_, let error), .listenFailed(_, let error), .negotiationFailed(_, let error), .securityFailed(_, let error),
             .muxerFailed(let error), .io(let error):
             return error
         default:
@@ -52,6 +54,7 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
         case .unsupportedAddress(let a): return "unsupported address \(a): no transport dials or listens on it"
         case .dialTimeout(let a): return "dial \(a): timed out"
         case .dialFailed(let a, let error): return "dial \(a): \(error)"
+        case .listenFailed(let a, let error): return "listen on \(a): \(error)"
         case .upgradeTimeout(let phase): return "connection upgrade timed out during \(phase)"
         case .negotiationFailed(let phase, let error): return "multistream negotiation of \(phase) failed: \(error)"
         case .securityFailed(let id, let error): return "\(id) handshake failed: \(error)"

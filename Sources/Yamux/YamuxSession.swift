@@ -202,18 +202,6 @@ public struct YamuxSession {
 
     public var streamCount: Int { streams.count }
 
-    /// The bytes to send, accumulated since the last call, in one buffer.
-    public mutating func takeOutput() -> ByteBuffer {
-        var all = ByteBuffer()
-        for var piece in takeOutputPieces() { all.writeBuffer(&piece) }
-        return all
-    }
-
-    /// Everything there is to send, as pieces in order (see `takeOutput(dataBudget:)`).
-    public mutating func takeOutputPieces() -> [ByteBuffer] {
-        takeOutput(dataBudget: .max).pieces
-    }
-
     /// What `takeOutput(dataBudget:)` hands the adapter.
     public struct Output {
         /// The bytes to send, in order.
@@ -416,8 +404,8 @@ public struct YamuxSession {
         rttSamples.append((now, max(rtt, .zero)))
     }
 
-    /// Sends a ping; the answer comes as `.pong(opaque)`.
-    public mutating func ping() -> UInt32 {
+    /// Sends a ping; the answer comes as `.pong(opaque)` (tests: the session pings by itself for RTT).
+    mutating func ping() -> UInt32 {
         nextPing &+= 1
         writeHeader(.ping, flags: .syn, stream: 0, length: nextPing)
         return nextPing

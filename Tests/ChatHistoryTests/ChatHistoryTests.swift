@@ -161,3 +161,44 @@ extension ChatHistoryTests {
         await host.close()
     }
 }
+
+extension ChatHistoryTests {
+    /// The file stays open for the session: many appends, then a close, then a
+    /// new session reads every record back; recording after the close keeps the
+    /// message in memory and leaves the file alone.
+    func testManyAppendsThroughOneHandleSurviveAReopen() async throws {
+        let path = NSTemporaryDirectory() + "p2pchat-history-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let host = Libp2pHost(key: .generateEd25519(), group: group)
+        let (_, messages) = try await signedMessages(300)
+        let history = try HistoryService(host: host, path: path)
+        // Concurrent writers: records must not interleave.
+        await withTaskGroup(of: Void.self) { group in
+            for part in 0..<3 {
+                group.addTask {
+                    for message in messages[(part * 100)..<(part * 100 + 100)] { history.record(message) }
+                }
+            }
+        }
+        history.close()
+        let sizeAtClose = try XCTUnwrap(
+            (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue)
+        let (_, late) = try await signedMessages(1)
+        XCTAssertTrue(history.record(late[0]))
+        XCTAssertTrue(history.contains(late[0].id))
+        XCTAssertEqual(
+            (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue, sizeAtClose)
+
+        let reopened = try HistoryService(host: host, path: path)
+        XCTAssertEqual(Set(reopened.messages(in: "lobby").map(\.id)), Set(messages.map(\.id)))
+        XCTAssertEqual(reopened.messages(in: "lobby").count, 300)
+        // The reopened session appends after what the file holds.
+        let (_, more) = try await signedMessages(5)
+        for message in more { reopened.record(message) }
+        reopened.close()
+        let again = try HistoryService(host: host, path: path)
+        XCTAssertEqual(again.messages(in: "lobby").count, 305)
+        again.close()
+        await host.close()
+    }
+}

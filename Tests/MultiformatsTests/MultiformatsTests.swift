@@ -26,6 +26,17 @@ func unhex(_ text: String) -> [UInt8] {
 }
 
 final class VarintTests: XCTestCase {
+    /// Two leading varints (a multihash's code and length): values and total size; either cut short is truncated.
+    func testDecodePair() throws {
+        let pair = try Varint.decodePair([0x12, 0x80, 0x01, 0xAA])
+        XCTAssertEqual(pair.first, 0x12)
+        XCTAssertEqual(pair.second, 128)
+        XCTAssertEqual(pair.size, 3)
+        XCTAssertThrowsError(try Varint.decodePair([0x12, 0x80])) { XCTAssertEqual($0 as? VarintError, .truncated) }
+        XCTAssertThrowsError(try Varint.decodePair([0x92])) { XCTAssertEqual($0 as? VarintError, .truncated) }
+        XCTAssertThrowsError(try Varint.decodePair([])) { XCTAssertEqual($0 as? VarintError, .truncated) }
+    }
+
     // The examples of the multiformats unsigned-varint spec.
     let vectors: [(UInt64, [UInt8])] = [
         (1, [0x01]), (127, [0x7f]), (128, [0x80, 0x01]), (255, [0xff, 0x01]),

@@ -1,6 +1,6 @@
 import NIOCore
 import XCTest
-import Yamux
+@testable import Yamux
 
 /// Two sessions wired back to back.
 struct Link {

@@ -1,6 +1,6 @@
 import NIOCore
 import XCTest
-import Yamux
+@testable import Yamux
 
 /// Two sessions across a simulated link, in virtual time: each direction delays
 /// bytes by `oneWay`; client-to-server data goes at most `linkRate` bytes a

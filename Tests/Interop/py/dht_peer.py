@@ -14,16 +14,14 @@ from stdin, one per line, printing one JSON object per result:
   {"op": "local", "key": STR}                     -> {"event": "local", "value": STR or null}
   {"op": "table"}                                 -> {"event": "table", "peers": [ID...]}
 
-It ends on stdin EOF or --timeout.
+It ends on stdin EOF, or fails after --timeout (as every peer script, see peer.run_script).
 """
 
 import argparse
 import json
-import logging
 import sys
 
 import multiaddr
-import trio
 
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID as PeerID
@@ -32,7 +30,7 @@ from libp2p.records.validator import Validator
 from libp2p.tools.anyio_service import background_trio_service
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from peer import emit, make_host  # noqa: E402
+from peer import emit, make_host, run_script, stdin_lines  # noqa: E402
 
 
 class ChatValidator(Validator):
@@ -83,28 +81,19 @@ async def run_command(host, dht, command: dict) -> None:
 async def main(args) -> None:
     host = make_host(args.seed)
     listen = [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")]
-    with trio.move_on_after(args.timeout):
-        async with host.run(listen_addrs=listen):
-            mode = DHTMode.SERVER if args.mode == "server" else DHTMode.CLIENT
-            dht = KadDHT(host, mode)
-            dht.register_validator("p2pchat", ChatValidator())
-            async with background_trio_service(dht):
-                emit(event="listening", peer=host.get_id().to_base58(), addr=str(host.get_addrs()[0]))
-                stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-                pending = b""
-                while True:
-                    chunk = await stdin.receive_some(4096)
-                    if not chunk:
-                        return
-                    pending += chunk
-                    while b"\n" in pending:
-                        line, pending = pending.split(b"\n", 1)
-                        if not line.strip():
-                            continue
-                        try:
-                            await run_command(host, dht, json.loads(line))
-                        except Exception as error:  # reported, the peer goes on
-                            emit(event="error", message=f"{type(error).__name__}: {error}")
+    async with host.run(listen_addrs=listen):
+        mode = DHTMode.SERVER if args.mode == "server" else DHTMode.CLIENT
+        dht = KadDHT(host, mode)
+        dht.register_validator("p2pchat", ChatValidator())
+        async with background_trio_service(dht):
+            emit(event="listening", peer=host.get_id().to_base58(), addr=str(host.get_addrs()[0]))
+            async for line in stdin_lines():
+                if not line.strip():
+                    continue
+                try:
+                    await run_command(host, dht, json.loads(line))
+                except Exception as error:  # reported, the peer goes on
+                    emit(event="error", message=f"{type(error).__name__}: {error}")
 
 
 def parse_args():
@@ -117,5 +106,4 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    trio.run(main, parse_args())
+    run_script(main, parse_args)

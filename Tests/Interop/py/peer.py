@@ -275,23 +275,29 @@ async def run_pubsub(host, args) -> None:
                     emit(event="message", topic=args.topic, **{"from": sender}, text=message.data.decode("utf-8", "replace"))
 
             async def publish_lines():
-                stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-                pending = b""
-                while True:
-                    chunk = await stdin.receive_some(4096)
-                    if not chunk:
-                        return
-                    pending += chunk
-                    while b"\n" in pending:
-                        line, pending = pending.split(b"\n", 1)
-                        if line:
-                            await pubsub.publish(args.topic, line)
-                            emit(event="published", text=line.decode())
+                async for line in stdin_lines():
+                    if line:
+                        await pubsub.publish(args.topic, line)
+                        emit(event="published", text=line.decode())
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(receive)
                 await publish_lines()
                 nursery.cancel_scope.cancel()
+
+
+async def stdin_lines():
+    """Stdin's lines (bytes, without the newline) until EOF."""
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    pending = b""
+    while True:
+        chunk = await stdin.receive_some(4096)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line
 
 
 async def wait_for_stdin_eof() -> None:
@@ -304,43 +310,36 @@ async def main(args) -> None:
     host = make_host(args.seed, mdns=args.mode == "mdns", security=args.security, transport=args.transport, key=args.key)
     suffix = "/ws" if args.transport == "ws" else ""
     listen = [multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}{suffix}")]
-    with trio.move_on_after(args.timeout) as scope:
-        async with host.run(listen_addrs=listen):
-            await PerfService(host, perf_init(args)).start()
-            if args.mode == "mdns":
-                addr = host.get_addrs()[0]
-                emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
-                reported = set()
+    async with host.run(listen_addrs=listen):
+        await PerfService(host, perf_init(args)).start()
+        if args.mode == "mdns":
+            addr = host.get_addrs()[0]
+            emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
+            reported = set()
 
-                async def report_discoveries():
-                    while True:
-                        for peer_id in host.get_peerstore().peer_ids():
-                            if peer_id != host.get_id() and peer_id not in reported:
-                                addrs = host.get_peerstore().addrs(peer_id)
-                                if addrs:
-                                    reported.add(peer_id)
-                                    emit(event="discovered", peer=peer_id.to_base58(), addrs=[str(a) for a in addrs])
-                        await trio.sleep(0.1)
+            async def report_discoveries():
+                while True:
+                    for peer_id in host.get_peerstore().peer_ids():
+                        if peer_id != host.get_id() and peer_id not in reported:
+                            addrs = host.get_peerstore().addrs(peer_id)
+                            if addrs:
+                                reported.add(peer_id)
+                                emit(event="discovered", peer=peer_id.to_base58(), addrs=[str(a) for a in addrs])
+                    await trio.sleep(0.1)
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(report_discoveries)
-                    await wait_for_stdin_eof()
-                    nursery.cancel_scope.cancel()
-            elif args.mode == "pubsub":
-                await run_pubsub(host, args)
-            elif args.mode == "listen":
-                addr = host.get_addrs()[0]
-                emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(report_discoveries)
                 await wait_for_stdin_eof()
-            else:
-                await run_dial(host, args)
-            finished[0] = True
-            scope.cancel()
-    if not finished[0]:
-        raise TimeoutError(f"{args.mode} did not finish within {args.timeout} s")
-
-
-finished = [False]
+                nursery.cancel_scope.cancel()
+        elif args.mode == "pubsub":
+            await run_pubsub(host, args)
+        elif args.mode == "listen":
+            addr = host.get_addrs()[0]
+            emit(event="listening", peer=host.get_id().to_base58(), addr=str(addr))
+            await wait_for_stdin_eof()
+        else:
+            await run_dial(host, args)
+        finish()
 
 
 def parse_args():
@@ -381,12 +380,33 @@ def parse_args():
     return parser.parse_args()
 
 
+_run = {"scope": None, "finished": False}
+
+
+def finish() -> None:
+    """Ends the script's run now, as finished: cancels what is still running (a host's
+    background tasks), which would otherwise hold the process."""
+    _run["finished"] = True
+    _run["scope"].cancel()
+
+
 def run_script(main, parse_args) -> None:
-    """Runs a peer script's trio `main`, every failure reported as one JSON line."""
+    """Runs a peer script's trio `main(args)` for at most `args.timeout` seconds (then
+    fails with TimeoutError), every failure reported as one JSON line. `main` ends by
+    returning or by calling `finish()`."""
     logging.basicConfig(stream=sys.stderr, level=os.environ.get("PEER_LOG", "WARNING"))
     arguments = parse_args()
+
+    async def bounded(args) -> None:
+        with trio.move_on_after(args.timeout) as scope:
+            _run["scope"] = scope
+            await main(args)
+        # On the deadline (some py-libp2p services swallow the cancellation and return).
+        if scope.cancel_called and not _run["finished"]:
+            raise TimeoutError(f"{getattr(args, 'mode', 'the script')} did not finish within {args.timeout} s")
+
     try:
-        trio.run(main, arguments)
+        trio.run(bounded, arguments)
     except BaseException as error:  # report every failure as one JSON line
         emit(event="error", message=repr(error))
         sys.exit(1)

@@ -16,9 +16,6 @@ Modes (every stdout line is one JSON object, as in peer.py):
 """
 
 import argparse
-import logging
-import os
-import sys
 import time
 
 import multiaddr
@@ -33,7 +30,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
-from peer import do_ping, echo_once, emit, make_host, wait_for_stdin_eof
+from peer import do_ping, echo_once, emit, make_host, run_script, wait_for_stdin_eof
 
 
 async def run(args) -> None:
@@ -135,18 +132,5 @@ def parse_args():
     return parser.parse_args()
 
 
-async def main(args) -> None:
-    with trio.move_on_after(args.timeout) as scope:
-        await run(args)
-    if scope.cancelled_caught:
-        raise TimeoutError(f"{args.mode} did not finish within {args.timeout} s")
-
-
 if __name__ == "__main__":
-    logging.basicConfig(stream=sys.stderr, level=os.environ.get("PEER_LOG", "WARNING"))
-    arguments = parse_args()
-    try:
-        trio.run(main, arguments)
-    except BaseException as error:  # report every failure as one JSON line
-        emit(event="error", message=repr(error))
-        sys.exit(1)
+    run_script(run, parse_args)

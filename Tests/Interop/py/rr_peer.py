@@ -17,7 +17,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.request_response import BytesCodec, RequestResponse, RequestResponseConfig
 
-from peer import emit, make_host, run_script, wait_for_stdin_eof
+from peer import emit, finish, make_host, run_script, wait_for_stdin_eof
 
 PROTOCOL = TProtocol("/p2pchat/rr/1.0.0")
 
@@ -31,32 +31,25 @@ async def handle(request: bytes, context) -> bytes:
 async def main(args) -> None:
     host = make_host(None)
     listen = [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/0")]
-    with trio.move_on_after(args.timeout) as scope:
-        async with host.run(listen_addrs=listen):
-            service = RequestResponse(host)
-            config = RequestResponseConfig(timeout=args.request_timeout, max_request_size=args.max_request)
-            if args.mode == "serve":
-                service.set_handler(PROTOCOL, handle, BytesCodec(), config)
-                emit(event="listening", peer=host.get_id().to_base58(), addr=str(host.get_addrs()[0]))
-                await wait_for_stdin_eof()
-            else:
-                emit(event="started", peer=host.get_id().to_base58())
-                info = info_from_p2p_addr(multiaddr.Multiaddr(args.target))
-                await host.connect(info)
-                for text in args.requests:
-                    try:
-                        response = await service.send_request(
-                            info.peer_id, [PROTOCOL], bytes.fromhex(text), BytesCodec(), config)
-                        emit(event="reply", hex=response.hex())
-                    except Exception as error:  # reported for the test to check
-                        emit(event="reply", error=type(error).__name__)
-            finished[0] = True
-            scope.cancel()
-    if not finished[0]:
-        raise TimeoutError(f"{args.mode} did not finish within {args.timeout} s")
-
-
-finished = [False]
+    async with host.run(listen_addrs=listen):
+        service = RequestResponse(host)
+        config = RequestResponseConfig(timeout=args.request_timeout, max_request_size=args.max_request)
+        if args.mode == "serve":
+            service.set_handler(PROTOCOL, handle, BytesCodec(), config)
+            emit(event="listening", peer=host.get_id().to_base58(), addr=str(host.get_addrs()[0]))
+            await wait_for_stdin_eof()
+        else:
+            emit(event="started", peer=host.get_id().to_base58())
+            info = info_from_p2p_addr(multiaddr.Multiaddr(args.target))
+            await host.connect(info)
+            for text in args.requests:
+                try:
+                    response = await service.send_request(
+                        info.peer_id, [PROTOCOL], bytes.fromhex(text), BytesCodec(), config)
+                    emit(event="reply", hex=response.hex())
+                except Exception as error:  # reported for the test to check
+                    emit(event="reply", error=type(error).__name__)
+        finish()
 
 
 def parse_args():
