@@ -5,17 +5,15 @@ import XCTest
 
 /// The per-peer send queue: bounded, drained in batches, finished cleanly.
 final class RPCOutboxTests: XCTestCase {
-    static func rpc(_ topic: String) -> Pubsub_Pb_RPC {
-        var rpc = Pubsub_Pb_RPC()
-        rpc.subscriptions = [PubSubRouter.subOpts(topic, subscribe: true)]
-        return rpc
+    static func rpc(_ topic: String) -> PubSubRPC {
+        PubSubRPC(subscriptions: [Subscription(topic: topic, subscribe: true)])
     }
 
     func testQueuedRPCsComeOutTogetherInOrder() async {
         let outbox = RPCOutbox(limit: 10)
         for index in 0..<3 { XCTAssertTrue(outbox.enqueue(Self.rpc("t\(index)"))) }
         let batch = await outbox.next()
-        XCTAssertEqual(batch?.map { $0.subscriptions[0].topicid }, ["t0", "t1", "t2"])
+        XCTAssertEqual(batch?.map { $0.subscriptions[0].topic }, ["t0", "t1", "t2"])
     }
 
     func testFullQueueDropsNewRPCs() async {
@@ -32,7 +30,7 @@ final class RPCOutboxTests: XCTestCase {
         let outbox = RPCOutbox(limit: 10)
         let sender = Task { () -> [[String]] in
             var seen: [[String]] = []
-            while let batch = await outbox.next() { seen.append(batch.map { $0.subscriptions[0].topicid }) }
+            while let batch = await outbox.next() { seen.append(batch.map { $0.subscriptions[0].topic }) }
             return seen
         }
         try await Task.sleep(for: .milliseconds(20))
