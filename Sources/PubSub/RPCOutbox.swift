@@ -45,6 +45,12 @@ final class RPCOutbox: Sendable {
         waiter?.resume(returning: nil)
     }
 
+    /// Whether the sender is parked in `next()`, and how many RPCs wait for it
+    /// (what the queue's tests wait for).
+    var snapshot: (senderWaiting: Bool, queued: Int) {
+        state.withLock { ($0.waiter != nil, $0.queued.count) }
+    }
+
     /// Everything queued (waiting while nothing is), or nil once finished and drained.
     func next() async -> [PubSubRPC]? {
         await withCheckedContinuation { continuation in

@@ -26,6 +26,8 @@ final class RPCOutboxTests: XCTestCase {
         XCTAssertTrue(outbox.enqueue(Self.rpc("d")), "room again once drained")
     }
 
+    /// A sender parked in `next()` gets an RPC handed straight to it (not
+    /// queued), and `finish` wakes it with the end.
     func testWaitingSenderIsWokenAndFinishEndsIt() async throws {
         let outbox = RPCOutbox(limit: 10)
         let sender = Task { () -> [[String]] in
@@ -33,10 +35,13 @@ final class RPCOutboxTests: XCTestCase {
             while let batch = await outbox.next() { seen.append(batch.map { $0.subscriptions[0].topic }) }
             return seen
         }
-        try await Task.sleep(for: .milliseconds(20))
+        try await waitUntil("the sender waits for RPCs") { outbox.snapshot.senderWaiting }
         XCTAssertTrue(outbox.enqueue(Self.rpc("late")))
-        try await Task.sleep(for: .milliseconds(20))
+        // (The woken sender may already be parked again: only the queue tells the path taken.)
+        XCTAssertEqual(outbox.snapshot.queued, 0, "handed to the waiting sender, not queued")
+        try await waitUntil("the sender waits again") { outbox.snapshot.senderWaiting }
         outbox.finish()
+        XCTAssertFalse(outbox.snapshot.senderWaiting, "finish woke the sender")
         XCTAssertFalse(outbox.enqueue(Self.rpc("after")), "finished: nothing more is taken")
         let seen = try await withDeadline(5) { await sender.value }
         XCTAssertEqual(seen, [["late"]])
