@@ -46,9 +46,10 @@ extension GossipsubRouter {
         let publishThreshold = configuration.scoreThresholds.publishThreshold
         var members = fanout.peers[topic] ?? []
         if members.count < configuration.d {
-            members.formUnion(
-                gossipPeers(in: topic).subtracting(members).filter { core.score($0, atLeast: publishThreshold, now: now) }
-                    .shuffled(using: &random).prefix(configuration.d - members.count))
+            let candidates = gossipPeers(in: topic).subtracting(members).filter {
+                core.score($0, atLeast: publishThreshold, now: now)
+            }
+            fill(&members, upTo: configuration.d, from: candidates)
         }
         fanout.set(topic, members)
         fanout.published(topic, now: now)
@@ -64,9 +65,10 @@ extension GossipsubRouter {
                 core.peers[$0]?.topics.contains(topic) ?? false && scores.of($0, core.scores) >= publishThreshold
             }
             if members.count < configuration.d {
-                members.formUnion(
-                    gossipPeers(in: topic).subtracting(members).filter { scores.of($0, core.scores) >= publishThreshold }
-                        .shuffled(using: &random).prefix(configuration.d - members.count))
+                let candidates = gossipPeers(in: topic).subtracting(members).filter {
+                    scores.of($0, core.scores) >= publishThreshold
+                }
+                fill(&members, upTo: configuration.d, from: candidates)
             }
             fanout.set(topic, members)
         }

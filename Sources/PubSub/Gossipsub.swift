@@ -23,8 +23,6 @@ struct GossipsubRouter: PubSubRouter {
         cache = MessageCache(history: configuration.historyLength, gossip: configuration.historyGossip)
     }
 
-    var configuration: PubSubConfiguration { core.configuration }
-
     var meshMembers: Set<PeerID> { mesh.values.reduce(into: Set<PeerID>()) { $0.formUnion($1) } }
 
     func meshPeers(_ topic: String) -> [PeerID] { Array(mesh[topic] ?? []) }

@@ -8,8 +8,7 @@ extension GossipsubRouter {
     /// then others, up to D; each gets a GRAFT.
     mutating func join(_ topic: String, now: ContinuousClock.Instant) -> [RouterAction] {
         var members = fanout.take(topic).filter { core.score($0, atLeast: 0, now: now) }
-        let candidates = graftCandidates(topic, excluding: members, now: now)
-        members.formUnion(candidates.shuffled(using: &random).prefix(max(0, configuration.d - members.count)))
+        fill(&members, upTo: configuration.d, from: graftCandidates(topic, excluding: members, now: now))
         mesh[topic] = members
         var actions: [RouterAction] = []
         for peer in members {
@@ -125,8 +124,7 @@ extension GossipsubRouter {
                 pruned[peer] = false
             }
             if members.count < configuration.dLow {
-                let candidates = graftCandidates(topic, excluding: members, now: now)
-                members.formUnion(candidates.shuffled(using: &random).prefix(configuration.d - members.count))
+                fill(&members, upTo: configuration.d, from: graftCandidates(topic, excluding: members, now: now))
             }
             if members.count > configuration.dHigh {
                 // Keep the D_score best, fill to D at random, and keep at least D_out outbound peers.
@@ -196,6 +194,11 @@ extension GossipsubRouter {
     }
 
     // MARK: - Candidates
+
+    /// Adds peers of `candidates` at random to `members` until it holds `target` (or they run out).
+    mutating func fill(_ members: inout Set<PeerID>, upTo target: Int, from candidates: Set<PeerID>) {
+        members.formUnion(candidates.shuffled(using: &random).prefix(max(0, target - members.count)))
+    }
 
     /// Gossipsub peers on `topic`.
     func gossipPeers(in topic: String) -> Set<PeerID> {
