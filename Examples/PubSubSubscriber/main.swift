@@ -9,7 +9,7 @@ guard let topic = arguments.first else {
     exit(2)
 }
 let host = Libp2pHost(key: .generateEd25519())
-let pubsub = PubSubService(host: host)
+let pubsub = try PubSubService(host: host)
 pubsub.start()
 let messages = await pubsub.subscribe(topic)
 try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])

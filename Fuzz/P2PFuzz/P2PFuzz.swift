@@ -77,10 +77,11 @@ enum FuzzTarget: String, CaseIterable {
             #endif
         case .pubsub:
             #if DEBUG
-            // An RPC from a gossipsub peer to a router subscribed to the topic "t".
-            guard let rpc = try? Pubsub_Pb_RPC(serializedBytes: bytes) else { return }
+            // An RPC from a gossipsub peer to a router subscribed to the topic "t", decoded as the service does.
+            let configuration = PubSubConfiguration()
+            guard let rpc = try? PubSubCodec.decode(bytes, limits: .init(configuration)) else { return }
             let now = ContinuousClock.now
-            var router = PubSubRouter(localKey: Self.identity)
+            var router = GossipsubRouter(localKey: Self.identity, configuration: configuration)
             _ = router.subscribe("t", now: now)
             let peer = PeerID(publicKey: Self.remote.publicKey)
             _ = router.addPeer(peer, protocolID: "/meshsub/1.2.0", outbound: false)

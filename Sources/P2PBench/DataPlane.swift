@@ -28,8 +28,8 @@ struct DataPlanePair {
         PerfService(host: sender).start()
         let senderFiles = FileShareService(host: sender)
         senderFiles.start()
-        let senderPubSub = PubSubService(host: sender)
-        let receiverPubSub = PubSubService(host: receiver)
+        let senderPubSub = try PubSubService(host: sender)
+        let receiverPubSub = try PubSubService(host: receiver)
         senderPubSub.start()
         receiverPubSub.start()
         let address = try await sender.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])[0]

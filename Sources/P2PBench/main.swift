@@ -398,7 +398,7 @@ func pubsubBenchmark(_ router: RouterKind, nodes count: Int = 20, messages: Int 
         if let threshold = ProcessInfo.processInfo.environment["P2PBENCH_IDONTWANT"].flatMap(Int.init) {
             configuration.idontwantMessageThreshold = threshold
         }
-        let service = PubSubService(host: host, configuration: configuration)
+        let service = try PubSubService(host: host, configuration: configuration)
         service.start()
         let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])
         addresses.append(bound[0].encapsulating(.p2p(host.localPeer.bytes)))

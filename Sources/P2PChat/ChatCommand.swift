@@ -142,7 +142,8 @@ struct ChatCommand: AsyncParsableCommand {
         let nat = ChatNATTraversal(host: host, relay: relayAddress, holePunchDelay: holePunchDelay, out: out)
         var pubsubConfiguration = PubSubConfiguration()
         pubsubConfiguration.router = routerKind
-        let pubsub = PubSubService(host: host, configuration: pubsubConfiguration)
+        let pubsub: PubSubService
+        do { pubsub = try PubSubService(host: host, configuration: pubsubConfiguration) } catch { exitWithError("\(error)") }
         pubsub.start()
         out.emit("local_peer", ["peer": "\(host.localPeer)"], human: "Local peer id: \(host.localPeer)")
         await listenOrExit(host, on: listen) { out.error($0) }

@@ -1,6 +1,5 @@
 import Foundation
 import Identity
-import SwiftProtobuf
 
 /// A message delivered to a subscriber.
 public struct PubSubMessage: Sendable, Equatable {
@@ -32,23 +31,16 @@ public struct PubSubMessage: Sendable, Equatable {
         self.key = key
     }
 
-    init(_ message: Pubsub_Pb_Message, author: PeerID?, id: MessageID, receivedFrom: PeerID?) {
+    init(_ message: RawMessage, author: PeerID?, id: MessageID, receivedFrom: PeerID?) {
         self.init(
-            topic: message.topic, data: Array(message.data), from: author,
-            seqno: message.hasSeqno ? Array(message.seqno) : nil, id: id, receivedFrom: receivedFrom,
-            signature: message.hasSignature ? Array(message.signature) : nil, key: message.hasKey ? Array(message.key) : nil)
+            topic: message.topic, data: message.data, from: author, seqno: message.seqno, id: id,
+            receivedFrom: receivedFrom, signature: message.signature, key: message.key)
     }
 
     /// The message as pubsub carries it (its protobuf), signature included.
     public var wireBytes: [UInt8] {
-        var message = Pubsub_Pb_Message()
-        message.topic = topic
-        message.data = Data(data)
-        if let from { message.from = Data(from.bytes) }
-        if let seqno { message.seqno = Data(seqno) }
-        if let signature { message.signature = Data(signature) }
-        if let key { message.key = Data(key) }
-        return (try? message.serializedBytes()) ?? []
+        PubSubCodec.encode(
+            RawMessage(from: from?.bytes, data: data, seqno: seqno, topic: topic, signature: signature, key: key))
     }
 
     /// A message from its wire bytes (as `wireBytes` gives), accepted only if
@@ -58,7 +50,7 @@ public struct PubSubMessage: Sendable, Equatable {
         wire bytes: [UInt8], policy: SignaturePolicy = .strictSign, maxSize: Int = 1024 * 1024, receivedFrom: PeerID?
     ) throws(RejectReason) -> PubSubMessage {
         guard bytes.count <= maxSize + 1024 else { throw .tooLarge }
-        guard let message = try? Pubsub_Pb_Message(serializedBytes: bytes) else { throw .malformed }
+        guard let message = PubSubCodec.decodeMessage(bytes) else { throw .malformed }
         guard message.data.count <= maxSize else { throw .tooLarge }
         guard !message.topic.isEmpty else { throw .missingTopic }
         let author = try MessageSigning.verify(message, policy: policy).get()
@@ -112,41 +104,42 @@ public enum ValidationResult: Sendable {
     case ignore
 }
 
+/// Message signatures (spec: pubsub "Message Signing"), on our own message type.
 enum MessageSigning {
     static let prefix = Array("libp2p-pubsub:".utf8)
 
-    /// The bytes that are signed: the message without `signature` and `key`.
-    static func signedBytes(_ message: Pubsub_Pb_Message) -> [UInt8] {
+    /// The bytes that are signed: the message's protobuf without `signature` and `key`.
+    static func signedBytes(_ message: RawMessage) -> [UInt8] {
         var unsigned = message
-        unsigned.clearSignature()
-        unsigned.clearKey()
-        let bytes: [UInt8] = (try? unsigned.serializedBytes()) ?? []
-        return prefix + bytes
+        unsigned.signature = nil
+        unsigned.key = nil
+        return prefix + PubSubCodec.encode(unsigned)
     }
 
-    static func sign(_ message: inout Pubsub_Pb_Message, with key: PrivateKey) throws {
-        let signature = try key.sign(signedBytes(message))
-        message.signature = Data(signature)
+    static func sign(_ message: inout RawMessage, with key: PrivateKey) throws {
+        message.signature = try key.sign(signedBytes(message))
         let peer = PeerID(publicKey: key.publicKey)
         if peer.extractPublicKey() == nil {
-            message.key = Data(key.publicKey.marshal())
+            message.key = key.publicKey.marshal()
         }
     }
 
     /// Checks a received message against the policy; the author on success.
-    static func verify(_ message: Pubsub_Pb_Message, policy: SignaturePolicy) -> Result<PeerID?, RejectReason> {
+    static func verify(_ message: RawMessage, policy: SignaturePolicy) -> Result<PeerID?, RejectReason> {
         switch policy {
         case .strictNoSign:
-            if message.hasSignature || message.hasKey || message.hasFrom || message.hasSeqno {
+            if message.signature != nil || message.key != nil || message.from != nil || message.seqno != nil {
                 return .failure(.unexpectedSignature)
             }
             return .success(nil)
         case .strictSign:
-            guard message.hasFrom, message.hasSeqno, message.hasSignature else { return .failure(.missingSignature) }
-            guard let from = try? PeerID(bytes: Array(message.from)) else { return .failure(.keyMismatch) }
+            guard let fromBytes = message.from, message.seqno != nil, let signature = message.signature else {
+                return .failure(.missingSignature)
+            }
+            guard let from = try? PeerID(bytes: fromBytes) else { return .failure(.keyMismatch) }
             let key: PublicKey
-            if message.hasKey {
-                guard let decoded = try? PublicKey(marshaled: Array(message.key)), from.matches(decoded) else {
+            if let marshaled = message.key {
+                guard let decoded = try? PublicKey(marshaled: marshaled), from.matches(decoded) else {
                     return .failure(.keyMismatch)
                 }
                 key = decoded
@@ -154,7 +147,7 @@ enum MessageSigning {
                 guard let inlined = from.extractPublicKey() else { return .failure(.keyMismatch) }
                 key = inlined
             }
-            guard key.verify(signature: Array(message.signature), for: signedBytes(message)) else {
+            guard key.verify(signature: signature, for: signedBytes(message)) else {
                 return .failure(.invalidSignature)
             }
             return .success(from)
@@ -162,7 +155,7 @@ enum MessageSigning {
     }
 
     /// The default message id: from + seqno.
-    static func defaultID(_ message: Pubsub_Pb_Message) -> MessageID {
-        MessageID(Array(message.from) + Array(message.seqno))
+    static func defaultID(_ message: RawMessage) -> MessageID {
+        MessageID((message.from ?? []) + (message.seqno ?? []))
     }
 }

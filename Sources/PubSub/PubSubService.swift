@@ -5,7 +5,6 @@ import Identity
 import Logging
 import Multiformats
 import NIOCore
-import SwiftProtobuf
 import Synchronization
 import Transport
 
@@ -15,16 +14,23 @@ import Transport
 public final class PubSubService: Sendable {
     public let host: Libp2pHost
     public let configuration: PubSubConfiguration
+    /// Bounds on what one decoded RPC may hold.
+    let codecLimits: PubSubCodec.Limits
     let core: PubSubCore
     let logger: Logger
     /// The event watcher and the heartbeat, cancelled by `stop`.
     private let tasks = Mutex<[Task<Void, Never>]>([])
 
-    public init(host: Libp2pHost, configuration: PubSubConfiguration = .init(), logger: Logger = Logger(label: "p2p.pubsub")) {
+    /// Throws when the configuration breaks one of its constraints (`PubSubConfiguration.validate()`).
+    public init(
+        host: Libp2pHost, configuration: PubSubConfiguration = .init(), logger: Logger = Logger(label: "p2p.pubsub")
+    ) throws(PubSubConfigurationError) {
+        try configuration.validate()
         self.host = host
         self.configuration = configuration
+        self.codecLimits = PubSubCodec.Limits(configuration)
         self.logger = logger
-        var router = PubSubRouter(localKey: host.localKey, configuration: configuration)
+        var router = makeRouter(localKey: host.localKey, configuration: configuration)
         router.signedRecord = { [host] peer in host.peerStore.info(peer)?.signedPeerRecord }
         // Peer-exchange dials in flight, bounded: a trusted peer's PRUNEs cannot make us dial without end.
         let pendingDials = DialBudget(limit: configuration.prunePeers)
@@ -218,10 +224,10 @@ public final class PubSubService: Sendable {
         while frames.count < 64, let more = try reader.takeBufferedLengthPrefixed(maxLength: configuration.maxRPCSize) {
             frames.append(more)
         }
-        var rpcs: [Pubsub_Pb_RPC] = []
+        var rpcs: [PubSubRPC] = []
         var malformed = 0
         for frame in frames {
-            if let rpc = try? Pubsub_Pb_RPC(serializedBytes: Array(frame.readableBytesView)) {
+            if let rpc = try? PubSubCodec.decode(Array(frame.readableBytesView), limits: codecLimits) {
                 rpcs.append(rpc)
             } else {
                 // A malformed RPC closes nothing; it counts against the sender.
@@ -321,7 +327,7 @@ final class DialBudget: Sendable {
 
 /// The router and its I/O: subscriber streams and bounded per-peer send queues.
 actor PubSubCore {
-    private var router: PubSubRouter
+    private var router: any PubSubRouter
     private let logger: Logger
     private var subscribers: [String: [UUID: AsyncStream<PubSubMessage>.Continuation]] = [:]
     private let eventBroadcaster = EventBroadcaster<PubSubEvent>(bufferingNewest: 4096)
@@ -348,7 +354,7 @@ actor PubSubCore {
     static let meshTag = "pubsub-mesh"
 
     init(
-        router: PubSubRouter, logger: Logger,
+        router: any PubSubRouter, logger: Logger,
         connect: @escaping @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void = { _, _, _ in },
         disconnect: @escaping @Sendable (PeerID) -> Void = { _ in },
         meshChanged: @escaping @Sendable (_ joined: Set<PeerID>, _ left: Set<PeerID>) -> Void = { _, _ in }
@@ -402,8 +408,7 @@ actor PubSubCore {
                 while let batch = await queue.next() {
                     var frames = ByteBuffer()
                     for rpc in batch {
-                        let bytes: [UInt8] = try rpc.serializedBytes()
-                        frames.writeLengthPrefixed(bytes)
+                        frames.writeLengthPrefixed(PubSubCodec.encode(rpc))
                     }
                     let size = frames.readableBytes
                     try await stream.write(frames)
@@ -439,14 +444,14 @@ actor PubSubCore {
         perform(router.removePeer(peer, now: clock.now))
     }
 
-    func handle(_ rpcs: [Pubsub_Pb_RPC], malformed: Int, from peer: PeerID, protocolID: String, ip: String?) {
+    func handle(_ rpcs: [PubSubRPC], malformed: Int, from peer: PeerID, protocolID: String, ip: String?) {
         router.notePeer(peer, protocolID: protocolID, ip: ip)
         for _ in 0..<malformed { router.malformedRPC(from: peer) }
         let now = clock.now
         for rpc in rpcs {
             let actions = router.handle(rpc, from: peer, now: now)
             logger.trace(
-                "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.publish.count)", "actions": "\(actions.count)"])
+                "rpc", metadata: ["peer": "\(peer)", "messages": "\(rpc.messages.count)", "actions": "\(actions.count)"])
             perform(actions)
         }
         metrics.follow(router.counters)
@@ -564,7 +569,7 @@ actor PubSubCore {
         let now = clock.now
         perform(router.heartbeat(now: now))
         disconnectGraylisted()
-        let members = router.mesh.values.reduce(into: Set<PeerID>()) { $0.formUnion($1) }
+        let members = router.meshMembers
         if members != meshMembers {
             meshChanged(members.subtracting(meshMembers), meshMembers.subtracting(members))
             meshMembers = members

@@ -8,9 +8,9 @@ import Synchronization
 /// GRAFTs and gossip of one heartbeat) cost one write, not one each.
 final class RPCOutbox: Sendable {
     private struct State {
-        var queued: [Pubsub_Pb_RPC] = []
+        var queued: [PubSubRPC] = []
         var finished = false
-        var waiter: CheckedContinuation<[Pubsub_Pb_RPC]?, Never>?
+        var waiter: CheckedContinuation<[PubSubRPC]?, Never>?
     }
 
     private let state = Mutex(State())
@@ -21,8 +21,8 @@ final class RPCOutbox: Sendable {
     }
 
     /// Queues `rpc`; false when the queue is full (or finished) and it was dropped.
-    func enqueue(_ rpc: Pubsub_Pb_RPC) -> Bool {
-        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[Pubsub_Pb_RPC]?, Never>?) in
+    func enqueue(_ rpc: PubSubRPC) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[PubSubRPC]?, Never>?) in
             guard !state.finished, state.queued.count < limit else { return (false, nil) }
             if let waiter = state.waiter {
                 state.waiter = nil
@@ -37,7 +37,7 @@ final class RPCOutbox: Sendable {
 
     /// No more RPCs: the sender gets what is queued, then nil.
     func finish() {
-        let waiter = state.withLock { state -> CheckedContinuation<[Pubsub_Pb_RPC]?, Never>? in
+        let waiter = state.withLock { state -> CheckedContinuation<[PubSubRPC]?, Never>? in
             state.finished = true
             defer { state.waiter = nil }
             return state.waiter
@@ -45,10 +45,16 @@ final class RPCOutbox: Sendable {
         waiter?.resume(returning: nil)
     }
 
+    /// Whether the sender is parked in `next()`, and how many RPCs wait for it
+    /// (what the queue's tests wait for).
+    var snapshot: (senderWaiting: Bool, queued: Int) {
+        state.withLock { ($0.waiter != nil, $0.queued.count) }
+    }
+
     /// Everything queued (waiting while nothing is), or nil once finished and drained.
-    func next() async -> [Pubsub_Pb_RPC]? {
+    func next() async -> [PubSubRPC]? {
         await withCheckedContinuation { continuation in
-            let ready = state.withLock { state -> [Pubsub_Pb_RPC]?? in
+            let ready = state.withLock { state -> [PubSubRPC]?? in
                 if !state.queued.isEmpty {
                     defer { state.queued.removeAll(keepingCapacity: true) }
                     return .some(state.queued)

@@ -24,7 +24,7 @@ func makeSignedMessages(_ count: Int, topic: String = "lobby", group: MultiThrea
 {
     do {
         let host = Libp2pHost(key: .generateEd25519(), group: group)
-        let pubsub = PubSubService(host: host)
+        let pubsub = try PubSubService(host: host)
         pubsub.start()
         var messages: [PubSubMessage] = []
         for index in 0..<count {

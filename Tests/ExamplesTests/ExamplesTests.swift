@@ -52,7 +52,7 @@ final class ExamplesTests: XCTestCase {
         let address = try Multiaddr(String(listening.dropFirst("Listening on ".count)))
         let subscriberPeer = try XCTUnwrap(address.peerID)
         let (host, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
-        let pubsub = PubSubService(host: host)
+        let pubsub = try PubSubService(host: host)
         pubsub.start()
         _ = try await host.connect(address)
         let subscribed = try await withDeadline(10) { await pubsub.waitUntilSubscribed(subscriberPeer, to: "news") }

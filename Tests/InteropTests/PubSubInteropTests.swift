@@ -23,7 +23,7 @@ final class PubSubInteropTests: XCTestCase {
         hosts.append(host)
         var configuration = PubSubConfiguration()
         configuration.router = router
-        let pubsub = PubSubService(host: host, configuration: configuration)
+        let pubsub = try PubSubService(host: host, configuration: configuration)
         pubsub.start()
         return (pubsub, address)
     }

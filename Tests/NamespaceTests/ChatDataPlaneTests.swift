@@ -134,7 +134,7 @@ extension ChatFilesCLITests {
         let (host, _) = try await makeTestHost(group: group)
         let files = FileShareService(host: host)
         files.start()
-        let pubsub = PubSubService(host: host)
+        let pubsub = try PubSubService(host: host)
         pubsub.start()
         _ = await pubsub.subscribe("lobby-file")
         _ = try await host.connect(try Multiaddr(try chat.dialAddress()))

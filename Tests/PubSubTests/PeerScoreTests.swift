@@ -10,7 +10,7 @@ import XCTest
 final class PeerScoreTests: XCTestCase {
     /// A router subscribed to "t" with `count` gossipsub peers subscribed too.
     struct Bench {
-        var router: PubSubRouter
+        var router: GossipsubRouter
         var peers: [PeerID]
         var now = ContinuousClock.now
 
@@ -18,12 +18,12 @@ final class PeerScoreTests: XCTestCase {
             count: Int, configuration: PubSubConfiguration = .init(), outbound: Bool = false,
             protocolID: (Int) -> String = { _ in PubSubProtocol.meshsub11 }, ip: (Int) -> String? = { _ in nil }
         ) {
-            router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+            router = GossipsubRouter(localKey: .generateEd25519(), configuration: configuration)
             peers = (0..<count).map { _ in PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
             for (index, peer) in peers.enumerated() {
                 _ = router.addPeer(peer, protocolID: protocolID(index), outbound: outbound, ip: ip(index))
                 var rpc = Pubsub_Pb_RPC()
-                rpc.subscriptions = [PubSubRouter.subOpts("t", subscribe: true)]
+                rpc.subscriptions = [Wire.subOpts("t", subscribe: true)]
                 _ = router.handle(rpc, from: peer, now: now)
             }
             _ = router.subscribe("t", now: now)
@@ -48,13 +48,11 @@ final class PeerScoreTests: XCTestCase {
         /// A message signed by a fresh author.
         static func signed(_ data: [UInt8]) -> Pubsub_Pb_Message {
             let key = PrivateKey.generateEd25519()
-            var message = Pubsub_Pb_Message()
-            message.topic = "t"
-            message.data = Data(data)
-            message.from = Data(PeerID(publicKey: key.publicKey).bytes)
-            message.seqno = Data((0..<8).map { _ in UInt8.random(in: 0...255) })
+            var message = RawMessage(
+                from: PeerID(publicKey: key.publicKey).bytes, data: data, seqno: (0..<8).map { _ in UInt8.random(in: 0...255) },
+                topic: "t")
             try! MessageSigning.sign(&message, with: key)
-            return message
+            return PubSubCodec.protobuf(message)
         }
 
         mutating func send(_ message: Pubsub_Pb_Message, from peer: PeerID) -> [RouterAction] {
@@ -73,7 +71,7 @@ final class PeerScoreTests: XCTestCase {
     /// A GRAFT for topic "t" (with the subscription, for peers not yet known on the topic).
     static func graftRPC(subscribing: Bool = false) -> Pubsub_Pb_RPC {
         var rpc = Pubsub_Pb_RPC()
-        if subscribing { rpc.subscriptions = [PubSubRouter.subOpts("t", subscribe: true)] }
+        if subscribing { rpc.subscriptions = [Wire.subOpts("t", subscribe: true)] }
         var graft = Pubsub_Pb_ControlGraft()
         graft.topicID = "t"
         rpc.control.graft = [graft]
@@ -82,7 +80,7 @@ final class PeerScoreTests: XCTestCase {
 
     static func sends(_ actions: [RouterAction], to peer: PeerID) -> [Pubsub_Pb_RPC] {
         actions.compactMap { action in
-            if case .send(peer, let rpc) = action { return rpc }
+            if case .send(peer, let rpc) = action { return rpc.wire }
             return nil
         }
     }
@@ -169,7 +167,7 @@ final class PeerScoreTests: XCTestCase {
         let favourite = bench.peers[0]
         configuration.scoreParameters.appSpecificScore = { $0 == favourite ? 50 : -1 }
         configuration.scoreParameters.appSpecificWeight = 2
-        bench.router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+        bench.router = GossipsubRouter(localKey: .generateEd25519(), configuration: configuration)
         for peer in bench.peers { _ = bench.router.addPeer(peer, protocolID: PubSubProtocol.meshsub11, outbound: false) }
         XCTAssertEqual(bench.score(favourite), 100)
         XCTAssertEqual(bench.score(bench.peers[1]), -2)
@@ -294,7 +292,7 @@ final class PeerScoreTests: XCTestCase {
         let ids = (0..<14).map { _ in PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
         favourites = Set(ids.prefix(configuration.dScore))
         configuration.scoreParameters.appSpecificScore = { [favourites] in favourites.contains($0) ? 1 : 0 }
-        var router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+        var router = GossipsubRouter(localKey: .generateEd25519(), configuration: configuration)
         var now = ContinuousClock.now
         _ = router.subscribe("t", now: now)
         let graft = Self.graftRPC(subscribing: true)
@@ -324,7 +322,7 @@ final class PeerScoreTests: XCTestCase {
         var configuration = PubSubConfiguration()
         let trusted = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         configuration.scoreParameters.appSpecificScore = { $0 == trusted ? 100 : 0 }
-        var router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+        var router = GossipsubRouter(localKey: .generateEd25519(), configuration: configuration)
         let stranger = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         for peer in [trusted, stranger] { _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub11, outbound: true) }
         let keys = (0..<20).map { _ in PrivateKey.generateEd25519() }
@@ -374,7 +372,7 @@ final class PeerScoreTests: XCTestCase {
         let records = Dictionary(uniqueKeysWithValues: zip(ids, keys.map {
             try! PeerRecord(key: $0, addresses: [try! Multiaddr("/ip4/192.0.2.9/tcp/1")]).sealed(with: $0)
         }))
-        var router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+        var router = GossipsubRouter(localKey: .generateEd25519(), configuration: configuration)
         router.signedRecord = { records[$0] }
         var now = ContinuousClock.now
         _ = router.subscribe("t", now: now)

@@ -21,7 +21,7 @@ final class PubSubHardeningTests: XCTestCase {
         var configuration = PubSubConfiguration()
         configuration.heartbeatInterval = .milliseconds(200)
         configure(&configuration)
-        let pubsub = PubSubService(host: host, configuration: configuration)
+        let pubsub = try PubSubService(host: host, configuration: configuration)
         pubsub.start()
         return (host, pubsub, address)
     }

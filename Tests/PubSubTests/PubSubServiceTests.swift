@@ -72,7 +72,7 @@ final class PubSubServiceTests: XCTestCase {
         var configuration = PubSubConfiguration()
         configuration.router = router
         configure(&configuration)
-        let pubsub = PubSubService(host: host, configuration: configuration)
+        let pubsub = try PubSubService(host: host, configuration: configuration)
         pubsub.start()
         return (host, pubsub, address)
     }

@@ -8,7 +8,7 @@ import XCTest
 
 /// Many routers wired together in memory, with a virtual clock.
 struct SimulatedNetwork {
-    var routers: [PeerID: PubSubRouter] = [:]
+    var routers: [PeerID: any PubSubRouter] = [:]
     var order: [PeerID] = []
     var delivered: [PeerID: [MessageID: Int]] = [:]
     var now = ContinuousClock.now
@@ -17,7 +17,7 @@ struct SimulatedNetwork {
     init(nodes: Int, seed: UInt64, configuration: PubSubConfiguration = .init()) {
         rng = SplitMix(seed: seed)
         for _ in 0..<nodes {
-            let router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+            let router = makeRouter(localKey: .generateEd25519(), configuration: configuration)
             routers[router.localPeer] = router
             order.append(router.localPeer)
         }
@@ -44,10 +44,8 @@ struct SimulatedNetwork {
                 delivered[node, default: [:]][message.id, default: 0] += 1
             case .send(let target, let rpc):
                 guard routers[target] != nil else { continue }
-                // Serialize like the wire does.
-                let bytes: [UInt8] = try! rpc.serializedBytes()
-                let decoded = try! Pubsub_Pb_RPC(serializedBytes: bytes)
-                let results = routers[target]!.handle(decoded, from: node, now: now)
+                // Over the wire: serialized and decoded by the codec (`Wire.overTheWire`).
+                let results = routers[target]!.handle(rpc.wire, from: node, now: now)
                 queue += results.map { (target, $0) }
             case .connect, .event:
                 continue
@@ -113,7 +111,7 @@ final class SimulatedNetworkTests: XCTestCase {
         network.remove(gone)
         network.heartbeat()
         for node in network.order {
-            let router = network.routers[node]!
+            let router = try XCTUnwrap(network.routers[node] as? GossipsubRouter)
             let mesh = router.meshPeers("t")
             XCTAssertFalse(mesh.contains(gone))
             // Below D_lo only when nothing is left to graft (every other
@@ -233,7 +231,7 @@ final class SimulatedNetworkTests: XCTestCase {
             rpc.control.ihave = [ihave]
             rpc.control.graft = [graft]
             for action in network.routers[victim]!.handle(rpc, from: attacker, now: network.now) {
-                if case .send(_, let reply) = action { iwantRequested += reply.control.iwant.reduce(0) { $0 + $1.messageIds.count } }
+                if case .send(_, let reply) = action { iwantRequested += reply.wire.control.iwant.reduce(0) { $0 + $1.messageIds.count } }
             }
         }
         // At most maxIHaveMessages IHAVEs are answered per heartbeat.
@@ -261,7 +259,7 @@ final class SimulatedNetworkTests: XCTestCase {
             }
             return network.routers[victim]!.handle(rpc, from: announcer, now: network.now).reduce(0) { total, action in
                 guard case .send(_, let reply) = action else { return total }
-                return total + reply.control.iwant.reduce(0) { $0 + $1.messageIds.count }
+                return total + reply.wire.control.iwant.reduce(0) { $0 + $1.messageIds.count }
             }
         }
         XCTAssertEqual(asked(round: 1), limit)
@@ -271,14 +269,14 @@ final class SimulatedNetworkTests: XCTestCase {
     }
 
     func testGarbageRPCsNeverCrash() {
-        var router = PubSubRouter(localKey: .generateEd25519())
+        var router = GossipsubRouter(localKey: .generateEd25519())
         let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         _ = router.addPeer(peer, protocolID: PubSubProtocol.meshsub11, outbound: false)
         var rng = SplitMix(seed: 6)
         var malformed = 0
         for _ in 0..<5000 {
             let bytes = (0..<Int(rng.next() % 200)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
-            if let rpc = try? Pubsub_Pb_RPC(serializedBytes: bytes) {
+            if let rpc = try? PubSubCodec.decode(bytes, limits: .init(router.configuration)) {
                 _ = router.handle(rpc, from: peer, now: .now)
             } else {
                 malformed += 1
