@@ -43,9 +43,10 @@ public struct HostLimits: Sendable {
     /// writes queued on it): an eighth of the machine's memory, within 256 MiB
     /// and 4 GiB (go-libp2p's resource manager scales its memory limit so).
     public var maxMemory = HostLimits.defaultMaxMemory
-    /// What the connections to one peer may make it buffer: 128 MiB, the
-    /// windows of 512 streams (Yamux's limit on one connection).
-    public var maxMemoryPerPeer = 128 * 1024 * 1024
+    /// What the connections to one peer may make it buffer: 160 MiB, of which
+    /// new streams may fill seven eighths, room for the windows of 512
+    /// streams (Yamux's limit on one connection).
+    public var maxMemoryPerPeer = 160 * 1024 * 1024
 
     public init() {}
 
