@@ -201,8 +201,9 @@ public struct StreamTable {
                 events.append(.data(id, data))
             }
         case nil:
-            // A stream we already dropped (reset by us): grant the bytes back.
-            session.consumed(streamID: id, bytes: data.readableBytes, now: now)
+            // A stream we already dropped (reset by us): grant the bytes back,
+            // never more (nothing is reserved for it any more).
+            session.consumed(streamID: id, bytes: data.readableBytes, now: now, maxGrowth: 0)
         }
     }
 

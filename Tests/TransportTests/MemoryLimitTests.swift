@@ -1,6 +1,7 @@
 import Host
 import Identity
 import Multiformats
+import Multistream
 import NIOCore
 import NIOPosix
 import Ping
@@ -8,6 +9,7 @@ import Synchronization
 import TestSupport
 @testable import Transport
 import XCTest
+import Yamux
 
 /// Handlers that take their stream and read nothing until `open()`, then
 /// read it to the end; what each read in all.
@@ -195,6 +197,41 @@ final class MemoryBudgetTests: XCTestCase {
         XCTAssertEqual(budget.used(by: a), 0)
         XCTAssertNil(budget.reserve(64, for: b, priority: MemoryBudget.stream))
         XCTAssertEqual(budget.used, 448)
+    }
+
+    /// The stream table (sans-IO): a SYN whose window does not fit is reset
+    /// with a `limitReached` event; a reset stream gives its window back.
+    func testStreamTableRefusesAStreamWhoseWindowDoesNotFit() throws {
+        let window = Int(YamuxSession.Configuration().initialWindow)
+        // Seven eighths of the limit hold two windows, not three.
+        let budget = MemoryBudget(limit: 3 * window, limitPerPeer: 3 * window)
+        let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        var table = StreamTable(
+            isClient: false, configuration: .init(), limits: MultistreamLimits(),
+            memory: StreamMemoryLedger(budget: budget, peer: peer), supports: { _ in true })
+        var events: [StreamTable.Event] = []
+        for id: UInt32 in [1, 3, 5] {
+            var syn = StreamLimitTests.frame(type: 1, flags: 1, stream: id)
+            events += try table.receive(&syn, now: .now())
+        }
+        let incoming = events.compactMap { event -> UInt32? in
+            if case .incoming(let id) = event { return id }
+            return nil
+        }
+        XCTAssertEqual(incoming, [1, 3])
+        XCTAssertTrue(events.contains { if case .limitReached("memory") = $0 { return true } else { return false } })
+        XCTAssertEqual(budget.used, 2 * window)
+        XCTAssertEqual(table.reservedMemory, 2 * window)
+        // The remote resets stream 1: its window goes back, and a new stream fits.
+        var reset = StreamLimitTests.frame(type: 1, flags: 8, stream: 1)
+        _ = try table.receive(&reset, now: .now())
+        XCTAssertEqual(budget.used, window)
+        var syn = StreamLimitTests.frame(type: 1, flags: 1, stream: 7)
+        let accepted = try table.receive(&syn, now: .now())
+        XCTAssertTrue(accepted.contains { if case .incoming(7) = $0 { return true } else { return false } })
+        XCTAssertEqual(budget.used, 2 * window)
+        _ = table.removeAll()
+        XCTAssertEqual(budget.used, 0)
     }
 
     func testLedgerGivesBackWhatAStreamHeld() {
