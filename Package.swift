@@ -272,7 +272,8 @@ let package = Package(
         .executableTarget(
             name: "P2PFuzz",
             dependencies: [
-                "Multiformats", "Multistream", "Yamux", "Noise", "Identity", "MDNS", "Identify", "PubSub",
+                "Multiformats", "Multistream", "Yamux", "Noise", "TLS", "LibP2PSecurity", "Identity", "MDNS", "Identify",
+                "PubSub",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/P2PFuzz"
@@ -339,6 +340,7 @@ let package = Package(
             name: "TransportTests",
             dependencies: [
                 "Transport", "Host", "Identify", "Ping", "Noise", "TLS", "Multistream", "LibP2PSecurity", "TestSupport",
+                "WebSocket",
             ]
         ),
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),

@@ -5,6 +5,7 @@ import Multiformats
 import Multistream
 import NIOCore
 import Noise
+import TLS
 import Yamux
 
 // The protobuf types and the router are internal to their modules; debug
@@ -21,6 +22,7 @@ import Yamux
 /// runs the committed corpus.
 enum FuzzTarget: String, CaseIterable {
     case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope, identify, pubsub
+    case noiseTransport = "noise-transport", tlsHandshake = "tls-handshake", tlsCertificate = "tls-certificate"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -88,6 +90,12 @@ enum FuzzTarget: String, CaseIterable {
             _ = router.handle(rpc, from: peer, now: now)
             _ = router.heartbeat(now: now)
             #endif
+        case .noiseTransport:
+            NoiseFuzzing.receive(bytes)
+        case .tlsHandshake:
+            TLSFuzzing.handshake(bytes)
+        case .tlsCertificate:
+            TLSFuzzing.certificate(bytes)
         }
     }
 
@@ -143,6 +151,10 @@ enum Fuzz {
 enum Replay {
     static func main() {
         let arguments = CommandLine.arguments.dropFirst()
+        if arguments.first == "--seeds" {
+            writeSeeds(Array(arguments.dropFirst()))
+            return
+        }
         guard let name = arguments.first, let target = FuzzTarget(rawValue: name) else {
             print("usage: p2pfuzz TARGET FILE|DIRECTORY... (targets: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")))")
             exit(2)
@@ -162,6 +174,22 @@ enum Replay {
             }
         }
         print("\(target.rawValue): \(count) inputs replayed")
+    }
+
+    /// `--seeds TARGET DIRECTORY`: writes the seeds made from real sessions (`SecuritySeeds`).
+    static func writeSeeds(_ arguments: [String]) {
+        guard arguments.count == 2, let target = FuzzTarget(rawValue: arguments[0]) else {
+            print("usage: p2pfuzz --seeds TARGET DIRECTORY")
+            exit(2)
+        }
+        do {
+            for (name, bytes) in try SecuritySeeds.make(target) {
+                try Data(bytes).write(to: URL(fileURLWithPath: "\(arguments[1])/\(name)"))
+            }
+        } catch {
+            print("seeds of \(target.rawValue): \(error)")
+            exit(1)
+        }
     }
 }
 #endif

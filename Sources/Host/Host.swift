@@ -25,6 +25,8 @@ public enum HostEvent: Sendable {
     case peerUpdated(PeerID)
     /// Our listen addresses or supported protocols changed.
     case localChanged
+    /// A limit refused or closed something (counted in `limitCounters`).
+    case limitReached(LimitRefusal)
 }
 
 /// A stream protocol handler; runs in its own task per stream. When it returns,
@@ -127,7 +129,10 @@ public final class Libp2pHost: Sendable {
         let weakHost = WeakHost()
         self.upgrader = Upgrader(
             localKey: key, security: security, configuration: configuration, acceptor: Acceptor(host: weakHost),
-            logger: logger, onInboundConnection: { connection in weakHost.host?.adopt(connection) })
+            logger: logger,
+            memoryBudget: MemoryBudget(limit: self.limits.maxMemory, limitPerPeer: self.limits.maxMemoryPerPeer),
+            onLimitReached: { refusal in weakHost.host?.limitReached(refusal, transport: true) },
+            onInboundConnection: { connection in weakHost.host?.adopt(connection) })
         weakHost.set(self)
         startMaintenance(weakHost)
     }
@@ -284,7 +289,10 @@ public final class Libp2pHost: Sendable {
             state.pendingDials[peer] = dial
             return (dial, true)
         }
-        guard let (dial, isNew) = shared else { throw HostError.limitReached("\(maxDials) dials in flight") }
+        guard let (dial, isNew) = shared else {
+            limitReached(LimitRefusal(reason: "\(maxDials) dials in flight", peer: peer, address: nil))
+            throw HostError.limitReached("\(maxDials) dials in flight")
+        }
         // Callers share one dial per peer; the first caller clears it.
         defer {
             if isNew {
@@ -374,6 +382,7 @@ public final class Libp2pHost: Sendable {
         if let refusal {
             logger.debug(
                 "connection refused", metadata: ["peer": "\(connection.remotePeer)", "limit": "\(refusal)"])
+            emit(.limitReached(LimitRefusal(reason: refusal, peer: connection.remotePeer, address: connection.remoteAddress)))
             // Outlives this synchronous call: closing is bounded by the connection's close timeout.
             Task { await connection.close(reason: .limitReached(refusal)) }
             return
@@ -447,6 +456,13 @@ public final class Libp2pHost: Sendable {
 extension Libp2pHost {
     /// What the limits refused or closed so far.
     public var limitCounters: HostLimitCounters { state.withLock { $0.counters } }
+
+    /// Reports what a limit refused or closed (`limitReached` event); counts
+    /// it too when it comes from the transport (the host's own are counted where refused).
+    fileprivate func limitReached(_ refusal: LimitRefusal, transport: Bool = false) {
+        if transport { state.withLock { $0.counters.transport[refusal.reason, default: 0] += 1 } }
+        emit(.limitReached(refusal))
+    }
 
     /// Keeps the peer's connections when trimming over the high-water mark,
     /// for as long as any tag protects it (e.g. pubsub's mesh).
@@ -555,10 +571,12 @@ extension Libp2pHost {
         }
         for connection in idle {
             logger.debug("closing idle connection", metadata: ["peer": "\(connection.remotePeer)"])
+            limitReached(LimitRefusal(reason: "idle", peer: connection.remotePeer, address: connection.remoteAddress))
             await connection.close(reason: .limitReached("idle for \(limits.idleTimeout.map { "\($0)" } ?? "")"))
         }
         for connection in trim {
             logger.debug("trimming connection", metadata: ["peer": "\(connection.remotePeer)"])
+            limitReached(LimitRefusal(reason: "trimmed", peer: connection.remotePeer, address: connection.remoteAddress))
             await connection.close(reason: .limitReached("\(limits.highWater) connections (high-water mark)"))
         }
     }
@@ -597,6 +615,10 @@ private struct Acceptor: InboundStreamAcceptor {
             return
         }
         guard host.takeStreamSlot(for: stream) else {
+            host.limitReached(
+                LimitRefusal(
+                    reason: "\(host.limits.maxInboundStreamsPerProtocol) inbound streams of \(stream.protocolID)",
+                    peer: stream.connection.remotePeer, address: stream.connection.remoteAddress))
             stream.reset()
             return
         }

@@ -1,3 +1,4 @@
+import Foundation
 import Multiformats
 import Synchronization
 import Transport
@@ -37,8 +38,22 @@ public struct HostLimits: Sendable {
     public var gracePeriod: Duration = .seconds(20)
     /// How often idle connections and the high-water mark are checked.
     public var maintenanceInterval: Duration = .seconds(5)
+    /// Bytes all connections together may make the host buffer (see
+    /// `MemoryBudget`: each stream's receive window, growth included, and the
+    /// writes queued on it): an eighth of the machine's memory, within 256 MiB
+    /// and 4 GiB (go-libp2p's resource manager scales its memory limit so).
+    public var maxMemory = HostLimits.defaultMaxMemory
+    /// What the connections to one peer may make it buffer: 160 MiB, of which
+    /// new streams may fill seven eighths, room for the windows of 512
+    /// streams (Yamux's limit on one connection).
+    public var maxMemoryPerPeer = 160 * 1024 * 1024
 
     public init() {}
+
+    static var defaultMaxMemory: Int {
+        let eighth = Int(clamping: ProcessInfo.processInfo.physicalMemory / 8)
+        return min(max(eighth, 256 * 1024 * 1024), 4 * 1024 * 1024 * 1024)
+    }
 }
 
 #if canImport(Glibc)
@@ -98,6 +113,9 @@ public struct HostLimitCounters: Sendable, Equatable {
     public var idleClosed = 0
     /// Connections closed by the connection manager (over the high-water mark).
     public var trimmed = 0
+    /// What the transport's limits refused or closed, by reason: inbound
+    /// handshakes in flight, streams negotiating, memory, stalled writes.
+    public var transport: [String: Int] = [:]
 
     public init() {}
 }

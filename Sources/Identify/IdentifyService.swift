@@ -279,6 +279,9 @@ public final class IdentifyService: Sendable {
             do {
                 let stream = try await connection.newStream(protocols: [Self.pushProtocolID])
                 try await send(localMessage(observed: connection.remoteAddress), on: stream)
+                // Nothing comes back: without this the stream stayed in the
+                // connection's table (and held its window's memory) until the connection closed.
+                await stream.close()
             } catch {
                 logger.debug("identify push failed", metadata: ["peer": "\(connection.remotePeer)", "error": "\(error)"])
             }

@@ -151,9 +151,13 @@ struct ChatCommand: AsyncParsableCommand {
             out.emit("listening", ["addr": "\(address)"], human: "Listening on \(address)")
         }
         let events = host.events()
+        let limitEvents = LimitEventPrinter(out: out)
+        let limitReporter = Task { await limitEvents.run() }
         let printer = Task {
             for await event in events {
                 switch event {
+                case .limitReached(let refusal):
+                    limitEvents.record(refusal)
                 // Per peer, not per connection: two peers that dial each other at once keep both.
                 case .peerConnected(let connection):
                     out.emit(
@@ -234,6 +238,7 @@ struct ChatCommand: AsyncParsableCommand {
         await discovery?.stop()
         await dht?.close()
         printer.cancel()
+        limitReporter.cancel()
         nat.stop()
         await session.leave()
         await mdns?.stop()
@@ -437,6 +442,7 @@ func printStatus(
     let counters = host.limitCounters
     var limits = counters.refusedConnections.map { "connection:\($0.key) \($0.value)" }
         + counters.refusedStreams.map { "stream:\($0.key) \($0.value)" }
+        + counters.transport.map { "transport:\($0.key) \($0.value)" }
     if counters.refusedDials > 0 { limits.append("dials \(counters.refusedDials)") }
     if counters.backedOffAddresses > 0 { limits.append("backed-off-addresses \(counters.backedOffAddresses)") }
     if counters.idleClosed > 0 { limits.append("idle-closed \(counters.idleClosed)") }

@@ -35,7 +35,7 @@ public final class PubSubService: Sendable {
         // Peer-exchange dials in flight, bounded: a trusted peer's PRUNEs cannot make us dial without end.
         let pendingDials = DialBudget(limit: configuration.prunePeers)
         self.core = PubSubCore(
-            router: router, logger: logger,
+            router: router, logger: logger, memory: host.upgrader.memoryBudget,
             connect: { [host, logger] peer, record, envelope in
                 // Peer exchange: a verified record's addresses join the peer store; dial
                 // if we know any address of the peer.
@@ -343,6 +343,9 @@ actor PubSubCore {
     private var nextInboundSlot: UInt64 = 0
     /// Bytes reserved by RPCs in transit, all peers together.
     private var pendingRPCBytes = 0
+    /// The host's memory budget: RPCs in transit reserve there too (their
+    /// bytes left the stream's window when the reader took them).
+    private let memory: MemoryBudget?
     private var inboundCounters = PubSubCounters()
     private let connect: @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void
     private let disconnect: @Sendable (PeerID) -> Void
@@ -354,13 +357,14 @@ actor PubSubCore {
     static let meshTag = "pubsub-mesh"
 
     init(
-        router: any PubSubRouter, logger: Logger,
+        router: any PubSubRouter, logger: Logger, memory: MemoryBudget? = nil,
         connect: @escaping @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void = { _, _, _ in },
         disconnect: @escaping @Sendable (PeerID) -> Void = { _ in },
         meshChanged: @escaping @Sendable (_ joined: Set<PeerID>, _ left: Set<PeerID>) -> Void = { _, _ in }
     ) {
         self.router = router
         self.logger = logger
+        self.memory = memory
         self.connect = connect
         self.disconnect = disconnect
         self.meshChanged = meshChanged
@@ -475,7 +479,7 @@ actor PubSubCore {
         let peer = stream.remotePeer
         nextInboundSlot += 1
         if let previous = inbound[peer] {
-            pendingRPCBytes -= previous.reserved
+            unreserve(previous.reserved, peer: peer)
             previous.stream.reset()
             inboundCounters.replacedInboundStreams += 1
             logger.debug("newer inbound pubsub stream replaces the older", metadata: ["peer": "\(peer)"])
@@ -488,7 +492,7 @@ actor PubSubCore {
     @discardableResult
     func releaseInbound(_ slot: UInt64, peer: PeerID) -> Bool {
         guard let entry = inbound[peer], entry.slot == slot else { return false }
-        pendingRPCBytes -= entry.reserved
+        unreserve(entry.reserved, peer: peer)
         inbound[peer] = nil
         return true
     }
@@ -507,14 +511,25 @@ actor PubSubCore {
             inboundCounters.refusedOverRPCBudget += 1
             throw .rpcBudgetExceeded(announced: bytes, available: available)
         }
+        guard memory?.reserve(bytes, for: peer, priority: MemoryBudget.always) == nil else {
+            // The host's memory budget has no room for it (for this peer or in all).
+            inboundCounters.refusedOverRPCBudget += 1
+            throw .rpcBudgetExceeded(announced: bytes, available: 0)
+        }
         pendingRPCBytes += bytes
         entry.reserved = bytes
         inbound[peer] = entry
     }
 
+    /// Gives back what an RPC in transit reserved.
+    private func unreserve(_ bytes: Int, peer: PeerID) {
+        pendingRPCBytes -= bytes
+        memory?.release(bytes, for: peer)
+    }
+
     func rpcFinished(_ slot: UInt64, peer: PeerID) {
         guard var entry = inbound[peer], entry.slot == slot else { return }
-        pendingRPCBytes -= entry.reserved
+        unreserve(entry.reserved, peer: peer)
         entry.reserved = 0
         entry.rpcStarted = nil
         inbound[peer] = entry

@@ -30,6 +30,12 @@ public struct TransportConfiguration: Sendable {
     /// framed (behind the remote's receive window or a full socket); it goes on
     /// once half of it has gone out.
     public var maxQueuedBytesPerStream: Int = 1024 * 1024
+    /// A connection whose socket takes nothing (stays unwritable: the peer
+    /// reads less than NIO's low-water mark, 32 KiB) for this long while we
+    /// have data for it is closed: a peer that stops reading without asking
+    /// for anything (so no control-frame bound applies) cannot hold our
+    /// queued data and its socket for ever. nil: never.
+    public var writeStallTimeout: TimeAmount? = .seconds(45)
     /// Bounds on what a peer can make multistream-select allocate.
     public var multistreamLimits = MultistreamLimits()
     /// Yamux windows and stream limits.

@@ -106,6 +106,8 @@ final class ConnectionDriver {
     private var inboxesToWake: [StreamInbox] = []
 
     private let metrics = ConnectionMetrics()
+    /// Runs while the sink takes nothing (see `TransportConfiguration.writeStallTimeout`).
+    private var writeStall = WriteStallWatch()
 
     /// Stream data framed per batch while the sink keeps up.
     static let outputBatch = 256 * 1024
@@ -171,7 +173,10 @@ final class ConnectionDriver {
     }
 
     func writabilityChanged() {
-        guard sink?.isWritable == true, case .established = state else { return }
+        guard sink?.isWritable == true else { return }
+        // The socket took bytes: not stalled.
+        writeStall.cancel()
+        guard case .established = state else { return }
         do {
             try drainSession()
         } catch {
@@ -245,6 +250,7 @@ final class ConnectionDriver {
         let streams = StreamTable(
             isClient: parameters.role == .initiator, configuration: configuration.yamux,
             limits: configuration.multistreamLimits, maxNegotiatingInbound: configuration.maxNegotiatingInboundStreams,
+            memory: StreamMemoryLedger(budget: upgrader.memoryBudget, peer: upgraded.remotePeer),
             supports: { acceptor.supports(protocolID: $0) })
         state = .established(Established(session: upgraded.session, streams: streams, connection: connection))
         logger[metadataKey: "peer"] = "\(upgraded.remotePeer)"
@@ -345,6 +351,8 @@ final class ConnectionDriver {
             endpoints[id] = nil
         case .goAway:
             logger.debug("remote sent go-away")
+        case .limitReached(let reason):
+            reportLimit(reason)
         }
     }
 
@@ -399,16 +407,13 @@ final class ConnectionDriver {
         do {
             var opened: UInt32 = 0
             try withEstablished { established throws(TransportError) in
-                do {
-                    opened = try established.streams.open(protocols: protocols)
-                } catch {
-                    throw .muxerFailed(underlying: error)
-                }
+                opened = try established.streams.open(protocols: protocols)
             }
             endpoints[opened] = .opening(promise, deadline: scheduleNegotiationDeadline(opened))
             try drainSession()
             flushOutput()
         } catch {
+            if case .limitReached(let reason) = error { reportLimit(reason) }
             promise.fail(error)
         }
         return promise.futureResult
@@ -444,7 +449,10 @@ final class ConnectionDriver {
         guard case .established = state else { return credit.fail(closeError ?? .connectionClosed) }
         var outcome: Result<Void, TransportError> = .success(())
         try? withEstablished { outcome = $0.streams.write(id, data) }
-        if case .failure(let error) = outcome { return credit.fail(error) }
+        if case .failure(let error) = outcome {
+            if case .limitReached(let reason) = error { reportLimit(reason) }
+            return credit.fail(error)
+        }
         do { try drainSession() } catch { return credit.fail(error) }
         flushOutput()
         // Flushing can close the connection (write error).
@@ -521,7 +529,10 @@ final class ConnectionDriver {
             // Control frames wait in the session too while the sink is full:
             // there they are bounded (pongs merged, a backlog fails the session)
             // instead of piling up in the channel behind a peer that does not read.
-            guard writable else { return }
+            guard writable else {
+                watchWriteStall()
+                return
+            }
             var sent: [UInt32] = []
             var more = false
             try withEstablished { established throws(TransportError) in
@@ -550,6 +561,7 @@ final class ConnectionDriver {
         pendingOutput = ByteBuffer()
         metrics.bytesSent.increment(by: out.readableBytes)
         sink.write(out)
+        if !sink.isWritable { watchWriteStall() }
     }
 
     private func wakeReaders() {
@@ -557,6 +569,31 @@ final class ConnectionDriver {
         let inboxes = inboxesToWake
         inboxesToWake.removeAll(keepingCapacity: true)
         for inbox in inboxes { inbox.wake() }
+    }
+
+    // MARK: - Limits
+
+    /// A limit refused something on this connection: the upgrader's owner counts it.
+    private func reportLimit(_ reason: String) {
+        guard case .established(let established) = state else { return }
+        let connection = established.connection
+        parameters.upgrader.onLimitReached(
+            LimitRefusal(reason: reason, peer: connection.remotePeer, address: connection.remoteAddress))
+    }
+
+    /// Starts the stall clock if it is not running: the sink is full.
+    private func watchWriteStall() {
+        guard let timeout = configuration.writeStallTimeout, case .established = state else { return }
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        writeStall.start(on: eventLoop, in: timeout) {
+            let driver = bound.value
+            driver.writeStall.cancel()
+            // Writability came back meanwhile: `writabilityChanged` cancelled this, but be sure.
+            guard driver.sink?.isWritable == false else { return }
+            let reason = "writes stalled for \(timeout.nanoseconds / 1_000_000) ms"
+            driver.reportLimit(reason)
+            driver.fail(.limitReached(reason))
+        }
     }
 
     // MARK: - Failure
@@ -591,8 +628,10 @@ final class ConnectionDriver {
             metrics.closed(direction: connection.direction, transport: connection.transport, security: connection.security)
         case .idle, .busy: break
         }
+        if case .established(let established) = previous { established.streams.releaseMemory() }
         state = .closed(error)
         sessionTick?.cancel()
+        writeStall.cancel()
         established.fail(error)
         let all = endpoints
         endpoints = [:]

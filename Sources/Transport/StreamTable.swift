@@ -48,6 +48,8 @@ public struct StreamTable {
         case finished(UInt32)
         /// The remote will open no more streams.
         case goAway
+        /// A limit refused something (a stream reset at once): which, in words.
+        case limitReached(String)
     }
 
     private(set) var session: YamuxSession
@@ -59,23 +61,29 @@ public struct StreamTable {
     private var negotiatingInbound = 0
     /// Inbound streams reset at once because `maxNegotiatingInbound` were negotiating.
     public private(set) var refusedNegotiating = 0
+    /// The streams' reservations in the host's memory budget.
+    private var memory: StreamMemoryLedger
 
     /// `supports` answers inbound proposals (the host's protocol handlers);
     /// beyond `maxNegotiatingInbound` inbound streams still negotiating, a new
     /// one is reset at once.
     public init(
         isClient: Bool, configuration: YamuxSession.Configuration, limits: MultistreamLimits,
-        maxNegotiatingInbound: Int = 128, supports: @escaping @Sendable (String) -> Bool
+        maxNegotiatingInbound: Int = 128, memory: StreamMemoryLedger = .init(budget: nil, peer: nil),
+        supports: @escaping @Sendable (String) -> Bool
     ) {
         self.session = YamuxSession(isClient: isClient, configuration: configuration)
+        self.memory = memory
         self.limits = limits
         self.maxNegotiatingInbound = maxNegotiatingInbound
         self.supports = supports
     }
 
-    /// Keeps `negotiatingInbound` right when a stream leaves the table or its negotiation.
-    private mutating func left(_ phase: Phase?) {
+    /// Keeps `negotiatingInbound` right when a stream leaves the table or its
+    /// negotiation, and gives back what the stream reserved.
+    private mutating func left(_ id: UInt32, _ phase: Phase?) {
         if case .negotiating(_, proposals: nil)? = phase { negotiatingInbound -= 1 }
+        if phase != nil { memory.remove(id) }
     }
 
     /// Streams the table tracks (finished ones are dropped).
@@ -110,6 +118,13 @@ public struct StreamTable {
             guard negotiatingInbound < maxNegotiatingInbound else {
                 refusedNegotiating += 1
                 session.reset(streamID: id)
+                events.append(.limitReached("\(maxNegotiatingInbound) inbound streams negotiating"))
+                return
+            }
+            // Its receive window is what the remote may make us buffer: reserved, or the stream is refused.
+            if let refusal = memory.admit(id, window: session.configuration.initialWindow) {
+                session.reset(streamID: id)
+                events.append(.limitReached(refusal.reason))
                 return
             }
             negotiatingInbound += 1
@@ -136,7 +151,7 @@ public struct StreamTable {
             }
         case .reset(let id):
             let removed = streams.removeValue(forKey: id)
-            left(removed)
+            left(id, removed)
             switch removed {
             case .negotiating?:
                 events.append(.negotiationFailed(id, .streamReset))
@@ -168,7 +183,7 @@ public struct StreamTable {
                 fail(id, .negotiationFailed(phase: "stream", underlying: error), into: &events)
                 return
             }
-            session.consumed(streamID: id, bytes: before - data.readableBytes, now: now)
+            grant(id, bytes: before - data.readableBytes, now: now)
             if reply.readableBytes > 0 { session.write(streamID: id, data: reply) }
             guard let agreed else {
                 streams[id] = .negotiating(negotiator, proposals: proposals)
@@ -181,21 +196,31 @@ public struct StreamTable {
             if data.readableBytes > 0 { events.append(.data(id, data)) }
         case .open(let open)?:
             if open.discardInbound {
-                session.consumed(streamID: id, bytes: data.readableBytes, now: now)
+                grant(id, bytes: data.readableBytes, now: now)
             } else {
                 events.append(.data(id, data))
             }
         case nil:
-            // A stream we already dropped (reset by us): grant the bytes back.
-            session.consumed(streamID: id, bytes: data.readableBytes, now: now)
+            // A stream we already dropped (reset by us): grant the bytes back,
+            // never more (nothing is reserved for it any more).
+            session.consumed(streamID: id, bytes: data.readableBytes, now: now, maxGrowth: 0)
         }
     }
 
     // MARK: Operations
 
     /// Opens a stream and proposes `protocols` in order.
-    public mutating func open(protocols: [String]) throws(YamuxError) -> UInt32 {
-        let id = try session.openStream()
+    public mutating func open(protocols: [String]) throws(TransportError) -> UInt32 {
+        let id: UInt32
+        do {
+            id = try session.openStream()
+        } catch {
+            throw .muxerFailed(underlying: error)
+        }
+        if let refusal = memory.admit(id, window: session.configuration.initialWindow) {
+            session.reset(streamID: id)
+            throw .limitReached(refusal.reason)
+        }
         var negotiator = MultistreamNegotiation.initiator(protocols: protocols, limits: limits)
         var hello = ByteBuffer()
         negotiator.start(into: &hello)
@@ -207,7 +232,7 @@ public struct StreamTable {
     /// The stream's negotiation deadline passed: reset it if it is still negotiating.
     mutating func negotiationTimedOut(_ id: UInt32) -> Event? {
         guard case .negotiating(_, let proposals)? = streams[id] else { return nil }
-        left(streams.removeValue(forKey: id))
+        left(id, streams.removeValue(forKey: id))
         session.reset(streamID: id)
         return .negotiationFailed(id, .streamNegotiationTimeout(protocols: proposals ?? []))
     }
@@ -216,6 +241,7 @@ public struct StreamTable {
     mutating func write(_ id: UInt32, _ data: ByteBuffer) -> Result<Void, TransportError> {
         guard case .open(let open)? = streams[id] else { return .failure(.streamReset) }
         guard !open.localClosedWrite else { return .failure(.streamClosedForWriting) }
+        if let refusal = memory.queue(id, bytes: data.readableBytes) { return .failure(.limitReached(refusal.reason)) }
         session.write(streamID: id, data: data)
         return .success(())
     }
@@ -234,7 +260,7 @@ public struct StreamTable {
     /// Resets a stream we no longer want; true if it was known.
     mutating func reset(_ id: UInt32) -> Bool {
         guard let removed = streams.removeValue(forKey: id) else { return false }
-        left(removed)
+        left(id, removed)
         session.reset(streamID: id)
         return true
     }
@@ -242,7 +268,18 @@ public struct StreamTable {
     /// The application took `bytes` of the stream's data at `now`: grant them back.
     mutating func consumed(_ id: UInt32, bytes: Int, now: NIODeadline) {
         guard streams[id] != nil else { return }
-        session.consumed(streamID: id, bytes: bytes, now: now)
+        grant(id, bytes: bytes, now: now)
+    }
+
+    /// Grants consumed bytes back to the remote; the window grows only by what
+    /// the memory budget lets the stream reserve.
+    private mutating func grant(_ id: UInt32, bytes: Int, now: NIODeadline) {
+        guard let target = session.windowTarget(streamID: id) else { return }
+        let most = min(target, session.configuration.maxStreamWindow - min(target, session.configuration.maxStreamWindow))
+        let room = memory.reserveGrowth(id, upTo: most)
+        session.consumed(streamID: id, bytes: bytes, now: now, maxGrowth: room)
+        let grown = (session.windowTarget(streamID: id) ?? target) - target
+        memory.unusedGrowth(id, room - min(room, grown))
     }
 
     /// The application read the end of the stream.
@@ -260,7 +297,7 @@ public struct StreamTable {
         guard case .open(var open)? = streams[id] else { return [] }
         open.discardInbound = true
         streams[id] = .open(open)
-        session.consumed(streamID: id, bytes: released, now: now)
+        grant(id, bytes: released, now: now)
         var events: [Event] = []
         forgetIfFinished(id, into: &events)
         return events
@@ -271,12 +308,13 @@ public struct StreamTable {
     private mutating func forgetIfFinished(_ id: UInt32, into events: inout [Event]) {
         guard case .open(let open)? = streams[id], open.isFinished else { return }
         streams[id] = nil
+        memory.remove(id)
         events.append(.finished(id))
     }
 
     private mutating func fail(_ id: UInt32, _ error: TransportError, into events: inout [Event]) {
         guard let removed = streams.removeValue(forKey: id) else { return }
-        left(removed)
+        left(id, removed)
         session.reset(streamID: id)
         events.append(.negotiationFailed(id, error))
     }
@@ -286,6 +324,7 @@ public struct StreamTable {
         defer {
             streams = [:]
             negotiatingInbound = 0
+            memory.removeAll()
         }
         return Array(streams.keys)
     }
@@ -293,8 +332,18 @@ public struct StreamTable {
     // MARK: Session passthrough
 
     public mutating func takeOutput(dataBudget: Int) -> YamuxSession.Output {
-        session.takeOutput(dataBudget: dataBudget)
+        let output = session.takeOutput(dataBudget: dataBudget)
+        if memory.budget != nil {
+            for id in output.streamsSent { memory.queueShrank(id, to: session.queuedBytes(streamID: id)) }
+        }
+        return output
     }
+
+    /// The connection is gone: every reservation goes back.
+    mutating func releaseMemory() { memory.removeAll() }
+
+    /// Bytes this connection holds reserved in the memory budget.
+    public var reservedMemory: Int { memory.reserved }
 
     public var hasDataToSend: Bool { session.hasDataToSend }
 

@@ -21,13 +21,19 @@ public struct Upgrader: Sendable {
     /// Receives every upgraded inbound connection.
     public let onInboundConnection: @Sendable (Connection) -> Void
     let logger: Logger
+    /// What every connection may make the host buffer (nil: unbounded).
+    public let memoryBudget: MemoryBudget?
+    /// Told of everything a limit refused or closed (handshakes in flight,
+    /// streams negotiating, memory, stalled writes).
+    let onLimitReached: @Sendable (LimitRefusal) -> Void
     private let connectionIDs: ConnectionIDs
     private let handshakes: HandshakeSlots
 
     public init(
         localKey: PrivateKey, security: [any SecurityProtocol], muxers: [String] = [TransportConfiguration.yamuxProtocolID],
         configuration: TransportConfiguration = .init(), acceptor: any InboundStreamAcceptor,
-        logger: Logger = Logger(label: "p2p.transport"),
+        logger: Logger = Logger(label: "p2p.transport"), memoryBudget: MemoryBudget? = nil,
+        onLimitReached: @escaping @Sendable (LimitRefusal) -> Void = { _ in },
         onInboundConnection: @escaping @Sendable (Connection) -> Void
     ) {
         precondition(!security.isEmpty, "at least one security protocol")
@@ -39,8 +45,25 @@ public struct Upgrader: Sendable {
         self.acceptor = acceptor
         self.logger = logger
         self.onInboundConnection = onInboundConnection
+        self.memoryBudget = memoryBudget
+        self.onLimitReached = onLimitReached
         self.connectionIDs = ConnectionIDs()
         self.handshakes = HandshakeSlots()
+    }
+
+    /// A place among the inbound handshakes in flight, for a transport with a
+    /// handshake of its own before the libp2p upgrade (WebSocket's HTTP
+    /// upgrade); nil (counted as refused) when `maxInboundHandshakes` are in flight.
+    public func takeInboundHandshakeSlot(from remote: SocketAddress?) -> InboundHandshakeSlot? {
+        guard handshakes.take(limit: configuration.maxInboundHandshakes) else {
+            logger.debug("inbound connection refused: too many handshakes in flight")
+            onLimitReached(
+                LimitRefusal(
+                    reason: "\(configuration.maxInboundHandshakes) inbound handshakes in flight", peer: nil,
+                    address: remote.flatMap { try? Multiaddr(socketAddress: $0) }))
+            return nil
+        }
+        return InboundHandshakeSlot(handshakes)
     }
 
     /// Inbound connections in the upgrade now, and those refused because
@@ -52,21 +75,23 @@ public struct Upgrader: Sendable {
     /// Inbound connections also go to `onInboundConnection`.
     ///
     /// `addressSuffix` is appended to the socket addresses (`/ws` for WebSocket).
+    ///
+    /// An inbound connection takes a place among the handshakes in flight,
+    /// unless the transport took one for it already (`handshakeSlot`: a
+    /// WebSocket listener takes it before the HTTP upgrade).
     public func upgrade(
         channel: Channel, direction: ConnectionDirection, role: SecurityRole? = nil,
         expectedRemotePeer: PeerID? = nil, transport: String = "tcp",
-        addressSuffix: [MultiaddrComponent] = []
+        addressSuffix: [MultiaddrComponent] = [], handshakeSlot: InboundHandshakeSlot? = nil
     ) -> EventLoopFuture<Connection> {
         let promise = channel.eventLoop.makePromise(of: Connection.self)
         if direction == .inbound {
-            guard handshakes.take(limit: configuration.maxInboundHandshakes) else {
-                logger.debug("inbound connection refused: too many handshakes in flight")
+            guard let slot = handshakeSlot ?? takeInboundHandshakeSlot(from: channel.remoteAddress) else {
                 channel.close(promise: nil)
                 promise.fail(TransportError.limitReached("\(configuration.maxInboundHandshakes) inbound handshakes in flight"))
                 return promise.futureResult
             }
-            let handshakes = self.handshakes
-            promise.futureResult.whenComplete { _ in handshakes.give() }
+            promise.futureResult.whenComplete { _ in slot.release() }
         }
         let driver = makeDriver(
             direction: direction, role: role, expectedRemotePeer: expectedRemotePeer, transport: transport,
@@ -125,6 +150,43 @@ final class HandshakeSlots: Sendable {
     }
 
     var snapshot: (inFlight: Int, refused: Int) { counts.withLock { ($0.inFlight, $0.refused) } }
+}
+
+/// Something a limit refused or closed: which limit (in words), and whose.
+public struct LimitRefusal: Sendable, Hashable, CustomStringConvertible {
+    public let reason: String
+    /// The peer, once its connection is secured.
+    public let peer: PeerID?
+    /// The remote address, when known.
+    public let address: Multiaddr?
+
+    public init(reason: String, peer: PeerID?, address: Multiaddr?) {
+        self.reason = reason
+        self.peer = peer
+        self.address = address
+    }
+
+    public var description: String {
+        "\(reason)" + (peer.map { " (peer \($0))" } ?? "") + (address.map { " from \($0)" } ?? "")
+    }
+}
+
+/// One inbound connection's place among the handshakes in flight, given
+/// back once (by `release` or when dropped).
+public final class InboundHandshakeSlot: Sendable {
+    private let handshakes: HandshakeSlots
+    private let released = Atomic<Bool>(false)
+
+    init(_ handshakes: HandshakeSlots) {
+        self.handshakes = handshakes
+    }
+
+    public func release() {
+        guard !released.exchange(true, ordering: .relaxed) else { return }
+        handshakes.give()
+    }
+
+    deinit { release() }
 }
 
 /// Numbers connections for logs, process-wide per upgrader.

@@ -72,8 +72,16 @@ public struct WebSocketTransport: Transport {
         let bootstrap = SocketDial.serverBootstrap(group: group, configuration: upgrader.configuration)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // The HTTP upgrade counts among the handshakes in flight, as
+                    // the libp2p upgrade after it does: a peer cannot hold sockets
+                    // half-open in HTTP beyond the limit.
+                    guard let slot = upgrader.takeInboundHandshakeSlot(from: channel.remoteAddress) else {
+                        throw TransportError.limitReached(
+                            "\(upgrader.configuration.maxInboundHandshakes) inbound handshakes in flight")
+                    }
+                    channel.closeFuture.whenComplete { _ in slot.release() }
                     try Self.configureServerPipeline(
-                        channel: channel, configuration: configuration, upgrader: upgrader, logger: logger)
+                        channel: channel, configuration: configuration, upgrader: upgrader, slot: slot, logger: logger)
                 }
             }
         let channel = try await bootstrap.bind(to: socketAddress).get()
@@ -88,8 +96,11 @@ public struct WebSocketTransport: Transport {
 
     /// HTTP server with the WebSocket upgrader; plain requests get 426/400.
     private static func configureServerPipeline(
-        channel: Channel, configuration: WebSocketConfiguration, upgrader: Upgrader, logger: Logger
+        channel: Channel, configuration: WebSocketConfiguration, upgrader: Upgrader, slot: InboundHandshakeSlot,
+        logger: Logger
     ) throws {
+        // The HTTP upgrade holds a handshake slot: no longer than the libp2p upgrade's deadline.
+        let timeout = min(configuration.handshakeTimeout, upgrader.configuration.upgradeTimeout)
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: configuration.maxFrameSize,
             // Decoder errors are answered by WebSocketByteStreamHandler.
@@ -104,7 +115,8 @@ public struct WebSocketTransport: Transport {
                         WebSocketByteStreamHandler(
                             role: .server, maxFramePayload: configuration.maxOutboundFramePayload, logger: logger))
                     // Upgraded inbound connections go to the upgrader's onInboundConnection.
-                    _ = upgrader.upgrade(channel: channel, direction: .inbound, transport: "ws", addressSuffix: [.ws])
+                    _ = upgrader.upgrade(
+                        channel: channel, direction: .inbound, transport: "ws", addressSuffix: [.ws], handshakeSlot: slot)
                 }
                 // Nothing else would end a connection stuck between HTTP and libp2p.
                 ready.whenFailure { error in
@@ -117,7 +129,7 @@ public struct WebSocketTransport: Transport {
         let pipeline = channel.pipeline.syncOperations
         try pipeline.configureHTTPServerPipeline(
             withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
-        try pipeline.addHandler(PlainHTTPRefusalHandler(timeout: configuration.handshakeTimeout, logger: logger))
+        try pipeline.addHandler(PlainHTTPRefusalHandler(timeout: timeout, logger: logger))
     }
 
     // MARK: - Dial

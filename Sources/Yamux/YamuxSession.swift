@@ -314,8 +314,9 @@ public struct YamuxSession {
     /// With `now` (a monotonic clock), the window grows only when the reader
     /// empties it within `growthRoundTrips` of the measured round trip (none
     /// until one is measured, see `tick(now:)`); without, whenever the reader
-    /// keeps up.
-    public mutating func consumed(streamID id: UInt32, bytes: Int, now: NIODeadline? = nil) {
+    /// keeps up. The window grows by at most `maxGrowth` (what the caller's
+    /// memory budget allows).
+    public mutating func consumed(streamID id: UInt32, bytes: Int, now: NIODeadline? = nil, maxGrowth: UInt32 = .max) {
         guard bytes > 0, var stream = streams[id] else { return }
         stream.consumedNotGranted += UInt32(clamping: bytes)
         if let now {
@@ -326,7 +327,7 @@ public struct YamuxSession {
             }
         }
         if !stream.remoteFin && stream.consumedNotGranted >= stream.windowTarget / 2 {
-            let growth = windowGrowth(for: stream, now: now)
+            let growth = min(windowGrowth(for: stream, now: now), maxGrowth)
             stream.windowTarget += growth
             let delta = stream.consumedNotGranted + growth
             stream.consumedNotGranted = 0

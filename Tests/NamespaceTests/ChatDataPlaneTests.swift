@@ -236,25 +236,41 @@ final class ChatHistoryNamespaceTests: XCTestCase {
 }
 
 /// `/status` on a chat process: a peer that opens more connections than the
-/// per-peer limit sees the extra ones refused, and the chat says so.
+/// per-peer limit sees the extra ones refused, and the chat says so: in
+/// `/status`, and in `limits` events (with --json), coalesced to at most one
+/// per second for the reason, their counts adding up to the refusals.
 final class ChatStatusCLITests: XCTestCase {
     func testStatusListsConnectionsAndRefusals() async throws {
         let chat = try await ChatProcess.loopback(["--ephemeral"])
         let address = try Multiaddr(try chat.dialAddress())
         let (host, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
-        // Four connections are allowed per peer; the fifth and sixth are refused.
-        for _ in 0..<6 { _ = try? await host.dial(address, role: .initiator) }
+        // Four connections are allowed per peer; the other sixteen are refused.
+        let started = ContinuousClock.now
+        for _ in 0..<20 { _ = try? await host.dial(address, role: .initiator) }
+        let reason = "4 connections per peer"
         chat.send("/status")
         let deadline = Date().addingTimeInterval(20)
         var status: [String: String]?
+        var limitEvents: [[String: String]] = []
+        var refusals = 0
         while Date() < deadline {
             status = chat.events.last { $0["event"] == "status" }
-            if status?["limits"]?.contains("connection:4 connections per peer 2") ?? false { break }
+            limitEvents = chat.events.filter { $0["event"] == "limits" && $0["reason"] == reason }
+            refusals = limitEvents.reduce(0) { $0 + (Int($1["count"] ?? "") ?? 0) }
+            if status?["limits"]?.contains("connection:\(reason) 16") ?? false, refusals >= 16 { break }
             chat.send("/status")
             try await Task.sleep(for: .milliseconds(200))
         }
+        let elapsed = ContinuousClock.now - started
         let found = try XCTUnwrap(status, chat.output.joined(separator: "\n"))
-        XCTAssertTrue(found["limits"]?.contains("connection:4 connections per peer 2") ?? false, "\(found)")
+        XCTAssertTrue(found["limits"]?.contains("connection:\(reason) 16") ?? false, "\(found)")
+        XCTAssertEqual(refusals, 16, "\(limitEvents)")
+        XCTAssertTrue(limitEvents.allSatisfy { $0["peer"] == "\(host.localPeer)" }, "\(limitEvents)")
+        XCTAssertTrue(limitEvents.allSatisfy { $0["addr"]?.hasPrefix("/ip4/127.0.0.1/tcp/") ?? false }, "\(limitEvents)")
+        // Coalesced: one event at once, then at most one a second.
+        let seconds = Int(elapsed.components.seconds) + 1
+        XCTAssertLessThanOrEqual(limitEvents.count, seconds + 1, "\(limitEvents.count) events in \(elapsed)")
+        XCTAssertLessThan(limitEvents.count, 16)
         XCTAssertTrue(found["connections"]?.contains("\(host.localPeer) /ip4/127.0.0.1/") ?? false, "\(found)")
         XCTAssertTrue(found["connections"]?.contains("direct") ?? false, "\(found)")
         XCTAssertNotNil(found["reachability"])

@@ -14,10 +14,10 @@ import XCTest
 final class PubSubHardeningTests: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
 
-    func makeNode(_ configure: (inout PubSubConfiguration) -> Void = { _ in }) async throws
+    func makeNode(limits: HostLimits = .init(), _ configure: (inout PubSubConfiguration) -> Void = { _ in }) async throws
         -> (Libp2pHost, PubSubService, Multiaddr)
     {
-        let (host, address) = try await makeTestHost(group: group)
+        let (host, address) = try await makeTestHost(group: group, limits: limits)
         var configuration = PubSubConfiguration()
         configuration.heartbeatInterval = .milliseconds(200)
         configure(&configuration)
@@ -108,6 +108,48 @@ final class PubSubHardeningTests: XCTestCase {
         XCTAssertEqual(refused, 1)
         firstStream.reset()
         try await eventually(5, "budget released") { await serverPubSub.inboundUsage().pendingRPCBytes == 0 }
+        try await assertServesHonestPeer(server, serverPubSub, address)
+        await first.close()
+        await second.close()
+        await serverPubSub.stop()
+        await server.close()
+    }
+
+    /// RPCs in transit reserve in the host's memory budget too (their bytes
+    /// left the stream's window): one that does not fit the peer's share is
+    /// refused, and what was reserved goes back when the stream ends.
+    func testRPCsInTransitReserveHostMemory() async throws {
+        // 1 376 000 bytes per peer: a window and the largest RPC (maxRPCSize, 1 114 112) do not fit.
+        var limits = HostLimits()
+        limits.maxMemoryPerPeer = 1_376_000
+        let (server, serverPubSub, address) = try await makeNode(limits: limits)
+        let budget = try XCTUnwrap(server.upgrader.memoryBudget)
+        let (first, _) = try await makeTestHost(group: group)
+        let (second, _) = try await makeTestHost(group: group)
+        let firstConnection = try await first.connect(address)
+        let secondConnection = try await second.connect(address)
+        // What the connection holds once the streams of its start (identify, pubsub) are settled.
+        var settled = -1
+        let settleDeadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < settleDeadline {
+            try await Task.sleep(for: .milliseconds(300))
+            let used = budget.used(by: first.localPeer)
+            if used == settled { break }
+            settled = used
+        }
+        let baseline = settled
+        let window = 256 * 1024
+        let firstStream = try await startIncompleteRPC(on: firstConnection, announced: 800_000, sent: 1000)
+        try await eventually(5, "the RPC reserved its bytes in the host's budget") {
+            budget.used(by: first.localPeer) == baseline + window + 800_000
+        }
+        let secondStream = try await startIncompleteRPC(on: secondConnection, announced: 1_114_000, sent: 1000)
+        let secondReset = await isReset(secondStream, within: 5)
+        XCTAssertTrue(secondReset, "an RPC over the peer's memory share was accepted")
+        let refused = await serverPubSub.counters().refusedOverRPCBudget
+        XCTAssertEqual(refused, 1)
+        firstStream.reset()
+        try await eventually(5, "memory released") { budget.used(by: first.localPeer) == baseline }
         try await assertServesHonestPeer(server, serverPubSub, address)
         await first.close()
         await second.close()

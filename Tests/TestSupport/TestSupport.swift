@@ -11,6 +11,10 @@ import Transport
 import Synchronization
 import XCTest
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 public let echoProtocol = "/p2pchat/echo/1.0.0"
 
 /// Helpers shared by the network tests.
@@ -19,11 +23,11 @@ public let echoProtocol = "/p2pchat/echo/1.0.0"
 /// unless `listen` says otherwise; `transports` and `security` as the host's.
 public func makeTestHost(
     group: EventLoopGroup, configuration: TransportConfiguration = .init(), transports: [any Transport]? = nil,
-    security: [any SecurityProtocol]? = nil, listen: Multiaddr? = nil
+    security: [any SecurityProtocol]? = nil, listen: Multiaddr? = nil, limits: HostLimits = .init()
 ) async throws -> (Libp2pHost, Multiaddr) {
     let host = Libp2pHost(
         key: .generateEd25519(), configuration: configuration, group: group, transports: transports,
-        security: security ?? [NoiseSecurity()])
+        security: security ?? [NoiseSecurity()], limits: limits)
     IdentifyService(host: host, agentVersion: "p2pchat-test/0").start()
     PingService(host: host).start()
     host.setStreamHandler(echoProtocol) { stream in
@@ -260,4 +264,43 @@ public final class Counter: Sendable {
     public init() {}
     public var value: Int { count.withLock { $0 } }
     public func add(_ amount: Int) { count.withLock { $0 += amount } }
+}
+
+// MARK: Raw sockets (peers that never finish a handshake)
+
+/// A blocking TCP connect to 127.0.0.1:`port`; the descriptor, or -1.
+public func rawConnect(port: Int) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    guard connectSocket(fd, port: port) else {
+        close(fd)
+        return -1
+    }
+    return fd
+}
+
+/// Connects an existing socket to 127.0.0.1:`port` (blocking).
+public func connectSocket(_ fd: Int32, port: Int) -> Bool {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+        }
+    }
+}
+
+/// Whether the server closes `fd` within `seconds` (a read sees the end).
+public func closedByServer(_ fd: Int32, within seconds: Int) -> Bool {
+    var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var byte: UInt8 = 0
+    // Skip what the server says first (its multistream header), until the end.
+    while true {
+        let n = read(fd, &byte, 1)
+        if n == 0 { return true }
+        if n < 0 { return errno == ECONNRESET }
+    }
 }

@@ -46,8 +46,12 @@ final class BackpressureTests: XCTestCase {
         var configuration = TransportConfiguration()
         configuration.yamux.initialWindow = 64 * 1024 * 1024
         configuration.yamux.maxStreamWindow = 64 * 1024 * 1024
-        let (server, address) = try await makeTestHost(group: group, configuration: configuration)
-        let (client, _) = try await makeTestHost(group: group, configuration: configuration)
+        // Memory for such windows (each stream reserves its window).
+        var limits = HostLimits()
+        limits.maxMemory = 2 << 30
+        limits.maxMemoryPerPeer = 2 << 30
+        let (server, address) = try await makeTestHost(group: group, configuration: configuration, limits: limits)
+        let (client, _) = try await makeTestHost(group: group, configuration: configuration, limits: limits)
         let total = 48 * 1024 * 1024
         let resume = AsyncStream<Void>.makeStream()
         let paused = AsyncStream<Void>.makeStream()

@@ -74,13 +74,13 @@ final class ControlFloodTests: XCTestCase {
         await server.close()
     }
 
-    static func header(type: UInt8, flags: UInt16, stream: UInt32) -> [UInt8] {
+    static func header(type: UInt8, flags: UInt16, stream: UInt32, length: UInt32 = 0) -> [UInt8] {
         var buffer = ByteBuffer()
         buffer.writeInteger(UInt8(0))
         buffer.writeInteger(type)
         buffer.writeInteger(flags)
         buffer.writeInteger(stream)
-        buffer.writeInteger(UInt32(0))
+        buffer.writeInteger(length)
         return Array(buffer.readableBytesView)
     }
 

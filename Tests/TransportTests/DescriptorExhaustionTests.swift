@@ -18,43 +18,6 @@ import Glibc
 final class DescriptorExhaustionTests: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
 
-    /// A blocking TCP connect to 127.0.0.1:`port`; the descriptor, or -1.
-    func rawConnect(port: Int) -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        guard connectSocket(fd, port: port) else {
-            close(fd)
-            return -1
-        }
-        return fd
-    }
-
-    /// Connects an existing socket to 127.0.0.1:`port` (blocking).
-    func connectSocket(_ fd: Int32, port: Int) -> Bool {
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-            }
-        }
-    }
-
-    /// Whether the server closes `fd` within `seconds` (a read sees the end).
-    func closedByServer(_ fd: Int32, within seconds: Int) -> Bool {
-        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var byte: UInt8 = 0
-        // Skip what the server says first (its multistream header), until the end.
-        while true {
-            let n = read(fd, &byte, 1)
-            if n == 0 { return true }
-            if n < 0 { return errno == ECONNRESET }
-        }
-    }
-
     func cpuSeconds() -> Double {
         var usage = rusage()
         getrusage(Int32(RUSAGE_SELF.rawValue), &usage)

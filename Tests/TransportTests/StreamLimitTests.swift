@@ -6,7 +6,7 @@ import Yamux
 
 /// Streams waiting for protocol negotiation are bounded per connection (sans-IO).
 final class StreamLimitTests: XCTestCase {
-    func frame(type: UInt8, flags: UInt16, stream: UInt32, payload: ByteBuffer = ByteBuffer()) -> ByteBuffer {
+    static func frame(type: UInt8, flags: UInt16, stream: UInt32, payload: ByteBuffer = ByteBuffer()) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeInteger(UInt8(0))
         buffer.writeInteger(type)
@@ -24,7 +24,7 @@ final class StreamLimitTests: XCTestCase {
             supports: { _ in true })
         var events: [StreamTable.Event] = []
         for id: UInt32 in [1, 3, 5] {
-            var syn = frame(type: 1, flags: 1, stream: id)
+            var syn = Self.frame(type: 1, flags: 1, stream: id)
             events += try table.receive(&syn, now: .now())
         }
         let incoming = events.compactMap { event -> UInt32? in
@@ -50,10 +50,10 @@ final class StreamLimitTests: XCTestCase {
         var proposal = ByteBuffer()
         MultistreamNegotiation.writeMessage("/multistream/1.0.0", into: &proposal)
         MultistreamNegotiation.writeMessage("/echo", into: &proposal)
-        var data = frame(type: 0, flags: 0, stream: 1, payload: proposal)
+        var data = Self.frame(type: 0, flags: 0, stream: 1, payload: proposal)
         let opened = try table.receive(&data, now: .now())
         XCTAssertTrue(opened.contains { if case .opened(1, "/echo", true) = $0 { return true } else { return false } })
-        var syn = frame(type: 1, flags: 1, stream: 7)
+        var syn = Self.frame(type: 1, flags: 1, stream: 7)
         let accepted = try table.receive(&syn, now: .now())
         XCTAssertTrue(accepted.contains { if case .incoming(7) = $0 { return true } else { return false } })
         XCTAssertEqual(table.refusedNegotiating, 1)

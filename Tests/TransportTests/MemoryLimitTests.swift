@@ -1,0 +1,255 @@
+import Host
+import Identity
+import Multiformats
+import Multistream
+import NIOCore
+import NIOPosix
+import Ping
+import Synchronization
+import TestSupport
+@testable import Transport
+import XCTest
+import Yamux
+
+/// Handlers that take their stream and read nothing until `open()`, then
+/// read it to the end; what each read in all.
+final class HoldingHandlers: Sendable {
+    static let protocolID = "/p2pchat/test/hold/1.0.0"
+    private struct State {
+        var opened = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        var held = 0
+        var totals: [Int] = []
+    }
+    private let state = Mutex(State())
+
+    func install(on host: Libp2pHost) {
+        host.setStreamHandler(Self.protocolID) { stream in
+            await self.wait()
+            var count = 0
+            while let chunk = try? await stream.read() { count += chunk.readableBytes }
+            self.state.withLock { $0.totals.append(count) }
+        }
+    }
+
+    private func wait() async {
+        await withCheckedContinuation { continuation in
+            let resume = state.withLock { state -> Bool in
+                state.held += 1
+                guard !state.opened else { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if resume { continuation.resume() }
+        }
+    }
+
+    var held: Int { state.withLock { $0.held } }
+    var totals: [Int] { state.withLock { $0.totals } }
+
+    func open() {
+        let waiters = state.withLock { state in
+            state.opened = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// The host-wide memory budget (issue 14): streams reserve their receive
+/// window (and writers what they queue); a peer that opens many streams and
+/// fills them hits the limit, its newest streams are refused, and the others,
+/// and other peers, keep being served.
+final class MemoryLimitTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+    static let window = 256 * 1024
+
+    /// Opens `count` streams to the holding handler, each filled with a
+    /// window of data; how many were refused.
+    func fill(_ connection: Connection, streams count: Int) async throws -> (accepted: [MuxedStream], refused: Int) {
+        var accepted: [MuxedStream] = []
+        var refused = 0
+        for index in 0..<count {
+            do {
+                let stream = try await connection.newStream(protocols: [HoldingHandlers.protocolID])
+                try await stream.write(ByteBuffer(bytes: patternBytes(count: Self.window, seed: UInt64(index + 1))))
+                try await stream.closeWrite()
+                accepted.append(stream)
+            } catch {
+                refused += 1
+            }
+        }
+        return (accepted, refused)
+    }
+
+    func testAPeerFillingStreamsHitsItsLimitOthersAreServed() async throws {
+        var limits = HostLimits()
+        limits.maxMemory = 64 << 20
+        limits.maxMemoryPerPeer = 4 << 20
+        let (server, address) = try await makeTestHost(group: group, limits: limits)
+        let holding = HoldingHandlers()
+        holding.install(on: server)
+        let budget = try XCTUnwrap(server.upgrader.memoryBudget)
+        let (attacker, _) = try await makeTestHost(group: group)
+        let connection = try await attacker.connect(address)
+        let (accepted, refused) = try await fill(connection, streams: 24)
+        // 4 MiB per peer, seven eighths of it for new streams: 14 windows of 256 KiB (identify may hold one for a moment).
+        XCTAssertGreaterThanOrEqual(accepted.count, 12)
+        XCTAssertLessThanOrEqual(accepted.count, 14)
+        XCTAssertEqual(accepted.count + refused, 24)
+        XCTAssertLessThanOrEqual(budget.used(by: attacker.localPeer), 4 << 20)
+        XCTAssertEqual(server.limitCounters.transport["memory per peer"], refused)
+        try await waitUntil { holding.held == accepted.count }
+
+        // Another peer is served while the attacker holds its share.
+        let (honest, _) = try await makeTestHost(group: group)
+        let honestConnection = try await honest.connect(address)
+        let rtts = try await PingService.ping(honestConnection, count: 2)
+        XCTAssertEqual(rtts.count, 2)
+        let data = patternBytes(count: 1 << 20, seed: 9)
+        let echoed = try await echo(data, over: honestConnection)
+        XCTAssertEqual(echoed, data)
+
+        // The attacker's accepted streams were served in full.
+        holding.open()
+        try await waitUntil { holding.totals.count == accepted.count }
+        XCTAssertEqual(holding.totals, Array(repeating: Self.window, count: accepted.count))
+
+        // Everything reserved goes back when the connections close.
+        await attacker.close()
+        await honest.close()
+        try await waitUntil { budget.used == 0 }
+        await server.close()
+    }
+
+    func testTotalLimitRefusesNewStreamsAndOpenOnesGoOn() async throws {
+        var limits = HostLimits()
+        limits.maxMemory = 4 << 20
+        limits.maxMemoryPerPeer = 4 << 20
+        let (server, address) = try await makeTestHost(group: group, limits: limits)
+        let holding = HoldingHandlers()
+        holding.install(on: server)
+        let budget = try XCTUnwrap(server.upgrader.memoryBudget)
+        // An honest peer's echo stream is open before the flood.
+        let (honest, _) = try await makeTestHost(group: group)
+        let honestConnection = try await honest.connect(address)
+        let stream = try await honestConnection.newStream(protocols: [echoProtocol])
+        // Two peers fill what is left.
+        let (first, _) = try await makeTestHost(group: group)
+        let (second, _) = try await makeTestHost(group: group)
+        let firstFill = try await fill(try await first.connect(address), streams: 10)
+        let secondFill = try await fill(try await second.connect(address), streams: 10)
+        XCTAssertGreaterThan(firstFill.refused + secondFill.refused, 0)
+        XCTAssertLessThanOrEqual(budget.used, 4 << 20)
+        XCTAssertGreaterThan(server.limitCounters.transport["memory", default: 0], 0)
+
+        // The stream opened before keeps working: 2 MiB echoed through it,
+        // 64 KiB at a time (the echo's writes fit the room left for writes).
+        let data = patternBytes(count: 2 << 20, seed: 4)
+        let echoed = try await withDeadline(30) {
+            var reader = StreamReader(stream)
+            var echoed: [UInt8] = []
+            for start in stride(from: 0, to: data.count, by: 64 * 1024) {
+                let piece = data[start..<min(start + 64 * 1024, data.count)]
+                try await stream.write(ByteBuffer(bytes: piece))
+                echoed += Array(try await reader.readExactly(piece.count).readableBytesView)
+            }
+            return echoed
+        }
+        XCTAssertEqual(echoed, data)
+
+        holding.open()
+        await first.close()
+        await second.close()
+        await honest.close()
+        try await waitUntil { budget.used == 0 }
+        await server.close()
+    }
+
+    /// Polls `condition` until it holds, for at most 10 s.
+    func waitUntil(_ condition: () -> Bool, file: StaticString = #filePath, line: UInt = #line) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !condition() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        XCTAssertTrue(condition(), "not reached within 10 s", file: file, line: line)
+    }
+}
+
+/// Unit checks of the budget's arithmetic.
+final class MemoryBudgetTests: XCTestCase {
+    func testPrioritiesSharesAndRelease() {
+        let budget = MemoryBudget(limit: 1024, limitPerPeer: 512)
+        let a = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let b = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        // Growth may fill half of a limit: here the peer's 512, so 256.
+        XCTAssertNil(budget.reserve(256, for: a, priority: MemoryBudget.growth))
+        XCTAssertEqual(budget.reserve(1, for: a, priority: MemoryBudget.growth, counted: false), .perPeer)
+        // New streams seven eighths (448 of 512), writes all of it.
+        XCTAssertNil(budget.reserve(192, for: a, priority: MemoryBudget.stream))
+        XCTAssertEqual(budget.reserve(1, for: a, priority: MemoryBudget.stream), .perPeer)
+        XCTAssertNil(budget.reserve(64, for: a, priority: MemoryBudget.always))
+        XCTAssertEqual(budget.refusals, 1)
+        // The total: 1024, of which a holds 512.
+        XCTAssertNil(budget.reserve(384, for: b, priority: MemoryBudget.stream))
+        XCTAssertEqual(budget.reserve(64, for: b, priority: MemoryBudget.stream), .total)
+        XCTAssertEqual(budget.used, 896)
+        budget.release(512, for: a)
+        XCTAssertEqual(budget.used(by: a), 0)
+        XCTAssertNil(budget.reserve(64, for: b, priority: MemoryBudget.stream))
+        XCTAssertEqual(budget.used, 448)
+    }
+
+    /// The stream table (sans-IO): a SYN whose window does not fit is reset
+    /// with a `limitReached` event; a reset stream gives its window back.
+    func testStreamTableRefusesAStreamWhoseWindowDoesNotFit() throws {
+        let window = Int(YamuxSession.Configuration().initialWindow)
+        // Seven eighths of the limit hold two windows, not three.
+        let budget = MemoryBudget(limit: 3 * window, limitPerPeer: 3 * window)
+        let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        var table = StreamTable(
+            isClient: false, configuration: .init(), limits: MultistreamLimits(),
+            memory: StreamMemoryLedger(budget: budget, peer: peer), supports: { _ in true })
+        var events: [StreamTable.Event] = []
+        for id: UInt32 in [1, 3, 5] {
+            var syn = StreamLimitTests.frame(type: 1, flags: 1, stream: id)
+            events += try table.receive(&syn, now: .now())
+        }
+        let incoming = events.compactMap { event -> UInt32? in
+            if case .incoming(let id) = event { return id }
+            return nil
+        }
+        XCTAssertEqual(incoming, [1, 3])
+        XCTAssertTrue(events.contains { if case .limitReached("memory") = $0 { return true } else { return false } })
+        XCTAssertEqual(budget.used, 2 * window)
+        XCTAssertEqual(table.reservedMemory, 2 * window)
+        // The remote resets stream 1: its window goes back, and a new stream fits.
+        var reset = StreamLimitTests.frame(type: 1, flags: 8, stream: 1)
+        _ = try table.receive(&reset, now: .now())
+        XCTAssertEqual(budget.used, window)
+        var syn = StreamLimitTests.frame(type: 1, flags: 1, stream: 7)
+        let accepted = try table.receive(&syn, now: .now())
+        XCTAssertTrue(accepted.contains { if case .incoming(7) = $0 { return true } else { return false } })
+        XCTAssertEqual(budget.used, 2 * window)
+        _ = table.removeAll()
+        XCTAssertEqual(budget.used, 0)
+    }
+
+    func testLedgerGivesBackWhatAStreamHeld() {
+        let budget = MemoryBudget(limit: 1 << 20, limitPerPeer: 1 << 20)
+        let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        var ledger = StreamMemoryLedger(budget: budget, peer: peer)
+        XCTAssertNil(ledger.admit(1, window: 1000))
+        XCTAssertEqual(ledger.reserveGrowth(1, upTo: 1000), 1000)
+        ledger.unusedGrowth(1, 400)
+        XCTAssertNil(ledger.queue(1, bytes: 300))
+        XCTAssertEqual(budget.used, 1900)
+        ledger.queueShrank(1, to: 100)
+        XCTAssertEqual(budget.used, 1700)
+        XCTAssertNil(ledger.admit(3, window: 1000))
+        ledger.remove(1)
+        XCTAssertEqual(budget.used, 1000)
+        ledger.removeAll()
+        XCTAssertEqual(budget.used, 0)
+        XCTAssertEqual(ledger.reserved, 0)
+    }
+}

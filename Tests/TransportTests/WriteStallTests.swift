@@ -1,0 +1,82 @@
+import Host
+import Multistream
+import NIOCore
+import NIOPosix
+import Noise
+import Ping
+import TestSupport
+import Transport
+import XCTest
+
+/// A peer that completes the handshake, makes us send (echo streams with
+/// windows it grants) and then never reads its socket, while asking for
+/// nothing that a control-frame bound would catch: once our socket takes
+/// nothing for `writeStallTimeout`, the connection is closed and counted.
+final class WriteStallTests: XCTestCase {
+    let group = MultiThreadedEventLoopGroup.singleton
+
+    func testPeerThatStopsReadingIsClosedAfterTheStallTimeout() async throws {
+        var configuration = TransportConfiguration()
+        configuration.writeStallTimeout = .seconds(1)
+        let (server, address) = try await makeTestHost(group: group, configuration: configuration)
+        guard case .tcp(let port) = address.components[1] else { return XCTFail("not a TCP address: \(address)") }
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 4096)
+            .connect(host: "127.0.0.1", port: Int(port)) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let streams: UInt32 = 40
+        let started = ContinuousClock.now
+        try await withDeadline(30) {
+            try await channel.executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                var transport = try await ControlFloodTests.handshake(&iterator, outbound)
+                // From here on nothing is read.
+                var plain = ByteBuffer()
+                var muxer = MultistreamNegotiation.initiator(protocols: ["/yamux/1.0.0"])
+                muxer.start(into: &plain)
+                // Echo streams, each granting the server 64 MiB to send and
+                // sending it a whole initial window (256 KiB) to echo back.
+                var hello = ByteBuffer()
+                var negotiation = MultistreamNegotiation.initiator(protocols: [echoProtocol])
+                negotiation.start(into: &hello)
+                let payload = [UInt8](repeating: 0x42, count: 256 * 1024 - hello.readableBytes)
+                for index in 0..<streams {
+                    let id = 1 + 2 * index
+                    plain.writeBytes(ControlFloodTests.header(type: 1, flags: 1, stream: id, length: 64 << 20))
+                    plain.writeBytes(ControlFloodTests.header(type: 0, flags: 0, stream: id, length: UInt32(hello.readableBytes)))
+                    plain.writeImmutableBuffer(hello)
+                    for start in stride(from: 0, to: payload.count, by: 64 * 1024) {
+                        let piece = payload[start..<min(start + 64 * 1024, payload.count)]
+                        plain.writeBytes(ControlFloodTests.header(type: 0, flags: 0, stream: id, length: UInt32(piece.count)))
+                        plain.writeBytes(piece)
+                    }
+                }
+                var cipher = ByteBuffer()
+                try transport.encrypt(&plain, into: &cipher)
+                try? await outbound.write(cipher)
+                // Wait (reading nothing) until the server hangs up.
+                let deadline = ContinuousClock.now + .seconds(20)
+                while !server.connections.isEmpty && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+        }
+        let elapsed = ContinuousClock.now - started
+        XCTAssertTrue(server.connections.isEmpty, "the server kept a connection that reads nothing")
+        XCTAssertEqual(server.limitCounters.transport["writes stalled for 1000 ms"], 1)
+        XCTAssertGreaterThanOrEqual(elapsed, .seconds(1))
+        // Still serving an honest peer.
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        let rtts = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(rtts.count, 1)
+        let data = patternBytes(count: 300_000, seed: 8)
+        let echoed = try await echo(data, over: connection)
+        XCTAssertEqual(echoed, data)
+        await client.close()
+        await server.close()
+    }
+}
