@@ -3,7 +3,8 @@
 # churn (one is stopped and a fresh one, with a new identity, started every
 # few seconds), every node publishing a line every 2 s. The stable nodes'
 # resident memory, open descriptors and threads are sampled after a warm-up
-# and at the end: nothing may grow without bound.
+# and at the end, and their memory every 5 minutes: nothing may grow without
+# bound.
 # Usage: Benchmarks/soak.sh [MINUTES, default 30] [CHURN SECONDS, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +68,17 @@ declare -A first
 for slot in 0 1 2 3 4; do first[$slot]=$(sample "${pid[$slot]}"); done
 deadline=$(( $(date +%s) + minutes * 60 ))
 restarts=0
+next_sample=$(( $(date +%s) + 300 ))
+# Resident memory of the stable nodes every 5 minutes: bounded stores fill,
+# then it must level off.
+echo "minute  RSS KiB of the stable nodes"
 while [ "$(date +%s)" -lt "$deadline" ]; do
+    if [ "$(date +%s)" -ge "$next_sample" ]; then
+        line=""
+        for slot in 0 1 2 3 4; do line="$line $(sample "${pid[$slot]}" | cut -d' ' -f1)"; done
+        printf '%-7s%s\n' "$(( (next_sample - deadline) / 60 + minutes ))" "$line"
+        next_sample=$(( next_sample + 300 ))
+    fi
     slot=$(( 5 + RANDOM % 15 ))
     stop_node "$slot"
     start_node "$slot" --connect "${seeds[$((RANDOM % 5))]}" --connect "${seeds[$((RANDOM % 5))]}"

@@ -57,8 +57,13 @@ final class WriteStallTests: XCTestCase {
                 var cipher = ByteBuffer()
                 try transport.encrypt(&plain, into: &cipher)
                 try? await outbound.write(cipher)
-                // Wait (reading nothing) until the server hangs up.
+                // Wait (reading nothing) until the server has the connection
+                // (its side of the upgrade may finish after ours), then until it hangs up.
                 let deadline = ContinuousClock.now + .seconds(20)
+                while server.connections.isEmpty && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                XCTAssertFalse(server.connections.isEmpty, "the server never registered the connection")
                 while !server.connections.isEmpty && ContinuousClock.now < deadline {
                     try await Task.sleep(for: .milliseconds(50))
                 }
