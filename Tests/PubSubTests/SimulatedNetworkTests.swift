@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Identity
+import Multiformats
 import TestSupport
 import XCTest
 
@@ -13,14 +14,31 @@ struct SimulatedNetwork {
     var delivered: [PeerID: [MessageID: Int]] = [:]
     var now = ContinuousClock.now
     var rng: SplitMix
+    /// RPC bytes put on the wire (each with its length prefix), by `deliver`.
+    var bytesOnWire = 0
 
     init(nodes: Int, seed: UInt64, configuration: PubSubConfiguration = .init()) {
         rng = SplitMix(seed: seed)
-        for _ in 0..<nodes {
-            let router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
-            routers[router.localPeer] = router
-            order.append(router.localPeer)
-        }
+        for _ in 0..<nodes { addNode(configuration: configuration) }
+    }
+
+    /// A new router with its own key and `configuration`.
+    @discardableResult
+    mutating func addNode(configuration: PubSubConfiguration) -> PeerID {
+        let router = PubSubRouter(localKey: .generateEd25519(), configuration: configuration)
+        routers[router.localPeer] = router
+        order.append(router.localPeer)
+        return router.localPeer
+    }
+
+    /// The one way an RPC reaches a router: serialized and decoded like the wire
+    /// does (its bytes counted), then handled by `target` at `now`.
+    mutating func deliver(_ rpc: Pubsub_Pb_RPC, from sender: PeerID, to target: PeerID) -> [RouterAction] {
+        guard routers[target] != nil else { return [] }
+        let bytes: [UInt8] = try! rpc.serializedBytes()
+        bytesOnWire += bytes.count + Varint.encodedSize(UInt64(bytes.count))
+        let decoded = try! Pubsub_Pb_RPC(serializedBytes: bytes)
+        return routers[target]!.handle(decoded, from: sender, now: now)
     }
 
     /// Connects a and b (a dialed b); both get a pubsub stream.
@@ -43,12 +61,7 @@ struct SimulatedNetwork {
             case .deliver(let message):
                 delivered[node, default: [:]][message.id, default: 0] += 1
             case .send(let target, let rpc):
-                guard routers[target] != nil else { continue }
-                // Serialize like the wire does.
-                let bytes: [UInt8] = try! rpc.serializedBytes()
-                let decoded = try! Pubsub_Pb_RPC(serializedBytes: bytes)
-                let results = routers[target]!.handle(decoded, from: node, now: now)
-                queue += results.map { (target, $0) }
+                queue += deliver(rpc, from: node, to: target).map { (target, $0) }
             case .connect, .event:
                 continue
             }
