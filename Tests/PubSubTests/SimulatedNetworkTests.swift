@@ -32,12 +32,16 @@ struct SimulatedNetwork {
     }
 
     /// The one way an RPC reaches a router: serialized and decoded like the wire
-    /// does (its bytes counted), then handled by `target` at `now`.
-    mutating func deliver(_ rpc: Pubsub_Pb_RPC, from sender: PeerID, to target: PeerID) -> [RouterAction] {
+    /// does (its bytes counted), then handled by `target` at `now`. A target
+    /// `discardingMessages` (an attacker that forwards nothing) reads only the rest.
+    mutating func deliver(
+        _ rpc: Pubsub_Pb_RPC, from sender: PeerID, to target: PeerID, discardingMessages: Bool = false
+    ) -> [RouterAction] {
         guard routers[target] != nil else { return [] }
         let bytes: [UInt8] = try! rpc.serializedBytes()
         bytesOnWire += bytes.count + Varint.encodedSize(UInt64(bytes.count))
-        let decoded = try! Pubsub_Pb_RPC(serializedBytes: bytes)
+        var decoded = try! Pubsub_Pb_RPC(serializedBytes: bytes)
+        if discardingMessages { decoded.publish = [] }
         return routers[target]!.handle(decoded, from: sender, now: now)
     }
 

@@ -31,15 +31,15 @@ struct SybilScenario: Sendable {
     var nodes = 200
     var sybilFraction = 0.2
     /// Honest nodes each dial this many other nodes (Sybils among them).
-    var honestDials = 8
+    var honestDials = 6
     /// Sybils each dial this many honest nodes (as in the evaluation, many more than an honest node).
-    var sybilDials = 40
+    var sybilDials = 25
     /// Messages published per heartbeat by random honest nodes.
     var messagesPerHeartbeat = 1
     /// Heartbeats before measuring (scores build; covert Sybils behave), measured, then drained.
-    var warmupHeartbeats = 15
-    var measuredHeartbeats = 10
-    var drainHeartbeats = 4
+    var warmupHeartbeats = 14
+    var measuredHeartbeats = 8
+    var drainHeartbeats = 2
     /// One-way delay of a link, fixed per link, uniform in this range (virtual milliseconds).
     var linkDelayMs: ClosedRange<Int> = 20...100
     var invalidPerHeartbeat = 3
@@ -52,6 +52,7 @@ extension SybilScenario {
     /// (covert Sybils get time to be found out, graylisted peers to be disconnected).
     static func report(attack: SybilAttack, scoring: Bool, nodes: Int) -> SybilScenario {
         var scenario = SybilScenario(attack: attack, scoring: scoring, nodes: nodes)
+        scenario.honestDials = 8
         scenario.sybilDials = 60
         scenario.messagesPerHeartbeat = 2
         scenario.warmupHeartbeats = 30
@@ -346,7 +347,10 @@ struct SybilSimulation {
             network.now = start + .milliseconds(time)
             switch event {
             case .rpc(let from, let to, let rpc):
-                dispatch(network.deliver(rpc, from: ids[from], to: ids[to]), at: to)
+                // A Sybil that forwards nothing need not read the messages it gets.
+                let actions = network.deliver(
+                    rpc, from: ids[from], to: ids[to], discardingMessages: isSybil[to] && attacking)
+                dispatch(actions, at: to)
             case .heartbeat(let node):
                 dispatch(network.routers[ids[node]]!.heartbeat(now: network.now), at: node)
                 if isSybil[node] {
