@@ -53,11 +53,10 @@ extension SybilScenario {
     static func report(attack: SybilAttack, scoring: Bool, nodes: Int) -> SybilScenario {
         var scenario = SybilScenario(attack: attack, scoring: scoring, nodes: nodes)
         scenario.honestDials = 8
-        scenario.sybilDials = 60
-        scenario.messagesPerHeartbeat = 2
-        scenario.warmupHeartbeats = 30
-        scenario.measuredHeartbeats = 40
-        scenario.drainHeartbeats = 5
+        scenario.sybilDials = 40
+        scenario.warmupHeartbeats = 25
+        scenario.measuredHeartbeats = 30
+        scenario.drainHeartbeats = 3
         return scenario
     }
 }
