@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Identity
+import Multiformats
 import TestSupport
 import XCTest
 
@@ -13,14 +14,36 @@ struct SimulatedNetwork {
     var delivered: [PeerID: [MessageID: Int]] = [:]
     var now = ContinuousClock.now
     var rng: SplitMix
+    /// RPC bytes put on the wire (each with its length prefix), by `deliver`.
+    var bytesOnWire = 0
 
     init(nodes: Int, seed: UInt64, configuration: PubSubConfiguration = .init()) {
         rng = SplitMix(seed: seed)
-        for _ in 0..<nodes {
-            let router = makeRouter(localKey: .generateEd25519(), configuration: configuration)
-            routers[router.localPeer] = router
-            order.append(router.localPeer)
-        }
+        for _ in 0..<nodes { addNode(configuration: configuration) }
+    }
+
+    /// A new router with its own key and `configuration`.
+    @discardableResult
+    mutating func addNode(configuration: PubSubConfiguration) -> PeerID {
+        let router = makeRouter(localKey: .generateEd25519(), configuration: configuration)
+        routers[router.localPeer] = router
+        order.append(router.localPeer)
+        return router.localPeer
+    }
+
+    /// The one way an RPC reaches a router: serialized and decoded like the wire
+    /// does (its bytes counted), then handled by `target` at `now`. A target
+    /// `discardingMessages` (an attacker that forwards nothing) reads only the rest.
+    mutating func deliver(
+        _ rpc: Pubsub_Pb_RPC, from sender: PeerID, to target: PeerID, discardingMessages: Bool = false
+    ) -> [RouterAction] {
+        guard routers[target] != nil else { return [] }
+        let bytes: [UInt8] = try! rpc.serializedBytes()
+        bytesOnWire += bytes.count + Varint.encodedSize(UInt64(bytes.count))
+        // Decoded by the codec, as the service does.
+        var decoded = try! PubSubCodec.decode(bytes, limits: .init(routers[target]!.configuration))
+        if discardingMessages { decoded.messages = [] }
+        return routers[target]!.handle(decoded, from: sender, now: now)
     }
 
     /// Connects a and b (a dialed b); both get a pubsub stream.
@@ -43,10 +66,8 @@ struct SimulatedNetwork {
             case .deliver(let message):
                 delivered[node, default: [:]][message.id, default: 0] += 1
             case .send(let target, let rpc):
-                guard routers[target] != nil else { continue }
-                // Over the wire: serialized and decoded by the codec (`Wire.overTheWire`).
-                let results = routers[target]!.handle(rpc.wire, from: node, now: now)
-                queue += results.map { (target, $0) }
+                // Over the wire: serialized and decoded by the codec.
+                queue += deliver(rpc.wire, from: node, to: target).map { (target, $0) }
             case .connect, .event:
                 continue
             }
