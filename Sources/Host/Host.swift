@@ -447,6 +447,10 @@ public final class Libp2pHost: Sendable {
                 group.addTask { await connection.close() }
             }
         }
+        // A connection's close callback may not have run yet: report it gone
+        // now (once: `forget` ignores a connection already forgotten), before
+        // the event streams end.
+        for connection in connections { forget(connection) }
         broadcaster.finish()
     }
 }
