@@ -351,7 +351,7 @@ actor PubSubCore {
     private let disconnect: @Sendable (PeerID) -> Void
     private let meshChanged: @Sendable (_ joined: Set<PeerID>, _ left: Set<PeerID>) -> Void
     /// Since when each peer has been graylisted (for `graylistDisconnectAfter`).
-    private var graylistedSince: [PeerID: ContinuousClock.Instant] = [:]
+    private var graylist: GraylistTracker<PeerID>?
     /// Peers in any of our meshes at the last heartbeat.
     private var meshMembers: Set<PeerID> = []
     static let meshTag = "pubsub-mesh"
@@ -553,18 +553,15 @@ actor PubSubCore {
         guard let after = router.configuration.graylistDisconnectAfter else { return }
         let now = clock.now
         let threshold = router.configuration.scoreThresholds.graylistThreshold
-        var stillGraylisted: [PeerID: ContinuousClock.Instant] = [:]
-        for peer in router.knownPeers where router.score(of: peer, now: now) < threshold {
-            let since = graylistedSince[peer] ?? now
-            if now - since >= after {
-                inboundCounters.graylistDisconnects += 1
-                logger.debug("disconnecting graylisted peer", metadata: ["peer": "\(peer)"])
-                disconnect(peer)
-            } else {
-                stillGraylisted[peer] = since
-            }
+        var tracker = graylist ?? GraylistTracker(after: after)
+        let router = self.router
+        let gone = tracker.check(router.knownPeers, now: now) { router.score(of: $0, now: now) < threshold }
+        graylist = tracker
+        for peer in gone {
+            inboundCounters.graylistDisconnects += 1
+            logger.debug("disconnecting graylisted peer", metadata: ["peer": "\(peer)"])
+            disconnect(peer)
         }
-        graylistedSince = stillGraylisted
     }
 
     /// Bytes reserved by RPCs in transit, and the inbound streams (for tests and status).

@@ -254,7 +254,7 @@ struct SybilSimulation {
     private var rng: SplitMix
     private(set) var published: [MessageID: Published] = [:]
     private var crafted: UInt64 = 0
-    private var graylistedSince: [[Int: Int64]]
+    private var graylists: [GraylistTracker<Int>]
     /// Links closed because the honest end kept the other graylisted.
     private(set) var graylistDisconnects = 0
     /// The eclipse's target: the first honest node.
@@ -286,7 +286,7 @@ struct SybilSimulation {
         index = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
         isSybil = (0..<scenario.nodes).map { $0 >= honestCount }
         neighbours = Array(repeating: [], count: scenario.nodes)
-        graylistedSince = Array(repeating: [:], count: scenario.nodes)
+        graylists = []
         start = network.now
         buildTopology(honestCount: honestCount)
         // Everyone subscribes at time 0; heartbeats start at a random phase per node.
@@ -398,13 +398,10 @@ struct SybilSimulation {
         let router = network.routers[ids[node]]!
         guard let after = router.configuration.graylistDisconnectAfter else { return }
         let threshold = router.configuration.scoreThresholds.graylistThreshold
-        var still: [Int: Int64] = [:]
-        var gone: [Int] = []
-        for peer in neighbours[node] where router.score(of: ids[peer], now: network.now) < threshold {
-            let since = graylistedSince[node][peer] ?? clock
-            if .milliseconds(clock - since) >= after { gone.append(peer) } else { still[peer] = since }
-        }
-        graylistedSince[node] = still
+        if graylists.isEmpty { graylists = Array(repeating: GraylistTracker(after: after), count: scenario.nodes) }
+        let now = network.now
+        let ids = self.ids
+        let gone = graylists[node].check(neighbours[node], now: now) { router.score(of: ids[$0], now: now) < threshold }
         for peer in gone {
             graylistDisconnects += 1
             neighbours[node].removeAll { $0 == peer }
