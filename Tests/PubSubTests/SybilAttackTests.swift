@@ -36,6 +36,21 @@ final class SybilAttackTests: XCTestCase {
     }
 
     /// The table of every attack with scoring on and off, at P2PCHAT_SYBIL_NODES nodes.
+    /// GRAFT spammers and IHAVE liars are graylisted, and stay so across the
+    /// moments their ignored RPCs let their penalty decay: they are disconnected.
+    func testSpammersAreDisconnected() {
+        for attack in [SybilAttack.graftSpam, .brokenPromises] {
+            var scenario = SybilScenario(attack: attack, scoring: true, nodes: 60)
+            scenario.sybilDials = 12
+            scenario.warmupHeartbeats = 25
+            scenario.measuredHeartbeats = 30
+            var simulation = SybilSimulation(scenario)
+            let report = simulation.run()
+            XCTAssertGreaterThanOrEqual(report.delivery, 0.99, report.tableRow)
+            XCTAssertGreaterThan(report.graylistDisconnects, 0, "\(attack): \(report.tableRow)")
+        }
+    }
+
     func testReport() throws {
         guard let nodes = ProcessInfo.processInfo.environment["P2PCHAT_SYBIL_NODES"].flatMap(Int.init) else {
             throw XCTSkip("set P2PCHAT_SYBIL_NODES (Benchmarks/sybil.sh)")
