@@ -1,16 +1,22 @@
 import Foundation
+import AutoNAT
+import DCUtR
 import Identity
+import KadDHT
 import MDNS
 import Multiformats
 import Multistream
 import NIOCore
 import Noise
+import Relay
 import TLS
 import Yamux
 
 // The protobuf types and the router are internal to their modules; debug
 // builds (the fuzzing build is one) can reach them.
 #if DEBUG
+@testable import ChatHistory
+@testable import FileShare
 @testable import Identify
 @testable import PubSub
 #endif
@@ -23,6 +29,7 @@ import Yamux
 enum FuzzTarget: String, CaseIterable {
     case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope, identify, pubsub
     case noiseTransport = "noise-transport", tlsHandshake = "tls-handshake", tlsCertificate = "tls-certificate"
+    case dht, relay, dcutr, autonat, file, history
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -96,6 +103,36 @@ enum FuzzTarget: String, CaseIterable {
             TLSFuzzing.handshake(bytes)
         case .tlsCertificate:
             TLSFuzzing.certificate(bytes)
+        case .dht:
+            _ = try? DHTMessage(decoding: bytes)
+        case .relay:
+            _ = try? HopMessage(bytes: bytes)
+            _ = try? StopMessage(bytes: bytes)
+            _ = try? ReservationVoucher.open(bytes)
+        case .dcutr:
+            _ = try? HolePunchMessage(bytes: bytes)
+        case .autonat:
+            _ = try? AutoNATMessage(bytes: bytes)
+        case .file:
+            #if DEBUG
+            // What both ends of /p2pchat/file/1.0.0 read, and a chat's file offer.
+            _ = try? FileRequest(serializedBytes: bytes)
+            _ = try? FileResponse(serializedBytes: bytes)
+            _ = FileOffer(announcement: String(decoding: bytes, as: UTF8.self))
+            _ = FileName.safe(String(decoding: bytes, as: UTF8.self))
+            #endif
+        case .history:
+            #if DEBUG
+            // What /p2pchat/history/1.0.0 reads (each line's signature checked), and a history file's records.
+            if let response = try? HistoryResponse(serializedBytes: bytes) {
+                let peer = PeerID(publicKey: Self.remote.publicKey)
+                for wire in response.messages.prefix(64) {
+                    _ = try? PubSubMessage.verified(wire: Array(wire), maxSize: 64 * 1024, receivedFrom: peer)
+                }
+            }
+            _ = try? HistoryRequest(serializedBytes: bytes)
+            _ = HistoryFile.decode(bytes, maxMessageSize: 64 * 1024)
+            #endif
         }
     }
 
@@ -183,7 +220,7 @@ enum Replay {
             exit(2)
         }
         do {
-            for (name, bytes) in try SecuritySeeds.make(target) {
+            for (name, bytes) in try SecuritySeeds.make(target).merging(ProtocolSeeds.make(target), uniquingKeysWith: { a, _ in a }) {
                 try Data(bytes).write(to: URL(fileURLWithPath: "\(arguments[1])/\(name)"))
             }
         } catch {
