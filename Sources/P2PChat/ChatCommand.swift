@@ -183,7 +183,7 @@ struct ChatCommand: AsyncParsableCommand {
             do {
                 try await service.start()
                 mdns = service
-                redialers.append(Task { await handleDiscoveries(discoveries, host: host, out: out) })
+                redialers.append(Task { await handleDiscoveries(discoveries, host: host, mdns: service, out: out) })
                 let hostEvents = host.events()
                 redialers.append(Task { await keepLocalPeersConnected(hostEvents, host: host, mdns: service) })
             } catch {
@@ -540,22 +540,28 @@ func keepLocalPeersConnected(_ events: AsyncStream<HostEvent>, host: Libp2pHost,
     await withTaskGroup(of: Void.self) { group in
         for await event in events {
             guard case .peerDisconnected(let peer) = event else { continue }
-            group.addTask {
-                var delay = Duration.seconds(1)
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: delay)
-                    guard !Task.isCancelled, host.connection(to: peer) == nil, await mdns.knows(peer) else { return }
-                    if (try? await host.connect(to: peer)) != nil { return }
-                    delay = min(delay * 2, .seconds(30))
-                }
-            }
+            group.addTask { await redialWhileSeen(peer, host: host, mdns: mdns) }
         }
         group.cancelAll()
     }
 }
 
-/// Prints mDNS discoveries and dials each newly discovered peer once.
-func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, out: ChatOutput) async {
+/// Dials `peer` until connected, waiting before each attempt (1 s, doubling
+/// to 30 s), for as long as mDNS still sees it and no connection exists.
+func redialWhileSeen(_ peer: PeerID, host: Libp2pHost, mdns: MDNSService) async {
+    var delay = Duration.seconds(1)
+    while !Task.isCancelled {
+        try? await Task.sleep(for: delay)
+        guard !Task.isCancelled, host.connection(to: peer) == nil, await mdns.knows(peer) else { return }
+        if (try? await host.connect(to: peer)) != nil { return }
+        delay = min(delay * 2, .seconds(30))
+    }
+}
+
+/// Prints mDNS discoveries and dials each newly discovered peer; a dial that
+/// fails is tried again while mDNS still sees the peer (mDNS reports a peer
+/// once, not at every announcement).
+func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns: MDNSService, out: ChatOutput) async {
     // The dials run beside the loop, and are cancelled with it.
     await withDiscardingTaskGroup { group in
         for await event in events {
@@ -569,8 +575,11 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, out: 
                 host.peerStore.addAddresses(addresses.map(\.withoutP2P), for: peer)
                 guard host.connection(to: peer) == nil else { continue }
                 group.addTask {
-                    do { _ = try await host.connect(to: peer) } catch {
+                    do {
+                        _ = try await host.connect(to: peer)
+                    } catch {
                         out.error("dial \(peer): \(error)")
+                        await redialWhileSeen(peer, host: host, mdns: mdns)
                     }
                 }
             case .expired(let peer, let addresses):

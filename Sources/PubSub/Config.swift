@@ -88,6 +88,11 @@ public struct PubSubConfiguration: Sendable {
     /// An RPC must arrive whole within this time of its first byte; a peer
     /// that starts one and stalls has its stream reset (the buffer is freed).
     public var rpcCompletionTimeout: Duration = .seconds(30)
+    /// A peer's inbound stream that a newer one replaced (the peer moved to
+    /// another connection, say a direct one after a hole punch) is still read
+    /// for this long, so that what the peer sent on it before moving arrives;
+    /// then it is reset. Zero: reset at once.
+    public var replacedStreamDrainTime: Duration = .seconds(5)
     /// Bytes all peers together may hold in RPCs still arriving (each reserves
     /// the length its prefix announces). Each peer has one inbound stream, so
     /// one RPC (`maxRPCSize`) is its own budget; this bounds many peers at once.
@@ -138,6 +143,8 @@ extension PubSubConfiguration {
                 + "idontwant_message_threshold = \(idontwantMessageThreshold), max_pending_rpc_bytes = \(maxPendingRPCBytes)"),
             (.outboundQueuePositive, maxQueuedRPCsPerPeer >= 1, "max_queued_rpcs_per_peer = \(maxQueuedRPCsPerPeer)"),
             (.rpcCompletionTimeoutPositive, rpcCompletionTimeout > .zero, "rpc_completion_timeout = \(rpcCompletionTimeout)"),
+            (.replacedStreamDrainTimeNotNegative, replacedStreamDrainTime >= .zero,
+             "replaced_stream_drain_time = \(replacedStreamDrainTime)"),
         ]
         for (constraint, holds, detail) in checks where !holds {
             throw PubSubConfigurationError(constraint: constraint, detail: detail)
@@ -173,6 +180,7 @@ public struct PubSubConfigurationError: Error, CustomStringConvertible, Sendable
         case limitsNotNegative = "per-peer and per-message limits >= 0"
         case outboundQueuePositive = "max_queued_rpcs_per_peer >= 1"
         case rpcCompletionTimeoutPositive = "rpc_completion_timeout > 0"
+        case replacedStreamDrainTimeNotNegative = "replaced_stream_drain_time >= 0"
     }
 
     public let constraint: Constraint

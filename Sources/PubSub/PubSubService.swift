@@ -340,6 +340,9 @@ actor PubSubCore {
     private let clock = ContinuousClock()
     /// Each peer's inbound stream (one per peer) and the RPC arriving on it.
     private var inbound: [PeerID: InboundStream] = [:]
+    /// The inbound stream a newer one replaced, still read until it ends or
+    /// its drain time passes (one per peer: a third stream resets it).
+    private var draining: [PeerID: InboundStream] = [:]
     private var nextInboundSlot: UInt64 = 0
     /// Bytes reserved by RPCs in transit, all peers together.
     private var pendingRPCBytes = 0
@@ -470,42 +473,72 @@ actor PubSubCore {
         /// Bytes the RPC in transit announced (reserved from the shared budget).
         var reserved = 0
         var timedOut = false
+        /// Set once a newer stream replaced this one: read until then.
+        var drainUntil: ContinuousClock.Instant?
     }
 
-    /// Makes `stream` its peer's inbound stream, resetting the one it replaces;
-    /// its slot, or nil once stopped.
+    /// Makes `stream` its peer's inbound stream; the one it replaces drains
+    /// (the peer may have sent on it just before moving to another connection),
+    /// and one already draining is reset. Returns the stream's slot, or nil once stopped.
     func adoptInbound(_ stream: MuxedStream) -> UInt64? {
         guard !isStopped else { return nil }
         let peer = stream.remotePeer
         nextInboundSlot += 1
-        if let previous = inbound[peer] {
-            unreserve(previous.reserved, peer: peer)
-            previous.stream.reset()
+        if var previous = inbound[peer] {
+            if let older = draining.removeValue(forKey: peer) {
+                unreserve(older.reserved, peer: peer)
+                older.stream.reset()
+            }
+            previous.drainUntil = clock.now + router.configuration.replacedStreamDrainTime
+            draining[peer] = previous
             inboundCounters.replacedInboundStreams += 1
             logger.debug("newer inbound pubsub stream replaces the older", metadata: ["peer": "\(peer)"])
         }
         inbound[peer] = InboundStream(slot: nextInboundSlot, stream: stream)
+        expireDrainedStreams()
         return nextInboundSlot
     }
 
-    /// The stream of `slot` ended; true if it was still the peer's (not replaced).
+    /// The stream of `slot` ended; true if it was still the peer's current
+    /// one (not replaced, nor draining).
     @discardableResult
     func releaseInbound(_ slot: UInt64, peer: PeerID) -> Bool {
-        guard let entry = inbound[peer], entry.slot == slot else { return false }
-        unreserve(entry.reserved, peer: peer)
-        inbound[peer] = nil
-        return true
+        if let entry = inbound[peer], entry.slot == slot {
+            unreserve(entry.reserved, peer: peer)
+            inbound[peer] = nil
+            return true
+        }
+        if let entry = draining[peer], entry.slot == slot {
+            unreserve(entry.reserved, peer: peer)
+            draining[peer] = nil
+        }
+        return false
+    }
+
+    /// Changes the entry of `slot`, current or draining (nothing if it is gone).
+    private func updateInbound<Failure: Error>(
+        _ slot: UInt64, peer: PeerID, _ change: (inout InboundStream) throws(Failure) -> Void
+    ) throws(Failure) {
+        if var entry = inbound[peer], entry.slot == slot {
+            try change(&entry)
+            inbound[peer] = entry
+        } else if var entry = draining[peer], entry.slot == slot {
+            try change(&entry)
+            draining[peer] = entry
+        }
     }
 
     func rpcStarted(_ slot: UInt64, peer: PeerID) {
-        guard var entry = inbound[peer], entry.slot == slot else { return }
-        entry.rpcStarted = clock.now
-        inbound[peer] = entry
+        let now = clock.now
+        updateInbound(slot, peer: peer) { $0.rpcStarted = now }
     }
 
     /// Reserves an arriving RPC's announced length from the shared budget; throws when it does not fit.
     func reserve(_ bytes: Int, _ slot: UInt64, peer: PeerID) throws(PubSubError) {
-        guard var entry = inbound[peer], entry.slot == slot else { return }
+        try updateInbound(slot, peer: peer) { (entry) throws(PubSubError) in try reserve(bytes, in: &entry, peer: peer) }
+    }
+
+    private func reserve(_ bytes: Int, in entry: inout InboundStream, peer: PeerID) throws(PubSubError) {
         let available = router.configuration.maxPendingRPCBytes - pendingRPCBytes
         guard bytes <= available else {
             inboundCounters.refusedOverRPCBudget += 1
@@ -518,7 +551,6 @@ actor PubSubCore {
         }
         pendingRPCBytes += bytes
         entry.reserved = bytes
-        inbound[peer] = entry
     }
 
     /// Gives back what an RPC in transit reserved.
@@ -528,22 +560,42 @@ actor PubSubCore {
     }
 
     func rpcFinished(_ slot: UInt64, peer: PeerID) {
-        guard var entry = inbound[peer], entry.slot == slot else { return }
-        unreserve(entry.reserved, peer: peer)
-        entry.reserved = 0
-        entry.rpcStarted = nil
-        inbound[peer] = entry
+        updateInbound(slot, peer: peer) { entry in
+            unreserve(entry.reserved, peer: peer)
+            entry.reserved = 0
+            entry.rpcStarted = nil
+        }
     }
 
     /// Resets the streams whose RPC in transit is overdue (their reader then ends).
     private func expireIncompleteRPCs() {
         let cutoff = clock.now - router.configuration.rpcCompletionTimeout
-        for (peer, var entry) in inbound where !entry.timedOut {
-            guard let started = entry.rpcStarted, started < cutoff else { continue }
+        func overdue(_ entry: InboundStream) -> Bool {
+            guard !entry.timedOut, let started = entry.rpcStarted else { return false }
+            return started < cutoff
+        }
+        for (peer, var entry) in inbound where overdue(entry) {
             entry.timedOut = true
             inbound[peer] = entry
             inboundCounters.incompleteRPCTimeouts += 1
             logger.debug("pubsub RPC not finished in time", metadata: ["peer": "\(peer)"])
+            entry.stream.reset()
+        }
+        for (peer, var entry) in draining where overdue(entry) {
+            entry.timedOut = true
+            draining[peer] = entry
+            inboundCounters.incompleteRPCTimeouts += 1
+            entry.stream.reset()
+        }
+        expireDrainedStreams()
+    }
+
+    /// Resets the replaced streams whose drain time is over (their reader then ends).
+    private func expireDrainedStreams() {
+        let now = clock.now
+        for (peer, entry) in draining where (entry.drainUntil ?? now) <= now {
+            unreserve(entry.reserved, peer: peer)
+            draining[peer] = nil
             entry.stream.reset()
         }
     }
@@ -565,7 +617,7 @@ actor PubSubCore {
     }
 
     /// Bytes reserved by RPCs in transit, and the inbound streams (for tests and status).
-    func inboundUsage() -> (streams: Int, pendingRPCBytes: Int) { (inbound.count, pendingRPCBytes) }
+    func inboundUsage() -> (streams: Int, pendingRPCBytes: Int) { (inbound.count + draining.count, pendingRPCBytes) }
 
     func countSent(_ bytes: Int) {
         router.countSent(bytes)
@@ -657,9 +709,12 @@ actor PubSubCore {
         eventBroadcaster.finish()
         for queue in outbound.values { queue.finish() }
         outbound = [:]
-        for entry in inbound.values { entry.stream.reset() }
+        for entry in Array(inbound.values) + Array(draining.values) {
+            unreserve(entry.reserved, peer: entry.stream.remotePeer)
+            entry.stream.reset()
+        }
         inbound = [:]
-        pendingRPCBytes = 0
+        draining = [:]
     }
 
     private func perform(_ actions: [RouterAction]) {

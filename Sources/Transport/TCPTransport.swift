@@ -82,6 +82,25 @@ public struct TCPTransport: Transport {
         } catch TransportError.dialFailed(_, let underlying) where local != nil && Self.isAddressClash(underlying) {
             // Already connected to that remote from our port: dial from another one.
             return try await TCPTransport(group: group).dial(address, upgrader: upgrader, role: role)
+        } catch let error as TransportError where local != nil && Self.mayBeSimultaneousOpen(error) && !Task.isCancelled {
+            // If the remote dialled us from its listening port at the same moment,
+            // TCP simultaneous open joined both dials into one connection on which
+            // each end acts as the dialler, and both handshakes fail. A dial from
+            // a fresh port cannot collide so. (Hole punching wants simultaneous
+            // open, but gives each end its role, so its handshake succeeds.)
+            upgrader.logger.debug(
+                "dial from the listening port failed in the upgrade; dialling again from a fresh port",
+                metadata: ["address": "\(address)", "error": "\(error)"])
+            return try await TCPTransport(group: group).dial(address, upgrader: upgrader, role: role)
+        }
+    }
+
+    /// The upgrade failed as it does when both ends act as the dialler: the
+    /// security handshake or its negotiation broke, or the remote hung up.
+    private static func mayBeSimultaneousOpen(_ error: TransportError) -> Bool {
+        switch error {
+        case .securityFailed, .negotiationFailed, .connectionClosed, .io: true
+        default: false
         }
     }
 

@@ -73,7 +73,8 @@ final class TestNetwork {
     }
 }
 
-/// The real p2pchat binary running in a namespace; its stdout lines are collected.
+/// The real p2pchat binary running in a namespace; its stdout lines are collected,
+/// and its log (stderr: warnings and errors unless -v) is shown when a wait times out.
 final class ChatProcess: Sendable {
     let process: ChildProcess
 
@@ -84,7 +85,7 @@ final class ChatProcess: Sendable {
     /// Runs the chat in `namespace`, or directly (loopback tests) when it is nil.
     init(
         namespace: String?, executable: String = ChatProcess.binary, arguments: [String], network: TestNetwork?,
-        stderr: ChildProcess.Stream = .discard
+        stderr: ChildProcess.Stream = .capture
     ) throws {
         if let namespace {
             process = try ChildProcess(
@@ -139,7 +140,10 @@ final class ChatProcess: Sendable {
             if let line = output.first(where: predicate) { return line }
             try await Task.sleep(for: .milliseconds(20))
         }
-        XCTFail("timed out after \(seconds) s waiting for \(what); output:\n\(output.joined(separator: "\n"))")
+        let logged = process.stderrText
+        XCTFail(
+            "timed out after \(seconds) s waiting for \(what); output:\n\(output.joined(separator: "\n"))"
+                + (logged.isEmpty ? "" : "\nstderr:\n\(logged)"))
         throw CancellationError()
     }
 

@@ -37,6 +37,7 @@ final class PubSubConfigurationTests: XCTestCase {
         case .limitsNotNegative: c.prunePeers = -1
         case .outboundQueuePositive: c.maxQueuedRPCsPerPeer = 0
         case .rpcCompletionTimeoutPositive: c.rpcCompletionTimeout = .zero
+        case .replacedStreamDrainTimeNotNegative: c.replacedStreamDrainTime = .seconds(-1)
         }
         return c
     }

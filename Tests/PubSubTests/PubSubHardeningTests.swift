@@ -54,7 +54,7 @@ final class PubSubHardeningTests: XCTestCase {
     }
 
     /// Found 1 of issue 14: many streams, each with most of a large RPC, held
-    /// forever. Now a newer stream replaces the older, the unfinished RPC is
+    /// forever. Now a newer stream replaces the older (which drains a while), the unfinished RPC is
     /// dropped at its deadline, and an honest peer is still served.
     func testIncompleteRPCsAreNotHeld() async throws {
         let (server, serverPubSub, address) = try await makeNode { configuration in
@@ -66,23 +66,74 @@ final class PubSubHardeningTests: XCTestCase {
         for _ in 0..<8 {
             streams.append(try await startIncompleteRPC(on: connection, announced: 300_000, sent: 200_000))
         }
-        // Every stream but the newest was replaced at once...
-        for (index, stream) in streams.dropLast().enumerated() {
+        // Every stream but the newest two was reset as soon as a second one followed it...
+        for (index, stream) in streams.dropLast(2).enumerated() {
             let reset = await isReset(stream, within: 5)
             XCTAssertTrue(reset, "older stream \(index) still open")
         }
-        // ...and the newest is dropped at the RPC deadline.
-        let lastReset = await isReset(streams[streams.count - 1], within: 5)
-        XCTAssertTrue(lastReset, "the unfinished RPC was not dropped at its deadline")
+        // ...and the newest, and the one it replaced (still draining), are dropped at the RPC deadline.
+        for stream in streams.suffix(2) {
+            let reset = await isReset(stream, within: 5)
+            XCTAssertTrue(reset, "the unfinished RPC was not dropped at its deadline")
+        }
         let counters = await serverPubSub.counters()
         XCTAssertEqual(counters.replacedInboundStreams, streams.count - 1)
-        XCTAssertEqual(counters.incompleteRPCTimeouts, 1)
+        XCTAssertEqual(counters.incompleteRPCTimeouts, 2)
         try await eventually(5, "inbound state released") {
             let usage = await serverPubSub.inboundUsage()
             return usage.pendingRPCBytes == 0 && usage.streams == 0
         }
         try await assertServesHonestPeer(server, serverPubSub, address)
         await attacker.close()
+        await serverPubSub.stop()
+        await server.close()
+    }
+
+    /// A length-prefixed RPC as it goes on a stream.
+    static func frame(_ rpc: PubSubRPC) -> ByteBuffer {
+        var bytes = ByteBuffer()
+        bytes.writeLengthPrefixed(PubSubCodec.encode(rpc))
+        return bytes
+    }
+
+    /// A message on `topic` signed by a fresh author.
+    static func signedMessage(_ text: String, topic: String) throws -> RawMessage {
+        let key = PrivateKey.generateEd25519()
+        var message = RawMessage(
+            from: PeerID(publicKey: key.publicKey).bytes, data: Array(text.utf8), seqno: [0, 0, 0, 1], topic: topic)
+        try MessageSigning.sign(&message, with: key)
+        return message
+    }
+
+    /// A peer that moves to a newer stream (on another connection, as after a
+    /// hole punch) may have sent on the older one just before: what it sent
+    /// there still arrives. The older stream, if the peer leaves it open, is
+    /// reset once its drain time is over.
+    func testRPCsOnAReplacedStreamStillArrive() async throws {
+        let (server, serverPubSub, address) = try await makeNode { $0.replacedStreamDrainTime = .seconds(1) }
+        let messages = await serverPubSub.subscribe("t")
+        let (client, _) = try await makeTestHost(group: group)
+        let connection = try await client.connect(address)
+        let old = try await connection.newStream(protocols: ["/meshsub/1.2.0"])
+        try await old.write(Self.frame(PubSubRPC(subscriptions: [Subscription(topic: "t", subscribe: true)])))
+        let new = try await connection.newStream(protocols: ["/meshsub/1.2.0"])
+        try await eventually(5, "the newer stream adopted") { await serverPubSub.counters().replacedInboundStreams == 1 }
+        // Sent on the replaced stream after the newer one was adopted.
+        try await old.write(Self.frame(PubSubRPC(messages: [try Self.signedMessage("on the old stream", topic: "t")])))
+        try await new.write(Self.frame(PubSubRPC(messages: [try Self.signedMessage("on the new stream", topic: "t")])))
+        let received = try await withDeadline(5) {
+            var texts: Set<String> = []
+            for await message in messages {
+                texts.insert(String(decoding: message.data, as: UTF8.self))
+                if texts.count == 2 { break }
+            }
+            return texts
+        }
+        XCTAssertEqual(received, ["on the old stream", "on the new stream"])
+        let oldReset = await isReset(old, within: 5)
+        XCTAssertTrue(oldReset, "the replaced stream was not reset after its drain time")
+        try await eventually(5, "one inbound stream left") { await serverPubSub.inboundUsage().streams == 1 }
+        await client.close()
         await serverPubSub.stop()
         await server.close()
     }
