@@ -3,8 +3,14 @@ import Synchronization
 /// Hands every event to each current subscriber, as its own `AsyncStream`.
 ///
 /// - A subscriber sees the events yielded after it subscribed, in the order
-///   they were yielded (yielding is serialized, so two emitters on different
+///   they were yielded (delivery is serialized, so two emitters on different
 ///   threads never reach two subscribers in different orders).
+/// - No lock is held while a stream is handed an event or finished. Handing
+///   over resumes the consumer's task, which takes that task's status lock;
+///   cancelling the task holds that lock while the stream's termination
+///   handler takes ours. Holding ours across the hand-over deadlocked (one
+///   thread in each order): so events queue, and whichever emitter finds
+///   no delivery under way delivers the queue, outside the lock.
 /// - A subscriber is removed when its stream terminates (its consumer was
 ///   cancelled or dropped the stream).
 /// - `finish()` ends every stream; a subscription after it gets a stream that
@@ -14,11 +20,32 @@ import Synchronization
 ///   `droppedEvents`). Emitters never wait for a subscriber, and memory stays
 ///   bounded however slow it is.
 public final class EventBroadcaster<Event: Sendable>: Sendable {
+    private struct Subscriber {
+        let continuation: AsyncStream<Event>.Continuation
+        /// Events numbered above this were yielded after it subscribed.
+        let since: UInt64
+    }
+    private enum Delivery {
+        case event(Event, number: UInt64)
+        case finish
+    }
     private struct State {
-        var subscribers: [UInt64: AsyncStream<Event>.Continuation] = [:]
+        var subscribers: [UInt64: Subscriber] = [:]
         var nextID: UInt64 = 0
+        /// The number of the last event yielded.
+        var lastEvent: UInt64 = 0
+        /// What waits to be delivered, in order, and whether someone delivers it now.
+        var queue: [Delivery] = []
+        var delivering = false
         var finished = false
         var dropped = 0
+
+        /// Claims the delivery if nobody has it; whether the caller now delivers.
+        mutating func startDelivering() -> Bool {
+            guard !delivering else { return false }
+            delivering = true
+            return true
+        }
     }
     private let state = Mutex(State())
     /// Events buffered per subscriber unless a subscription says otherwise.
@@ -37,7 +64,7 @@ public final class EventBroadcaster<Event: Sendable>: Sendable {
         let id = state.withLock { state -> UInt64? in
             guard !state.finished else { return nil }
             state.nextID += 1
-            state.subscribers[state.nextID] = continuation
+            state.subscribers[state.nextID] = Subscriber(continuation: continuation, since: state.lastEvent)
             return state.nextID
         }
         guard let id else {
@@ -51,26 +78,56 @@ public final class EventBroadcaster<Event: Sendable>: Sendable {
         return stream
     }
 
-    /// Gives `event` to every subscriber (ignored after `finish`).
+    /// Gives `event` to every subscriber (ignored after `finish`). Never waits:
+    /// if another thread is delivering, it delivers this event too.
     public func yield(_ event: Event) {
-        // `yield` never calls back into us (only finishing or cancelling runs
-        // `onTermination`), so holding the lock cannot deadlock.
-        state.withLock { state in
-            for subscriber in state.subscribers.values {
-                if case .dropped = subscriber.yield(event) { state.dropped += 1 }
-            }
+        let deliver = state.withLock { state -> Bool in
+            guard !state.finished else { return false }
+            state.lastEvent += 1
+            state.queue.append(.event(event, number: state.lastEvent))
+            return state.startDelivering()
         }
+        if deliver { deliverQueue() }
     }
 
-    /// Ends every subscriber's stream, now and for later subscriptions.
+    /// Ends every subscriber's stream (after the events yielded before), now
+    /// and for later subscriptions.
     public func finish() {
-        let subscribers = state.withLock { state in
+        let deliver = state.withLock { state -> Bool in
+            guard !state.finished else { return false }
             state.finished = true
-            defer { state.subscribers = [:] }
-            return Array(state.subscribers.values)
+            state.queue.append(.finish)
+            return state.startDelivering()
         }
-        // Outside the lock: finishing runs `onTermination`, which takes it.
-        for subscriber in subscribers { subscriber.finish() }
+        if deliver { deliverQueue() }
+    }
+
+    /// Delivers the queue, outside the lock, until it is empty.
+    private func deliverQueue() {
+        while true {
+            let next = state.withLock { state -> (Delivery, [Subscriber])? in
+                guard !state.queue.isEmpty else {
+                    state.delivering = false
+                    return nil
+                }
+                let delivery = state.queue.removeFirst()
+                let subscribers = Array(state.subscribers.values)
+                if case .finish = delivery { state.subscribers = [:] }
+                return (delivery, subscribers)
+            }
+            guard let (delivery, subscribers) = next else { return }
+            switch delivery {
+            case .event(let event, let number):
+                var dropped = 0
+                for subscriber in subscribers where subscriber.since < number {
+                    if case .dropped = subscriber.continuation.yield(event) { dropped += 1 }
+                }
+                if dropped > 0 { state.withLock { $0.dropped += dropped } }
+            case .finish:
+                // Finishing runs `onTermination`, which takes the lock.
+                for subscriber in subscribers { subscriber.continuation.finish() }
+            }
+        }
     }
 
     /// Subscribers whose stream has not terminated.

@@ -1,4 +1,6 @@
 import EventBroadcast
+import Foundation
+import Synchronization
 import TestSupport
 import XCTest
 
@@ -105,5 +107,38 @@ final class EventBroadcasterTests: XCTestCase {
             let own = firstEvents.filter { $0 / 1000 == emitter }
             XCTAssertEqual(own, own.sorted())
         }
+    }
+
+    /// Cancelling a consumer while events are being yielded to it. Cancelling
+    /// holds the consumer task's status lock while the stream's termination
+    /// handler takes the broadcaster's lock; yielding takes the broadcaster's
+    /// lock and then (to resume the consumer) the task's. When yield held its
+    /// lock while handing over, the two orders deadlocked (a chat hung on
+    /// exit). The emitter runs on a thread of its own, so that a deadlock
+    /// cannot also stall the deadline's timer.
+    func testCancellingAConsumerWhileEventsArriveDoesNotDeadlock() async throws {
+        let broadcaster = EventBroadcaster<Int>(bufferingNewest: 4)
+        let stop = Atomic(false)
+        let emitter = Thread {
+            var event = 0
+            while !stop.load(ordering: .relaxed) {
+                broadcaster.yield(event)
+                event += 1
+            }
+        }
+        emitter.start()
+        defer { stop.store(true, ordering: .relaxed) }
+        let rounds = try await withDeadline(60) {
+            for _ in 0..<3000 {
+                let stream = broadcaster.subscribe()
+                let consumer = Task { for await _ in stream {} }
+                await Task.yield()
+                consumer.cancel()
+                await consumer.value
+            }
+            return 3000
+        }
+        XCTAssertEqual(rounds, 3000)
+        try await waitUntil("every cancelled subscriber is removed") { broadcaster.subscriberCount == 0 }
     }
 }
