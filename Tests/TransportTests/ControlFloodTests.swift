@@ -17,34 +17,17 @@ final class ControlFloodTests: XCTestCase {
 
     func testPeerThatDoesNotReadItsRepliesIsDisconnected() async throws {
         let (server, address) = try await makeTestHost(group: group)
-        guard case .tcp(let port) = address.components[1] else { return XCTFail("not a TCP address: \(address)") }
-        // A small receive buffer and no reads: our replies back up at once.
-        let channel = try await ClientBootstrap(group: group)
-            .channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 4096)
-            .connect(host: "127.0.0.1", port: Int(port)) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
-            }
         let started = ContinuousClock.now
         let flooded = try await withDeadline(30) {
-            try await channel.executeThenClose { inbound, outbound in
-                var iterator = inbound.makeAsyncIterator()
-                var transport = try await Self.handshake(&iterator, outbound)
-                var plain = ByteBuffer()
-                var muxer = MultistreamNegotiation.initiator(protocols: ["/yamux/1.0.0"])
-                muxer.start(into: &plain)
-                var cipher = ByteBuffer()
-                try transport.encrypt(&plain, into: &cipher)
-                try await outbound.write(cipher)
+            try await RawYamuxPeer.run(to: address, group: MultiThreadedEventLoopGroup.singleton) { _, outbound, transport in
                 // From here on nothing is read. Open and reset streams until the server hangs up.
                 var id: UInt32 = 1
                 var sent = 0
                 while ContinuousClock.now - started < .seconds(25) {
                     var frames = ByteBuffer()
                     for _ in 0..<2000 {
-                        frames.writeBytes(Self.header(type: 1, flags: 1, stream: id))  // SYN
-                        frames.writeBytes(Self.header(type: 1, flags: 8, stream: id))  // RST
+                        frames.writeBytes(RawYamuxPeer.header(type: 1, flags: 1, stream: id))  // SYN
+                        frames.writeBytes(RawYamuxPeer.header(type: 1, flags: 8, stream: id))  // RST
                         id &+= 2
                     }
                     var cipher = ByteBuffer()
@@ -72,35 +55,5 @@ final class ControlFloodTests: XCTestCase {
         XCTAssertEqual(echoed, patternBytes(count: 100_000, seed: 5))
         await client.close()
         await server.close()
-    }
-
-    static func header(type: UInt8, flags: UInt16, stream: UInt32, length: UInt32 = 0) -> [UInt8] {
-        var buffer = ByteBuffer()
-        buffer.writeInteger(UInt8(0))
-        buffer.writeInteger(type)
-        buffer.writeInteger(flags)
-        buffer.writeInteger(stream)
-        buffer.writeInteger(length)
-        return Array(buffer.readableBytesView)
-    }
-
-    /// Multistream /noise and the Noise XX handshake as initiator, raw.
-    static func handshake(
-        _ iterator: inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator,
-        _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    ) async throws -> NoiseTransport {
-        var leftover = try await BadPeerTests.negotiateNoise(&iterator, outbound)
-        var handshake = NoiseHandshake(initiator: true, identity: .generateEd25519())
-        var out = ByteBuffer()
-        handshake.start(into: &out)
-        try await outbound.write(out)
-        while true {
-            var toSend = ByteBuffer()
-            let result = try handshake.receive(&leftover, output: &toSend)
-            if toSend.readableBytes > 0 { try await outbound.write(toSend) }
-            if let result { return result.transport }
-            guard let next = try await iterator.next() else { throw TransportError.connectionClosed }
-            leftover = next
-        }
     }
 }

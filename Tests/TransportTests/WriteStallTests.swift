@@ -19,24 +19,12 @@ final class WriteStallTests: XCTestCase {
         var configuration = TransportConfiguration()
         configuration.writeStallTimeout = .seconds(1)
         let (server, address) = try await makeTestHost(group: group, configuration: configuration)
-        guard case .tcp(let port) = address.components[1] else { return XCTFail("not a TCP address: \(address)") }
-        let channel = try await ClientBootstrap(group: group)
-            .channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: 4096)
-            .connect(host: "127.0.0.1", port: Int(port)) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
-            }
         let streams: UInt32 = 40
         let started = ContinuousClock.now
         try await withDeadline(30) {
-            try await channel.executeThenClose { inbound, outbound in
-                var iterator = inbound.makeAsyncIterator()
-                var transport = try await ControlFloodTests.handshake(&iterator, outbound)
+            try await RawYamuxPeer.run(to: address, group: MultiThreadedEventLoopGroup.singleton) { _, outbound, transport in
                 // From here on nothing is read.
                 var plain = ByteBuffer()
-                var muxer = MultistreamNegotiation.initiator(protocols: ["/yamux/1.0.0"])
-                muxer.start(into: &plain)
                 // Echo streams, each granting the server 64 MiB to send and
                 // sending it a whole initial window (256 KiB) to echo back.
                 var hello = ByteBuffer()
@@ -45,12 +33,12 @@ final class WriteStallTests: XCTestCase {
                 let payload = [UInt8](repeating: 0x42, count: 256 * 1024 - hello.readableBytes)
                 for index in 0..<streams {
                     let id = 1 + 2 * index
-                    plain.writeBytes(ControlFloodTests.header(type: 1, flags: 1, stream: id, length: 64 << 20))
-                    plain.writeBytes(ControlFloodTests.header(type: 0, flags: 0, stream: id, length: UInt32(hello.readableBytes)))
+                    plain.writeBytes(RawYamuxPeer.header(type: 1, flags: 1, stream: id, length: 64 << 20))
+                    plain.writeBytes(RawYamuxPeer.header(type: 0, flags: 0, stream: id, length: UInt32(hello.readableBytes)))
                     plain.writeImmutableBuffer(hello)
                     for start in stride(from: 0, to: payload.count, by: 64 * 1024) {
                         let piece = payload[start..<min(start + 64 * 1024, payload.count)]
-                        plain.writeBytes(ControlFloodTests.header(type: 0, flags: 0, stream: id, length: UInt32(piece.count)))
+                        plain.writeBytes(RawYamuxPeer.header(type: 0, flags: 0, stream: id, length: UInt32(piece.count)))
                         plain.writeBytes(piece)
                     }
                 }
