@@ -353,7 +353,8 @@ actor PubSubCore {
     private let connect: @Sendable (PeerID, PeerRecord?, [UInt8]?) -> Void
     private let disconnect: @Sendable (PeerID) -> Void
     private let meshChanged: @Sendable (_ joined: Set<PeerID>, _ left: Set<PeerID>) -> Void
-    /// Since when each peer has been graylisted (for `graylistDisconnectAfter`).
+    /// Since when each peer has been graylisted; nil when graylisted peers stay
+    /// connected (`graylistDisconnectAfter` nil).
     private var graylist: GraylistTracker<PeerID>?
     /// Peers in any of our meshes at the last heartbeat.
     private var meshMembers: Set<PeerID> = []
@@ -368,6 +369,7 @@ actor PubSubCore {
         self.router = router
         self.logger = logger
         self.memory = memory
+        self.graylist = router.configuration.graylistDisconnectAfter.map { GraylistTracker(after: $0) }
         self.connect = connect
         self.disconnect = disconnect
         self.meshChanged = meshChanged
@@ -602,10 +604,9 @@ actor PubSubCore {
 
     /// Disconnects peers graylisted for longer than `graylistDisconnectAfter`.
     private func disconnectGraylisted() {
-        guard let after = router.configuration.graylistDisconnectAfter else { return }
+        guard var tracker = graylist else { return }
         let now = clock.now
         let threshold = router.configuration.scoreThresholds.graylistThreshold
-        var tracker = graylist ?? GraylistTracker(after: after)
         let router = self.router
         let gone = tracker.check(router.knownPeers, now: now) { router.score(of: $0, now: now) < threshold }
         graylist = tracker
