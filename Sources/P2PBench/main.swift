@@ -156,7 +156,8 @@ func tcpThroughput(sealed: Bool) async throws -> Double {
 // MARK: One Yamux stream over Noise
 
 /// Experiments: P2PBENCH_WINDOW, P2PBENCH_MAXWINDOW, P2PBENCH_QUEUE, P2PBENCH_FRAME,
-/// P2PBENCH_LOWAT (bytes; 0: the kernel's default) and P2PBENCH_GROWTH_RTTS override the defaults.
+/// P2PBENCH_LOWAT (bytes; 0: the kernel's default), P2PBENCH_GROWTH_RTTS, P2PBENCH_GROWTH_FLOOR_US,
+/// P2PBENCH_SOLO_FLOOR_US and P2PBENCH_SOLO_QUIET_MS override the defaults.
 let benchConfiguration: TransportConfiguration = {
     var configuration = TransportConfiguration()
     let environment = ProcessInfo.processInfo.environment
@@ -167,6 +168,8 @@ let benchConfiguration: TransportConfiguration = {
     if let lowat = environment["P2PBENCH_LOWAT"].flatMap(Int.init) { configuration.notSentLowWatermark = lowat == 0 ? nil : lowat }
     if let rtts = environment["P2PBENCH_GROWTH_RTTS"].flatMap(Double.init) { configuration.yamux.growthRoundTrips = rtts }
     if let floor = environment["P2PBENCH_GROWTH_FLOOR_US"].flatMap(Int64.init) { configuration.yamux.growthTimeFloor = .microseconds(floor) }
+    if let floor = environment["P2PBENCH_SOLO_FLOOR_US"].flatMap(Int64.init) { configuration.yamux.soloGrowthTimeFloor = .microseconds(floor) }
+    if let span = environment["P2PBENCH_SOLO_QUIET_MS"].flatMap(Int64.init) { configuration.yamux.soloQuietSpan = .milliseconds(span) }
     return configuration
 }()
 

@@ -278,8 +278,13 @@ public struct StreamTable {
         let most = min(target, session.configuration.maxStreamWindow - min(target, session.configuration.maxStreamWindow))
         let room = memory.reserveGrowth(id, upTo: most)
         session.consumed(streamID: id, bytes: bytes, now: now, maxGrowth: room)
-        let grown = (session.windowTarget(streamID: id) ?? target) - target
-        memory.unusedGrowth(id, room - min(room, grown))
+        let after = session.windowTarget(streamID: id) ?? target
+        if after >= target {
+            memory.unusedGrowth(id, room - min(room, after - target))
+        } else {
+            // The session took back growth (another stream became active): give its memory back too.
+            memory.unusedGrowth(id, room + (target - after))
+        }
     }
 
     /// The application read the end of the stream.

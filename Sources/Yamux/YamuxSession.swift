@@ -100,6 +100,17 @@ public struct YamuxSession {
         /// windows idle the sender (on two shared cores, 1 ms gives back the
         /// loopback throughput of unbounded windows, and their ping delay).
         public var growthTimeFloor: TimeAmount = .zero
+        /// While a stream has the session to itself (no other stream received
+        /// data for `soloQuietSpan`), its window also doubles while its reader
+        /// empties one faster than this: a lone bulk transfer gets loopback
+        /// and fast-LAN throughput (on these links the reader's scheduling,
+        /// not the network, paces the grants). Once another stream receives
+        /// data, the growth bought this way is taken back (grants are withheld
+        /// until the window is what the round trip alone allows), so that
+        /// stream's frames do not wait behind it. Zero: off.
+        public var soloGrowthTimeFloor: TimeAmount = .milliseconds(1)
+        /// A stream is alone when no other stream of the session received data for this long.
+        public var soloQuietSpan: TimeAmount = .milliseconds(50)
         /// Time between the session's round-trip pings (go-yamux: 30 s).
         public var rttPingInterval: TimeAmount = .seconds(30)
         /// Pings sent back to back at the start (each on the previous one's
@@ -158,6 +169,11 @@ public struct YamuxSession {
         /// start does not look like a slow reader).
         var epochStart: NIODeadline?
         var consumedInEpoch: UInt64 = 0
+        /// Window growth granted only because the stream was alone (taken back
+        /// when it no longer is).
+        var soloGrowth: UInt32 = 0
+        /// When data for this stream last arrived (with a clock).
+        var lastDataAt: NIODeadline?
 
         /// Whether the next turn in the send queue would frame something.
         var canSend: Bool {
@@ -227,11 +243,19 @@ public struct YamuxSession {
             output = ByteBuffer()
         }
         var budget = dataBudget
+        var waiting: [UInt32] = []
         // Rounds over the queue: each stream frames at most one frame per round.
         var visits = sendQueue.count
         while visits > 0, let id = sendQueue.popFirst() {
             visits -= 1
             guard var stream = streams[id] else { continue }
+            if budget <= 0 && stream.canSend && stream.queuedBytes > 0 {
+                // The budget ran out before its turn: it keeps its place ahead
+                // of the streams that framed, or a stream that always frames
+                // first would starve the rest.
+                waiting.append(id)
+                continue
+            }
             stream.scheduled = false
             if stream.canSend && (budget > 0 || stream.queuedBytes == 0) {
                 budget -= frameNext(id, &stream, budget: budget)
@@ -245,6 +269,7 @@ public struct YamuxSession {
             if stream.finSent { removeIfClosed(id) }
             if visits == 0 && budget > 0 { visits = sendQueue.count }
         }
+        for id in waiting.reversed() { sendQueue.prepend(id) }
         if output.readableBytes > 0 {
             outputPieces.append(output)
             output = ByteBuffer()
@@ -326,8 +351,17 @@ public struct YamuxSession {
                 stream.consumedInEpoch += UInt64(bytes)
             }
         }
+        if let now, stream.soloGrowth > 0, !isAlone(id, now: now) {
+            // Another stream is active: withhold grants until the solo growth is gone.
+            let taken = min(stream.soloGrowth, stream.consumedNotGranted)
+            stream.soloGrowth -= taken
+            stream.windowTarget -= taken
+            stream.consumedNotGranted -= taken
+        }
         if !stream.remoteFin && stream.consumedNotGranted >= stream.windowTarget / 2 {
-            let growth = min(windowGrowth(for: stream, now: now), maxGrowth)
+            let (wanted, solo) = windowGrowth(for: stream, id: id, now: now)
+            let growth = min(wanted, maxGrowth)
+            if solo { stream.soloGrowth += growth }
             stream.windowTarget += growth
             let delta = stream.consumedNotGranted + growth
             stream.consumedNotGranted = 0
@@ -348,25 +382,41 @@ public struct YamuxSession {
     /// How much to widen a stream's window at a grant: double it when its
     /// reader keeps up (at most a quarter of the window delivered and unread)
     /// and, given the time, when the window is what limits the stream; within
-    /// the per-stream and per-session bounds.
-    private func windowGrowth(for stream: Stream, now: NIODeadline?) -> UInt32 {
+    /// the per-stream and per-session bounds. `solo`: only because the stream
+    /// is alone (`soloGrowthTimeFloor`).
+    private func windowGrowth(for stream: Stream, id: UInt32, now: NIODeadline?) -> (growth: UInt32, solo: Bool) {
         let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
-        guard unread <= Int64(stream.windowTarget / 4), stream.windowTarget < configuration.maxStreamWindow else { return 0 }
+        guard unread <= Int64(stream.windowTarget / 4), stream.windowTarget < configuration.maxStreamWindow else { return (0, false) }
+        var solo = false
         if let now {
             // Did the reader, over at least a whole window, read at a rate that empties
             // one within `growthRoundTrips` round trips? (elapsed / consumed * window < k * rtt)
             guard let rtt = roundTripTime, let start = stream.epochStart,
                 stream.consumedInEpoch >= UInt64(stream.windowTarget)
-            else { return 0 }
-            let elapsed = Double(max(0, (now - start).nanoseconds))
+            else { return (0, false) }
+            let elapsed = Double(max(0, (now - start).nanoseconds)) * Double(stream.windowTarget)
+            func fastEnough(_ span: Double) -> Bool { elapsed < span * Double(stream.consumedInEpoch) }
             let span = max(configuration.growthRoundTrips * Double(rtt.nanoseconds), Double(configuration.growthTimeFloor.nanoseconds))
-            let limit = span * Double(stream.consumedInEpoch)
-            guard elapsed * Double(stream.windowTarget) < limit else { return 0 }
+            if !fastEnough(span) {
+                guard fastEnough(Double(configuration.soloGrowthTimeFloor.nanoseconds)), isAlone(id, now: now) else {
+                    return (0, false)
+                }
+                solo = true
+            }
         }
         // Every stream's growth so far, this one's included (its target is unchanged in `streams`).
         let grown = streams.values.reduce(UInt64(0)) { $0 + UInt64($1.windowTarget - configuration.initialWindow) }
         let budget = UInt64(configuration.maxSessionWindowGrowth) - min(grown, UInt64(configuration.maxSessionWindowGrowth))
-        return UInt32(min(UInt64(stream.windowTarget), UInt64(configuration.maxStreamWindow - stream.windowTarget), budget))
+        let growth = UInt32(min(UInt64(stream.windowTarget), UInt64(configuration.maxStreamWindow - stream.windowTarget), budget))
+        return (growth, solo)
+    }
+
+    /// Whether no stream but `id` received data within `soloQuietSpan` of `now`.
+    private func isAlone(_ id: UInt32, now: NIODeadline) -> Bool {
+        let since = now - configuration.soloQuietSpan
+        return !streams.contains { other, stream in
+            other != id && (stream.lastDataAt.map { $0 > since } ?? false)
+        }
     }
 
     // MARK: - Round trip
@@ -470,6 +520,7 @@ public struct YamuxSession {
                         throw YamuxError.frameTooLarge(length)
                     }
                     let deliver = try handleStreamFrame(type, flags: flags, id: id, length: length, events: &events)
+                    if deliver, length > 0, let now { streams[id]?.lastDataAt = now }
                     incoming = IncomingPayload(
                         stream: id, remaining: Int(length), deliver: deliver, fin: deliver && flags.contains(.fin))
                 case .windowUpdate:

@@ -103,6 +103,27 @@ final class YamuxTests: XCTestCase {
         XCTAssertEqual(link.client.queuedBytes(streamID: a), 256 * 1024)
     }
 
+    /// A budget smaller than a frame, call after call (a slow socket): streams
+    /// still take turns. The stream whose turn the budget ran out before keeps
+    /// its place, instead of going behind the one that just framed (which then
+    /// framed first at every call, and the other never).
+    func testStreamsTakeTurnsWhenTheBudgetRunsOutEveryCall() throws {
+        var link = Link()
+        let a = try link.client.openStream()
+        let b = try link.client.openStream()
+        try link.pump()
+        link.client.write(streamID: a, data: ByteBuffer(repeating: 1, count: 10_000))
+        link.client.write(streamID: b, data: ByteBuffer(repeating: 2, count: 10_000))
+        var sent: [UInt32: Int] = [:]
+        for _ in 0..<20 {
+            for frame in frames(in: link.client.takeOutput(dataBudget: 100).pieces) where frame.type == 0 {
+                sent[frame.stream, default: 0] += Int(frame.length)
+            }
+        }
+        XCTAssertEqual(sent[a], 1000)
+        XCTAssertEqual(sent[b], 1000)
+    }
+
     /// A FIN follows the stream's data: it waits while the data does, and goes
     /// at once when nothing is queued.
     func testFinFollowsQueuedDataWhateverTheBudget() throws {

@@ -207,10 +207,13 @@ final class YamuxWindowTimingTests: XCTestCase {
         XCTAssertLessThanOrEqual(target, 4 * 1024 * 1024, "grew past what the round trip needs")
     }
 
+    /// The round-trip rule alone (the solo growth off, as when other streams talk).
     func testWindowStaysSmallOnATinyRoundTrip() throws {
         // 100 µs round trip.
         func run(timed: Bool, linkRate: Double?, readRate: Double?) throws -> (target: UInt32, rate: Double) {
-            var link = TimedLink(oneWay: .microseconds(50), step: .microseconds(10))
+            var configuration = YamuxSession.Configuration()
+            configuration.soloGrowthTimeFloor = .zero
+            var link = TimedLink(oneWay: .microseconds(50), step: .microseconds(10), configuration: configuration)
             link.linkRate = linkRate
             link.readRate = readRate
             link.timed = timed
@@ -252,6 +255,37 @@ final class YamuxWindowTimingTests: XCTestCase {
         XCTAssertLessThanOrEqual(fast, 2 * 1024 * 1024, "grew past 1 ms of data")
         // 50 Mbit/s: the initial window already takes 42 ms to empty.
         XCTAssertEqual(try target(linkRate: 6.25e6, total: 4 * 1024 * 1024), 256 * 1024)
+    }
+
+    /// A stream alone on its session may grow to hold 1 ms of data
+    /// (`soloGrowthTimeFloor`): on a fast link with a tiny round trip that is
+    /// what keeps the sender busy. Once another stream receives data, that
+    /// growth is taken back, so the other stream's frames do not wait behind a
+    /// millisecond of bulk data; when it falls quiet, the bulk stream grows again.
+    func testSoloGrowthIsTakenBackWhileAnotherStreamTalks() throws {
+        var configuration = YamuxSession.Configuration()
+        configuration.soloQuietSpan = .milliseconds(20)
+        var link = TimedLink(oneWay: .microseconds(50), step: .microseconds(10), configuration: configuration)
+        link.linkRate = 1e9
+        let bulk = try link.client.openStream()
+        link.client.write(streamID: bulk, data: ByteBuffer(repeating: 1, count: 512 * 1024 * 1024))
+        _ = try link.transfer(64 * 1024 * 1024, on: bulk, limit: .seconds(120))
+        let alone = try XCTUnwrap(link.server.windowTarget(streamID: bulk))
+        XCTAssertGreaterThanOrEqual(alone, 1024 * 1024, "a lone stream grows to about 1 ms of data")
+        XCTAssertLessThanOrEqual(alone, 2 * 1024 * 1024)
+        // Another stream talks: 32 bytes every 100 µs for 10 ms.
+        let chat = try link.client.openStream()
+        for _ in 0..<100 {
+            link.client.write(streamID: chat, data: ByteBuffer(repeating: 2, count: 32))
+            for _ in 0..<10 { try link.advance() }
+        }
+        let shared = try XCTUnwrap(link.server.windowTarget(streamID: bulk))
+        XCTAssertLessThanOrEqual(shared, 512 * 1024, "the solo growth was taken back")
+        XCTAssertGreaterThanOrEqual(shared, 256 * 1024)
+        // Quiet again for longer than `soloQuietSpan`: the bulk stream grows back.
+        let done = link.consumed[bulk, default: 0]
+        _ = try link.transfer(done + 128 * 1024 * 1024, on: bulk, limit: .seconds(120))
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(link.server.windowTarget(streamID: bulk)), 1024 * 1024)
     }
 
     func testAPeerThatNeverAnswersPingsBreaksNothing() throws {
