@@ -380,13 +380,17 @@ public struct YamuxSession {
     public func windowTarget(streamID id: UInt32) -> UInt32? { streams[id]?.windowTarget }
 
     /// How much to widen a stream's window at a grant: double it when its
-    /// reader keeps up (at most a quarter of the window delivered and unread)
-    /// and, given the time, when the window is what limits the stream; within
+    /// reader keeps up (at most a quarter of the window delivered and unread;
+    /// half for the solo rule) and, given the time, when the window is what limits the stream; within
     /// the per-stream and per-session bounds. `solo`: only because the stream
     /// is alone (`soloGrowthTimeFloor`).
     private func windowGrowth(for stream: Stream, id: UInt32, now: NIODeadline?) -> (growth: UInt32, solo: Bool) {
         let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
-        guard unread <= Int64(stream.windowTarget / 4), stream.windowTarget < configuration.maxStreamWindow else { return (0, false) }
+        guard unread <= Int64(stream.windowTarget / 2), stream.windowTarget < configuration.maxStreamWindow else { return (0, false) }
+        // The round-trip rule wants the reader to keep up (a quarter unread at
+        // most); the solo rule, which makes up for the reader's own scheduling
+        // on a fast link, takes half (its reads come in bursts).
+        let keepingUp = unread <= Int64(stream.windowTarget / 4)
         var solo = false
         if let now {
             // Did the reader, over at least a whole window, read at a rate that empties
@@ -397,12 +401,14 @@ public struct YamuxSession {
             let elapsed = Double(max(0, (now - start).nanoseconds)) * Double(stream.windowTarget)
             func fastEnough(_ span: Double) -> Bool { elapsed < span * Double(stream.consumedInEpoch) }
             let span = max(configuration.growthRoundTrips * Double(rtt.nanoseconds), Double(configuration.growthTimeFloor.nanoseconds))
-            if !fastEnough(span) {
+            if !keepingUp || !fastEnough(span) {
                 guard fastEnough(Double(configuration.soloGrowthTimeFloor.nanoseconds)), isAlone(id, now: now) else {
                     return (0, false)
                 }
                 solo = true
             }
+        } else if !keepingUp {
+            return (0, false)
         }
         // Every stream's growth so far, this one's included (its target is unchanged in `streams`).
         let grown = streams.values.reduce(UInt64(0)) { $0 + UInt64($1.windowTarget - configuration.initialWindow) }
