@@ -305,7 +305,7 @@ func pingRoundTrip(server: Multiaddr, client: Libp2pHost) async throws -> Double
 /// Ping on a connection one of whose streams sends as fast as it can: control
 /// traffic must not queue behind bulk data (streams take turns frame by
 /// frame, and data waits in its stream, not in the socket's output buffer).
-func pingUnderLoad(server: Multiaddr, client: Libp2pHost) async throws -> (p50: Double, p99: Double) {
+func pingUnderLoad(server: Multiaddr, client: Libp2pHost) async throws -> (p50: Double, p99: Double, flood: Double) {
     let connection = try await client.connect(server)
     let stream = try await connection.newStream(protocols: [sinkProtocol])
     let stop = Atomic<Bool>(false)
@@ -322,11 +322,14 @@ func pingUnderLoad(server: Multiaddr, client: Libp2pHost) async throws -> (p50: 
     }
     // Measure once the flood is under way.
     while sent.load(ordering: .relaxed) < 64 * 1024 * 1024 { try await Task.sleep(for: .milliseconds(10)) }
+    let (sentBefore, start) = (sent.load(ordering: .relaxed), clock.now)
     let rtts = try await PingService.ping(connection, count: 200)
+    // What the flood moved while the pings ran (written into its stream's queue).
+    let floodRate = Double(sent.load(ordering: .relaxed) - sentBefore) / seconds(clock.now - start) / 1e6
     stop.store(true, ordering: .relaxed)
     try await flood.value
     let sorted = rtts.sorted()
-    return (seconds(sorted[sorted.count / 2]) * 1e6, seconds(sorted[sorted.count * 99 / 100]) * 1e6)
+    return (seconds(sorted[sorted.count / 2]) * 1e6, seconds(sorted[sorted.count * 99 / 100]) * 1e6, floodRate)
 }
 
 // MARK: Memory
@@ -556,6 +559,7 @@ func reportPing() async throws {
     let loaded = try await pingUnderLoad(server: serverAddress, client: client)
     report("  under a flooding stream, p50 of 200", loaded.p50, "µs")
     report("  under a flooding stream, p99 of 200", loaded.p99, "µs")
+    report("  the flooding stream meanwhile", loaded.flood, "MB/s")
 }
 if CommandLine.arguments.dropFirst().first == "ping" {
     try await reportPing()

@@ -401,11 +401,14 @@ public struct YamuxSession {
             let elapsed = Double(max(0, (now - start).nanoseconds)) * Double(stream.windowTarget)
             func fastEnough(_ span: Double) -> Bool { elapsed < span * Double(stream.consumedInEpoch) }
             let span = max(configuration.growthRoundTrips * Double(rtt.nanoseconds), Double(configuration.growthTimeFloor.nanoseconds))
-            if !keepingUp || !fastEnough(span) {
-                guard fastEnough(Double(configuration.soloGrowthTimeFloor.nanoseconds)), isAlone(id, now: now) else {
-                    return (0, false)
-                }
+            if fastEnough(Double(configuration.soloGrowthTimeFloor.nanoseconds)), isAlone(id, now: now) {
+                // Counted as solo even where the round-trip rule would allow it
+                // too (a round trip measured while the connection was busy
+                // starting is inflated): it is taken back once another stream
+                // talks, and the round-trip rule then grows again what it needs.
                 solo = true
+            } else {
+                guard keepingUp, fastEnough(span) else { return (0, false) }
             }
         } else if !keepingUp {
             return (0, false)
