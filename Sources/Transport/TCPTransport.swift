@@ -79,27 +79,28 @@ public struct TCPTransport: Transport {
                     channel: channel, direction: .outbound, role: role, expectedRemotePeer: expected, transport: "tcp"
                 ).cascade(to: established)
             }
-        } catch TransportError.dialFailed(_, let underlying) where local != nil && Self.isAddressClash(underlying) {
-            // Already connected to that remote from our port: dial from another one.
-            return try await TCPTransport(group: group).dial(address, upgrader: upgrader, role: role)
-        } catch let error as TransportError where local != nil && Self.mayBeSimultaneousOpen(error) && !Task.isCancelled {
-            // If the remote dialled us from its listening port at the same moment,
-            // TCP simultaneous open joined both dials into one connection on which
-            // each end acts as the dialler, and both handshakes fail. A dial from
-            // a fresh port cannot collide so. (Hole punching wants simultaneous
-            // open, but gives each end its role, so its handshake succeeds.)
+        } catch let error as TransportError where local != nil && Self.worthAFreshPort(error) {
             upgrader.logger.debug(
-                "dial from the listening port failed in the upgrade; dialling again from a fresh port",
+                "dial from the listening port failed; dialling again from a fresh port",
                 metadata: ["address": "\(address)", "error": "\(error)"])
             return try await TCPTransport(group: group).dial(address, upgrader: upgrader, role: role)
         }
     }
 
-    /// The upgrade failed as it does when both ends act as the dialler: the
-    /// security handshake or its negotiation broke, or the remote hung up.
-    private static func mayBeSimultaneousOpen(_ error: TransportError) -> Bool {
+    /// Whether a dial that left from our listening port failed in a way a dial
+    /// from a fresh port avoids:
+    /// - the bind or connect clashed with a connection we already have to that
+    ///   remote from our port (same four-tuple);
+    /// - the upgrade failed as it does when both ends act as the dialler: if
+    ///   the remote dialled us from its listening port at the same moment, TCP
+    ///   simultaneous open joined both dials into one connection and both
+    ///   handshakes fail (the security handshake or its negotiation broke, or
+    ///   the remote hung up). Hole punching wants simultaneous open, but gives
+    ///   each end its role, so its handshake succeeds. A cancelled dial is not retried.
+    private static func worthAFreshPort(_ error: TransportError) -> Bool {
         switch error {
-        case .securityFailed, .negotiationFailed, .connectionClosed, .io: true
+        case .dialFailed(_, let underlying): isAddressClash(underlying)
+        case .securityFailed, .negotiationFailed, .connectionClosed, .io: !Task.isCancelled
         default: false
         }
     }
