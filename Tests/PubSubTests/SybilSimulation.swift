@@ -254,7 +254,8 @@ struct SybilSimulation {
     private var rng: SplitMix
     private(set) var published: [MessageID: Published] = [:]
     private var crafted: UInt64 = 0
-    private var graylists: [GraylistTracker<Int>]
+    /// Each node's graylist clock; nil where graylisted peers stay connected.
+    private var graylists: [GraylistTracker<Int>?]
     /// Links closed because the honest end kept the other graylisted.
     private(set) var graylistDisconnects = 0
     /// The eclipse's target: the first honest node.
@@ -286,7 +287,7 @@ struct SybilSimulation {
         index = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
         isSybil = (0..<scenario.nodes).map { $0 >= honestCount }
         neighbours = Array(repeating: [], count: scenario.nodes)
-        graylists = []
+        graylists = ids.map { network.routers[$0]!.configuration.graylistDisconnectAfter.map { GraylistTracker(after: $0) } }
         start = network.now
         buildTopology(honestCount: honestCount)
         // Everyone subscribes at time 0; heartbeats start at a random phase per node.
@@ -396,12 +397,12 @@ struct SybilSimulation {
     /// As `PubSubService` does: a peer graylisted for `graylistDisconnectAfter` is disconnected.
     private mutating func disconnectGraylisted(at node: Int) {
         let router = network.routers[ids[node]]!
-        guard let after = router.configuration.graylistDisconnectAfter else { return }
+        guard var tracker = graylists[node] else { return }
         let threshold = router.configuration.scoreThresholds.graylistThreshold
-        if graylists.isEmpty { graylists = Array(repeating: GraylistTracker(after: after), count: scenario.nodes) }
         let now = network.now
         let ids = self.ids
-        let gone = graylists[node].check(neighbours[node], now: now) { router.score(of: ids[$0], now: now) < threshold }
+        let gone = tracker.check(neighbours[node], now: now) { router.score(of: ids[$0], now: now) < threshold }
+        graylists[node] = tracker
         for peer in gone {
             graylistDisconnects += 1
             neighbours[node].removeAll { $0 == peer }
