@@ -105,9 +105,9 @@ public struct YamuxSession {
         /// empties one faster than this: a lone bulk transfer gets loopback
         /// and fast-LAN throughput (on these links the reader's scheduling,
         /// not the network, paces the grants). Once another stream receives
-        /// data, the growth bought this way is taken back (grants are withheld
-        /// until the window is what the round trip alone allows), so that
-        /// stream's frames do not wait behind it. Zero: off.
+        /// data, the growth made while alone is taken back (grants are withheld
+        /// until it is gone; the round-trip rule then grows what it needs), so
+        /// that stream's frames do not wait behind it. Zero: off.
         public var soloGrowthTimeFloor: TimeAmount = .milliseconds(1)
         /// A stream is alone when no other stream of the session received data for this long.
         public var soloQuietSpan: TimeAmount = .milliseconds(50)
@@ -382,8 +382,8 @@ public struct YamuxSession {
     /// How much to widen a stream's window at a grant: double it when its
     /// reader keeps up (at most a quarter of the window delivered and unread;
     /// half for the solo rule) and, given the time, when the window is what limits the stream; within
-    /// the per-stream and per-session bounds. `solo`: only because the stream
-    /// is alone (`soloGrowthTimeFloor`).
+    /// the per-stream and per-session bounds. `solo`: made while the stream is
+    /// alone (`soloGrowthTimeFloor`), so taken back once it is not.
     private func windowGrowth(for stream: Stream, id: UInt32, now: NIODeadline?) -> (growth: UInt32, solo: Bool) {
         let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
         guard unread <= Int64(stream.windowTarget / 2), stream.windowTarget < configuration.maxStreamWindow else { return (0, false) }
