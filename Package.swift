@@ -178,7 +178,7 @@ let package = Package(
         .target(
             name: "Relay",
             dependencies: [
-                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity",
+                "Host", "Transport", "Identity", "Multiformats", "LibP2PSecurity", "EventBroadcast",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),

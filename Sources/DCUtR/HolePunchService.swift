@@ -14,16 +14,28 @@ public enum HolePunchEvent: Sendable {
     /// over the relay, the time from the start of DCUtR to the direct
     /// connection, and the attempt that worked.
     case succeeded(peer: PeerID, connection: Connection, rtt: Duration, elapsed: Duration, attempt: Int)
+    /// A plain dial to the remote's public address replaced the relayed
+    /// connection, with no hole punch (the spec's unilateral connection upgrade).
+    case dialledDirectly(peer: PeerID, connection: Connection, elapsed: Duration)
     case failed(peer: PeerID, error: HolePunchError)
 }
 
 /// DCUtR (`/libp2p/dcutr`) on a host: upgrades relayed connections to direct
-/// ones by TCP simultaneous open. The peer that accepted a relayed connection
-/// starts it (CONNECT, CONNECT, SYNC); both then dial each other's observed
-/// addresses at the same moment, from their listening port (a TCP transport
-/// with `reusePort`), with the security roles the protocol fixes (the
-/// relayed connection's dialer is the initiator). Once a direct connection
-/// works, the relayed one is closed.
+/// ones. The peer that accepted a relayed connection ("B") first dials the
+/// remote's public addresses, if it advertises any (the unilateral upgrade);
+/// failing that it starts DCUtR (CONNECT, CONNECT, SYNC), and both then dial
+/// each other's observed addresses at the same moment, from their listening
+/// port (a TCP transport with `reusePort`), so that TCP simultaneous open
+/// joins the dials. Once a direct connection works, the relayed one is closed.
+///
+/// Roles in the joined connection: the spec makes the relayed connection's
+/// dialer ("A") the client. go-libp2p before v0.41 had them the other way
+/// round (B client, with the multistream simultaneous-open extension before
+/// v0.33), and since v0.41 its B takes the client's part on its last attempt.
+/// So that old and new peers meet: B is the listener on every attempt but the
+/// last, where it dials with the simultaneous-open extension; A dials with the
+/// extension (a listener answers `na`, another dialler breaks the tie by
+/// nonce) on the first two exchanges and is the listener from the third.
 public final class HolePunchService: Sendable {
     public static let protocolID = "/libp2p/dcutr"
 
@@ -39,6 +51,9 @@ public final class HolePunchService: Sendable {
         /// Before attempt n + 1, n times this (the remote may not know its
         /// observed addresses yet at the first).
         public var retryDelay: Duration = .seconds(1)
+        /// How long the accepting side waits for identify (the remote's public
+        /// addresses) before it decides between a direct dial and a hole punch.
+        public var identifyWait: Duration = .seconds(5)
         /// Start hole punching on every inbound relayed connection...
         public var automatic = true
         /// ...this long after it is established.
@@ -54,7 +69,14 @@ public final class HolePunchService: Sendable {
     private struct State {
         var watcher: Task<Void, Never>?
         var punches: [UInt64: Task<Void, Never>] = [:]
+        /// Exchanges answered per relayed connection (the answering side's role follows it).
+        var answered: [UInt64: Int] = [:]
     }
+
+    /// The answering side dials as a listener from this exchange on (see the type's comment).
+    static let answerAsListenerFrom = 3
+    /// Connections whose answered exchanges are remembered at once.
+    static let maxAnsweredConnections = 256
     private let state = Mutex(State())
     private let broadcaster = EventBroadcaster<HolePunchEvent>(bufferingNewest: 64)
 
@@ -77,10 +99,13 @@ public final class HolePunchService: Sendable {
         let events = host.events()
         let watcher = Task { [weak self] in
             for await event in events {
-                guard case .connected(let connection) = event, connection.transport == "p2p-circuit",
-                    connection.direction == .inbound, let self
+                guard case .connected(let connection) = event, connection.transport == "p2p-circuit", let self
                 else { continue }
-                self.punchInBackground(connection)
+                if connection.direction == .inbound {
+                    self.punchInBackground(connection)
+                } else {
+                    self.dialPublicInBackground(connection)
+                }
             }
         }
         state.withLock { $0.watcher = watcher }
@@ -100,16 +125,82 @@ public final class HolePunchService: Sendable {
         host.removeStreamHandler(Self.protocolID)
     }
 
-    /// Runs `holePunch` in a task the service owns (cancelled by `stop`).
+    /// Runs `upgrade` in a task the service owns (cancelled by `stop`).
     private func punchInBackground(_ relayed: Connection) {
         let id = relayed.id
         let delay = configuration.startDelay
         let task = Task { [weak self] in
             if delay > .zero { try? await Task.sleep(for: delay) }
-            _ = try? await self?.holePunch(relayed)
+            _ = try? await self?.upgrade(relayed)
             _ = self?.state.withLock { $0.punches.removeValue(forKey: id) }
         }
         state.withLock { $0.punches[id] = task }
+    }
+
+    /// The side that dialled through a relay: when the remote advertises a
+    /// public address, a plain dial there gives the direct connection without
+    /// waiting for the remote's DCUtR (which may find no address of ours).
+    private func dialPublicInBackground(_ relayed: Connection) {
+        let id = relayed.id
+        let task = Task { [weak self] in
+            guard let self else { return }
+            let peer = relayed.remotePeer
+            let start = ContinuousClock.now
+            await self.waitForIdentify(peer, within: self.configuration.identifyWait)
+            let addresses = self.publicAddresses(of: peer)
+            if !addresses.isEmpty, Self.directConnection(self.host, to: peer) == nil,
+                let direct = try? await self.dialAll(addresses, peer: peer, role: .initiator, watchInbound: false)
+            {
+                self.emit(.dialledDirectly(peer: peer, connection: direct, elapsed: .now - start))
+                await self.closeRelayed(relayed)
+            }
+            _ = self.state.withLock { $0.punches.removeValue(forKey: id) }
+        }
+        state.withLock { $0.punches[id] = task }
+    }
+
+    /// The remote's public, non-relayed addresses that our transports dial.
+    public func publicAddresses(of peer: PeerID) -> [Multiaddr] {
+        let known = host.peerStore.info(peer)?.addresses ?? []
+        return HolePunchMessage.dialable(known).filter { !$0.isLocalOrPrivate }
+    }
+
+    /// What the side that accepted `relayed` does: a plain dial when the
+    /// remote advertises a public address (identify is awaited briefly for
+    /// it), else `holePunch`. Returns the direct connection.
+    @discardableResult
+    public func upgrade(_ relayed: Connection) async throws -> Connection {
+        let peer = relayed.remotePeer
+        let start = ContinuousClock.now
+        if let direct = Self.directConnection(host, to: peer) { return direct }
+        await waitForIdentify(peer, within: configuration.identifyWait)
+        let addresses = publicAddresses(of: peer)
+        if !addresses.isEmpty {
+            do {
+                let direct = try await dialAll(addresses, peer: peer, role: .initiator, watchInbound: false)
+                logger.info("direct dial replaced a relayed connection", metadata: ["peer": "\(peer)"])
+                emit(.dialledDirectly(peer: peer, connection: direct, elapsed: .now - start))
+                await closeRelayed(relayed)
+                return direct
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                logger.debug("direct dial failed; hole punching", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            }
+        }
+        return try await holePunch(relayed)
+    }
+
+    /// Until identify told us about `peer` (its protocols are known), at most `limit`.
+    private func waitForIdentify(_ peer: PeerID, within limit: Duration) async {
+        let events = host.events(bufferingNewest: 64)
+        let identified: @Sendable () -> Bool = { [host] in !(host.peerStore.info(peer)?.protocols.isEmpty ?? true) }
+        guard !identified() else { return }
+        _ = try? await withTimeout(limit, "identify") {
+            for await event in events {
+                if case .peerUpdated(peer) = event, identified() { return }
+            }
+        }
     }
 
     /// The addresses we offer: what peers observed us at (identify) and our
@@ -146,6 +237,9 @@ public final class HolePunchService: Sendable {
         var lastError: any Error = HolePunchError.noAddresses
         for attempt in 1...configuration.maxAttempts {
             if attempt > 1 { try await Task.sleep(for: configuration.retryDelay * (attempt - 1)) }
+            // The listener's part (the spec's), but on the last attempt the
+            // dialler's, for the remotes whose roles are the other way round.
+            let role: UpgradeRole = attempt == configuration.maxAttempts && attempt > 1 ? .simultaneousOpen : .responder
             // The remote may have punched through on its own initiative meanwhile.
             if let direct = Self.directConnection(host, to: peer) {
                 emit(.succeeded(peer: peer, connection: direct, rtt: .zero, elapsed: .now - start, attempt: attempt))
@@ -157,7 +251,7 @@ public final class HolePunchService: Sendable {
                     try await self.initiate(on: relayed)
                 }
                 try await Task.sleep(for: exchange.after)
-                let direct = try await dialAll(exchange.dial, peer: peer, role: .responder)
+                let direct = try await dialAll(exchange.dial, peer: peer, role: role)
                 logger.info("hole punch succeeded", metadata: ["peer": "\(peer)", "attempt": "\(attempt)"])
                 emit(.succeeded(peer: peer, connection: direct, rtt: rtt, elapsed: .now - start, attempt: attempt))
                 await closeRelayed(relayed)
@@ -201,6 +295,21 @@ public final class HolePunchService: Sendable {
         let relayed = stream.connection
         let peer = relayed.remotePeer
         let start = ContinuousClock.now
+        // A direct connection has nothing to upgrade: an exchange on one would
+        // only make us dial where a stranger says.
+        guard relayed.transport == "p2p-circuit" else {
+            logger.debug("dcutr on a direct connection refused", metadata: ["peer": "\(peer)"])
+            stream.reset()
+            return
+        }
+        let exchange = state.withLock { state -> Int in
+            if state.answered[relayed.id] == nil, state.answered.count >= Self.maxAnsweredConnections {
+                state.answered.remove(at: state.answered.startIndex)
+            }
+            state.answered[relayed.id, default: 0] += 1
+            return state.answered[relayed.id]!
+        }
+        let role: UpgradeRole = exchange >= Self.answerAsListenerFrom ? .responder : .simultaneousOpen
         do {
             let dial = try await withTimeout(configuration.exchangeTimeout, "dcutr exchange") { [self] in
                 var machine = HolePunchResponder()
@@ -215,8 +324,9 @@ public final class HolePunchService: Sendable {
                     }
                 }
             }
-            let direct = try await dialAll(dial, peer: peer, role: .initiator)
-            emit(.succeeded(peer: peer, connection: direct, rtt: .zero, elapsed: .now - start, attempt: 1))
+            let direct = try await dialAll(dial, peer: peer, role: role)
+            emit(.succeeded(peer: peer, connection: direct, rtt: .zero, elapsed: .now - start, attempt: exchange))
+            _ = state.withLock { $0.answered.removeValue(forKey: relayed.id) }
             await closeRelayed(relayed)
         } catch {
             logger.debug("hole punch (answering) failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
@@ -225,8 +335,10 @@ public final class HolePunchService: Sendable {
 
     /// Dials every address at once with `role`; the first connection wins. A
     /// direct connection that the remote's simultaneous dial gave us (accepted
-    /// by our listener) counts too.
-    private func dialAll(_ addresses: [Multiaddr], peer: PeerID, role: SecurityRole) async throws -> Connection {
+    /// by our listener) counts too, when `watchInbound`.
+    private func dialAll(
+        _ addresses: [Multiaddr], peer: PeerID, role: UpgradeRole, watchInbound: Bool = true
+    ) async throws -> Connection {
         let targets = addresses.map { $0.encapsulating(.p2p(peer.bytes)) }
         let dialed: Result<Connection, any Error> = await withTaskGroup(of: Result<Connection, any Error>.self) { group in
             for target in targets {
@@ -242,7 +354,7 @@ public final class HolePunchService: Sendable {
                 }
             }
             // The remote's simultaneous dial may reach our listener first.
-            group.addTask { [host, configuration] in
+            if watchInbound { group.addTask { [host, configuration] in
                 let deadline = ContinuousClock.now + configuration.dialTimeout
                 while ContinuousClock.now < deadline {
                     if let direct = Self.directConnection(host, to: peer) { return .success(direct) }
@@ -253,7 +365,7 @@ public final class HolePunchService: Sendable {
                     }
                 }
                 return .failure(TimeoutError(what: "dcutr dial", seconds: Double(configuration.dialTimeout.components.seconds) + Double(configuration.dialTimeout.components.attoseconds) / 1e18))
-            }
+            } }
             var last: Result<Connection, any Error> = .failure(HolePunchError.noAddresses)
             for await result in group {
                 if case .success(let connection) = result {

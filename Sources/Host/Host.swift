@@ -162,6 +162,21 @@ public final class Libp2pHost: Sendable {
         return bound
     }
 
+    /// Closes the listeners bound to any of `addresses` (as `listen` returned them).
+    public func stopListening(on addresses: [Multiaddr]) async {
+        let closing = state.withLock { state -> [Listener] in
+            let (gone, kept) = (
+                state.listeners.filter { addresses.contains($0.address) },
+                state.listeners.filter { !addresses.contains($0.address) }
+            )
+            state.listeners = kept
+            return gone
+        }
+        guard !closing.isEmpty else { return }
+        for listener in closing { await listener.close() }
+        emit(.localChanged)
+    }
+
     /// The addresses we are bound to, as bound (may be unspecified: 0.0.0.0, ::).
     public var boundAddresses: [Multiaddr] {
         state.withLock { $0.listeners.map(\.address) }
@@ -242,7 +257,7 @@ public final class Libp2pHost: Sendable {
     /// Dials a new connection even if the peer is connected already (a direct
     /// connection beside a relayed one), with the security role given (a hole
     /// punch fixes it by protocol, not by who dials).
-    public func dial(_ address: Multiaddr, role: SecurityRole) async throws -> Connection {
+    public func dial(_ address: Multiaddr, role: UpgradeRole) async throws -> Connection {
         let connection = try await transport(dialing: address).dial(address, upgrader: upgrader, role: role)
         adopt(connection)
         return connection

@@ -49,12 +49,40 @@ public struct MultistreamLimits: Sendable {
 public struct MultistreamNegotiation: Sendable {
     public static let protocolID = "/multistream/1.0.0"
 
+    public static let simultaneousOpenID = "/libp2p/simultaneous-connect"
+    static let tieBreakerPrefix = "select:"
+
     enum Role: Sendable {
         case initiator(proposals: [String], next: Int)
         case responder(supports: @Sendable (String) -> Bool, rounds: Int)
+        /// A dialler that proposed the simultaneous-open extension: until the
+        /// remote's answer says whether it is a listener (`na`) or a dialler too.
+        case simultaneousOpen(proposals: [String], nonce: UInt64, phase: SimultaneousOpenPhase)
+    }
+
+    /// The steps of the multistream simultaneous-open extension (the one
+    /// go-libp2p before v0.33 used for every dial, and hole punches of go-libp2p
+    /// before v0.41 need): both ends send `select:<nonce>` and the larger
+    /// nonce takes the listener's part.
+    enum SimultaneousOpenPhase: Sendable {
+        /// Header received; the answer to our extension proposal is next.
+        case awaitingAnswer
+        /// The remote is a listener: its answer to our pipelined proposal is next.
+        case awaitingFirstAnswer
+        /// The remote is a dialler too: its pipelined proposal is skipped...
+        case skippingProposal
+        /// ...then comes its nonce.
+        case awaitingNonce
+        /// We won the listener's part: the remote's `initiator` is next.
+        case awaitingInitiator
+        /// We are the dialler: the remote's `responder` is next.
+        case awaitingResponder
     }
 
     private var role: Role
+    /// Whether this end ended up in the listener's part (always true for a
+    /// responder; for a simultaneous open, what the nonces decided).
+    public private(set) var actsAsResponder: Bool
     private let limits: MultistreamLimits
     private var receivedHeader = false
     private var finished = false
@@ -73,16 +101,31 @@ public struct MultistreamNegotiation: Sendable {
         Self(role: .responder(supports: supports, rounds: 0), limits: limits)
     }
 
+    /// Proposes `protocols` after the simultaneous-open extension: with a
+    /// listener this is an ordinary initiator's negotiation (one `na` more);
+    /// with a remote that dialled us at the same moment, `nonce` against the
+    /// remote's decides who is the listener.
+    public static func simultaneousOpen(protocols: [String], nonce: UInt64, limits: MultistreamLimits = .init()) -> Self {
+        Self(role: .simultaneousOpen(proposals: protocols, nonce: nonce, phase: .awaitingAnswer), limits: limits)
+    }
+
     private init(role: Role, limits: MultistreamLimits) {
         self.role = role
         self.limits = limits
+        if case .responder = role { actsAsResponder = true } else { actsAsResponder = false }
     }
 
     /// The first bytes to send: the header (and the initiator's first proposal).
     public mutating func start(into output: inout ByteBuffer) {
         Self.writeMessage(Self.protocolID, into: &output)
-        if case .initiator(let proposals, let next) = role, next < proposals.count {
+        switch role {
+        case .initiator(let proposals, let next) where next < proposals.count:
             Self.writeMessage(proposals[next], into: &output)
+        case .simultaneousOpen(let proposals, _, _):
+            Self.writeMessage(Self.simultaneousOpenID, into: &output)
+            if let first = proposals.first { Self.writeMessage(first, into: &output) }
+        default:
+            break
         }
     }
 
@@ -112,12 +155,17 @@ public struct MultistreamNegotiation: Sendable {
         if !receivedHeader {
             guard message == Self.protocolID else { throw .wrongHeader(message) }
             receivedHeader = true
-            if case .initiator(let proposals, _) = role, proposals.isEmpty {
+            switch role {
+            case .initiator(let proposals, _) where proposals.isEmpty,
+                .simultaneousOpen(let proposals, _, _) where proposals.isEmpty:
                 throw .protocolsNotSupported([])
+            default:
+                return nil
             }
-            return nil
         }
         switch role {
+        case .simultaneousOpen(let proposals, let nonce, let phase):
+            return try handleSimultaneousOpen(message, proposals: proposals, nonce: nonce, phase: phase, output: &output)
         case .initiator(let proposals, let next):
             if message == proposals[next] { return message }
             guard message == "na" else { throw .unexpectedMessage(message) }
@@ -135,6 +183,53 @@ public struct MultistreamNegotiation: Sendable {
             Self.writeMessage("na", into: &output)
             return nil
         }
+    }
+
+    private mutating func handleSimultaneousOpen(
+        _ message: String, proposals: [String], nonce: UInt64, phase: SimultaneousOpenPhase, output: inout ByteBuffer
+    ) throws(MultistreamError) -> String? {
+        func next(_ phase: SimultaneousOpenPhase) {
+            role = .simultaneousOpen(proposals: proposals, nonce: nonce, phase: phase)
+        }
+        switch phase {
+        case .awaitingAnswer:
+            if message == "na" {
+                next(.awaitingFirstAnswer)
+            } else if message == Self.simultaneousOpenID {
+                Self.writeMessage(Self.tieBreakerPrefix + String(nonce), into: &output)
+                next(.skippingProposal)
+            } else {
+                // A plain dialler's proposal: both ends dialled and only one knows the extension.
+                throw .unexpectedMessage(message)
+            }
+        case .awaitingFirstAnswer:
+            // From here on an ordinary initiator whose first proposal is on its way.
+            role = .initiator(proposals: proposals, next: 0)
+            return try handle(message, output: &output)
+        case .skippingProposal:
+            next(.awaitingNonce)
+        case .awaitingNonce:
+            guard message.hasPrefix(Self.tieBreakerPrefix),
+                let theirs = UInt64(message.dropFirst(Self.tieBreakerPrefix.count))
+            else { throw .unexpectedMessage(message) }
+            guard theirs != nonce else { throw .unexpectedMessage("\(message): the same nonce as ours") }
+            if theirs > nonce {
+                actsAsResponder = true
+                Self.writeMessage("responder", into: &output)
+                next(.awaitingInitiator)
+            } else {
+                Self.writeMessage("initiator", into: &output)
+                next(.awaitingResponder)
+            }
+        case .awaitingInitiator:
+            guard message == "initiator" else { throw .unexpectedMessage(message) }
+            role = .responder(supports: { proposals.contains($0) }, rounds: 0)
+        case .awaitingResponder:
+            guard message == "responder" else { throw .unexpectedMessage(message) }
+            role = .initiator(proposals: proposals, next: 0)
+            Self.writeMessage(proposals[0], into: &output)
+        }
+        return nil
     }
 
     /// The next complete message in `pending`, nil if more bytes are needed.

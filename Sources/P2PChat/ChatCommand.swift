@@ -110,7 +110,7 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(help: "Keep the topic's recent lines in this file (in memory otherwise), to give peers what they missed.")
     var history: String?
 
-    @Option(name: .long, help: "A relay's /p2p/ address: stay connected, and reserve a slot there (advertising its circuit address) when AutoNAT says we are private.")
+    @Option(name: .long, help: "A relay's /p2p/ address, tried first: stay connected, and reserve a slot there (advertising its circuit address) when we are not reachable from outside. Without it relays are found among bootstrap and connected peers.")
     var relay: String?
 
     @Option(name: .customLong("hole-punch-delay"), help: ArgumentHelp("Seconds before hole punching a relayed connection.", visibility: .hidden))
@@ -139,7 +139,9 @@ struct ChatCommand: AsyncParsableCommand {
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
         let (host, identifyService, circuit) = makeNATHost(key: key, options: identity)
         let relayAddress = relay.map(parseAddress)
-        let nat = ChatNATTraversal(host: host, relay: relayAddress, holePunchDelay: holePunchDelay, out: out)
+        let nat = ChatNATTraversal(
+            host: host, circuit: circuit, relay: relayAddress, bootstrap: bootstrapAddresses,
+            holePunchDelay: holePunchDelay, out: out)
         var pubsubConfiguration = PubSubConfiguration()
         pubsubConfiguration.router = routerKind
         let pubsub: PubSubService
@@ -239,7 +241,7 @@ struct ChatCommand: AsyncParsableCommand {
         await dht?.close()
         printer.cancel()
         limitReporter.cancel()
-        nat.stop()
+        await nat.stop()
         await session.leave()
         await mdns?.stop()
         await pubsub.stop()
@@ -260,6 +262,7 @@ actor ChatSession {
     private var receivers: [Task<Void, Never>] = []
     private var topicChanged: (@Sendable (String) async -> Void)?
     private var statusReporter: (@Sendable () async -> Void)?
+    private var pacer = PublishPacer(now: .now)
 
     init(topic: String, pubsub: PubSubService, out: ChatOutput, files: ChatFiles, history: ChatHistorySync) {
         self.topic = topic
@@ -391,8 +394,12 @@ actor ChatSession {
         return true
     }
 
-    /// Publishes a line, kept in the history (for peers that miss it).
+    /// Publishes a line, kept in the history (for peers that miss it), paced
+    /// (`PublishPacer`) so that a pasted block reaches go peers whole; the
+    /// wait also holds back the reading of further input lines.
     private func publish(_ text: String, files: Bool = false) async {
+        let wait = pacer.reserve(now: .now)
+        if wait > .zero { try? await Task.sleep(for: wait) }
         do {
             let (message, reached) = try await pubsub.publishMessage(topic, data: Array(text.utf8))
             history.history.record(message)

@@ -99,14 +99,20 @@ func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, Iden
 }
 
 /// The chat's NAT traversal: AutoNAT (client and server), hole punching of
-/// relayed connections, and, once AutoNAT says private, a reservation on the
-/// `--relay` node whose circuit address we then advertise.
+/// relayed connections, and AutoRelay: while AutoNAT says we are not reachable
+/// from outside (or says nothing for a while), reservations on two relays
+/// found by themselves (`--relay` first, then bootstrap peers, then any peer
+/// that offers hop), whose circuit addresses we then advertise.
 struct ChatNATTraversal: Sendable {
     let autonat: AutoNATService
     let holePunch: HolePunchService
+    let autoRelay: AutoRelayService
     private let tasks: [Task<Void, Never>]
 
-    init(host: Libp2pHost, relay: Multiaddr?, holePunchDelay: Double, out: ChatOutput) {
+    init(
+        host: Libp2pHost, circuit: CircuitTransport, relay: Multiaddr?, bootstrap: [Multiaddr], holePunchDelay: Double,
+        out: ChatOutput
+    ) {
         var configuration = AutoNATService.Configuration()
         // A home node may know one other peer (its relay): one answer decides.
         configuration.threshold = 1
@@ -114,24 +120,36 @@ struct ChatNATTraversal: Sendable {
         var holePunchConfiguration = HolePunchService.Configuration()
         holePunchConfiguration.startDelay = .milliseconds(Int(holePunchDelay * 1000))
         holePunch = HolePunchService(host: host, configuration: holePunchConfiguration)
+        autoRelay = AutoRelayService(host: host, circuit: circuit)
+        if let relay { autoRelay.addCandidate(relay, source: .configured) }
+        for peer in bootstrap { autoRelay.addCandidate(peer, source: .bootstrap) }
         let changes = autonat.reachabilityChanges()
         let punches = holePunch.events()
+        let relayEvents = autoRelay.events()
         autonat.start()
         holePunch.start()
-        let reserve = Task {
-            var reserved = false
+        let (needs, needsFeed) = AsyncStream.makeStream(of: AutoRelay.Reachability.self)
+        let watch = Task {
             for await change in changes {
                 out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
-                guard change == .private, !reserved, let relay else { continue }
-                do {
-                    let bound = try await host.listen(on: [relay.encapsulating(.p2pCircuit)])
-                    reserved = true
-                    for address in bound {
+                needsFeed.yield(Self.relayNeed(change))
+            }
+            needsFeed.finish()
+        }
+        let relaying = Task { [autoRelay] in await autoRelay.run(reachability: needs) }
+        let relayReport = Task {
+            for await event in relayEvents {
+                switch event {
+                case .reserved(let relay, let addresses):
+                    for address in addresses {
                         let full = address.encapsulating(.p2p(host.localPeer.bytes))
-                        out.emit("listening", ["addr": "\(full)"], human: "Listening on \(full)")
+                        out.emit("listening", ["addr": "\(full)", "relay": "\(relay)"], human: "Listening on \(full)")
                     }
-                } catch {
-                    out.error("reservation on \(relay): \(error)")
+                case .released(let relay):
+                    out.emit("relay_released", ["relay": "\(relay)"], human: "Released the reservation on relay \(relay)")
+                case .failed(let failed, let reason):
+                    // Relays found by themselves come and go quietly; a named one's trouble is news.
+                    if failed == relay?.peerID { out.error("reservation on \(failed): \(reason)") }
                 }
             }
         }
@@ -143,21 +161,39 @@ struct ChatNATTraversal: Sendable {
                         "connection_upgraded",
                         [
                             "peer": "\(peer)", "addr": "\(connection.remoteAddress)", "rtt_ms": "\(rtt.milliseconds)",
-                            "elapsed_ms": "\(elapsed.milliseconds)", "attempt": "\(attempt)",
+                            "elapsed_ms": "\(elapsed.milliseconds)", "attempt": "\(attempt)", "method": "hole punch",
                         ],
                         human: "Direct connection to \(peer) at \(connection.remoteAddress) (hole punched)")
+                case .dialledDirectly(let peer, let connection, let elapsed):
+                    out.emit(
+                        "connection_upgraded",
+                        [
+                            "peer": "\(peer)", "addr": "\(connection.remoteAddress)", "method": "direct dial",
+                            "elapsed_ms": "\(elapsed.milliseconds)",
+                        ],
+                        human: "Direct connection to \(peer) at \(connection.remoteAddress) (dialled directly)")
                 case .failed(let peer, let error):
                     out.error("hole punch with \(peer): \(error)")
                 }
             }
         }
-        tasks = [reserve, report]
+        tasks = [watch, relaying, relayReport, report]
     }
 
-    func stop() {
+    /// What AutoRelay makes of AutoNAT's verdict: only `public` means no relay is needed.
+    static func relayNeed(_ reachability: Reachability) -> AutoRelay.Reachability {
+        switch reachability {
+        case .public: .reachable
+        case .unknown: .unknown
+        default: .unreachable
+        }
+    }
+
+    func stop() async {
         autonat.stop()
         holePunch.stop()
         for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
     }
 }
 

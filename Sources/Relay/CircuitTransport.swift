@@ -1,3 +1,4 @@
+import EventBroadcast
 import Host
 import Identity
 import LibP2PSecurity
@@ -27,6 +28,19 @@ public final class CircuitTransport: Transport {
     }
     private let state = Mutex(State())
     private let logger: Logger
+    private let reservationBroadcaster = EventBroadcaster<ReservationEvent>(bufferingNewest: 64)
+
+    /// What happens to the reservations of our listeners.
+    public enum ReservationEvent: Sendable {
+        /// Made or renewed.
+        case reserved(relay: PeerID, grant: ReservationGrant)
+        /// Could not be renewed (the relay went away or refused): the listener
+        /// keeps trying every `retryDelay` until it is closed.
+        case lost(relay: PeerID, reason: String)
+    }
+
+    /// Reservation news from now on.
+    public func reservationEvents() -> AsyncStream<ReservationEvent> { reservationBroadcaster.subscribe() }
 
     /// When a refresh fails, the next try comes this much later.
     static let retryDelay: Duration = .seconds(5)
@@ -87,7 +101,7 @@ public final class CircuitTransport: Transport {
         Multiaddr(relay.remoteAddress.components + [.p2p(relay.remotePeer.bytes), .p2pCircuit])
     }
 
-    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: SecurityRole) async throws -> Connection {
+    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: UpgradeRole) async throws -> Connection {
         guard let circuit = CircuitAddress(address), let target = circuit.target else {
             throw TransportError.unsupportedAddress("\(address)")
         }
@@ -139,6 +153,8 @@ public final class CircuitTransport: Transport {
                     expire = renewed.expire
                 } catch {
                     self.logger.debug("reservation refresh failed", metadata: ["relay": "\(circuit.relay)", "error": "\(error)"])
+                    self.state.withLock { _ = $0.reservations.removeValue(forKey: circuit.relay) }
+                    self.reservationBroadcaster.yield(.lost(relay: circuit.relay, reason: "\(error)"))
                     try? await Task.sleep(for: Self.retryDelay)
                 }
             }
@@ -174,6 +190,7 @@ public final class CircuitTransport: Transport {
         let grant = try RelayClientProtocol.reservation(
             from: answer, relay: circuit.relay, local: host.localPeer, now: unixNow())
         state.withLock { $0.reservations[circuit.relay] = grant }
+        reservationBroadcaster.yield(.reserved(relay: circuit.relay, grant: grant))
         logger.debug("reserved", metadata: ["relay": "\(circuit.relay)", "expire": "\(grant.expire)"])
         return (relay, grant)
     }

@@ -59,7 +59,7 @@ final class ConnectionDriver {
     struct Parameters {
         let upgrader: Upgrader
         let direction: ConnectionDirection
-        let role: SecurityRole
+        let role: UpgradeRole
         let expectedRemotePeer: PeerID?
         let transport: String
         let addresses: Addresses
@@ -248,7 +248,7 @@ final class ConnectionDriver {
             channel: parameters.addresses.channel)
         let acceptor = upgrader.acceptor
         let streams = StreamTable(
-            isClient: parameters.role == .initiator, configuration: configuration.yamux,
+            isClient: upgraded.role == .initiator, configuration: configuration.yamux,
             limits: configuration.multistreamLimits, maxNegotiatingInbound: configuration.maxNegotiatingInboundStreams,
             memory: StreamMemoryLedger(budget: upgrader.memoryBudget, peer: upgraded.remotePeer),
             supports: { acceptor.supports(protocolID: $0) })

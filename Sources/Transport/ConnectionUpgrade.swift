@@ -10,7 +10,8 @@ import LibP2PSecurity
 /// muxer negotiation). Fed the bytes that arrive, it appends the bytes to send.
 ///
 /// The role is an input: usually the dialler initiates, but in a hole punch
-/// both sides dial and the protocol decides (DCUtR).
+/// both sides dial and the protocol decides (DCUtR), or the multistream
+/// simultaneous-open extension does (`UpgradeRole.simultaneousOpen`).
 public struct ConnectionUpgrade {
     /// What the upgrade established.
     public struct Upgraded {
@@ -20,6 +21,8 @@ public struct ConnectionUpgrade {
         public let securityProtocol: String
         /// The muxer's protocol id (`/yamux/1.0.0`).
         public let muxer: String
+        /// The part this end played in the handshake (and plays in the muxer).
+        public let role: SecurityRole
         /// Whether the muxer was agreed inside the security handshake.
         public let earlyMuxerNegotiation: Bool
         /// The secure channel, for the muxer's bytes from now on.
@@ -45,19 +48,25 @@ public struct ConnectionUpgrade {
         case failed
     }
 
-    public let role: SecurityRole
+    public let role: UpgradeRole
+    /// The handshake's role: `role`'s, or what a simultaneous open decided.
+    public private(set) var securityRole: SecurityRole
     private let localKey: PrivateKey
     private let expectedRemotePeer: PeerID?
     private let security: [any SecurityProtocol]
     private let muxers: [String]
     private let limits: MultistreamLimits
+    /// The tie-breaker of a simultaneous open.
+    private let nonce: UInt64
     private(set) var state: State = .idle
 
     public init(
-        role: SecurityRole, localKey: PrivateKey, expectedRemotePeer: PeerID?, security: [any SecurityProtocol],
-        muxers: [String], limits: MultistreamLimits = .init()
+        role: UpgradeRole, localKey: PrivateKey, expectedRemotePeer: PeerID?, security: [any SecurityProtocol],
+        muxers: [String], limits: MultistreamLimits = .init(), nonce: UInt64 = .random(in: 0...UInt64.max)
     ) {
         self.role = role
+        self.securityRole = role == .responder ? .responder : .initiator
+        self.nonce = nonce
         self.localKey = localKey
         self.expectedRemotePeer = expectedRemotePeer
         self.security = security
@@ -80,7 +89,12 @@ public struct ConnectionUpgrade {
     /// Starts multistream-select for the security protocol.
     public mutating func start(output: inout ByteBuffer) {
         guard case .idle = state else { return }
-        var negotiator = makeNegotiator(for: security.map(\.protocolID))
+        var negotiator: MultistreamNegotiation
+        if role == .simultaneousOpen {
+            negotiator = .simultaneousOpen(protocols: security.map(\.protocolID), nonce: nonce, limits: limits)
+        } else {
+            negotiator = makeNegotiator(for: security.map(\.protocolID))
+        }
         negotiator.start(into: &output)
         state = .negotiatingSecurity(negotiator)
     }
@@ -115,10 +129,11 @@ public struct ConnectionUpgrade {
                 guard let chosen = security.first(where: { $0.protocolID == agreed }) else {
                     throw .negotiationFailed(phase: "security", underlying: MultistreamError.unexpectedMessage(agreed))
                 }
+                securityRole = negotiator.actsAsResponder ? .responder : .initiator
                 var handshake: any SecurityHandshake
                 do {
                     handshake = try chosen.makeHandshake(
-                        role: role, localKey: localKey, expectedRemotePeer: expectedRemotePeer, muxers: muxers)
+                        role: securityRole, localKey: localKey, expectedRemotePeer: expectedRemotePeer, muxers: muxers)
                     try handshake.start(into: &output)
                 } catch {
                     throw Self.securityError(agreed, error)
@@ -149,7 +164,7 @@ public struct ConnectionUpgrade {
                     state = .upgraded
                     return Upgraded(
                         remotePeer: result.remotePeer, remotePublicKey: result.remotePublicKey,
-                        securityProtocol: protocolID, muxer: early, earlyMuxerNegotiation: true,
+                        securityProtocol: protocolID, muxer: early, role: securityRole, earlyMuxerNegotiation: true,
                         session: result.session, plaintexts: plaintexts)
                 }
                 var negotiator = makeNegotiator(for: muxers)
@@ -208,7 +223,8 @@ public struct ConnectionUpgrade {
                 state = .upgraded
                 return Upgraded(
                     remotePeer: secured.remotePeer, remotePublicKey: secured.remotePublicKey,
-                    securityProtocol: secured.securityProtocol, muxer: agreed, earlyMuxerNegotiation: false,
+                    securityProtocol: secured.securityProtocol, muxer: agreed, role: securityRole,
+                    earlyMuxerNegotiation: false,
                     session: secured.session, plaintexts: rest)
             }
         }
@@ -217,7 +233,7 @@ public struct ConnectionUpgrade {
     }
 
     private func makeNegotiator(for protocols: [String]) -> MultistreamNegotiation {
-        switch role {
+        switch securityRole {
         case .initiator:
             return MultistreamNegotiation.initiator(protocols: protocols, limits: limits)
         case .responder:
@@ -231,6 +247,19 @@ public struct ConnectionUpgrade {
         }
         return .securityFailed(protocolID: protocolID, underlying: error)
     }
+}
+
+/// How a connection's upgrade starts.
+public enum UpgradeRole: Sendable, Equatable {
+    /// The dialler's part: proposes, then starts the handshake.
+    case initiator
+    /// The listener's part: answers proposals, then answers the handshake.
+    case responder
+    /// A dialler that first proposes the multistream simultaneous-open
+    /// extension (`/libp2p/simultaneous-connect`): with a listener it is an
+    /// initiator; with a remote that is a dialler too (both dialled at once, as
+    /// in a hole punch) a random nonce each decides which end is the responder.
+    case simultaneousOpen
 }
 
 /// An error known only by its description (a non-Sendable error crossing threads).

@@ -37,7 +37,7 @@ public struct MemoryTransport: Transport {
         return Listener(address: Multiaddr([.memory(port)])) { network.unbind(port) }
     }
 
-    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: SecurityRole) async throws -> Connection {
+    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: UpgradeRole) async throws -> Connection {
         guard let port = Self.port(address) else { throw TransportError.unsupportedAddress("\(address)") }
         guard let listener = network.endpoint(port) else {
             throw TransportError.dialFailed(

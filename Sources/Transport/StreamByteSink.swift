@@ -10,7 +10,7 @@ extension Upgrader {
     /// the caller. The new connection runs on the carrying connection's event
     /// loop; inbound ones also go to `onInboundConnection`.
     public func upgrade(
-        stream: MuxedStream, direction: ConnectionDirection, role: SecurityRole? = nil,
+        stream: MuxedStream, direction: ConnectionDirection, role: UpgradeRole? = nil,
         expectedRemotePeer: PeerID?, transport: String, localAddress: Multiaddr?, remoteAddress: Multiaddr
     ) async throws -> Connection {
         let loop = stream.connection.eventLoop

@@ -60,7 +60,7 @@ public struct TCPTransport: Transport {
 
     /// Dials a TCP address and upgrades the connection. If the address ends in
     /// `/p2p/<id>`, a remote with another peer id is rejected.
-    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: SecurityRole) async throws -> Connection {
+    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: UpgradeRole) async throws -> Connection {
         let target = try address.tcpTarget()
         let expected = address.peerID
         let configuration = upgrader.configuration
@@ -79,7 +79,8 @@ public struct TCPTransport: Transport {
                     channel: channel, direction: .outbound, role: role, expectedRemotePeer: expected, transport: "tcp"
                 ).cascade(to: established)
             }
-        } catch let error as TransportError where local != nil && Self.worthAFreshPort(error) {
+        } catch let error as TransportError where local != nil && role == .initiator && Self.worthAFreshPort(error) {
+            // Not for a hole punch's dial (any other role): from a fresh port it cannot meet the remote's.
             upgrader.logger.debug(
                 "dial from the listening port failed; dialling again from a fresh port",
                 metadata: ["address": "\(address)", "error": "\(error)"])

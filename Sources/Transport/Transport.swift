@@ -18,7 +18,7 @@ public protocol Transport: Sendable {
     func canListen(_ address: Multiaddr) -> Bool
     /// Connects and upgrades. A trailing `/p2p/<id>` must match the remote's
     /// proven identity. `role` defaults to initiator (the dialler).
-    func dial(_ address: Multiaddr, upgrader: Upgrader, role: SecurityRole) async throws -> Connection
+    func dial(_ address: Multiaddr, upgrader: Upgrader, role: UpgradeRole) async throws -> Connection
     /// Listens; every accepted connection is upgraded (as responder) and handed
     /// to `upgrader.onInboundConnection`.
     func listen(on address: Multiaddr, upgrader: Upgrader) async throws -> Listener

@@ -80,7 +80,7 @@ public struct Upgrader: Sendable {
     /// unless the transport took one for it already (`handshakeSlot`: a
     /// WebSocket listener takes it before the HTTP upgrade).
     public func upgrade(
-        channel: Channel, direction: ConnectionDirection, role: SecurityRole? = nil,
+        channel: Channel, direction: ConnectionDirection, role: UpgradeRole? = nil,
         expectedRemotePeer: PeerID? = nil, transport: String = "tcp",
         addressSuffix: [MultiaddrComponent] = [], handshakeSlot: InboundHandshakeSlot? = nil
     ) -> EventLoopFuture<Connection> {
@@ -106,7 +106,7 @@ public struct Upgrader: Sendable {
 
     /// A driver for a byte stream that is not a NIO channel (in-memory, relayed).
     func makeDriver(
-        direction: ConnectionDirection, role: SecurityRole?, expectedRemotePeer: PeerID?, transport: String,
+        direction: ConnectionDirection, role: UpgradeRole?, expectedRemotePeer: PeerID?, transport: String,
         addresses: ConnectionDriver.Addresses, promise: EventLoopPromise<Connection>
     ) -> ConnectionDriver {
         let parameters = ConnectionDriver.Parameters(

@@ -136,7 +136,7 @@ public struct WebSocketTransport: Transport {
 
     /// Dials a `/ws` address: TCP, `GET /` upgraded to a WebSocket, then the libp2p
     /// upgrade. If the address ends in `/p2p/<id>`, a remote with another peer id is rejected.
-    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: SecurityRole) async throws -> Connection {
+    public func dial(_ address: Multiaddr, upgrader: Upgrader, role: UpgradeRole) async throws -> Connection {
         let target = try WebSocketAddress(address).dialTarget(original: address)
         let configuration = self.configuration
         let logger = self.logger
@@ -157,7 +157,7 @@ public struct WebSocketTransport: Transport {
     /// HTTP client with the WebSocket upgrader, and the handler that sends `GET /`.
     private static func configureClientPipeline(
         channel: Channel, target: WebSocketDialTarget, address: String, configuration: WebSocketConfiguration,
-        upgrader: Upgrader, role: SecurityRole, established: EventLoopPromise<Connection>, logger: Logger
+        upgrader: Upgrader, role: UpgradeRole, established: EventLoopPromise<Connection>, logger: Logger
     ) throws {
         let expectedPeer = target.expectedPeer
         let upgrader = NIOWebSocketClientUpgrader(

@@ -2,6 +2,7 @@ import Identity
 import Multistream
 import NIOCore
 import Noise
+import TLS
 import LibP2PSecurity
 import XCTest
 
@@ -62,16 +63,17 @@ final class ConnectionUpgradeTests: XCTestCase {
             }
             if toA.readableBytes == 0 && toB.readableBytes == 0 { break }
         }
-        let initiator = try XCTUnwrap(a.role == .initiator ? resultA : resultB, "initiator did not finish")
-        let responder = try XCTUnwrap(a.role == .initiator ? resultB : resultA, "responder did not finish")
+        let aInitiates = a.securityRole == .initiator
+        let initiator = try XCTUnwrap(aInitiates ? resultA : resultB, "initiator did not finish")
+        let responder = try XCTUnwrap(aInitiates ? resultB : resultA, "responder did not finish")
         return Outcome(
             initiator: initiator, responder: responder,
-            bytesToResponder: a.role == .initiator ? sentToB : sentToA,
-            bytesToInitiator: a.role == .initiator ? sentToA : sentToB)
+            bytesToResponder: aInitiates ? sentToB : sentToA,
+            bytesToInitiator: aInitiates ? sentToA : sentToB)
     }
 
     func machine(
-        _ role: SecurityRole, key: PrivateKey, expecting peer: PeerID? = nil,
+        _ role: UpgradeRole, key: PrivateKey, expecting peer: PeerID? = nil,
         security: [any SecurityProtocol] = [NoiseSecurity()], muxers: [String]? = nil
     ) -> ConnectionUpgrade {
         ConnectionUpgrade(
@@ -127,6 +129,44 @@ final class ConnectionUpgradeTests: XCTestCase {
         let outcome = try run(&b, &a)
         XCTAssertEqual(outcome.initiator.remotePeer, PeerID(publicKey: bob.publicKey))
         XCTAssertEqual(outcome.responder.remotePeer, PeerID(publicKey: alice.publicKey))
+    }
+
+    /// Both ends dialled (a hole punch met in one TCP connection): with the
+    /// simultaneous-open extension the nonces pick the roles, whichever
+    /// security protocol, and the muxer follows the handshake's roles.
+    func testSimultaneousOpenOnBothEndsDecidesTheRoles() throws {
+        for security in [[NoiseSecurity()], [TLSSecurity()], [NoiseWithoutExtensions()]] as [[any SecurityProtocol]] {
+            for step in [1, 7, .max] {
+                let alice = PrivateKey.generateEd25519()
+                let bob = PrivateKey.generateEd25519()
+                var a = ConnectionUpgrade(
+                    role: .simultaneousOpen, localKey: alice, expectedRemotePeer: PeerID(publicKey: bob.publicKey),
+                    security: security, muxers: [yamux], nonce: 1)
+                var b = ConnectionUpgrade(
+                    role: .simultaneousOpen, localKey: bob, expectedRemotePeer: PeerID(publicKey: alice.publicKey),
+                    security: security, muxers: [yamux], nonce: 2)
+                let outcome = try run(&a, &b, step: step)
+                // The smaller nonce listens (go-multistream's rule): alice responds.
+                XCTAssertEqual(a.securityRole, .responder)
+                XCTAssertEqual(b.securityRole, .initiator)
+                XCTAssertEqual(outcome.initiator.role, .initiator)
+                XCTAssertEqual(outcome.responder.role, .responder)
+                XCTAssertEqual(outcome.initiator.remotePeer, PeerID(publicKey: alice.publicKey))
+                XCTAssertEqual(outcome.initiator.muxer, yamux)
+                XCTAssertEqual(outcome.responder.muxer, yamux)
+            }
+        }
+    }
+
+    /// A simultaneous-open dialler meets a listener (a spec-following DCUtR peer) as an initiator.
+    func testSimultaneousOpenAgainstAListener() throws {
+        let bob = PrivateKey.generateEd25519()
+        var a = machine(.simultaneousOpen, key: .generateEd25519(), expecting: PeerID(publicKey: bob.publicKey))
+        var b = machine(.responder, key: bob)
+        let outcome = try run(&a, &b, step: 5)
+        XCTAssertEqual(a.securityRole, .initiator)
+        XCTAssertEqual(outcome.responder.role, .responder)
+        XCTAssertEqual(outcome.initiator.remotePeer, PeerID(publicKey: bob.publicKey))
     }
 
     func testSecurityIsChosenFromTheList() throws {
