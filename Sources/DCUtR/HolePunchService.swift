@@ -159,9 +159,12 @@ public final class HolePunchService: Sendable {
         state.withLock { $0.punches[id] = task }
     }
 
-    /// The remote's public, non-relayed addresses that our transports dial.
+    /// The remote's public, non-relayed addresses that our transports dial;
+    /// none when it advertises a circuit address (a peer that holds a relay
+    /// reservation says it cannot be dialled: its public address is a NAT's).
     public func publicAddresses(of peer: PeerID) -> [Multiaddr] {
         let known = host.peerStore.info(peer)?.addresses ?? []
+        guard !known.contains(where: { $0.components.contains(.p2pCircuit) }) else { return [] }
         return HolePunchMessage.dialable(known).filter { !$0.isLocalOrPrivate }
     }
 

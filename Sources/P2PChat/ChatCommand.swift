@@ -214,6 +214,11 @@ struct ChatCommand: AsyncParsableCommand {
             await topicDiscovery.start(bootstrap: bootstrapAddresses)
             await session.onTopicChange { await topicDiscovery.move(to: $0) }
             discovery = topicDiscovery
+            // A reservation's circuit address belongs in our provider record at once.
+            let relayEvents = nat.autoRelay.events()
+            redialers.append(Task {
+                for await _ in relayEvents { await topicDiscovery.announceSoon() }
+            })
         }
         await session.onStatus {
             printStatus(

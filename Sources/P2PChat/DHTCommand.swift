@@ -46,6 +46,9 @@ actor TopicDiscovery {
     let out: ChatOutput
     private var topic: String
     private var loop: Task<Void, Never>?
+    /// The wait between rounds, cut short by `announceSoon`.
+    private var nap: Task<Void, Never>?
+    private var wakeRequested = false
 
     init(dht: KadDHT, topic: String, interval: Duration, out: ChatOutput) {
         self.dht = dht
@@ -63,9 +66,29 @@ actor TopicDiscovery {
             }
             while !Task.isCancelled {
                 await self.round()
-                try? await Task.sleep(for: self.interval)
+                await self.sleepUntilNextRound()
             }
         }
+    }
+
+    private func sleepUntilNextRound() async {
+        guard !wakeRequested else {
+            wakeRequested = false
+            return
+        }
+        let interval = self.interval
+        let nap = Task { _ = try? await Task.sleep(for: interval) }
+        self.nap = nap
+        await withTaskCancellationHandler { await nap.value } onCancel: { nap.cancel() }
+        self.nap = nil
+        wakeRequested = false
+    }
+
+    /// Runs the next round now: our addresses changed (a relay reservation
+    /// gives the circuit address others need in our provider record).
+    func announceSoon() {
+        wakeRequested = true
+        nap?.cancel()
     }
 
     /// Announces the current topic and dials its other providers.

@@ -7,7 +7,8 @@ import XCTest
 ///     relay 203.0.113.10 ─┐
 ///                         ├─ public segment 203.0.113.0/24 (a bridge)
 ///     router1 203.0.113.1 ┤   router2 203.0.113.2
-///       │ NAT (masquerade; new inbound connections dropped, as home routers do)
+///       │ NAT (masquerade; new inbound connections dropped, as most home
+///       │ routers do, or refused with a TCP reset: `Firewall`)
 ///     home1 10.0.1.2          home2 10.0.2.2
 ///
 /// Addresses come from TEST-NET-3 and RFC 1918 space and exist only inside
@@ -20,7 +21,17 @@ final class NATTestbed {
     static let nft = "/usr/sbin/nft"
     static let relayIP = "203.0.113.10"
 
-    init() throws {
+    /// What a router does with a new connection from outside.
+    enum Firewall {
+        /// Drops it silently (most home routers).
+        case drop
+        /// Answers a TCP SYN with a reset (some routers and hosts).
+        case reset
+    }
+    let firewall: Firewall
+
+    init(firewall: Firewall = .drop) throws {
+        self.firewall = firewall
         guard getuid() == 0 else {
             print("SKIPPED: the NAT testbed needs root (ip netns, nft)")
             throw XCTSkip("SKIPPED: the NAT testbed needs root")
@@ -83,15 +94,19 @@ final class NATTestbed {
             try TestNetwork.ip(["-n", home, "addr", "add", "10.0.\(index).2/24", "dev", "eth0"])
             try TestNetwork.ip(["-n", home, "route", "add", "default", "via", "10.0.\(index).1"])
             try exec(router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-            // Masquerade the home network; drop new connections from outside (to the
-            // router and through it). Replies and what a hole punch opened pass.
+            // Masquerade the home network; drop or refuse new connections from outside
+            // (to the router and through it). Replies and what a hole punch opened pass.
+            let refuse = switch firewall {
+            case .drop: #"iifname "wan" ct state new drop;"#
+            case .reset: #"iifname "wan" ct state new meta l4proto tcp reject with tcp reset; iifname "wan" ct state new drop;"#
+            }
             let rules = """
                 table ip nat {
                   chain postrouting { type nat hook postrouting priority 100; oifname "wan" masquerade; }
                 }
                 table inet filter {
-                  chain input { type filter hook input priority 0; iifname "wan" ct state new drop; }
-                  chain forward { type filter hook forward priority 0; iifname "wan" ct state new drop; }
+                  chain input { type filter hook input priority 0; \(refuse) }
+                  chain forward { type filter hook forward priority 0; \(refuse) }
                 }
                 """
             let file = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-router\(index).nft")
@@ -108,6 +123,22 @@ final class NATTestbed {
         return process
     }
 
+    /// Runs py-libp2p's Tests/Interop/py/relay_peer.py in a namespace of the testbed.
+    func startPython(_ role: String, _ arguments: [String]) throws -> ChatProcess {
+        guard let python = ProcessInfo.processInfo.environment["P2PCHAT_PYTHON"], !python.isEmpty else {
+            if ProcessInfo.processInfo.environment["P2PCHAT_REQUIRE_INTEROP"] != nil {
+                XCTFail("P2PCHAT_PYTHON is not set but interop is required")
+            }
+            throw XCTSkip("SKIPPED: py-libp2p in the NAT testbed needs P2PCHAT_PYTHON (run ./scripts/test)")
+        }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Interop/py/relay_peer.py").path
+        let process = try ChatProcess(
+            namespace: name(role), executable: python, arguments: [script] + arguments, network: nil)
+        processes.append(process.process)
+        return process
+    }
+
     func tearDown() {
         for process in processes { process.terminate() }
         for process in processes { process.stop() }
@@ -115,7 +146,8 @@ final class NATTestbed {
     }
 }
 
-final class NATTestbedTests: XCTestCase {
+/// The testbed's helpers; each subclass is one test class (one process in `./scripts/test`).
+class NATTestbedCase: XCTestCase {
     var testbed: NATTestbed!
 
     override func setUpWithError() throws {
@@ -173,6 +205,21 @@ final class NATTestbedTests: XCTestCase {
         return try XCTUnwrap(local["peer"])
     }
 
+    /// The first event of `name` printed by any of `processes`.
+    func firstEvent(_ processes: [ChatProcess], _ name: String, within seconds: Double) async throws -> [String: String] {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            for process in processes {
+                if let found = process.events.first(where: { $0["event"] == name }) { return found }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        XCTFail("no \(name) event within \(seconds) s; stderr: \(processes.map { String($0.process.stderrText.suffix(2000)) })")
+        throw CancellationError()
+    }
+}
+
+final class NATTestbedTests: NATTestbedCase {
     /// The homes find out they are private and the relay public; they meet
     /// through the relay, chat, then DCUtR gives them a direct connection
     /// between the routers' public addresses, and the chat goes on.
@@ -243,5 +290,119 @@ final class NATTestbedTests: XCTestCase {
         home1.send(String(repeating: "x", count: 4000))
         try await event(home1, "disconnected", within: 15) { $0["peer"] == id2 }
         XCTAssertFalse(home2.events.contains { $0["event"] == "message" }, "the line crossed a circuit limited to 2 KiB")
+    }
+
+    /// Two homes that know only the relay, as `--bootstrap`, and nothing else:
+    /// AutoNAT says private, AutoRelay reserves on the relay (found as a
+    /// bootstrap peer that offers hop), the relay's DHT tells each where the
+    /// other is (its circuit address), they chat relayed, then hole punch.
+    func testHomesThatKnowOnlyTheRelayMeetChatAndHolePunch() async throws {
+        let (relay, relayAddress) = try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        let homes = try (1...2).map { index in
+            try testbed.start(
+                "home\(index)",
+                ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
+        }
+        let ids = try await [peerID(homes[0]), peerID(homes[1])]
+        for home in homes {
+            try await event(home, "reachability", within: 30) { $0["reachability"] == "private" }
+            try await event(home, "listening", within: 30) { $0["addr"]?.contains("\(relayAddress)/p2p-circuit") ?? false }
+        }
+        // Each finds the other through the DHT; the first connection is relayed.
+        let connected = try await event(homes[0], "connected", within: 60) { $0["peer"] == ids[1] }
+        XCTAssertTrue(connected["addr"]?.contains("/p2p-circuit") ?? false, "\(connected)")
+        try await sendUntilReceived("found through the relay's DHT", from: homes[0], to: homes[1])
+        // Whichever accepted the relayed connection hole punches it.
+        let upgraded = try await firstEvent(homes, "connection_upgraded", within: 40)
+        XCTAssertEqual(upgraded["method"], "hole punch", "\(upgraded)")
+        XCTAssertTrue(upgraded["addr"]?.hasPrefix("/ip4/203.0.113.") ?? false, "\(upgraded)")
+        for round in 1...3 {
+            homes[0].send("direct from home1 #\(round)")
+            homes[1].send("direct from home2 #\(round)")
+        }
+        for round in 1...3 {
+            try await event(homes[1], "message", within: 20) { $0["text"] == "direct from home1 #\(round)" }
+            try await event(homes[0], "message", within: 20) { $0["text"] == "direct from home2 #\(round)" }
+        }
+        for home in homes { home.closeInput() }
+    }
+
+}
+
+/// Behind routers that answer unsolicited SYNs with a reset.
+final class NATTestbedResetTests: NATTestbedCase {
+    override func setUpWithError() throws {
+        testbed = try NATTestbed(firewall: .reset)
+    }
+
+
+    /// A public chat reaches a home through its circuit address (the home
+    /// reserved on the relay by itself); the home, which accepted the relayed
+    /// connection, dials the public chat directly (the unilateral upgrade), so
+    /// no hole punch is needed and the router's resets do not matter.
+    func testHomeDialsThePublicChatThatReachedItThroughTheRelay() async throws {
+        let (relay, relayAddress) = try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        let home = try testbed.start(
+            "home2", ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
+        let homeID = try await peerID(home)
+        let circuit = try await event(home, "listening", within: 40) { $0["addr"]?.contains("/p2p-circuit") ?? false }
+        XCTAssertEqual(circuit["addr"], "\(relayAddress)/p2p-circuit/p2p/\(homeID)")
+        let publicChat = try testbed.start(
+            "relay",
+            ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4002", "--connect", try XCTUnwrap(circuit["addr"])])
+        let publicID = try await peerID(publicChat)
+        try await event(home, "connected", within: 30) { $0["peer"] == publicID && ($0["addr"]?.contains("/p2p-circuit") ?? false) }
+        let upgraded = try await event(home, "connection_upgraded", within: 30) { $0["peer"] == publicID }
+        XCTAssertEqual(upgraded["method"], "direct dial")
+        XCTAssertEqual(upgraded["addr"], "/ip4/\(NATTestbed.relayIP)/tcp/4002")
+        try await sendUntilReceived("from the public chat", from: publicChat, to: home)
+        try await sendUntilReceived("from the home", from: home, to: publicChat)
+        home.closeInput()
+        publicChat.closeInput()
+    }
+}
+
+/// DCUtR with py-libp2p 0.8.1 across real NAT, in both roles.
+final class NATTestbedPythonTests: NATTestbedCase {
+
+    /// py-libp2p dials our home through the relay ("A"); we accept and hole punch ("B").
+    func testPythonDialsThroughTheRelayAndWeHolePunch() async throws {
+        let (relay, relayAddress) = try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        let home = try testbed.start(
+            "home2", ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
+        let circuit = try await event(home, "listening", within: 40) { $0["addr"]?.contains("/p2p-circuit") ?? false }
+        let python = try testbed.startPython(
+            "home1", ["--timeout", "90", "--ip", "0.0.0.0", "--port", "4001", "dcutr-dial", try XCTUnwrap(circuit["addr"])])
+        let connected = try await event(python, "connected", within: 30)
+        let upgraded = try await event(home, "connection_upgraded", within: 40)
+        let homeID = try await peerID(home)
+        XCTAssertEqual(connected["peer"], homeID)
+        XCTAssertEqual(upgraded["addr"]?.hasPrefix("/ip4/203.0.113.1/tcp/"), true, "\(upgraded)")
+        try await event(python, "direct", within: 30)
+        python.closeInput()
+        home.closeInput()
+    }
+
+    /// Our home dials py-libp2p's circuit address ("A"); py accepts and starts DCUtR ("B").
+    func testWeDialPythonThroughTheRelayAndItHolePunches() async throws {
+        let (relay, relayAddress) = try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        let python = try testbed.startPython(
+            "home2", ["--timeout", "90", "--ip", "0.0.0.0", "--port", "4001", "dcutr-listen", relayAddress])
+        let reserved = try await event(python, "reserved", within: 30)
+        XCTAssertEqual(reserved["ok"], "1")
+        let home = try testbed.start(
+            "home1",
+            ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--connect", try XCTUnwrap(reserved["addr"])])
+        let homeID = try await peerID(home)
+        let direct = try await event(python, "direct", within: 60)
+        XCTAssertEqual(direct["peer"], homeID)
+        let upgraded = try await event(home, "connection_upgraded", within: 20)
+        XCTAssertEqual(upgraded["addr"]?.hasPrefix("/ip4/203.0.113.2/tcp/"), true, "\(upgraded)")
+        python.closeInput()
+        home.closeInput()
     }
 }

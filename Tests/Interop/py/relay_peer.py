@@ -10,6 +10,9 @@ Modes (every stdout line is one JSON object, as in peer.py):
                              CircuitV2Transport, then run ping or echo over it
   dcutr-dial CIRCUIT_ADDR    as dial-via, with py-libp2p's DCUtRProtocol running; emits "direct"
                              once a direct connection to the target exists, then waits for stdin EOF
+  dcutr-listen RELAY_ADDR    as listen-via, with py-libp2p's DCUtRProtocol running (it starts DCUtR
+                             on the relayed connections it accepts); emits "direct" once a direct
+                             connection to a peer exists, then waits for stdin EOF
   autonat-server             serve /libp2p/autonat/1.0.0 (py-libp2p's AutoNATService) until
                              stdin closes; emits "listening"
   autonat-ask TARGET         connect to TARGET and ask it to dial us back; emits "autonat"
@@ -55,7 +58,7 @@ async def run(args) -> None:
                 await wait_for_stdin_eof()
                 return
             transport = CircuitV2Transport(host, protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT))
-            if args.mode == "listen-via":
+            if args.mode in ("listen-via", "dcutr-listen"):
                 relay = info_from_p2p_addr(multiaddr.Multiaddr(args.relay))
                 await host.connect(relay)
                 async with trio.open_nursery() as nursery:
@@ -64,7 +67,20 @@ async def run(args) -> None:
                     emit(event="reserved", ok=ok, peer=me, addr=f"{args.relay}/p2p-circuit/p2p/{me}")
                     if not ok:
                         raise RuntimeError("the relay refused the reservation")
-                    await wait_for_stdin_eof()
+                    if args.mode == "dcutr-listen":
+                        dcutr = DCUtRProtocol(host)
+                        async with background_trio_service(dcutr):
+                            await dcutr.event_started.wait()
+                            direct = None
+                            while direct is None:
+                                await trio.sleep(0.05)
+                                for peer_id in list(host.get_network().connections.keys()):
+                                    if peer_id != relay.peer_id and await dcutr._have_direct_connection(peer_id):
+                                        direct = peer_id
+                            emit(event="direct", peer=direct.to_base58())
+                            await wait_for_stdin_eof()
+                    else:
+                        await wait_for_stdin_eof()
                     nursery.cancel_scope.cancel()
                 return
             target = multiaddr.Multiaddr(args.target)
@@ -126,6 +142,8 @@ def parse_args():
     dial.add_argument("--bytes", type=int, default=64 * 1024)
     punch = sub.add_parser("dcutr-dial")
     punch.add_argument("target")
+    punch_listen = sub.add_parser("dcutr-listen")
+    punch_listen.add_argument("relay")
     sub.add_parser("autonat-server")
     ask = sub.add_parser("autonat-ask")
     ask.add_argument("target")
