@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# Hole punching in the NAT testbed, N times: a public segment (203.0.113.0/24)
-# with `p2pchat relay`, two homes behind routers doing NAT (nftables
-# masquerade, new inbound connections dropped). Each run starts two fresh
-# chats (new keys, new listening ports): home2 reserves on the relay, home1
-# dials home2's circuit address, home2 hole punches. Reports the success rate,
-# the time from the relayed connection to the direct one (p50/p99) and the
-# DCUtR exchange alone, and why each failure failed. Needs root, nft.
-# Usage: Benchmarks/holepunch.sh [RUNS, default 50] [debug|release, default debug]
+# Direct connections through NAT in the NAT testbed, N times: a public segment
+# (203.0.113.0/24) with `p2pchat relay`, two homes behind routers doing NAT
+# (nftables masquerade; new inbound connections dropped, or refused with a TCP
+# reset). Each run starts fresh peers (new keys, new listening ports). Scenarios:
+#   relay      home2 --relay R; home1 dials home2's circuit address; home2 hole punches
+#   bootstrap  both homes know only R (--bootstrap): AutoRelay, the DHT, then DCUtR
+#   public     home2 --bootstrap R; a public chat beside the relay dials home2's
+#              circuit address; home2 dials it back (the unilateral upgrade)
+#   py-a       py-libp2p 0.8.1 in home1 dials our home2 through R; we hole punch
+#   py-b       py-libp2p 0.8.1 in home2 reserves on R; our home1 dials it; py hole punches
+# Reports the success rate, the time from start (or from the relayed connection)
+# to the direct one (p50/p99), and why each failure failed. Needs root, nft
+# (and .venv-interop for py-*: ./scripts/test makes it).
+# Usage: Benchmarks/holepunch.sh [RUNS, default 20] [debug|release, default debug]
+#          [relay|bootstrap|public|py-a|py-b, default relay] [drop|reset, default drop]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-50}
+runs=${1:-20}
 mode=${2:-debug}
+scenario=${3:-relay}
+firewall=${4:-drop}
+case $firewall in
+    drop) refuse='iifname "wan" ct state new drop;' ;;
+    reset) refuse='iifname "wan" ct state new meta l4proto tcp reject with tcp reset; iifname "wan" ct state new drop;' ;;
+    *) echo "firewall must be drop or reset" >&2; exit 2 ;;
+esac
+python="$PWD/.venv-interop/bin/python"
 swift build -c "$mode" --product p2pchat >/dev/null
 bin="$(swift build -c "$mode" --show-bin-path)/p2pchat"
 p="hp$$"
@@ -44,29 +59,31 @@ for i in 1 2; do
     ip -n "$h" addr add "10.0.$i.2/24" dev eth0
     ip -n "$h" route add default via "10.0.$i.1"
     ip netns exec "$r" sysctl -q -w net.ipv4.ip_forward=1
-    ip netns exec "$r" /usr/sbin/nft -f - <<'NFT'
+    ip netns exec "$r" /usr/sbin/nft -f - <<NFT
 table ip nat {
   chain postrouting { type nat hook postrouting priority 100; oifname "wan" masquerade; }
 }
 table inet filter {
-  chain input { type filter hook input priority 0; iifname "wan" ct state new drop; }
-  chain forward { type filter hook forward priority 0; iifname "wan" ct state new drop; }
+  chain input { type filter hook input priority 0; $refuse }
+  chain forward { type filter hook forward priority 0; $refuse }
 }
 NFT
 done
 
-python3 - "$bin" "$p" "$runs" <<'PY'
+python3 - "$bin" "$p" "$runs" "$scenario" "$firewall" "$python" "$PWD/Tests/Interop/py/relay_peer.py" <<'PY'
 import json, subprocess, sys, threading, time
 
-binary, prefix, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+binary, prefix, runs, scenario, firewall, python, py_script = sys.argv[1:8]
+runs = int(runs)
 
 class Node:
-    """A p2pchat process; each JSON line of its stdout is kept with its arrival time."""
+    """A p2pchat (or py-libp2p) process; each JSON line of its stdout is kept with its arrival time."""
 
-    def __init__(self, namespace, args):
+    def __init__(self, namespace, args, executable=None):
         self.lines = []
+        command = [executable, py_script] if executable else [binary]
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", f"{prefix}-{namespace}", binary] + args,
+            ["ip", "netns", "exec", f"{prefix}-{namespace}"] + command + args,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         threading.Thread(target=self.read, daemon=True).start()
 
@@ -94,51 +111,92 @@ class Node:
         except subprocess.TimeoutExpired:
             self.process.kill()
 
+def event(name, **fields):
+    return lambda e: e.get("event") == name and all(f(e.get(k, "")) for k, f in fields.items())
+
+circuit = lambda a: "p2p-circuit" in a
 relay = Node("relay", ["relay", "--json", "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/4001", "--autonat-dial-timeout", "2"])
 listening, _ = relay.wait(lambda e: e.get("event") == "listening" and "203.0.113" in e["addr"], 30)
 if not listening:
     sys.exit("the relay did not start")
 relay_addr = listening["addr"]
 
-totals, exchanges, failures = [], [], []
-for run in range(runs):
+def one_run(run):
+    """(milliseconds from the relayed connection, or from start, to the direct one; how), or raises with why."""
     port = 4100 + run  # fresh ports: no conntrack state left from the previous run
-    common = ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", f"/ip4/0.0.0.0/tcp/{port}", "--relay", relay_addr]
-    home2 = Node("home2", common)
-    home1 = None
+    chat = ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", f"/ip4/0.0.0.0/tcp/{port}"]
+    py = ["--timeout", "90", "--ip", "0.0.0.0", "--port", str(port)]
+    nodes = []
+    def start(namespace, args, executable=None):
+        nodes.append(Node(namespace, args, executable))
+        return nodes[-1]
     try:
-        local, _ = home2.wait(lambda e: e.get("event") == "local_peer", 20)
-        reserved, _ = home2.wait(lambda e: e.get("event") == "listening" and "p2p-circuit" in e["addr"], 30)
-        if not (local and reserved):
-            failures.append((run, "home2 got no reservation"))
-            continue
-        home1 = Node("home1", common + ["--connect", f"{relay_addr}/p2p-circuit/p2p/{local['peer']}"])
-        connected, relayed_at = home2.wait(lambda e: e.get("event") == "connected" and "p2p-circuit" in e.get("addr", ""), 30)
-        if not connected:
-            failures.append((run, "no relayed connection"))
-            continue
-        upgraded, direct_at = home2.wait(
-            lambda e: e.get("event") == "connection_upgraded" or "hole punch" in e.get("message", ""), 40)
-        if upgraded and upgraded.get("event") == "connection_upgraded":
-            totals.append((direct_at - relayed_at) * 1000)
-            exchanges.append(float(upgraded["elapsed_ms"]))
-            print(f"run {run + 1}: direct at {upgraded['addr']} after {totals[-1]:.0f} ms (DCUtR {exchanges[-1]:.0f} ms, attempt {upgraded['attempt']})", flush=True)
-        else:
-            failures.append((run, upgraded.get("message") if upgraded else "no outcome within 40 s"))
-            print(f"run {run + 1}: FAILED {failures[-1][1]}", flush=True)
+        if scenario in ("relay", "public", "py-a"):
+            home2 = start("home2", chat + (["--relay", relay_addr] if scenario == "relay" else ["--bootstrap", relay_addr]))
+            reserved, _ = home2.wait(event("listening", addr=circuit), 40)
+            if not reserved:
+                raise RuntimeError("home2 got no reservation")
+            if scenario == "relay":
+                start("home1", chat + ["--relay", relay_addr, "--connect", reserved["addr"]])
+            elif scenario == "public":
+                start("relay", ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", f"/ip4/0.0.0.0/tcp/{port}", "--connect", reserved["addr"]])
+            else:
+                start("home1", py + ["dcutr-dial", reserved["addr"]], python)
+            connected, relayed_at = home2.wait(event("connected", addr=circuit), 30)
+            if not connected:
+                raise RuntimeError("no relayed connection")
+            upgraded, direct_at = home2.wait(
+                lambda e: e.get("event") == "connection_upgraded" or "hole punch" in e.get("message", ""), 40)
+            if not upgraded or upgraded.get("event") != "connection_upgraded":
+                raise RuntimeError(upgraded.get("message") if upgraded else "no outcome within 40 s")
+            return (direct_at - relayed_at) * 1000, f"{upgraded.get('method')} to {upgraded['addr']} (attempt {upgraded.get('attempt', '-')})"
+        if scenario == "bootstrap":
+            started = time.monotonic()
+            homes = [start(f"home{i}", chat + ["--bootstrap", relay_addr]) for i in (1, 2)]
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                for home in homes:
+                    for at, e in list(home.lines):
+                        if e.get("event") == "connection_upgraded":
+                            return (at - started) * 1000, f"{e.get('method')} to {e['addr']} (attempt {e.get('attempt', '-')}), from start"
+                time.sleep(0.05)
+            raise RuntimeError("no direct connection within 90 s of start")
+        if scenario == "py-b":
+            pyhome = start("home2", py + ["dcutr-listen", relay_addr], python)
+            reserved, _ = pyhome.wait(event("reserved"), 30)
+            if not reserved:
+                raise RuntimeError("py got no reservation")
+            home1 = start("home1", chat + ["--connect", reserved["addr"]])
+            connected, relayed_at = home1.wait(event("connected", addr=circuit), 30)
+            if not connected:
+                raise RuntimeError("no relayed connection")
+            direct, direct_at = pyhome.wait(event("direct"), 60)
+            if not direct:
+                raise RuntimeError("py made no direct connection within 60 s")
+            upgraded, _ = home1.wait(event("connection_upgraded"), 5)
+            return (direct_at - relayed_at) * 1000, f"py direct; ours: {upgraded.get('addr') if upgraded else 'no event'}"
+        raise SystemExit(f"unknown scenario {scenario}")
     finally:
-        for node in (home1, home2):
-            if node:
-                node.stop()
+        for node in nodes:
+            node.stop()
+
+times, failures = [], []
+for run in range(runs):
+    try:
+        ms, how = one_run(run)
+        times.append(ms)
+        print(f"run {run + 1}: direct after {ms:.0f} ms: {how}", flush=True)
+    except RuntimeError as why:
+        failures.append((run, str(why)))
+        print(f"run {run + 1}: FAILED {why}", flush=True)
 relay.stop()
 
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else float("nan")
 
-print(f"\nhole punches: {len(totals)}/{runs} succeeded ({100 * len(totals) / runs:.0f}%)")
-print(f"relayed -> direct (as home2 saw it): p50 {pct(totals, 50):.0f} ms, p99 {pct(totals, 99):.0f} ms")
-print(f"DCUtR exchange to direct connection: p50 {pct(exchanges, 50):.1f} ms, p99 {pct(exchanges, 99):.1f} ms")
+print(f"\nscenario {scenario}, routers {firewall}: {len(times)}/{runs} direct ({100 * len(times) / runs:.0f}%)")
+print(f"time to direct: p50 {pct(times, 50):.0f} ms, p99 {pct(times, 99):.0f} ms")
 for run, why in failures:
     print(f"failure in run {run + 1}: {why}")
 PY

@@ -54,6 +54,8 @@ public final class HolePunchService: Sendable {
         /// How long the accepting side waits for identify (the remote's public
         /// addresses) before it decides between a direct dial and a hole punch.
         public var identifyWait: Duration = .seconds(5)
+        /// Which end takes which part in the connection a hole punch joins.
+        public var roles = Roles.adaptive
         /// Start hole punching on every inbound relayed connection...
         public var automatic = true
         /// ...this long after it is established.
@@ -71,6 +73,37 @@ public final class HolePunchService: Sendable {
         var punches: [UInt64: Task<Void, Never>] = [:]
         /// Exchanges answered per relayed connection (the answering side's role follows it).
         var answered: [UInt64: Int] = [:]
+    }
+
+    /// The parts each end plays in a hole punch's connection. Only `adaptive`
+    /// is ours; the others play older go-libp2p peers, for tests.
+    public enum Roles: Sendable, Equatable {
+        /// Meets spec-following peers (rust, py, go since v0.41) and older go
+        /// peers (see the type's comment).
+        case adaptive
+        /// go-libp2p v0.33 to v0.40: the DCUtR initiator ("B") dials as a plain
+        /// client, the answerer ("A") listens.
+        case goBefore041
+        /// go-libp2p before v0.33: as `goBefore041`, but B dials with the
+        /// multistream simultaneous-open extension.
+        case goBefore033
+
+        /// B's part at `attempt` of `maxAttempts`.
+        func initiating(attempt: Int, of maxAttempts: Int) -> UpgradeRole {
+            switch self {
+            case .adaptive: attempt == maxAttempts && attempt > 1 ? .simultaneousOpen : .responder
+            case .goBefore041: .initiator
+            case .goBefore033: .simultaneousOpen
+            }
+        }
+
+        /// A's part at the `exchange`th exchange on one relayed connection.
+        func answering(exchange: Int) -> UpgradeRole {
+            switch self {
+            case .adaptive: exchange >= HolePunchService.answerAsListenerFrom ? .responder : .simultaneousOpen
+            case .goBefore041, .goBefore033: .responder
+            }
+        }
     }
 
     /// The answering side dials as a listener from this exchange on (see the type's comment).
@@ -242,7 +275,7 @@ public final class HolePunchService: Sendable {
             if attempt > 1 { try await Task.sleep(for: configuration.retryDelay * (attempt - 1)) }
             // The listener's part (the spec's), but on the last attempt the
             // dialler's, for the remotes whose roles are the other way round.
-            let role: UpgradeRole = attempt == configuration.maxAttempts && attempt > 1 ? .simultaneousOpen : .responder
+            let role = configuration.roles.initiating(attempt: attempt, of: configuration.maxAttempts)
             // The remote may have punched through on its own initiative meanwhile.
             if let direct = Self.directConnection(host, to: peer) {
                 emit(.succeeded(peer: peer, connection: direct, rtt: .zero, elapsed: .now - start, attempt: attempt))
@@ -312,7 +345,7 @@ public final class HolePunchService: Sendable {
             state.answered[relayed.id, default: 0] += 1
             return state.answered[relayed.id]!
         }
-        let role: UpgradeRole = exchange >= Self.answerAsListenerFrom ? .responder : .simultaneousOpen
+        let role = configuration.roles.answering(exchange: exchange)
         do {
             let dial = try await withTimeout(configuration.exchangeTimeout, "dcutr exchange") { [self] in
                 var machine = HolePunchResponder()

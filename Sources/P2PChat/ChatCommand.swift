@@ -1,6 +1,7 @@
 import ArgumentParser
 import AutoNAT
 import ChatHistory
+import DCUtR
 import Dispatch
 import FileShare
 import KadDHT
@@ -116,6 +117,11 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(name: .customLong("hole-punch-delay"), help: ArgumentHelp("Seconds before hole punching a relayed connection.", visibility: .hidden))
     var holePunchDelay: Double = 0
 
+    @Option(
+        name: .customLong("dcutr-roles"),
+        help: ArgumentHelp("adaptive, or go-before-0.41 / go-before-0.33 to play an older go-libp2p peer (tests).", visibility: .hidden))
+    var dcutrRoles = "adaptive"
+
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var metrics: MetricsOption
 
@@ -139,9 +145,16 @@ struct ChatCommand: AsyncParsableCommand {
         do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
         let (host, identifyService, circuit) = makeNATHost(key: key, options: identity)
         let relayAddress = relay.map(parseAddress)
+        let roles: HolePunchService.Roles
+        switch dcutrRoles {
+        case "adaptive": roles = .adaptive
+        case "go-before-0.41": roles = .goBefore041
+        case "go-before-0.33": roles = .goBefore033
+        default: exitWithError("--dcutr-roles must be adaptive, go-before-0.41 or go-before-0.33, not \(dcutrRoles)")
+        }
         let nat = ChatNATTraversal(
             host: host, circuit: circuit, relay: relayAddress, bootstrap: bootstrapAddresses,
-            holePunchDelay: holePunchDelay, out: out)
+            holePunchDelay: holePunchDelay, roles: roles, out: out)
         var pubsubConfiguration = PubSubConfiguration()
         pubsubConfiguration.router = routerKind
         let pubsub: PubSubService

@@ -111,7 +111,7 @@ struct ChatNATTraversal: Sendable {
 
     init(
         host: Libp2pHost, circuit: CircuitTransport, relay: Multiaddr?, bootstrap: [Multiaddr], holePunchDelay: Double,
-        out: ChatOutput
+        roles: HolePunchService.Roles = .adaptive, out: ChatOutput
     ) {
         var configuration = AutoNATService.Configuration()
         // A home node may know one other peer (its relay): one answer decides.
@@ -119,6 +119,7 @@ struct ChatNATTraversal: Sendable {
         autonat = AutoNATService(host: host, configuration: configuration)
         var holePunchConfiguration = HolePunchService.Configuration()
         holePunchConfiguration.startDelay = .milliseconds(Int(holePunchDelay * 1000))
+        holePunchConfiguration.roles = roles
         holePunch = HolePunchService(host: host, configuration: holePunchConfiguration)
         autoRelay = AutoRelayService(host: host, circuit: circuit)
         if let relay { autoRelay.addCandidate(relay, source: .configured) }

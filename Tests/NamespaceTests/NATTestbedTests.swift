@@ -406,3 +406,56 @@ final class NATTestbedPythonTests: NATTestbedCase {
         home.closeInput()
     }
 }
+
+/// Hole punches with one end playing an older go-libp2p's roles
+/// (`--dcutr-roles`), across real NAT where both dials meet in one TCP
+/// connection: the roles decide whether its handshake works.
+final class NATTestbedGoRolesTests: NATTestbedCase {
+    /// home2 accepts the relayed connection and starts DCUtR ("B"), home1
+    /// dialled through the relay ("A"); the hole punch's outcome as home2 reports it.
+    func holePunch(home1Roles: String, home2Roles: String, port: Int) async throws -> [String: String] {
+        let (relay, relayAddress) = try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        let common = ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/\(port)", "--relay", relayAddress]
+        let home2 = try testbed.start("home2", common + ["--dcutr-roles", home2Roles])
+        let id2 = try await peerID(home2)
+        try await event(home2, "listening", within: 30) { $0["addr"]?.contains("/p2p-circuit") ?? false }
+        let home1 = try testbed.start(
+            "home1", common + ["--dcutr-roles", home1Roles, "--connect", "\(relayAddress)/p2p-circuit/p2p/\(id2)"])
+        let id1 = try await peerID(home1)
+        let outcome = try await event(home2, "connection_upgraded", within: 60) { $0["peer"] == id1 }
+        XCTAssertEqual(outcome["method"], "hole punch")
+        XCTAssertEqual(outcome["addr"], "/ip4/203.0.113.1/tcp/\(port)")
+        try await sendUntilReceived("after the punch", from: home1, to: home2)
+        home1.closeInput()
+        home2.closeInput()
+        return outcome
+    }
+
+    /// go v0.33-v0.40 as B dials as a plain client on every attempt: our A
+    /// dials with the simultaneous-open extension twice (both fail: two
+    /// diallers, one without the extension), then listens, and the third works.
+    func testOurAnswerMeetsGoBefore041AtTheThirdAttempt() async throws {
+        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "go-before-0.41", port: 4011)
+        XCTAssertEqual(outcome["attempt"], "3")
+    }
+
+    /// go before v0.33 as B dials with the extension too: the nonces pick the roles at once.
+    func testOurAnswerMeetsGoBefore033AtTheFirstAttempt() async throws {
+        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "go-before-0.33", port: 4012)
+        XCTAssertEqual(outcome["attempt"], "1")
+    }
+
+    /// go before v0.41 as A listens: our B listens too at first (both wait),
+    /// and on its last attempt dials with the extension, which a listener answers.
+    func testOurHolePunchMeetsAnOldGoAnswerAtTheLastAttempt() async throws {
+        let outcome = try await holePunch(home1Roles: "go-before-0.41", home2Roles: "adaptive", port: 4013)
+        XCTAssertEqual(outcome["attempt"], "3")
+    }
+
+    /// Two of ours: the spec's roles work at once.
+    func testOursMeetAtTheFirstAttempt() async throws {
+        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "adaptive", port: 4014)
+        XCTAssertEqual(outcome["attempt"], "1")
+    }
+}

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import Ping
 import Relay
+import Synchronization
 import TestSupport
 import Transport
 import XCTest
@@ -190,5 +191,49 @@ final class CircuitRelayTests: XCTestCase {
         }
         XCTFail("condition not met within \(seconds) s")
         throw CancellationError()
+    }
+
+    /// AutoRelay on loopback: a node that finds itself unreachable reserves on
+    /// two relays it learned of by identify alone (no relay named), advertises
+    /// their circuit addresses, replaces one that goes away with a third, and
+    /// gives them all up once it is reachable.
+    func testAutoRelayReservesOnRelaysItFindsAndReplacesOneThatGoesAway() async throws {
+        let relays = try await [makeRelay(), makeRelay(), makeRelay()]
+        let (node, _, circuit) = try await makeNode()
+        let autoRelay = AutoRelayService(host: node, circuit: circuit)
+        let events = autoRelay.events()
+        let (reachability, feed) = AsyncStream.makeStream(of: AutoRelay.Reachability.self)
+        let running = Task { await autoRelay.run(reachability: reachability) }
+        defer { running.cancel() }
+        let log = Mutex<[AutoRelayService.Event]>([])
+        let collector = Task { for await event in events { log.withLock { $0.append(event) } } }
+        defer { collector.cancel() }
+        // Connected to two of the relays only: identify tells it they offer hop.
+        for (host, address, _) in relays.prefix(2) {
+            _ = try await node.connect(address)
+            try await waitUntil("identify of \(host.localPeer)") {
+                node.peerStore.info(host.localPeer)?.protocols.contains(CircuitProtocol.hop) ?? false
+            }
+        }
+        feed.yield(.unreachable)
+        try await waitUntil("two reservations", seconds: 20) { circuit.reservations.count == 2 }
+        let first = relays[0].0.localPeer
+        XCTAssertEqual(Set(circuit.reservations.keys), [first, relays[1].0.localPeer])
+        for (_, address, _) in relays.prefix(2) {
+            XCTAssertTrue(node.listenAddresses.contains(address.encapsulating(.p2pCircuit)), "\(node.listenAddresses)")
+        }
+        // The third becomes known; then the first relay goes away.
+        _ = try await node.connect(relays[2].1)
+        await relays[0].0.close()
+        try await waitUntil("a reservation on the third relay", seconds: 30) {
+            circuit.reservations[relays[2].0.localPeer] != nil && circuit.reservations[first] == nil
+        }
+        XCTAssertFalse(node.listenAddresses.contains(relays[0].1.encapsulating(.p2pCircuit)), "\(node.listenAddresses)")
+        XCTAssertTrue(log.withLock { $0.contains { if case .released(first) = $0 { true } else { false } } })
+        // Reachable: every reservation is given up.
+        feed.yield(.reachable)
+        try await waitUntil("no reservation", seconds: 20) {
+            !node.listenAddresses.contains { $0.components.contains(.p2pCircuit) }
+        }
     }
 }
