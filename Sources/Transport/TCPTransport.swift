@@ -79,8 +79,7 @@ public struct TCPTransport: Transport {
                     channel: channel, direction: .outbound, role: role, expectedRemotePeer: expected, transport: "tcp"
                 ).cascade(to: established)
             }
-        } catch let error as TransportError where local != nil && role == .initiator && Self.worthAFreshPort(error) {
-            // Not for a hole punch's dial (any other role): from a fresh port it cannot meet the remote's.
+        } catch let error as TransportError where local != nil && Self.worthAFreshPort(error, role: role) {
             upgrader.logger.debug(
                 "dial from the listening port failed; dialling again from a fresh port",
                 metadata: ["address": "\(address)", "error": "\(error)"])
@@ -98,10 +97,16 @@ public struct TCPTransport: Transport {
     ///   handshakes fail (the security handshake or its negotiation broke, or
     ///   the remote hung up). Hole punching wants simultaneous open, but gives
     ///   each end its role, so its handshake succeeds. A cancelled dial is not retried.
-    private static func worthAFreshPort(_ error: TransportError) -> Bool {
+    ///
+    /// A hole punch's dial (any role but `.initiator`) is retried only after a
+    /// clash: the remote's dial reached our listener first (no NAT between
+    /// us), so the four-tuple is taken by a connection in which both may be
+    /// listeners; ours from a fresh port reaches the remote's listener, which
+    /// answers. After a failed upgrade a fresh port could not meet the remote's dial.
+    private static func worthAFreshPort(_ error: TransportError, role: UpgradeRole) -> Bool {
         switch error {
         case .dialFailed(_, let underlying): isAddressClash(underlying)
-        case .securityFailed, .negotiationFailed, .connectionClosed, .io: !Task.isCancelled
+        case .securityFailed, .negotiationFailed, .connectionClosed, .io: role == .initiator && !Task.isCancelled
         default: false
         }
     }
