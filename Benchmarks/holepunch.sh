@@ -12,7 +12,7 @@
 # Reports the success rate, the time from start (or from the relayed connection)
 # to the direct one (p50/p99), and why each failure failed. Needs root, nft
 # (and .venv-interop for py-*: ./scripts/test makes it).
-# Usage: Benchmarks/holepunch.sh [RUNS, default 20] [debug|release, default debug]
+# Usage: [P2PCHAT_BIN=path] Benchmarks/holepunch.sh [RUNS, default 20] [debug|release, default debug]
 #          [relay|bootstrap|public|py-a|py-b, default relay] [drop|reset, default drop]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,13 @@ case $firewall in
     *) echo "firewall must be drop or reset" >&2; exit 2 ;;
 esac
 python="$PWD/.venv-interop/bin/python"
-swift build -c "$mode" --product p2pchat >/dev/null
-bin="$(swift build -c "$mode" --show-bin-path)/p2pchat"
+# P2PCHAT_BIN: a binary to use instead of building (a copy, so that builds meanwhile do not change it).
+if [ -n "${P2PCHAT_BIN:-}" ]; then
+    bin=$P2PCHAT_BIN
+else
+    swift build -c "$mode" --product p2pchat >/dev/null
+    bin="$(swift build -c "$mode" --show-bin-path)/p2pchat"
+fi
 p="hp$$"
 cleanup() {
     for n in home1 home2 router1 router2 relay pub; do ip netns del "$p-$n" 2>/dev/null || true; done

@@ -25,6 +25,8 @@ public final class CircuitTransport: Transport {
         var host = WeakReference<Libp2pHost>()
         /// Live reservations by relay.
         var reservations: [PeerID: ReservationGrant] = [:]
+        /// Our circuit listeners per relay: only those relays may send us STOP.
+        var listeners: [PeerID: Int] = [:]
     }
     private let state = Mutex(State())
     private let logger: Logger
@@ -134,6 +136,7 @@ public final class CircuitTransport: Transport {
         }
         let host = try host()
         let (relay, grant) = try await reserve(circuit, host: host)
+        state.withLock { $0.listeners[circuit.relay, default: 0] += 1 }
         let advertised = Self.circuitAddress(over: relay)
         let refresher = Task { [weak self] in
             var expire = grant.expire
@@ -161,7 +164,11 @@ public final class CircuitTransport: Transport {
         }
         return Listener(address: advertised) { [weak self] in
             refresher.cancel()
-            _ = self?.state.withLock { $0.reservations.removeValue(forKey: circuit.relay) }
+            self?.state.withLock { state in
+                state.reservations.removeValue(forKey: circuit.relay)
+                state.listeners[circuit.relay, default: 1] -= 1
+                if state.listeners[circuit.relay] == 0 { state.listeners.removeValue(forKey: circuit.relay) }
+            }
         }
     }
 
@@ -200,6 +207,18 @@ public final class CircuitTransport: Transport {
     private func accept(_ stream: MuxedStream) async {
         guard let host = try? host() else {
             stream.reset()
+            return
+        }
+        // STOP only from a relay we listen through, over a direct connection to
+        // it: anyone else could make us run handshakes (and DCUtR) for nothing,
+        // and circuits inside circuits would nest without end.
+        let relay = stream.connection
+        let listening = state.withLock { $0.listeners[relay.remotePeer] != nil }
+        guard listening, relay.transport != Self.transportName else {
+            logger.debug(
+                "STOP refused", metadata: ["from": "\(relay.remotePeer)", "relayed": "\(relay.transport == Self.transportName)"])
+            // The host closes the stream when this returns.
+            try? await writeRelayMessage(StopMessage.status(.permissionDenied).encoded(), to: stream)
             return
         }
         let source: PeerID

@@ -4,7 +4,7 @@ import Multiformats
 import NIOCore
 import NIOPosix
 import Ping
-import Relay
+@testable import Relay
 import Synchronization
 import TestSupport
 import Transport
@@ -235,5 +235,27 @@ final class CircuitRelayTests: XCTestCase {
         try await waitUntil("no reservation", seconds: 20) {
             !node.listenAddresses.contains { $0.components.contains(.p2pCircuit) }
         }
+    }
+
+    /// STOP is answered only for relays we listen through, and never over a
+    /// relayed connection: a stranger's STOP is refused with PERMISSION_DENIED
+    /// and makes no connection.
+    func testStopFromAPeerWeDidNotReserveOnIsRefused() async throws {
+        let (relayHost, relayAddress, _) = try await makeRelay()
+        let (node, _, _) = try await makeNode()
+        let (stranger, _, _) = try await makeNode()
+        let nodeAddress = node.listenAddresses[0].encapsulating(.p2p(node.localPeer.bytes))
+        let connection = try await stranger.connect(nodeAddress)
+        let stream = try await connection.newStream(protocols: [CircuitProtocol.stop])
+        try await writeRelayMessage(StopMessage.connect(stranger.localPeer, limit: nil).encoded(), to: stream)
+        let answer = try await readRelayMessage(stream, "STOP answer") { try StopMessage(bytes: $0.readableBytesView) }
+        XCTAssertEqual(answer, .status(.permissionDenied))
+        XCTAssertEqual(node.connections.filter { $0.transport == CircuitTransport.transportName }.count, 0)
+        // The relay we reserved on still gets through.
+        try await node.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        let target = relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(node.localPeer.bytes))
+        let relayed = try await withDeadline(30) { try await stranger.dial(target, role: .initiator) }
+        XCTAssertEqual(relayed.transport, CircuitTransport.transportName)
+        _ = relayHost
     }
 }
