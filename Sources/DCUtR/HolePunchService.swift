@@ -53,7 +53,7 @@ public final class HolePunchService: Sendable {
         public var retryDelay: Duration = .seconds(1)
         /// How long the accepting side waits for identify (the remote's public
         /// addresses) before it decides between a direct dial and a hole punch.
-        public var identifyWait: Duration = .seconds(5)
+        public var identifyWait: Duration = .seconds(3)
         /// Which end takes which part in the connection a hole punch joins.
         public var roles = Roles.adaptive
         /// Start hole punching on every inbound relayed connection...

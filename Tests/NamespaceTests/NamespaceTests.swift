@@ -397,6 +397,29 @@ final class ChatCLITests: XCTestCase {
         _ = aPeer
     }
 
+    /// 100 lines pasted at once: the chat publishes 16 at once and the rest one
+    /// every 5 ms (PublishPacer), so a go-libp2p peer's validation queue of 32
+    /// keeps up; all arrive, in order, spread over at least 84 intervals.
+    func testAPastedBlockArrivesWholeAndPaced() async throws {
+        let a = try await start(["--ephemeral"])
+        let b = try await start(["--ephemeral", "--connect", try address(of: a)])
+        let deadline = Date().addingTimeInterval(10)
+        while !a.output.contains(where: { $0.contains("probe") }) && Date() < deadline {
+            b.send("probe")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        for index in 1...100 { b.send("pasted line \(index)") }
+        try await a.waitFor("the 100th line", within: 30) { $0.contains("\"pasted line 100\"") }
+        let received = a.events.filter { $0["event"] == "message" && ($0["text"]?.hasPrefix("pasted line ") ?? false) }
+        XCTAssertEqual(received.map { $0["text"] ?? "" }, (1...100).map { "pasted line \($0)" })
+        let times = received.compactMap { $0["ts"].flatMap { try? Date($0, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) } }
+        XCTAssertEqual(times.count, 100)
+        let span = try XCTUnwrap(times.last).timeIntervalSince(try XCTUnwrap(times.first))
+        XCTAssertGreaterThanOrEqual(span, Double(100 - 16) * 0.005 * 0.9, "the block was not paced: it arrived within \(span) s")
+        a.closeInput()
+        b.closeInput()
+    }
+
     func testDroppedConnectPeerIsRedialed() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("p2pchat-redial-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
