@@ -51,6 +51,8 @@ public final class HolePunchService: Sendable {
         /// Before attempt n + 1, n times this (the remote may not know its
         /// observed addresses yet at the first).
         public var retryDelay: Duration = .seconds(1)
+        /// Addresses of a CONNECT dialled at once (the first ones).
+        public var maxDialAddresses = 8
         /// How long the accepting side waits for identify (the remote's public
         /// addresses) before it decides between a direct dial and a hole punch.
         public var identifyWait: Duration = .seconds(3)
@@ -73,6 +75,8 @@ public final class HolePunchService: Sendable {
         var punches: [UInt64: Task<Void, Never>] = [:]
         /// Exchanges answered per relayed connection (the answering side's role follows it).
         var answered: [UInt64: Int] = [:]
+        /// Relayed connections with an exchange being answered (one at a time each).
+        var answering: Set<UInt64> = []
     }
 
     /// The parts each end plays in a hole punch's connection. Only `adaptive`
@@ -110,6 +114,9 @@ public final class HolePunchService: Sendable {
     static let answerAsListenerFrom = 3
     /// Connections whose answered exchanges are remembered at once.
     static let maxAnsweredConnections = 256
+    /// Exchanges answered on one relayed connection: a starting side makes 3
+    /// (go, rust, py, ours); more only make us dial where the remote says.
+    static let maxExchangesPerConnection = 4
     private let state = Mutex(State())
     private let broadcaster = EventBroadcaster<HolePunchEvent>(bufferingNewest: 64)
 
@@ -338,13 +345,23 @@ public final class HolePunchService: Sendable {
             stream.reset()
             return
         }
-        let exchange = state.withLock { state -> Int in
+        let exchange = state.withLock { state -> Int? in
+            guard !state.answering.contains(relayed.id) else { return nil }
             if state.answered[relayed.id] == nil, state.answered.count >= Self.maxAnsweredConnections {
                 state.answered.remove(at: state.answered.startIndex)
             }
-            state.answered[relayed.id, default: 0] += 1
-            return state.answered[relayed.id]!
+            let count = state.answered[relayed.id, default: 0] + 1
+            guard count <= Self.maxExchangesPerConnection else { return nil }
+            state.answered[relayed.id] = count
+            state.answering.insert(relayed.id)
+            return count
         }
+        guard let exchange else {
+            logger.debug("dcutr exchange refused: one at a time, a few per connection", metadata: ["peer": "\(peer)"])
+            stream.reset()
+            return
+        }
+        defer { _ = state.withLock { $0.answering.remove(relayed.id) } }
         let role = configuration.roles.answering(exchange: exchange)
         do {
             let dial = try await withTimeout(configuration.exchangeTimeout, "dcutr exchange") { [self] in
@@ -362,7 +379,6 @@ public final class HolePunchService: Sendable {
             }
             let direct = try await dialAll(dial, peer: peer, role: role)
             emit(.succeeded(peer: peer, connection: direct, rtt: .zero, elapsed: .now - start, attempt: exchange))
-            _ = state.withLock { $0.answered.removeValue(forKey: relayed.id) }
             await closeRelayed(relayed)
         } catch {
             logger.debug("hole punch (answering) failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
@@ -375,7 +391,8 @@ public final class HolePunchService: Sendable {
     private func dialAll(
         _ addresses: [Multiaddr], peer: PeerID, role: UpgradeRole, watchInbound: Bool = true
     ) async throws -> Connection {
-        let targets = addresses.map { $0.encapsulating(.p2p(peer.bytes)) }
+        // A remote names up to 32 addresses: we dial a few, not as many as it likes.
+        let targets = addresses.prefix(configuration.maxDialAddresses).map { $0.encapsulating(.p2p(peer.bytes)) }
         let dialed: Result<Connection, any Error> = await withTaskGroup(of: Result<Connection, any Error>.self) { group in
             for target in targets {
                 group.addTask { [host, configuration] in

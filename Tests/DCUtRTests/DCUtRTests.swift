@@ -5,6 +5,8 @@ import NIOPosix
 import Relay
 import TestSupport
 import Transport
+import NIOCore
+import Synchronization
 import XCTest
 
 @testable import DCUtR
@@ -102,6 +104,85 @@ final class DCUtRTests: XCTestCase {
         let data = patternBytes(count: 100_000, seed: 4)
         let back = try await echo(data, over: fromA)
         XCTAssertTrue(back == data)
+    }
+
+    /// A peer that reached us through a relay cannot make us dial a third
+    /// party at will: a few exchanges per relayed connection, one at a time,
+    /// at most 8 addresses each (it sent 10 exchanges of 32 addresses: 320
+    /// dials before); and none at all over a direct connection.
+    func testDCUtRCannotMakeUsDialAThirdPartyAtWill() async throws {
+        let accepted = Mutex(0)
+        let thirdParty: any Channel = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                accepted.withLock { $0 += 1 }
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { thirdParty.close(promise: nil) }
+        let port = try XCTUnwrap(thirdParty.localAddress?.port)
+        func node() async throws -> Libp2pHost {
+            let circuit = CircuitTransport()
+            let (host, _) = try await makeTestHost(group: group, transports: [TCPTransport(group: group), circuit])
+            circuit.attach(host)
+            hosts.append(host)
+            return host
+        }
+        let relayHost = try await node()
+        RelayService(host: relayHost).start()
+        let relayAddress = relayHost.listenAddresses[0].encapsulating(.p2p(relayHost.localPeer.bytes))
+        let victim = try await node()
+        var configuration = HolePunchService.Configuration()
+        configuration.automatic = false
+        configuration.dialTimeout = .milliseconds(300)
+        let service = HolePunchService(host: victim, configuration: configuration)
+        service.start()
+        try await victim.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        let attacker = try await node()
+        let relayed = try await attacker.dial(
+            relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(victim.localPeer.bytes)), role: .initiator)
+        let targets = (0..<32).map { _ in Multiaddr([.ip4([127, 0, 0, 1]), .tcp(UInt16(port))]) }
+        var answered = 0
+        for _ in 0..<10 {
+            do {
+                let stream = try await relayed.newStream(protocols: [HolePunchService.protocolID])
+                var out = ByteBuffer()
+                out.writeLengthPrefixed(HolePunchMessage.connect(targets).encoded())
+                try await stream.write(out)
+                var reader = StreamReader(stream)
+                guard try await reader.readLengthPrefixed(maxLength: 4096) != nil else { continue }
+                answered += 1
+                var sync = ByteBuffer()
+                sync.writeLengthPrefixed(HolePunchMessage.sync.encoded())
+                try await stream.write(sync)
+                try await stream.closeWrite()
+                // The stream ends when the answer (its dials) is over: then the next exchange.
+                _ = try? await reader.readLengthPrefixed(maxLength: 4096)
+            } catch {
+                continue  // refused: reset
+            }
+        }
+        // Every dial it made has reached the third party (or timed out) by now.
+        try await Task.sleep(for: .seconds(1))
+        let dials = accepted.withLock { $0 }
+        XCTAssertGreaterThan(answered, 0)
+        XCTAssertLessThanOrEqual(answered, 4)
+        XCTAssertLessThanOrEqual(dials, 4 * 8, "\(dials) dials for \(answered) exchanges")
+        // Over a direct connection DCUtR is refused outright.
+        let direct = try await attacker.dial(victim.listenAddresses[0].encapsulating(.p2p(victim.localPeer.bytes)), role: .initiator)
+        let before = accepted.withLock { $0 }
+        var answer: ByteBuffer?
+        do {
+            let stream = try await direct.newStream(protocols: [HolePunchService.protocolID])
+            var out = ByteBuffer()
+            out.writeLengthPrefixed(HolePunchMessage.connect(targets).encoded())
+            try await stream.write(out)
+            var reader = StreamReader(stream)
+            answer = try await reader.readLengthPrefixed(maxLength: 4096)
+        } catch {
+            // Reset: refused.
+        }
+        XCTAssertNil(answer, "answered DCUtR on a direct connection")
+        XCTAssertEqual(accepted.withLock { $0 }, before)
     }
 
     func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) async throws {
