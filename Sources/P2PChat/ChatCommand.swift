@@ -124,6 +124,9 @@ struct ChatCommand: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
         let out = ChatOutput(json: json, decorated: isatty(1) == 1)
+        // First, so that a second chat on the same identity file says so on its first line.
+        let (key, inUse) = identity.key(fileByDefault: true)
+        inUse?.report(to: out)
         let exporter = await metrics.start { address in
             out.emit("metrics", ["addr": .string(address)], human: "Metrics at \(address)/metrics")
         }
@@ -135,8 +138,6 @@ struct ChatCommand: AsyncParsableCommand {
         for address in connectAddresses where address.peerID == nil {
             exitWithError("--connect \(address) needs a /p2p/<peer id> part")
         }
-        let key: PrivateKey
-        do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
         let (host, identifyService, circuit) = makeNATHost(key: key, options: identity)
         let relayAddress = relay.map(parseAddress)
         let nat = ChatNATTraversal(host: host, relay: relayAddress, holePunchDelay: holePunchDelay, out: out)

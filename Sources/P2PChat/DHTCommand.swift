@@ -111,8 +111,8 @@ struct DHTServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
-        let key: PrivateKey
-        do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
+        let (key, inUse) = identity.key(fileByDefault: true)
+        inUse?.report(to: ChatOutput(json: false))
         let (host, _) = makeHost(key: key, options: identity)
         let dht = startDHT(host: host, server: true)
         await listenOrExit(host, on: listen) { FileHandle.standardError.write(Data("error: \($0)\n".utf8)) }
@@ -150,9 +150,7 @@ struct DHTQueryOptions: ParsableArguments {
         bootstrapLogging(verbose: identity.verbose)
         if bootstrap.isEmpty { exitWithError("--bootstrap: give at least one DHT peer") }
         let addresses = bootstrap.map(parseAddress)
-        let key: PrivateKey
-        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key, options: identity)
+        let (host, _) = makeHost(key: identity.toolKey(), options: identity)
         let dht = startDHT(host: host, server: false)
         do {
             try await withTimeout(seconds: timeout, "DHT query") {

@@ -45,8 +45,8 @@ struct RelayCommand: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
         let out = ChatOutput(json: json)
-        let key: PrivateKey
-        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
+        let (key, inUse) = identity.key(fileByDefault: false)
+        inUse?.report(to: out)
         let (host, _, _) = makeNATHost(key: key, options: identity)
         var limits = RelayLimits()
         limits.maxReservations = maxReservations

@@ -1,0 +1,71 @@
+import ChildProcess
+import Foundation
+import XCTest
+
+/// Issue 22's first run, as the README has a user do it: chats on one machine
+/// (loopback, no mDNS) sharing one HOME.
+final class FirstRunCLITests: XCTestCase {
+    private var home: URL!
+
+    override func setUpWithError() throws {
+        home = FileManager.default.temporaryDirectory.appendingPathComponent("p2pchat-home-\(UUID())")
+        try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: home)
+    }
+
+    /// A chat with HOME set to this test's directory (so its default identity file is there).
+    private func chat(_ arguments: [String]) throws -> ChatProcess {
+        try ChatProcess(
+            namespace: nil, executable: "/usr/bin/env",
+            arguments: ["HOME=\(home.path)", "XDG_CONFIG_HOME=", ChatProcess.binary, "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]
+                + arguments,
+            network: nil)
+    }
+
+    /// Two chats started one after the other with the same default identity
+    /// file: the second runs with a temporary identity and says why on its
+    /// first line (human and JSON); they meet; once the first is gone, the
+    /// file's identity is free again.
+    func testSecondChatOnTheSameIdentityFileUsesATemporaryOne() async throws {
+        let keyPath = home.appendingPathComponent(".config/p2pchat/identity.key").path
+        let first = try chat([])
+        let firstID = try await first.waitFor("the first chat's id", within: 20) { $0.hasPrefix("Local peer id: ") }
+            .dropFirst("Local peer id: ".count)
+        let listening = try await first.waitFor("the first chat's address", within: 20) { $0.hasPrefix("Listening on ") }
+        XCTAssertEqual(first.output.first, "Local peer id: \(firstID)", "the file's owner says nothing about it")
+
+        let second = try chat(["--connect", "\(listening.dropFirst("Listening on ".count))/p2p/\(firstID)"])
+        try await second.waitFor("the second chat's id", within: 20) { $0.hasPrefix("Local peer id: ") }
+        let pid = first.process.pid
+        XCTAssertEqual(
+            second.output.first,
+            "identity file \(keyPath) is in use by another p2pchat (pid \(pid)); "
+                + "using a temporary identity for this run (--identity PATH picks another)")
+        let secondID = try XCTUnwrap(second.peerID)
+        XCTAssertNotEqual(secondID, String(firstID))
+        try await second.waitFor("the chats met", within: 20) { $0.hasPrefix("Connected: \(firstID)") }
+        try await first.waitFor("the chats met", within: 20) { $0.hasPrefix("Connected: \(secondID)") }
+
+        let third = try chat(["--json"])
+        try await third.waitFor("the third chat's id", within: 20) { $0.contains("\"event\":\"local_peer\"") }
+        let notice = try XCTUnwrap(third.output.first.flatMap(ChatProcess.event(in:)), "\(third.output)")
+        XCTAssertEqual(notice["event"], "identity_in_use")
+        XCTAssertEqual(notice["path"], keyPath)
+        XCTAssertEqual(notice["pid"], "\(pid)")
+        XCTAssertEqual(notice["message"], second.output.first)
+
+        for process in [first, second, third] { process.closeInput() }
+        for process in [first, second, third] {
+            let status = try await process.waitForExit(within: 15)
+            XCTAssertEqual(status, 0)
+        }
+        let again = try chat([])
+        try await again.waitFor("the next chat's id", within: 20) { $0.hasPrefix("Local peer id: ") }
+        XCTAssertEqual(again.peerID, String(firstID), "the file is free once its chat has ended")
+        again.closeInput()
+        _ = try await again.waitForExit(within: 15)
+    }
+}
