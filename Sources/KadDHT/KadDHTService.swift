@@ -40,6 +40,8 @@ public enum KadDHTError: Error, CustomStringConvertible, Sendable {
     case noPeers
     /// Every bootstrap address failed; each failure says why.
     case bootstrapFailed([String])
+    /// Every peer asked to store the record refused it or failed; each says why.
+    case putRefused(key: String, [PutAttempt])
 
     public var description: String {
         switch self {
@@ -50,8 +52,22 @@ public enum KadDHTError: Error, CustomStringConvertible, Sendable {
         case .noPeers: return "no DHT peers known (bootstrap first)"
         case .bootstrapFailed(let attempts):
             return "no bootstrap peer reachable: \(attempts.joined(separator: "; "))"
+        case .putRefused(let key, let attempts):
+            let refused = attempts.filter(\.refused).count
+            let what = refused == attempts.count ? "the DHT peers refused" : "no DHT peer stored"
+            return "\(what) \(key) (\(refused) of \(attempts.count) refused): \(attempts.map(\.description).joined(separator: "; "))"
         }
     }
+}
+
+/// How one peer answered a PUT_VALUE that it did not store.
+public struct PutAttempt: Sendable, CustomStringConvertible {
+    public let peer: PeerID
+    /// The peer refused the record (the request reached it); false when it could not be asked.
+    public let refused: Bool
+    public let reason: String
+
+    public var description: String { "\(peer): \(reason)" }
 }
 
 /// `/ipfs/kad/1.0.0` on a host: the routing table, lookups, records and
@@ -415,7 +431,10 @@ public final class KadDHT: Sendable {
         return Array(found.prefix(limit))
     }
 
-    /// Stores a record here and at the closest peers; returns how many accepted it.
+    /// Stores a record here and at the closest peers; returns how many accepted
+    /// it. Throws `invalidRecord` when our validator refuses it (nothing is
+    /// sent: peers apply the same rules), `noPeers` when there is nobody to
+    /// ask, and `putRefused` with each peer's answer when none stored it.
     @discardableResult
     public func putValue(key: [UInt8], value: [UInt8]) async throws -> Int {
         let record = DHTRecord(key: key, value: value)
@@ -427,19 +446,39 @@ public final class KadDHT: Sendable {
             throw KadDHTError.invalidRecord(error)
         }
         let closest = await closestPeers(to: key)
+        guard !closest.isEmpty else { throw KadDHTError.noPeers }
         let request = DHTMessage(type: .putValue, key: key, record: record)
-        return await withTaskGroup(of: Bool.self) { group in
+        let refusals = await withTaskGroup(of: PutAttempt?.self) { group in
             for peer in closest {
                 group.addTask { [self] in
                     do {
-                        return try await send(request, to: peer) != nil
+                        // An answer (the spec's is the request itself) means stored.
+                        _ = try await send(request, to: peer)
+                        return nil
+                    } catch let error as KadDHTError {
+                        guard case .noResponse = error else {
+                            return PutAttempt(peer: peer, refused: false, reason: "\(error)")
+                        }
+                        return Self.refusedByReset(peer)
+                    } catch TransportError.streamReset {
+                        return Self.refusedByReset(peer)
                     } catch {
-                        return false
+                        return PutAttempt(peer: peer, refused: false, reason: "\(error)")
                     }
                 }
             }
-            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            return await group.reduce(into: [PutAttempt]()) { if let refusal = $1 { $0.append(refusal) } }
         }
+        let stored = closest.count - refusals.count
+        guard stored > 0 else {
+            throw KadDHTError.putRefused(key: String(decoding: key, as: UTF8.self), refusals)
+        }
+        return stored
+    }
+
+    /// A server that refuses a record resets the stream without a word (the spec's rule on errors).
+    private static func refusedByReset(_ peer: PeerID) -> PutAttempt {
+        PutAttempt(peer: peer, refused: true, reason: "reset the stream instead of storing it (its validator refused the record)")
     }
 
     /// The best valid value of `key` found here and at the closest peers.

@@ -177,6 +177,13 @@ struct DHTNotFound: Error, CustomStringConvertible {
     var description: String { "\(what) not found in the DHT" }
 }
 
+/// A record our validator refuses: DHT peers apply the same rules, so it is not sent.
+struct DHTPutRefused: Error, CustomStringConvertible {
+    let key: String
+    let reason: RecordError
+    var description: String { "DHT peers refuse \(key): \(reason) (not sent)" }
+}
+
 /// A key given on the command line: a CID (its multihash), hex, or else the text's UTF-8 bytes.
 func parseDHTKey(_ text: String) -> [UInt8] {
     ContentKey.parse(text) ?? Array(text.utf8)
@@ -210,7 +217,7 @@ struct DHTCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "providers",
             abstract: "Print the providers of KEY (a CID, hex, or text), or of a chat topic, one per line.")
-        @Argument(help: "The key: a CID, hex of a multihash, or text.") var key: String?
+        @Argument(help: "The key: a CID (Qm... or bafy...: its multihash), hex of a multihash, or text.") var key: String?
         @Option(help: "A chat topic instead of KEY.") var topic: String?
         @OptionGroup var options: DHTQueryOptions
 
@@ -222,8 +229,11 @@ struct DHTCommand: AsyncParsableCommand {
             default: exitWithError("give either KEY or --topic NAME")
             }
             let options = self.options
+            let what = topic.map { "providers of topic \($0)" } ?? "providers of \(key ?? "")"
             await options.run { dht in
-                for provider in await dht.findProviders(bytes, limit: 64) {
+                let providers = await dht.findProviders(bytes, limit: 64)
+                guard !providers.isEmpty else { throw DHTNotFound(what: what) }
+                for provider in providers {
                     let addresses = provider.addresses.map(\.description).joined(separator: " ")
                     options.emit(
                         ["peer": "\(provider.id)", "addrs": addresses], human: "\(provider.id) \(addresses)")
@@ -261,8 +271,12 @@ struct DHTCommand: AsyncParsableCommand {
             let value = self.value
             let options = self.options
             await options.run { dht in
-                let stored = try await dht.putValue(key: Array(key.utf8), value: Array(value.utf8))
-                guard stored > 0 else { throw DHTNotFound(what: "a peer that stores \(key)") }
+                let stored: Int
+                do {
+                    stored = try await dht.putValue(key: Array(key.utf8), value: Array(value.utf8))
+                } catch KadDHTError.invalidRecord(let why) {
+                    throw DHTPutRefused(key: key, reason: why)
+                }
                 options.emit(["key": key, "peers": "\(stored)"], human: "Stored \(key) at \(stored) peers")
             }
         }

@@ -256,4 +256,13 @@ final class CIDTests: XCTestCase {
             _ = try? CID("b" + String(decoding: bytes.map { $0 % 26 + 97 }, as: UTF8.self))
         }
     }
+
+    /// Issue 22: `Qm...` was not a CID. A CIDv0 is the dag-pb CIDv1 of its sha2-256 multihash.
+    func testCIDv0IsReadAsTheCIDv1OfItsMultihash() throws {
+        let cid = try CID("QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n")
+        XCTAssertEqual(cid.codec, CID.dagPB)
+        XCTAssertEqual(cid.multihash.code, Multihash.sha2_256)
+        XCTAssertEqual(cid.text(), "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku")
+        XCTAssertThrowsError(try CID("Qm" + String(repeating: "0", count: 44)))
+    }
 }
