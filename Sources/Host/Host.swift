@@ -60,7 +60,11 @@ public struct DialAttempt: Sendable, CustomStringConvertible {
     public let address: Multiaddr
     public let error: any Error
 
-    public var description: String { "\(address): \(error)" }
+    /// "/ip4/1.2.3.4/tcp/1: connection refused": the address (its peer is named
+    /// by the error that lists the attempts), and why, said once.
+    public var description: String {
+        "\(address.withoutP2P): \(ErrorText.reason(of: error))"
+    }
 }
 
 /// A libp2p node: listens, dials, keeps one connection per peer where it can,

@@ -344,7 +344,7 @@ public final class KadDHT: Sendable {
             do {
                 reached.append(try await host.connect(address).remotePeer)
             } catch {
-                attempts.append("\(address): \(error)")
+                attempts.append("\(address): \(ErrorText.reason(of: error))")
             }
         }
         guard !reached.isEmpty || addresses.isEmpty else { throw KadDHTError.bootstrapFailed(attempts) }

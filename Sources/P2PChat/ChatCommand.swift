@@ -527,7 +527,7 @@ func keepConnected(_ address: Multiaddr, host: Libp2pHost, out: ChatOutput) asyn
             _ = try await host.connect(address)
             delay = .seconds(1)
         } catch {
-            out.error("connect \(address): \(error); retrying in \(delay.components.seconds) s")
+            out.error("\(dialFailure("\(address)", error)); retrying in \(delay.components.seconds) s")
             try? await Task.sleep(for: delay)
             delay = min(delay * 2, .seconds(30))
         }
@@ -579,7 +579,7 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns:
                     do {
                         _ = try await host.connect(to: peer)
                     } catch {
-                        out.error("dial \(peer): \(error)")
+                        out.error(dialFailure("\(peer)", error))
                         await redialWhileSeen(peer, host: host, mdns: mdns)
                     }
                 }

@@ -77,7 +77,7 @@ actor TopicDiscovery {
             guard host.connection(to: provider.id) == nil else { continue }
             host.peerStore.addAddresses(provider.addresses, for: provider.id)
             do { _ = try await host.connect(to: provider.id) } catch {
-                out.error("dial \(provider.id) (topic provider): \(error)")
+                out.error("topic provider: \(dialFailure("\(provider.id)", error))")
             }
         }
     }

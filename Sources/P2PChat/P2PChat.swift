@@ -135,11 +135,23 @@ func listenOrExit(_ host: Libp2pHost, on addresses: [String], reportFailure: (St
         do {
             try await host.listen(on: [parseAddress(text)])
             bound += 1
+        } catch let error as TransportError {
+            reportFailure("\(error)")  // names the address ("listen on ...: address in use")
         } catch {
-            reportFailure("cannot listen on \(text): \(error)")
+            reportFailure("listen on \(text): \(ErrorText.describe(error))")
         }
     }
     if bound == 0 { exitWithError("could not listen on any address") }
+}
+
+/// A failed dial of `target` (a peer or an address) in one line: what failed
+/// and where, each said once (most errors of a dial name its address or peer already).
+func dialFailure(_ target: String, _ error: any Error) -> String {
+    switch error {
+    case TransportError.dialFailed, TransportError.dialTimeout, TransportError.unsupportedAddress: "\(error)"
+    case HostError.noAddresses, HostError.dialFailed, HostError.dialBackoff: "\(error)"
+    default: "dial \(target): \(ErrorText.reason(of: error))"
+    }
 }
 
 func parseAddress(_ text: String) -> Multiaddr {

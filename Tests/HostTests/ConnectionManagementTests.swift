@@ -105,6 +105,10 @@ final class ConnectionManagementTests: XCTestCase {
                     return XCTFail("unexpected cause \(attempt.error)")
                 }
             }
+            // Issue 22: each address once, each cause in short words (the second dial starts 250 ms later).
+            let error = HostError.dialFailed(peer, attempts)
+            XCTAssertEqual(
+                "\(error)", "could not reach \(nobody): \(dead[0]): connection refused; \(dead[1]): connection refused")
         }
         await client.close()
     }

@@ -68,4 +68,21 @@ final class FirstRunCLITests: XCTestCase {
         again.closeInput()
         _ = try await again.waitForExit(within: 15)
     }
+
+    /// Issue 22: dial errors read "connection reset (error set): Connection
+    /// refused) (errno: 111)". One line: what failed, where, and why.
+    func testDialErrorsAreOneReadableLine() async throws {
+        let target = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+        let ping = try ChatProcess(namespace: nil, arguments: ["ping", target, "--timeout", "10"], network: nil)
+        let status = try await ping.waitForExit(within: 20)
+        XCTAssertEqual(status, 1)
+        let log = try await MetricsCLITests.stderr(of: ping.process, containing: "\n")
+        XCTAssertEqual(log, "error: dial \(target): connection refused\n")
+
+        let chat = try chat(["--ephemeral", "--json", "--connect", target])
+        let line = try await chat.waitFor("the failed dial", within: 20) { $0.contains("\"event\":\"error\"") }
+        XCTAssertEqual(ChatProcess.event(in: line)?["message"], "dial \(target): connection refused; retrying in 1 s")
+        chat.closeInput()
+        _ = try await chat.waitForExit(within: 15)
+    }
 }
