@@ -519,7 +519,7 @@ extension Libp2pHost {
         if total >= limits.maxConnections { return "\(limits.maxConnections) connections" }
         if existing.count >= limits.maxConnectionsPerPeer { return "\(limits.maxConnectionsPerPeer) connections per peer" }
         let address = connection.remoteAddress
-        if let ip = address.ipAddressText, limits.limitLoopback || !address.isLoopback {
+        if let ip = address.ipAddressText, limits.limitLoopback || address.scope != .loopback {
             let fromIP = state.connections.values.joined().filter {
                 $0.direction == .inbound && $0.remoteAddress.ipAddressText == ip
             }.count

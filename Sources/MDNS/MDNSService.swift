@@ -397,13 +397,7 @@ public actor MDNSService {
 
     private func answer() {
         // Loopback addresses mean nothing to another host.
-        let reachable = addresses().filter { address in
-            switch address.components.first {
-            case .ip4(let bytes): return bytes[0] != 127
-            case .ip6(let bytes): return bytes != [UInt8](repeating: 0, count: 15) + [1]
-            default: return true
-            }
-        }
+        let reachable = addresses().filter { $0.scope != .loopback }
         guard !reachable.isEmpty else { return }
         let ttl = UInt32(configuration.ttl.components.seconds)
         send(MDNSRecords.response(peerName: peerName, addresses: reachable, peer: localPeer, ttl: ttl))

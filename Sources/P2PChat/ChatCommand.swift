@@ -110,7 +110,7 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(help: "Keep the topic's recent lines in this file (in memory otherwise), to give peers what they missed.")
     var history: String?
 
-    @Option(name: .long, help: "A relay's /p2p/ address: stay connected, and reserve a slot there (advertising its circuit address) when AutoNAT says we are private.")
+    @Option(name: .long, help: "A relay's /p2p/ address: stay connected, and reserve a slot there (advertising its circuit address) when AutoNAT says we are private or reachable on the local network only.")
     var relay: String?
 
     @Option(name: .customLong("hole-punch-delay"), help: ArgumentHelp("Seconds before hole punching a relayed connection.", visibility: .hidden))
@@ -454,7 +454,8 @@ func printStatus(
         "reservations": .strings(reservations), "connections": .strings(connections), "dht": .string(mode),
         "limits": .strings(limits),
     ]
-    var lines = ["Reachability: \(reachability.rawValue) (DHT: \(mode))"]
+    let notes = [reachability.explanation, "DHT: \(mode)"].compactMap { $0 }
+    var lines = ["Reachability: \(reachability.rawValue) (\(notes.joined(separator: "; ")))"]
     lines += observed.map { "Observed at: \($0)" }
     lines += advertised.map { "Advertised: \($0)" }
     lines += reservations.map { "Relay reservation: \($0)" }
@@ -463,12 +464,13 @@ func printStatus(
     out.emit("status", fields, human: lines.joined(separator: "\n"))
 }
 
-/// The DHT mode that `reachability` calls for: server when public, client when private.
+/// The DHT mode that `reachability` calls for: server when public; client
+/// when private or reachable on the local network only (peers beyond it could not dial us).
 func followReachability(_ reachability: Reachability, dht: KadDHT, out: ChatOutput) {
     let wanted: KadDHTConfiguration.Mode
     switch reachability {
     case .public: wanted = .server
-    case .private: wanted = .client
+    case .private, .local: wanted = .client
     case .unknown: return
     }
     guard dht.mode != wanted else { return }

@@ -65,7 +65,7 @@ struct RelayCommand: AsyncParsableCommand {
         }
         let printer = Task {
             for await change in reachability {
-                out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
+                reportReachability(change, to: out)
             }
         }
         // A DHT server, so that chats can use the relay as their bootstrap node.
@@ -100,7 +100,8 @@ func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, Iden
 
 /// The chat's NAT traversal: AutoNAT (client and server), hole punching of
 /// relayed connections, and, once AutoNAT says private, a reservation on the
-/// `--relay` node whose circuit address we then advertise.
+/// `--relay` node whose circuit address we then advertise (also when AutoNAT
+/// says we are reachable on the local network only).
 struct ChatNATTraversal: Sendable {
     let autonat: AutoNATService
     let holePunch: HolePunchService
@@ -121,8 +122,9 @@ struct ChatNATTraversal: Sendable {
         let reserve = Task {
             var reserved = false
             for await change in changes {
-                out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
-                guard change == .private, !reserved, let relay else { continue }
+                reportReachability(change, to: out)
+                // Reachable on the local network only, peers elsewhere need the relay too.
+                guard change == .private || change == .local, !reserved, let relay else { continue }
                 do {
                     let bound = try await host.listen(on: [relay.encapsulating(.p2pCircuit)])
                     reserved = true
@@ -159,6 +161,11 @@ struct ChatNATTraversal: Sendable {
         holePunch.stop()
         for task in tasks { task.cancel() }
     }
+}
+
+/// The `reachability` event: "Reachability: local (reachable on the local network only)".
+func reportReachability(_ reachability: Reachability, to out: ChatOutput) {
+    out.emit("reachability", ["reachability": .string(reachability.rawValue)], human: "Reachability: \(reachability.text)")
 }
 
 extension Duration {

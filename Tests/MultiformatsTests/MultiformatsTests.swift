@@ -218,6 +218,24 @@ final class MultiaddrTests: XCTestCase {
             _ = try? Multiaddr(text)
         }
     }
+
+    /// Issue 22: who can dial an address, for the DHT's records and AutoNAT's verdict.
+    func testAddressScopes() throws {
+        let scopes: [(String, AddressScope?)] = [
+            ("/ip4/0.0.0.0/tcp/1", .unspecified), ("/ip6/::/tcp/1", .unspecified),
+            ("/ip4/127.0.0.1/tcp/1", .loopback), ("/ip4/127.8.9.10/tcp/1", .loopback), ("/ip6/::1/tcp/1", .loopback),
+            ("/ip4/10.1.2.3/tcp/1", .local), ("/ip4/172.16.0.1/tcp/1", .local), ("/ip4/172.31.255.1/tcp/1", .local),
+            ("/ip4/192.168.0.1/tcp/1", .local), ("/ip4/100.64.0.1/tcp/1", .local), ("/ip4/169.254.1.1/tcp/1", .local),
+            ("/ip6/fd12::1/tcp/1", .local), ("/ip6/fe80::1/tcp/1", .local), ("/ip6zone/eth0/ip6/fe80::1/tcp/1", .local),
+            ("/ip6/::ffff:192.168.1.1/tcp/1", .local),
+            ("/ip4/172.32.0.1/tcp/1", .public), ("/ip4/100.128.0.1/tcp/1", .public), ("/ip4/203.0.113.7/tcp/1", .public),
+            ("/ip4/8.8.8.8/tcp/1", .public), ("/ip6/2001:db8::1/tcp/1", .public),
+            ("/dns4/example.com/tcp/1", nil), ("/memory/3", nil),
+        ]
+        for (text, scope) in scopes {
+            XCTAssertEqual(try Multiaddr(text).scope, scope, text)
+        }
+    }
 }
 
 final class CIDTests: XCTestCase {

@@ -85,4 +85,27 @@ final class FirstRunCLITests: XCTestCase {
         chat.closeInput()
         _ = try await chat.waitForExit(within: 15)
     }
+
+    /// Issue 22: on a LAN without internet `/status` said `Reachability:
+    /// public`. Two chats on loopback dial each other back at 127.0.0.1:
+    /// reachable on the local network only, in the event and in /status.
+    func testChatsReachedOnLoopbackSayLocal() async throws {
+        let first = try chat(["--ephemeral"])
+        let id = try await first.waitFor("the first chat's id", within: 20) { $0.hasPrefix("Local peer id: ") }
+            .dropFirst("Local peer id: ".count)
+        let listening = try await first.waitFor("the first chat's address", within: 20) { $0.hasPrefix("Listening on ") }
+        let second = try chat(["--ephemeral", "--connect", "\(listening.dropFirst("Listening on ".count))/p2p/\(id)"])
+        // Each asks the other (AutoNAT client and server), which dials it back on loopback.
+        for chat in [first, second] {
+            try await chat.waitFor("the reachability event", within: 30) { $0.hasPrefix("Reachability: ") }
+            XCTAssertEqual(
+                chat.output.filter { $0.hasPrefix("Reachability: ") }, ["Reachability: local (reachable on the local network only)"])
+        }
+        first.send("/status")
+        try await first.waitFor("/status", within: 20) {
+            $0 == "Reachability: local (reachable on the local network only; DHT: off)"
+        }
+        for chat in [first, second] { chat.closeInput() }
+        for chat in [first, second] { _ = try await chat.waitForExit(within: 15) }
+    }
 }
