@@ -193,8 +193,9 @@ public final class KadDHT: Sendable {
                 let store = host.peerStore
                 let reply = state.withLock { state in
                     DHTServer.handle(
-                        request, from: stream.remotePeer, records: &state.records, providers: &state.providers,
-                        table: state.table, now: now, addresses: { store.info($0)?.addresses ?? [] })
+                        request, from: stream.remotePeer, at: stream.connection.remoteAddress, records: &state.records,
+                        providers: &state.providers, table: state.table, now: now,
+                        addresses: { store.info($0)?.addresses ?? [] })
                 }
                 switch reply {
                 case .respond(let response): try await stream.write(response.framed())
@@ -234,7 +235,8 @@ public final class KadDHT: Sendable {
                     throw KadDHTError.badResponse(peer, error)
                 }
                 await stream.close()
-                return response
+                // Never dialled: another machine's loopback, or a far network's private addresses.
+                return response.dialable(fromPeerAt: stream.connection.remoteAddress)
             } catch {
                 stream.reset()
                 throw error
@@ -397,12 +399,15 @@ public final class KadDHT: Sendable {
             state.providers.add(me, for: key, now: now)
         }
         let closest = await closestPeers(to: key)
-        let request = DHTMessage(type: .addProvider, key: key, providerPeers: [me])
         return await withTaskGroup(of: Bool.self) { group in
             for peer in closest {
                 group.addTask { [self] in
                     do {
-                        _ = try await send(request, to: peer)
+                        // Our addresses that this peer's askers can use (see `DHTServer.handle`):
+                        // the addresses it can dial itself. With none, it falls back to what it knows of us.
+                        let seenAt = try await host.connect(to: peer).remoteAddress
+                        let announced = me.dialable(byPeerAt: seenAt) ?? DHTPeer(id: me.id, addresses: [])
+                        _ = try await send(DHTMessage(type: .addProvider, key: key, providerPeers: [announced]), to: peer)
                         return true
                     } catch {
                         return false
@@ -422,8 +427,14 @@ public final class KadDHT: Sendable {
     public func findProviders(_ key: [UInt8], limit: Int = 20) async -> [DHTPeer] {
         var found = state.withLock { $0.providers.providers(of: key, now: .now) }
         await lookup(key: key, request: DHTMessage(type: .getProviders, key: key)) { _, response in
-            for provider in response.providerPeers where !found.contains(where: { $0.id == provider.id }) {
-                found.append(provider)
+            for provider in response.providerPeers {
+                guard let known = found.firstIndex(where: { $0.id == provider.id }) else {
+                    found.append(provider)
+                    continue
+                }
+                // Every address a provider is known at (ours, too: another process with our key shows there).
+                let new = provider.addresses.filter { !found[known].addresses.contains($0) }
+                found[known].addresses += new.prefix(max(0, DHTMessage.maxAddressesPerPeer - found[known].addresses.count))
             }
             return found.count >= limit
         }

@@ -27,6 +27,23 @@ extension Multiaddr {
         }
     }
 
+    /// Whether a peer we see at `recipient` could use this address, as
+    /// go-libp2p's address filters decide: a public address (or a name) for
+    /// anyone, a local-network one only for a peer that is itself at a local
+    /// or loopback address, loopback only for a peer on loopback (this
+    /// machine), an unspecified one for nobody. A recipient that is not at an
+    /// IP (a name, `/memory`) counts as public.
+    public func isDialable(byPeerAt recipient: Multiaddr) -> Bool {
+        guard let scope else { return true }
+        let seen = recipient.scope ?? .public
+        switch scope {
+        case .unspecified: return false
+        case .public: return true
+        case .local: return seen == .local || seen == .loopback
+        case .loopback: return seen == .loopback
+        }
+    }
+
     static func scope(ipv4 b: [UInt8]) -> AddressScope {
         guard b.count == 4 else { return .public }
         if b == [0, 0, 0, 0] { return .unspecified }

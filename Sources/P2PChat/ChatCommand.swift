@@ -172,6 +172,7 @@ struct ChatCommand: AsyncParsableCommand {
             }
         }
         var redialers: [Task<Void, Never>] = []
+        let sightings = OwnPeerSightings(host: host, identify: identifyService, out: out)
         var mdns: MDNSService?
         if !noMDNS {
             var configuration = MDNSConfiguration()
@@ -184,7 +185,9 @@ struct ChatCommand: AsyncParsableCommand {
             do {
                 try await service.start()
                 mdns = service
-                redialers.append(Task { await handleDiscoveries(discoveries, host: host, mdns: service, out: out) })
+                redialers.append(Task {
+                    await handleDiscoveries(discoveries, host: host, mdns: service, out: out, sightings: sightings)
+                })
                 let hostEvents = host.events()
                 redialers.append(Task { await keepLocalPeersConnected(hostEvents, host: host, mdns: service) })
             } catch {
@@ -209,7 +212,8 @@ struct ChatCommand: AsyncParsableCommand {
         var discovery: TopicDiscovery?
         if let dht, !bootstrapAddresses.isEmpty {
             let topicDiscovery = TopicDiscovery(
-                dht: dht, topic: topic, interval: .milliseconds(Int64(dhtOptions.interval * 1000)), out: out)
+                dht: dht, topic: topic, interval: .milliseconds(Int64(dhtOptions.interval * 1000)), out: out,
+                sightings: sightings)
             await topicDiscovery.start(bootstrap: bootstrapAddresses)
             await session.onTopicChange { await topicDiscovery.move(to: $0) }
             discovery = topicDiscovery
@@ -564,7 +568,9 @@ func redialWhileSeen(_ peer: PeerID, host: Libp2pHost, mdns: MDNSService) async 
 /// Prints mDNS discoveries and dials each newly discovered peer; a dial that
 /// fails is tried again while mDNS still sees the peer (mDNS reports a peer
 /// once, not at every announcement).
-func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns: MDNSService, out: ChatOutput) async {
+func handleDiscoveries(
+    _ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns: MDNSService, out: ChatOutput, sightings: OwnPeerSightings
+) async {
     // The dials run beside the loop, and are cancelled with it.
     await withDiscardingTaskGroup { group in
         for await event in events {
@@ -591,8 +597,39 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns:
                         "expired", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
                         human: "Removed peer: \(peer) with addr \(address.withoutP2P)")
                 }
+            case .ownPeerElsewhere(let addresses):
+                sightings.saw(addresses, via: "mDNS")
             }
         }
+    }
+}
+
+/// Our peer id seen at addresses that are not ours (in a DHT provider
+/// record, or announced on mDNS): another process runs with our identity (a
+/// copy of our key file), and peers may reach it instead of us. Never dialled;
+/// said once per run, in one line (`identity_elsewhere` event).
+final class OwnPeerSightings: Sendable {
+    let host: Libp2pHost
+    let identify: IdentifyService
+    let out: ChatOutput
+    private let reported = Mutex(false)
+
+    init(host: Libp2pHost, identify: IdentifyService, out: ChatOutput) {
+        self.host = host
+        self.identify = identify
+        self.out = out
+    }
+
+    func saw(_ addresses: [Multiaddr], via source: String) {
+        // Ours: what we listen on and what identify advertises (observed addresses included).
+        let ours = Set((host.listenAddresses + identify.advertisedAddresses).map(\.withoutP2P))
+        let elsewhere = addresses.map(\.withoutP2P).filter { !ours.contains($0) }
+        guard !elsewhere.isEmpty, reported.withLock({ done in defer { done = true }; return !done }) else { return }
+        let list = elsewhere.map(\.description)
+        out.emit(
+            "identity_elsewhere", ["peer": "\(host.localPeer)", "addrs": .strings(list), "via": .string(source)],
+            human: "Another process uses our peer id \(host.localPeer) at \(list.joined(separator: " ")) (seen in \(source)): "
+                + "peers may reach it instead of us; start one of them with another --identity")
     }
 }
 

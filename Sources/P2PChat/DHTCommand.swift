@@ -44,14 +44,17 @@ actor TopicDiscovery {
     let dht: KadDHT
     let interval: Duration
     let out: ChatOutput
+    /// Where a provider record of our own peer id that is not ours is reported.
+    let sightings: OwnPeerSightings
     private var topic: String
     private var loop: Task<Void, Never>?
 
-    init(dht: KadDHT, topic: String, interval: Duration, out: ChatOutput) {
+    init(dht: KadDHT, topic: String, interval: Duration, out: ChatOutput, sightings: OwnPeerSightings) {
         self.dht = dht
         self.topic = topic
         self.interval = interval
         self.out = out
+        self.sightings = sightings
     }
 
     func start(bootstrap: [Multiaddr]) {
@@ -71,9 +74,17 @@ actor TopicDiscovery {
     /// Announces the current topic and dials its other providers.
     private func round() async {
         let key = ContentKey.topic(topic)
+        // Looked up before we announce: a record of our own id that another process
+        // (with a copy of our key) left is then still there to be seen, not replaced by ours.
+        let providers = await dht.findProviders(key, limit: 64)
         await dht.provide(key)
         let host = dht.host
-        for provider in await dht.findProviders(key, limit: 64) where provider.id != host.localPeer {
+        for provider in providers {
+            // Never dialled: our own record, or another process's with our identity (said once).
+            guard provider.id != host.localPeer else {
+                sightings.saw(provider.addresses, via: "a DHT provider record")
+                continue
+            }
             guard host.connection(to: provider.id) == nil else { continue }
             host.peerStore.addAddresses(provider.addresses, for: provider.id)
             do { _ = try await host.connect(to: provider.id) } catch {

@@ -149,7 +149,7 @@ func listenOrExit(_ host: Libp2pHost, on addresses: [String], reportFailure: (St
 func dialFailure(_ target: String, _ error: any Error) -> String {
     switch error {
     case TransportError.dialFailed, TransportError.dialTimeout, TransportError.unsupportedAddress: "\(error)"
-    case HostError.noAddresses, HostError.dialFailed, HostError.dialBackoff: "\(error)"
+    case HostError.noAddresses, HostError.dialFailed, HostError.dialBackoff, HostError.dialSelf: "\(error)"
     default: "dial \(target): \(ErrorText.reason(of: error))"
     }
 }

@@ -235,6 +235,13 @@ final class MultiaddrTests: XCTestCase {
         for (text, scope) in scopes {
             XCTAssertEqual(try Multiaddr(text).scope, scope, text)
         }
+        let lan = try Multiaddr("/ip4/192.168.1.2/tcp/1")
+        XCTAssertFalse(lan.isDialable(byPeerAt: try Multiaddr("/ip4/203.0.113.7/tcp/1")))
+        XCTAssertTrue(lan.isDialable(byPeerAt: try Multiaddr("/ip4/10.0.0.9/tcp/1")))
+        XCTAssertFalse(try Multiaddr("/ip4/127.0.0.1/tcp/1").isDialable(byPeerAt: lan))
+        XCTAssertTrue(try Multiaddr("/ip4/127.0.0.1/tcp/1").isDialable(byPeerAt: try Multiaddr("/ip6/::1/tcp/1")))
+        XCTAssertFalse(try Multiaddr("/ip4/0.0.0.0/tcp/1").isDialable(byPeerAt: try Multiaddr("/ip4/127.0.0.1/tcp/1")))
+        XCTAssertTrue(try Multiaddr("/dns4/example.com/tcp/1").isDialable(byPeerAt: try Multiaddr("/ip4/203.0.113.7/tcp/1")))
     }
 }
 

@@ -86,6 +86,52 @@ final class FirstRunCLITests: XCTestCase {
         _ = try await chat.waitForExit(within: 15)
     }
 
+    /// Issue 22: a chat dialled what the DHT said of its own peer id and
+    /// printed "expected peer B but the remote is A" every 30 s. Two chats
+    /// run with copies of one key file (so one peer id) and a DHT bootstrap
+    /// node on loopback: neither dials its own id, and a chat that finds its
+    /// id at an address not its own says so once, in one line.
+    func testAChatSeeingItsOwnPeerIDElsewhereSaysSoOnce() async throws {
+        let (server, bootstrap) = try await ChatProcess.dhtServerOnLoopback()
+        defer { server.process.stop() }
+        let common = ["--json", "--bootstrap", bootstrap]
+        // Rounds of different lengths drift apart: one's record is at the bootstrap node when the other looks.
+        let first = try chat(common + ["--dht-interval", "1"])
+        try await first.waitFor("the first chat", within: 20) { $0.contains("\"event\":\"listening\"") }
+        let copy = home.appendingPathComponent("copy.key").path
+        try FileManager.default.copyItem(atPath: home.appendingPathComponent(".config/p2pchat/identity.key").path, toPath: copy)
+        let second = try chat(common + ["--dht-interval", "0.7", "--identity", copy])
+        try await second.waitFor("the second chat", within: 20) { $0.contains("\"event\":\"listening\"") }
+        let id = try XCTUnwrap(first.events.first { $0["event"] == "local_peer" }?["peer"])
+        XCTAssertEqual(second.events.first { $0["event"] == "local_peer" }?["peer"], id, "one identity in two processes")
+
+        // Each provides the topic every round; the bootstrap node keeps the latest record of the id.
+        let deadline = Date().addingTimeInterval(30)
+        func sightings(_ chat: ChatProcess) -> [[String: String]] { chat.events.filter { $0["event"] == "identity_elsewhere" } }
+        while sightings(first).isEmpty && sightings(second).isEmpty && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        // A few more rounds: still one line at most per chat.
+        try await Task.sleep(for: .seconds(3))
+        for (chat, other) in [(first, second), (second, first)] {
+            let seen = sightings(chat)
+            XCTAssertLessThanOrEqual(seen.count, 1, "\(seen)")
+            if let line = seen.first {
+                XCTAssertEqual(line["peer"], id)
+                XCTAssertEqual(line["via"], "a DHT provider record")
+                let otherPort = try XCTUnwrap(other.events.first { $0["event"] == "listening" }?["addr"]?.split(separator: "/").last)
+                XCTAssertTrue(line["addrs"]?.hasSuffix("/tcp/\(otherPort)") ?? false, "\(line)")
+            }
+            let errors = chat.events.filter { $0["event"] == "error" }.compactMap { $0["message"] }
+            XCTAssertFalse(errors.contains { $0.contains("expected peer") || $0.contains(id) }, "\(errors)")
+        }
+        XCTAssertFalse(
+            sightings(first).isEmpty && sightings(second).isEmpty,
+            "neither chat said it saw its id elsewhere:\n\(first.output.joined(separator: "\n"))\n\(second.output.joined(separator: "\n"))")
+        for chat in [first, second] { chat.closeInput() }
+        for chat in [first, second] { _ = try await chat.waitForExit(within: 15) }
+    }
+
     /// Issue 22: on a LAN without internet `/status` said `Reachability:
     /// public`. Two chats on loopback dial each other back at 127.0.0.1:
     /// reachable on the local network only, in the event and in /status.
