@@ -82,20 +82,41 @@ public struct AutoNATServerPolicy: Sendable {
 
 /// Whether we are reachable from outside.
 public enum Reachability: String, Sendable, Equatable {
-    case unknown, `public`, `private`
+    case unknown
+    /// A server reached us at a public address.
+    case `public`
+    /// Servers reached us, but only at loopback, private or link-local
+    /// addresses: reachable on the local network only (peers beyond it need a relay).
+    case local
+    /// Servers could not reach us.
+    case `private`
+
+    /// What the value means, where its name does not say it all.
+    public var explanation: String? {
+        self == .local ? "reachable on the local network only" : nil
+    }
+
+    /// "local (reachable on the local network only)", "public".
+    public var text: String { explanation.map { "\(rawValue) (\($0))" } ?? rawValue }
 }
 
 /// Our reachability from the servers' answers, sans-IO: each server's latest
 /// verdict counts once; `threshold` agreeing verdicts (and more than the
-/// other way) decide, otherwise the status stays as it was.
+/// other way) decide, otherwise the status stays as it was. Reachable is
+/// `public` when `threshold` servers reached us at public addresses, else
+/// `local` (a dial back at a loopback, private or link-local address proves
+/// nothing beyond the local network).
 public struct ReachabilityTracker: Sendable {
+    /// One server's latest answer.
+    private enum Verdict: Equatable { case reachedPublicly, reachedLocally, unreachable }
+
     public let threshold: Int
-    private var verdicts: [PeerID: Bool] = [:]
+    private var verdicts: [PeerID: Verdict] = [:]
     /// The order servers answered in, to forget the oldest beyond `window`.
     private var order: [PeerID] = []
     public let window: Int
     public private(set) var reachability = Reachability.unknown
-    /// The address a server reached us at, from the latest OK.
+    /// The public address a server reached us at, from the latest such OK.
     public private(set) var publicAddress: Multiaddr?
 
     public init(threshold: Int = 2, window: Int = 8) {
@@ -106,22 +127,25 @@ public struct ReachabilityTracker: Sendable {
     /// Records a server's answer; returns the new reachability if it changed.
     /// Refusals and errors other than a failed dial say nothing about us.
     public mutating func record(server: PeerID, status: AutoNATStatus, address: Multiaddr?) -> Reachability? {
-        let reached: Bool
+        let verdict: Verdict
         switch status {
-        case .ok: reached = true
-        case .dialError: reached = false
+        case .ok where address?.scope == .public:
+            verdict = .reachedPublicly
+            publicAddress = address
+        case .ok: verdict = .reachedLocally
+        case .dialError: verdict = .unreachable
         default: return nil
         }
-        if reached, let address { publicAddress = address }
         order.removeAll { $0 == server }
         order.append(server)
-        verdicts[server] = reached
+        verdicts[server] = verdict
         if order.count > window { verdicts[order.removeFirst()] = nil }
-        let yes = verdicts.values.count(where: { $0 })
-        let no = verdicts.count - yes
+        let no = verdicts.values.count(where: { $0 == .unreachable })
+        let yes = verdicts.count - no
+        let publicly = verdicts.values.count(where: { $0 == .reachedPublicly })
         let next: Reachability
         if yes >= threshold && yes > no {
-            next = .public
+            next = publicly >= threshold ? .public : .local
         } else if no >= threshold && no > yes {
             next = .private
         } else {

@@ -205,7 +205,7 @@ public final class HolePunchService: Sendable {
     public func publicAddresses(of peer: PeerID) -> [Multiaddr] {
         let known = host.peerStore.info(peer)?.addresses ?? []
         guard !known.contains(where: { $0.components.contains(.p2pCircuit) }) else { return [] }
-        return HolePunchMessage.dialable(known).filter { !$0.isLocalOrPrivate }
+        return HolePunchMessage.dialable(known).filter { $0.scope == .public }
     }
 
     /// What the side that accepted `relayed` does: a plain dial when the
@@ -264,7 +264,7 @@ public final class HolePunchService: Sendable {
                 result += listenPorts.sorted().map { Multiaddr([ip, .tcp($0)]) }
             }
         }
-        result += host.listenAddresses.filter { !$0.isLocalOrPrivate }
+        result += host.listenAddresses.filter { $0.scope == .public }
         var unique: [Multiaddr] = []
         for address in HolePunchMessage.dialable(result) where !unique.contains(address) { unique.append(address) }
         return unique
@@ -459,20 +459,5 @@ public final class HolePunchService: Sendable {
             throw HolePunchError.malformed("stream ended before the message")
         }
         return try HolePunchMessage(bytes: bytes.readableBytesView)
-    }
-}
-
-extension Multiaddr {
-    /// Loopback, private (RFC 1918, RFC 4193), link-local or unspecified.
-    var isLocalOrPrivate: Bool {
-        switch components.first {
-        case .ip4(let b)?:
-            return b[0] == 127 || b[0] == 10 || (b[0] == 172 && (16...31).contains(b[1])) || (b[0] == 192 && b[1] == 168)
-                || (b[0] == 169 && b[1] == 254) || b == [0, 0, 0, 0]
-        case .ip6(let b)?:
-            return b.dropLast().allSatisfy { $0 == 0 } || (b[0] & 0xFE) == 0xFC || (b[0] == 0xFE && (b[1] & 0xC0) == 0x80)
-        default:
-            return true
-        }
     }
 }

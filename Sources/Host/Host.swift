@@ -43,9 +43,13 @@ public enum HostError: Error, CustomStringConvertible, Sendable {
     case dialBackoff(PeerID)
     /// A limit of `HostLimits` refused the dial (which, in words).
     case limitReached(String)
+    /// The dial named our own peer id: an address of ours, or of another
+    /// process running with our identity (never dialled, as go-libp2p does).
+    case dialSelf(PeerID)
 
     public var description: String {
         switch self {
+        case .dialSelf(let peer): return "\(peer) is our own peer id: not dialling ourselves"
         case .noAddresses(let peer): return "no known addresses for \(peer)"
         case .dialFailed(let peer, let attempts):
             return "could not reach \(peer): \(attempts.map(\.description).joined(separator: "; "))"
@@ -60,7 +64,11 @@ public struct DialAttempt: Sendable, CustomStringConvertible {
     public let address: Multiaddr
     public let error: any Error
 
-    public var description: String { "\(address): \(error)" }
+    /// "/ip4/1.2.3.4/tcp/1: connection refused": the address (its peer is named
+    /// by the error that lists the attempts), and why, said once.
+    public var description: String {
+        "\(address.withoutP2P): \(ErrorText.reason(of: error))"
+    }
 }
 
 /// A libp2p node: listens, dials, keeps one connection per peer where it can,
@@ -243,6 +251,7 @@ public final class Libp2pHost: Sendable {
     /// Dials an address (reusing a live connection when the address names a known peer).
     public func connect(_ address: Multiaddr) async throws -> Connection {
         if let peer = address.peerID {
+            guard peer != localPeer else { throw HostError.dialSelf(peer) }
             if let existing = connection(to: peer) { return existing }
             // A dial to the peer under way (connect(to:)) is shared rather than doubled.
             if let pending = state.withLock({ $0.pendingDials[peer] }), let connection = try? await pending.value {
@@ -258,6 +267,7 @@ public final class Libp2pHost: Sendable {
     /// connection beside a relayed one), with the security role given (a hole
     /// punch fixes it by protocol, not by who dials).
     public func dial(_ address: Multiaddr, role: UpgradeRole) async throws -> Connection {
+        if let peer = address.peerID, peer == localPeer { throw HostError.dialSelf(peer) }
         let connection = try await transport(dialing: address).dial(address, upgrader: upgrader, role: role)
         adopt(connection)
         return connection
@@ -288,6 +298,7 @@ public final class Libp2pHost: Sendable {
     /// new one to its known addresses, dialled with a short stagger (happy
     /// eyeballs); the first to succeed wins and the rest are cancelled.
     public func connect(to peer: PeerID) async throws -> Connection {
+        guard peer != localPeer else { throw HostError.dialSelf(peer) }
         if let existing = connection(to: peer) { return existing }
         let addresses = peerStore.info(peer)?.addresses ?? []
         guard !addresses.isEmpty else { throw HostError.noAddresses(peer) }
@@ -530,7 +541,7 @@ extension Libp2pHost {
         if total >= limits.maxConnections { return "\(limits.maxConnections) connections" }
         if existing.count >= limits.maxConnectionsPerPeer { return "\(limits.maxConnectionsPerPeer) connections per peer" }
         let address = connection.remoteAddress
-        if let ip = address.ipAddressText, limits.limitLoopback || !address.isLoopback {
+        if let ip = address.ipAddressText, limits.limitLoopback || address.scope != .loopback {
             let fromIP = state.connections.values.joined().filter {
                 $0.direction == .inbound && $0.remoteAddress.ipAddressText == ip
             }.count

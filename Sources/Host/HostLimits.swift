@@ -157,13 +157,3 @@ struct DialBackoffs {
         entries[address] = nil
     }
 }
-
-extension Multiaddr {
-    var isLoopback: Bool {
-        switch components.first {
-        case .ip4(let bytes): return bytes.first == 127
-        case .ip6(let bytes): return bytes == [UInt8](repeating: 0, count: 15) + [1]
-        default: return false
-        }
-    }
-}

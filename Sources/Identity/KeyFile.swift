@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Errors loading or saving a key file.
 public enum KeyFileError: Error, CustomStringConvertible, Sendable {
@@ -122,7 +123,87 @@ public enum KeyFile {
             return try load(path: path)
         }
         let key = PrivateKey.generateEd25519()
-        try save(key, path: path)
+        // Never over another process's new key: two first runs at once both end up with the file's key.
+        guard try saveUnlessPresent(key, path: path) else { return try load(path: path) }
         return key
+    }
+
+    /// As `save`, but false (and nothing written) when a file appeared at `path` meanwhile.
+    static func saveUnlessPresent(_ key: PrivateKey, path: String) throws -> Bool {
+        let temporary = path + ".tmp-\(getpid())"
+        try save(key, path: temporary)
+        defer { unlink(temporary) }
+        // link(2), unlike rename(2), fails when the destination exists.
+        guard link(temporary, path) == 0 else {
+            if errno == EEXIST { return false }
+            throw KeyFileError.unwritable(path: path, reason: String(cString: strerror(errno)))
+        }
+        return true
+    }
+
+    /// The key at `path` (created if missing, as `loadOrCreate`) with the file
+    /// locked for this process (`flock`), or, when another process holds the
+    /// lock, who: two nodes with one identity reach nobody (each peer takes
+    /// one for the other), so the caller should run with another key.
+    public static func claim(path: String) throws -> KeyFileClaim {
+        let key = try loadOrCreate(path: path)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw KeyFileError.unreadable(path: path, reason: String(cString: strerror(errno))) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let failure = errno
+            let holder = lockHolder(fd)
+            close(fd)
+            guard failure == EWOULDBLOCK else {
+                throw KeyFileError.unreadable(path: path, reason: "cannot lock: \(String(cString: strerror(failure)))")
+            }
+            return .inUse(path: path, pid: holder)
+        }
+        return .claimed(key, KeyFileLock(fd: fd))
+    }
+
+    /// The process holding a `flock` on the file open at `fd`, from
+    /// /proc/locks (Linux; nil elsewhere, or when it is not listed).
+    static func lockHolder(_ fd: Int32) -> Int32? {
+        var info = stat()
+        guard fstat(fd, &info) == 0, let table = try? String(contentsOfFile: "/proc/locks", encoding: .utf8) else {
+            return nil
+        }
+        let device = UInt64(info.st_dev)
+        let major = ((device >> 8) & 0xfff) | ((device >> 32) & ~0xfff)
+        let minor = (device & 0xff) | ((device >> 12) & ~0xff)
+        let file = String(format: "%02llx:%02llx:%llu", major, minor, UInt64(info.st_ino))
+        // "1: FLOCK  ADVISORY  WRITE 11859 fe:00:16221522 0 EOF"
+        for line in table.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count >= 6, fields[1] == "FLOCK", fields[5] == file, let pid = Int32(fields[4]) else { continue }
+            return pid
+        }
+        return nil
+    }
+}
+
+/// What `KeyFile.claim` found.
+public enum KeyFileClaim: Sendable {
+    /// The key, its file locked by this process until `lock.release()` or the process ends.
+    case claimed(PrivateKey, KeyFileLock)
+    /// Another process (`pid`, when the system tells) holds the file's lock.
+    case inUse(path: String, pid: Int32?)
+}
+
+/// The lock on an identity file. It is not released when this object goes
+/// away: it lasts for the life of the process unless `release()` is called.
+public final class KeyFileLock: Sendable {
+    private let fd: Mutex<Int32>
+
+    init(fd: Int32) {
+        self.fd = Mutex(fd)
+    }
+
+    /// Unlocks the file (closing the descriptor that holds the lock).
+    public func release() {
+        fd.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
     }
 }

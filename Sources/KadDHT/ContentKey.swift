@@ -25,14 +25,10 @@ public enum ContentKey {
         return Multibase.base32.encode(bytes)
     }
 
-    /// A key from text: a CIDv1 (its multihash) or hex of a multihash.
+    /// A key from text: a CID, v0 (`Qm...`) or v1 (`bafy...`), as its
+    /// multihash (go-libp2p keys providers by the multihash of a CID), or hex of a multihash.
     public static func parse(_ text: String) -> [UInt8]? {
-        if let (_, bytes) = try? Multibase.decode(text), let (version, versionSize) = try? Varint.decode(bytes),
-            version == 1, let (_, codecSize) = try? Varint.decode(bytes[versionSize...]),
-            let multihash = try? Multihash(bytes: bytes[(versionSize + codecSize)...])
-        {
-            return multihash.bytes
-        }
+        if let cid = try? CID(text) { return cid.multihash.bytes }
         guard text.count % 2 == 0, !text.isEmpty else { return nil }
         var bytes: [UInt8] = []
         var index = text.startIndex

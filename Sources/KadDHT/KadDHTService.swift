@@ -40,6 +40,8 @@ public enum KadDHTError: Error, CustomStringConvertible, Sendable {
     case noPeers
     /// Every bootstrap address failed; each failure says why.
     case bootstrapFailed([String])
+    /// Every peer asked to store the record refused it or failed; each says why.
+    case putRefused(key: String, [PutAttempt])
 
     public var description: String {
         switch self {
@@ -50,8 +52,22 @@ public enum KadDHTError: Error, CustomStringConvertible, Sendable {
         case .noPeers: return "no DHT peers known (bootstrap first)"
         case .bootstrapFailed(let attempts):
             return "no bootstrap peer reachable: \(attempts.joined(separator: "; "))"
+        case .putRefused(let key, let attempts):
+            let refused = attempts.filter(\.refused).count
+            let what = refused == attempts.count ? "the DHT peers refused" : "no DHT peer stored"
+            return "\(what) \(key) (\(refused) of \(attempts.count) refused): \(attempts.map(\.description).joined(separator: "; "))"
         }
     }
+}
+
+/// How one peer answered a PUT_VALUE that it did not store.
+public struct PutAttempt: Sendable, CustomStringConvertible {
+    public let peer: PeerID
+    /// The peer refused the record (the request reached it); false when it could not be asked.
+    public let refused: Bool
+    public let reason: String
+
+    public var description: String { "\(peer): \(reason)" }
 }
 
 /// `/ipfs/kad/1.0.0` on a host: the routing table, lookups, records and
@@ -177,8 +193,9 @@ public final class KadDHT: Sendable {
                 let store = host.peerStore
                 let reply = state.withLock { state in
                     DHTServer.handle(
-                        request, from: stream.remotePeer, records: &state.records, providers: &state.providers,
-                        table: state.table, now: now, addresses: { store.info($0)?.addresses ?? [] })
+                        request, from: stream.remotePeer, at: stream.connection.remoteAddress, records: &state.records,
+                        providers: &state.providers, table: state.table, now: now,
+                        addresses: { store.info($0)?.addresses ?? [] })
                 }
                 switch reply {
                 case .respond(let response): try await stream.write(response.framed())
@@ -218,7 +235,8 @@ public final class KadDHT: Sendable {
                     throw KadDHTError.badResponse(peer, error)
                 }
                 await stream.close()
-                return response
+                // Never dialled: another machine's loopback, or a far network's private addresses.
+                return response.dialable(fromPeerAt: stream.connection.remoteAddress)
             } catch {
                 stream.reset()
                 throw error
@@ -328,7 +346,7 @@ public final class KadDHT: Sendable {
             do {
                 reached.append(try await host.connect(address).remotePeer)
             } catch {
-                attempts.append("\(address): \(error)")
+                attempts.append("\(address): \(ErrorText.reason(of: error))")
             }
         }
         guard !reached.isEmpty || addresses.isEmpty else { throw KadDHTError.bootstrapFailed(attempts) }
@@ -381,12 +399,15 @@ public final class KadDHT: Sendable {
             state.providers.add(me, for: key, now: now)
         }
         let closest = await closestPeers(to: key)
-        let request = DHTMessage(type: .addProvider, key: key, providerPeers: [me])
         return await withTaskGroup(of: Bool.self) { group in
             for peer in closest {
                 group.addTask { [self] in
                     do {
-                        _ = try await send(request, to: peer)
+                        // Our addresses that this peer's askers can use (see `DHTServer.handle`):
+                        // the addresses it can dial itself. With none, it falls back to what it knows of us.
+                        let seenAt = try await host.connect(to: peer).remoteAddress
+                        let announced = me.dialable(byPeerAt: seenAt) ?? DHTPeer(id: me.id, addresses: [])
+                        _ = try await send(DHTMessage(type: .addProvider, key: key, providerPeers: [announced]), to: peer)
                         return true
                     } catch {
                         return false
@@ -406,8 +427,14 @@ public final class KadDHT: Sendable {
     public func findProviders(_ key: [UInt8], limit: Int = 20) async -> [DHTPeer] {
         var found = state.withLock { $0.providers.providers(of: key, now: .now) }
         await lookup(key: key, request: DHTMessage(type: .getProviders, key: key)) { _, response in
-            for provider in response.providerPeers where !found.contains(where: { $0.id == provider.id }) {
-                found.append(provider)
+            for provider in response.providerPeers {
+                guard let known = found.firstIndex(where: { $0.id == provider.id }) else {
+                    found.append(provider)
+                    continue
+                }
+                // Every address a provider is known at (ours, too: another process with our key shows there).
+                let new = provider.addresses.filter { !found[known].addresses.contains($0) }
+                found[known].addresses += new.prefix(max(0, DHTMessage.maxAddressesPerPeer - found[known].addresses.count))
             }
             return found.count >= limit
         }
@@ -415,7 +442,10 @@ public final class KadDHT: Sendable {
         return Array(found.prefix(limit))
     }
 
-    /// Stores a record here and at the closest peers; returns how many accepted it.
+    /// Stores a record here and at the closest peers; returns how many accepted
+    /// it. Throws `invalidRecord` when our validator refuses it (nothing is
+    /// sent: peers apply the same rules), `noPeers` when there is nobody to
+    /// ask, and `putRefused` with each peer's answer when none stored it.
     @discardableResult
     public func putValue(key: [UInt8], value: [UInt8]) async throws -> Int {
         let record = DHTRecord(key: key, value: value)
@@ -427,19 +457,39 @@ public final class KadDHT: Sendable {
             throw KadDHTError.invalidRecord(error)
         }
         let closest = await closestPeers(to: key)
+        guard !closest.isEmpty else { throw KadDHTError.noPeers }
         let request = DHTMessage(type: .putValue, key: key, record: record)
-        return await withTaskGroup(of: Bool.self) { group in
+        let refusals = await withTaskGroup(of: PutAttempt?.self) { group in
             for peer in closest {
                 group.addTask { [self] in
                     do {
-                        return try await send(request, to: peer) != nil
+                        // An answer (the spec's is the request itself) means stored.
+                        _ = try await send(request, to: peer)
+                        return nil
+                    } catch let error as KadDHTError {
+                        guard case .noResponse = error else {
+                            return PutAttempt(peer: peer, refused: false, reason: "\(error)")
+                        }
+                        return Self.refusedByReset(peer)
+                    } catch TransportError.streamReset {
+                        return Self.refusedByReset(peer)
                     } catch {
-                        return false
+                        return PutAttempt(peer: peer, refused: false, reason: "\(error)")
                     }
                 }
             }
-            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            return await group.reduce(into: [PutAttempt]()) { if let refusal = $1 { $0.append(refusal) } }
         }
+        let stored = closest.count - refusals.count
+        guard stored > 0 else {
+            throw KadDHTError.putRefused(key: String(decoding: key, as: UTF8.self), refusals)
+        }
+        return stored
+    }
+
+    /// A server that refuses a record resets the stream without a word (the spec's rule on errors).
+    private static func refusedByReset(_ peer: PeerID) -> PutAttempt {
+        PutAttempt(peer: peer, refused: true, reason: "reset the stream instead of storing it (its validator refused the record)")
     }
 
     /// The best valid value of `key` found here and at the closest peers.

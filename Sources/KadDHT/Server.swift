@@ -13,18 +13,21 @@ public enum DHTServerReply: Sendable, Equatable {
 /// The server side of `/ipfs/kad/1.0.0` as a pure function of the stores, the
 /// routing table, the request and the time.
 public enum DHTServer {
-    /// Answers `request` from `sender`. `addresses` gives what we know of a
-    /// peer's addresses: peers without any are left out of answers (nobody
-    /// could dial them), except that FIND_NODE for a known peer puts it first.
+    /// Answers `request` from `sender`, whom we see at `senderAddress`.
+    /// `addresses` gives what we know of a peer's addresses. Answers carry
+    /// only the addresses the sender can dial (`Multiaddr.isDialable(byPeerAt:)`:
+    /// no loopback or private address to a peer elsewhere); peers left without
+    /// any are left out (nobody could dial them). FIND_NODE for a known peer puts it first.
     public static func handle(
-        _ request: DHTMessage, from sender: PeerID, records: inout RecordStore, providers: inout ProviderStore,
-        table: RoutingTable, now: ContinuousClock.Instant, addresses: (PeerID) -> [Multiaddr]
+        _ request: DHTMessage, from sender: PeerID, at senderAddress: Multiaddr, records: inout RecordStore,
+        providers: inout ProviderStore, table: RoutingTable, now: ContinuousClock.Instant,
+        addresses: (PeerID) -> [Multiaddr]
     ) -> DHTServerReply {
+        func dialable(_ peer: PeerID) -> DHTPeer? {
+            DHTPeer(id: peer, addresses: addresses(peer)).dialable(byPeerAt: senderAddress)
+        }
         func closer(to key: [UInt8]) -> [DHTPeer] {
-            table.closest(to: KadKey(hashing: key), count: table.bucketSize, excluding: sender).compactMap { peer in
-                let known = addresses(peer)
-                return known.isEmpty ? nil : DHTPeer(id: peer, addresses: known)
-            }
+            table.closest(to: KadKey(hashing: key), count: table.bucketSize, excluding: sender).compactMap(dialable)
         }
         switch request.type {
         case .ping:
@@ -32,9 +35,10 @@ public enum DHTServer {
         case .findNode:
             guard !request.key.isEmpty else { return .reject("FIND_NODE without a key") }
             var peers = closer(to: request.key)
-            if let target = try? PeerID(bytes: request.key), !peers.contains(where: { $0.id == target }) {
-                let known = addresses(target)
-                if !known.isEmpty { peers.insert(DHTPeer(id: target, addresses: known), at: 0) }
+            if let target = try? PeerID(bytes: request.key), !peers.contains(where: { $0.id == target }),
+                let known = dialable(target)
+            {
+                peers.insert(known, at: 0)
             }
             return .respond(DHTMessage(type: .findNode, key: request.key, closerPeers: peers))
         case .getValue:
@@ -66,7 +70,30 @@ public enum DHTServer {
             return .respond(
                 DHTMessage(
                     type: .getProviders, key: request.key, closerPeers: closer(to: request.key),
-                    providerPeers: providers.providers(of: request.key, now: now)))
+                    providerPeers: providers.providers(of: request.key, now: now).compactMap {
+                        $0.dialable(byPeerAt: senderAddress)
+                    }))
         }
+    }
+}
+
+extension DHTPeer {
+    /// The peer with only the addresses a peer seen at `recipient` can dial;
+    /// nil when none is left.
+    public func dialable(byPeerAt recipient: Multiaddr) -> DHTPeer? {
+        let usable = addresses.filter { $0.isDialable(byPeerAt: recipient) }
+        return usable.isEmpty ? nil : DHTPeer(id: id, addresses: usable)
+    }
+}
+
+extension DHTMessage {
+    /// An answer from a peer we see at `responder`, with only the addresses
+    /// we can dial (the rule of our own answers: a peer elsewhere gives no
+    /// loopback or private address we could use); peers left without any are dropped.
+    public func dialable(fromPeerAt responder: Multiaddr) -> DHTMessage {
+        var message = self
+        message.closerPeers = closerPeers.compactMap { $0.dialable(byPeerAt: responder) }
+        message.providerPeers = providerPeers.compactMap { $0.dialable(byPeerAt: responder) }
+        return message
     }
 }

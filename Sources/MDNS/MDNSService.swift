@@ -14,6 +14,9 @@ public enum MDNSEvent: Sendable, Equatable {
     case discovered(PeerID, [Multiaddr])
     /// A peer's records expired (every address it had).
     case expired(PeerID, [Multiaddr])
+    /// Our own peer id announced at addresses that are not ours: another
+    /// process runs with our identity (each address reported once; never dialled).
+    case ownPeerElsewhere([Multiaddr])
 }
 
 /// mDNS discovery settings.
@@ -144,6 +147,8 @@ public actor MDNSService {
         case v6(Int)
     }
     private var known: [PeerID: (addresses: [Multiaddr], expires: ContinuousClock.Instant)] = [:]
+    /// Addresses of another process announcing our peer id, reported already.
+    private var ownPeerElsewhere: Set<Multiaddr> = []
     private let broadcaster = EventBroadcaster<MDNSEvent>(bufferingNewest: 1024)
     private var tasks: [Task<Void, Never>] = []
     /// Each socket's one consumer: its packets are handled in the order they arrived.
@@ -349,11 +354,21 @@ public actor MDNSService {
             return
         }
         let now = ContinuousClock.now
-        for (peer, announced, ttl) in MDNSRecords.peers(in: message) where peer != localPeer {
+        for (peer, announced, ttl) in MDNSRecords.peers(in: message) {
             // Some peers (py-libp2p 0.8.1) announce their unspecified bind address:
             // the packet's source address is where they can be reached.
             let addresses = announced.compactMap { Self.replacingUnspecified($0, with: source) }
             guard !addresses.isEmpty else { continue }
+            guard peer != localPeer else {
+                // Our own answers come back to us; another process's name other addresses.
+                let ours = Set(self.addresses().map(\.withoutP2P))
+                let elsewhere = addresses.map(\.withoutP2P).filter { !ours.contains($0) && !ownPeerElsewhere.contains($0) }
+                if ttl > 0, !elsewhere.isEmpty {
+                    ownPeerElsewhere.formUnion(elsewhere)
+                    emit(.ownPeerElsewhere(elsewhere))
+                }
+                continue
+            }
             let expires = now + .seconds(Int64(ttl))
             if ttl == 0 {
                 if let entry = known.removeValue(forKey: peer) { emit(.expired(peer, entry.addresses)) }
@@ -397,13 +412,7 @@ public actor MDNSService {
 
     private func answer() {
         // Loopback addresses mean nothing to another host.
-        let reachable = addresses().filter { address in
-            switch address.components.first {
-            case .ip4(let bytes): return bytes[0] != 127
-            case .ip6(let bytes): return bytes != [UInt8](repeating: 0, count: 15) + [1]
-            default: return true
-            }
-        }
+        let reachable = addresses().filter { $0.scope != .loopback }
         guard !reachable.isEmpty else { return }
         let ttl = UInt32(configuration.ttl.components.seconds)
         send(MDNSRecords.response(peerName: peerName, addresses: reachable, peer: localPeer, ttl: ttl))

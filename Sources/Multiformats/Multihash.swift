@@ -86,8 +86,19 @@ public struct CID: Hashable, Sendable, CustomStringConvertible {
         multihash = try Multihash(bytes: bytes[prefixSize...])
     }
 
-    /// A multibase text form (`b` + base32 by default).
+    /// The dag-pb codec: what a CIDv0 names.
+    public static let dagPB: UInt64 = 0x70
+
+    /// A multibase text form (`b` + base32 by default), or a CIDv0 (`Qm...`:
+    /// base58btc of a sha2-256 multihash, no prefix), taken as the CIDv1 of
+    /// the same multihash with the dag-pb codec.
     public init(_ text: String) throws(MultihashError) {
+        if text.utf8.count == 46, text.hasPrefix("Qm") {
+            let bytes: [UInt8]
+            do { bytes = try Base58.decode(text) } catch { throw .encoding(error) }
+            self.init(codec: Self.dagPB, multihash: try Multihash(bytes: bytes))
+            return
+        }
         let bytes: [UInt8]
         do {
             (_, bytes) = try Multibase.decode(text)

@@ -111,7 +111,7 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(help: "Keep the topic's recent lines in this file (in memory otherwise), to give peers what they missed.")
     var history: String?
 
-    @Option(name: .long, help: "A relay's /p2p/ address, tried first: stay connected, and reserve a slot there (advertising its circuit address) when we are not reachable from outside. Without it relays are found among bootstrap and connected peers.")
+    @Option(name: .long, help: "A relay's /p2p/ address, tried first: stay connected, and reserve a slot there (advertising its circuit address) when we are not reachable from outside (private, or local network only). Without it relays are found among bootstrap and connected peers.")
     var relay: String?
 
     @Option(name: .customLong("hole-punch-delay"), help: ArgumentHelp("Seconds before hole punching a relayed connection.", visibility: .hidden))
@@ -130,6 +130,9 @@ struct ChatCommand: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
         let out = ChatOutput(json: json, decorated: isatty(1) == 1)
+        // First, so that a second chat on the same identity file says so on its first line.
+        let (key, inUse) = identity.key(fileByDefault: true)
+        inUse?.report(to: out)
         let exporter = await metrics.start { address in
             out.emit("metrics", ["addr": .string(address)], human: "Metrics at \(address)/metrics")
         }
@@ -141,8 +144,6 @@ struct ChatCommand: AsyncParsableCommand {
         for address in connectAddresses where address.peerID == nil {
             exitWithError("--connect \(address) needs a /p2p/<peer id> part")
         }
-        let key: PrivateKey
-        do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
         let (host, identifyService, circuit) = makeNATHost(key: key, options: identity)
         let relayAddress = relay.map(parseAddress)
         let roles: HolePunchService.Roles
@@ -186,6 +187,7 @@ struct ChatCommand: AsyncParsableCommand {
             }
         }
         var redialers: [Task<Void, Never>] = []
+        let sightings = OwnPeerSightings(host: host, identify: identifyService, out: out)
         var mdns: MDNSService?
         if !noMDNS {
             var configuration = MDNSConfiguration()
@@ -198,7 +200,9 @@ struct ChatCommand: AsyncParsableCommand {
             do {
                 try await service.start()
                 mdns = service
-                redialers.append(Task { await handleDiscoveries(discoveries, host: host, mdns: service, out: out) })
+                redialers.append(Task {
+                    await handleDiscoveries(discoveries, host: host, mdns: service, out: out, sightings: sightings)
+                })
                 let hostEvents = host.events()
                 redialers.append(Task { await keepLocalPeersConnected(hostEvents, host: host, mdns: service) })
             } catch {
@@ -223,7 +227,8 @@ struct ChatCommand: AsyncParsableCommand {
         var discovery: TopicDiscovery?
         if let dht, !bootstrapAddresses.isEmpty {
             let topicDiscovery = TopicDiscovery(
-                dht: dht, topic: topic, interval: .milliseconds(Int64(dhtOptions.interval * 1000)), out: out)
+                dht: dht, topic: topic, interval: .milliseconds(Int64(dhtOptions.interval * 1000)), out: out,
+                sightings: sightings)
             await topicDiscovery.start(bootstrap: bootstrapAddresses)
             await session.onTopicChange { await topicDiscovery.move(to: $0) }
             discovery = topicDiscovery
@@ -478,7 +483,8 @@ func printStatus(
         "reservations": .strings(reservations), "connections": .strings(connections), "dht": .string(mode),
         "limits": .strings(limits),
     ]
-    var lines = ["Reachability: \(reachability.rawValue) (DHT: \(mode))"]
+    let notes = [reachability.explanation, "DHT: \(mode)"].compactMap { $0 }
+    var lines = ["Reachability: \(reachability.rawValue) (\(notes.joined(separator: "; ")))"]
     lines += observed.map { "Observed at: \($0)" }
     lines += advertised.map { "Advertised: \($0)" }
     lines += reservations.map { "Relay reservation: \($0)" }
@@ -487,12 +493,13 @@ func printStatus(
     out.emit("status", fields, human: lines.joined(separator: "\n"))
 }
 
-/// The DHT mode that `reachability` calls for: server when public, client when private.
+/// The DHT mode that `reachability` calls for: server when public; client
+/// when private or reachable on the local network only (peers beyond it could not dial us).
 func followReachability(_ reachability: Reachability, dht: KadDHT, out: ChatOutput) {
     let wanted: KadDHTConfiguration.Mode
     switch reachability {
     case .public: wanted = .server
-    case .private: wanted = .client
+    case .private, .local: wanted = .client
     case .unknown: return
     }
     guard dht.mode != wanted else { return }
@@ -551,7 +558,7 @@ func keepConnected(_ address: Multiaddr, host: Libp2pHost, out: ChatOutput) asyn
             _ = try await host.connect(address)
             delay = .seconds(1)
         } catch {
-            out.error("connect \(address): \(error); retrying in \(delay.components.seconds) s")
+            out.error("\(dialFailure("\(address)", error)); retrying in \(delay.components.seconds) s")
             try? await Task.sleep(for: delay)
             delay = min(delay * 2, .seconds(30))
         }
@@ -586,7 +593,9 @@ func redialWhileSeen(_ peer: PeerID, host: Libp2pHost, mdns: MDNSService) async 
 /// Prints mDNS discoveries and dials each newly discovered peer; a dial that
 /// fails is tried again while mDNS still sees the peer (mDNS reports a peer
 /// once, not at every announcement).
-func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns: MDNSService, out: ChatOutput) async {
+func handleDiscoveries(
+    _ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns: MDNSService, out: ChatOutput, sightings: OwnPeerSightings
+) async {
     // The dials run beside the loop, and are cancelled with it.
     await withDiscardingTaskGroup { group in
         for await event in events {
@@ -603,7 +612,7 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns:
                     do {
                         _ = try await host.connect(to: peer)
                     } catch {
-                        out.error("dial \(peer): \(error)")
+                        out.error(dialFailure("\(peer)", error))
                         await redialWhileSeen(peer, host: host, mdns: mdns)
                     }
                 }
@@ -613,8 +622,39 @@ func handleDiscoveries(_ events: AsyncStream<MDNSEvent>, host: Libp2pHost, mdns:
                         "expired", ["peer": "\(peer)", "addr": "\(address.withoutP2P)"],
                         human: "Removed peer: \(peer) with addr \(address.withoutP2P)")
                 }
+            case .ownPeerElsewhere(let addresses):
+                sightings.saw(addresses, via: "mDNS")
             }
         }
+    }
+}
+
+/// Our peer id seen at addresses that are not ours (in a DHT provider
+/// record, or announced on mDNS): another process runs with our identity (a
+/// copy of our key file), and peers may reach it instead of us. Never dialled;
+/// said once per run, in one line (`identity_elsewhere` event).
+final class OwnPeerSightings: Sendable {
+    let host: Libp2pHost
+    let identify: IdentifyService
+    let out: ChatOutput
+    private let reported = Mutex(false)
+
+    init(host: Libp2pHost, identify: IdentifyService, out: ChatOutput) {
+        self.host = host
+        self.identify = identify
+        self.out = out
+    }
+
+    func saw(_ addresses: [Multiaddr], via source: String) {
+        // Ours: what we listen on and what identify advertises (observed addresses included).
+        let ours = Set((host.listenAddresses + identify.advertisedAddresses).map(\.withoutP2P))
+        let elsewhere = addresses.map(\.withoutP2P).filter { !ours.contains($0) }
+        guard !elsewhere.isEmpty, reported.withLock({ done in defer { done = true }; return !done }) else { return }
+        let list = elsewhere.map(\.description)
+        out.emit(
+            "identity_elsewhere", ["peer": "\(host.localPeer)", "addrs": .strings(list), "via": .string(source)],
+            human: "Another process uses our peer id \(host.localPeer) at \(list.joined(separator: " ")) (seen in \(source)): "
+                + "peers may reach it instead of us; start one of them with another --identity")
     }
 }
 

@@ -44,17 +44,20 @@ actor TopicDiscovery {
     let dht: KadDHT
     let interval: Duration
     let out: ChatOutput
+    /// Where a provider record of our own peer id that is not ours is reported.
+    let sightings: OwnPeerSightings
     private var topic: String
     private var loop: Task<Void, Never>?
     /// The wait between rounds, cut short by `announceSoon`.
     private var nap: Task<Void, Never>?
     private var wakeRequested = false
 
-    init(dht: KadDHT, topic: String, interval: Duration, out: ChatOutput) {
+    init(dht: KadDHT, topic: String, interval: Duration, out: ChatOutput, sightings: OwnPeerSightings) {
         self.dht = dht
         self.topic = topic
         self.interval = interval
         self.out = out
+        self.sightings = sightings
     }
 
     func start(bootstrap: [Multiaddr]) {
@@ -94,13 +97,21 @@ actor TopicDiscovery {
     /// Announces the current topic and dials its other providers.
     private func round() async {
         let key = ContentKey.topic(topic)
+        // Looked up before we announce: a record of our own id that another process
+        // (with a copy of our key) left is then still there to be seen, not replaced by ours.
+        let providers = await dht.findProviders(key, limit: 64)
         await dht.provide(key)
         let host = dht.host
-        for provider in await dht.findProviders(key, limit: 64) where provider.id != host.localPeer {
+        for provider in providers {
+            // Never dialled: our own record, or another process's with our identity (said once).
+            guard provider.id != host.localPeer else {
+                sightings.saw(provider.addresses, via: "a DHT provider record")
+                continue
+            }
             guard host.connection(to: provider.id) == nil else { continue }
             host.peerStore.addAddresses(provider.addresses, for: provider.id)
             do { _ = try await host.connect(to: provider.id) } catch {
-                out.error("dial \(provider.id) (topic provider): \(error)")
+                out.error("topic provider: \(dialFailure("\(provider.id)", error))")
             }
         }
     }
@@ -134,8 +145,8 @@ struct DHTServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
-        let key: PrivateKey
-        do { key = try identity.loadKey() } catch { exitWithError("\(error)") }
+        let (key, inUse) = identity.key(fileByDefault: true)
+        inUse?.report(to: ChatOutput(json: false))
         let (host, _) = makeHost(key: key, options: identity)
         let dht = startDHT(host: host, server: true)
         await listenOrExit(host, on: listen) { FileHandle.standardError.write(Data("error: \($0)\n".utf8)) }
@@ -173,9 +184,7 @@ struct DHTQueryOptions: ParsableArguments {
         bootstrapLogging(verbose: identity.verbose)
         if bootstrap.isEmpty { exitWithError("--bootstrap: give at least one DHT peer") }
         let addresses = bootstrap.map(parseAddress)
-        let key: PrivateKey
-        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key, options: identity)
+        let (host, _) = makeHost(key: identity.toolKey(), options: identity)
         let dht = startDHT(host: host, server: false)
         do {
             try await withTimeout(seconds: timeout, "DHT query") {
@@ -200,6 +209,13 @@ struct DHTQueryOptions: ParsableArguments {
 struct DHTNotFound: Error, CustomStringConvertible {
     let what: String
     var description: String { "\(what) not found in the DHT" }
+}
+
+/// A record our validator refuses: DHT peers apply the same rules, so it is not sent.
+struct DHTPutRefused: Error, CustomStringConvertible {
+    let key: String
+    let reason: RecordError
+    var description: String { "DHT peers refuse \(key): \(reason) (not sent)" }
 }
 
 /// A key given on the command line: a CID (its multihash), hex, or else the text's UTF-8 bytes.
@@ -235,7 +251,7 @@ struct DHTCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "providers",
             abstract: "Print the providers of KEY (a CID, hex, or text), or of a chat topic, one per line.")
-        @Argument(help: "The key: a CID, hex of a multihash, or text.") var key: String?
+        @Argument(help: "The key: a CID (Qm... or bafy...: its multihash), hex of a multihash, or text.") var key: String?
         @Option(help: "A chat topic instead of KEY.") var topic: String?
         @OptionGroup var options: DHTQueryOptions
 
@@ -247,8 +263,11 @@ struct DHTCommand: AsyncParsableCommand {
             default: exitWithError("give either KEY or --topic NAME")
             }
             let options = self.options
+            let what = topic.map { "providers of topic \($0)" } ?? "providers of \(key ?? "")"
             await options.run { dht in
-                for provider in await dht.findProviders(bytes, limit: 64) {
+                let providers = await dht.findProviders(bytes, limit: 64)
+                guard !providers.isEmpty else { throw DHTNotFound(what: what) }
+                for provider in providers {
                     let addresses = provider.addresses.map(\.description).joined(separator: " ")
                     options.emit(
                         ["peer": "\(provider.id)", "addrs": addresses], human: "\(provider.id) \(addresses)")
@@ -286,8 +305,12 @@ struct DHTCommand: AsyncParsableCommand {
             let value = self.value
             let options = self.options
             await options.run { dht in
-                let stored = try await dht.putValue(key: Array(key.utf8), value: Array(value.utf8))
-                guard stored > 0 else { throw DHTNotFound(what: "a peer that stores \(key)") }
+                let stored: Int
+                do {
+                    stored = try await dht.putValue(key: Array(key.utf8), value: Array(value.utf8))
+                } catch KadDHTError.invalidRecord(let why) {
+                    throw DHTPutRefused(key: key, reason: why)
+                }
                 options.emit(["key": key, "peers": "\(stored)"], human: "Stored \(key) at \(stored) peers")
             }
         }

@@ -32,7 +32,9 @@ struct P2PChat: AsyncParsableCommand {
 
 /// Options shared by every command that runs a node.
 struct IdentityOptions: ParsableArguments {
-    @Option(name: .customLong("identity"), help: "Key file (created if missing). Default: \(KeyFile.defaultPath)")
+    @Option(
+        name: .customLong("identity"),
+        help: "Key file (created if missing; locked while a node runs on it). Default: \(KeyFile.defaultPath)")
     var identityPath: String?
 
     @Flag(help: "Use a fresh throwaway key; write nothing.")
@@ -67,9 +69,41 @@ struct IdentityOptions: ParsableArguments {
 
     private static let protocolIDs = ["noise": NoiseSecurity.protocolID, "tls": TLSSecurity.protocolID]
 
-    func loadKey() throws -> PrivateKey {
-        if ephemeral { return PrivateKey.generateEd25519() }
-        return try KeyFile.loadOrCreate(path: identityPath ?? KeyFile.defaultPath)
+    /// The key of this run: a throwaway one with --ephemeral (and, unless
+    /// `fileByDefault`, without --identity); else the identity file's, locked
+    /// for the life of the process. When another process holds that file, a
+    /// temporary key and what to tell the user (two nodes with one peer id
+    /// never meet). Exits with an error when the file cannot be used.
+    func key(fileByDefault: Bool) -> (PrivateKey, IdentityInUse?) {
+        guard !ephemeral, let path = identityPath ?? (fileByDefault ? KeyFile.defaultPath : nil) else {
+            return (PrivateKey.generateEd25519(), nil)
+        }
+        do {
+            switch try KeyFile.claim(path: path) {
+            case .claimed(let key, _): return (key, nil)
+            case .inUse(let path, let pid): return (PrivateKey.generateEd25519(), IdentityInUse(path: path, pid: pid))
+            }
+        } catch {
+            exitWithError("\(error)")
+        }
+    }
+}
+
+/// The identity file was locked by another process: this run uses a temporary key.
+struct IdentityInUse {
+    let path: String
+    let pid: Int32?
+
+    var message: String {
+        "identity file \(path) is in use by another p2pchat\(pid.map { " (pid \($0))" } ?? ""); "
+            + "using a temporary identity for this run (--identity PATH picks another)"
+    }
+
+    /// Says so as an event (`identity_in_use`): the first line of the output.
+    func report(to out: ChatOutput) {
+        var fields: [String: JSONValue] = ["path": .string(path), "message": .string(message)]
+        if let pid { fields["pid"] = .int(pid) }
+        out.emit("identity_in_use", fields, human: message)
     }
 }
 
@@ -101,11 +135,23 @@ func listenOrExit(_ host: Libp2pHost, on addresses: [String], reportFailure: (St
         do {
             try await host.listen(on: [parseAddress(text)])
             bound += 1
+        } catch let error as TransportError {
+            reportFailure("\(error)")  // names the address ("listen on ...: address in use")
         } catch {
-            reportFailure("cannot listen on \(text): \(error)")
+            reportFailure("listen on \(text): \(ErrorText.describe(error))")
         }
     }
     if bound == 0 { exitWithError("could not listen on any address") }
+}
+
+/// A failed dial of `target` (a peer or an address) in one line: what failed
+/// and where, each said once (most errors of a dial name its address or peer already).
+func dialFailure(_ target: String, _ error: any Error) -> String {
+    switch error {
+    case TransportError.dialFailed, TransportError.dialTimeout, TransportError.unsupportedAddress: "\(error)"
+    case HostError.noAddresses, HostError.dialFailed, HostError.dialBackoff, HostError.dialSelf: "\(error)"
+    default: "dial \(target): \(ErrorText.reason(of: error))"
+    }
 }
 
 func parseAddress(_ text: String) -> Multiaddr {
@@ -168,19 +214,17 @@ func formatMilliseconds(_ duration: Duration) -> String {
 func startTool(address: String, identity: IdentityOptions) -> (Multiaddr, Libp2pHost, IdentifyService) {
     bootstrapLogging(verbose: identity.verbose)
     let target = parseAddress(address)
-    let key: PrivateKey
-    do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-    let (host, identify) = makeHost(key: key, options: identity)
+    let (host, identify) = makeHost(key: identity.toolKey(), options: identity)
     return (target, host, identify)
 }
 
-extension PrivateKey {
-    /// The CLI's tools default to a throwaway key unless --identity is given.
-    static func generateEd25519OrLoad(_ options: IdentityOptions) throws -> PrivateKey {
-        if let path = options.identityPath, !options.ephemeral {
-            return try KeyFile.loadOrCreate(path: path)
-        }
-        return PrivateKey.generateEd25519()
+extension IdentityOptions {
+    /// The key of a one-shot tool: a throwaway one unless --identity is given;
+    /// a file in use is said on stderr (stdout is the tool's results).
+    func toolKey() -> PrivateKey {
+        let (key, inUse) = key(fileByDefault: false)
+        if let inUse { FileHandle.standardError.write(Data("note: \(inUse.message)\n".utf8)) }
+        return key
     }
 }
 

@@ -107,9 +107,7 @@ struct PerfServerCommand: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
         let exporter = await metrics.start { say("Metrics at \($0)/metrics") }
-        let key: PrivateKey
-        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
-        let (host, _) = makeHost(key: key, options: identity)
+        let (host, _) = makeHost(key: identity.toolKey(), options: identity)
         PerfService(host: host).start()
         await listenOrExit(host, on: listen) { FileHandle.standardError.write(Data("error: \($0)\n".utf8)) }
         say("Local peer id: \(host.localPeer)")

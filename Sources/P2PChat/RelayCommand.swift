@@ -45,8 +45,8 @@ struct RelayCommand: AsyncParsableCommand {
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
         let out = ChatOutput(json: json)
-        let key: PrivateKey
-        do { key = try PrivateKey.generateEd25519OrLoad(identity) } catch { exitWithError("\(error)") }
+        let (key, inUse) = identity.key(fileByDefault: false)
+        inUse?.report(to: out)
         let (host, _, _) = makeNATHost(key: key, options: identity)
         var limits = RelayLimits()
         limits.maxReservations = maxReservations
@@ -65,7 +65,7 @@ struct RelayCommand: AsyncParsableCommand {
         }
         let printer = Task {
             for await change in reachability {
-                out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
+                reportReachability(change, to: out)
             }
         }
         // A DHT server, so that chats can use the relay as their bootstrap node.
@@ -132,7 +132,7 @@ struct ChatNATTraversal: Sendable {
         let (needs, needsFeed) = AsyncStream.makeStream(of: AutoRelay.Reachability.self)
         let watch = Task {
             for await change in changes {
-                out.emit("reachability", ["reachability": .string(change.rawValue)], human: "Reachability: \(change.rawValue)")
+                reportReachability(change, to: out)
                 needsFeed.yield(Self.relayNeed(change))
             }
             needsFeed.finish()
@@ -196,6 +196,11 @@ struct ChatNATTraversal: Sendable {
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
     }
+}
+
+/// The `reachability` event: "Reachability: local (reachable on the local network only)".
+func reportReachability(_ reachability: Reachability, to out: ChatOutput) {
+    out.emit("reachability", ["reachability": .string(reachability.rawValue)], human: "Reachability: \(reachability.text)")
 }
 
 extension Duration {

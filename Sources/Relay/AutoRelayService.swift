@@ -206,17 +206,8 @@ public final class AutoRelayService: Sendable {
         for peer in peers { await release(peer) }
     }
 
-    /// An IP address that is neither loopback, private, link-local nor unspecified.
+    /// An address at a public IP, not through a relay.
     static func isPublic(_ address: Multiaddr) -> Bool {
-        guard !address.components.contains(.p2pCircuit) else { return false }
-        switch address.components.first {
-        case .ip4(let b)?:
-            return !(b[0] == 127 || b[0] == 10 || (b[0] == 172 && (16...31).contains(b[1])) || (b[0] == 192 && b[1] == 168)
-                || (b[0] == 169 && b[1] == 254) || (b[0] == 100 && (64...127).contains(b[1])) || b[0] == 0)
-        case .ip6(let b)?:
-            return !(b.dropLast().allSatisfy { $0 == 0 } || (b[0] & 0xFE) == 0xFC || (b[0] == 0xFE && (b[1] & 0xC0) == 0x80))
-        default:
-            return false
-        }
+        address.scope == .public && !address.components.contains(.p2pCircuit)
     }
 }

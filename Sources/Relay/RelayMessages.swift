@@ -38,6 +38,16 @@ public struct CircuitLimit: Sendable, Equatable {
         self.duration = duration
         self.data = data
     }
+
+    /// Neither bound. On the wire that is no `limit` field at all (the spec's
+    /// unlimited): go-libp2p takes any `Limit`, even an empty one, for a
+    /// limited (transient) connection and runs no pubsub over it.
+    public static let unlimited = CircuitLimit(duration: nil, data: nil)
+
+    public var isUnlimited: Bool { duration == nil && data == nil }
+
+    /// Nil for no bound: what a message carries (decoded messages never hold an unlimited limit).
+    var bounded: CircuitLimit? { isUnlimited ? nil : self }
 }
 
 /// A reservation as the relay grants it: when it expires (Unix seconds), the
@@ -116,7 +126,7 @@ public enum HopMessage: Sendable, Equatable {
             guard message.hasStatus else { throw .malformed("STATUS without a status") }
             let status = try decodeStatus(message.status)
             let reservation = message.hasReservation ? try decodeReservation(message.reservation) : nil
-            self = .status(status, reservation: reservation, limit: message.hasLimit ? decodeLimit(message.limit) : nil)
+            self = .status(status, reservation: reservation, limit: message.hasLimit ? decodeLimit(message.limit).bounded : nil)
         case .UNRECOGNIZED(let value):
             throw .malformed("hop message of unknown type \(value)")
         }
@@ -140,7 +150,7 @@ public enum HopMessage: Sendable, Equatable {
                 if let voucher = reservation.voucher { pb.voucher = Data(voucher) }
                 message.reservation = pb
             }
-            if let limit { message.limit = encodeLimit(limit) }
+            if let limit = limit?.bounded { message.limit = encodeLimit(limit) }
         }
         return (try? message.serializedBytes()) ?? []
     }
@@ -163,7 +173,7 @@ public enum StopMessage: Sendable, Equatable {
         switch message.type {
         case .connect:
             guard message.hasPeer else { throw .malformed("stop CONNECT without a peer") }
-            self = .connect(try decodePeer(message.peer), limit: message.hasLimit ? decodeLimit(message.limit) : nil)
+            self = .connect(try decodePeer(message.peer), limit: message.hasLimit ? decodeLimit(message.limit).bounded : nil)
         case .status:
             guard message.hasStatus else { throw .malformed("stop STATUS without a status") }
             self = .status(try decodeStatus(message.status))
@@ -178,7 +188,7 @@ public enum StopMessage: Sendable, Equatable {
         case .connect(let peer, let limit):
             message.type = .connect
             message.peer = encodePeer(peer)
-            if let limit { message.limit = encodeLimit(limit) }
+            if let limit = limit?.bounded { message.limit = encodeLimit(limit) }
         case .status(let status):
             message.type = .status
             message.status = Circuit_Pb_Status(rawValue: status.rawValue) ?? .unused
@@ -273,7 +283,7 @@ private func decodeReservation(_ pb: Circuit_Pb_Reservation) throws(RelayError) 
 }
 
 private func decodeLimit(_ pb: Circuit_Pb_Limit) -> CircuitLimit {
-    // 0 means unlimited, as absent does (go-libp2p writes 0 for no limit).
+    // 0 means unlimited, as absent does (older relays write 0 for no limit).
     CircuitLimit(
         duration: pb.hasDuration && pb.duration > 0 ? pb.duration : nil,
         data: pb.hasData && pb.data > 0 ? pb.data : nil)

@@ -29,6 +29,15 @@ public enum SocketDial {
             .childChannelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)
     }
 
+    /// Binds a listener; a failure (the port in use, say) is a `listenFailed` naming `address`.
+    public static func bind(_ bootstrap: ServerBootstrap, to socketAddress: SocketAddress, address: Multiaddr) async throws -> Channel {
+        do {
+            return try await bootstrap.bind(to: socketAddress).get()
+        } catch {
+            throw TransportError.listenFailed(address: "\(address)", underlying: error)
+        }
+    }
+
     /// SO_REUSEPORT: several sockets on one port (a listener and the dials made
     /// from its port, for NAT hole punching).
     static let reusePort = ChannelOptions.Types.SocketOption(
@@ -70,8 +79,8 @@ public enum SocketDial {
                 }
             } catch {
                 let failure: TransportError =
-                    if case ChannelError.connectTimeout = error {
-                        .dialTimeout(address: "\(address)")
+                    if case ChannelError.connectTimeout(let after) = error {
+                        .dialTimeout(address: "\(address)", after: .nanoseconds(after.nanoseconds))
                     } else {
                         .dialFailed(address: "\(address)", underlying: error)
                     }

@@ -44,7 +44,7 @@ public struct TCPTransport: Transport {
                     _ = upgrader.upgrade(channel: channel, direction: .inbound, transport: "tcp")
                 }
             }
-        let channel = try await bootstrap.bind(to: socketAddress).get()
+        let channel = try await SocketDial.bind(bootstrap, to: socketAddress, address: address)
         guard let bound = channel.localAddress, let boundAddress = try? Multiaddr(socketAddress: bound) else {
             try? await channel.close()
             throw TransportError.unsupportedAddress("\(address)")

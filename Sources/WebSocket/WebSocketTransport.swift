@@ -84,7 +84,7 @@ public struct WebSocketTransport: Transport {
                         channel: channel, configuration: configuration, upgrader: upgrader, slot: slot, logger: logger)
                 }
             }
-        let channel = try await bootstrap.bind(to: socketAddress).get()
+        let channel = try await SocketDial.bind(bootstrap, to: socketAddress, address: address)
         guard let bound = channel.localAddress, let boundAddress = try? Multiaddr(socketAddress: bound) else {
             try? await channel.close()
             throw WebSocketError.unsupportedAddress("\(address)")

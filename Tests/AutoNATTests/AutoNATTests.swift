@@ -80,18 +80,48 @@ final class AutoNATTests: XCTestCase {
         XCTAssertNil(tracker.record(server: servers[0], status: .dialError, address: nil))
         XCTAssertNil(tracker.record(server: servers[1], status: .dialRefused, address: nil))
         XCTAssertEqual(tracker.record(server: servers[1], status: .dialError, address: nil), .private)
-        XCTAssertNil(tracker.record(server: servers[2], status: .ok, address: nil))
-        XCTAssertEqual(tracker.reachability, .private)
-        XCTAssertNil(tracker.record(server: servers[3], status: .ok, address: nil))  // 2 against 2: unchanged
         let reached = try? Multiaddr("/ip4/203.0.113.7/tcp/4001")
+        XCTAssertNil(tracker.record(server: servers[2], status: .ok, address: reached))
+        XCTAssertEqual(tracker.reachability, .private)
+        XCTAssertNil(tracker.record(server: servers[3], status: .ok, address: reached))  // 2 against 2: unchanged
         XCTAssertEqual(tracker.record(server: servers[0], status: .ok, address: reached), .public)
         XCTAssertEqual(tracker.publicAddress, reached)
         var single = ReachabilityTracker(threshold: 1)
         XCTAssertEqual(single.record(server: servers[0], status: .dialError, address: nil), .private)
     }
 
-    /// On loopback every node is reachable: a client asking two servers becomes public.
-    func testClientBecomesPublicOnLoopback() async throws {
+    /// Issue 22: on a LAN without internet `/status` said `public` (a LAN
+    /// peer dialled us back at a private address). Only a dial back at a
+    /// public address makes us public; at loopback, private or link-local
+    /// addresses we are reachable on the local network only.
+    func testADialBackAtALocalAddressIsLocalNotPublic() {
+        let servers = (0..<3).map { _ in PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
+        let lan = try? Multiaddr("/ip4/192.168.1.20/tcp/4001")
+        let loopback = try? Multiaddr("/ip4/127.0.0.1/tcp/4001")
+        let linkLocal = try? Multiaddr("/ip6/fe80::1/tcp/4001")
+        let testNet = try? Multiaddr("/ip4/203.0.113.7/tcp/4001")
+        var tracker = ReachabilityTracker(threshold: 2)
+        XCTAssertNil(tracker.record(server: servers[0], status: .ok, address: lan))
+        XCTAssertEqual(tracker.record(server: servers[1], status: .ok, address: loopback), .local)
+        XCTAssertNil(tracker.publicAddress, "no public address reached us")
+        // One public dial back among local ones is not enough; two are.
+        XCTAssertNil(tracker.record(server: servers[2], status: .ok, address: testNet))
+        XCTAssertEqual(tracker.record(server: servers[0], status: .ok, address: testNet), .public)
+        XCTAssertEqual(tracker.publicAddress, testNet)
+        // A server that reached us only locally takes us back to local.
+        XCTAssertEqual(tracker.record(server: servers[0], status: .ok, address: linkLocal), .local)
+        var single = ReachabilityTracker(threshold: 1)
+        XCTAssertEqual(single.record(server: servers[0], status: .ok, address: nil), .local, "OK without an address proves nothing public")
+        XCTAssertEqual(single.record(server: servers[0], status: .ok, address: testNet), .public)
+        XCTAssertEqual(single.record(server: servers[0], status: .dialError, address: nil), .private)
+        XCTAssertEqual(Reachability.local.rawValue, "local")
+        XCTAssertEqual(Reachability.local.text, "local (reachable on the local network only)")
+        XCTAssertEqual(Reachability.public.text, "public")
+    }
+
+    /// On loopback every node is reachable, but only from this machine: a
+    /// client asking two servers is reachable on the local network only.
+    func testClientReachedOnLoopbackIsLocal() async throws {
         var configuration = AutoNATService.Configuration()
         configuration.probe = false
         var servers: [Multiaddr] = []
@@ -114,7 +144,8 @@ final class AutoNATTests: XCTestCase {
         XCTAssertEqual(status, .ok)
         XCTAssertEqual(reached?.components.first, .ip4([127, 0, 0, 1]))
         let reachability = await autonat.probe()
-        XCTAssertEqual(reachability, .public)
+        XCTAssertEqual(reachability, .local)
+        XCTAssertNil(autonat.publicAddress)
     }
 
     /// A client that cannot be dialled at the IP the server sees (it listens on

@@ -105,8 +105,35 @@ final class ConnectionManagementTests: XCTestCase {
                     return XCTFail("unexpected cause \(attempt.error)")
                 }
             }
+            // Issue 22: each address once, each cause in short words (the second dial starts 250 ms later).
+            let error = HostError.dialFailed(peer, attempts)
+            XCTAssertEqual(
+                "\(error)", "could not reach \(nobody): \(dead[0]): connection refused; \(dead[1]): connection refused")
         }
         await client.close()
+    }
+
+    /// Issue 22: a chat that learnt its own peer id at an address (its own, or
+    /// another process's with a copy of its key) dialled it. Our own peer id
+    /// is never dialled, whatever the address.
+    func testOurOwnPeerIDIsNeverDialled() async throws {
+        let (host, address) = try await makeTestHost(group: group)
+        host.peerStore.addAddresses([address.withoutP2P], for: host.localPeer)
+        for attempt in 0..<3 {
+            do {
+                switch attempt {
+                case 0: _ = try await host.connect(to: host.localPeer)
+                case 1: _ = try await host.connect(address)
+                default: _ = try await host.dial(address, role: .initiator)
+                }
+                XCTFail("dialled ourselves (attempt \(attempt))")
+            } catch HostError.dialSelf(let peer) {
+                XCTAssertEqual(peer, host.localPeer)
+                XCTAssertEqual("\(HostError.dialSelf(peer))", "\(peer) is our own peer id: not dialling ourselves")
+            }
+        }
+        XCTAssertTrue(host.connections.isEmpty)
+        await host.close()
     }
 
     /// Callers that ask for the same peer at once share one dial.

@@ -1,5 +1,5 @@
 import Foundation
-import Identity
+@testable import Identity
 import XCTest
 
 /// Found 6 of issue 14: the identity file was loaded whatever its mode, a
@@ -66,5 +66,36 @@ final class KeyFileHardeningTests: XCTestCase {
         XCTAssertThrowsError(try KeyFile.loadOrCreate(path: fifoPath)) { error in
             XCTAssertEqual("\(error)", "key file \(fifoPath) is a FIFO (named pipe), not a key file")
         }
+    }
+
+    /// Issue 22: two chats on one identity file each took the same peer id and
+    /// never met. The file is locked by the process that claims it.
+    func testAClaimedKeyFileIsInUseForOthersUntilReleased() throws {
+        let keyPath = path("identity.key")
+        guard case .claimed(let key, let lock) = try KeyFile.claim(path: keyPath) else {
+            return XCTFail("a new key file is free")
+        }
+        // flock locks belong to the open file: a second claim in this process conflicts too.
+        guard case .inUse(let inUsePath, let pid) = try KeyFile.claim(path: keyPath) else {
+            return XCTFail("a claimed key file is in use")
+        }
+        XCTAssertEqual(inUsePath, keyPath)
+        XCTAssertEqual(pid, getpid(), "the holder's pid, from /proc/locks")
+        lock.release()
+        guard case .claimed(let again, let second) = try KeyFile.claim(path: keyPath) else {
+            return XCTFail("a released key file is free again")
+        }
+        XCTAssertEqual(again.publicKey, key.publicKey)
+        second.release()
+    }
+
+    /// Two first runs at once: the one that writes second keeps the file's key, never replaces it.
+    func testCreatingAKeyNeverReplacesOneThatAppeared() throws {
+        let keyPath = path("identity.key")
+        let first = PrivateKey.generateEd25519()
+        XCTAssertTrue(try KeyFile.saveUnlessPresent(first, path: keyPath))
+        XCTAssertFalse(try KeyFile.saveUnlessPresent(PrivateKey.generateEd25519(), path: keyPath))
+        XCTAssertEqual(try KeyFile.load(path: keyPath).publicKey, first.publicKey)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory.path), ["identity.key"], "no temporary file left")
     }
 }

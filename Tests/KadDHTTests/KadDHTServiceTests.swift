@@ -213,4 +213,54 @@ final class KadDHTServiceTests: XCTestCase {
             await Self.shutDown([(clientHost, client), (secondHost, second)])
         }
     }
+
+    /// Issue 22: a record our validator accepts but the peers refuse used to
+    /// end as 0 peers, which the CLI called "not found". It is an error that
+    /// says each peer refused it, and how.
+    func testARecordThePeersRefuseSaysSo() async throws {
+        try await withDeadline(30) {
+            let servers = try await Self.makeNetwork(count: 2)
+            let (clientHost, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+            var configuration = KadDHTConfiguration()
+            var validator = NamespacedValidator.standard
+            validator.validators["mine"] = ChatValueValidator()
+            configuration.validator = validator
+            let client = KadDHT(host: clientHost, configuration: configuration)
+            try await client.bootstrap(peers: [servers[0].address])
+            do {
+                let stored = try await client.putValue(key: Array("/mine/some-name".utf8), value: Array("y".utf8))
+                XCTFail("stored at \(stored) peers that have no /mine/ validator")
+            } catch KadDHTError.putRefused(let key, let attempts) {
+                XCTAssertEqual(key, "/mine/some-name")
+                XCTAssertEqual(Set(attempts.map(\.peer)), Set(servers.map(\.host.localPeer)))
+                XCTAssertTrue(attempts.allSatisfy(\.refused), "\(attempts)")
+                let error = KadDHTError.putRefused(key: key, attempts)
+                XCTAssertTrue("\(error)".hasPrefix("the DHT peers refused /mine/some-name (2 of 2 refused): "), "\(error)")
+                XCTAssertTrue("\(error)".contains("reset the stream instead of storing it (its validator refused the record)"))
+            }
+            // Our own validator's refusal: nothing is sent.
+            do {
+                _ = try await client.putValue(key: Array("/elsewhere/x".utf8), value: [1])
+                XCTFail("a record without a validator was put")
+            } catch KadDHTError.invalidRecord(let why) {
+                XCTAssertEqual(why, .unknownNamespace("elsewhere"))
+            }
+            await Self.shutDown(servers.map { ($0.host, $0.dht) } + [(clientHost, client)])
+        }
+    }
+
+    /// Issue 22: `Qm...` was taken as text. CIDv0 and CIDv1 of the same content
+    /// name one key, the CID's multihash (go-libp2p keys providers by it).
+    func testCIDsOfBothVersionsNameTheirMultihash() throws {
+        let v0 = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"
+        let v1 = "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+        let multihash = try Base58.decode(v0)
+        XCTAssertEqual(Array(multihash.prefix(2)), [0x12, 0x20], "a sha2-256 multihash")
+        XCTAssertEqual(ContentKey.parse(v0), multihash)
+        XCTAssertEqual(ContentKey.parse(v1), multihash)
+        XCTAssertEqual(ContentKey.parse(ContentKey.cidString(multihash)), multihash, "our raw CIDv1")
+        XCTAssertEqual(ContentKey.parse("abcd"), [0xab, 0xcd], "hex, as before")
+        XCTAssertNil(ContentKey.parse("lobby"), "text stays text")
+        XCTAssertNil(ContentKey.parse("Qm" + String(repeating: "0", count: 44)), "not base58: text")
+    }
 }

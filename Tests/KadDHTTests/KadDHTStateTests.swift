@@ -236,10 +236,11 @@ final class DHTServerTests: XCTestCase {
         var records = RecordStore()
         var providers = ProviderStore()
         let address = [try Multiaddr("/ip4/10.0.0.1/tcp/1")]
+        let senderAddress = try Multiaddr("/ip4/10.0.0.2/tcp/5")
         func handle(_ request: DHTMessage, from: PeerID? = nil) -> DHTServerReply {
             DHTServer.handle(
-                request, from: from ?? sender, records: &records, providers: &providers, table: table, now: now,
-                addresses: { _ in address })
+                request, from: from ?? sender, at: senderAddress, records: &records, providers: &providers, table: table,
+                now: now, addresses: { _ in address })
         }
         guard case .respond(let found) = handle(DHTMessage(type: .findNode, key: known[0].bytes)) else {
             return XCTFail("no FIND_NODE answer")
@@ -271,5 +272,61 @@ final class DHTServerTests: XCTestCase {
         let huge = DHTRecord(key: Array("/p2pchat/huge".utf8), value: [UInt8](repeating: 0x61, count: 100_000))
         guard case .reject = handle(DHTMessage(type: .putValue, key: huge.key, record: huge)) else { return XCTFail() }
         XCTAssertEqual(records.count, 1)
+    }
+
+    /// Issue 22: provider records and peers in answers carried 127.0.0.1 and
+    /// private addresses to everyone; other chats dialled their own loopback.
+    /// An answer carries only what the asker can dial: public addresses and
+    /// names to anyone, private ones to a peer on a local network, loopback to
+    /// one on this machine, unspecified ones to nobody.
+    func testAnswersCarryOnlyAddressesTheAskerCanDial() throws {
+        let me = randomPeer()
+        var table = RoutingTable(localPeer: me)
+        let everywhere = randomPeer()
+        let lanOnly = randomPeer()
+        for peer in [everywhere, lanOnly] { table.peerResponded(peer, now: now) }
+        let loopback = try Multiaddr("/ip4/127.0.0.1/tcp/1")
+        let lan = try Multiaddr("/ip4/192.168.1.20/tcp/2")
+        let publicAddress = try Multiaddr("/ip4/203.0.113.9/tcp/3")
+        let name = try Multiaddr("/dns4/chat.example/tcp/4")
+        let unspecified = try Multiaddr("/ip4/0.0.0.0/tcp/5")
+        let ula = try Multiaddr("/ip6/fd00::1/tcp/6")
+        let all = [loopback, lan, publicAddress, name, unspecified, ula]
+        let known: [PeerID: [Multiaddr]] = [everywhere: all, lanOnly: [loopback, lan]]
+        var records = RecordStore()
+        var providers = ProviderStore()
+        let key: [UInt8] = [0x12, 0x20] + Array(repeating: 7, count: 32)
+        providers.add(DHTPeer(id: everywhere, addresses: all), for: key, now: now)
+        providers.add(DHTPeer(id: lanOnly, addresses: [loopback, lan]), for: key, now: now)
+        func answer(_ type: DHTMessageType, asker: String) throws -> DHTMessage {
+            let reply = DHTServer.handle(
+                DHTMessage(type: type, key: key), from: randomPeer(), at: try Multiaddr(asker), records: &records,
+                providers: &providers, table: table, now: now, addresses: { known[$0] ?? [] })
+            guard case .respond(let message) = reply else { throw XCTSkip("no answer to \(type)") }
+            return message
+        }
+        for type in [DHTMessageType.findNode, .getProviders] {
+            let far = try answer(type, asker: "/ip4/198.51.100.7/tcp/9")
+            let lists = type == .findNode ? far.closerPeers : far.providerPeers
+            XCTAssertEqual(lists, [DHTPeer(id: everywhere, addresses: [publicAddress, name])], "\(type) to a peer elsewhere")
+            let near = try answer(type, asker: "/ip4/192.168.1.7/tcp/9")
+            XCTAssertEqual(
+                Set(type == .findNode ? near.closerPeers : near.providerPeers),
+                [DHTPeer(id: everywhere, addresses: [lan, publicAddress, name, ula]), DHTPeer(id: lanOnly, addresses: [lan])],
+                "\(type) to a peer on a local network")
+            let local = try answer(type, asker: "/ip4/127.0.0.1/tcp/9")
+            XCTAssertEqual(
+                Set(type == .findNode ? local.closerPeers : local.providerPeers),
+                [DHTPeer(id: everywhere, addresses: [loopback, lan, publicAddress, name, ula]), DHTPeer(id: lanOnly, addresses: [loopback, lan])],
+                "\(type) to a peer on this machine")
+        }
+        // What we receive gets the same rule: from a peer elsewhere, loopback and private addresses are not dialled.
+        let received = DHTMessage(
+            type: .getProviders, key: key, closerPeers: [DHTPeer(id: lanOnly, addresses: [loopback, lan])],
+            providerPeers: [DHTPeer(id: everywhere, addresses: all)])
+        let usable = received.dialable(fromPeerAt: try Multiaddr("/ip4/198.51.100.7/tcp/9"))
+        XCTAssertEqual(usable.closerPeers, [], "a peer left with no address is dropped")
+        XCTAssertEqual(usable.providerPeers, [DHTPeer(id: everywhere, addresses: [publicAddress, name])])
+        XCTAssertEqual(received.dialable(fromPeerAt: try Multiaddr("/ip4/127.0.0.1/tcp/9")).closerPeers, received.closerPeers)
     }
 }

@@ -105,7 +105,7 @@ struct SimulatedDHT {
             now = next
             for answer in pending where answer.arrives <= now {
                 let reply = DHTServer.handle(
-                    request, from: peers[source], records: &records, providers: &providers,
+                    request, from: peers[source], at: address[0], records: &records, providers: &providers,
                     table: tables[index[answer.peer]!], now: now, addresses: { _ in address })
                 guard case .respond(let response) = reply else { continue }
                 lookup.received(from: answer.peer, closerPeers: response.closerPeers.map(\.id))

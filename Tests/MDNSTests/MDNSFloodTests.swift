@@ -62,4 +62,24 @@ final class MDNSFloodTests: XCTestCase {
         let ignored = await service.ignoredPeers
         XCTAssertEqual(ignored, 200)
     }
+
+    /// Issue 22: our own peer id announced by another process (one started
+    /// with a copy of our key) is reported once per address and never
+    /// discovered (so never dialled); our own answers, coming back, are not.
+    func testOurPeerIDAtAnotherAddressIsReportedOnce() async throws {
+        let me = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let ours = try Multiaddr("/ip4/192.0.2.7/tcp/1")
+        let service = MDNSService(localPeer: me) { [ours] }
+        let events = await service.events()
+        for _ in 0..<3 {
+            await service.received(announcement(peer: me, port: 1), from: [192, 0, 2, 7])
+            await service.received(announcement(peer: me, port: 2), from: [192, 0, 2, 7])
+        }
+        await service.stop()
+        var collected: [MDNSEvent] = []
+        for await event in events { collected.append(event) }
+        XCTAssertEqual(collected, [.ownPeerElsewhere([try Multiaddr("/ip4/192.0.2.7/tcp/2")])])
+        let known = await service.knows(me)
+        XCTAssertFalse(known)
+    }
 }

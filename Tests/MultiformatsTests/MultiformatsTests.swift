@@ -218,6 +218,31 @@ final class MultiaddrTests: XCTestCase {
             _ = try? Multiaddr(text)
         }
     }
+
+    /// Issue 22: who can dial an address, for the DHT's records and AutoNAT's verdict.
+    func testAddressScopes() throws {
+        let scopes: [(String, AddressScope?)] = [
+            ("/ip4/0.0.0.0/tcp/1", .unspecified), ("/ip6/::/tcp/1", .unspecified),
+            ("/ip4/127.0.0.1/tcp/1", .loopback), ("/ip4/127.8.9.10/tcp/1", .loopback), ("/ip6/::1/tcp/1", .loopback),
+            ("/ip4/10.1.2.3/tcp/1", .local), ("/ip4/172.16.0.1/tcp/1", .local), ("/ip4/172.31.255.1/tcp/1", .local),
+            ("/ip4/192.168.0.1/tcp/1", .local), ("/ip4/100.64.0.1/tcp/1", .local), ("/ip4/169.254.1.1/tcp/1", .local),
+            ("/ip6/fd12::1/tcp/1", .local), ("/ip6/fe80::1/tcp/1", .local), ("/ip6zone/eth0/ip6/fe80::1/tcp/1", .local),
+            ("/ip6/::ffff:192.168.1.1/tcp/1", .local),
+            ("/ip4/172.32.0.1/tcp/1", .public), ("/ip4/100.128.0.1/tcp/1", .public), ("/ip4/203.0.113.7/tcp/1", .public),
+            ("/ip4/8.8.8.8/tcp/1", .public), ("/ip6/2001:db8::1/tcp/1", .public),
+            ("/dns4/example.com/tcp/1", nil), ("/memory/3", nil),
+        ]
+        for (text, scope) in scopes {
+            XCTAssertEqual(try Multiaddr(text).scope, scope, text)
+        }
+        let lan = try Multiaddr("/ip4/192.168.1.2/tcp/1")
+        XCTAssertFalse(lan.isDialable(byPeerAt: try Multiaddr("/ip4/203.0.113.7/tcp/1")))
+        XCTAssertTrue(lan.isDialable(byPeerAt: try Multiaddr("/ip4/10.0.0.9/tcp/1")))
+        XCTAssertFalse(try Multiaddr("/ip4/127.0.0.1/tcp/1").isDialable(byPeerAt: lan))
+        XCTAssertTrue(try Multiaddr("/ip4/127.0.0.1/tcp/1").isDialable(byPeerAt: try Multiaddr("/ip6/::1/tcp/1")))
+        XCTAssertFalse(try Multiaddr("/ip4/0.0.0.0/tcp/1").isDialable(byPeerAt: try Multiaddr("/ip4/127.0.0.1/tcp/1")))
+        XCTAssertTrue(try Multiaddr("/dns4/example.com/tcp/1").isDialable(byPeerAt: try Multiaddr("/ip4/203.0.113.7/tcp/1")))
+    }
 }
 
 final class CIDTests: XCTestCase {
@@ -255,5 +280,14 @@ final class CIDTests: XCTestCase {
             _ = try? CID(bytes: bytes)
             _ = try? CID("b" + String(decoding: bytes.map { $0 % 26 + 97 }, as: UTF8.self))
         }
+    }
+
+    /// Issue 22: `Qm...` was not a CID. A CIDv0 is the dag-pb CIDv1 of its sha2-256 multihash.
+    func testCIDv0IsReadAsTheCIDv1OfItsMultihash() throws {
+        let cid = try CID("QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n")
+        XCTAssertEqual(cid.codec, CID.dagPB)
+        XCTAssertEqual(cid.multihash.code, Multihash.sha2_256)
+        XCTAssertEqual(cid.text(), "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku")
+        XCTAssertThrowsError(try CID("Qm" + String(repeating: "0", count: 44)))
     }
 }

@@ -97,17 +97,48 @@ final class DHTNamespaceTests: XCTestCase {
 /// `p2pchat dht-server` and the `p2pchat dht` queries on loopback.
 final class DHTCLITests: XCTestCase {
     private func run(_ arguments: [String]) async throws -> (status: Int32, output: [String]) {
+        let (status, output, _) = try await runCapturingErrors(arguments)
+        return (status, output)
+    }
+
+    /// A `dht` query: its status, stdout lines and stderr (read to its end).
+    private func runCapturingErrors(_ arguments: [String]) async throws -> (status: Int32, output: [String], errors: String) {
         let process = try ChatProcess(namespace: nil, arguments: ["dht"] + arguments + ["--timeout", "20"], network: nil)
         let status = try await process.waitForExit(within: 30)
-        return (status, process.output)
+        // The readers may lag behind the exit by a moment.
+        let errors = status == 0 ? process.process.stderrText : try await MetricsCLITests.stderr(of: process.process, containing: "\n")
+        return (status, process.output, errors)
+    }
+
+    /// Issue 22: `providers` that found nothing printed nothing and exited 0;
+    /// a refused put said "a peer that stores ... not found". Each failure is
+    /// one `error:` line and exit 1.
+    func testNothingFoundAndRefusalsAreOneErrorLine() async throws {
+        let (server, bootstrap) = try await ChatProcess.dhtServerOnLoopback()
+        defer { server.process.stop() }
+        let cidV0 = "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"
+        let absent = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+        let cases: [([String], String)] = [
+            (["providers", cidV0], "error: providers of \(cidV0) not found in the DHT\n"),
+            (["providers", "--topic", "empty"], "error: providers of topic empty not found in the DHT\n"),
+            (["get", "/p2pchat/nobody"], "error: record /p2pchat/nobody not found in the DHT\n"),
+            (["find-peer", absent], "error: peer \(absent) not found in the DHT\n"),
+            (
+                ["put", "/elsewhere/x", "y"],
+                "error: DHT peers refuse /elsewhere/x: no validator for record namespace /elsewhere/ (not sent)\n"
+            ),
+        ]
+        for (arguments, expected) in cases {
+            let result = try await runCapturingErrors(arguments + ["--bootstrap", bootstrap])
+            XCTAssertEqual(result.status, 1, "\(arguments)")
+            XCTAssertEqual(result.output, [], "\(arguments)")
+            XCTAssertEqual(result.errors, expected, "\(arguments)")
+        }
     }
 
     func testQueriesAgainstABootstrapNode() async throws {
-        let server = try ChatProcess(
-            namespace: nil, arguments: ["dht-server", "--ephemeral", "--listen", "/ip4/127.0.0.1/tcp/0"], network: nil)
+        let (server, bootstrap) = try await ChatProcess.dhtServerOnLoopback()
         defer { server.process.stop() }
-        let listening = try await server.waitFor("dht-server", within: 20) { $0.hasPrefix("Listening on /ip4/127.0.0.1") }
-        let bootstrap = String(listening.dropFirst("Listening on ".count))
 
         let put = try await run(["put", "/p2pchat/alice", "hello", "--bootstrap", bootstrap])
         XCTAssertEqual(put.status, 0)

@@ -329,6 +329,14 @@ extension ChatProcess {
         return chat
     }
 
+    /// `p2pchat dht-server` on loopback, and its /p2p/ address once it listens (a bootstrap node).
+    static func dhtServerOnLoopback() async throws -> (server: ChatProcess, bootstrap: String) {
+        let server = try ChatProcess(
+            namespace: nil, arguments: ["dht-server", "--ephemeral", "--listen", "/ip4/127.0.0.1/tcp/0"], network: nil)
+        let listening = try await server.waitFor("dht-server", within: 20) { $0.hasPrefix("Listening on /ip4/127.0.0.1") }
+        return (server, String(listening.dropFirst("Listening on ".count)))
+    }
+
     /// Its /p2p/ address (from its --json events).
     func dialAddress() throws -> String {
         let events = self.events

@@ -182,6 +182,50 @@ final class CircuitRelayTests: XCTestCase {
         XCTAssertEqual(unexpected, .status(.unexpectedMessage))
     }
 
+    /// Issue 22: a relay run unlimited (`--circuit-bytes 0 --circuit-seconds 0`)
+    /// sent an empty `Limit{}` in its CONNECT answer and STOP CONNECT, which
+    /// go-libp2p takes for a limited connection. The spec's unlimited is no
+    /// `limit` field: the bytes on both streams, as the peers read them.
+    func testAnUnlimitedRelaySendsNoLimitField() async throws {
+        var limits = RelayLimits()
+        limits.circuit = .unlimited
+        let (_, relayAddress, _) = try await makeRelay(limits)
+        let (target, _, _) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        func exchange(_ request: HopMessage, on connection: Connection) async throws -> [UInt8] {
+            let stream = try await connection.newStream(protocols: [CircuitProtocol.hop])
+            var buffer = ByteBuffer()
+            buffer.writeLengthPrefixed(request.encoded())
+            try await stream.write(buffer)
+            let reply = try await withDeadline(15) {
+                var reader = StreamReader(stream)
+                return try await reader.readLengthPrefixed(maxLength: 4096)
+            }
+            return Array(try XCTUnwrap(reply).readableBytesView)
+        }
+        // The target reserves by hand and answers the relay's STOP CONNECT itself, keeping its bytes.
+        let stopRequest = Mutex<[UInt8]?>(nil)
+        target.setStreamHandler(CircuitProtocol.stop) { stream in
+            var reader = StreamReader(stream)
+            guard let request = try? await reader.readLengthPrefixed(maxLength: 4096) else { return }
+            stopRequest.withLock { $0 = Array(request.readableBytesView) }
+            var answer = ByteBuffer()
+            answer.writeLengthPrefixed(StopMessage.status(.ok).encoded())
+            try? await stream.write(answer)
+        }
+        let reservation = try await exchange(.reserve, on: try await target.connect(relayAddress))
+        guard case .status(.ok, let grant?, _) = try HopMessage(bytes: reservation) else {
+            return XCTFail("reservation refused: \(reservation)")
+        }
+        XCTAssertGreaterThan(grant.expire, 0)
+
+        let answer = try await exchange(.connect(target.localPeer), on: try await dialer.connect(relayAddress))
+        XCTAssertEqual(answer, [0x08, 0x02, 0x28, 100], "STATUS OK and nothing else")
+        let id = dialer.localPeer.bytes
+        let expectedStop: [UInt8] = [0x08, 0x00, 0x12, UInt8(id.count + 2), 0x0A, UInt8(id.count)] + id
+        XCTAssertEqual(stopRequest.withLock { $0 }, expectedStop, "STOP CONNECT with the peer and no limit")
+    }
+
     /// Polls `probe` until it returns a value, within `seconds`.
     func waitFor<T>(within seconds: Double = 10, _ probe: () -> T?) async throws -> T {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))

@@ -31,9 +31,35 @@ final class RelayMessageTests: XCTestCase {
         XCTAssertEqual(Array(connect.prefix(4)), [0x08, 0x01, 0x12, UInt8(alice.bytes.count + 2)])
         XCTAssertEqual(HopMessage.status(.ok).encoded(), [0x08, 0x02, 0x28, 100])
         XCTAssertEqual(StopMessage.status(.permissionDenied).encoded(), [0x08, 0x01, 0x20, 0xCA, 0x01])
-        // An explicit 0 limit means unlimited.
-        XCTAssertEqual(try HopMessage(bytes: [0x08, 0x02, 0x28, 100, 0x22, 0x04, 0x08, 0x00, 0x10, 0x00]),
-            .status(.ok, limit: CircuitLimit(duration: nil, data: nil)))
+        // An explicit 0 limit means unlimited, as an absent one does.
+        XCTAssertEqual(try HopMessage(bytes: [0x08, 0x02, 0x28, 100, 0x22, 0x04, 0x08, 0x00, 0x10, 0x00]), .status(.ok))
+    }
+
+    /// Issue 22: an unlimited circuit was sent as an empty `Limit{}` (field 4 of
+    /// HopMessage, 3 of StopMessage), which go-libp2p reads as limited. No field
+    /// at all when unlimited; a limit with one bound carries only that bound.
+    func testLimitFieldsAreSentOnlyForRealBounds() throws {
+        XCTAssertEqual(HopMessage.status(.ok, limit: .unlimited).encoded(), [0x08, 0x02, 0x28, 100])
+        let id = alice.bytes
+        let stopConnect: [UInt8] = [0x08, 0x00, 0x12, UInt8(id.count + 2), 0x0A, UInt8(id.count)] + id
+        XCTAssertEqual(StopMessage.connect(alice, limit: .unlimited).encoded(), stopConnect)
+        XCTAssertEqual(StopMessage.connect(alice, limit: nil).encoded(), stopConnect)
+        // Duration only: Limit{duration = 120}; data only: Limit{data = 131072}.
+        XCTAssertEqual(
+            HopMessage.status(.ok, limit: CircuitLimit(duration: 120, data: nil)).encoded(),
+            [0x08, 0x02, 0x22, 0x02, 0x08, 120, 0x28, 100])
+        XCTAssertEqual(
+            HopMessage.status(.ok, limit: CircuitLimit(duration: nil, data: 1 << 17)).encoded(),
+            [0x08, 0x02, 0x22, 0x04, 0x10, 0x80, 0x80, 0x08, 0x28, 100])
+        XCTAssertEqual(
+            StopMessage.connect(alice, limit: CircuitLimit(duration: 60, data: nil)).encoded(),
+            stopConnect + [0x1A, 0x02, 0x08, 60])
+        // What we receive: an empty Limit{} is no limit (a full connection), a one-bound limit keeps its bound.
+        XCTAssertEqual(try HopMessage(bytes: [0x08, 0x02, 0x22, 0x00, 0x28, 100]), .status(.ok))
+        XCTAssertEqual(try StopMessage(bytes: stopConnect + [0x1A, 0x00]), .connect(alice, limit: nil))
+        XCTAssertEqual(
+            try StopMessage(bytes: stopConnect + [0x1A, 0x02, 0x08, 60]), .connect(alice, limit: CircuitLimit(duration: 60, data: nil)))
+        XCTAssertNil(try RelayClientProtocol.circuit(from: HopMessage(bytes: [0x08, 0x02, 0x28, 100])), "a full connection")
     }
 
     func testMalformedMessagesAreRefused() {

@@ -203,8 +203,41 @@ final class TransportTests: XCTestCase {
             XCTFail("connected to a closed port")
         } catch let error as TransportError {
             guard case .dialFailed = error else { return XCTFail("unexpected \(error)") }
+            // Issue 22: was "dial ...: connection reset (error set): Connection refused) (errno: 111)".
+            XCTAssertEqual("\(error)", "dial /ip4/127.0.0.1/tcp/1/p2p/\(peer): connection refused")
+            XCTAssertEqual(error.reason, "connection refused")
         }
         await client.close()
+    }
+
+    /// Issue 22: what failed underneath, in short words, one line.
+    func testFailuresAreDescribedInShortWords() throws {
+        XCTAssertEqual(ErrorText.describe(IOError(errnoCode: ECONNREFUSED, reason: "connect")), "connection refused")
+        XCTAssertEqual(ErrorText.describe(IOError(errnoCode: ENETUNREACH, reason: "connect")), "network unreachable")
+        XCTAssertEqual(ErrorText.describe(IOError(errnoCode: EADDRINUSE, reason: "bind")), "address in use")
+        XCTAssertEqual(ErrorText.describe(IOError(errnoCode: ENOENT, reason: "open")), "no such file or directory")
+        XCTAssertEqual(ErrorText.describe(ChannelError.connectTimeout(.seconds(5))), "timed out after 5 s")
+        XCTAssertEqual(ErrorText.timedOut(after: .milliseconds(500)), "timed out after 0.5 s")
+        let timeout = TransportError.dialTimeout(address: "/ip4/192.0.2.1/tcp/4001", after: .seconds(5))
+        XCTAssertEqual("\(timeout)", "dial /ip4/192.0.2.1/tcp/4001: timed out after 5 s")
+        let refused = TransportError.dialFailed(
+            address: "/ip6/::1/tcp/1", underlying: IOError(errnoCode: ECONNREFUSED, reason: "connection reset (error set)"))
+        XCTAssertEqual("\(refused)", "dial /ip6/::1/tcp/1: connection refused")
+    }
+
+    /// A port in use: one line that names the address.
+    func testListeningOnATakenPortSaysSo() async throws {
+        let (server, bound) = try await makeTestHost(group: group)
+        let address = bound.withoutP2P
+        let other = Libp2pHost(key: .generateEd25519(), group: group)
+        do {
+            _ = try await other.listen(on: [address])
+            XCTFail("listened twice on \(address)")
+        } catch {
+            XCTAssertEqual("\(error)", "listen on \(address): address in use")
+        }
+        await other.close()
+        await server.close()
     }
 
     func testIPv6ListenAndDial() async throws {
