@@ -110,7 +110,7 @@ public final class AutoNATService: Sendable {
     @discardableResult
     public func probe() async -> Reachability {
         let servers = Set(
-            host.connections.filter { $0.transport != "p2p-circuit" }.map(\.remotePeer).filter {
+            host.connections.filter { !$0.isRelayed }.map(\.remotePeer).filter {
                 host.peerStore.info($0)?.protocols.contains(Self.protocolID) ?? false
             })
         await withTaskGroup(of: Void.self) { group in
@@ -189,7 +189,7 @@ public final class AutoNATService: Sendable {
         let decision = state.withLock {
             $0.policy.decide(
                 requester: connection.remotePeer, claimedPeer: peer, addresses: addresses,
-                observed: connection.remoteAddress, relayed: connection.transport == "p2p-circuit", now: .now)
+                observed: connection.remoteAddress, relayed: connection.isRelayed, now: .now)
         }
         let candidates: [Multiaddr]
         switch decision {

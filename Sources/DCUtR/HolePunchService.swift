@@ -139,7 +139,7 @@ public final class HolePunchService: Sendable {
         let events = host.events()
         let watcher = Task { [weak self] in
             for await event in events {
-                guard case .connected(let connection) = event, connection.transport == "p2p-circuit", let self
+                guard case .connected(let connection) = event, connection.isRelayed, let self
                 else { continue }
                 if connection.direction == .inbound {
                     self.punchInBackground(connection)
@@ -254,7 +254,7 @@ public final class HolePunchService: Sendable {
             guard address.components.count == 2, case .tcp(let port) = address.components[1] else { return nil }
             return port
         })
-        for connection in host.connections where connection.transport != "p2p-circuit" {
+        for connection in host.connections where !connection.isRelayed {
             guard let observed = host.peerStore.info(connection.remotePeer)?.observedAddress else { continue }
             result.append(observed)
             // Our listening port at the observed IP: where a port-preserving NAT
@@ -340,7 +340,7 @@ public final class HolePunchService: Sendable {
         let start = ContinuousClock.now
         // A direct connection has nothing to upgrade: an exchange on one would
         // only make us dial where a stranger says.
-        guard relayed.transport == "p2p-circuit" else {
+        guard relayed.isRelayed else {
             logger.debug("dcutr on a direct connection refused", metadata: ["peer": "\(peer)"])
             stream.reset()
             return
@@ -445,7 +445,7 @@ public final class HolePunchService: Sendable {
     }
 
     private static func directConnection(_ host: Libp2pHost, to peer: PeerID) -> Connection? {
-        host.connections.first { $0.remotePeer == peer && $0.isActive && $0.transport != "p2p-circuit" }
+        host.connections.first { $0.remotePeer == peer && $0.isActive && !$0.isRelayed }
     }
 
     private func send(_ message: HolePunchMessage, on stream: MuxedStream) async throws {

@@ -278,7 +278,7 @@ public final class Libp2pHost: Sendable {
     public func connection(to peer: PeerID) -> Connection? {
         state.withLock { state in
             let live = state.connections[peer]?.filter(\.isActive) ?? []
-            return live.first { $0.transport != "p2p-circuit" } ?? live.first
+            return live.first { !$0.isRelayed } ?? live.first
         }
     }
 

@@ -34,7 +34,7 @@ func runRelayBenchmark(megabytes: Int) async throws {
     let (client, _) = try await circuitHost(on: clientLoop)
     let circuitAddress = try await server.listen(on: [relayAddress.encapsulating(.p2pCircuit)])[0]
     let relayed = try await client.connect(circuitAddress.encapsulating(.p2p(server.localPeer.bytes)))
-    precondition(relayed.transport == CircuitTransport.transportName, "not relayed: \(relayed)")
+    precondition(relayed.isRelayed, "not relayed: \(relayed)")
     // A direct connection beside it (a new dial, not the relayed one).
     let direct = try await client.dial(serverAddress, role: .initiator)
     print("relay: \(megabytes) MiB /perf downloads, three hosts in one process on loopback, median of 3 alternating rounds")

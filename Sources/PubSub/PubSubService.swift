@@ -90,9 +90,9 @@ public final class PubSubService: Sendable {
                     Task {
                         // A direct connection beside the relayed one our stream runs on (a hole
                         // punch): move the stream now, before the relayed one closes.
-                        if connection.transport != "p2p-circuit",
+                        if !connection.isRelayed,
                             let current = await core.outboundConnectionID(connection.remotePeer),
-                            host.connections.contains(where: { $0.id == current && $0.transport == "p2p-circuit" })
+                            host.connections.contains(where: { $0.id == current && $0.isRelayed })
                         {
                             await self.move(connection.remotePeer, to: connection)
                         } else {

@@ -183,7 +183,7 @@ public final class AutoRelayService: Sendable {
     /// Where to reach `peer`: the address we were given, else its direct connection's, else the peer store's.
     private func address(of peer: PeerID) -> Multiaddr? {
         if let given = held.withLock({ $0.addresses[peer] }), !given.components.isEmpty { return given }
-        if let direct = host.connections.first(where: { $0.remotePeer == peer && $0.transport != CircuitTransport.transportName }) {
+        if let direct = host.connections.first(where: { $0.remotePeer == peer && !$0.isRelayed }) {
             return direct.remoteAddress
         }
         return host.peerStore.info(peer)?.addresses.first { !$0.components.contains(.p2pCircuit) }

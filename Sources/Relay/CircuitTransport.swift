@@ -18,7 +18,7 @@ import Transport
 ///
 /// A transport is made before its host: `attach` it to the host that lists it.
 public final class CircuitTransport: Transport {
-    public static let transportName = "p2p-circuit"
+    public static let transportName = Connection.relayedTransport
     public var name: String { Self.transportName }
 
     private struct State {
@@ -83,7 +83,7 @@ public final class CircuitTransport: Transport {
     /// A direct connection to the relay.
     private func connectToRelay(_ circuit: CircuitAddress, host: Libp2pHost) async throws -> Connection {
         if let existing = host.connections.first(where: {
-            $0.remotePeer == circuit.relay && $0.isActive && $0.transport != Self.transportName
+            $0.remotePeer == circuit.relay && $0.isActive && !$0.isRelayed
         }) {
             return existing
         }
@@ -92,7 +92,7 @@ public final class CircuitTransport: Transport {
             host.peerStore.addAddresses([circuit.relayAddress.withoutP2P], for: circuit.relay)
         }
         let connection = try await host.connect(to: circuit.relay)
-        guard connection.transport != Self.transportName else {
+        guard !connection.isRelayed else {
             throw RelayError.badAddress("the relay \(circuit.relay) is itself reached through a relay")
         }
         return connection
@@ -214,9 +214,9 @@ public final class CircuitTransport: Transport {
         // and circuits inside circuits would nest without end.
         let relay = stream.connection
         let listening = state.withLock { $0.listeners[relay.remotePeer] != nil }
-        guard listening, relay.transport != Self.transportName else {
+        guard listening, !relay.isRelayed else {
             logger.debug(
-                "STOP refused", metadata: ["from": "\(relay.remotePeer)", "relayed": "\(relay.transport == Self.transportName)"])
+                "STOP refused", metadata: ["from": "\(relay.remotePeer)", "relayed": "\(relay.isRelayed)"])
             // The host closes the stream when this returns.
             try? await writeRelayMessage(StopMessage.status(.permissionDenied).encoded(), to: stream)
             return

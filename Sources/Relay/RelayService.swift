@@ -84,7 +84,7 @@ public final class RelayService: Sendable {
             return
         }
         let connection = stream.connection
-        let relayed = connection.transport == CircuitTransport.transportName
+        let relayed = connection.isRelayed
         switch request {
         case .reserve:
             await reserve(for: stream, relayed: relayed)
@@ -135,7 +135,7 @@ public final class RelayService: Sendable {
         defer { resources.withLock { $0.closeCircuit(from: source, to: target) } }
         // Only over a connection the target keeps to us: we never dial it.
         guard let toTarget = host.connections.first(where: {
-            $0.remotePeer == target && $0.isActive && $0.transport != CircuitTransport.transportName
+            $0.remotePeer == target && $0.isActive && !$0.isRelayed
         }) else {
             try? await writeRelayMessage(HopMessage.status(.connectionFailed).encoded(), to: stream)
             return

@@ -33,6 +33,11 @@ public final class Connection: Sendable, CustomStringConvertible {
     public let localAddress: Multiaddr?
     /// The transport's name (`tcp`, `ws`, `memory`).
     public let transport: String
+    /// Whether the connection runs through a relay (`/p2p-circuit`), as rust's
+    /// `ConnectedPoint::is_relayed` and go's `Stat().Limited` tell.
+    public var isRelayed: Bool { transport == Self.relayedTransport }
+    /// The transport name of relayed connections (the circuit transport's).
+    public static let relayedTransport = "p2p-circuit"
     /// The negotiated security protocol (`/noise`, `/tls/1.0.0`).
     public let security: String
     /// The negotiated muxer (`/yamux/1.0.0`).
