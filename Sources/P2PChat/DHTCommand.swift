@@ -51,6 +51,12 @@ actor TopicDiscovery {
     /// The wait between rounds, cut short by `announceSoon`.
     private var nap: Task<Void, Never>?
     private var wakeRequested = false
+    /// Rounds in a row that found no other provider: until one is found the
+    /// rounds come sooner (2 s, doubling up to `interval`), so two chats that
+    /// announce at the same moment, each before the other's record is there,
+    /// still meet within seconds.
+    private var lonelyRounds = 0
+    static let firstLonelyWait: Duration = .seconds(2)
 
     init(dht: KadDHT, topic: String, interval: Duration, out: ChatOutput, sightings: OwnPeerSightings) {
         self.dht = dht
@@ -68,18 +74,19 @@ actor TopicDiscovery {
                 out.error("DHT bootstrap: \(error)")
             }
             while !Task.isCancelled {
-                await self.round()
-                await self.sleepUntilNextRound()
+                let foundOthers = await self.round()
+                await self.sleepUntilNextRound(foundOthers: foundOthers)
             }
         }
     }
 
-    private func sleepUntilNextRound() async {
+    private func sleepUntilNextRound(foundOthers: Bool) async {
         guard !wakeRequested else {
             wakeRequested = false
             return
         }
-        let interval = self.interval
+        lonelyRounds = foundOthers ? 0 : lonelyRounds + 1
+        let interval = foundOthers ? self.interval : min(self.interval, Self.firstLonelyWait * (1 << min(lonelyRounds - 1, 10)))
         let nap = Task { _ = try? await Task.sleep(for: interval) }
         self.nap = nap
         await withTaskCancellationHandler { await nap.value } onCancel: { nap.cancel() }
@@ -90,30 +97,35 @@ actor TopicDiscovery {
     /// Runs the next round now: our addresses changed (a relay reservation
     /// gives the circuit address others need in our provider record).
     func announceSoon() {
+        lonelyRounds = 0
         wakeRequested = true
         nap?.cancel()
     }
 
-    /// Announces the current topic and dials its other providers.
-    private func round() async {
+    /// Announces the current topic and dials its other providers; whether there were any.
+    @discardableResult
+    private func round() async -> Bool {
         let key = ContentKey.topic(topic)
         // Looked up before we announce: a record of our own id that another process
         // (with a copy of our key) left is then still there to be seen, not replaced by ours.
         let providers = await dht.findProviders(key, limit: 64)
         await dht.provide(key)
         let host = dht.host
+        var foundOthers = false
         for provider in providers {
             // Never dialled: our own record, or another process's with our identity (said once).
             guard provider.id != host.localPeer else {
                 sightings.saw(provider.addresses, via: "a DHT provider record")
                 continue
             }
+            foundOthers = true
             guard host.connection(to: provider.id) == nil else { continue }
             host.peerStore.addAddresses(provider.addresses, for: provider.id)
             do { _ = try await host.connect(to: provider.id) } catch {
                 out.error("topic provider: \(dialFailure("\(provider.id)", error))")
             }
         }
+        return foundOthers
     }
 
     /// Moves the advertisement to `newTopic` at once.
@@ -121,6 +133,7 @@ actor TopicDiscovery {
         guard newTopic != topic else { return }
         dht.stopProviding(ContentKey.topic(topic))
         topic = newTopic
+        lonelyRounds = 0
         await round()
     }
 
