@@ -331,7 +331,7 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
-                "Host", "Identify", "Ping", "Noise", "LibP2PSecurity", .product(name: "NIOPosix", package: "swift-nio"),
+                "Host", "Identify", "Ping", "Noise", "LibP2PSecurity", "Relay", .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/TestSupport"
         ),

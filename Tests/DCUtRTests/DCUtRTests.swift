@@ -63,16 +63,12 @@ final class DCUtRTests: XCTestCase {
     /// a direct TCP connection replaces the relayed one.
     func testRelayedConnectionIsUpgradedToDirect() async throws {
         func node() async throws -> Libp2pHost {
-            let circuit = CircuitTransport()
-            let (host, _) = try await makeTestHost(
-                group: group, transports: [TCPTransport(group: group, reusePort: true), circuit])
-            circuit.attach(host)
+            let host = try await makeCircuitHost(group: group, reusePort: true)
             hosts.append(host)
             return host
         }
-        let relayHost = try await node()
-        RelayService(host: relayHost).start()
-        let relayAddress = relayHost.listenAddresses[0].encapsulating(.p2p(relayHost.localPeer.bytes))
+        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
+        hosts.append(relayHost)
         let a = try await node()
         let b = try await node()
         let punchA = HolePunchService(host: a)
@@ -121,15 +117,12 @@ final class DCUtRTests: XCTestCase {
         defer { thirdParty.close(promise: nil) }
         let port = try XCTUnwrap(thirdParty.localAddress?.port)
         func node() async throws -> Libp2pHost {
-            let circuit = CircuitTransport()
-            let (host, _) = try await makeTestHost(group: group, transports: [TCPTransport(group: group), circuit])
-            circuit.attach(host)
+            let host = try await makeCircuitHost(group: group)
             hosts.append(host)
             return host
         }
-        let relayHost = try await node()
-        RelayService(host: relayHost).start()
-        let relayAddress = relayHost.listenAddresses[0].encapsulating(.p2p(relayHost.localPeer.bytes))
+        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
+        hosts.append(relayHost)
         let victim = try await node()
         var configuration = HolePunchService.Configuration()
         configuration.automatic = false

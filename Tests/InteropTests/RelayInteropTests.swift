@@ -165,17 +165,10 @@ final class DCUtRInteropTests: XCTestCase {
     }
 
     func testRelayedConnectionFromPythonIsUpgraded() async throws {
-        func node() async throws -> Libp2pHost {
-            let circuit = CircuitTransport()
-            let (host, _) = try await makeTestHost(group: group, transports: [TCPTransport(group: group, reusePort: true), circuit])
-            circuit.attach(host)
-            hosts.append(host)
-            return host
-        }
-        let relayHost = try await node()
-        RelayService(host: relayHost).start()
-        let relayAddress = relayHost.listenAddresses[0].encapsulating(.p2p(relayHost.localPeer.bytes))
-        let b = try await node()
+        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
+        hosts.append(relayHost)
+        let b = try await makeCircuitHost(group: group, reusePort: true)
+        hosts.append(b)
         let punch = HolePunchService(host: b)
         punch.start()
         let events = punch.events()

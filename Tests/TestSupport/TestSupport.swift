@@ -1,4 +1,5 @@
 import Host
+import Relay
 import Identify
 import Identity
 import Multiformats
@@ -304,3 +305,20 @@ public func closedByServer(_ fd: Int32, within seconds: Int) -> Bool {
         if n < 0 { return errno == ECONNRESET }
     }
 }
+
+/// A test host (identify, ping, echo) with TCP (reusing its listening port
+/// for dials when `reusePort`, as hole punching needs) and the circuit transport.
+public func makeCircuitHost(group: EventLoopGroup, reusePort: Bool = false) async throws -> Libp2pHost {
+    let circuit = CircuitTransport()
+    let (host, _) = try await makeTestHost(group: group, transports: [TCPTransport(group: group, reusePort: reusePort), circuit])
+    circuit.attach(host)
+    return host
+}
+
+/// A circuit host that serves the relay (with `limits`), and its `/p2p/` address.
+public func makeRelayHost(group: EventLoopGroup, limits: RelayLimits = .init()) async throws -> (Libp2pHost, Multiaddr) {
+    let host = try await makeCircuitHost(group: group)
+    RelayService(host: host, limits: limits).start()
+    return (host, host.listenAddresses[0].encapsulating(.p2p(host.localPeer.bytes)))
+}
+
