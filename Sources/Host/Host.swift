@@ -339,13 +339,16 @@ public final class Libp2pHost: Sendable {
         // Addresses that failed lately wait out their backoff; at most `maxAddressesPerDial` are tried.
         let now = clock.now
         let allowed = state.withLock { state in
-            let allowed = addresses.filter { state.backoffs.allows($0, now: now) }
+            // Backoffs are per peer and address: a relay's circuit address is the
+            // same for every peer behind it, and one that has no reservation
+            // there must not hold back the others.
+            let allowed = addresses.filter { state.backoffs.allows(Self.dialTarget($0, peer), now: now) }
             state.counters.backedOffAddresses += addresses.count - allowed.count
             return allowed
         }
         guard !allowed.isEmpty else { throw HostError.dialBackoff(peer) }
         let chosen = Array(allowed.prefix(limits.maxAddressesPerDial))
-        let targets = chosen.map { $0.peerID == nil ? $0.encapsulating(.p2p(peer.bytes)) : $0 }
+        let targets = chosen.map { Self.dialTarget($0, peer) }
         return try await withThrowingTaskGroup(of: (Int, Result<Connection, any Error>).self) { group in
             for (index, address) in targets.enumerated() {
                 group.addTask {
@@ -364,7 +367,7 @@ public final class Libp2pHost: Sendable {
                 switch result {
                 case .success(let connection) where winner == nil:
                     winner = connection
-                    state.withLock { $0.backoffs.succeeded(chosen[index]) }
+                    state.withLock { $0.backoffs.succeeded(targets[index]) }
                     group.cancelAll()
                 case .success(let connection):
                     // Finished while the others were being cancelled.
@@ -375,7 +378,7 @@ public final class Libp2pHost: Sendable {
                     let limits = self.limits
                     state.withLock {
                         $0.backoffs.failed(
-                            chosen[index], now: self.clock.now, base: limits.dialBackoff, max: limits.maxDialBackoff)
+                            targets[index], now: self.clock.now, base: limits.dialBackoff, max: limits.maxDialBackoff)
                     }
                 }
             }
@@ -383,6 +386,11 @@ public final class Libp2pHost: Sendable {
             adopt(winner)
             return winner
         }
+    }
+
+    /// `address` ending in `/p2p/<peer>`.
+    private static func dialTarget(_ address: Multiaddr, _ peer: PeerID) -> Multiaddr {
+        address.peerID == nil ? address.encapsulating(.p2p(peer.bytes)) : address
     }
 
     /// Opens a stream to a peer for the first of `protocols` it supports.

@@ -51,7 +51,7 @@ actor TopicDiscovery {
     /// The wait between rounds, cut short by `announceSoon`.
     private var nap: Task<Void, Never>?
     private var wakeRequested = false
-    /// Rounds in a row that found no other provider: until one is found the
+    /// Rounds in a row that reached no other provider: until one is reached the
     /// rounds come sooner (2 s, doubling up to `interval`), so two chats that
     /// announce at the same moment, each before the other's record is there,
     /// still meet within seconds.
@@ -102,7 +102,7 @@ actor TopicDiscovery {
         nap?.cancel()
     }
 
-    /// Announces the current topic and dials its other providers; whether there were any.
+    /// Announces the current topic and dials its other providers; whether we are connected to any.
     @discardableResult
     private func round() async -> Bool {
         let key = ContentKey.topic(topic)
@@ -111,21 +111,30 @@ actor TopicDiscovery {
         let providers = await dht.findProviders(key, limit: 64)
         await dht.provide(key)
         let host = dht.host
-        var foundOthers = false
+        var others: [DHTPeer] = []
         for provider in providers {
             // Never dialled: our own record, or another process's with our identity (said once).
             guard provider.id != host.localPeer else {
                 sightings.saw(provider.addresses, via: "a DHT provider record")
                 continue
             }
-            foundOthers = true
-            guard host.connection(to: provider.id) == nil else { continue }
-            host.peerStore.addAddresses(provider.addresses, for: provider.id)
-            do { _ = try await host.connect(to: provider.id) } catch {
-                out.error("topic provider: \(dialFailure("\(provider.id)", error))")
+            others.append(provider)
+        }
+        // All at once: records of peers that are gone (they live 48 h) must not
+        // make the live ones wait behind their time-outs.
+        let out = self.out
+        await withTaskGroup(of: Void.self) { group in
+            for provider in others where host.connection(to: provider.id) == nil {
+                host.peerStore.addAddresses(provider.addresses, for: provider.id)
+                group.addTask {
+                    do { _ = try await host.connect(to: provider.id) } catch {
+                        out.error("topic provider: \(dialFailure("\(provider.id)", error))")
+                    }
+                }
             }
         }
-        return foundOthers
+        // Records of peers that are gone do not count: only one we reached.
+        return others.contains { host.connection(to: $0.id) != nil }
     }
 
     /// Moves the advertisement to `newTopic` at once.

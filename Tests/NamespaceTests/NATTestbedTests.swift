@@ -214,7 +214,8 @@ class NATTestbedCase: XCTestCase {
             }
             try await Task.sleep(for: .milliseconds(50))
         }
-        XCTFail("no \(name) event within \(seconds) s; stderr: \(processes.map { String($0.process.stderrText.suffix(2000)) })")
+        XCTFail(
+            "no \(name) event within \(seconds) s; output: \(processes.map { $0.output.suffix(20).joined(separator: "\n") }); stderr: \(processes.map { String($0.process.stderrText.suffix(2000)) })")
         throw CancellationError()
     }
 }
@@ -326,6 +327,27 @@ final class NATTestbedTests: NATTestbedCase {
             try await event(homes[0], "message", within: 20) { $0["text"] == "direct from home2 #\(round)" }
         }
         for home in homes { home.closeInput() }
+    }
+
+    /// Homes that left behind provider records on the relay's DHT (their
+    /// circuit addresses now lead nowhere): the next pair still meets, relayed
+    /// then direct, without waiting on the dead ones.
+    func testHomesMeetDespiteRecordsLeftByHomesThatAreGone() async throws {
+        let (relay, relayAddress) = try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        for (pair, port) in [4201, 4202].enumerated() {
+            let homes = try (1...2).map { index in
+                try testbed.start(
+                    "home\(index)",
+                    ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/\(port)", "--bootstrap", relayAddress])
+            }
+            let upgraded = try await firstEvent(homes, "connection_upgraded", within: 40)
+            XCTAssertEqual(upgraded["method"], "hole punch", "pair \(pair + 1): \(upgraded)")
+            for home in homes {
+                home.closeInput()
+                _ = try await home.process.waitForExit(within: 10)
+            }
+        }
     }
 
 }
