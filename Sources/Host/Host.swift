@@ -78,14 +78,14 @@ public final class Libp2pHost: Sendable {
     public let localPeer: PeerID
     public let peerStore = PeerStore()
     public let group: EventLoopGroup
-    private let logger: Logger
+    let logger: Logger
 
     /// Tried in order: the first that can dial (or listen on) an address takes it.
     public let transports: [any Transport]
     /// Secures and multiplexes every connection of every transport.
     public let upgrader: Upgrader
 
-    fileprivate struct State {
+    struct State {
         var listeners: [Listener] = []
         var handlers: [String: StreamHandler] = [:]
         var connections: [PeerID: [Connection]] = [:]
@@ -102,7 +102,7 @@ public final class Libp2pHost: Sendable {
         var handling: [StreamSlot: Int] = [:]
         var maintenance: Task<Void, Never>?
     }
-    private let state = Mutex(State())
+    let state = Mutex(State())
     private let broadcaster = EventBroadcaster<HostEvent>(bufferingNewest: 1024)
 
     /// Security protocols offered by default, in order of preference.
@@ -110,7 +110,7 @@ public final class Libp2pHost: Sendable {
 
     /// Limits on connections and dials (see `HostLimits`).
     public let limits: HostLimits
-    private let clock = ContinuousClock()
+    let clock = ContinuousClock()
 
     /// A host on `transports` (TCP and WebSocket by default) offering `security`
     /// in order of preference (Noise, then TLS, by default).
@@ -242,7 +242,7 @@ public final class Libp2pHost: Sendable {
         state.withLock { $0.handlers.keys.sorted() }
     }
 
-    fileprivate func handler(for protocolID: String) -> StreamHandler? {
+    func handler(for protocolID: String) -> StreamHandler? {
         state.withLock { $0.handlers[protocolID] }
     }
 
@@ -399,7 +399,7 @@ public final class Libp2pHost: Sendable {
         return try await connection.newStream(protocols: protocols)
     }
 
-    fileprivate func adopt(_ connection: Connection) {
+    func adopt(_ connection: Connection) {
         let limits = self.limits
         let now = clock.now
         let (refusal, first) = state.withLock { state -> (String?, Bool) in
@@ -433,7 +433,7 @@ public final class Libp2pHost: Sendable {
         }
     }
 
-    private func forget(_ connection: Connection) {
+    func forget(_ connection: Connection) {
         let (removed, last) = state.withLock { state -> (Bool, Bool) in
             guard var list = state.connections[connection.remotePeer],
                 let index = list.firstIndex(where: { $0 === connection })
@@ -486,185 +486,5 @@ public final class Libp2pHost: Sendable {
         // the event streams end.
         for connection in connections { forget(connection) }
         broadcaster.finish()
-    }
-}
-
-// MARK: - Limits
-
-extension Libp2pHost {
-    /// What the limits refused or closed so far.
-    public var limitCounters: HostLimitCounters { state.withLock { $0.counters } }
-
-    /// Reports what a limit refused or closed (`limitReached` event); counts
-    /// it too when it comes from the transport (the host's own are counted where refused).
-    fileprivate func limitReached(_ refusal: LimitRefusal, transport: Bool = false) {
-        if transport { state.withLock { $0.counters.transport[refusal.reason, default: 0] += 1 } }
-        emit(.limitReached(refusal))
-    }
-
-    /// Keeps the peer's connections when trimming over the high-water mark,
-    /// for as long as any tag protects it (e.g. pubsub's mesh).
-    public func protect(_ peer: PeerID, tag: String) {
-        state.withLock { _ = $0.protected[peer, default: []].insert(tag) }
-    }
-
-    public func unprotect(_ peer: PeerID, tag: String) {
-        state.withLock { state in
-            state.protected[peer]?.remove(tag)
-            if state.protected[peer]?.isEmpty == true { state.protected[peer] = nil }
-        }
-    }
-
-    public func isProtected(_ peer: PeerID) -> Bool {
-        state.withLock { $0.protected[peer] != nil }
-    }
-
-    /// Counts an inbound stream against `maxInboundStreamsPerProtocol`; false (counted) when over.
-    fileprivate func takeStreamSlot(for stream: MuxedStream) -> Bool {
-        let slot = StreamSlot(connection: stream.connection.id, protocolID: stream.protocolID)
-        let limit = limits.maxInboundStreamsPerProtocol
-        return state.withLock { state in
-            guard state.handling[slot, default: 0] < limit else {
-                state.counters.refusedStreams[stream.protocolID, default: 0] += 1
-                return false
-            }
-            state.handling[slot, default: 0] += 1
-            return true
-        }
-    }
-
-    fileprivate func giveStreamSlot(for stream: MuxedStream) {
-        let slot = StreamSlot(connection: stream.connection.id, protocolID: stream.protocolID)
-        state.withLock { state in
-            let count = state.handling[slot, default: 1] - 1
-            state.handling[slot] = count > 0 ? count : nil
-        }
-    }
-
-    /// Why an inbound connection is refused, if it is: the limit it hits.
-    fileprivate static func refusal(
-        of connection: Connection, existing: [Connection], _ state: State, _ limits: HostLimits
-    ) -> String? {
-        let total = state.connections.values.reduce(0) { $0 + $1.count }
-        if total >= limits.maxConnections { return "\(limits.maxConnections) connections" }
-        if existing.count >= limits.maxConnectionsPerPeer { return "\(limits.maxConnectionsPerPeer) connections per peer" }
-        let address = connection.remoteAddress
-        if let ip = address.ipAddressText, limits.limitLoopback || address.scope != .loopback {
-            let fromIP = state.connections.values.joined().filter {
-                $0.direction == .inbound && $0.remoteAddress.ipAddressText == ip
-            }.count
-            if fromIP >= limits.maxInboundPerIP { return "\(limits.maxInboundPerIP) inbound connections per IP address" }
-        }
-        return nil
-    }
-
-    /// Starts the task that closes idle connections and trims over the
-    /// high-water mark; `close()` ends it. It holds the host weakly.
-    fileprivate func startMaintenance(_ weakHost: WeakHost) {
-        let interval = limits.maintenanceInterval
-        let task = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                guard let host = weakHost.host else { return }
-                await host.maintain()
-            }
-        }
-        state.withLock { $0.maintenance = task }
-    }
-
-    /// One round of maintenance: idle connections, then the high-water mark.
-    func maintain() async {
-        let connections = self.connections
-        var streams: [UInt64: Int] = [:]
-        for connection in connections where connection.isActive {
-            streams[connection.id] = (try? await connection.streamCount()) ?? 0
-        }
-        let now = clock.now
-        let limits = self.limits
-        let (idle, trim) = state.withLock { state -> ([Connection], [Connection]) in
-            var idle: [Connection] = []
-            for connection in connections {
-                guard let count = streams[connection.id], count == 0 else {
-                    state.idleSince[connection.id] = nil
-                    continue
-                }
-                let since = state.idleSince[connection.id] ?? now
-                state.idleSince[connection.id] = since
-                if let timeout = limits.idleTimeout, now - since >= timeout { idle.append(connection) }
-            }
-            state.counters.idleClosed += idle.count
-            let remaining = connections.filter { connection in !idle.contains { $0 === connection } }
-            guard remaining.count > limits.highWater else { return (idle, []) }
-            let candidates = remaining.filter { connection in
-                state.protected[connection.remotePeer] == nil
-                    && now - (state.openedAt[connection.id] ?? now) >= limits.gracePeriod
-            }.sorted { a, b in
-                let (sa, sb) = (streams[a.id] ?? 0, streams[b.id] ?? 0)
-                if sa != sb { return sa < sb }
-                return (state.openedAt[a.id] ?? now) > (state.openedAt[b.id] ?? now)
-            }
-            let trim = Array(candidates.prefix(remaining.count - limits.lowWater))
-            state.counters.trimmed += trim.count
-            return (idle, trim)
-        }
-        for connection in idle {
-            logger.debug("closing idle connection", metadata: ["peer": "\(connection.remotePeer)"])
-            limitReached(LimitRefusal(reason: "idle", peer: connection.remotePeer, address: connection.remoteAddress))
-            await connection.close(reason: .limitReached("idle for \(limits.idleTimeout.map { "\($0)" } ?? "")"))
-        }
-        for connection in trim {
-            logger.debug("trimming connection", metadata: ["peer": "\(connection.remotePeer)"])
-            limitReached(LimitRefusal(reason: "trimmed", peer: connection.remotePeer, address: connection.remoteAddress))
-            await connection.close(reason: .limitReached("\(limits.highWater) connections (high-water mark)"))
-        }
-    }
-}
-
-/// A weak reference to the host, so the transport's acceptor does not keep it alive.
-private final class WeakHost: Sendable {
-    private let reference: Mutex<WeakBox>
-    private struct WeakBox: @unchecked Sendable {
-        // Safe: only read and written under the enclosing Mutex.
-        weak var host: Libp2pHost?
-    }
-
-    init(_ host: Libp2pHost? = nil) {
-        reference = Mutex(WeakBox(host: host))
-    }
-
-    func set(_ host: Libp2pHost) {
-        reference.withLock { $0.host = host }
-    }
-
-    var host: Libp2pHost? { reference.withLock { $0.host } }
-}
-
-/// Routes negotiated inbound streams to the host's handlers, each in its own task.
-private struct Acceptor: InboundStreamAcceptor {
-    let host: WeakHost
-
-    func supports(protocolID: String) -> Bool {
-        host.host?.handler(for: protocolID) != nil
-    }
-
-    func accept(_ stream: MuxedStream) {
-        guard let host = host.host, let handler = host.handler(for: stream.protocolID) else {
-            stream.reset()
-            return
-        }
-        guard host.takeStreamSlot(for: stream) else {
-            host.limitReached(
-                LimitRefusal(
-                    reason: "\(host.limits.maxInboundStreamsPerProtocol) inbound streams of \(stream.protocolID)",
-                    peer: stream.connection.remotePeer, address: stream.connection.remoteAddress))
-            stream.reset()
-            return
-        }
-        // The handler owns the stream: the task ends with it (and the stream with its connection).
-        Task {
-            await handler(stream)
-            await stream.close()
-            host.giveStreamSlot(for: stream)
-        }
     }
 }
