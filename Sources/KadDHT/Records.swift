@@ -225,9 +225,11 @@ public struct ProviderStore: Sendable {
         return added
     }
 
-    /// The live providers of `key`.
+    /// The live providers of `key`, the most recently refreshed first (a
+    /// record left by a peer that has gone stays for 48 h; fresh ones are the
+    /// likeliest to answer, and an asker may dial only the first few).
     public func providers(of key: [UInt8], now: Instant) -> [DHTPeer] {
-        (providers[key] ?? []).filter { $0.expires > now }.map(\.peer)
+        (providers[key] ?? []).filter { $0.expires > now }.sorted { $0.expires > $1.expires }.map(\.peer)
     }
 
     public mutating func expire(now: Instant) {

@@ -57,6 +57,8 @@ actor TopicDiscovery {
     /// still meet within seconds.
     private var lonelyRounds = 0
     static let firstLonelyWait: Duration = .seconds(2)
+    /// Providers dialled at once in a round.
+    static let concurrentDials = 8
 
     init(dht: KadDHT, topic: String, interval: Duration, out: ChatOutput, sightings: OwnPeerSightings) {
         self.dht = dht
@@ -120,11 +122,14 @@ actor TopicDiscovery {
             }
             others.append(provider)
         }
-        // All at once: records of peers that are gone (they live 48 h) must not
-        // make the live ones wait behind their time-outs.
+        // Several at once, in the order the DHT gave (freshest first): records of
+        // peers that are gone (they live 48 h) must not make the live ones wait
+        // behind their time-outs, nor take every dial the host allows at once.
         let out = self.out
+        let unconnected = others.filter { host.connection(to: $0.id) == nil }
         await withTaskGroup(of: Void.self) { group in
-            for provider in others where host.connection(to: provider.id) == nil {
+            for (index, provider) in unconnected.enumerated() {
+                if index >= Self.concurrentDials { await group.next() }
                 host.peerStore.addAddresses(provider.addresses, for: provider.id)
                 group.addTask {
                     do { _ = try await host.connect(to: provider.id) } catch {

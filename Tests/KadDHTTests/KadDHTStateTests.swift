@@ -172,6 +172,20 @@ final class RecordStoreTests: XCTestCase {
         XCTAssertEqual(store.total, 0)
         XCTAssertEqual(store.keyCount, 0)
     }
+
+    /// The freshest records come first: peers that left keep their records for
+    /// 48 h, and an asker that dials the first few must find the live ones there.
+    func testProvidersComeFreshestFirst() {
+        var store = ProviderStore()
+        let key: [UInt8] = [7]
+        let peers = (0..<5).map { _ in randomPeer() }
+        for (index, peer) in peers.enumerated() {
+            store.add(DHTPeer(id: peer, addresses: []), for: key, now: now + .seconds(index))
+        }
+        // The oldest refreshes its record: it comes first now.
+        store.add(DHTPeer(id: peers[0], addresses: []), for: key, now: now + .seconds(10))
+        XCTAssertEqual(store.providers(of: key, now: now + .seconds(11)).map(\.id), [peers[0], peers[4], peers[3], peers[2], peers[1]])
+    }
 }
 
 final class DHTMessageTests: XCTestCase {
