@@ -132,7 +132,11 @@ public final class IdentifyService: Sendable {
         message.protocolVersion = Self.protocolVersion
         message.agentVersion = agentVersion
         message.publicKey = Data(host.localKey.publicKey.marshal())
-        let addresses = advertisedAddresses
+        // Only addresses the remote could dial, as the DHT hands out: a peer we see
+        // at a public address (or through a relay) is not told our LAN or
+        // loopback addresses (it would only dial them in vain, as py-libp2p's
+        // unilateral upgrade does for 10 s before it hole punches).
+        let addresses = advertisedAddresses.filter { address in observed.map { address.isDialable(byPeerAt: $0) } ?? true }
         message.listenAddrs = addresses.map { Data($0.bytes) }
         message.protocols = host.supportedProtocols
         if let observed { message.observedAddr = Data(observed.bytes) }

@@ -1,5 +1,5 @@
 import Host
-import Identify
+@testable import Identify
 import Identity
 import Multiformats
 import NIOCore
@@ -12,6 +12,22 @@ import XCTest
 /// `/ipfs/id/1.0.0` and `/ipfs/id/push/1.0.0` between Swift nodes.
 final class IdentifyTests: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
+
+    /// A peer we see at a public address (or through a relay) is told only our
+    /// addresses it could dial: not our loopback or LAN ones.
+    func testListenAddressesFollowWhereThePeerIsSeen() async throws {
+        let host = Libp2pHost(key: .generateEd25519(), group: group, transports: [TCPTransport(group: group)])
+        defer { Task { await host.close() } }
+        try await host.listen(on: [try Multiaddr("/ip4/127.0.0.1/tcp/0")])
+        let identify = IdentifyService(host: host, agentVersion: "x")
+        func listed(seenAt remote: String) throws -> [Multiaddr] {
+            try identify.localMessage(observed: try Multiaddr(remote)).listenAddrs.map { try Multiaddr(bytes: Array($0)) }
+        }
+        let loopback = try XCTUnwrap(host.listenAddresses.first)
+        XCTAssertEqual(try listed(seenAt: "/ip4/127.0.0.1/tcp/5"), [loopback])
+        XCTAssertEqual(try listed(seenAt: "/ip4/203.0.113.9/tcp/5"), [])
+        XCTAssertEqual(try listed(seenAt: "/ip4/203.0.113.10/tcp/4001/p2p-circuit"), [])
+    }
 
     func testIdentifyBetweenSwiftNodes() async throws {
         let (server, address) = try await makeTestHost(group: group)
