@@ -6,6 +6,7 @@ import PackageDescription
 //   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub, KadDHT,
 //   RequestResponse, FileShare, ChatHistory, Relay, AutoNAT, DCUtR ; MDNS
 //   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
+// RedisRESP (NIO only)
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -42,6 +43,7 @@ let package = Package(
         .library(name: "Relay", targets: ["Relay"]),
         .library(name: "AutoNAT", targets: ["AutoNAT"]),
         .library(name: "DCUtR", targets: ["DCUtR"]),
+        .library(name: "RedisRESP", targets: ["RedisRESP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -284,6 +286,11 @@ let package = Package(
                 "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        // A minimal RESP2 client (PING, DEL, RPUSH, BLPOP): the transport-interop harness's coordination.
+        .target(
+            name: "RedisRESP",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
         ),
         // Re-exports what an application needs (`import Libp2p`).
         .target(
