@@ -6,13 +6,15 @@ import PackageDescription
 //   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub, KadDHT,
 //   RequestResponse, FileShare, ChatHistory, Relay, AutoNAT, DCUtR ; MDNS
 //   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
-// RedisRESP (NIO only)
+// RedisRESP (NIO only) ; with Host, Ping, Identify <- TransportInterop <- P2PInterop (p2pchat-interop)
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "p2pchat", targets: ["P2PChat"]),
         .executable(name: "p2pbench", targets: ["P2PBench"]),
+        // One side of libp2p's transport-interop ping test (interop/README.md).
+        .executable(name: "p2pchat-interop", targets: ["P2PInterop"]),
         // Fuzz targets of the network decoders (Fuzz/run.sh; replays its corpus without libFuzzer).
         .executable(name: "p2pfuzz", targets: ["P2PFuzz"]),
         .executable(name: "echo-example", targets: ["EchoExample"]),
@@ -291,6 +293,21 @@ let package = Package(
         .target(
             name: "RedisRESP",
             dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+        ),
+        // The transport-interop ping test (both harnesses' environments and outputs) on our stack.
+        .target(
+            name: "TransportInterop",
+            dependencies: [
+                "Host", "Identify", "Identity", "LibP2PSecurity", "Multiformats", "Noise", "Ping", "RedisRESP", "TLS", "Transport",
+                "WebSocket",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "P2PInterop",
+            dependencies: ["TransportInterop", .product(name: "Logging", package: "swift-log")]
         ),
         // Re-exports what an application needs (`import Libp2p`).
         .target(
