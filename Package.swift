@@ -390,6 +390,14 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "TransportInteropTests",
+            dependencies: [
+                "TransportInterop", "RedisRESP", "ChildProcess", "Identity", "Multiformats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "FileShareTests",
             dependencies: ["FileShare", "Host", "Transport", "Multiformats", "TestSupport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto")]
         ),
