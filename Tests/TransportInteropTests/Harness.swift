@@ -3,14 +3,15 @@ import Foundation
 import Glibc
 import XCTest
 
-/// Skips a test whose tool is missing, or fails it when P2PCHAT_REQUIRE_INTEROP
-/// is set (./scripts/test and CI set it: there a missing tool is a broken setup).
-func requireTool(_ what: String, hint: String) throws -> Never {
+/// What to throw when a test's tool is missing: a skip, or a failure too when
+/// P2PCHAT_REQUIRE_INTEROP is set (./scripts/test and CI set it: there a missing
+/// tool is a broken setup).
+func missingTool(_ what: String, hint: String) -> XCTSkip {
     if ProcessInfo.processInfo.environment["P2PCHAT_REQUIRE_INTEROP"] != nil {
         XCTFail("\(what) is missing but interop is required (P2PCHAT_REQUIRE_INTEROP): \(hint)")
-        throw XCTSkip("FAILED: \(what) is missing")
+        return XCTSkip("FAILED: \(what) is missing")
     }
-    throw XCTSkip("SKIPPED: \(what) is missing: \(hint)")
+    return XCTSkip("SKIPPED: \(what) is missing: \(hint)")
 }
 
 /// An executable on PATH (or in the usual system folders), if there.
@@ -51,7 +52,7 @@ final class TestNamespace {
     init() throws {
         guard getuid() == 0 else { throw XCTSkip("SKIPPED: this test needs root (ip netns); CI runs it as root") }
         guard FileManager.default.isExecutableFile(atPath: Self.ipPath) else {
-            try requireTool("ip (iproute2)", hint: "apt-get install iproute2")
+            throw missingTool("ip (iproute2)", hint: "apt-get install iproute2")
         }
         name = "p2pti\(getpid() % 100_000)x\(Int.random(in: 0..<1000))"
         try Self.ip(["netns", "add", name])
@@ -96,7 +97,7 @@ final class RedisServer {
     static var executable: String {
         get throws {
             guard let path = findExecutable("redis-server") else {
-                try requireTool("redis-server", hint: "apt-get install redis-server (./scripts/test does it)")
+                throw missingTool("redis-server", hint: "apt-get install redis-server (./scripts/test does it)")
             }
             return path
         }

@@ -20,7 +20,7 @@ final class TransportInteropPythonTests: XCTestCase {
 
     override func setUp() async throws {
         guard let python = ProcessInfo.processInfo.environment["P2PCHAT_PYTHON"], !python.isEmpty else {
-            try requireTool("P2PCHAT_PYTHON (py-libp2p 0.8.1's venv)", hint: "run ./scripts/test")
+            throw missingTool("P2PCHAT_PYTHON (py-libp2p 0.8.1's venv)", hint: "run ./scripts/test")
         }
         self.python = python
         _ = try RedisServer.executable
