@@ -6,12 +6,15 @@ import PackageDescription
 //   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub, KadDHT,
 //   RequestResponse, FileShare, ChatHistory, Relay, AutoNAT, DCUtR ; MDNS
 //   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
+// RedisRESP (NIO only) ; with Host, Ping, Identify <- TransportInterop <- P2PInterop (p2pchat-interop)
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "p2pchat", targets: ["P2PChat"]),
         .executable(name: "p2pbench", targets: ["P2PBench"]),
+        // One side of libp2p's transport-interop ping test (interop/README.md).
+        .executable(name: "p2pchat-interop", targets: ["P2PInterop"]),
         // Fuzz targets of the network decoders (Fuzz/run.sh; replays its corpus without libFuzzer).
         .executable(name: "p2pfuzz", targets: ["P2PFuzz"]),
         .executable(name: "echo-example", targets: ["EchoExample"]),
@@ -42,6 +45,7 @@ let package = Package(
         .library(name: "Relay", targets: ["Relay"]),
         .library(name: "AutoNAT", targets: ["AutoNAT"]),
         .library(name: "DCUtR", targets: ["DCUtR"]),
+        .library(name: "RedisRESP", targets: ["RedisRESP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -273,7 +277,7 @@ let package = Package(
             name: "P2PFuzz",
             dependencies: [
                 "Multiformats", "Multistream", "Yamux", "Noise", "TLS", "LibP2PSecurity", "Identity", "MDNS", "Identify",
-                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory",
+                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "RedisRESP",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/P2PFuzz"
@@ -284,6 +288,26 @@ let package = Package(
                 "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        // A minimal RESP2 client (PING, DEL, RPUSH, BLPOP): the transport-interop harness's coordination.
+        .target(
+            name: "RedisRESP",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+        ),
+        // The transport-interop ping test (both harnesses' environments and outputs) on our stack.
+        .target(
+            name: "TransportInterop",
+            dependencies: [
+                "Host", "Identify", "Identity", "LibP2PSecurity", "Multiformats", "Noise", "Ping", "RedisRESP", "TLS", "Transport",
+                "WebSocket",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "P2PInterop",
+            dependencies: ["TransportInterop", .product(name: "Logging", package: "swift-log")]
         ),
         // Re-exports what an application needs (`import Libp2p`).
         .target(
@@ -363,6 +387,14 @@ let package = Package(
             dependencies: [
                 "Host", "Identify", "Ping", "Perf", "PubSub", "KadDHT", "RequestResponse", "Relay", "AutoNAT", "DCUtR", "TLS", "WebSocket", "TestSupport",
                 "ChildProcess",
+            ]
+        ),
+        .testTarget(
+            name: "TransportInteropTests",
+            dependencies: [
+                "TransportInterop", "RedisRESP", "ChildProcess", "Identity", "Multiformats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .testTarget(

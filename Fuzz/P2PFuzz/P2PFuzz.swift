@@ -8,6 +8,7 @@ import Multiformats
 import Multistream
 import NIOCore
 import Noise
+import RedisRESP
 import Relay
 import TLS
 import Yamux
@@ -29,7 +30,7 @@ import Yamux
 enum FuzzTarget: String, CaseIterable {
     case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope, identify, pubsub
     case noiseTransport = "noise-transport", tlsHandshake = "tls-handshake", tlsCertificate = "tls-certificate"
-    case dht, relay, dcutr, autonat, file, history
+    case dht, relay, dcutr, autonat, file, history, resp
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -66,6 +67,22 @@ enum FuzzTarget: String, CaseIterable {
             for chunk in Self.chunks(bytes) {
                 var input = ByteBuffer(bytes: chunk)
                 guard (try? handshake.receive(&input, output: &output)) != nil else { return }
+            }
+        case .resp:
+            // Redis replies as the client's frame decoder sees them: in pieces, value after value.
+            let decoder = RESPDecoder()
+            var pending: [UInt8] = []
+            for chunk in Self.chunks(bytes) {
+                pending += chunk
+                while true {
+                    let decoded: (value: RESPValue, consumed: Int)?
+                    do { decoded = try decoder.decode(pending) } catch { return }
+                    guard let (_, consumed) = decoded else { break }
+                    guard consumed > 0, consumed <= pending.count else {
+                        fatalError("RESP decoder consumed \(consumed) of \(pending.count) bytes")
+                    }
+                    pending.removeFirst(consumed)
+                }
             }
         case .dns:
             _ = try? DNSMessage(bytes: bytes)
