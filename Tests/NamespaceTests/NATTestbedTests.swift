@@ -359,6 +359,26 @@ final class NATTestbedResetTests: NATTestbedCase {
     }
 
 
+    /// Two homes behind routers that answer unsolicited SYNs with a reset: a
+    /// SYN that reaches the other router before that router's own SYN left is
+    /// refused, and its reset closes the dialling socket, so the hole punch
+    /// fails. The homes found each other through the relay (AutoRelay, DHT)
+    /// and go on chatting over the relayed connection.
+    func testHomesBehindResettingRoutersChatThroughTheRelay() async throws {
+        let (relay, relayAddress) = try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        let homes = try (1...2).map { index in
+            try testbed.start(
+                "home\(index)",
+                ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
+        }
+        let ids = try await [peerID(homes[0]), peerID(homes[1])]
+        try await event(homes[0], "connected", within: 60) { $0["peer"] == ids[1] && ($0["addr"]?.contains("/p2p-circuit") ?? false) }
+        try await sendUntilReceived("through the relay, router 1 to 2", from: homes[0], to: homes[1])
+        try await sendUntilReceived("through the relay, router 2 to 1", from: homes[1], to: homes[0])
+        for home in homes { home.closeInput() }
+    }
+
     /// A public chat reaches a home through its circuit address (the home
     /// reserved on the relay by itself); the home, which accepted the relayed
     /// connection, dials the public chat directly (the unilateral upgrade), so
