@@ -393,10 +393,17 @@ public final class KadDHT: Sendable {
     @discardableResult
     public func provide(_ key: [UInt8]) async -> Int {
         let now = Instant.now
+        // As many addresses as a provider record may carry (a server refuses more).
+        let limits = state.withLock { $0.providers.limits }
+        @Sendable func record(_ addresses: [Multiaddr]) -> DHTPeer {
+            DHTPeer(id: host.localPeer, addresses: limits.carried(addresses))
+        }
         let me = DHTPeer(id: host.localPeer, addresses: host.listenAddresses)
         state.withLock { state in
             state.provided[key] = now
-            state.providers.add(me, for: key, now: now)
+            do { try state.providers.add(record(me.addresses), for: key, now: now) } catch {
+                logger.debug("own provider record not kept", metadata: ["error": "\(error)"])
+            }
         }
         let closest = await closestPeers(to: key)
         return await withTaskGroup(of: Bool.self) { group in
@@ -406,7 +413,7 @@ public final class KadDHT: Sendable {
                         // Our addresses that this peer's askers can use (see `DHTServer.handle`):
                         // the addresses it can dial itself. With none, it falls back to what it knows of us.
                         let seenAt = try await host.connect(to: peer).remoteAddress
-                        let announced = me.dialable(byPeerAt: seenAt) ?? DHTPeer(id: me.id, addresses: [])
+                        let announced = record(me.dialable(byPeerAt: seenAt)?.addresses ?? [])
                         _ = try await send(DHTMessage(type: .addProvider, key: key, providerPeers: [announced]), to: peer)
                         return true
                     } catch {

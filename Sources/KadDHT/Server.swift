@@ -58,11 +58,17 @@ public enum DHTServer {
             return .respond(request)
         case .addProvider:
             guard !request.key.isEmpty else { return .reject("ADD_PROVIDER without a key") }
-            // Only the sender may announce itself (the spec ignores other providers).
+            // Only the sender may announce itself (the spec: "all providerPeers that match the RPC
+            // sender's PeerID are recorded"; others are ignored).
             for provider in request.providerPeers where provider.id == sender {
-                // Without addresses in the message, those we know (e.g. of the connection) serve.
-                let announced = provider.addresses.isEmpty ? DHTPeer(id: sender, addresses: addresses(sender)) : provider
-                providers.add(announced, for: request.key, now: now)
+                // Without addresses in the message, those we know (e.g. of the connection) serve, as many as a record may carry.
+                let announced =
+                    provider.addresses.isEmpty ? DHTPeer(id: sender, addresses: providers.limits.carried(addresses(sender))) : provider
+                do {
+                    try providers.add(announced, for: request.key, now: now)
+                } catch {
+                    return .reject("ADD_PROVIDER refused: \(error)")
+                }
             }
             return .none
         case .getProviders:

@@ -1,0 +1,164 @@
+import Host
+import Identity
+import KadDHT
+import Multiformats
+import NIOPosix
+import TestSupport
+import Transport
+import XCTest
+
+/// Issue 25, row 3: what a peer sending ADD_PROVIDER can make a DHT
+/// server hold. The server is the pure `DHTServer.handle` fed what the
+/// service feeds it (the sender, the address of its connection, the time);
+/// the last test drives the same through a real server over loopback TCP.
+final class ProviderStoreHardeningTests: XCTestCase {
+    let now = ContinuousClock.now
+
+    /// The largest address a record may carry: `/dns4/<name>/tcp/<port>` of 246 bytes.
+    static func largestAddress(_ index: Int) -> Multiaddr {
+        let name = String(repeating: "a", count: 236) + String(format: "%04d", index % 10_000)
+        return Multiaddr([.dns4(name), .tcp(UInt16(4000 + index % 1000))])
+    }
+
+    static func largestRecord(_ peer: PeerID) -> DHTPeer {
+        DHTPeer(id: peer, addresses: (0..<16).map(largestAddress))
+    }
+
+    /// A key of `index`, as a chat's topic key (a sha2-256 multihash).
+    static func key(_ index: Int) -> [UInt8] { ContentKey.topic("topic-\(index)") }
+
+    struct Server {
+        var records = RecordStore()
+        var providers = ProviderStore()
+        let table = RoutingTable(localPeer: randomPeer())
+
+        /// ADD_PROVIDER of `record` for `key` from its own peer at `ip`; true when it was stored.
+        @discardableResult
+        mutating func announce(_ record: DHTPeer, key: [UInt8], from ip: String, now: ContinuousClock.Instant) -> Bool {
+            let reply = DHTServer.handle(
+                DHTMessage(type: .addProvider, key: key, providerPeers: [record]), from: record.id,
+                at: try! Multiaddr("/ip4/\(ip)/tcp/4001"), records: &records, providers: &providers, table: table, now: now,
+                addresses: { _ in [] })
+            return reply == .none && providers.providers(of: key, now: now).contains { $0.id == record.id }
+        }
+
+        /// GET_PROVIDERS for `key`, asked from a peer elsewhere.
+        mutating func providers(of key: [UInt8], now: ContinuousClock.Instant) -> [PeerID] {
+            let reply = DHTServer.handle(
+                DHTMessage(type: .getProviders, key: key), from: randomPeer(), at: try! Multiaddr("/ip4/203.0.113.50/tcp/1"),
+                records: &records, providers: &providers, table: table, now: now, addresses: { _ in [] })
+            guard case .respond(let message) = reply else { return [] }
+            return message.providerPeers.map(\.id)
+        }
+    }
+
+    /// Row 3: records of 16 addresses of 246 bytes each (the most a record
+    /// may carry) from 64 networks, 8 identities each, on 8000 keys: the store
+    /// holds at most its 32 MiB, charged for what the records hold in memory.
+    /// Before, the store counted records only (100 000 of up to 32 addresses
+    /// of 1 KiB: 37 KiB each, 40 000 records = +1441 MiB); 8000 of these were
+    /// all kept, 47 MiB by the same measure.
+    func testLargeRecordsAreBoundedByTheBytesTheyHold() {
+        var server = Server()
+        let limits = server.providers.limits
+        var stored = 0
+        var refused = 0
+        let identities = (0..<64).map { network in (0..<8).map { _ in (randomPeer(), "198.18.\(network).1") } }.flatMap { $0 }
+        for index in 0..<8000 {
+            let (peer, ip) = identities[index % identities.count]
+            if server.announce(Self.largestRecord(peer), key: Self.key(index), from: ip, now: now) { stored += 1 } else { refused += 1 }
+        }
+        // What is held, measured from the answers (the charge of every record listed).
+        var held = 0
+        for index in 0..<8000 {
+            let key = Self.key(index)
+            for provider in server.providers.providers(of: key, now: now) { held += ProviderStore.charge(key: key, peer: provider) }
+        }
+        XCTAssertLessThanOrEqual(held, limits.maxTotalBytes, "\(stored) records of \(held) bytes kept")
+        XCTAssertEqual(held, server.providers.totalBytes)
+        XCTAssertGreaterThan(refused, 0)
+        XCTAssertGreaterThan(held, limits.maxTotalBytes * 9 / 10, "the store is used up to its bytes, not refused early")
+        XCTAssertLessThan(stored, limits.maxTotal / 10, "bytes bound it long before the count")
+        // Full to its bytes: a few more small records fit in what is left, then the store says it is full.
+        var full = server.providers
+        var refusal: ProviderStoreError?
+        for index in 0..<10 where refusal == nil {
+            do {
+                try full.add(
+                    DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/203.0.113.9/tcp/4001")]), for: Self.key(90_000 + index),
+                    now: now)
+            } catch { refusal = error }
+        }
+        XCTAssertEqual(refusal, .storeFull)
+        XCTAssertLessThanOrEqual(full.totalBytes, limits.maxTotalBytes)
+        // Expired records give their bytes back.
+        server.providers.expire(now: now + ProviderStore.expiry)
+        XCTAssertEqual(server.providers.totalBytes, 0)
+        XCTAssertEqual(server.providers.total, 0)
+    }
+
+    /// Row 3: what one record may carry is capped, and a record beyond is refused (the stream reset).
+    func testARecordCarryingTooMuchIsRefused() throws {
+        var server = Server()
+        let peer = randomPeer()
+        let seventeen = DHTPeer(id: peer, addresses: (0..<17).map(Self.largestAddress))
+        XCTAssertFalse(server.announce(seventeen, key: Self.key(1), from: "198.18.0.1", now: now))
+        let long = try Multiaddr("/dns4/\(String(repeating: "b", count: 260))/tcp/1")
+        XCTAssertFalse(server.announce(DHTPeer(id: peer, addresses: [long]), key: Self.key(1), from: "198.18.0.1", now: now))
+        let reply = DHTServer.handle(
+            DHTMessage(type: .addProvider, key: Self.key(1), providerPeers: [seventeen]), from: peer,
+            at: try Multiaddr("/ip4/198.18.0.1/tcp/1"), records: &server.records, providers: &server.providers,
+            table: server.table, now: now, addresses: { _ in [] })
+        guard case .reject(let why) = reply else { return XCTFail("\(reply)") }
+        XCTAssertTrue(why.contains("17 addresses"), why)
+        XCTAssertThrowsError(try server.providers.add(seventeen, for: Self.key(1), now: now)) {
+            XCTAssertEqual($0 as? ProviderStoreError, .tooManyAddresses(17, limit: 16))
+        }
+        XCTAssertThrowsError(try server.providers.add(DHTPeer(id: peer, addresses: []), for: [UInt8](repeating: 1, count: 81), now: now)) {
+            XCTAssertEqual($0 as? ProviderStoreError, .badKey(length: 81, limit: ProviderStore.maxKeyLength))
+        }
+        let deep = Multiaddr([.ip4([198, 18, 0, 1]), .tcp(1)] + Array(repeating: MultiaddrComponent.tls, count: 23))
+        XCTAssertThrowsError(try server.providers.add(DHTPeer(id: peer, addresses: [deep]), for: Self.key(1), now: now)) {
+            XCTAssertEqual($0 as? ProviderStoreError, .addressTooDeep(25, limit: 24))
+        }
+        XCTAssertEqual(server.providers.total, 0)
+        // The most a record may carry is taken.
+        XCTAssertTrue(server.announce(Self.largestRecord(peer), key: Self.key(1), from: "198.18.0.1", now: now))
+    }
+
+    /// Through a real server: a record over the caps resets the stream and
+    /// is not kept; one within them is kept.
+    func testTheServiceRefusesOversizedRecords() async throws {
+        try await withDeadline(30) {
+            let group = MultiThreadedEventLoopGroup.singleton
+            let (serverHost, serverAddress) = try await makeTestHost(group: group)
+            let server = KadDHT(host: serverHost, configuration: KadDHTConfiguration(mode: .server))
+            server.start()
+            let (clientHost, _) = try await makeTestHost(group: group)
+            _ = try await clientHost.connect(serverAddress)
+            let me = clientHost.localPeer
+            let key = ContentKey.topic("through a server")
+            func announce(_ record: DHTPeer) async throws -> Bool {
+                let stream = try await clientHost.newStream(to: serverHost.localPeer, protocols: [KadDHT.protocolID])
+                try await stream.write(DHTMessage(type: .addProvider, key: key, providerPeers: [record]).framed())
+                // Then a ping on the same stream: answered unless the server reset it.
+                try? await stream.write(DHTMessage(type: .ping).framed())
+                var reader = StreamReader(stream)
+                let pong = try? await reader.readLengthPrefixed(maxLength: DHTMessage.maxSize)
+                stream.reset()
+                return pong != nil
+            }
+            let tooMany = DHTPeer(id: me, addresses: (0..<17).map { try! Multiaddr("/ip4/127.0.0.1/tcp/\(4000 + $0)") })
+            let answered = try await announce(tooMany)
+            XCTAssertFalse(answered, "the stream is reset")
+            XCTAssertEqual(server.storedProviders(of: key), [])
+            let fine = DHTPeer(id: me, addresses: [try Multiaddr("/ip4/127.0.0.1/tcp/4001")])
+            let stillServed = try await announce(fine)
+            XCTAssertTrue(stillServed)
+            XCTAssertEqual(server.storedProviders(of: key), [fine])
+            await server.close()
+            await clientHost.close()
+            await serverHost.close()
+        }
+    }
+}
