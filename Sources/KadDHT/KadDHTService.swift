@@ -179,6 +179,11 @@ public final class KadDHT: Sendable {
         state.withLock { $0.providers.providers(of: key, now: .now) }
     }
 
+    /// Provider records (and their bytes) we hold from peers at `address`'s network (see `ProviderSource`).
+    public func heldProviders(from address: Multiaddr) -> (count: Int, bytes: Int) {
+        state.withLock { $0.providers.held(bySource: ProviderSource(address: address)) }
+    }
+
     public var routingTableSize: Int { state.withLock { $0.table.count } }
     public var routingTablePeers: [PeerID] { state.withLock { $0.table.peers } }
 

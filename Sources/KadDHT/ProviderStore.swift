@@ -9,6 +9,10 @@ public enum ProviderStoreError: Error, CustomStringConvertible, Sendable, Equata
     case addressTooDeep(Int, limit: Int)
     /// The whole store is at its count or its bytes.
     case storeFull
+    /// This provider id holds its share of the store already.
+    case providerShareFull
+    /// The network the record came from (an IPv4 address, an IPv6 /64) holds its share already.
+    case sourceShareFull
     /// Every slot of the key is taken.
     case keyFull
 
@@ -19,18 +23,41 @@ public enum ProviderStoreError: Error, CustomStringConvertible, Sendable, Equata
         case .addressTooLong(let size, let limit): return "provider address of \(size) bytes, over \(limit)"
         case .addressTooDeep(let count, let limit): return "provider address of \(count) protocols, over \(limit)"
         case .storeFull: return "provider store full"
+        case .providerShareFull: return "this provider holds its share of the provider store"
+        case .sourceShareFull: return "the sender's network holds its share of the provider store"
         case .keyFull: return "every provider slot of this key is taken"
+        }
+    }
+}
+
+/// Where a provider record came from, for the shares of the store: the
+/// IPv4 address of the connection that sent it, the /64 of an IPv6 one (what
+/// one host or customer gets), or the whole address when it has no IP.
+/// Records a node adds itself have no source.
+public struct ProviderSource: Hashable, Sendable {
+    let bytes: [UInt8]
+
+    public init(address: Multiaddr) {
+        let ip = if case .ip6zone? = address.components.first { address.components.dropFirst().first } else { address.components.first }
+        switch ip {
+        case .ip4(let bytes)?: self.bytes = [4] + bytes
+        case .ip6(let bytes)? where bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF:
+            self.bytes = [4] + bytes[12...]
+        case .ip6(let bytes)?: self.bytes = [6] + bytes.prefix(8)
+        default: self.bytes = [0] + address.bytes
         }
     }
 }
 
 /// Who provides which key: provider records that expire after 48 h (so
 /// providers republish every 22 h), bounded by count and by the bytes they
-/// hold, per key and in total; what one record may carry is capped.
+/// hold, per key, per provider, per source network and in total; what one
+/// record may carry is capped.
 ///
 /// Memory is charged when a record is accepted, in bytes, for what it holds
 /// (`charge(key:peer:)`), as go-libp2p's resource manager and rust-libp2p's
-/// kad store limits do.
+/// kad store limits do; every share is a part of the whole, so no one peer or
+/// network can take it all.
 public struct ProviderStore: Sendable {
     /// Time as the store takes it (an input: the store reads no clock).
     public typealias Instant = ContinuousClock.Instant
@@ -52,6 +79,12 @@ public struct ProviderStore: Sendable {
         public var maxAddressBytes = 256
         /// Protocols per address (the longest in use, a WebTransport address with two certificate hashes through a relay, has 14).
         public var maxComponentsPerAddress = 24
+        /// One provider id's share, in records and bytes.
+        public var maxPerProvider = 1_024
+        public var maxBytesPerProvider = 1 << 20
+        /// One source network's share (all the identities it sends), in records and bytes.
+        public var maxPerSource = 6_250
+        public var maxBytesPerSource = 2 << 20
 
         public init() {}
 
@@ -70,12 +103,22 @@ public struct ProviderStore: Sendable {
     public struct Provider: Sendable, Equatable {
         public var peer: DHTPeer
         public var expires: Instant
+        /// Nil when we added it ourselves.
+        public var source: ProviderSource?
         /// The bytes it is charged.
         public var charge: Int
     }
 
+    /// Records and bytes held by one provider or source.
+    struct Usage: Sendable {
+        var count = 0
+        var bytes = 0
+    }
+
     public let limits: Limits
     private var providers: [[UInt8]: [Provider]] = [:]
+    private var byProvider: [PeerID: Usage] = [:]
+    private var bySource: [ProviderSource: Usage] = [:]
     public private(set) var total = 0
     public private(set) var totalBytes = 0
 
@@ -93,6 +136,18 @@ public struct ProviderStore: Sendable {
     public var maxPerKey: Int { limits.maxPerKey }
     public var maxTotal: Int { limits.maxTotal }
     public var keyCount: Int { providers.count }
+
+    /// Records and bytes held for `peer` as a provider.
+    public func held(byProvider peer: PeerID) -> (count: Int, bytes: Int) {
+        let usage = byProvider[peer] ?? Usage()
+        return (usage.count, usage.bytes)
+    }
+
+    /// Records and bytes held from `source`.
+    public func held(bySource source: ProviderSource) -> (count: Int, bytes: Int) {
+        let usage = bySource[source] ?? Usage()
+        return (usage.count, usage.bytes)
+    }
 
     /// The bytes a record of `peer` for `key` holds: its key, id and addresses
     /// as kept in memory (each address's components and their payloads), and
@@ -137,18 +192,20 @@ public struct ProviderStore: Sendable {
         }
     }
 
-    /// Adds or refreshes a provider of `key`. Throws, keeping what is
-    /// stored, when the record carries too much or a bound refuses it.
-    public mutating func add(_ peer: DHTPeer, for key: [UInt8], now: Instant) throws(ProviderStoreError) {
+    /// Adds or refreshes a provider of `key`, sent from `source` (nil: added
+    /// by this node, outside the shares). Throws, keeping what is stored, when
+    /// the record carries too much or a bound refuses it.
+    public mutating func add(
+        _ peer: DHTPeer, for key: [UInt8], from source: ProviderSource? = nil, now: Instant
+    ) throws(ProviderStoreError) {
         try check(peer, for: key)
         var list = providers[key] ?? []
         for gone in list.indices.reversed() where list[gone].expires <= now { release(list.remove(at: gone)) }
         defer { providers[key] = list.isEmpty ? nil : list }
-        let record = Provider(peer: peer, expires: now + Self.expiry, charge: Self.charge(key: key, peer: peer))
+        let record = Provider(peer: peer, expires: now + Self.expiry, source: source, charge: Self.charge(key: key, peer: peer))
         let existing = list.firstIndex { $0.peer.id == peer.id }
-        let added = existing == nil ? 1 : 0
-        let grown = record.charge - (existing.map { list[$0].charge } ?? 0)
-        guard total + added <= limits.maxTotal, totalBytes + grown <= limits.maxTotalBytes else { throw .storeFull }
+        let old = existing.map { list[$0] }
+        try admit(record, replacing: old)
         if let existing {
             release(list[existing])
             list[existing] = record
@@ -159,14 +216,44 @@ public struct ProviderStore: Sendable {
         hold(record)
     }
 
+    /// Whether the shares and the whole take `record` (in place of `old`, the same provider's record of the key).
+    private func admit(_ record: Provider, replacing old: Provider?) throws(ProviderStoreError) {
+        let added = old == nil ? 1 : 0
+        let grown = record.charge - (old?.charge ?? 0)
+        guard total + added <= limits.maxTotal, totalBytes + grown <= limits.maxTotalBytes else { throw .storeFull }
+        guard let source = record.source else { return }
+        let provider = byProvider[record.peer.id] ?? Usage()
+        guard provider.count + added <= limits.maxPerProvider, provider.bytes + grown <= limits.maxBytesPerProvider else {
+            throw .providerShareFull
+        }
+        // A refresh from another network moves the record's whole charge there.
+        let moved = old?.source == source ? (added, grown) : (1, record.charge)
+        let network = bySource[source] ?? Usage()
+        guard network.count + moved.0 <= limits.maxPerSource, network.bytes + moved.1 <= limits.maxBytesPerSource else {
+            throw .sourceShareFull
+        }
+    }
+
     private mutating func hold(_ record: Provider) {
         total += 1
         totalBytes += record.charge
+        guard let source = record.source else { return }
+        byProvider[record.peer.id, default: Usage()].count += 1
+        byProvider[record.peer.id, default: Usage()].bytes += record.charge
+        bySource[source, default: Usage()].count += 1
+        bySource[source, default: Usage()].bytes += record.charge
     }
 
     private mutating func release(_ record: Provider) {
         total -= 1
         totalBytes -= record.charge
+        guard let source = record.source else { return }
+        byProvider[record.peer.id]?.count -= 1
+        byProvider[record.peer.id]?.bytes -= record.charge
+        if byProvider[record.peer.id]?.count == 0 { byProvider[record.peer.id] = nil }
+        bySource[source]?.count -= 1
+        bySource[source]?.bytes -= record.charge
+        if bySource[source]?.count == 0 { bySource[source] = nil }
     }
 
     /// The live providers of `key`, the most recently refreshed first (a

@@ -59,13 +59,15 @@ public enum DHTServer {
         case .addProvider:
             guard !request.key.isEmpty else { return .reject("ADD_PROVIDER without a key") }
             // Only the sender may announce itself (the spec: "all providerPeers that match the RPC
-            // sender's PeerID are recorded"; others are ignored).
+            // sender's PeerID are recorded"; others are ignored). The record is charged to the
+            // sender and to the network of the connection it came on.
+            let source = ProviderSource(address: senderAddress)
             for provider in request.providerPeers where provider.id == sender {
                 // Without addresses in the message, those we know (e.g. of the connection) serve, as many as a record may carry.
                 let announced =
                     provider.addresses.isEmpty ? DHTPeer(id: sender, addresses: providers.limits.carried(addresses(sender))) : provider
                 do {
-                    try providers.add(announced, for: request.key, now: now)
+                    try providers.add(announced, for: request.key, from: source, now: now)
                 } catch {
                     return .reject("ADD_PROVIDER refused: \(error)")
                 }

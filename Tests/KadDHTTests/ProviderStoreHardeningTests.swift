@@ -7,7 +7,7 @@ import TestSupport
 import Transport
 import XCTest
 
-/// Issue 25, row 3: what a peer sending ADD_PROVIDER can make a DHT
+/// Issue 25, rows 3 and 7: what a peer sending ADD_PROVIDER can make a DHT
 /// server hold. The server is the pure `DHTServer.handle` fed what the
 /// service feeds it (the sender, the address of its connection, the time);
 /// the last test drives the same through a real server over loopback TCP.
@@ -86,7 +86,7 @@ final class ProviderStoreHardeningTests: XCTestCase {
             do {
                 try full.add(
                     DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/203.0.113.9/tcp/4001")]), for: Self.key(90_000 + index),
-                    now: now)
+                    from: ProviderSource(address: try! Multiaddr("/ip4/203.0.113.\(index)/tcp/4001")), now: now)
             } catch { refusal = error }
         }
         XCTAssertEqual(refusal, .storeFull)
@@ -126,9 +126,65 @@ final class ProviderStoreHardeningTests: XCTestCase {
         XCTAssertTrue(server.announce(Self.largestRecord(peer), key: Self.key(1), from: "198.18.0.1", now: now))
     }
 
+    /// Row 7: one peer, then 20 000 identities from the same address, announce
+    /// 100 000 and 20 000 keys. Each is held to its share; a new topic
+    /// announced afterwards from elsewhere is stored and found. Before, the
+    /// first peer alone filled the store (100 000 records) and the new topic
+    /// could not be announced for 48 h.
+    func testOnePeerOrOneNetworkCannotTakeTheProviderStore() {
+        var server = Server()
+        let limits = server.providers.limits
+        let attacker = randomPeer()
+        let small = DHTPeer(id: attacker, addresses: [try! Multiaddr("/ip4/198.51.100.7/tcp/4001")])
+        var stored = 0
+        for index in 0..<100_000 where server.announce(small, key: Self.key(index), from: "198.51.100.7", now: now) { stored += 1 }
+        XCTAssertEqual(stored, limits.maxPerProvider, "one provider id gets its share")
+        XCTAssertEqual(server.providers.held(byProvider: attacker).count, limits.maxPerProvider)
+        // A thousand identities from the same address: the address's share.
+        var sybils = 0
+        for index in 0..<20_000 {
+            let record = DHTPeer(id: randomPeer(), addresses: small.addresses)
+            if server.announce(record, key: Self.key(100_000 + index), from: "198.51.100.7", now: now) { sybils += 1 }
+        }
+        XCTAssertLessThan(sybils, 20_000)
+        let network = server.providers.held(bySource: ProviderSource(address: try! Multiaddr("/ip4/198.51.100.7/tcp/1")))
+        XCTAssertLessThanOrEqual(network.count, limits.maxPerSource)
+        XCTAssertLessThanOrEqual(network.bytes, limits.maxBytesPerSource)
+        XCTAssertLessThanOrEqual(server.providers.total, limits.maxTotal / 10, "one network holds a sixteenth at most")
+        // A new topic from another network is stored and found.
+        let honest = DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/203.0.113.9/tcp/4001")])
+        let topic = ContentKey.topic("new topic")
+        XCTAssertTrue(server.announce(honest, key: topic, from: "203.0.113.9", now: now))
+        XCTAssertEqual(server.providers(of: topic, now: now), [honest.id])
+        // Only the sender may name itself: a record naming the honest peer, sent by the attacker, is not stored.
+        let reply = DHTServer.handle(
+            DHTMessage(type: .addProvider, key: ContentKey.topic("forged"), providerPeers: [honest]), from: attacker,
+            at: try! Multiaddr("/ip4/198.51.100.7/tcp/1"), records: &server.records, providers: &server.providers,
+            table: server.table, now: now, addresses: { _ in [] })
+        XCTAssertEqual(reply, .none)
+        XCTAssertEqual(server.providers(of: ContentKey.topic("forged"), now: now), [])
+    }
+
+    /// IPv6 senders share by /64 (one host gets a /64 and could use any
+    /// address of it); an IPv4-mapped address counts as its IPv4.
+    func testSourcesAreNetworks() throws {
+        XCTAssertEqual(
+            ProviderSource(address: try Multiaddr("/ip6/2001:db8:1:2::1/tcp/1")),
+            ProviderSource(address: try Multiaddr("/ip6/2001:db8:1:2:ffff::9/udp/2/quic-v1")))
+        XCTAssertNotEqual(
+            ProviderSource(address: try Multiaddr("/ip6/2001:db8:1:2::1/tcp/1")),
+            ProviderSource(address: try Multiaddr("/ip6/2001:db8:1:3::1/tcp/1")))
+        XCTAssertEqual(
+            ProviderSource(address: try Multiaddr("/ip6/::ffff:198.51.100.7/tcp/1")),
+            ProviderSource(address: try Multiaddr("/ip4/198.51.100.7/tcp/2")))
+        XCTAssertNotEqual(
+            ProviderSource(address: try Multiaddr("/ip4/198.51.100.7/tcp/1")),
+            ProviderSource(address: try Multiaddr("/ip4/198.51.100.8/tcp/1")))
+    }
+
     /// Through a real server: a record over the caps resets the stream and
-    /// is not kept; one within them is kept.
-    func testTheServiceRefusesOversizedRecords() async throws {
+    /// is not kept; one within them is kept, charged to the connection's address.
+    func testTheServiceChargesTheConnectionsAddressAndRefusesOversizedRecords() async throws {
         try await withDeadline(30) {
             let group = MultiThreadedEventLoopGroup.singleton
             let (serverHost, serverAddress) = try await makeTestHost(group: group)
@@ -156,6 +212,9 @@ final class ProviderStoreHardeningTests: XCTestCase {
             let stillServed = try await announce(fine)
             XCTAssertTrue(stillServed)
             XCTAssertEqual(server.storedProviders(of: key), [fine])
+            let held = server.heldProviders(from: try Multiaddr("/ip4/127.0.0.1/tcp/1"))
+            XCTAssertEqual(held.count, 1, "charged to the connection's address")
+            XCTAssertEqual(held.bytes, ProviderStore.charge(key: key, peer: fine))
             await server.close()
             await clientHost.close()
             await serverHost.close()
