@@ -13,7 +13,7 @@ public enum ProviderStoreError: Error, CustomStringConvertible, Sendable, Equata
     case providerShareFull
     /// The network the record came from (an IPv4 address, an IPv6 /64) holds its share already.
     case sourceShareFull
-    /// Every slot of the key is taken.
+    /// Every slot of the key is taken by networks holding no more than the sender's.
     case keyFull
 
     public var description: String {
@@ -51,13 +51,17 @@ public struct ProviderSource: Hashable, Sendable {
 
 /// Who provides which key: provider records that expire after 48 h (so
 /// providers republish every 22 h), bounded by count and by the bytes they
-/// hold, per key, per provider, per source network and in total; what one
-/// record may carry is capped.
+/// hold, per key, per provider, per source network and in total.
 ///
 /// Memory is charged when a record is accepted, in bytes, for what it holds
 /// (`charge(key:peer:)`), as go-libp2p's resource manager and rust-libp2p's
 /// kad store limits do; every share is a part of the whole, so no one peer or
-/// network can take it all.
+/// network can take it all. A key's slots go to the networks fairly: one
+/// network holds at most `maxPerKeyPerSource` of them (a newcomer from it
+/// takes the slot of its least recently refreshed one: peers behind one NAT
+/// that come and go replace their departed predecessors), and when the key
+/// is full a provider from a network with fewer takes the slot of the least
+/// recently refreshed provider of the network with the most.
 public struct ProviderStore: Sendable {
     /// Time as the store takes it (an input: the store reads no clock).
     public typealias Instant = ContinuousClock.Instant
@@ -85,6 +89,8 @@ public struct ProviderStore: Sendable {
         /// One source network's share (all the identities it sends), in records and bytes.
         public var maxPerSource = 6_250
         public var maxBytesPerSource = 2 << 20
+        /// Providers of one key from one source network.
+        public var maxPerKeyPerSource = 8
 
         public init() {}
 
@@ -203,14 +209,24 @@ public struct ProviderStore: Sendable {
         for gone in list.indices.reversed() where list[gone].expires <= now { release(list.remove(at: gone)) }
         defer { providers[key] = list.isEmpty ? nil : list }
         let record = Provider(peer: peer, expires: now + Self.expiry, source: source, charge: Self.charge(key: key, peer: peer))
-        let existing = list.firstIndex { $0.peer.id == peer.id }
-        let old = existing.map { list[$0] }
+        let old = list.first { $0.peer.id == peer.id }
         try admit(record, replacing: old)
-        if let existing {
+        var evicted: Int?
+        var counts: [ProviderSource?: Int] = [:]
+        for provider in list where provider.peer.id != peer.id { counts[provider.source, default: 0] += 1 }
+        let mine = source.map { counts[$0] ?? 0 } ?? 0
+        // The sender's network against the others, on this key (a refresh from another network counts as
+        // new there): at its share, the newcomer takes the slot of its network's stalest provider.
+        if let source, old?.source != source, mine >= limits.maxPerKeyPerSource {
+            evicted = stalest(of: source, in: list, except: peer.id)
+        } else if old == nil, list.count >= limits.maxPerKey {
+            evicted = try slotToFree(in: list, counts: counts, forSourceHolding: mine)
+        }
+        if let evicted { release(list.remove(at: evicted)) }
+        if let existing = list.firstIndex(where: { $0.peer.id == peer.id }) {
             release(list[existing])
             list[existing] = record
         } else {
-            guard list.count < limits.maxPerKey else { throw .keyFull }
             list.append(record)
         }
         hold(record)
@@ -232,6 +248,26 @@ public struct ProviderStore: Sendable {
         guard network.count + moved.0 <= limits.maxPerSource, network.bytes + moved.1 <= limits.maxBytesPerSource else {
             throw .sourceShareFull
         }
+    }
+
+    /// The index of the provider whose slot a newcomer from a network holding
+    /// `mine` slots of the key takes: the least recently refreshed of the
+    /// network holding the most, if it holds at least two more (so slots end
+    /// up shared evenly among networks); `keyFull` otherwise.
+    private func slotToFree(in list: [Provider], counts: [ProviderSource?: Int], forSourceHolding mine: Int)
+        throws(ProviderStoreError) -> Int
+    {
+        // Our own records (no source) are never pushed out.
+        guard let (crowded, most) = counts.filter({ $0.key != nil }).max(by: { $0.value < $1.value }), most >= mine + 2 else {
+            throw .keyFull
+        }
+        // Not nil: `crowded` holds `most` >= 2 slots.
+        return stalest(of: crowded, in: list, except: nil) ?? 0
+    }
+
+    /// The index of the least recently refreshed provider from `source` in `list`, other than `peer`.
+    private func stalest(of source: ProviderSource?, in list: [Provider], except peer: PeerID?) -> Int? {
+        list.indices.filter { list[$0].source == source && list[$0].peer.id != peer }.min { list[$0].expires < list[$1].expires }
     }
 
     private mutating func hold(_ record: Provider) {

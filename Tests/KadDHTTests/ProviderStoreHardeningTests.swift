@@ -7,7 +7,7 @@ import TestSupport
 import Transport
 import XCTest
 
-/// Issue 25, rows 3 and 7: what a peer sending ADD_PROVIDER can make a DHT
+/// Issue 25, rows 3, 7 and 8: what a peer sending ADD_PROVIDER can make a DHT
 /// server hold. The server is the pure `DHTServer.handle` fed what the
 /// service feeds it (the sender, the address of its connection, the time);
 /// the last test drives the same through a real server over loopback TCP.
@@ -163,6 +163,57 @@ final class ProviderStoreHardeningTests: XCTestCase {
             table: server.table, now: now, addresses: { _ in [] })
         XCTAssertEqual(reply, .none)
         XCTAssertEqual(server.providers(of: ContentKey.topic("forged"), now: now), [])
+    }
+
+    /// Row 8: 64 identities from one address announce a topic: they hold 8
+    /// of its 64 slots (each newcomer from the address takes the slot of its
+    /// stalest, as homes behind one NAT that come and go replace their
+    /// departed predecessors), and two honest chats from elsewhere are listed.
+    /// Spread over 8 addresses they fill the 64 slots, and a newcomer from
+    /// another address takes the slot of the stalest provider of the most
+    /// represented one. Before, the 64 identities took every slot and the
+    /// honest chats were refused.
+    func testIdentitiesFromOneAddressCannotTakeATopicsSlots() {
+        var server = Server()
+        let topic = ContentKey.topic("lobby")
+        let attackers = (0..<64).map { _ in DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/198.51.100.7/tcp/4001")]) }
+        for (index, attacker) in attackers.enumerated() {
+            XCTAssertTrue(server.announce(attacker, key: topic, from: "198.51.100.7", now: now + .seconds(index)))
+        }
+        XCTAssertEqual(
+            Set(server.providers(of: topic, now: now + .seconds(64))), Set(attackers.suffix(server.providers.limits.maxPerKeyPerSource).map(\.id)),
+            "the address's newest 8")
+        let alice = DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/203.0.113.1/tcp/4001")])
+        let bob = DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/192.0.2.1/tcp/4001")])
+        XCTAssertTrue(server.announce(alice, key: topic, from: "203.0.113.1", now: now + .seconds(64)))
+        XCTAssertTrue(server.announce(bob, key: topic, from: "192.0.2.1", now: now + .seconds(64)))
+        XCTAssertTrue(Set(server.providers(of: topic, now: now + .seconds(64))).isSuperset(of: [alice.id, bob.id]))
+
+        // 8 addresses, 8 identities each, announced over time (the oldest first): the key fills.
+        var crowded = Server()
+        for network in 0..<8 {
+            for index in 0..<8 {
+                let record = DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/198.51.100.\(network)/tcp/4001")])
+                XCTAssertTrue(
+                    crowded.announce(record, key: topic, from: "198.51.100.\(network)", now: now + .seconds(network * 8 + index)))
+            }
+        }
+        XCTAssertEqual(crowded.providers.providers(of: topic, now: now).count, 64)
+        let later = now + .seconds(100)
+        XCTAssertTrue(crowded.announce(alice, key: topic, from: "203.0.113.1", now: later))
+        XCTAssertTrue(crowded.announce(bob, key: topic, from: "192.0.2.1", now: later))
+        let listed = crowded.providers(of: topic, now: later)
+        XCTAssertEqual(listed.count, 64)
+        XCTAssertTrue(Set(listed).isSuperset(of: [alice.id, bob.id]))
+        // Refreshing keeps a slot; the attacker's refresh does not push anyone out.
+        XCTAssertTrue(crowded.announce(alice, key: topic, from: "203.0.113.1", now: later + .seconds(1)))
+        // With every network holding one slot, nobody is pushed out: a 65th network is refused.
+        var even = Server()
+        for network in 0..<64 {
+            let record = DHTPeer(id: randomPeer(), addresses: [try! Multiaddr("/ip4/198.51.\(network).1/tcp/4001")])
+            XCTAssertTrue(even.announce(record, key: topic, from: "198.51.\(network).1", now: now))
+        }
+        XCTAssertFalse(even.announce(alice, key: topic, from: "203.0.113.1", now: now))
     }
 
     /// IPv6 senders share by /64 (one host gets a /64 and could use any
