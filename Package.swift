@@ -399,7 +399,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FileShareTests",
-            dependencies: ["FileShare", "Host", "Transport", "Multiformats", "TestSupport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["FileShare", "Host", "Identity", "Transport", "Multiformats", "TestSupport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(
             name: "ChatHistoryTests",

@@ -49,6 +49,8 @@ public final class FileShareService: Sendable {
     public let configuration: FileShareConfiguration
     private let offers = Mutex<[CID: (offer: FileOffer, path: String)]>([:])
     private let uploads: Mutex<InboundAdmission>
+    /// The partial downloads this service created and may resume.
+    private let partials = Mutex<[PartialKey: PartialFile]>([:])
     private let logger = Logger(label: "p2pchat.files")
 
     public init(host: Libp2pHost, configuration: FileShareConfiguration = .init()) {
@@ -184,9 +186,13 @@ public final class FileShareService: Sendable {
     // MARK: Downloading
 
     /// Fetches an offered file from `peer` into `directory`, resuming a partial
-    /// download of the same file found there, and verifying the whole file
+    /// download of the same file made by this service (its path and its
+    /// file checked: see `PartialFile`), and verifying the whole file
     /// against the offer's CID. Returns the path of the saved file, a new name
-    /// in `directory` (never an existing file overwritten).
+    /// in `directory` (never an existing file overwritten). When the transfer
+    /// stops early (`transport`, `truncated`, `busy`) the partial file is kept
+    /// for the next fetch of the offer, until `discardPartial`; any other
+    /// failure removes it.
     public func fetch(
         _ offer: FileOffer, from peer: PeerID, into directory: String,
         progress: @escaping @Sendable (FileProgress) -> Void = { _ in }
@@ -195,19 +201,15 @@ public final class FileShareService: Sendable {
             throw .tooLarge(size: offer.size, limit: configuration.maxDownloadSize)
         }
         guard let digest = offer.cid.sha256Digest else { throw .notOffered(offer.cid.text()) }
-        let partial = partialPath(in: directory, key: offer.cid.text())
-        var start = partialSize(partial)
-        if start > offer.size {
-            removeFile(partial)
-            start = 0
-        }
+        let key = PartialKey(directory: directory, fileID: offer.cid.text())
+        var (file, partial, start) = try await openPartial(key, resumingUpTo: offer.size)
         let hasher = RunningDigest()
         if start > 0 {
             do {
-                try await forEachChunk(ofFile: partial, length: start) { hasher.update([$0]) }
+                try await forEachChunk(of: file, length: start) { hasher.update([$0]) }
             } catch {
-                removeFile(partial)
-                start = 0
+                await discard(key, file: file, partial: partial)
+                (file, partial, start) = try await openPartial(key, resumingUpTo: nil)
                 hasher.reset()
             }
         }
@@ -217,8 +219,8 @@ public final class FileShareService: Sendable {
         let requestBytes: [UInt8]
         do { requestBytes = try request.serializedBytes() } catch { throw .malformed("\(error)") }
         return try await download(
-            from: peer, protocolID: Self.protocolID, request: requestBytes, partial: partial, start: start,
-            hasher: hasher, expectedDigest: digest, name: offer.name, directory: directory, progress: progress
+            from: peer, protocolID: Self.protocolID, request: requestBytes, key: key, file: file, partial: partial,
+            start: start, hasher: hasher, expectedDigest: digest, name: offer.name, resumable: true, progress: progress
         ) { reader in
             guard let bytes = try await reader.readLengthPrefixed(maxLength: Self.maxRequestLength) else {
                 throw FileTransferError.malformed("the stream ended before the answer")
@@ -241,7 +243,8 @@ public final class FileShareService: Sendable {
 
     /// Fetches a file offered on libp2p's universal-connectivity chat (its
     /// file id, as announced on its file topic). The whole file comes in one
-    /// answer (no resume); it is verified when the id is a SHA-256 CID.
+    /// answer (no resume: a failure removes the partial file); it is verified
+    /// when the id is a SHA-256 CID.
     public func fetchUniversalConnectivity(
         fileID: String, from peer: PeerID, into directory: String, name: String? = nil,
         progress: @escaping @Sendable (FileProgress) -> Void = { _ in }
@@ -249,13 +252,13 @@ public final class FileShareService: Sendable {
         guard fileID.utf8.count <= Self.maxRequestLength, let safeName = FileName.safe(name ?? fileID) else {
             throw .unsafeName(name ?? fileID)
         }
-        let partial = partialPath(in: directory, key: fileID)
-        removeFile(partial)
+        let key = PartialKey(directory: directory, fileID: fileID)
+        let (file, partial, _) = try await openPartial(key, resumingUpTo: nil)
         let limit = configuration.maxDownloadSize
         return try await download(
-            from: peer, protocolID: Self.universalConnectivityProtocolID, request: Array(fileID.utf8), partial: partial,
-            start: 0, hasher: RunningDigest(), expectedDigest: (try? CID(fileID))?.sha256Digest, name: safeName,
-            directory: directory, progress: progress
+            from: peer, protocolID: Self.universalConnectivityProtocolID, request: Array(fileID.utf8), key: key, file: file,
+            partial: partial, start: 0, hasher: RunningDigest(), expectedDigest: (try? CID(fileID))?.sha256Digest,
+            name: safeName, resumable: false, progress: progress
         ) { reader in
             guard let size = try await reader.readVarint() else {
                 throw FileTransferError.malformed("the stream ended before the file's length")
@@ -265,13 +268,49 @@ public final class FileShareService: Sendable {
         }
     }
 
-    /// The common download: request, header (`readHeader` returns the file's
-    /// whole size), then the body appended to `partial` from `start`.
+    /// Removes the partial file a stopped download of `fileID` (an offer's
+    /// CID text, or a universal-connectivity file id) left in `directory`, if
+    /// it is still the file we created.
+    public func discardPartial(fileID: String, in directory: String) {
+        let key = PartialKey(directory: directory, fileID: fileID)
+        partials.withLock { $0.removeValue(forKey: key) }?.remove()
+    }
+
+    /// The download's result, placed; or, on failure, the partial file kept
+    /// for a resume (a stop of the transfer on a resumable download) or removed.
     private func download(
-        from peer: PeerID, protocolID: String, request: [UInt8], partial: String, start: UInt64, hasher digest: RunningDigest,
-        expectedDigest: [UInt8]?, name: String, directory: String, progress: @escaping @Sendable (FileProgress) -> Void,
-        readHeader: (inout StreamReader) async throws -> UInt64
+        from peer: PeerID, protocolID: String, request: [UInt8], key: PartialKey, file: PooledFile, partial: PartialFile,
+        start: UInt64, hasher digest: RunningDigest, expectedDigest: [UInt8]?, name: String, resumable: Bool,
+        progress: @escaping @Sendable (FileProgress) -> Void, readHeader: (inout StreamReader) async throws -> UInt64
     ) async throws(FileTransferError) -> String {
+        do throws(FileTransferError) {
+            try await transfer(
+                from: peer, protocolID: protocolID, request: request, file: file, start: start, hasher: digest,
+                progress: progress, readHeader: readHeader)
+            if let expectedDigest, digest.finalize() != expectedDigest {
+                throw FileTransferError.hashMismatch(
+                    expected: CID(codec: CID.raw, multihash: Multihash(code: Multihash.sha2_256, digest: expectedDigest)).text())
+            }
+            let target = try await place(file, named: name, in: (partial.path as NSString).deletingLastPathComponent)
+            await discard(key, file: file, partial: partial)
+            return target
+        } catch {
+            switch error {
+            case .transport, .truncated, .busy:
+                if resumable { await keep(key, file: file, partial: partial) } else { await discard(key, file: file, partial: partial) }
+            default:
+                await discard(key, file: file, partial: partial)
+            }
+            throw error
+        }
+    }
+
+    /// Request, header (`readHeader` returns the file's whole size), then the
+    /// body appended to `file` from `start`.
+    private func transfer(
+        from peer: PeerID, protocolID: String, request: [UInt8], file: PooledFile, start: UInt64, hasher digest: RunningDigest,
+        progress: @escaping @Sendable (FileProgress) -> Void, readHeader: (inout StreamReader) async throws -> UInt64
+    ) async throws(FileTransferError) {
         let stream: MuxedStream
         do {
             stream = try await host.newStream(to: peer, protocols: [protocolID])
@@ -291,10 +330,6 @@ public final class FileShareService: Sendable {
             var reader = StreamReader(stream)
             total = try await readHeader(&reader)
             watchdog.touch()
-            let file: PooledFile
-            do { file = try await PooledFile.openForAppending(partial) } catch {
-                throw FileTransferError.file(path: partial, underlying: error)
-            }
             // Chunks are gathered into batches of `chunkSize`, each hashed and
             // written on the file pool while the next is gathered (one at a
             // time, in order), so the receiving task only moves buffers.
@@ -324,7 +359,7 @@ public final class FileShareService: Sendable {
                     gathered.append(chunk)
                     gatheredBytes += chunk.readableBytes
                     if gatheredBytes >= configuration.chunkSize {
-                        do { try await flush() } catch { throw FileTransferError.file(path: partial, underlying: error) }
+                        do { try await flush() } catch { throw FileTransferError.file(path: file.path, underlying: error) }
                     }
                     let elapsed = ContinuousClock.now - began
                     let seconds = max(1e-6, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
@@ -334,18 +369,15 @@ public final class FileShareService: Sendable {
                     try await flush()
                     try await flush()
                 } catch {
-                    throw FileTransferError.file(path: partial, underlying: error)
+                    throw FileTransferError.file(path: file.path, underlying: error)
                 }
             } catch {
                 if let writing { _ = try? await writing.value }
-                await file.close()
                 throw error
             }
-            await file.close()
             await stream.close()
         } catch let error as FileTransferError {
             stream.reset()
-            if case .malformed = error { removeFile(partial) }
             throw error
         } catch {
             stream.reset()
@@ -353,43 +385,67 @@ public final class FileShareService: Sendable {
             throw watchdog.fired ? .truncated(received: received, expected: total) : .transport(underlying: error)
         }
         guard received == total else { throw .truncated(received: received, expected: total) }
-        if let expectedDigest, digest.finalize() != expectedDigest {
-            removeFile(partial)
-            throw .hashMismatch(expected: CID(codec: CID.raw, multihash: Multihash(code: Multihash.sha2_256, digest: expectedDigest)).text())
-        }
-        return try place(partial, named: name, in: directory)
     }
 
     // MARK: Files in the download directory
 
-    private func partialPath(in directory: String, key: String) -> String {
-        let digest = SHA256.hash(data: Array(key.utf8)).prefix(12).map { String(format: "%02x", $0) }.joined()
-        return (directory as NSString).appendingPathComponent(".\(digest).part")
+    /// Which partial download: of which file, into which directory.
+    struct PartialKey: Hashable, Sendable {
+        let directory: String
+        let fileID: String
     }
 
-    private func partialSize(_ path: String) -> UInt64 {
-        ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.uint64Value ?? 0
+    /// The partial file of `key` to go on with: the one this service created,
+    /// when it is still that file and holds at most `resumingUpTo` bytes (nil:
+    /// never resume), or a new one. Returns it open, and the bytes it holds.
+    private func openPartial(_ key: PartialKey, resumingUpTo limit: UInt64?) async throws(FileTransferError)
+        -> (PooledFile, PartialFile, UInt64)
+    {
+        if let known = partials.withLock({ $0[key] }) {
+            if let limit, let reopened = try? await PooledFile.reopenPartial(known) {
+                if known.size <= limit { return (reopened, known, known.size) }
+                await reopened.close()
+            }
+            discardPartial(fileID: key.fileID, in: key.directory)
+        }
+        let prefix = SHA256.hash(data: Array(key.fileID.utf8)).prefix(6).map { String(format: "%02x", $0) }.joined()
+        do {
+            let (file, partial) = try await PooledFile.createPartial(in: key.directory, prefix: prefix)
+            partials.withLock { $0[key] = partial }
+            return (file, partial, 0)
+        } catch {
+            throw .file(path: key.directory, underlying: error)
+        }
     }
 
-    private func removeFile(_ path: String) {
-        try? FileManager.default.removeItem(atPath: path)
+    /// Closes and removes a partial file (still open: ours), and forgets it.
+    private func discard(_ key: PartialKey, file: PooledFile, partial: PartialFile) async {
+        await file.close()
+        partials.withLock { if $0[key]?.path == partial.path { $0[key] = nil } }
+        partial.remove(modifiedSince: true)
     }
 
-    /// Moves the finished download to `name` in `directory`, or to `name (1)`,
-    /// `name (2)`... if taken: never over an existing file.
-    private func place(_ partial: String, named name: String, in directory: String) throws(FileTransferError) -> String {
+    /// Closes a partial file kept for a resume, recording its size and time
+    /// as we leave it (forgotten and removed if it cannot be read).
+    private func keep(_ key: PartialKey, file: PooledFile, partial: PartialFile) async {
+        guard let status = try? await file.status() else { return await discard(key, file: file, partial: partial) }
+        await file.close()
+        partials.withLock { $0[key] = PartialFile(path: partial.path, status: status) }
+    }
+
+    /// Gives the finished download (the open partial file) the name `name` in
+    /// `directory`, or `name (1)`, `name (2)`... if taken: never over an existing file.
+    private func place(_ file: PooledFile, named name: String, in directory: String) async throws(FileTransferError) -> String {
         let base = (name as NSString).deletingPathExtension
         let ext = (name as NSString).pathExtension
         for attempt in 0..<1000 {
             let candidate = attempt == 0 ? name : "\(base) (\(attempt))" + (ext.isEmpty ? "" : ".\(ext)")
             let target = (directory as NSString).appendingPathComponent(candidate)
-            guard !FileManager.default.fileExists(atPath: target) else { continue }
             do {
-                // Fails rather than replace a file created meanwhile.
-                try FileManager.default.linkItem(atPath: partial, toPath: target)
-                removeFile(partial)
+                // Fails rather than replace a file (or a link) of that name.
+                try await file.link(to: target)
                 return target
-            } catch where FileManager.default.fileExists(atPath: target) {
+            } catch let error as POSIXError where error.code == .EEXIST {
                 continue
             } catch {
                 throw .file(path: target, underlying: error)

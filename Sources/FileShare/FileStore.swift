@@ -30,18 +30,64 @@ final class PooledFile: Sendable {
         }
     }
 
-    /// Opens (creating it empty if missing) for writing at its end.
-    static func openForAppending(_ path: String) async throws -> PooledFile {
+    /// Creates a new partial download in `directory`: a name nobody can
+    /// predict (`.<prefix>.<128 random bits>.part`), created with `O_EXCL |
+    /// O_NOFOLLOW` (never an existing file, never through a link), owner-only,
+    /// opened for reading and appending.
+    static func createPartial(in directory: String, prefix: String) async throws -> (PooledFile, PartialFile) {
         try await run {
-            if !FileManager.default.fileExists(atPath: path) {
-                guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
-                else { throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path]) }
+            var generator = SystemRandomNumberGenerator()
+            let random = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
+            let path = (directory as NSString).appendingPathComponent(".\(prefix).\(random).part")
+            let descriptor = open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard descriptor >= 0 else { throw POSIXError.current }
+            var status = stat()
+            guard fstat(descriptor, &status) == 0 else {
+                let error = POSIXError.current
+                Glibc.close(descriptor)
+                throw error
             }
-            guard let handle = FileHandle(forWritingAtPath: path) else {
-                throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
+            return (
+                PooledFile(handle: FileHandle(fileDescriptor: descriptor, closeOnDealloc: true), path: path),
+                PartialFile(path: path, status: status)
+            )
+        }
+    }
+
+    /// Opens `partial` again to resume it, only if its path still names the
+    /// very file we created, as we left it (`PartialFile.matches`: not
+    /// through a link, `O_NOFOLLOW`; a regular file of one link, ours, on the
+    /// same device and inode, of the same size and modification time). Nil
+    /// otherwise (it is then not touched).
+    static func reopenPartial(_ partial: PartialFile) async throws -> PooledFile? {
+        try await run {
+            let descriptor = open(partial.path, O_RDWR | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+            guard descriptor >= 0 else { return nil }
+            var status = stat()
+            guard fstat(descriptor, &status) == 0, partial.matches(status) else {
+                Glibc.close(descriptor)
+                return nil
             }
-            try handle.seekToEnd()
-            return PooledFile(handle: handle, path: path)
+            return PooledFile(handle: FileHandle(fileDescriptor: descriptor, closeOnDealloc: true), path: partial.path)
+        }
+    }
+
+    /// The open file's status (`fstat`).
+    func status() async throws -> stat {
+        try await Self.run { [handle] in
+            var status = stat()
+            guard fstat(handle.fileDescriptor, &status) == 0 else { throw POSIXError.current }
+            return status
+        }
+    }
+
+    /// Gives the open file the name `target` (a hard link of this very file,
+    /// through `/proc/self/fd`: whatever its partial path names meanwhile);
+    /// fails with `EEXIST` rather than replace a file.
+    func link(to target: String) async throws {
+        try await Self.run { [handle] in
+            let source = "/proc/self/fd/\(handle.fileDescriptor)"
+            guard linkat(AT_FDCWD, source, AT_FDCWD, target, AT_SYMLINK_FOLLOW) == 0 else { throw POSIXError.current }
         }
     }
 
@@ -79,20 +125,70 @@ func forEachChunk(
     ofFile path: String, length: UInt64, chunk: Int = 1 << 20, _ body: (ByteBuffer) -> Void
 ) async throws {
     let file = try await PooledFile.openForReading(path)
-    var offset: UInt64 = 0
     do {
-        while offset < length {
-            let piece = try await file.read(at: offset, count: Int(min(UInt64(chunk), length - offset)))
-            guard piece.readableBytes > 0 else { break }
-            body(piece)
-            offset += UInt64(piece.readableBytes)
-        }
+        try await forEachChunk(of: file, length: length, chunk: chunk, body)
     } catch {
         await file.close()
         throw error
     }
     await file.close()
+}
+
+/// Hands the open file's first `length` bytes to `body`, chunk by chunk;
+/// throws `truncated` if the file is shorter.
+func forEachChunk(
+    of file: PooledFile, length: UInt64, chunk: Int = 1 << 20, _ body: (ByteBuffer) -> Void
+) async throws {
+    var offset: UInt64 = 0
+    while offset < length {
+        let piece = try await file.read(at: offset, count: Int(min(UInt64(chunk), length - offset)))
+        guard piece.readableBytes > 0 else { break }
+        body(piece)
+        offset += UInt64(piece.readableBytes)
+    }
     guard offset == length else { throw FileTransferError.truncated(received: offset, expected: length) }
+}
+
+/// A partial download this process created: its path, and which file that
+/// was (device and inode), so that a resume or a removal touches that file
+/// only, whatever else the path came to name in a shared directory.
+struct PartialFile: Sendable, Hashable {
+    let path: String
+    let device: UInt64
+    let inode: UInt64
+    /// Its size and modification time (nanoseconds) when we last closed it:
+    /// a file made in its place, even on a reused inode, differs.
+    var size: UInt64 = 0
+    var modified: Int64 = 0
+
+    init(path: String, status: stat) {
+        self.path = path
+        device = UInt64(status.st_dev)
+        inode = UInt64(status.st_ino)
+        size = UInt64(status.st_size)
+        modified = Int64(status.st_mtim.tv_sec) * 1_000_000_000 + Int64(status.st_mtim.tv_nsec)
+    }
+
+    /// Whether `status` (of a file opened without following links) is this file, as we left it.
+    func matches(_ status: stat) -> Bool {
+        status.st_mode & S_IFMT == S_IFREG && status.st_nlink == 1 && status.st_uid == geteuid()
+            && PartialFile(path: path, status: status) == self
+    }
+
+    /// Removes the path if it still names this file (not through a link).
+    /// `modifiedSince`: we may have written it since we recorded its size and time.
+    func remove(modifiedSince: Bool = false) {
+        var status = stat()
+        guard lstat(path, &status) == 0, UInt64(status.st_dev) == device, UInt64(status.st_ino) == inode,
+            modifiedSince || matches(status)
+        else { return }
+        unlink(path)
+    }
+}
+
+extension POSIXError {
+    /// The error of the last failed system call (`errno`).
+    static var current: POSIXError { POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
 }
 
 extension CID {
