@@ -56,6 +56,11 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-accept"), help: "Largest file --accept-files fetches, in bytes (K, M, G suffixes).")
     var maxAccept = "100M"
 
+    @Option(
+        name: .customLong("accept-total"),
+        help: "Bytes --accept-files fetches in all (a quarter from one peer; at most 100 files, 25 from one peer, 2 at once, leaving 512 MiB free).")
+    var acceptTotal = "1G"
+
     @Option(help: "Keep the topic's recent lines in this file (in memory otherwise), to give peers what they missed.")
     var history: String?
 
@@ -158,11 +163,15 @@ struct ChatCommand: AsyncParsableCommand {
             }
         }
         guard let acceptLimit = parseByteCount(maxAccept) else { exitWithError("--max-accept: not a size: \(maxAccept)") }
+        guard let acceptTotalBytes = parseByteCount(acceptTotal) else { exitWithError("--accept-total: not a size: \(acceptTotal)") }
+        var acceptLimits = AutoAcceptLimits(maxFileSize: acceptLimit)
+        acceptLimits.maxBytes = acceptTotalBytes
+        acceptLimits.maxBytesPerPeer = acceptTotalBytes / 4
         let fileService = FileShareService(host: host)
         fileService.start()
         let files = ChatFiles(
             service: fileService, out: out, directory: downloadDirectory ?? defaultDownloadDirectory(),
-            autoAcceptLimit: acceptFiles ? acceptLimit : nil)
+            autoAccept: acceptFiles ? acceptLimits : nil)
         let historyService: HistoryService
         do { historyService = try HistoryService(host: host, path: history) } catch { exitWithError("\(error)") }
         historyService.start()

@@ -37,23 +37,31 @@ enum SeenOffer: Equatable, Sendable {
     func sameFile(as other: SeenOffer) -> Bool { fileID == other.fileID }
 }
 
-/// Files in the chat: offers seen on the topic (numbered for `/get N`), our
-/// own offers (`/send PATH`), downloads with progress, resumed after a drop.
+/// Files in the chat: offers seen on the topic (numbered for `/get N`,
+/// bounded in all and per peer), our own offers (`/send PATH`), downloads with
+/// progress, resumed after a drop; with `--accept-files`, fetched without
+/// asking within the `AutoAccept` policy's limits.
 actor ChatFiles {
     let service: FileShareService
     let out: ChatOutput
     let directory: String
-    /// `--accept-files`: offers up to this size are fetched without asking.
-    let autoAcceptLimit: UInt64?
-    private var offers: [(offer: SeenOffer, from: PeerID)] = []
+    /// `--accept-files`: what is fetched without asking.
+    private var autoAccept: AutoAccept<AutoDownload>?
+    private var offers = OfferBook<SeenOffer>()
     private var downloads: [Int: Task<Void, Never>] = [:]
     static let attempts = 4
 
-    init(service: FileShareService, out: ChatOutput, directory: String, autoAcceptLimit: UInt64?) {
+    /// An offer the policy accepted: its number and the size it was charged.
+    struct AutoDownload: Sendable {
+        let number: Int
+        let size: UInt64
+    }
+
+    init(service: FileShareService, out: ChatOutput, directory: String, autoAccept: AutoAcceptLimits?) {
         self.service = service
         self.out = out
         self.directory = directory
-        self.autoAcceptLimit = autoAcceptLimit
+        self.autoAccept = autoAccept.map { AutoAccept(limits: $0) }
     }
 
     /// The topic where universal-connectivity chats announce files of `topic`.
@@ -69,25 +77,60 @@ actor ChatFiles {
         }
     }
 
-    /// An offer seen on the topic: printed with its number; fetched at once
-    /// when its size is known and within the `--accept-files` limit.
+    /// An offer seen on the topic: printed with its number; with
+    /// `--accept-files`, fetched when the policy takes it.
     func received(_ offer: SeenOffer, from peer: PeerID) {
-        if let index = offers.firstIndex(where: { $0.offer == offer && $0.from == peer }) {
-            return announce(index + 1, offer, from: peer)
-        }
-        // A p2pchat sender announces both ways: one offer, the richer form kept.
-        if let index = offers.firstIndex(where: { $0.from == peer && $0.offer.sameFile(as: offer) }) {
+        if let number = offers.number(of: offer.fileID, from: peer), let known = offers[number] {
+            // A p2pchat sender announces both ways: one offer, the richer form kept.
+            guard known.offer != offer else { return announce(number, offer, from: peer) }
             guard case .announced = offer else { return }
-            offers[index].offer = offer
-            announce(index + 1, offer, from: peer)
-            // Its size is known now: within --accept-files, fetched (if not already).
-            if let limit = autoAcceptLimit, let size = offer.size, size <= limit, downloads[index + 1] == nil { get(index + 1) }
+            offers.update(number, to: offer)
+            announce(number, offer, from: peer)
+            // Its size is known now: considered for --accept-files (if not being fetched).
+            if downloads[number] == nil { considerAutomatically(number, offer, from: peer) }
             return
         }
-        offers.append((offer, peer))
-        let number = offers.count
+        let number = offers.add(offer, fileID: offer.fileID, from: peer)
         announce(number, offer, from: peer)
-        if let limit = autoAcceptLimit, let size = offer.size, size <= limit { get(number) }
+        considerAutomatically(number, offer, from: peer)
+    }
+
+    /// `--accept-files`: fetches the offer now, queues it, or says why not.
+    private func considerAutomatically(_ number: Int, _ offer: SeenOffer, from peer: PeerID) {
+        // Without a size (a universal-connectivity offer), only /get fetches it.
+        guard var policy = autoAccept, let size = offer.size else { return }
+        let decision = policy.offer(AutoDownload(number: number, size: size), size: size, from: peer, freeBytes: freeBytes())
+        autoAccept = policy
+        switch decision {
+        case .start: get(number, automatic: size)
+        case .queued: break
+        case .refused(let why):
+            out.emit(
+                "file_not_accepted", ["n": .int(number), "name": .string(offer.name), "reason": .string("\(why)")],
+                human: "file \(offer.name) not fetched without asking: \(why); /get \(number) fetches it")
+        }
+    }
+
+    /// Bytes available on the download directory's file system (that of its nearest existing parent).
+    private func freeBytes() -> UInt64? {
+        var path = directory
+        while !FileManager.default.fileExists(atPath: path), path != "/", !path.isEmpty {
+            path = (path as NSString).deletingLastPathComponent
+        }
+        var status = statvfs()
+        guard statvfs(path.isEmpty ? "." : path, &status) == 0 else { return nil }
+        return UInt64(status.f_bavail) * UInt64(status.f_frsize)
+    }
+
+    /// An automatic download ended: the next one accepted takes its turn.
+    private func automaticFinished(size: UInt64) {
+        guard var policy = autoAccept else { return }
+        let next = policy.finished(size: size)
+        autoAccept = policy
+        guard let next else { return }
+        // Gone from the list, or fetched by /get meanwhile: its turn passes.
+        guard offers[next.number] != nil, downloads[next.number] == nil else { return automaticFinished(size: next.size) }
+        get(next.number, automatic: next.size)
     }
 
     private func announce(_ number: Int, _ offer: SeenOffer, from peer: PeerID) {
@@ -107,24 +150,28 @@ actor ChatFiles {
 
     /// Lists the offers seen.
     func list() {
-        if offers.isEmpty { say("No files offered yet.") }
-        for (index, entry) in offers.enumerated() { announce(index + 1, entry.offer, from: entry.from) }
+        if offers.count == 0 { say("No files offered yet.") }
+        for entry in offers.all { announce(entry.number, entry.offer, from: entry.from) }
     }
 
-    /// Fetches offer `number` in the background (one download per offer at a time).
-    func get(_ number: Int) {
-        guard offers.indices.contains(number - 1) else {
+    /// Fetches offer `number` in the background (one download per offer at a
+    /// time); `automatic`: started by `--accept-files`, charged this size.
+    /// A download given up removes its partial file.
+    func get(_ number: Int, automatic: UInt64? = nil) {
+        guard let entry = offers[number] else {
+            if let automatic { automaticFinished(size: automatic) }
             return out.error("no file offer \(number); /files lists them")
         }
         guard downloads[number] == nil else { return out.error("file \(number) is already being fetched") }
-        let (offer, peer) = offers[number - 1]
+        let (offer, peer) = (entry.offer, entry.from)
         let service = self.service
         let out = self.out
         let directory = self.directory
         let name = offer.name
         downloads[number] = Task {
-            defer { self.finished(number) }
+            defer { self.finished(number, automatic: automatic) }
             func failed(_ why: String) {
+                service.discardPartial(fileID: offer.fileID, in: directory)
                 out.emit(
                     "file_failed", ["n": .int(number), "name": .string(name), "error": .string(why)],
                     human: "file \(name) failed: \(why)")
@@ -173,7 +220,10 @@ actor ChatFiles {
         }
     }
 
-    private func finished(_ number: Int) { downloads[number] = nil }
+    private func finished(_ number: Int, automatic: UInt64?) {
+        downloads[number] = nil
+        if let automatic { automaticFinished(size: automatic) }
+    }
 
     func cancelAll() {
         for download in downloads.values { download.cancel() }

@@ -10,8 +10,9 @@ import TestSupport
 import Transport
 import XCTest
 
-/// Issue 25, rows 12 and 11: partial downloads in a shared download
-/// directory, and what fails leaves nothing behind.
+/// Issue 25, rows 11 and 12: partial downloads in a shared download
+/// directory, what fails leaves nothing behind, and what `--accept-files`
+/// may fetch without asking.
 extension FileShareTests {
     /// The name the partial file of `offer` had before (`.` + 12 bytes of SHA-256 of the CID's text, hex, + `.part`).
     static func predictableName(of offer: FileOffer) -> String {
@@ -159,5 +160,98 @@ extension FileShareTests {
         }
         await senderHost.close()
         await receiverHost.close()
+    }
+
+    /// Row 11: 400 offers of 1 MiB from one peer, as `--accept-files` sees
+    /// them: 25 are taken (its share), 2 at a time, the others listed only.
+    /// From many peers: 100 files or 1 GiB in all; never below 512 MiB free.
+    /// Before, every offer within --max-accept was fetched at once (400 offers
+    /// of 1 MiB filled a 256 MiB disk in 2 s).
+    /// Why `decision` refused, if it did.
+    static func refusal(_ decision: AutoAccept<Int>.Decision) -> AutoAcceptRefusal? {
+        if case .refused(let why) = decision { return why }
+        return nil
+    }
+
+    func testAutoAcceptIsBoundedInCountBytesConcurrencyAndDiskSpace() {
+        let attacker = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        var policy = AutoAccept<Int>(limits: AutoAcceptLimits(maxFileSize: 100 << 20))
+        var started: [Int] = []
+        var queued = 0
+        var refusals: [AutoAcceptRefusal] = []
+        for index in 0..<400 {
+            switch policy.offer(index, size: 1 << 20, from: attacker, freeBytes: 100 << 30) {
+            case .start: started.append(index)
+            case .queued: queued += 1
+            case .refused(let why): refusals.append(why)
+            }
+        }
+        XCTAssertEqual(started, [0, 1], "two at a time")
+        XCTAssertEqual(queued, 23)
+        XCTAssertEqual(refusals.count, 375)
+        XCTAssertEqual(Set(refusals), [.peerFiles(limit: 25)])
+        // Each end starts the next, in order, until none waits.
+        var order: [Int] = []
+        while let next = policy.finished(size: 1 << 20) { order.append(next) }
+        XCTAssertEqual(order, Array(2..<25))
+        XCTAssertEqual(policy.running, 1)
+        XCTAssertNil(policy.finished(size: 1 << 20))
+        XCTAssertEqual(policy.running, 0)
+        // Large files from one peer: its quarter of the bytes.
+        var bytes = AutoAccept<Int>(limits: AutoAcceptLimits(maxFileSize: 100 << 20))
+        let accepted = (0..<10).filter { Self.refusal(bytes.offer($0, size: 100 << 20, from: attacker, freeBytes: 100 << 30)) == nil }
+        XCTAssertEqual(accepted.count, 2, "256 MiB a peer")
+        // Many peers: 100 files in all.
+        var many = AutoAccept<Int>(limits: AutoAcceptLimits(maxFileSize: 100 << 20))
+        var total = 0
+        for index in 0..<400 {
+            let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+            if case .refused(let why) = many.offer(index, size: 1 << 20, from: peer, freeBytes: 100 << 30) {
+                XCTAssertEqual(why, .tooManyFiles(limit: 100))
+            } else {
+                total += 1
+            }
+        }
+        XCTAssertEqual(total, 100)
+        XCTAssertEqual(many.acceptedBytes, 100 << 20)
+        // A 256 MiB disk: nothing, since 512 MiB stay free; a larger one fills up to that.
+        var small = AutoAccept<Int>(limits: AutoAcceptLimits(maxFileSize: 100 << 20))
+        XCTAssertEqual(
+            Self.refusal(small.offer(0, size: 1 << 20, from: attacker, freeBytes: 256 << 20)),
+            .diskSpace(free: 256 << 20, needed: (1 << 20) + (512 << 20)))
+        var disk = AutoAccept<Int>(limits: AutoAcceptLimits(maxFileSize: 100 << 20))
+        let fits = (0..<25).filter { Self.refusal(disk.offer($0, size: 1 << 20, from: attacker, freeBytes: (512 + 10) << 20)) == nil }
+        XCTAssertEqual(fits.count, 10, "the accepted downloads count against the free space")
+        // Over the size, or of unknown size: never without asking.
+        XCTAssertEqual(
+            Self.refusal(disk.offer(0, size: (100 << 20) + 1, from: attacker, freeBytes: nil)), .tooLarge(size: (100 << 20) + 1, limit: 100 << 20))
+        XCTAssertEqual(Self.refusal(disk.offer(0, size: nil, from: attacker, freeBytes: nil)), .sizeUnknown)
+    }
+
+    /// Row 11: the chat's list of offers (universal-connectivity ones
+    /// included) is bounded in all and per peer, found by key, numbers kept.
+    /// Before, it grew by every offer with a linear scan each.
+    func testTheOfferListIsBoundedAndIndexed() throws {
+        let spammer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let honest = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        var book = OfferBook<String>()
+        let honestNumber = book.add("report.pdf", fileID: "bafy-honest", from: honest)
+        let start = ContinuousClock.now
+        for index in 0..<100_000 { _ = book.add("x", fileID: "file-\(index)", from: spammer) }
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(20), "no scan per offer")
+        XCTAssertEqual(book.count, 1 + book.maxPerPeer, "the spammer keeps its newest \(book.maxPerPeer)")
+        XCTAssertEqual(book[honestNumber]?.offer, "report.pdf", "the honest offer stays, under its number")
+        XCTAssertEqual(book.number(of: "bafy-honest", from: honest), honestNumber)
+        XCTAssertNil(book.number(of: "file-0", from: spammer))
+        XCTAssertEqual(book.number(of: "file-99999", from: spammer), honestNumber + 100_000)
+        // Many peers: the oldest of all go past the total.
+        for index in 0..<5000 {
+            _ = book.add("y", fileID: "many-\(index)", from: PeerID(publicKey: PrivateKey.generateEd25519().publicKey))
+        }
+        XCTAssertEqual(book.count, book.maxOffers)
+        XCTAssertNil(book[honestNumber])
+        XCTAssertEqual(book.all.map(\.number), book.all.map(\.number).sorted())
+        book.update(book.all[0].number, to: "z")
+        XCTAssertEqual(book.all[0].offer, "z")
     }
 }

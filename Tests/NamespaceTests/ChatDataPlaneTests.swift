@@ -121,6 +121,25 @@ final class ChatFilesCLITests: XCTestCase {
 }
 
 extension ChatFilesCLITests {
+    /// A peer in this process serving files and publishing on `topic`,
+    /// connected to `chat` and seen subscribed there.
+    func peerSharingFiles(with chat: ChatProcess, on topic: String) async throws
+        -> (host: Libp2pHost, files: FileShareService, pubsub: PubSubService)
+    {
+        let (host, _) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
+        let files = FileShareService(host: host)
+        files.start()
+        let pubsub = try PubSubService(host: host)
+        pubsub.start()
+        _ = await pubsub.subscribe(topic)
+        _ = try await host.connect(try Multiaddr(try chat.dialAddress()))
+        let chatPeer = try peer(of: chat)
+        let peerID = try XCTUnwrap(host.connectedPeers.first { "\($0)" == chatPeer })
+        let subscribed = try await withDeadline(20) { await pubsub.waitUntilSubscribed(peerID, to: topic) }
+        XCTAssertTrue(subscribed)
+        return (host, files, pubsub)
+    }
+
     /// A node of libp2p's universal-connectivity kind (here in-process: its file
     /// id published on `<topic>-file`, the file served on
     /// `/universal-connectivity-file/1`): the chat lists the offer and fetches it.
@@ -130,18 +149,7 @@ extension ChatFilesCLITests {
         let content = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         try Data(content).write(to: URL(fileURLWithPath: source + "/photo.jpg"))
         let chat = try await start(["--download-dir", downloads])
-        let group = MultiThreadedEventLoopGroup.singleton
-        let (host, _) = try await makeTestHost(group: group)
-        let files = FileShareService(host: host)
-        files.start()
-        let pubsub = try PubSubService(host: host)
-        pubsub.start()
-        _ = await pubsub.subscribe("lobby-file")
-        _ = try await host.connect(try Multiaddr(try chat.dialAddress()))
-        let chatPeer = try peer(of: chat)
-        let peerID = try XCTUnwrap(host.connectedPeers.first { "\($0)" == chatPeer })
-        let subscribed = try await withDeadline(20) { await pubsub.waitUntilSubscribed(peerID, to: "lobby-file") }
-        XCTAssertTrue(subscribed)
+        let (host, files, pubsub) = try await peerSharingFiles(with: chat, on: "lobby-file")
         let offer = try await files.offer(path: source + "/photo.jpg")
         try await pubsub.publish("lobby-file", data: Array(offer.cid.text().utf8))
         let seen = try await event(chat, "universal offer") { $0["event"] == "file_offer" && $0["file_id"] == offer.cid.text() }
@@ -149,6 +157,51 @@ extension ChatFilesCLITests {
         chat.send("/get \(try XCTUnwrap(seen["n"]))")
         let done = try await event(chat, "file_done") { $0["event"] == "file_done" }
         XCTAssertEqual(try Array(Data(contentsOf: URL(fileURLWithPath: try XCTUnwrap(done["path"])))), content)
+        chat.closeInput()
+        let status = try await chat.waitForExit(within: 20)
+        XCTAssertEqual(status, 0)
+        await pubsub.stop()
+        await host.close()
+    }
+}
+
+extension ChatFilesCLITests {
+    /// Issue 25, row 11: a peer announces 40 files of 1 KiB to a chat with
+    /// `--accept-files`: the chat fetches its share (25 files from one peer),
+    /// two at a time, and says why it leaves the other 15 to `/get`; no
+    /// partial file is left. Before, every offer within --max-accept was
+    /// fetched at once (400 offers of 1 MiB filled a 256 MiB disk in 2 s).
+    func testAutoAcceptTakesOnlyAPeersShare() async throws {
+        let source = try makeDirectory()
+        let downloads = try makeDirectory()
+        let chat = try await start(["--download-dir", downloads, "--accept-files"])
+        let (host, files, pubsub) = try await peerSharingFiles(with: chat, on: "lobby")
+        for index in 0..<40 {
+            let path = source + "/file-\(index).bin"
+            try Data((0..<1024).map { UInt8(truncatingIfNeeded: $0 &* (index + 1)) }).write(to: URL(fileURLWithPath: path))
+            let offer = try await files.offer(path: path)
+            _ = try await pubsub.publish("lobby", data: Array(offer.announcement.utf8))
+        }
+        let deadline = Date().addingTimeInterval(60)
+        var done = 0
+        var refused = 0
+        while Date() < deadline {
+            done = chat.events.filter { $0["event"] == "file_done" }.count
+            refused = chat.events.filter { $0["event"] == "file_not_accepted" }.count
+            if done + refused >= 40 { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        XCTAssertEqual(done, 25, "\(chat.output.suffix(20).joined(separator: "\n"))")
+        XCTAssertEqual(refused, 15)
+        let reason = try XCTUnwrap(chat.events.first { $0["event"] == "file_not_accepted" }?["reason"])
+        XCTAssertTrue(reason.contains("25 files"), reason)
+        let saved = try FileManager.default.contentsOfDirectory(atPath: downloads)
+        XCTAssertEqual(saved.filter { $0.hasSuffix(".bin") }.count, 25)
+        XCTAssertEqual(saved.filter { $0.hasSuffix(".part") }, [])
+        // What was not taken can still be asked for.
+        let skipped = try XCTUnwrap(chat.events.first { $0["event"] == "file_not_accepted" }?["n"])
+        chat.send("/get \(skipped)")
+        try await event(chat, "file_done of /get") { $0["event"] == "file_done" && $0["n"] == skipped }
         chat.closeInput()
         let status = try await chat.waitForExit(within: 20)
         XCTAssertEqual(status, 0)
