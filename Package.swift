@@ -403,7 +403,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatHistoryTests",
-            dependencies: ["ChatHistory", "PubSub", "Host", "Transport", "Identity", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: ["ChatHistory", "PubSub", "Host", "Transport", "Identity", "RequestResponse", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(
             name: "RequestResponseTests",

@@ -61,23 +61,30 @@ struct HistoryFile: Sendable {
 
     /// Opens the file for appending records (creating it, owner-only, if missing).
     func openForAppending() throws(HistoryError) -> HistoryAppender {
-        let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else {
-            throw .file(path: path, underlying: POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO))
-        }
-        return HistoryAppender(path: path, handle: FileHandle(fileDescriptor: descriptor, closeOnDealloc: true))
+        HistoryAppender(path: path, handle: try openDescriptor())
     }
 
-    /// Replaces the file with the store's messages (atomically).
-    func rewrite(_ store: HistoryStore) throws(HistoryError) {
+    /// Replaces the file with the store's messages (atomically); returns its size.
+    @discardableResult
+    func rewrite(_ store: HistoryStore) throws(HistoryError) -> Int {
         do {
             var bytes: [UInt8] = []
             for entry in store.allEntries { bytes += Self.encode(entry.message, at: entry.receivedAt) }
             try Data(bytes).write(to: URL(fileURLWithPath: path), options: .atomic)
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+            return bytes.count
         } catch {
             throw .file(path: path, underlying: error)
         }
+    }
+
+    /// Opens the file for appending (creating it, owner-only, if missing).
+    func openDescriptor() throws(HistoryError) -> FileHandle {
+        let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw .file(path: path, underlying: POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO))
+        }
+        return FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
     }
 }
 
@@ -94,15 +101,29 @@ final class HistoryAppender: Sendable {
         self.handle = Mutex(handle)
     }
 
-    /// Appends one record; false when the appender is closed.
+    /// Appends one record; returns its bytes (none when the appender is closed).
     @discardableResult
-    func append(_ message: PubSubMessage, at time: Date) throws(HistoryError) -> Bool {
+    func append(_ message: PubSubMessage, at time: Date) throws(HistoryError) -> Int {
         let record = Data(HistoryFile.encode(message, at: time))
         let path = self.path
-        return try handle.withLock { handle throws(HistoryError) -> Bool in
-            guard let handle else { return false }
+        return try handle.withLock { handle throws(HistoryError) -> Int in
+            guard let handle else { return 0 }
             do { try handle.write(contentsOf: record) } catch { throw .file(path: path, underlying: error) }
-            return true
+            return record.count
+        }
+    }
+
+    /// Replaces the file with what the store keeps (atomically; `store` is
+    /// read with the appends held, so none is lost between), and appends to
+    /// the new file from now on. Returns the new file's size (nil when closed).
+    func rewrite(with store: () -> HistoryStore) throws(HistoryError) -> Int? {
+        let file = HistoryFile(path: path)
+        return try handle.withLock { handle throws(HistoryError) -> Int? in
+            guard let old = handle else { return nil }
+            let size = try file.rewrite(store())
+            handle = try file.openDescriptor()
+            try? old.close()
+            return size
         }
     }
 

@@ -18,35 +18,46 @@ public final class HistoryService: Sendable {
     /// Ids listed per request, and messages fetched per request.
     static let listLimit = 10_000
     static let fetchBatch = 200
+    /// The largest answer read, and the bytes of messages an answer carries
+    /// (the rest of a batch is asked again): the server stops encoding there.
+    static let maxResponseSize = 16 * 1024 * 1024
+    static let responseBudget = maxResponseSize - 64 * 1024
 
     typealias Codec = ProtobufCodec<HistoryRequest, HistoryResponse>
     private let service: RequestResponse<Codec>
     private let store: Mutex<HistoryStore>
     private let file: HistoryAppender?
+    /// The file's bytes: past twice the store's bytes it is rewritten with
+    /// what is kept (so it stays loadable, under `HistoryFile.maxFileSize`).
+    private let appended: Mutex<Int>
+    private let maxStoreBytes: Int
     private let logger = Logger(label: "p2pchat.history")
     public let maxMessageSize: Int
 
     /// `path`: keep the history in this file too (loaded now; lines that do
-    /// not verify are dropped).
+    /// not verify are dropped). `maxCount` lines per topic, `maxBytes` in all
+    /// and `maxBytesPerAuthor` of one author's (see `HistoryStore`).
     public init(
         host: Libp2pHost, maxCount: Int = 10_000, maxAge: TimeInterval = 24 * 3600, path: String? = nil,
-        maxMessageSize: Int = 1024 * 1024
+        maxMessageSize: Int = 1024 * 1024, maxBytes: Int = 64 << 20, maxBytesPerAuthor: Int = 8 << 20
     ) throws(HistoryError) {
         var configuration = RequestResponseConfiguration()
-        configuration.maxResponseSize = 16 * 1024 * 1024
+        configuration.maxResponseSize = Self.maxResponseSize
         configuration.timeout = 30
         service = RequestResponse(host: host, protocols: [Self.protocolID], codec: Codec(), configuration: configuration)
         self.maxMessageSize = maxMessageSize
-        var initial = HistoryStore(maxCount: maxCount, maxAge: maxAge)
+        maxStoreBytes = maxBytes
+        var initial = HistoryStore(maxCount: maxCount, maxAge: maxAge, maxBytes: maxBytes, maxBytesPerAuthor: maxBytesPerAuthor)
         if let path {
             let file = HistoryFile(path: path)
             for (message, time) in try file.load(maxMessageSize: maxMessageSize) { initial.record(message, at: time) }
             initial.prune(now: Date())
-            try file.rewrite(initial)
+            appended = Mutex(try file.rewrite(initial))
             // Opened after the rewrite, which replaces the file.
             self.file = try file.openForAppending()
         } else {
             file = nil
+            appended = Mutex(0)
         }
         store = Mutex(initial)
     }
@@ -61,7 +72,10 @@ public final class HistoryService: Sendable {
                 response.ids = self.store.withLock { $0.ids(in: request.topic, after: after, limit: limit) }.map { Data($0.bytes) }
             } else {
                 let wanted = Set(request.want.prefix(Self.fetchBatch).map { MessageID(Array($0)) })
-                response.messages = self.store.withLock { $0.messages(in: request.topic, ids: wanted) }.map { Data($0.wireBytes) }
+                // Encoded up to the answer's budget, not beyond (the asker asks for the rest again).
+                response.messages = self.store.withLock {
+                    $0.wireMessages(in: request.topic, ids: wanted, budget: Self.responseBudget)
+                }.map { Data($0) }
             }
             return response
         }
@@ -73,7 +87,14 @@ public final class HistoryService: Sendable {
         let now = Date()
         let added = store.withLock { $0.record(message, at: now) }
         if added, let file {
-            do { try file.append(message, at: now) } catch {
+            do {
+                let written = try file.append(message, at: now)
+                let due = appended.withLock { size in
+                    size += written
+                    return size > 2 * maxStoreBytes
+                }
+                if due, let size = try file.rewrite(with: { store.withLock { $0 } }) { appended.withLock { $0 = size } }
+            } catch {
                 logger.warning("cannot write the history file", metadata: ["error": "\(error)"])
             }
         }
@@ -99,35 +120,46 @@ public final class HistoryService: Sendable {
     {
         var listing = HistoryRequest()
         listing.topic = topic
-        listing.limit = UInt32(clamping: store.withLock { $0.lastID(in: topic) } == nil ? backlog : Self.listLimit)
-        if let last = store.withLock({ $0.lastID(in: topic) }) { listing.after = Data(last.bytes) }
-        let listed: [MessageID]
-        do {
-            listed = try await service.send(listing, to: peer).ids.prefix(Self.listLimit).map { MessageID(Array($0)) }
-        } catch {
-            throw .request(underlying: error)
-        }
-        let missing = listed.filter { !contains($0) }
+        let last = store.withLock { $0.lastID(in: topic) }
+        let limit = last == nil ? min(max(0, backlog), Self.listLimit) : Self.listLimit
+        listing.limit = UInt32(clamping: limit)
+        if let last { listing.after = Data(last.bytes) }
+        let answer: HistoryResponse
+        do { answer = try await service.send(listing, to: peer) } catch { throw .request(underlying: error) }
+        // More than asked for is a peer not following the protocol: nothing of it is taken.
+        guard answer.ids.count <= limit else { throw .tooMany(peer: peer, got: answer.ids.count, asked: limit) }
+        let missing = answer.ids.map { MessageID(Array($0)) }.filter { !contains($0) }
         var fresh: [PubSubMessage] = []
         var rejected = 0
         var start = 0
         while start < missing.count {
-            let batch = missing[start..<min(missing.count, start + Self.fetchBatch)]
+            var batch = Array(missing[start..<min(missing.count, start + Self.fetchBatch)])
             start += batch.count
-            var fetch = HistoryRequest()
-            fetch.topic = topic
-            fetch.want = batch.map { Data($0.bytes) }
-            let response: HistoryResponse
-            do { response = try await service.send(fetch, to: peer) } catch { throw .request(underlying: error) }
-            let asked = Set(batch)
-            for wire in response.messages.prefix(batch.count) {
-                guard let message = try? PubSubMessage.verified(wire: Array(wire), maxSize: maxMessageSize, receivedFrom: peer),
-                    message.topic == topic, asked.contains(message.id)
-                else {
-                    rejected += 1
-                    continue
+            // A server stops at its answer's budget (giving fewer than asked, in its order, which is the
+            // listing's): what comes after the last one taken is asked again, while some are taken.
+            while !batch.isEmpty {
+                var fetch = HistoryRequest()
+                fetch.topic = topic
+                fetch.want = batch.map { Data($0.bytes) }
+                let response: HistoryResponse
+                do { response = try await service.send(fetch, to: peer) } catch { throw .request(underlying: error) }
+                guard response.messages.count <= batch.count else {
+                    throw .tooMany(peer: peer, got: response.messages.count, asked: batch.count)
                 }
-                if record(message) { fresh.append(message) }
+                var positions = Dictionary(batch.enumerated().map { ($1, $0) }, uniquingKeysWith: { first, _ in first })
+                var lastTaken = -1
+                for wire in response.messages {
+                    guard let message = try? PubSubMessage.verified(wire: Array(wire), maxSize: maxMessageSize, receivedFrom: peer),
+                        message.topic == topic, let position = positions.removeValue(forKey: message.id)
+                    else {
+                        rejected += 1
+                        continue
+                    }
+                    lastTaken = max(lastTaken, position)
+                    if record(message) { fresh.append(message) }
+                }
+                guard response.messages.count < batch.count, lastTaken >= 0 else { break }
+                batch = Array(batch[(lastTaken + 1)...])
             }
         }
         return (fresh, rejected)
@@ -140,11 +172,14 @@ public enum HistoryError: Error, CustomStringConvertible, Sendable {
     case file(path: String, underlying: any Error)
     /// The peer could not be asked.
     case request(underlying: RequestResponseError)
+    /// The peer answered with more ids or messages than asked for.
+    case tooMany(peer: PeerID, got: Int, asked: Int)
 
     public var description: String {
         switch self {
         case .file(let path, let error): return "history file \(path): \(error)"
         case .request(let error): return "history sync: \(error)"
+        case .tooMany(let peer, let got, let asked): return "history sync: \(peer) answered \(got) where \(asked) were asked for"
         }
     }
 }
