@@ -406,6 +406,13 @@ let package = Package(
             dependencies: ["ChatHistory", "PubSub", "Host", "Transport", "Identity", "RequestResponse", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(
+            name: "MetricsExporterTests",
+            dependencies: [
+                "MetricsExporter", "Multiformats", "TestSupport", .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "RequestResponseTests",
             dependencies: ["RequestResponse", "Host", "Transport", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
