@@ -1,0 +1,203 @@
+import Identity
+import TLS
+import XCTest
+
+@testable import QUIC
+
+/// Two QUICConnections run against each other in memory: datagrams are
+/// handed across, time moves only when both sides are idle and a deadline waits.
+final class ConnectionTests: XCTestCase {
+    static func configuration(identity: PrivateKey = .generateEd25519()) throws -> QUICConnection.Configuration {
+        let certificate = try LibP2PCertificate.generate(identity: identity)
+        let tls = QUICTLSConfiguration(
+            certificateDER: certificate.certificateDER, privateKeyDER: certificate.privateKeyDER, transportParameters: [],
+            verifyPeer: { chain in (try? LibP2PCertificate.verify(chain: chain, expectedPeer: nil)) != nil })
+        return QUICConnection.Configuration(tls: tls)
+    }
+
+    struct Stats {
+        var clientDatagrams: [Int] = []
+        var serverDatagrams: [Int] = []
+        var timeouts = 0
+        var clientEvents: [QUICConnectionEvent] = []
+        var serverEvents: [QUICConnectionEvent] = []
+    }
+
+    /// Runs both until `done` or nothing moves. `drop` may discard a datagram
+    /// (by direction and index) to exercise loss. The server echoes every
+    /// stream's bytes back on the same stream, FIN included.
+    func run(
+        _ client: inout QUICConnection, _ server: inout QUICConnection, maxSteps: Int = 10_000,
+        drop: (_ fromClient: Bool, _ index: Int, _ datagram: inout [UInt8]) -> Bool = { _, _, _ in false },
+        onClientEvent: (QUICConnectionEvent, inout QUICConnection) -> Void = { _, _ in },
+        done: (Stats) -> Bool
+    ) -> Stats {
+        var stats = Stats()
+        var now = ContinuousClock.now
+        for _ in 0..<maxSteps {
+            let fromClient = client.send(now: now)
+            for var datagram in fromClient {
+                defer { stats.clientDatagrams.append(datagram.count) }
+                if drop(true, stats.clientDatagrams.count, &datagram) { continue }
+                server.receive(datagram: datagram, now: now)
+            }
+            for event in server.takeEvents() {
+                stats.serverEvents.append(event)
+                if case .streamData(let id, let data, let fin) = event {
+                    XCTAssertNoThrow(try server.write(data, to: id, fin: fin))
+                }
+            }
+            let fromServer = server.send(now: now)
+            for var datagram in fromServer {
+                defer { stats.serverDatagrams.append(datagram.count) }
+                if drop(false, stats.serverDatagrams.count, &datagram) { continue }
+                client.receive(datagram: datagram, now: now)
+            }
+            for event in client.takeEvents() {
+                stats.clientEvents.append(event)
+                onClientEvent(event, &client)
+            }
+            if done(stats) { return stats }
+            if fromClient.isEmpty, fromServer.isEmpty {
+                let deadlines = [client.nextDeadline, server.nextDeadline].compactMap { $0 }
+                guard let next = deadlines.min() else { return stats }
+                now = max(now, next)
+                stats.timeouts += 1
+                client.handleTimeout(now: now)
+                server.handleTimeout(now: now)
+            }
+        }
+        XCTFail("no end after \(maxSteps) steps")
+        return stats
+    }
+
+    static func echoed(_ stats: Stats, streamID: UInt64 = 0) -> [UInt8]? {
+        var bytes: [UInt8] = []
+        for case .streamData(let id, let data, let fin) in stats.clientEvents where id == streamID {
+            bytes += data
+            if fin { return bytes }
+        }
+        return nil
+    }
+
+    /// Opens stream 0 on `.connected` and writes `message` with FIN.
+    static func writer(_ message: [UInt8]) -> (QUICConnectionEvent, inout QUICConnection) -> Void {
+        { event, client in
+            guard event == .connected else { return }
+            do {
+                let id = try client.openStream()
+                XCTAssertEqual(id, 0)
+                try client.write(message, to: id, fin: true)
+            } catch {
+                XCTFail("\(error)")
+            }
+        }
+    }
+
+    func testHandshakeThenAStreamEchoes() throws {
+        let serverIdentity = PrivateKey.generateEd25519()
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration(identity: serverIdentity))
+        let message = Array("hello over quic".utf8)
+        let stats = run(&client, &server, onClientEvent: Self.writer(message)) { Self.echoed($0) != nil }
+
+        XCTAssertEqual(Self.echoed(stats), message)
+        XCTAssertEqual(stats.timeouts, 0, "nothing was lost, so no timer fired")
+        XCTAssertTrue(client.isConnected && server.isConnected)
+        XCTAssertEqual(stats.serverEvents.first, .connected)
+        XCTAssertEqual(client.applicationProtocol, "libp2p")
+        XCTAssertEqual(try LibP2PCertificate.verify(chain: client.peerCertificates, expectedPeer: nil).peerID, PeerID(publicKey: serverIdentity.publicKey))
+        // The client's first datagram carries its Initial padded to 1200 bytes (RFC 9000 §14.1),
+        // and the server stayed within 3× what it had received before the client's Handshake packet.
+        XCTAssertEqual(stats.clientDatagrams.first, 1200)
+        XCTAssertLessThanOrEqual(stats.serverDatagrams.prefix(3).reduce(0, +), 3 * 1200)
+        XCTAssertTrue(stats.clientDatagrams.allSatisfy { $0 <= 1200 } && stats.serverDatagrams.allSatisfy { $0 <= 1200 })
+        // After HANDSHAKE_DONE both sides are down to 1-RTT keys only.
+        XCTAssertTrue(client.spaces[0].discarded && client.spaces[1].discarded)
+        XCTAssertTrue(server.spaces[0].discarded && server.spaces[1].discarded)
+        print("echo: client sent \(stats.clientDatagrams.count) datagrams (\(stats.clientDatagrams.reduce(0, +)) bytes), server \(stats.serverDatagrams.count) (\(stats.serverDatagrams.reduce(0, +)) bytes)")
+    }
+
+    func testLargeEchoCrossesFlowControlWindows() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        // 600 KiB: more than the 256 KiB stream window, so MAX_STREAM_DATA must widen it.
+        var generator = SeededGenerator(seed: 7)
+        let message = generator.bytes(600 * 1024)
+        let started = ContinuousClock.now
+        let stats = run(&client, &server, onClientEvent: Self.writer(message)) { Self.echoed($0) != nil }
+        XCTAssertEqual(Self.echoed(stats), message)
+        XCTAssertEqual(stats.timeouts, 0)
+        print("600 KiB echo: \(stats.clientDatagrams.count) + \(stats.serverDatagrams.count) datagrams in \(ContinuousClock.now - started)")
+    }
+
+    func testLostServerFlightIsResentAfterTheProbeTimeout() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        let message = Array("after a loss".utf8)
+        // The server's first datagram (Initial with the ServerHello) never arrives.
+        let stats = run(&client, &server, drop: { fromClient, index, _ in !fromClient && index == 0 }, onClientEvent: Self.writer(message)) {
+            Self.echoed($0) != nil
+        }
+        XCTAssertEqual(Self.echoed(stats), message)
+        XCTAssertGreaterThanOrEqual(stats.timeouts, 1)
+    }
+
+    func testDamagedDatagramsAreDroppedAndRecovered() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        let message = Array("through noise".utf8)
+        // Every third datagram each way has a byte flipped: AEAD refuses it, the probe timer resends.
+        let stats = run(
+            &client, &server,
+            drop: { _, index, datagram in
+                if index % 3 == 1 { datagram[datagram.count / 2] ^= 0x40 }
+                return false
+            }, onClientEvent: Self.writer(message)
+        ) { Self.echoed($0) != nil }
+        XCTAssertEqual(Self.echoed(stats), message)
+        XCTAssertFalse(client.isClosed || server.isClosed)
+    }
+
+    func testApplicationCloseReachesThePeer() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        // Closed after the echo, when the handshake is confirmed: the close goes in a 1-RTT packet only.
+        let writer = Self.writer(Array("then close".utf8))
+        let stats = run(&client, &server, onClientEvent: { event, client in
+            writer(event, &client)
+            if case .streamData(_, _, true) = event { client.close(code: 7, reason: "bye") }
+        }) { stats in stats.serverEvents.contains { if case .closed = $0 { true } else { false } } }
+        XCTAssertEqual(stats.serverEvents.last, .closed(.peer(.application(code: 7, reason: Array("bye".utf8)))))
+        XCTAssertEqual(stats.clientEvents.last, .closed(.application(code: 7, reason: "bye")))
+        XCTAssertTrue(client.isClosed && server.isClosed)
+    }
+
+    func testUnverifiedServerFailsTheHandshake() throws {
+        var configuration = try Self.configuration()
+        configuration.tls.verifyPeer = { _ in false }
+        var client = try QUICConnection(client: configuration)
+        var server = try QUICConnection(server: Self.configuration())
+        let stats = run(&client, &server) { stats in stats.serverEvents.contains { if case .closed = $0 { true } else { false } } }
+        XCTAssertEqual(stats.clientEvents.last, .closed(.tls(.peerCertificateRejected)))
+        // The client's CONNECTION_CLOSE carries CRYPTO_ERROR with bad_certificate.
+        guard case .closed(.peer(.transport(let code, _, _)))? = stats.serverEvents.last else { return XCTFail("\(stats.serverEvents)") }
+        XCTAssertEqual(code, .cryptoError(alert: 42))
+    }
+
+    func testRandomDatagramsNeverTrapAServer() throws {
+        var generator = SeededGenerator(seed: 8)
+        let configuration = try Self.configuration()
+        for round in 0..<50 {
+            var server = try QUICConnection(server: configuration)
+            for _ in 0..<20 {
+                var datagram = generator.bytes(Int.random(in: 1...1300, using: &generator))
+                if round % 2 == 0 { datagram[0] = 0xC0 | (datagram[0] & 0x0F) }  // Initial-looking
+                if round % 4 == 0, datagram.count > 5 { datagram[1...4] = [0, 0, 0, 1] }
+                server.receive(datagram: datagram, now: .now)
+                _ = server.send(now: .now)
+            }
+            XCTAssertFalse(server.isConnected)
+        }
+    }
+}
