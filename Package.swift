@@ -283,7 +283,7 @@ let package = Package(
             name: "P2PFuzz",
             dependencies: [
                 "Multiformats", "Multistream", "Yamux", "Noise", "TLS", "LibP2PSecurity", "Identity", "MDNS", "Identify",
-                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory",
+                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "QUIC",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/P2PFuzz"
