@@ -84,9 +84,6 @@ struct SendBuffer: Sendable {
 
     var hasPending: Bool { !lost.isEmpty || sentOffset < totalLength || (finWritten && !finSent) }
 
-    /// Whether sending new data is held back only by `limit`.
-    func isBlocked(limit: UInt64) -> Bool { lost.isEmpty && sentOffset < totalLength && sentOffset >= limit }
-
     /// The next piece to send, at most `maxLength` bytes and not past `limit`
     /// (flow control; lost data was within it already). nil when nothing fits.
     mutating func next(maxLength: Int, limit: UInt64) -> (offset: UInt64, data: [UInt8], fin: Bool)? {

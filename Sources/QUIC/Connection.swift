@@ -178,6 +178,8 @@ public struct QUICConnection: ~Copyable {
     var addressValidated: Bool
     var probeDeadline: ContinuousClock.Instant?
     var probeCount = 0
+    /// A PING is owed in this space: a probe when there was nothing to resend.
+    var probeSpace: Space?
 
     /// A client connection; the first datagrams come from `send(now:)`.
     public init(client configuration: Configuration) throws(QUICConnectionError) {
@@ -324,8 +326,11 @@ public struct QUICConnection: ~Copyable {
             guard header.version == QUICVersion.v1, header.type != .zeroRTT else { return }
             space = header.type == .initial ? .initial : .handshake
             if phase == .awaitingFirstInitial {
-                // A client's first Initial must fill a 1200-byte datagram (§14.1).
-                guard header.type == .initial, datagramSize >= 1200 else { return }
+                // A client's first Initial fills a 1200-byte datagram (§14.1) and names at least 8
+                // unpredictable bytes (§7.2); only one that decrypts decides the connection's IDs.
+                guard header.type == .initial, datagramSize >= 1200, header.destination.count >= 8,
+                    (try? PacketProtection.open(packet, keys: InitialSecrets.keys(destination: header.destination).client, largestReceived: nil)) != nil
+                else { return }
                 acceptFirstInitial(header)
                 if isClosed { return }
             } else if header.destination != localCID && !(space == .initial && header.destination == originalDestination && role == .server) {
@@ -660,6 +665,10 @@ public struct QUICConnection: ~Copyable {
         while left > 16, let piece = spaces[index].cryptoSend.next(maxLength: left - 12, limit: .max) {
             add(.crypto(offset: piece.offset, data: piece.data))
         }
+        if probeSpace == space {
+            if !frames.contains(where: \.isAckEliciting) { add(.ping) }
+            probeSpace = nil
+        }
         guard space == .application, isConnected else { return frames }
         if handshakeDonePending, left > 1 {
             add(.handshakeDone)
@@ -720,13 +729,25 @@ public struct QUICConnection: ~Copyable {
 
     mutating func restartProbeTimer(now: ContinuousClock.Instant) {
         let outstanding = spaces.contains { !$0.inFlight.isEmpty }
-        probeDeadline = outstanding ? now + configuration.probeTimeout * (1 << min(probeCount, 16)) : nil
+        probeDeadline = outstanding || clientAwaitsConfirmation ? now + configuration.probeTimeout * (1 << min(probeCount, 16)) : nil
+    }
+
+    /// A client keeps its timer armed until the handshake is confirmed even
+    /// with nothing in flight (RFC 9002 §6.2.2.1): a server stopped by the
+    /// anti-amplification limit can only go on once the client sends again.
+    var clientAwaitsConfirmation: Bool {
+        guard role == .client else { return false }
+        switch phase {
+        case .handshaking, .established(confirmed: false): return true
+        default: return false
+        }
     }
 
     /// Call at `nextDeadline`: what is unacknowledged is sent again (RFC 9002 §6.2, simplified: all of it).
     public mutating func handleTimeout(now: ContinuousClock.Instant) {
         guard let deadline = probeDeadline, now >= deadline, !isClosed else { return }
-        guard spaces.contains(where: { !$0.inFlight.isEmpty }) else {
+        let outstanding = spaces.contains { !$0.inFlight.isEmpty }
+        guard outstanding || clientAwaitsConfirmation else {
             // What was outstanding was acknowledged or its space discarded.
             probeDeadline = nil
             return
@@ -737,6 +758,10 @@ public struct QUICConnection: ~Copyable {
             events.append(.closed(.timedOut))
             probeDeadline = nil
             return
+        }
+        if !outstanding {
+            let handshake = spaces[Space.handshake.rawValue]
+            probeSpace = handshake.sendKeys != nil && !handshake.discarded ? .handshake : .initial
         }
         for index in spaces.indices {
             for number in spaces[index].inFlight.keys.sorted() {

@@ -141,9 +141,9 @@ public struct VersionNegotiationPacket: Equatable, Sendable {
     public func encoded(unusedBits: UInt8 = 0) -> [UInt8] {
         var bytes: [UInt8] = [0x80 | (unusedBits & 0x7F)]
         bytes.appendUInt32(QUICVersion.negotiation)
-        bytes.append(UInt8(truncatingIfNeeded: destination.count))
+        bytes.append(UInt8(min(destination.count, 255)))
         bytes.append(contentsOf: destination.prefix(255))
-        bytes.append(UInt8(truncatingIfNeeded: source.count))
+        bytes.append(UInt8(min(source.count, 255)))
         bytes.append(contentsOf: source.prefix(255))
         for version in versions { bytes.appendUInt32(version) }
         return bytes

@@ -143,6 +143,24 @@ final class ConnectionTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(stats.timeouts, 1)
     }
 
+    /// Each datagram of the handshake lost in turn, either way: the probe
+    /// timer resends (or, for a client whose server is held by the
+    /// anti-amplification limit, probes) until the echo gets through.
+    func testAnyLostHandshakeDatagramIsRecovered() throws {
+        for fromClient in [true, false] {
+            for lost in 0..<4 {
+                var client = try QUICConnection(client: Self.configuration())
+                var server = try QUICConnection(server: Self.configuration())
+                let message = Array("lost \(fromClient ? "client" : "server") datagram \(lost)".utf8)
+                let stats = run(&client, &server, drop: { side, index, _ in side == fromClient && index == lost }, onClientEvent: Self.writer(message)) {
+                    Self.echoed($0) != nil
+                }
+                XCTAssertEqual(Self.echoed(stats), message, "\(fromClient ? "client" : "server") datagram \(lost) lost")
+                XCTAssertFalse(client.isClosed || server.isClosed)
+            }
+        }
+    }
+
     func testDamagedDatagramsAreDroppedAndRecovered() throws {
         var client = try QUICConnection(client: Self.configuration())
         var server = try QUICConnection(server: Self.configuration())
