@@ -22,6 +22,10 @@ public enum QUICConnectionError: Error, Equatable, Sendable {
     case tls(QUICTLSError)
     /// Packets went unacknowledged through `maxProbeTimeouts` probe timeouts.
     case timedOut
+    /// Nothing was received for the idle timeout both sides agreed on (RFC 9000 §10.1).
+    case idleTimeout
+    /// The server answered with Version Negotiation and none of its versions is ours (§6.2).
+    case noCommonVersion([UInt32])
 }
 
 /// Why a stream operation was refused.
@@ -41,9 +45,10 @@ public enum QUICStreamError: Error, Equatable, Sendable {
 /// spaces, ACKs, CRYPTO and stream reassembly, flow control, and loss
 /// recovery by probe timeout (resending what is unacknowledged).
 ///
-/// Not yet: Retry and address validation tokens, 0-RTT, key updates,
-/// connection migration and new connection IDs, RTT estimation and
-/// congestion control, idle timeout, the closing/draining periods.
+/// Not yet: Retry tokens of our own (a listener's stateless Retry hands
+/// the connection what it validated: `init(server:afterRetry:)`), 0-RTT, key
+/// updates, connection migration and new connection IDs, congestion control,
+/// the closing/draining periods.
 public struct QUICConnection: ~Copyable {
     public enum Role: Sendable { case client, server }
 
@@ -54,8 +59,9 @@ public struct QUICConnection: ~Copyable {
         public var transportParameters: TransportParameters
         /// The largest datagram we send (RFC 9000 §14: 1200 is always allowed).
         public var maxDatagramSize = 1200
-        /// The first probe timeout (RFC 9002 §6.2: 3 × the initial 333 ms RTT; doubled on each expiry).
-        public var probeTimeout: Duration = .seconds(1)
+        /// The RTT assumed before the first sample (RFC 9002 §6.2.2: 333 ms); the probe timeout follows from it.
+        public var initialRTT: Duration = .milliseconds(333)
+        /// Consecutive probe timeouts without an acknowledgment before the connection is given up.
         public var maxProbeTimeouts = 8
 
         public init(tls: QUICTLSConfiguration, transportParameters: TransportParameters = .defaultLimits) {
@@ -99,6 +105,20 @@ public struct QUICConnection: ~Copyable {
     struct SentPacket {
         var frames: [Frame]
         var size: Int
+        var sentAt: ContinuousClock.Instant
+    }
+
+    /// What a listener's Retry established before the server connection exists (RFC 9000 §8.1.2, §7.3).
+    public struct RetryContext: Sendable, Equatable {
+        /// The destination ID of the client's first Initial, the one the Retry answered.
+        public var originalDestination: ConnectionID
+        /// The source ID the Retry carried; the client now sends to it, and it becomes the server's ID.
+        public var retrySource: ConnectionID
+
+        public init(originalDestination: ConnectionID, retrySource: ConnectionID) {
+            self.originalDestination = originalDestination
+            self.retrySource = retrySource
+        }
     }
 
     /// One packet number space (RFC 9000 §12.3) with its keys and CRYPTO stream.
@@ -178,6 +198,14 @@ public struct QUICConnection: ~Copyable {
     var addressValidated: Bool
     var probeDeadline: ContinuousClock.Instant?
     var probeCount = 0
+    var rtt: RTTEstimator
+    var idleDeadline: ContinuousClock.Instant?
+    var processedAnyPacket = false
+    /// A client's Retry state: the token its Initials carry and the ID the server chose (§17.2.5.2).
+    var retryToken: [UInt8] = []
+    var retrySource: ConnectionID?
+    /// A server created after a Retry.
+    let retryContext: RetryContext?
     /// A PING is owed in this space: a probe when there was nothing to resend.
     var probeSpace: Space?
 
@@ -198,6 +226,8 @@ public struct QUICConnection: ~Copyable {
         }
         role = .client
         self.configuration = configuration
+        rtt = RTTEstimator(initial: configuration.initialRTT)
+        retryContext = nil
         phase = .handshaking
         localCID = local
         remoteCID = destination
@@ -218,8 +248,10 @@ public struct QUICConnection: ~Copyable {
         return handshake
     }
 
-    /// A server connection, waiting for a client's first Initial.
-    public init(server configuration: Configuration) throws(QUICConnectionError) {
+    /// A server connection, waiting for a client's first Initial. After a
+    /// Retry, `afterRetry` says what it validated: the connection then takes
+    /// the Retry's source ID as its own and names both IDs in its parameters.
+    public init(server configuration: Configuration, afterRetry: RetryContext? = nil) throws(QUICConnectionError) {
         // Replaced once the client's first Initial names the IDs that go in them.
         var tlsConfiguration = configuration.tls
         tlsConfiguration.transportParameters = configuration.transportParameters.encoded()
@@ -231,13 +263,16 @@ public struct QUICConnection: ~Copyable {
         }
         role = .server
         self.configuration = configuration
+        rtt = RTTEstimator(initial: configuration.initialRTT)
+        retryContext = afterRetry
         phase = .awaitingFirstInitial
-        localCID = ConnectionID.random()
+        localCID = afterRetry?.retrySource ?? ConnectionID.random()
         remoteCID = .empty
-        originalDestination = .empty
+        originalDestination = afterRetry?.originalDestination ?? .empty
         nextStreamID = 1
         maxDataAdvertised = configuration.transportParameters.initialMaxData
-        addressValidated = false
+        // A client that answered a Retry has shown it receives at its address (§8.1.2).
+        addressValidated = afterRetry != nil
         spaces = Space.allCases.map { _ in PacketSpace(cryptoLimit: 1 << 16) }
     }
 
@@ -254,7 +289,10 @@ public struct QUICConnection: ~Copyable {
     }
 
     /// When `handleTimeout(now:)` is next due, if anything waits on time.
-    public var nextDeadline: ContinuousClock.Instant? { isClosed ? nil : probeDeadline }
+    public var nextDeadline: ContinuousClock.Instant? {
+        guard !isClosed else { return nil }
+        return [probeDeadline, idleDeadline].compactMap { $0 }.min()
+    }
 
     public var applicationProtocol: String? { tls.applicationProtocol }
     public var peerCertificates: [[UInt8]] { tls.peerCertificates }
@@ -329,6 +367,7 @@ public struct QUICConnection: ~Copyable {
                 // A client's first Initial fills a 1200-byte datagram (§14.1) and names at least 8
                 // unpredictable bytes (§7.2); only one that decrypts decides the connection's IDs.
                 guard header.type == .initial, datagramSize >= 1200, header.destination.count >= 8,
+                    retryContext == nil || header.destination == localCID,
                     (try? PacketProtection.open(packet, keys: InitialSecrets.keys(destination: header.destination).client, largestReceived: nil)) != nil
                 else { return }
                 acceptFirstInitial(header)
@@ -339,16 +378,25 @@ public struct QUICConnection: ~Copyable {
         case .short(let header):
             guard header.destination == localCID else { return }
             space = .application
-        case .retry, .versionNegotiation, .unsupportedVersion:
-            // Retry and version negotiation are not supported yet; such packets are dropped.
+        case .retry(let retry):
+            return receiveRetry(retry, packet)
+        case .versionNegotiation(let negotiation):
+            return receiveVersionNegotiation(negotiation)
+        case .unsupportedVersion:
             return
         }
         let index = space.rawValue
         guard !spaces[index].discarded, let keys = spaces[index].receiveKeys else { return }
-        guard let opened = try? PacketProtection.open(packet, keys: keys, largestReceived: spaces[index].largestReceived) else {
-            // Packets that fail to decrypt are dropped (RFC 9001 §5.5); so, for now, are those with reserved bits set.
+        let opened: OpenedPacket
+        do {
+            opened = try PacketProtection.open(packet, keys: keys, largestReceived: spaces[index].largestReceived)
+        } catch {
+            // Reserved bits set in an authentic packet are a violation (§17.2); anything else that fails to decrypt is dropped (RFC 9001 §5.5).
+            if error == .reservedBitsSet { fail(.protocolViolation, "reserved header bits set") }
             return
         }
+        processedAnyPacket = true
+        idleDeadline = now + idleTimeout
         if role == .client, space == .initial, !remoteCIDFromServer, case .long(let header) = packet.header {
             // The server's chosen ID replaces the one we made up (§7.2).
             remoteCID = header.source
@@ -377,11 +425,12 @@ public struct QUICConnection: ~Copyable {
     }
 
     mutating func acceptFirstInitial(_ header: LongHeader) {
-        originalDestination = header.destination
+        if retryContext == nil { originalDestination = header.destination }
         remoteCID = header.source
         var parameters = configuration.transportParameters
-        parameters.originalDestinationConnectionID = header.destination
+        parameters.originalDestinationConnectionID = originalDestination
         parameters.initialSourceConnectionID = localCID
+        parameters.retrySourceConnectionID = retryContext?.retrySource
         do {
             try tls.setTransportParameters(parameters.encoded())
         } catch {
@@ -395,6 +444,37 @@ public struct QUICConnection: ~Copyable {
         phase = .handshaking
     }
 
+    /// A client takes one Retry, before any other server packet, with a valid
+    /// tag and a token; it then sends its Initials to the Retry's source ID,
+    /// with new Initial keys and the token (RFC 9000 §17.2.5.2, RFC 9001 §5.2).
+    mutating func receiveRetry(_ retry: RetryPacket, _ packet: ProtectedPacket) {
+        guard role == .client, retrySource == nil, !processedAnyPacket, !retry.token.isEmpty, retry.destination == localCID,
+            RetryIntegrity.isValid(packet, originalDestination: originalDestination)
+        else { return }
+        retrySource = retry.source
+        retryToken = retry.token
+        remoteCID = retry.source
+        let keys = InitialSecrets.keys(destination: retry.source)
+        let initial = Space.initial.rawValue
+        spaces[initial].sendKeys = keys.client
+        spaces[initial].receiveKeys = keys.server
+        // The ClientHello goes again under the new keys; packet numbers go on (§17.2.5.3).
+        for number in spaces[initial].inFlight.keys.sorted() {
+            for frame in spaces[initial].inFlight[number]!.frames { requeue(frame, space: initial) }
+        }
+        spaces[initial].inFlight = [:]
+    }
+
+    /// Version Negotiation ends a client's attempt only if it came before any
+    /// other server packet and does not list our version (§6.2).
+    mutating func receiveVersionNegotiation(_ negotiation: VersionNegotiationPacket) {
+        guard role == .client, !processedAnyPacket, retrySource == nil, negotiation.destination == localCID.bytes,
+            negotiation.source == originalDestination.bytes, !negotiation.versions.contains(QUICVersion.v1)
+        else { return }
+        phase = .closed(.noCommonVersion(negotiation.versions))
+        events.append(.closed(.noCommonVersion(negotiation.versions)))
+    }
+
     mutating func handle(_ frame: Frame, in space: Space, now: ContinuousClock.Instant) {
         let index = space.rawValue
         switch frame {
@@ -406,6 +486,14 @@ public struct QUICConnection: ~Copyable {
         case .ack(let ack):
             guard ack.largest < spaces[index].nextPacketNumber else { return fail(.protocolViolation, "ACK of packet \(ack.largest) never sent") }
             var newlyAcked = false
+            if let largest = spaces[index].inFlight[ack.largest] {
+                // An RTT sample from the largest acknowledged, when it is new (RFC 9002 §5.1); the peer's
+                // ACK delay counts only in the application space.
+                let exponent = peerParameters?.ackDelayExponent ?? 3
+                let reported = Duration.microseconds(Int64(min(ack.delay, 1 << 40) << min(exponent, 20)))
+                let maxDelay = Duration.milliseconds(Int64(peerParameters?.maxAckDelay ?? 25))
+                rtt.update(sample: now - largest.sentAt, ackDelay: space == .application ? min(reported, maxDelay) : .zero)
+            }
             for number in spaces[index].inFlight.keys where ack.contains(number) {
                 spaces[index].inFlight[number] = nil
                 newlyAcked = true
@@ -534,6 +622,9 @@ public struct QUICConnection: ~Copyable {
         if role == .client, parameters.originalDestinationConnectionID != originalDestination {
             return fail(.transportParameterError, "original_destination_connection_id does not match")
         }
+        if role == .client, parameters.retrySourceConnectionID != retrySource {
+            return fail(.transportParameterError, "retry_source_connection_id does not match the Retry")
+        }
         peerParameters = parameters
         peerMaxData = parameters.initialMaxData
         peerMaxStreamsBidi = parameters.initialMaxStreamsBidi
@@ -554,6 +645,10 @@ public struct QUICConnection: ~Copyable {
         spaces[space.rawValue].receiveKeys = nil
         spaces[space.rawValue].inFlight = [:]
         spaces[space.rawValue].ackPending = false
+        if !spaces.contains(where: { !$0.inFlight.isEmpty }), !clientAwaitsConfirmation {
+            // Nothing left to probe for.
+            probeDeadline = nil
+        }
     }
 
     mutating func fail(_ code: TransportErrorCode, _ reason: String) {
@@ -645,7 +740,8 @@ public struct QUICConnection: ~Copyable {
     func headerSize(_ space: Space) -> Int {
         switch space {
         case .application: 1 + remoteCID.count + 4
-        case .initial, .handshake: 1 + 4 + 1 + remoteCID.count + 1 + localCID.count + (space == .initial ? 1 : 0) + 2 + 4
+        case .handshake: 1 + 4 + 1 + remoteCID.count + 1 + localCID.count + 2 + 4
+        case .initial: 1 + 4 + 1 + remoteCID.count + 1 + localCID.count + VarInt.encodedLength(UInt64(retryToken.count))! + retryToken.count + 2 + 4
         }
     }
 
@@ -713,14 +809,16 @@ public struct QUICConnection: ~Copyable {
                 ShortHeader(destination: remoteCID), packetNumber: number, largestAcked: spaces[index].largestAcked, keyPhase: false,
                 payload: payload, keys: keys, packetNumberLength: numberLength)
         case .initial, .handshake:
-            let header = LongHeader(type: space == .initial ? .initial : .handshake, destination: remoteCID, source: localCID)
+            let header = LongHeader(
+                type: space == .initial ? .initial : .handshake, destination: remoteCID, source: localCID, token: space == .initial ? retryToken : [])
             packet = PacketProtection.seal(
                 header, packetNumber: number, largestAcked: spaces[index].largestAcked, payload: payload, keys: keys,
                 packetNumberLength: numberLength)
         }
         if let now, frames.contains(where: \.isAckEliciting) {
-            spaces[index].inFlight[number] = SentPacket(frames: frames, size: packet.count)
+            spaces[index].inFlight[number] = SentPacket(frames: frames, size: packet.count, sentAt: now)
             if probeDeadline == nil { restartProbeTimer(now: now) }
+            if processedAnyPacket { idleDeadline = now + idleTimeout }
         }
         return packet
     }
@@ -729,7 +827,21 @@ public struct QUICConnection: ~Copyable {
 
     mutating func restartProbeTimer(now: ContinuousClock.Instant) {
         let outstanding = spaces.contains { !$0.inFlight.isEmpty }
-        probeDeadline = outstanding || clientAwaitsConfirmation ? now + configuration.probeTimeout * (1 << min(probeCount, 16)) : nil
+        probeDeadline = outstanding || clientAwaitsConfirmation ? now + probeTimeout : nil
+    }
+
+    /// The probe timeout, doubled for each one that expired in a row (RFC 9002 §6.2.1).
+    var probeTimeout: Duration {
+        let maxAckDelay = isConnected ? Duration.milliseconds(Int64(peerParameters?.maxAckDelay ?? 25)) : .zero
+        return rtt.probeTimeout(maxAckDelay: maxAckDelay) * (1 << min(probeCount, 16))
+    }
+
+    /// The smaller of both sides' max_idle_timeout (0 is none), and at least
+    /// three probe timeouts so that loss alone does not end the connection (§10.1).
+    var idleTimeout: Duration {
+        let offers = [configuration.transportParameters.maxIdleTimeout, peerParameters?.maxIdleTimeout ?? 0].filter { $0 > 0 }
+        guard let agreed = offers.min() else { return .seconds(3600 * 24 * 365) }
+        return max(.milliseconds(Int64(min(agreed, 1 << 40))), rtt.probeTimeout(maxAckDelay: .zero) * 3)
     }
 
     /// A client keeps its timer armed until the handshake is confirmed even
@@ -745,7 +857,14 @@ public struct QUICConnection: ~Copyable {
 
     /// Call at `nextDeadline`: what is unacknowledged is sent again (RFC 9002 §6.2, simplified: all of it).
     public mutating func handleTimeout(now: ContinuousClock.Instant) {
-        guard let deadline = probeDeadline, now >= deadline, !isClosed else { return }
+        guard !isClosed else { return }
+        if let idleDeadline, now >= idleDeadline {
+            // Silently: the peer's own idle timer ends its side (§10.1).
+            phase = .closed(.idleTimeout)
+            events.append(.closed(.idleTimeout))
+            return
+        }
+        guard let deadline = probeDeadline, now >= deadline else { return }
         let outstanding = spaces.contains { !$0.inFlight.isEmpty }
         guard outstanding || clientAwaitsConfirmation else {
             // What was outstanding was acknowledged or its space discarded.
@@ -769,7 +888,7 @@ public struct QUICConnection: ~Copyable {
             }
             spaces[index].inFlight = [:]
         }
-        probeDeadline = now + configuration.probeTimeout * (1 << min(probeCount, 16))
+        probeDeadline = now + probeTimeout
     }
 
     mutating func requeue(_ frame: Frame, space index: Int) {

@@ -203,6 +203,105 @@ final class ConnectionTests: XCTestCase {
         XCTAssertEqual(code, .cryptoError(alert: 42))
     }
 
+    /// A listener answered the client's first Initial with a Retry (made here
+    /// by hand); the client starts over toward the Retry's ID with the token,
+    /// and the server created after it names both IDs in its parameters.
+    func testHandshakeAfterARetry() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        let now = ContinuousClock.now
+        // BoringSSL's ClientHello (with a post-quantum key share) may take more than one datagram.
+        let firstFlight = client.send(now: now)
+        let first = try XCTUnwrap(firstFlight.first)
+        guard case .long(let initial) = try PacketParser.parse(first[...], shortHeaderCIDLength: 8).header else { return XCTFail("not an Initial") }
+        let retrySource = ConnectionID.random()
+        let token = Array("address-validation-token".utf8)
+        let retry = RetryIntegrity.seal(
+            RetryPacket(destination: initial.source, source: retrySource, token: token, integrityTag: []), originalDestination: initial.destination)
+        // A Retry with a damaged tag is ignored.
+        var damaged = retry
+        damaged[damaged.count - 1] ^= 1
+        client.receive(datagram: damaged, now: now)
+        XCTAssertEqual(client.send(now: now), [])
+        client.receive(datagram: retry, now: now)
+        let secondFlight = client.send(now: now)
+        XCTAssertEqual(secondFlight.count, firstFlight.count)
+        let second = try XCTUnwrap(secondFlight.first)
+        XCTAssertEqual(second.count, 1200)
+        let packet = try PacketParser.parse(second[...], shortHeaderCIDLength: 8)
+        guard case .long(let again) = packet.header else { return XCTFail("not an Initial") }
+        XCTAssertEqual(again.destination, retrySource)
+        XCTAssertEqual(again.token, token)
+        // Under Initial keys of the new ID, and with a packet number after the first one.
+        let opened = try PacketProtection.open(packet, keys: InitialSecrets.keys(destination: retrySource).client, largestReceived: nil)
+        XCTAssertEqual(opened.packetNumber, UInt64(firstFlight.count))
+
+        var server = try QUICConnection(
+            server: Self.configuration(), afterRetry: .init(originalDestination: initial.destination, retrySource: retrySource))
+        for datagram in secondFlight { server.receive(datagram: datagram, now: now) }
+        let message = Array("after retry".utf8)
+        let stats = run(&client, &server, onClientEvent: Self.writer(message)) { Self.echoed($0) != nil }
+        XCTAssertEqual(Self.echoed(stats), message)
+        XCTAssertEqual(client.peerTransportParameters?.retrySourceConnectionID, retrySource)
+        XCTAssertEqual(client.peerTransportParameters?.originalDestinationConnectionID, initial.destination)
+    }
+
+    func testVersionNegotiationWithoutOurVersionEndsTheAttempt() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        let now = ContinuousClock.now
+        let first = try XCTUnwrap(client.send(now: now).first)
+        guard case .long(let initial) = try PacketParser.parse(first[...], shortHeaderCIDLength: 8).header else { return XCTFail("not an Initial") }
+        // One that lists version 1 is ignored (§6.2); one that does not ends the attempt.
+        let listing = VersionNegotiationPacket(destination: initial.source.bytes, source: initial.destination.bytes, versions: [0x6b33_43cf, 1])
+        client.receive(datagram: listing.encoded(), now: now)
+        XCTAssertFalse(client.isClosed)
+        let refusing = VersionNegotiationPacket(destination: initial.source.bytes, source: initial.destination.bytes, versions: [0x6b33_43cf])
+        client.receive(datagram: refusing.encoded(), now: now)
+        XCTAssertTrue(client.isClosed)
+        XCTAssertEqual(client.takeEvents(), [.closed(.noCommonVersion([0x6b33_43cf]))])
+        XCTAssertNil(client.nextDeadline)
+    }
+
+    func testIdleConnectionsTimeOut() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        let start = ContinuousClock.now
+        _ = run(&client, &server, onClientEvent: Self.writer([1, 2, 3])) { Self.echoed($0) != nil }
+        // The last ACKs cross; then nothing is in flight and the idle deadline is what waits.
+        for _ in 0..<10 {
+            let toServer = client.send(now: start)
+            for datagram in toServer { server.receive(datagram: datagram, now: start) }
+            let toClient = server.send(now: start)
+            for datagram in toClient { client.receive(datagram: datagram, now: start) }
+            if toServer.isEmpty && toClient.isEmpty { break }
+        }
+        // Both offered 30 s.
+        let deadline = try XCTUnwrap(client.nextDeadline)
+        XCTAssertGreaterThanOrEqual(deadline, start + .seconds(29))
+        client.handleTimeout(now: deadline - .seconds(1))
+        XCTAssertFalse(client.isClosed)
+        client.handleTimeout(now: deadline)
+        XCTAssertTrue(client.isClosed)
+        XCTAssertEqual(client.takeEvents().last, .closed(.idleTimeout))
+        XCTAssertEqual(client.send(now: deadline), [], "an idle timeout closes silently")
+    }
+
+    func testRTTEstimatorFollowsRFC9002() {
+        var rtt = RTTEstimator()
+        XCTAssertEqual(rtt.probeTimeout(maxAckDelay: .zero), .milliseconds(333) + .milliseconds(666))
+        rtt.update(sample: .milliseconds(100), ackDelay: .zero)
+        XCTAssertEqual(rtt.smoothed, .milliseconds(100))
+        XCTAssertEqual(rtt.variance, .milliseconds(50))
+        // 200 ms with 20 ms of reported delay: adjusted 180, deviation 80.
+        rtt.update(sample: .milliseconds(200), ackDelay: .milliseconds(20))
+        XCTAssertEqual(rtt.minimum, .milliseconds(100))
+        XCTAssertEqual(rtt.smoothed, .milliseconds(110))
+        XCTAssertEqual(rtt.variance, .microseconds(57500))
+        XCTAssertEqual(rtt.probeTimeout(maxAckDelay: .milliseconds(25)), .milliseconds(110 + 230 + 25))
+        // A delay that would take the sample below the minimum is not subtracted.
+        rtt.update(sample: .milliseconds(101), ackDelay: .milliseconds(20))
+        XCTAssertEqual(rtt.latest, .milliseconds(101))
+    }
+
     func testRandomDatagramsNeverTrapAServer() throws {
         var generator = SeededGenerator(seed: 8)
         let configuration = try Self.configuration()
