@@ -61,6 +61,26 @@ enum QUICFuzzing {
 
     static let clientDestination = try! ConnectionID([0x83, 0x94, 0xc8, 0xf0, 0x3e, 0x51, 0x57, 0x08])
 
+    /// The input as pieces, each a 2-byte big-endian length and that many
+    /// bytes (the last piece takes what is left): frames cannot hold the
+    /// 0x5A 0xA5 separator of `FuzzTarget.chunks` at a piece's edge.
+    static func pieces(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
+        var pieces: [ArraySlice<UInt8>] = []
+        var rest = bytes[...]
+        while rest.count >= 2, pieces.count < 64 {
+            let length = Int(rest[rest.startIndex]) << 8 | Int(rest[rest.startIndex + 1])
+            rest = rest.dropFirst(2)
+            pieces.append(rest.prefix(length))
+            rest = rest.dropFirst(length)
+        }
+        if !rest.isEmpty { pieces.append(rest) }
+        return pieces
+    }
+
+    static func framed(_ pieces: [[UInt8]]) -> [UInt8] {
+        pieces.flatMap { [UInt8($0.count >> 8), UInt8($0.count & 0xFF)] + $0 }
+    }
+
     /// A server connection fed client Initial packets whose payloads (the
     /// frames: CRYPTO into TLS, ACKs, anything) are the input's pieces, sealed
     /// with the Initial keys so they pass the AEAD and reach the frame handling.
@@ -68,9 +88,10 @@ enum QUICFuzzing {
         guard var server = try? QUICConnection(server: serverConfiguration) else { fatalError("no QUIC server connection") }
         let now = ContinuousClock.now
         let client = try! ConnectionID([1, 2, 3, 4, 5, 6, 7, 8])
-        for (number, piece) in FuzzTarget.chunks(bytes).enumerated() {
+        for (number, piece) in pieces(bytes).enumerated() {
             // A first datagram must fill 1200 bytes; PADDING after the input's frames does it.
-            let payload = Array(piece) + [UInt8](repeating: 0, count: max(0, 1150 - piece.count))
+            // (Header 27 bytes, tag 16: 1180 bytes of payload are enough.)
+            let payload = Array(piece) + [UInt8](repeating: 0, count: max(0, 1180 - piece.count))
             let packet = PacketProtection.seal(
                 LongHeader(type: .initial, destination: clientDestination, source: client), packetNumber: UInt64(number), largestAcked: nil,
                 payload: payload, keys: initialKeys.client)
@@ -140,8 +161,8 @@ enum QUICFuzzing {
             let second = Frame.crypto(offset: UInt64(half), data: Array(hello[half...])).encoded
             let first = Frame.crypto(offset: 0, data: Array(hello[..<half])).encoded
             return [
-                "client-hello": Frame.crypto(offset: 0, data: hello).encoded + Frame.ping.encoded,
-                "client-hello-split": second + [0x5A, 0xA5] + first,
+                "client-hello": framed([Frame.crypto(offset: 0, data: hello).encoded + Frame.ping.encoded]),
+                "client-hello-split": framed([second, first]),
             ]
         default:
             return [:]
