@@ -326,7 +326,7 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        .testTarget(name: "QUICTests", dependencies: ["QUIC", "TLS", "Identity"]),
+        .testTarget(name: "QUICTests", dependencies: ["QUIC", "TLS", "Identity", "ChildProcess"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),

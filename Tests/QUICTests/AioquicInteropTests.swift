@@ -1,0 +1,190 @@
+import ChildProcess
+import Foundation
+import Identity
+import TLS
+import XCTest
+
+@testable import QUIC
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The QUIC core against an independent stack: aioquic (pinned with py-libp2p
+/// in Tests/Interop/py/requirements.txt) over UDP on loopback, in both roles.
+/// Needs P2PCHAT_PYTHON (./scripts/test sets it); skipped without it.
+final class AioquicInteropTests: XCTestCase {
+    func python() throws -> String {
+        guard let python = ProcessInfo.processInfo.environment["P2PCHAT_PYTHON"], !python.isEmpty else {
+            if ProcessInfo.processInfo.environment["P2PCHAT_REQUIRE_INTEROP"] != nil {
+                XCTFail("P2PCHAT_PYTHON is not set but interop is required")
+            }
+            throw XCTSkip("SKIPPED: interop with aioquic needs P2PCHAT_PYTHON (run ./scripts/test)")
+        }
+        return python
+    }
+
+    static var script: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Interop/py/quic_peer.py").path
+    }
+
+    /// Our configuration for a peer that is not libp2p: any certificate is accepted.
+    func configuration() throws -> QUICConnection.Configuration {
+        let certificate = try LibP2PCertificate.generate(identity: .generateEd25519())
+        return QUICConnection.Configuration(
+            tls: QUICTLSConfiguration(
+                certificateDER: certificate.certificateDER, privateKeyDER: certificate.privateKeyDER, transportParameters: [0x0f, 0x00],
+                verifyPeer: { !$0.isEmpty }))
+    }
+
+    /// The first JSON line of `process` whose "event" is `event`, within `seconds`.
+    func line(_ event: String, of process: ChildProcess, within seconds: Double = 20) throws -> [String: Any] {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            for text in process.outputLines {
+                guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { continue }
+                if object["event"] as? String == "error" { throw InteropFailure.peer("\(object) \(process.stderrText.suffix(2000))") }
+                if object["event"] as? String == event { return object }
+            }
+            guard process.isRunning else { break }
+            usleep(10_000)
+        }
+        throw InteropFailure.peer("no \(event) line; stderr: \(process.stderrText.suffix(2000))")
+    }
+
+    enum InteropFailure: Error { case peer(String) }
+
+    func testOurClientEchoesThroughAnAioquicServer() throws {
+        try clientRun(retry: false)
+    }
+
+    /// aioquic's server answers the first Initial with a Retry: our client takes it and starts over.
+    func testOurClientFollowsAnAioquicRetry() throws {
+        try clientRun(retry: true)
+    }
+
+    func clientRun(retry: Bool) throws {
+        let server = try ChildProcess(try python(), [Self.script, "serve"] + (retry ? ["--retry"] : []))
+        defer { server.stop() }
+        let port = try XCTUnwrap(try line("listening", of: server)["port"] as? Int)
+        let socket = try UDPSocket()
+        var client = try QUICConnection(client: configuration())
+        let message = Array("hello aioquic, from swift".utf8)
+        var reply: [UInt8] = []
+        var finished = false
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !finished, ContinuousClock.now < deadline, !client.isClosed {
+            for datagram in client.send(now: .now) { socket.send(datagram, to: UInt16(port)) }
+            for event in client.takeEvents() {
+                switch event {
+                case .connected:
+                    let stream = try client.openStream()
+                    try client.write(message, to: stream, fin: true)
+                case .streamData(_, let data, let fin):
+                    reply += data
+                    finished = fin
+                default:
+                    break
+                }
+            }
+            let wait = client.nextDeadline.map { min(max($0 - .now, .zero), .milliseconds(50)) } ?? .milliseconds(50)
+            if let (datagram, _) = socket.receive(timeout: wait) { client.receive(datagram: datagram, now: .now) }
+            client.handleTimeout(now: .now)
+        }
+        XCTAssertEqual(String(decoding: reply, as: UTF8.self), String(decoding: message, as: UTF8.self))
+        XCTAssertEqual(client.applicationProtocol, "libp2p")
+        XCTAssertEqual(try line("echoed", of: server)["stream"] as? Int, 0)
+        if retry {
+            XCTAssertNotNil(client.peerTransportParameters?.retrySourceConnectionID, "the server said it sent a Retry")
+        }
+        client.close()
+        for datagram in client.send(now: .now) { socket.send(datagram, to: UInt16(port)) }
+        XCTAssertEqual(try line("closed", of: server)["code"] as? Int, 0)
+    }
+
+    func testAnAioquicClientEchoesThroughOurServer() throws {
+        let socket = try UDPSocket()
+        var server = try QUICConnection(server: configuration())
+        let text = "hello swift, from aioquic"
+        let client = try ChildProcess(try python(), [Self.script, "connect", String(socket.port), text])
+        defer { client.stop() }
+        var peerPort: UInt16?
+        let deadline = ContinuousClock.now + .seconds(20)
+        var replied = false
+        while ContinuousClock.now < deadline, !replied {
+            if let (datagram, from) = socket.receive(timeout: .milliseconds(50)) {
+                peerPort = peerPort ?? from
+                server.receive(datagram: datagram, now: .now)
+            }
+            for event in server.takeEvents() {
+                if case .streamData(let id, let data, let fin) = event { try server.write(data, to: id, fin: fin) }
+            }
+            server.handleTimeout(now: .now)
+            if let peerPort {
+                for datagram in server.send(now: .now) { socket.send(datagram, to: peerPort) }
+            }
+            replied = client.outputLines.contains { $0.contains("\"reply\"") || $0.contains("\"error\"") }
+        }
+        XCTAssertEqual(try line("reply", of: client)["text"] as? String, text)
+        XCTAssertTrue(server.isConnected || server.isClosed)
+    }
+}
+
+/// A UDP socket on 127.0.0.1 for the interop tests, with a poll-bounded receive.
+final class UDPSocket {
+    let descriptor: Int32
+
+    init() throws {
+        descriptor = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard descriptor >= 0 else { throw POSIXError(.EIO) }
+        var address = Self.loopback(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+    }
+
+    deinit { close(descriptor) }
+
+    static func loopback(port: UInt16) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        return address
+    }
+
+    var port: UInt16 {
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    func send(_ bytes: [UInt8], to port: UInt16) {
+        var address = Self.loopback(port: port)
+        _ = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sendto(descriptor, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+    }
+
+    /// One datagram and its sender's port, or nil when none came within `timeout`.
+    func receive(timeout: Duration) -> ([UInt8], UInt16)? {
+        var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        let milliseconds = Int32(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        guard poll(&poller, 1, milliseconds) > 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let count = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(descriptor, &buffer, buffer.count, 0, $0, &length) }
+        }
+        guard count > 0 else { return nil }
+        return (Array(buffer.prefix(count)), UInt16(bigEndian: address.sin_port))
+    }
+}
