@@ -10,11 +10,9 @@ import XCTest
 import Glibc
 #endif
 
-/// The QUIC core against an independent stack: aioquic (pinned with py-libp2p
-/// in Tests/Interop/py/requirements.txt) over UDP on loopback, in both roles.
-/// Needs P2PCHAT_PYTHON (./scripts/test sets it); skipped without it.
-final class AioquicInteropTests: XCTestCase {
-    func python() throws -> String {
+/// What the interop tests share: the pinned Python and its JSON lines.
+enum QUICInterop {
+    static func python() throws -> String {
         guard let python = ProcessInfo.processInfo.environment["P2PCHAT_PYTHON"], !python.isEmpty else {
             if ProcessInfo.processInfo.environment["P2PCHAT_REQUIRE_INTEROP"] != nil {
                 XCTFail("P2PCHAT_PYTHON is not set but interop is required")
@@ -29,17 +27,8 @@ final class AioquicInteropTests: XCTestCase {
             .appendingPathComponent("Interop/py/quic_peer.py").path
     }
 
-    /// Our configuration for a peer that is not libp2p: any certificate is accepted.
-    func configuration() throws -> QUICConnection.Configuration {
-        let certificate = try LibP2PCertificate.generate(identity: .generateEd25519())
-        return QUICConnection.Configuration(
-            tls: QUICTLSConfiguration(
-                certificateDER: certificate.certificateDER, privateKeyDER: certificate.privateKeyDER, transportParameters: [0x0f, 0x00],
-                verifyPeer: { !$0.isEmpty }))
-    }
-
     /// The first JSON line of `process` whose "event" is `event`, within `seconds`.
-    func line(_ event: String, of process: ChildProcess, within seconds: Double = 20) throws -> [String: Any] {
+    static func line(_ event: String, of process: ChildProcess, within seconds: Double = 20) throws -> [String: Any] {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         while ContinuousClock.now < deadline {
             for text in process.outputLines {
@@ -53,7 +42,23 @@ final class AioquicInteropTests: XCTestCase {
         throw InteropFailure.peer("no \(event) line; stderr: \(process.stderrText.suffix(2000))")
     }
 
-    enum InteropFailure: Error { case peer(String) }
+
+}
+
+enum InteropFailure: Error { case peer(String) }
+
+/// The QUIC core against an independent stack: aioquic (pinned with py-libp2p
+/// in Tests/Interop/py/requirements.txt) over UDP on loopback, in both roles.
+/// Needs P2PCHAT_PYTHON (./scripts/test sets it); skipped without it.
+final class AioquicInteropTests: XCTestCase {
+    /// Our configuration for a peer that is not libp2p: any certificate is accepted.
+    func configuration() throws -> QUICConnection.Configuration {
+        let certificate = try LibP2PCertificate.generate(identity: .generateEd25519())
+        return QUICConnection.Configuration(
+            tls: QUICTLSConfiguration(
+                certificateDER: certificate.certificateDER, privateKeyDER: certificate.privateKeyDER, transportParameters: [0x0f, 0x00],
+                verifyPeer: { !$0.isEmpty }))
+    }
 
     func testOurClientEchoesThroughAnAioquicServer() throws {
         try clientRun(retry: false)
@@ -65,9 +70,9 @@ final class AioquicInteropTests: XCTestCase {
     }
 
     func clientRun(retry: Bool) throws {
-        let server = try ChildProcess(try python(), [Self.script, "serve"] + (retry ? ["--retry"] : []))
+        let server = try ChildProcess(try QUICInterop.python(), [QUICInterop.script, "serve"] + (retry ? ["--retry"] : []))
         defer { server.stop() }
-        let port = try XCTUnwrap(try line("listening", of: server)["port"] as? Int)
+        let port = try XCTUnwrap(try QUICInterop.line("listening", of: server)["port"] as? Int)
         let socket = try UDPSocket()
         var client = try QUICConnection(client: configuration())
         let message = Array("hello aioquic, from swift".utf8)
@@ -94,20 +99,20 @@ final class AioquicInteropTests: XCTestCase {
         }
         XCTAssertEqual(String(decoding: reply, as: UTF8.self), String(decoding: message, as: UTF8.self))
         XCTAssertEqual(client.applicationProtocol, "libp2p")
-        XCTAssertEqual(try line("echoed", of: server)["stream"] as? Int, 0)
+        XCTAssertEqual(try QUICInterop.line("echoed", of: server)["stream"] as? Int, 0)
         if retry {
             XCTAssertNotNil(client.peerTransportParameters?.retrySourceConnectionID, "the server said it sent a Retry")
         }
         client.close()
         for datagram in client.send(now: .now) { socket.send(datagram, to: UInt16(port)) }
-        XCTAssertEqual(try line("closed", of: server)["code"] as? Int, 0)
+        XCTAssertEqual(try QUICInterop.line("closed", of: server)["code"] as? Int, 0)
     }
 
     func testAnAioquicClientEchoesThroughOurServer() throws {
         let socket = try UDPSocket()
         var server = try QUICConnection(server: configuration())
         let text = "hello swift, from aioquic"
-        let client = try ChildProcess(try python(), [Self.script, "connect", String(socket.port), text])
+        let client = try ChildProcess(try QUICInterop.python(), [QUICInterop.script, "connect", String(socket.port), text])
         defer { client.stop() }
         var peerPort: UInt16?
         let deadline = ContinuousClock.now + .seconds(20)
@@ -126,8 +131,82 @@ final class AioquicInteropTests: XCTestCase {
             }
             replied = client.outputLines.contains { $0.contains("\"reply\"") || $0.contains("\"error\"") }
         }
-        XCTAssertEqual(try line("reply", of: client)["text"] as? String, text)
+        XCTAssertEqual(try QUICInterop.line("reply", of: client)["text"] as? String, text)
         XCTAssertTrue(server.isConnected || server.isClosed)
+    }
+}
+
+/// The QUIC core dialing py-libp2p's `/quic-v1` listener as libp2p does: ALPN
+/// `libp2p`, libp2p certificates on both sides (theirs must prove the peer ID
+/// they announced; they check ours), then multistream-select and a ping on a
+/// stream. What remains for a transport is wiring, not protocol.
+final class PyLibp2pQUICTests: XCTestCase {
+    func testPingOverQUICWithPyLibp2p() throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Interop/py/quic_libp2p_peer.py").path
+        let peer = try ChildProcess(try QUICInterop.python(), [script, "30"], stdinPipe: true)
+        defer { peer.stop() }
+        let listening = try QUICInterop.line("listening", of: peer, within: 30)
+        let port = try XCTUnwrap(listening["port"] as? Int)
+        let expected = try PeerID(try XCTUnwrap(listening["peer"] as? String))
+
+        let identity = PrivateKey.generateEd25519()
+        let certificate = try LibP2PCertificate.generate(identity: identity)
+        let configuration = QUICConnection.Configuration(
+            tls: QUICTLSConfiguration(
+                certificateDER: certificate.certificateDER, privateKeyDER: certificate.privateKeyDER, transportParameters: [0x0f, 0x00],
+                verifyPeer: { chain in (try? LibP2PCertificate.verify(chain: chain, expectedPeer: expected)) != nil }))
+        var client = try QUICConnection(client: configuration)
+        let socket = try UDPSocket()
+
+        // multistream-select: a varint length, then the line.
+        func line(_ text: String) -> [UInt8] {
+            let bytes = Array((text + "\n").utf8)
+            return [UInt8(bytes.count)] + bytes
+        }
+        let negotiation = line("/multistream/1.0.0") + line("/ipfs/ping/1.0.0")
+        var generator = SeededGenerator(seed: 11)
+        let payload = generator.bytes(32)
+        var stream: UInt64?
+        var received: [UInt8] = []
+        var sentPing = false
+        var pong: [UInt8]?
+        var peerStreams: Set<UInt64> = []
+        let deadline = ContinuousClock.now + .seconds(20)
+        while pong == nil, ContinuousClock.now < deadline, !client.isClosed {
+            for event in client.takeEvents() {
+                switch event {
+                case .connected:
+                    stream = try client.openStream()
+                    try client.write(negotiation, to: stream!)
+                case .streamData(let id, let data, _) where id == stream:
+                    received += data
+                case .streamData(let id, _, _):
+                    // py-libp2p opens streams of its own (identify): the peer's stream IDs are odd.
+                    peerStreams.insert(id)
+                default:
+                    break
+                }
+            }
+            if let stream, !sentPing, received.count >= negotiation.count {
+                // The listener answered both lines: it speaks ping.
+                XCTAssertEqual(Array(received.prefix(negotiation.count)), negotiation)
+                received.removeFirst(negotiation.count)
+                try client.write(payload, to: stream)
+                sentPing = true
+            }
+            if sentPing, received.count >= 32 { pong = Array(received.prefix(32)) }
+            for datagram in client.send(now: .now) { socket.send(datagram, to: UInt16(port)) }
+            let wait = client.nextDeadline.map { min(max($0 - .now, .zero), .milliseconds(50)) } ?? .milliseconds(50)
+            if let (datagram, _) = socket.receive(timeout: wait) { client.receive(datagram: datagram, now: .now) }
+            client.handleTimeout(now: .now)
+        }
+        XCTAssertEqual(pong, payload, "ping echoed over /quic-v1; events: \(client.takeEvents()), stderr: \(peer.stderrText.suffix(1500))")
+        XCTAssertEqual(try LibP2PCertificate.verify(chain: client.peerCertificates, expectedPeer: nil).peerID, expected)
+        XCTAssertTrue(peerStreams.allSatisfy { $0 % 4 == 1 }, "server-initiated bidirectional streams: \(peerStreams)")
+        client.close()
+        for datagram in client.send(now: .now) { socket.send(datagram, to: UInt16(port)) }
+        peer.closeInput()
     }
 }
 
