@@ -402,7 +402,7 @@ public struct QUICConnection: ~Copyable {
             remoteCID = header.source
             remoteCIDFromServer = true
         }
-        if role == .server, space == .handshake, !addressValidated {
+        if role == .server, space == .handshake, !spaces[Space.initial.rawValue].discarded {
             // A Handshake packet proves the client received ours (§8.1), and Initial keys are done with (RFC 9001 §4.9.1).
             addressValidated = true
             discard(.initial)
@@ -690,12 +690,16 @@ public struct QUICConnection: ~Copyable {
     /// A CONNECTION_CLOSE in every space we have keys for, the peer may lack the later ones (§10.2.3).
     mutating func closeDatagram(_ frame: Frame) -> [UInt8] {
         var datagram: [UInt8] = []
-        for space in Space.allCases where spaces[space.rawValue].sendKeys != nil {
+        let spacesWithKeys = Space.allCases.filter { spaces[$0.rawValue].sendKeys != nil }
+        // A client's datagram with an Initial in it is padded to 1200 bytes (§14.1), in its last packet.
+        let pad = role == .client && spacesWithKeys.contains(.initial)
+        for space in spacesWithKeys {
             var close = frame
             if space != .application, case .connectionClose(.application) = frame {
                 close = .connectionClose(.transport(code: .applicationError, frameType: 0, reason: []))
             }
-            datagram += seal(space: space, frames: [close], padTo: nil, now: nil)
+            let target = pad && space == spacesWithKeys.last ? 1200 - datagram.count : nil
+            datagram += seal(space: space, frames: [close], padTo: target, now: nil)
         }
         return datagram
     }

@@ -243,6 +243,22 @@ final class ConnectionTests: XCTestCase {
         XCTAssertEqual(Self.echoed(stats), message)
         XCTAssertEqual(client.peerTransportParameters?.retrySourceConnectionID, retrySource)
         XCTAssertEqual(client.peerTransportParameters?.originalDestinationConnectionID, initial.destination)
+        // A server made after a Retry still drops its Initial keys at the client's first Handshake packet.
+        XCTAssertTrue(server.spaces[0].discarded && server.spaces[1].discarded)
+    }
+
+    func testAClientClosingDuringTheHandshakePadsItsInitial() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        _ = client.send(now: .now)
+        client.close(code: 3, reason: "changed my mind")
+        let datagrams = client.send(now: .now)
+        XCTAssertEqual(datagrams.map(\.count), [1200])
+        XCTAssertEqual(client.takeEvents(), [.closed(.application(code: 3, reason: "changed my mind"))])
+        // A server sees a transport CONNECTION_CLOSE with APPLICATION_ERROR in the Initial (§10.2.3).
+        let packet = try PacketParser.parse(datagrams[0][...], shortHeaderCIDLength: 8)
+        guard case .long(let header) = packet.header else { return XCTFail("not an Initial") }
+        let opened = try PacketProtection.open(packet, keys: InitialSecrets.keys(destination: header.destination).client, largestReceived: nil)
+        XCTAssertEqual(try Frame.decodeAll(opened.payload).first, .connectionClose(.transport(code: .applicationError, frameType: 0, reason: [])))
     }
 
     func testVersionNegotiationWithoutOurVersionEndsTheAttempt() throws {
