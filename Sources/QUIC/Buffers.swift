@@ -9,8 +9,8 @@ public enum ReassemblyError: Error, Equatable, Sendable {
 }
 
 /// Data received at offsets (CRYPTO or STREAM frames), out of order and
-/// possibly repeated, handed on in order. Memory is bounded by `limit` bytes
-/// past what was read and by `maxPieces`.
+/// possibly repeated, handed on in order. Only bytes not held yet are kept,
+/// so memory is bounded by `limit` minus what was read, and by `maxPieces`.
 public struct ReassemblyBuffer: Sendable {
     public private(set) var readOffset: UInt64 = 0
     /// The highest offset (exclusive) the peer may send to.
@@ -35,31 +35,34 @@ public struct ReassemblyBuffer: Sendable {
         guard end <= limit else { throw .limitExceeded(end: end, limit: limit) }
         highestOffset = max(highestOffset, end)
         guard end > readOffset else { return }
-        let start = max(offset, readOffset)
-        let piece = Array(data[Int(start - offset)...])
-        if let existing = pieces[start], existing.count >= piece.count { return }
-        guard pieces.count < Self.maxPieces || pieces[start] != nil else { throw .tooFragmented }
-        pieces[start] = piece
+        // The parts of [start, end) no held piece covers: held pieces never overlap.
+        var cursor = max(offset, readOffset)
+        var additions: [(UInt64, ArraySlice<UInt8>)] = []
+        for (pieceStart, piece) in pieces.sorted(by: { $0.key < $1.key }) {
+            let pieceEnd = pieceStart + UInt64(piece.count)
+            if pieceEnd <= cursor { continue }
+            if pieceStart >= end { break }
+            if pieceStart > cursor { additions.append((cursor, data[Int(cursor - offset)..<Int(pieceStart - offset)])) }
+            cursor = pieceEnd
+            if cursor >= end { break }
+        }
+        if cursor < end { additions.append((cursor, data[Int(cursor - offset)..<Int(end - offset)])) }
+        guard pieces.count + additions.count <= Self.maxPieces else { throw .tooFragmented }
+        for (start, bytes) in additions { pieces[start] = Array(bytes) }
     }
 
     /// Everything contiguous from the read offset, consumed.
     public mutating func read() -> [UInt8] {
         var out: [UInt8] = []
-        var progressed = true
-        while progressed {
-            progressed = false
-            for (offset, piece) in pieces where offset <= readOffset {
-                pieces[offset] = nil
-                let end = offset + UInt64(piece.count)
-                if end > readOffset {
-                    out += piece[Int(readOffset - offset)...]
-                    readOffset = end
-                }
-                progressed = true
-            }
+        while let piece = pieces.removeValue(forKey: readOffset) {
+            out += piece
+            readOffset += UInt64(piece.count)
         }
         return out
     }
+
+    /// Bytes held beyond the read offset.
+    public var bufferedBytes: Int { pieces.values.reduce(0) { $0 + $1.count } }
 
     /// All data up to the final size was read.
     public var isComplete: Bool { finalSize == readOffset }

@@ -41,6 +41,20 @@ final class ReassemblyBufferTests: XCTestCase {
         }
     }
 
+    func testOverlapsAreHeldOnce() throws {
+        var buffer = ReassemblyBuffer(limit: 1000)
+        // The same 100 bytes sent as many overlapping pieces, none readable (the first byte is missing).
+        let data = [UInt8](0..<100)
+        for start in stride(from: 1, to: 90, by: 3) {
+            try buffer.insert(Array(data[start..<(start + 10)]), at: UInt64(start))
+        }
+        try buffer.insert(Array(data[1..<100]), at: 1)
+        XCTAssertEqual(buffer.bufferedBytes, 99)
+        try buffer.insert([0], at: 0)
+        XCTAssertEqual(buffer.read(), data)
+        XCTAssertEqual(buffer.bufferedBytes, 0)
+    }
+
     func testLimitsAndFinalSizeAreEnforced() {
         var buffer = ReassemblyBuffer(limit: 10)
         XCTAssertThrowsError(try buffer.insert([UInt8](repeating: 0, count: 11), at: 0)) { error in
