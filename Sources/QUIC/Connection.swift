@@ -201,6 +201,7 @@ public struct QUICConnection: ~Copyable {
     var rtt: RTTEstimator
     var idleDeadline: ContinuousClock.Instant?
     var processedAnyPacket = false
+    var ackElicitingSentSinceReceipt = false
     /// A client's Retry state: the token its Initials carry and the ID the server chose (§17.2.5.2).
     var retryToken: [UInt8] = []
     var retrySource: ConnectionID?
@@ -397,6 +398,7 @@ public struct QUICConnection: ~Copyable {
         }
         processedAnyPacket = true
         idleDeadline = now + idleTimeout
+        ackElicitingSentSinceReceipt = false
         if role == .client, space == .initial, !remoteCIDFromServer, case .long(let header) = packet.header {
             // The server's chosen ID replaces the one we made up (§7.2).
             remoteCID = header.source
@@ -545,7 +547,8 @@ public struct QUICConnection: ~Copyable {
         let id = frame.streamID
         if streams[id] == nil {
             // Only the peer's bidirectional streams open implicitly; ours exist already.
-            guard !isLocal(id), id & 0x02 == 0 else { return fail(.streamStateError, "STREAM on stream \(id) we did not open") }
+            guard !isLocal(id) else { return fail(.streamStateError, "STREAM on stream \(id) we did not open") }
+            guard id & 0x02 == 0 else { return fail(.streamLimitError, "unidirectional stream \(id): we allow none") }
             guard id / 4 < configuration.transportParameters.initialMaxStreamsBidi else {
                 return fail(.streamLimitError, "stream \(id) beyond our limit")
             }
@@ -822,7 +825,12 @@ public struct QUICConnection: ~Copyable {
         if let now, frames.contains(where: \.isAckEliciting) {
             spaces[index].inFlight[number] = SentPacket(frames: frames, size: packet.count, sentAt: now)
             if probeDeadline == nil { restartProbeTimer(now: now) }
-            if processedAnyPacket { idleDeadline = now + idleTimeout }
+            // Only the first ack-eliciting packet after a receipt restarts the idle timer (§10.1):
+            // a peer that went away cannot keep it running by our own retransmissions.
+            if processedAnyPacket, !ackElicitingSentSinceReceipt {
+                idleDeadline = now + idleTimeout
+                ackElicitingSentSinceReceipt = true
+            }
         }
         return packet
     }

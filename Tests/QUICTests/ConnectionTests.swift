@@ -301,6 +301,53 @@ final class ConnectionTests: XCTestCase {
         XCTAssertEqual(client.send(now: deadline), [], "an idle timeout closes silently")
     }
 
+    /// A peer that goes silent: our own resends do not keep the idle timer
+    /// running, so the connection ends at the idle timeout, long before the
+    /// probe timeouts would give up.
+    func testASilentPeerEndsAtTheIdleTimeout() throws {
+        // Probes would give up after 8 timeouts (13 s at this loopback RTT); here only the idle timer may end it.
+        var configuration = try Self.configuration()
+        configuration.maxProbeTimeouts = 100
+        var client = try QUICConnection(client: configuration)
+        var server = try QUICConnection(server: Self.configuration())
+        let settled = ContinuousClock.now
+        _ = run(&client, &server, onClientEvent: Self.writer([1])) { Self.echoed($0) != nil }
+        for _ in 0..<10 {
+            let toServer = client.send(now: settled)
+            for datagram in toServer { server.receive(datagram: datagram, now: settled) }
+            let toClient = server.send(now: settled)
+            for datagram in toClient { client.receive(datagram: datagram, now: settled) }
+            if toServer.isEmpty && toClient.isEmpty { break }
+        }
+        let stream = try client.openStream()
+        try client.write([1, 2, 3], to: stream)
+        let start = ContinuousClock.now
+        var now = start
+        var sent = client.send(now: now).count  // all lost from here on
+        while !client.isClosed, let deadline = client.nextDeadline {
+            now = max(now, deadline)
+            client.handleTimeout(now: now)
+            sent += client.send(now: now).count
+        }
+        XCTAssertEqual(client.takeEvents().last, .closed(.idleTimeout))
+        XCTAssertGreaterThan(sent, 2, "the data was probed for a while")
+        let elapsed: Duration = now - start
+        XCTAssertLessThan(elapsed, Duration.seconds(31))
+    }
+
+    func testAPeerUnidirectionalStreamIsRefused() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        let stats = run(&client, &server, onClientEvent: { event, client in
+            // Stream 2 is the client's first unidirectional stream; the server allows none.
+            if event == .connected { client.controlFrames.append(.stream(StreamFrame(streamID: 2, data: [1]))) }
+        }) { stats in stats.serverEvents.contains { if case .closed = $0 { true } else { false } } }
+        guard case .closed(.local(let code, _))? = stats.serverEvents.last else { return XCTFail("\(stats.serverEvents)") }
+        XCTAssertEqual(code, .streamLimitError)
+        guard case .closed(.peer(.transport(let peerCode, _, _)))? = stats.clientEvents.last else { return XCTFail("\(stats.clientEvents)") }
+        XCTAssertEqual(peerCode, .streamLimitError)
+    }
+
     func testRTTEstimatorFollowsRFC9002() {
         var rtt = RTTEstimator()
         XCTAssertEqual(rtt.probeTimeout(maxAckDelay: .zero), .milliseconds(333) + .milliseconds(666))
