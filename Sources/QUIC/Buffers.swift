@@ -77,6 +77,11 @@ struct SendBuffer: Sendable {
     private var lost: [(offset: UInt64, length: Int, fin: Bool)] = []
     private(set) var finWritten = false
     private(set) var finSent = false
+    /// Acknowledged ranges, merged, in order.
+    private var acked: [Range<UInt64>] = []
+    private(set) var finAcked = false
+    /// The peer asked us to stop (STOP_SENDING) and we reset instead: nothing more goes out.
+    private(set) var reset = false
 
     var totalLength: UInt64 { UInt64(data.count) }
 
@@ -85,11 +90,12 @@ struct SendBuffer: Sendable {
         if fin { finWritten = true }
     }
 
-    var hasPending: Bool { !lost.isEmpty || sentOffset < totalLength || (finWritten && !finSent) }
+    var hasPending: Bool { !reset && (!lost.isEmpty || sentOffset < totalLength || (finWritten && !finSent)) }
 
     /// The next piece to send, at most `maxLength` bytes and not past `limit`
     /// (flow control; lost data was within it already). nil when nothing fits.
     mutating func next(maxLength: Int, limit: UInt64) -> (offset: UInt64, data: [UInt8], fin: Bool)? {
+        guard !reset else { return nil }
         if !lost.isEmpty {
             var piece = lost.removeFirst()
             if piece.length > maxLength {
@@ -112,6 +118,38 @@ struct SendBuffer: Sendable {
 
     /// A sent piece was lost: it goes out again before new data.
     mutating func markLost(offset: UInt64, length: Int, fin: Bool) {
+        guard !reset else { return }
         lost.append((offset, length, fin))
+    }
+
+    /// A sent piece was acknowledged.
+    mutating func markAcked(offset: UInt64, length: Int, fin: Bool) {
+        if fin { finAcked = true }
+        guard length > 0 else { return }
+        var ranges = acked + [offset..<(offset + UInt64(length))]
+        ranges.sort { $0.lowerBound < $1.lowerBound }
+        var merged: [Range<UInt64>] = []
+        for range in ranges {
+            if let last = merged.last, range.lowerBound <= last.upperBound {
+                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+            } else {
+                merged.append(range)
+            }
+        }
+        acked = merged
+    }
+
+    /// Everything written, FIN included, reached the peer (or the side was reset).
+    var isDone: Bool {
+        if reset { return true }
+        guard finWritten, finAcked else { return false }
+        return totalLength == 0 || (acked.count == 1 && acked[0] == 0..<totalLength)
+    }
+
+    /// Gives up the send side (answering STOP_SENDING); returns the final size to put in RESET_STREAM.
+    mutating func resetSending() -> UInt64 {
+        reset = true
+        lost = []
+        return sentOffset
     }
 }

@@ -42,8 +42,10 @@ public enum QUICStreamError: Error, Equatable, Sendable {
 /// A QUIC v1 connection as a sans-IO state machine (RFC 9000, 9001): feed it
 /// datagrams and the time, take datagrams to send, events and the next
 /// deadline. One TLS handshake through `QUICTLS`, the three packet number
-/// spaces, ACKs, CRYPTO and stream reassembly, flow control, and loss
-/// recovery by probe timeout (resending what is unacknowledged).
+/// spaces, ACKs, CRYPTO and stream reassembly, flow control, bidirectional
+/// streams that are forgotten once both sides ended (MAX_STREAMS gives the
+/// peer room for more), and loss recovery by probe timeout (resending what
+/// is unacknowledged).
 ///
 /// Not yet: Retry tokens of our own (a listener's stateless Retry hands
 /// the connection what it validated: `init(server:afterRetry:)`), 0-RTT, key
@@ -184,6 +186,11 @@ public struct QUICConnection: ~Copyable {
     var streams: [UInt64: Stream] = [:]
     var nextStreamID: UInt64
     var peerMaxStreamsBidi: UInt64 = 0
+    /// Peer-initiated bidirectional streams: how many were opened, how many ended, and
+    /// how many we allow in all (initial_max_streams_bidi plus those ended, sent as MAX_STREAMS).
+    var peerStreamsOpened: UInt64 = 0
+    var peerStreamsEnded: UInt64 = 0
+    var dataReceivedEnded: UInt64 = 0
     /// Connection-level flow control (§4.1): ours and the peer's.
     var peerMaxData: UInt64 = 0
     var dataSent: UInt64 = 0
@@ -496,10 +503,16 @@ public struct QUICConnection: ~Copyable {
                 let maxDelay = Duration.milliseconds(Int64(peerParameters?.maxAckDelay ?? 25))
                 rtt.update(sample: now - largest.sentAt, ackDelay: space == .application ? min(reported, maxDelay) : .zero)
             }
+            var touchedStreams: Set<UInt64> = []
             for number in spaces[index].inFlight.keys where ack.contains(number) {
+                for case .stream(let stream) in spaces[index].inFlight[number]!.frames {
+                    streams[stream.streamID]?.send.markAcked(offset: stream.offset, length: stream.data.count, fin: stream.fin)
+                    touchedStreams.insert(stream.streamID)
+                }
                 spaces[index].inFlight[number] = nil
                 newlyAcked = true
             }
+            for id in touchedStreams { retireIfDone(id) }
             spaces[index].largestAcked = max(spaces[index].largestAcked ?? 0, ack.largest)
             if newlyAcked {
                 probeCount = 0
@@ -521,9 +534,16 @@ public struct QUICConnection: ~Copyable {
         case .stream(let stream):
             receiveStream(stream)
         case .resetStream(let streamID, let errorCode, _):
+            guard streams[streamID] != nil, !streams[streamID]!.receiveFinished else { return }
+            streams[streamID]!.receiveFinished = true
             events.append(.streamReset(streamID: streamID, errorCode: errorCode))
-        case .stopSending:
-            break
+            retireIfDone(streamID)
+        case .stopSending(let streamID, let errorCode):
+            // We stop sending too, with RESET_STREAM carrying the peer's code (§3.5).
+            guard streams[streamID] != nil, !streams[streamID]!.send.reset else { return }
+            let finalSize = streams[streamID]!.send.resetSending()
+            controlFrames.append(.resetStream(streamID: streamID, errorCode: errorCode, finalSize: finalSize))
+            retireIfDone(streamID)
         case .maxData(let maximum):
             peerMaxData = max(peerMaxData, maximum)
         case .maxStreamData(let streamID, let maximum):
@@ -546,16 +566,23 @@ public struct QUICConnection: ~Copyable {
     mutating func receiveStream(_ frame: StreamFrame) {
         let id = frame.streamID
         if streams[id] == nil {
-            // Only the peer's bidirectional streams open implicitly; ours exist already.
-            guard !isLocal(id) else { return fail(.streamStateError, "STREAM on stream \(id) we did not open") }
-            guard id & 0x02 == 0 else { return fail(.streamLimitError, "unidirectional stream \(id): we allow none") }
-            guard id / 4 < configuration.transportParameters.initialMaxStreamsBidi else {
-                return fail(.streamLimitError, "stream \(id) beyond our limit")
+            if isLocal(id) {
+                // One of ours that ended (a late resend) is ignored; one never opened is an error.
+                guard id < nextStreamID else { return fail(.streamStateError, "STREAM on stream \(id) we did not open") }
+                return
             }
-            streams[id] = Stream(
-                receive: ReassemblyBuffer(limit: configuration.transportParameters.initialMaxStreamDataBidiRemote),
-                sendLimit: peerParameters?.initialMaxStreamDataBidiLocal ?? 0,
-                window: configuration.transportParameters.initialMaxStreamDataBidiRemote)
+            guard id & 0x02 == 0 else { return fail(.streamLimitError, "unidirectional stream \(id): we allow none") }
+            let index = id / 4
+            guard index >= peerStreamsOpened else { return }  // ended already
+            guard index < peerStreamLimit else { return fail(.streamLimitError, "stream \(id) beyond our limit") }
+            // Opening a stream opens every lower one of its kind (§3.2).
+            for lower in peerStreamsOpened...index {
+                streams[lower * 4 + (role == .client ? 1 : 0)] = Stream(
+                    receive: ReassemblyBuffer(limit: configuration.transportParameters.initialMaxStreamDataBidiRemote),
+                    sendLimit: peerParameters?.initialMaxStreamDataBidiLocal ?? 0,
+                    window: configuration.transportParameters.initialMaxStreamDataBidiRemote)
+            }
+            peerStreamsOpened = index + 1
         }
         let before = streams[id]!.receive.highestOffset
         do {
@@ -573,6 +600,7 @@ public struct QUICConnection: ~Copyable {
         if finished { streams[id]!.receiveFinished = true }
         guard !data.isEmpty || finished else { return }
         events.append(.streamData(streamID: id, data: data, fin: finished))
+        defer { if finished { retireIfDone(id) } }
         dataDelivered += UInt64(data.count)
         // Delivered data is consumed: widen the windows once half is used.
         let stream = streams[id]!
@@ -587,7 +615,23 @@ public struct QUICConnection: ~Copyable {
         }
     }
 
-    var dataReceivedTotal: UInt64 { streams.values.reduce(0) { $0 + $1.receive.highestOffset } }
+    /// How many peer streams we allow in all: the initial limit plus one for each that ended.
+    var peerStreamLimit: UInt64 { configuration.transportParameters.initialMaxStreamsBidi + peerStreamsEnded }
+
+    /// A stream whose both sides are done is forgotten; for a peer's stream,
+    /// MAX_STREAMS lets the peer open another in its place (§4.6).
+    mutating func retireIfDone(_ id: UInt64) {
+        guard let stream = streams[id], stream.receiveFinished, stream.send.isDone else { return }
+        dataReceivedEnded += stream.receive.highestOffset
+        streams[id] = nil
+        guard !isLocal(id) else { return }
+        peerStreamsEnded += 1
+        controlFrames.removeAll { if case .maxStreams(true, _) = $0 { true } else { false } }
+        controlFrames.append(.maxStreams(bidirectional: true, maximum: peerStreamLimit))
+    }
+
+    /// Data received on streams that ended, still counted against MAX_DATA.
+    var dataReceivedTotal: UInt64 { dataReceivedEnded + streams.values.reduce(0) { $0 + $1.receive.highestOffset } }
 
     func dataDeliveredLimitAllows(_ grown: UInt64) -> Bool {
         grown == 0 || dataReceivedTotal <= maxDataAdvertised
@@ -911,8 +955,13 @@ public struct QUICConnection: ~Copyable {
             streams[stream.streamID]?.send.markLost(offset: stream.offset, length: stream.data.count, fin: stream.fin)
         case .handshakeDone:
             handshakeDonePending = true
-        case .maxData, .maxStreamData, .pathResponse:
+        case .maxData, .maxStreamData, .pathResponse, .resetStream:
             controlFrames.append(frame)
+        case .maxStreams:
+            // Only the latest limit matters; a later one may already be queued.
+            if !controlFrames.contains(where: { if case .maxStreams = $0 { true } else { false } }) {
+                controlFrames.append(.maxStreams(bidirectional: true, maximum: peerStreamLimit))
+            }
         default:
             // ACKs are rebuilt from what was received; PING and PADDING carry nothing.
             break

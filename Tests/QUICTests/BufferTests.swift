@@ -107,6 +107,24 @@ final class SendBufferTests: XCTestCase {
         XCTAssertFalse(buffer.hasPending)
     }
 
+    func testDoneOnceEverythingAndTheFinAreAcknowledged() {
+        var buffer = SendBuffer()
+        buffer.write(Array(0..<10), fin: true)
+        let first = buffer.next(maxLength: 6, limit: 100)!
+        let second = buffer.next(maxLength: 6, limit: 100)!
+        buffer.markAcked(offset: second.offset, length: second.data.count, fin: second.fin)
+        XCTAssertFalse(buffer.isDone, "bytes 0..<6 are not acknowledged yet")
+        buffer.markAcked(offset: first.offset, length: first.data.count, fin: first.fin)
+        XCTAssertTrue(buffer.isDone)
+        // A reset side is done at once and sends nothing more.
+        var other = SendBuffer()
+        other.write([1, 2, 3], fin: false)
+        _ = other.next(maxLength: 2, limit: 100)
+        XCTAssertEqual(other.resetSending(), 2)
+        XCTAssertTrue(other.isDone)
+        XCTAssertNil(other.next(maxLength: 10, limit: 100))
+    }
+
     func testAFinAloneIsSent() {
         var buffer = SendBuffer()
         buffer.write([1], fin: false)

@@ -335,6 +335,66 @@ final class ConnectionTests: XCTestCase {
         XCTAssertLessThan(elapsed, Duration.seconds(31))
     }
 
+    /// Streams that end on both sides are forgotten, and each of the peer's
+    /// gives it room for another (MAX_STREAMS): 12 streams in turn through a
+    /// server that allows 3 at a time.
+    func testEndedStreamsMakeRoomForMore() throws {
+        var serverConfiguration = try Self.configuration()
+        serverConfiguration.transportParameters.initialMaxStreamsBidi = 3
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: serverConfiguration)
+        var now = ContinuousClock.now
+        var current: UInt64?
+        var opened: [UInt64] = []
+        var echoed = 0
+        for _ in 0..<2000 where echoed < 12 {
+            if client.isConnected, current == nil, let id = try? client.openStream() {
+                try client.write(Array("stream \(id)".utf8), to: id, fin: true)
+                current = id
+                opened.append(id)
+            }
+            let toServer = client.send(now: now)
+            for datagram in toServer { server.receive(datagram: datagram, now: now) }
+            for case .streamData(let id, let data, let fin) in server.takeEvents() { try server.write(data, to: id, fin: fin) }
+            let toClient = server.send(now: now)
+            for datagram in toClient { client.receive(datagram: datagram, now: now) }
+            for case .streamData(let id, _, true) in client.takeEvents() where id == current {
+                echoed += 1
+                current = nil
+            }
+            if toServer.isEmpty, toClient.isEmpty, let deadline = [client.nextDeadline, server.nextDeadline].compactMap({ $0 }).min() {
+                now = max(now, deadline)
+                client.handleTimeout(now: now)
+                server.handleTimeout(now: now)
+            }
+        }
+        XCTAssertEqual(echoed, 12)
+        XCTAssertEqual(opened, (0..<12).map { UInt64($0 * 4) })
+        XCTAssertGreaterThanOrEqual(server.peerStreamsEnded, 11)
+        XCTAssertLessThanOrEqual(server.streams.count, 1, "ended streams are forgotten")
+        XCTAssertLessThanOrEqual(client.streams.count, 1)
+    }
+
+    /// STOP_SENDING is answered by RESET_STREAM with the same code (§3.5).
+    func testStopSendingIsAnsweredWithAReset() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        let stats = run(&client, &server, onClientEvent: { event, client in
+            switch event {
+            case .connected:
+                // The server echoes these bytes; then the client asks it to stop.
+                let id = try! client.openStream()
+                try! client.write([1, 2, 3], to: id)
+            case .streamData(let id, _, _):
+                client.controlFrames.append(.stopSending(streamID: id, errorCode: 9))
+            default:
+                break
+            }
+        }) { stats in stats.clientEvents.contains(.streamReset(streamID: 0, errorCode: 9)) }
+        XCTAssertTrue(stats.clientEvents.contains(.streamReset(streamID: 0, errorCode: 9)))
+        XCTAssertTrue(try XCTUnwrap(server.streams[0]).send.reset)
+    }
+
     func testAPeerUnidirectionalStreamIsRefused() throws {
         var client = try QUICConnection(client: Self.configuration())
         var server = try QUICConnection(server: Self.configuration())
