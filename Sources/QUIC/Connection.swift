@@ -47,9 +47,12 @@ public enum QUICStreamError: Error, Equatable, Sendable {
 /// peer room for more), and loss recovery by probe timeout (resending what
 /// is unacknowledged).
 ///
+/// Key updates: the peer's are followed, ours started by `initiateKeyUpdate()`.
+///
 /// Not yet: Retry tokens of our own (a listener's stateless Retry hands
-/// the connection what it validated: `init(server:afterRetry:)`), 0-RTT, key
-/// updates, connection migration and new connection IDs, congestion control,
+/// the connection what it validated: `init(server:afterRetry:)`), 0-RTT,
+/// keeping the previous 1-RTT keys for reordered packets after an update,
+/// connection migration and new connection IDs, congestion control,
 /// the closing/draining periods.
 public struct QUICConnection: ~Copyable {
     public enum Role: Sendable { case client, server }
@@ -207,6 +210,9 @@ public struct QUICConnection: ~Copyable {
     var probeCount = 0
     var rtt: RTTEstimator
     var idleDeadline: ContinuousClock.Instant?
+    /// The 1-RTT key phases (RFC 9001 §6): of the keys we send with, and of those we open with.
+    var sendKeyPhase = false
+    var receiveKeyPhase = false
     var processedAnyPacket = false
     var ackElicitingSentSinceReceipt = false
     /// A client's Retry state: the token its Initials carry and the ID the server chose (§17.2.5.2).
@@ -348,6 +354,32 @@ public struct QUICConnection: ~Copyable {
 
     func isLocal(_ streamID: UInt64) -> Bool { (streamID & 1 == 0) == (role == .client) }
 
+    var isConfirmed: Bool { phase == .established(confirmed: true) }
+
+    /// Moves our 1-RTT send keys to the next generation (RFC 9001 §6.1), as
+    /// AEAD limits eventually demand; the peer follows when it sees the new
+    /// phase. Refused before the handshake is confirmed and while the peer
+    /// has not yet answered the previous update.
+    public mutating func initiateKeyUpdate() throws(QUICStreamError) {
+        guard isConfirmed, sendKeyPhase == receiveKeyPhase, let keys = spaces[Space.application.rawValue].sendKeys else {
+            throw .notConnected
+        }
+        spaces[Space.application.rawValue].sendKeys = keys.updated()
+        sendKeyPhase.toggle()
+    }
+
+    /// The peer's packets came under the next keys: open with those from now
+    /// on, and follow with our send keys unless we led the update.
+    mutating func acceptKeyUpdate() {
+        let index = Space.application.rawValue
+        spaces[index].receiveKeys = spaces[index].receiveKeys?.updated()
+        receiveKeyPhase.toggle()
+        if sendKeyPhase != receiveKeyPhase {
+            spaces[index].sendKeys = spaces[index].sendKeys?.updated()
+            sendKeyPhase = receiveKeyPhase
+        }
+    }
+
     // MARK: Receiving
 
     /// Processes one received UDP datagram.
@@ -395,13 +427,21 @@ public struct QUICConnection: ~Copyable {
         }
         let index = space.rawValue
         guard !spaces[index].discarded, let keys = spaces[index].receiveKeys else { return }
-        let opened: OpenedPacket
+        var opened: OpenedPacket
         do {
             opened = try PacketProtection.open(packet, keys: keys, largestReceived: spaces[index].largestReceived)
         } catch {
             // Reserved bits set in an authentic packet are a violation (§17.2); anything else that fails to decrypt is dropped (RFC 9001 §5.5).
             if error == .reservedBitsSet { fail(.protocolViolation, "reserved header bits set") }
-            return
+            // A 1-RTT packet may be the peer's first after a key update (RFC 9001 §6.2): the next keys open it.
+            guard error == .authenticationFailed, space == .application, isConfirmed,
+                let updated = try? PacketProtection.open(packet, keys: keys.updated(), largestReceived: spaces[index].largestReceived)
+            else { return }
+            guard updated.keyPhase != receiveKeyPhase else {
+                return fail(.keyUpdateError, "packet under the next keys without a new key phase")
+            }
+            opened = updated
+            acceptKeyUpdate()
         }
         processedAnyPacket = true
         idleDeadline = now + idleTimeout
@@ -857,7 +897,7 @@ public struct QUICConnection: ~Copyable {
         switch space {
         case .application:
             packet = PacketProtection.seal(
-                ShortHeader(destination: remoteCID), packetNumber: number, largestAcked: spaces[index].largestAcked, keyPhase: false,
+                ShortHeader(destination: remoteCID), packetNumber: number, largestAcked: spaces[index].largestAcked, keyPhase: sendKeyPhase,
                 payload: payload, keys: keys, packetNumberLength: numberLength)
         case .initial, .handshake:
             let header = LongHeader(

@@ -69,7 +69,12 @@ final class AioquicInteropTests: XCTestCase {
         try clientRun(retry: true)
     }
 
-    func clientRun(retry: Bool) throws {
+    /// Our client moves to the next 1-RTT keys before it writes; aioquic follows (RFC 9001 §6).
+    func testAioquicFollowsOurKeyUpdate() throws {
+        try clientRun(retry: false, keyUpdate: true)
+    }
+
+    func clientRun(retry: Bool, keyUpdate: Bool = false) throws {
         let server = try ChildProcess(try QUICInterop.python(), [QUICInterop.script, "serve"] + (retry ? ["--retry"] : []))
         defer { server.stop() }
         let port = try XCTUnwrap(try QUICInterop.line("listening", of: server)["port"] as? Int)
@@ -84,8 +89,10 @@ final class AioquicInteropTests: XCTestCase {
             for event in client.takeEvents() {
                 switch event {
                 case .connected:
-                    let stream = try client.openStream()
-                    try client.write(message, to: stream, fin: true)
+                    if !keyUpdate {
+                        let stream = try client.openStream()
+                        try client.write(message, to: stream, fin: true)
+                    }
                 case .streamData(_, let data, let fin):
                     reply += data
                     finished = fin
@@ -93,11 +100,20 @@ final class AioquicInteropTests: XCTestCase {
                     break
                 }
             }
+            if keyUpdate, client.isConfirmed, !client.sendKeyPhase, client.streams.isEmpty, reply.isEmpty {
+                // Confirmed (HANDSHAKE_DONE came): update, then write under the new keys.
+                try client.initiateKeyUpdate()
+                let stream = try client.openStream()
+                try client.write(message, to: stream, fin: true)
+            }
             let wait = client.nextDeadline.map { min(max($0 - .now, .zero), .milliseconds(50)) } ?? .milliseconds(50)
             if let (datagram, _) = socket.receive(timeout: wait) { client.receive(datagram: datagram, now: .now) }
             client.handleTimeout(now: .now)
         }
         XCTAssertEqual(String(decoding: reply, as: UTF8.self), String(decoding: message, as: UTF8.self))
+        if keyUpdate {
+            XCTAssertTrue(client.sendKeyPhase && client.receiveKeyPhase, "aioquic answered in the new key phase")
+        }
         XCTAssertEqual(client.applicationProtocol, "libp2p")
         XCTAssertEqual(try QUICInterop.line("echoed", of: server)["stream"] as? Int, 0)
         if retry {

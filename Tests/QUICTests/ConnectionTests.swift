@@ -71,6 +71,17 @@ final class ConnectionTests: XCTestCase {
         return stats
     }
 
+    /// Exchanges what both have to send, without moving time, until neither has more (the last ACKs cross).
+    func settle(_ client: inout QUICConnection, _ server: inout QUICConnection, now: ContinuousClock.Instant = .now) {
+        for _ in 0..<20 {
+            let toServer = client.send(now: now)
+            for datagram in toServer { server.receive(datagram: datagram, now: now) }
+            let toClient = server.send(now: now)
+            for datagram in toClient { client.receive(datagram: datagram, now: now) }
+            if toServer.isEmpty && toClient.isEmpty { return }
+        }
+    }
+
     static func echoed(_ stats: Stats, streamID: UInt64 = 0) -> [UInt8]? {
         var bytes: [UInt8] = []
         for case .streamData(let id, let data, let fin) in stats.clientEvents where id == streamID {
@@ -393,6 +404,30 @@ final class ConnectionTests: XCTestCase {
         }) { stats in stats.clientEvents.contains(.streamReset(streamID: 0, errorCode: 9)) }
         XCTAssertTrue(stats.clientEvents.contains(.streamReset(streamID: 0, errorCode: 9)))
         XCTAssertTrue(try XCTUnwrap(server.streams[0]).send.reset)
+    }
+
+    /// A key update led by either side: the other follows on seeing the new
+    /// phase, and streams go on under the next keys (RFC 9001 §6).
+    func testKeyUpdatesLedByEitherSide() throws {
+        for clientLeads in [true, false] {
+            var client = try QUICConnection(client: Self.configuration())
+            var server = try QUICConnection(server: Self.configuration())
+            _ = run(&client, &server, onClientEvent: Self.writer([1])) { Self.echoed($0) != nil }
+            // The server is confirmed at once; the client once HANDSHAKE_DONE came, which the echo implies.
+            if clientLeads {
+                try client.initiateKeyUpdate()
+                XCTAssertThrowsError(try client.initiateKeyUpdate(), "not again before the peer answered")
+            } else {
+                try server.initiateKeyUpdate()
+            }
+            let message = Array("under the next keys".utf8)
+            let id = try client.openStream()
+            try client.write(message, to: id, fin: true)
+            let stats = run(&client, &server) { Self.echoed($0, streamID: id) != nil }
+            XCTAssertEqual(Self.echoed(stats, streamID: id), message, clientLeads ? "client led" : "server led")
+            settle(&client, &server)
+            XCTAssertTrue(client.sendKeyPhase && client.receiveKeyPhase && server.sendKeyPhase && server.receiveKeyPhase)
+        }
     }
 
     func testAPeerUnidirectionalStreamIsRefused() throws {
