@@ -150,6 +150,19 @@ public struct VersionNegotiationPacket: Equatable, Sendable {
     }
 }
 
+extension VersionNegotiationPacket {
+    /// A server's answer to a long header packet of a version it does not
+    /// speak (RFC 9000 §6.1): the client's IDs swapped and our versions. nil
+    /// for other packets, and for datagrams under 1200 bytes, which a server
+    /// leaves unanswered so that it cannot be used to amplify (§14.1).
+    public static func answer(to packet: ProtectedPacket, datagramSize: Int, versions: [UInt32] = [QUICVersion.v1]) -> VersionNegotiationPacket? {
+        guard case .unsupportedVersion(let version, let destination, let source) = packet.header, datagramSize >= 1200,
+            !versions.contains(version)
+        else { return nil }
+        return VersionNegotiationPacket(destination: source, source: destination, versions: versions)
+    }
+}
+
 /// What can be read of a packet before its protection is removed.
 public enum PacketHeader: Equatable, Sendable {
     case long(LongHeader)

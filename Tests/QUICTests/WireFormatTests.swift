@@ -123,6 +123,22 @@ final class PacketHeaderTests: XCTestCase {
         XCTAssertNil(packet.packetNumberOffset)
     }
 
+    func testVersionNegotiationAnswersUnknownVersionsOnly() throws {
+        let source = [UInt8](repeating: 7, count: 30)  // longer than v1 allows: fine for another version
+        let bytes: [UInt8] = [0xC0, 0x1a, 0x2a, 0x3a, 0x4a, 8] + dcid.bytes + [30] + source + [UInt8](repeating: 0, count: 1200)
+        let packet = try PacketParser.parse(bytes[...], shortHeaderCIDLength: 8)
+        let answer = try XCTUnwrap(VersionNegotiationPacket.answer(to: packet, datagramSize: bytes.count))
+        XCTAssertEqual(answer, VersionNegotiationPacket(destination: source, source: dcid.bytes, versions: [1]))
+        // The client reads it back as Version Negotiation addressed to it.
+        let parsed = try PacketParser.parse(answer.encoded()[...], shortHeaderCIDLength: 8)
+        XCTAssertEqual(parsed.header, .versionNegotiation(answer))
+        XCTAssertNil(VersionNegotiationPacket.answer(to: packet, datagramSize: 1199), "small datagrams are not answered")
+        var v1: [UInt8] = []
+        LongHeader(type: .initial, destination: dcid, source: scid).encode(packetNumber: 0, packetNumberLength: 1, payloadLength: 1200, into: &v1)
+        v1 += [UInt8](repeating: 0, count: 1200)
+        XCTAssertNil(VersionNegotiationPacket.answer(to: try PacketParser.parse(v1[...], shortHeaderCIDLength: 8), datagramSize: v1.count))
+    }
+
     func testCoalescedPacketsSplit() throws {
         var datagram: [UInt8] = []
         LongHeader(type: .initial, destination: dcid, source: scid).encode(packetNumber: 0, packetNumberLength: 1, payloadLength: 40, into: &datagram)
