@@ -116,6 +116,16 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
+        // QUIC v1 (RFC 9000/9001) as sans-IO state machines. CNIOBoringSSL (its QUIC TLS API,
+        // AES_encrypt, CRYPTO_chacha_20) is no product of swift-nio-ssl: NIOSSL brings it as a
+        // transitive module, so NIOSSL is the dependency that makes `import CNIOBoringSSL` work.
+        .target(
+            name: "QUIC",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
         .target(
             name: "Yamux",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -277,7 +287,7 @@ let package = Package(
             name: "P2PFuzz",
             dependencies: [
                 "Multiformats", "Multistream", "Yamux", "Noise", "TLS", "LibP2PSecurity", "Identity", "MDNS", "Identify",
-                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "RedisRESP",
+                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "RedisRESP", "QUIC",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/P2PFuzz"
@@ -340,6 +350,7 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
+        .testTarget(name: "QUICTests", dependencies: ["QUIC", "TLS", "Identity", "ChildProcess"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),

@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-"varint multiaddr multistream yamux noise noise-transport tls-handshake tls-certificate dns keys envelope identify pubsub dht relay dcutr autonat file history"}
+targets=${*:-"varint multiaddr multistream yamux noise noise-transport tls-handshake tls-certificate dns keys envelope identify pubsub dht relay dcutr autonat file history quic-packet quic-frame quic-transport-parameters quic-connection"}
 swift build --product p2pfuzz --scratch-path .build-fuzz \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING >&2
 binary="$(swift build --scratch-path .build-fuzz --show-bin-path)/p2pfuzz"

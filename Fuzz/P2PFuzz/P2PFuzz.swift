@@ -31,6 +31,8 @@ enum FuzzTarget: String, CaseIterable {
     case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope, identify, pubsub
     case noiseTransport = "noise-transport", tlsHandshake = "tls-handshake", tlsCertificate = "tls-certificate"
     case dht, relay, dcutr, autonat, file, history, resp
+    case quicPacket = "quic-packet", quicFrame = "quic-frame", quicTransportParameters = "quic-transport-parameters"
+    case quicConnection = "quic-connection"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -150,6 +152,14 @@ enum FuzzTarget: String, CaseIterable {
             _ = try? HistoryRequest(serializedBytes: bytes)
             _ = HistoryFile.decode(bytes, maxMessageSize: 64 * 1024)
             #endif
+        case .quicPacket:
+            QUICFuzzing.packet(bytes)
+        case .quicFrame:
+            QUICFuzzing.frames(bytes)
+        case .quicTransportParameters:
+            QUICFuzzing.transportParameters(bytes)
+        case .quicConnection:
+            QUICFuzzing.connection(bytes)
         }
     }
 
@@ -237,7 +247,8 @@ enum Replay {
             exit(2)
         }
         do {
-            for (name, bytes) in try SecuritySeeds.make(target).merging(ProtocolSeeds.make(target), uniquingKeysWith: { a, _ in a }) {
+            for (name, bytes) in try SecuritySeeds.make(target).merging(ProtocolSeeds.make(target), uniquingKeysWith: { a, _ in a })
+                .merging(QUICFuzzing.seeds(target), uniquingKeysWith: { a, _ in a }) {
                 try Data(bytes).write(to: URL(fileURLWithPath: "\(arguments[1])/\(name)"))
             }
         } catch {

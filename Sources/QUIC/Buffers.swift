@@ -1,0 +1,155 @@
+/// Why received stream or CRYPTO data was refused.
+public enum ReassemblyError: Error, Equatable, Sendable {
+    /// Data past the limit the receiver allowed (FLOW_CONTROL_ERROR, or CRYPTO_BUFFER_EXCEEDED for CRYPTO).
+    case limitExceeded(end: UInt64, limit: UInt64)
+    /// A final size that differs from an earlier one, or data past it (FINAL_SIZE_ERROR).
+    case finalSizeChanged
+    /// Too many separate pieces waiting for a gap to fill.
+    case tooFragmented
+}
+
+/// Data received at offsets (CRYPTO or STREAM frames), out of order and
+/// possibly repeated, handed on in order. Only bytes not held yet are kept,
+/// so memory is bounded by `limit` minus what was read, and by `maxPieces`.
+public struct ReassemblyBuffer: Sendable {
+    public private(set) var readOffset: UInt64 = 0
+    /// The highest offset (exclusive) the peer may send to.
+    public var limit: UInt64
+    public private(set) var finalSize: UInt64?
+    /// The highest offset received, for connection-level flow control.
+    public private(set) var highestOffset: UInt64 = 0
+    private var pieces: [UInt64: [UInt8]] = [:]
+    static let maxPieces = 256
+
+    public init(limit: UInt64) {
+        self.limit = limit
+    }
+
+    public mutating func insert(_ data: [UInt8], at offset: UInt64, fin: Bool = false) throws(ReassemblyError) {
+        let end = offset + UInt64(data.count)  // Frames bound offset + length below 2^62.
+        if let finalSize, end > finalSize || (fin && end != finalSize) { throw .finalSizeChanged }
+        if fin {
+            guard end >= highestOffset else { throw .finalSizeChanged }
+            finalSize = end
+        }
+        guard end <= limit else { throw .limitExceeded(end: end, limit: limit) }
+        highestOffset = max(highestOffset, end)
+        guard end > readOffset else { return }
+        // The parts of [start, end) no held piece covers: held pieces never overlap.
+        var cursor = max(offset, readOffset)
+        var additions: [(UInt64, ArraySlice<UInt8>)] = []
+        for (pieceStart, piece) in pieces.sorted(by: { $0.key < $1.key }) {
+            let pieceEnd = pieceStart + UInt64(piece.count)
+            if pieceEnd <= cursor { continue }
+            if pieceStart >= end { break }
+            if pieceStart > cursor { additions.append((cursor, data[Int(cursor - offset)..<Int(pieceStart - offset)])) }
+            cursor = pieceEnd
+            if cursor >= end { break }
+        }
+        if cursor < end { additions.append((cursor, data[Int(cursor - offset)..<Int(end - offset)])) }
+        guard pieces.count + additions.count <= Self.maxPieces else { throw .tooFragmented }
+        for (start, bytes) in additions { pieces[start] = Array(bytes) }
+    }
+
+    /// Everything contiguous from the read offset, consumed.
+    public mutating func read() -> [UInt8] {
+        var out: [UInt8] = []
+        while let piece = pieces.removeValue(forKey: readOffset) {
+            out += piece
+            readOffset += UInt64(piece.count)
+        }
+        return out
+    }
+
+    /// Bytes held beyond the read offset.
+    public var bufferedBytes: Int { pieces.values.reduce(0) { $0 + $1.count } }
+
+    /// All data up to the final size was read.
+    public var isComplete: Bool { finalSize == readOffset }
+}
+
+/// Data to send at offsets (a stream's or a CRYPTO stream's): new bytes in
+/// order, and ranges declared lost to send again. Kept until the stream goes.
+struct SendBuffer: Sendable {
+    private(set) var data: [UInt8] = []
+    /// The next byte never sent.
+    private(set) var sentOffset: UInt64 = 0
+    private var lost: [(offset: UInt64, length: Int, fin: Bool)] = []
+    private(set) var finWritten = false
+    private(set) var finSent = false
+    /// Acknowledged ranges, merged, in order.
+    private var acked: [Range<UInt64>] = []
+    private(set) var finAcked = false
+    /// The peer asked us to stop (STOP_SENDING) and we reset instead: nothing more goes out.
+    private(set) var reset = false
+
+    var totalLength: UInt64 { UInt64(data.count) }
+
+    mutating func write(_ bytes: [UInt8], fin: Bool) {
+        data += bytes
+        if fin { finWritten = true }
+    }
+
+    var hasPending: Bool { !reset && (!lost.isEmpty || sentOffset < totalLength || (finWritten && !finSent)) }
+
+    /// The next piece to send, at most `maxLength` bytes and not past `limit`
+    /// (flow control; lost data was within it already). nil when nothing fits.
+    mutating func next(maxLength: Int, limit: UInt64) -> (offset: UInt64, data: [UInt8], fin: Bool)? {
+        guard !reset else { return nil }
+        if !lost.isEmpty {
+            var piece = lost.removeFirst()
+            if piece.length > maxLength {
+                lost.insert((piece.offset + UInt64(maxLength), piece.length - maxLength, piece.fin), at: 0)
+                piece = (piece.offset, maxLength, false)
+            }
+            let start = Int(piece.offset)
+            return (piece.offset, Array(data[start..<(start + piece.length)]), piece.fin)
+        }
+        let available = Int(min(totalLength, limit) - min(sentOffset, limit))
+        let length = min(available, maxLength)
+        let reachesEnd = sentOffset + UInt64(length) == totalLength
+        let fin = finWritten && !finSent && reachesEnd
+        guard length > 0 || fin else { return nil }
+        let start = Int(sentOffset)
+        sentOffset += UInt64(length)
+        if fin { finSent = true }
+        return (UInt64(start), Array(data[start..<(start + length)]), fin)
+    }
+
+    /// A sent piece was lost: it goes out again before new data.
+    mutating func markLost(offset: UInt64, length: Int, fin: Bool) {
+        guard !reset else { return }
+        lost.append((offset, length, fin))
+    }
+
+    /// A sent piece was acknowledged.
+    mutating func markAcked(offset: UInt64, length: Int, fin: Bool) {
+        if fin { finAcked = true }
+        guard length > 0 else { return }
+        var ranges = acked + [offset..<(offset + UInt64(length))]
+        ranges.sort { $0.lowerBound < $1.lowerBound }
+        var merged: [Range<UInt64>] = []
+        for range in ranges {
+            if let last = merged.last, range.lowerBound <= last.upperBound {
+                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+            } else {
+                merged.append(range)
+            }
+        }
+        acked = merged
+    }
+
+    /// Everything written, FIN included, reached the peer (or the side was reset).
+    var isDone: Bool {
+        if reset { return true }
+        guard finWritten, finAcked else { return false }
+        return totalLength == 0 || (acked.count == 1 && acked[0] == 0..<totalLength)
+    }
+
+    /// Gives up the send side (answering STOP_SENDING); returns the final size to put in RESET_STREAM.
+    mutating func resetSending() -> UInt64 {
+        reset = true
+        lost = []
+        return sentOffset
+    }
+}
