@@ -44,16 +44,17 @@ public enum QUICStreamError: Error, Equatable, Sendable {
 /// deadline. One TLS handshake through `QUICTLS`, the three packet number
 /// spaces, ACKs, CRYPTO and stream reassembly, flow control, bidirectional
 /// streams that are forgotten once both sides ended (MAX_STREAMS gives the
-/// peer room for more), and loss recovery by probe timeout (resending what
-/// is unacknowledged).
+/// peer room for more), loss detection by packet and time thresholds with
+/// NewReno congestion control, and probe timeouts (resending what is
+/// unacknowledged).
 ///
 /// Key updates: the peer's are followed, ours started by `initiateKeyUpdate()`.
 ///
 /// Not yet: Retry tokens of our own (a listener's stateless Retry hands
 /// the connection what it validated: `init(server:afterRetry:)`), 0-RTT,
 /// keeping the previous 1-RTT keys for reordered packets after an update,
-/// connection migration and new connection IDs, congestion control,
-/// the closing/draining periods.
+/// connection migration and new connection IDs, pacing, persistent
+/// congestion and ECN, the closing/draining periods.
 public struct QUICConnection: ~Copyable {
     public enum Role: Sendable { case client, server }
 
@@ -138,6 +139,8 @@ public struct QUICConnection: ~Copyable {
         var received: [ClosedRange<UInt64>] = []
         var ackPending = false
         var inFlight: [UInt64: SentPacket] = [:]
+        /// When the oldest packet below the largest acknowledged counts as lost by time (RFC 9002 §6.1.2).
+        var lossTime: ContinuousClock.Instant?
         var cryptoSend = SendBuffer()
         var cryptoReceive: ReassemblyBuffer
 
@@ -209,6 +212,9 @@ public struct QUICConnection: ~Copyable {
     var probeDeadline: ContinuousClock.Instant?
     var probeCount = 0
     var rtt: RTTEstimator
+    var congestion: NewReno
+    /// Ack-eliciting datagrams a probe may send past the congestion window (RFC 9002 §7.5).
+    var probeCredit = 0
     var idleDeadline: ContinuousClock.Instant?
     /// The 1-RTT key phases (RFC 9001 §6): of the keys we send with, and of those we open with.
     var sendKeyPhase = false
@@ -241,6 +247,7 @@ public struct QUICConnection: ~Copyable {
         role = .client
         self.configuration = configuration
         rtt = RTTEstimator(initial: configuration.initialRTT)
+        congestion = NewReno(maxDatagramSize: configuration.maxDatagramSize)
         retryContext = nil
         phase = .handshaking
         localCID = local
@@ -278,6 +285,7 @@ public struct QUICConnection: ~Copyable {
         role = .server
         self.configuration = configuration
         rtt = RTTEstimator(initial: configuration.initialRTT)
+        congestion = NewReno(maxDatagramSize: configuration.maxDatagramSize)
         retryContext = afterRetry
         phase = .awaitingFirstInitial
         localCID = afterRetry?.retrySource ?? ConnectionID.random()
@@ -305,7 +313,7 @@ public struct QUICConnection: ~Copyable {
     /// When `handleTimeout(now:)` is next due, if anything waits on time.
     public var nextDeadline: ContinuousClock.Instant? {
         guard !isClosed else { return nil }
-        return [probeDeadline, idleDeadline].compactMap { $0 }.min()
+        return ([probeDeadline, idleDeadline] + spaces.map(\.lossTime)).compactMap { $0 }.min()
     }
 
     public var applicationProtocol: String? { tls.applicationProtocol }
@@ -545,7 +553,9 @@ public struct QUICConnection: ~Copyable {
             }
             var touchedStreams: Set<UInt64> = []
             for number in spaces[index].inFlight.keys where ack.contains(number) {
-                for case .stream(let stream) in spaces[index].inFlight[number]!.frames {
+                let sent = spaces[index].inFlight[number]!
+                congestion.acknowledged(sent.size, sentAt: sent.sentAt)
+                for case .stream(let stream) in sent.frames {
                     streams[stream.streamID]?.send.markAcked(offset: stream.offset, length: stream.data.count, fin: stream.fin)
                     touchedStreams.insert(stream.streamID)
                 }
@@ -554,6 +564,7 @@ public struct QUICConnection: ~Copyable {
             }
             for id in touchedStreams { retireIfDone(id) }
             spaces[index].largestAcked = max(spaces[index].largestAcked ?? 0, ack.largest)
+            if newlyAcked { detectLosses(index, now: now) }
             if newlyAcked {
                 probeCount = 0
                 restartProbeTimer(now: now)
@@ -730,7 +741,9 @@ public struct QUICConnection: ~Copyable {
         spaces[space.rawValue].discarded = true
         spaces[space.rawValue].sendKeys = nil
         spaces[space.rawValue].receiveKeys = nil
+        congestion.forget(spaces[space.rawValue].inFlight.values.reduce(0) { $0 + $1.size })
         spaces[space.rawValue].inFlight = [:]
+        spaces[space.rawValue].lossTime = nil
         spaces[space.rawValue].ackPending = false
         if !spaces.contains(where: { !$0.inFlight.isEmpty }), !clientAwaitsConfirmation {
             // Nothing left to probe for.
@@ -798,13 +811,15 @@ public struct QUICConnection: ~Copyable {
         }
         var packets: [(Space, [Frame])] = []
         var used = 0
+        // Past the congestion window only ACKs go, and what a probe must send.
+        let ackOnly = !congestion.canSend && probeCredit == 0
         for space in Space.allCases {
             let index = space.rawValue
             guard !spaces[index].discarded, spaces[index].sendKeys != nil else { continue }
             let overhead = headerSize(space) + PacketProtection.tagLength
             let room = budget - used - overhead
             guard room > 32 else { break }
-            let frames = collectFrames(space, room: room)
+            let frames = collectFrames(space, room: room, ackOnly: ackOnly)
             guard !frames.isEmpty else { continue }
             packets.append((space, frames))
             used += overhead + frames.reduce(0) { $0 + $1.encoded.count }
@@ -812,6 +827,9 @@ public struct QUICConnection: ~Copyable {
             if role == .client, space == .initial { break }
         }
         guard !packets.isEmpty else { return nil }
+        if !congestion.canSend, packets.contains(where: { $0.1.contains(where: \.isAckEliciting) }) {
+            probeCredit = max(0, probeCredit - 1)
+        }
         let hasInitial = packets.contains { $0.0 == .initial && $0.1.contains(where: \.isAckEliciting) }
         let mustPad = hasInitial || (role == .client && packets.contains { $0.0 == .initial })
         var datagram: [UInt8] = []
@@ -837,7 +855,7 @@ public struct QUICConnection: ~Copyable {
     }
 
     /// Frames for one packet of `space`, at most `room` bytes encoded.
-    mutating func collectFrames(_ space: Space, room: Int) -> [Frame] {
+    mutating func collectFrames(_ space: Space, room: Int, ackOnly: Bool = false) -> [Frame] {
         let index = space.rawValue
         var frames: [Frame] = []
         var left = room
@@ -849,6 +867,7 @@ public struct QUICConnection: ~Copyable {
             add(.ack(ack))
             spaces[index].ackPending = false
         }
+        guard !ackOnly else { return frames }
         while left > 16, let piece = spaces[index].cryptoSend.next(maxLength: left - 12, limit: .max) {
             add(.crypto(offset: piece.offset, data: piece.data))
         }
@@ -908,6 +927,7 @@ public struct QUICConnection: ~Copyable {
         }
         if let now, frames.contains(where: \.isAckEliciting) {
             spaces[index].inFlight[number] = SentPacket(frames: frames, size: packet.count, sentAt: now)
+            congestion.sent(packet.count)
             if probeDeadline == nil { restartProbeTimer(now: now) }
             // Only the first ack-eliciting packet after a receipt restarts the idle timer (§10.1):
             // a peer that went away cannot keep it running by our own retransmissions.
@@ -917,6 +937,30 @@ public struct QUICConnection: ~Copyable {
             }
         }
         return packet
+    }
+
+    /// Declares lost what was sent three packets or 9/8 RTT before the largest
+    /// acknowledged (RFC 9002 §6.1), resends its frames, and tells congestion control.
+    mutating func detectLosses(_ index: Int, now: ContinuousClock.Instant) {
+        spaces[index].lossTime = nil
+        guard let largestAcked = spaces[index].largestAcked else { return }
+        let rttBasis = max(rtt.smoothed, rtt.latest ?? rtt.smoothed)
+        let lossDelay = max(rttBasis * 9 / 8, .milliseconds(1))
+        var lostBytes = 0
+        var newestLost: ContinuousClock.Instant?
+        for number in spaces[index].inFlight.keys.sorted() where number < largestAcked {
+            let sent = spaces[index].inFlight[number]!
+            if largestAcked - number >= 3 || sent.sentAt + lossDelay <= now {
+                for frame in sent.frames { requeue(frame, space: index) }
+                spaces[index].inFlight[number] = nil
+                lostBytes += sent.size
+                newestLost = max(newestLost ?? sent.sentAt, sent.sentAt)
+            } else {
+                let due = sent.sentAt + lossDelay
+                spaces[index].lossTime = min(spaces[index].lossTime ?? due, due)
+            }
+        }
+        if let newestLost { congestion.lost(lostBytes, newestSentAt: newestLost, now: now) }
     }
 
     // MARK: Time
@@ -960,6 +1004,15 @@ public struct QUICConnection: ~Copyable {
             events.append(.closed(.idleTimeout))
             return
         }
+        // The loss timer comes before the probe timer (RFC 9002 §6.2.1).
+        var detected = false
+        for index in spaces.indices {
+            if let lossTime = spaces[index].lossTime, now >= lossTime {
+                detectLosses(index, now: now)
+                detected = true
+            }
+        }
+        if detected { return }
         guard let deadline = probeDeadline, now >= deadline else { return }
         let outstanding = spaces.contains { !$0.inFlight.isEmpty }
         guard outstanding || clientAwaitsConfirmation else {
@@ -982,8 +1035,12 @@ public struct QUICConnection: ~Copyable {
             for number in spaces[index].inFlight.keys.sorted() {
                 for frame in spaces[index].inFlight[number]!.frames { requeue(frame, space: index) }
             }
+            congestion.forget(spaces[index].inFlight.values.reduce(0) { $0 + $1.size })
             spaces[index].inFlight = [:]
+            spaces[index].lossTime = nil
         }
+        // Two datagrams may go past the congestion window to probe (RFC 9002 §6.2.4).
+        probeCredit = 2
         probeDeadline = now + probeTimeout
     }
 

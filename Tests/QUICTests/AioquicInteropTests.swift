@@ -226,6 +226,71 @@ final class PyLibp2pQUICTests: XCTestCase {
     }
 }
 
+extension PyLibp2pQUICTests {
+    /// py-libp2p dials our server: it checks our libp2p certificate against
+    /// the peer ID in the address, we check its; its ping stream is answered
+    /// by multistream-select and an echo, other protocols (identify) with "na".
+    func testPyLibp2pDialsOurServerAndPings() throws {
+        let identity = PrivateKey.generateEd25519()
+        let certificate = try LibP2PCertificate.generate(identity: identity)
+        var server = try QUICConnection(
+            server: QUICConnection.Configuration(
+                tls: QUICTLSConfiguration(
+                    certificateDER: certificate.certificateDER, privateKeyDER: certificate.privateKeyDER, transportParameters: [0x0f, 0x00],
+                    verifyPeer: { chain in (try? LibP2PCertificate.verify(chain: chain, expectedPeer: nil)) != nil })))
+        let socket = try UDPSocket()
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Interop/py/quic_libp2p_peer.py").path
+        let address = "/ip4/127.0.0.1/udp/\(socket.port)/quic-v1/p2p/\(PeerID(publicKey: identity.publicKey))"
+        let peer = try ChildProcess(try QUICInterop.python(), [script, "dial", address])
+        defer { peer.stop() }
+
+        // Per stream: bytes not yet taken, and whether it carries ping (echoed) after negotiation.
+        var pending: [UInt64: [UInt8]] = [:]
+        var pinging: Set<UInt64> = []
+        var peerPort: UInt16?
+        var done = false
+        let deadline = ContinuousClock.now + .seconds(25)
+        while !done, ContinuousClock.now < deadline {
+            if let (datagram, from) = socket.receive(timeout: .milliseconds(20)) {
+                peerPort = peerPort ?? from
+                server.receive(datagram: datagram, now: .now)
+            }
+            for case .streamData(let id, let data, _) in server.takeEvents() {
+                if pinging.contains(id) {
+                    try server.write(data, to: id)
+                    continue
+                }
+                pending[id, default: []] += data
+                // multistream-select, answered line by line (py-libp2p waits for our header before
+                // it names the protocol); one-byte lengths suffice for these lines.
+                func line(_ text: String) -> [UInt8] { [UInt8(text.utf8.count + 1)] + Array((text + "\n").utf8) }
+                while !pinging.contains(id), let length = pending[id]!.first.map(Int.init), pending[id]!.count > length {
+                    let text = String(decoding: pending[id]![1...length], as: UTF8.self)
+                    pending[id]!.removeFirst(length + 1)
+                    if text == "/multistream/1.0.0\n" {
+                        try server.write(line("/multistream/1.0.0"), to: id)
+                    } else if text == "/ipfs/ping/1.0.0\n" {
+                        pinging.insert(id)
+                        try server.write(line("/ipfs/ping/1.0.0") + pending[id]!, to: id)
+                        pending[id] = []
+                    } else {
+                        try server.write(line("na"), to: id)
+                    }
+                }
+            }
+            server.handleTimeout(now: .now)
+            if let peerPort {
+                for datagram in server.send(now: .now) { socket.send(datagram, to: peerPort) }
+            }
+            done = peer.outputLines.contains { $0.contains("\"ping\"") || $0.contains("\"error\"") } || !peer.isRunning
+        }
+        XCTAssertEqual(try QUICInterop.line("ping", of: peer)["ok"] as? Bool, true)
+        XCTAssertEqual(server.applicationProtocol, "libp2p")
+        XCTAssertNotNil(try? LibP2PCertificate.verify(chain: server.peerCertificates, expectedPeer: nil))
+    }
+}
+
 /// A UDP socket on 127.0.0.1 for the interop tests, with a poll-bounded receive.
 final class UDPSocket {
     let descriptor: Int32

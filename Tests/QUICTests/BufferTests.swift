@@ -85,6 +85,35 @@ final class ReassemblyBufferTests: XCTestCase {
     }
 }
 
+final class NewRenoTests: XCTestCase {
+    func testSlowStartAvoidanceAndOneHalvingPerRecovery() {
+        var reno = NewReno()
+        let start = ContinuousClock.now
+        XCTAssertEqual(reno.window, 12000)
+        reno.sent(1200)
+        reno.acknowledged(1200, sentAt: start)
+        XCTAssertEqual(reno.window, 13200, "slow start adds what was acknowledged")
+        reno.sent(6000)
+        reno.lost(1200, newestSentAt: start + .milliseconds(1), now: start + .milliseconds(10))
+        XCTAssertEqual(reno.window, 6600)
+        XCTAssertEqual(reno.slowStartThreshold, 6600)
+        // A second loss of a packet sent before the recovery began does not halve again.
+        reno.lost(1200, newestSentAt: start + .milliseconds(2), now: start + .milliseconds(11))
+        XCTAssertEqual(reno.window, 6600)
+        // Nor does an ACK of such a packet grow the window.
+        reno.acknowledged(1200, sentAt: start + .milliseconds(3))
+        XCTAssertEqual(reno.window, 6600)
+        // After the recovery: congestion avoidance, about one datagram per window acknowledged.
+        reno.sent(6600)
+        reno.acknowledged(6600, sentAt: start + .milliseconds(20))
+        XCTAssertEqual(reno.window, 6600 + 1200)
+        XCTAssertEqual(reno.bytesInFlight, 6000 - 3 * 1200, "the 6000 sent, less what was lost or acknowledged")
+        // Never below two datagrams.
+        for step in 0..<10 { reno.lost(0, newestSentAt: start + .seconds(step + 1), now: start + .seconds(step + 1) + .milliseconds(1)) }
+        XCTAssertEqual(reno.window, reno.minimumWindow)
+    }
+}
+
 final class SendBufferTests: XCTestCase {
     func testNewDataWithinLimitsThenLostDataFirst() {
         var buffer = SendBuffer()

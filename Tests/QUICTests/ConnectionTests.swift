@@ -430,6 +430,46 @@ final class ConnectionTests: XCTestCase {
         }
     }
 
+    /// Data goes out no faster than the congestion window allows: the first
+    /// burst is about the initial window (12 000 bytes), and slow start grows it.
+    func testTheCongestionWindowPacesData() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        _ = run(&client, &server, onClientEvent: Self.writer([0])) { Self.echoed($0) != nil }
+        settle(&client, &server)
+        let initialWindow = NewReno().window
+        XCTAssertEqual(initialWindow, 12000)
+        let id = try client.openStream()
+        var generator = SeededGenerator(seed: 12)
+        let message = generator.bytes(300 * 1024)
+        try client.write(message, to: id, fin: true)
+        let burst = client.send(now: .now)
+        XCTAssertLessThanOrEqual(burst.map(\.count).reduce(0, +), client.congestion.window + 1200)
+        XCTAssertGreaterThanOrEqual(burst.map(\.count).reduce(0, +), client.congestion.window - 1200)
+        XCTAssertFalse(client.congestion.canSend)
+        for datagram in burst { server.receive(datagram: datagram, now: .now) }
+        let stats = run(&client, &server) { Self.echoed($0, streamID: id) != nil }
+        XCTAssertEqual(Self.echoed(stats, streamID: id), message)
+        XCTAssertGreaterThan(client.congestion.window, 4 * initialWindow, "slow start grew the window")
+        XCTAssertEqual(client.congestion.slowStartThreshold, .max, "nothing was lost")
+    }
+
+    /// A datagram lost in the middle of a transfer is found lost by the
+    /// packet threshold once three later packets are acknowledged, and resent
+    /// with no probe timeout; the window is halved once.
+    func testAMidStreamLossIsRepairedWithoutATimeout() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        var generator = SeededGenerator(seed: 13)
+        let message = generator.bytes(300 * 1024)
+        let stats = run(&client, &server, drop: { fromClient, index, _ in fromClient && index == 60 }, onClientEvent: Self.writer(message)) {
+            Self.echoed($0) != nil
+        }
+        XCTAssertEqual(Self.echoed(stats), message)
+        XCTAssertEqual(stats.timeouts, 0)
+        XCTAssertLessThan(client.congestion.slowStartThreshold, .max, "the loss was a congestion event")
+    }
+
     func testAPeerUnidirectionalStreamIsRefused() throws {
         var client = try QUICConnection(client: Self.configuration())
         var server = try QUICConnection(server: Self.configuration())
