@@ -17,6 +17,11 @@ public struct TransportConfiguration: Sendable {
     /// it, so a flood of sockets that never finish cannot hold every file
     /// descriptor for `upgradeTimeout`.
     public var maxInboundHandshakes = 64
+    /// Of those, at most this many from one address (an IPv4 address, an IPv6
+    /// /64), so that idle sockets from one place cannot take every slot from
+    /// everyone else. Loopback is exempt unless `limitLoopbackHandshakes`.
+    public var maxInboundHandshakesPerAddress = 8
+    public var limitLoopbackHandshakes = false
     /// A listener whose accept fails (EMFILE, ENFILE: out of file
     /// descriptors) stops accepting for this long, then tries again.
     public var acceptBackoff: TimeAmount = .milliseconds(500)

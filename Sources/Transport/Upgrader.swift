@@ -55,15 +55,20 @@ public struct Upgrader: Sendable {
     /// handshake of its own before the libp2p upgrade (WebSocket's HTTP
     /// upgrade); nil (counted as refused) when `maxInboundHandshakes` are in flight.
     public func takeInboundHandshakeSlot(from remote: SocketAddress?) -> InboundHandshakeSlot? {
-        guard handshakes.take(limit: configuration.maxInboundHandshakes) else {
-            logger.debug("inbound connection refused: too many handshakes in flight")
+        let source = remote.flatMap { HandshakeSlots.source(of: $0, limitLoopback: configuration.limitLoopbackHandshakes) }
+        let refusal = handshakes.take(
+            limit: configuration.maxInboundHandshakes, perSource: configuration.maxInboundHandshakesPerAddress, from: source)
+        if let refusal {
+            let reason = switch refusal {
+            case .total: "\(configuration.maxInboundHandshakes) inbound handshakes in flight"
+            case .perSource: "\(configuration.maxInboundHandshakesPerAddress) inbound handshakes in flight from one address"
+            }
+            logger.debug("inbound connection refused", metadata: ["reason": "\(reason)"])
             onLimitReached(
-                LimitRefusal(
-                    reason: "\(configuration.maxInboundHandshakes) inbound handshakes in flight", peer: nil,
-                    address: remote.flatMap { try? Multiaddr(socketAddress: $0) }))
+                LimitRefusal(reason: reason, peer: nil, address: remote.flatMap { try? Multiaddr(socketAddress: $0) }))
             return nil
         }
-        return InboundHandshakeSlot(handshakes)
+        return InboundHandshakeSlot(handshakes, source: source)
     }
 
     /// Inbound connections in the upgrade now, and those refused because
@@ -88,7 +93,7 @@ public struct Upgrader: Sendable {
         if direction == .inbound {
             guard let slot = handshakeSlot ?? takeInboundHandshakeSlot(from: channel.remoteAddress) else {
                 channel.close(promise: nil)
-                promise.fail(TransportError.limitReached("\(configuration.maxInboundHandshakes) inbound handshakes in flight"))
+                promise.fail(TransportError.limitReached("inbound handshakes in flight"))
                 return promise.futureResult
             }
             promise.futureResult.whenComplete { _ in slot.release() }
@@ -132,21 +137,59 @@ public struct Upgrader: Sendable {
 
 /// Inbound upgrades in flight, bounded, and how many were refused.
 final class HandshakeSlots: Sendable {
-    private let counts = Mutex((inFlight: 0, refused: 0))
+    private struct Counts {
+        var inFlight = 0
+        var refused = 0
+        /// In flight per source address (only sources that have some).
+        var bySource: [[UInt8]: Int] = [:]
+    }
+    private let counts = Mutex(Counts())
 
-    func take(limit: Int) -> Bool {
-        counts.withLock { counts in
-            guard counts.inFlight < limit else {
-                counts.refused += 1
-                return false
-            }
-            counts.inFlight += 1
-            return true
+    enum Refusal { case total, perSource }
+
+    /// Where a connection comes from, for the per-address share: an IPv4
+    /// address, or an IPv6 /64 (one host's whole range); nil for loopback when
+    /// it is exempt (and for what is not IP).
+    static func source(of address: SocketAddress, limitLoopback: Bool) -> [UInt8]? {
+        switch address {
+        case .v4(let v4):
+            let bytes = withUnsafeBytes(of: v4.address.sin_addr.s_addr) { Array($0) }
+            return bytes[0] == 127 && !limitLoopback ? nil : bytes
+        case .v6(let v6):
+            let bytes = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+            let loopback = bytes == [UInt8](repeating: 0, count: 15) + [1]
+            return loopback && !limitLoopback ? nil : Array(bytes.prefix(8))
+        default:
+            return nil
         }
     }
 
-    func give() {
-        counts.withLock { $0.inFlight -= 1 }
+    /// Takes a slot, or says which limit refused it.
+    func take(limit: Int, perSource: Int, from source: [UInt8]?) -> Refusal? {
+        counts.withLock { counts in
+            guard counts.inFlight < limit else {
+                counts.refused += 1
+                return .total
+            }
+            if let source {
+                guard counts.bySource[source, default: 0] < perSource else {
+                    counts.refused += 1
+                    return .perSource
+                }
+                counts.bySource[source, default: 0] += 1
+            }
+            counts.inFlight += 1
+            return nil
+        }
+    }
+
+    func give(from source: [UInt8]?) {
+        counts.withLock { counts in
+            counts.inFlight -= 1
+            if let source, let held = counts.bySource[source] {
+                counts.bySource[source] = held > 1 ? held - 1 : nil
+            }
+        }
     }
 
     var snapshot: (inFlight: Int, refused: Int) { counts.withLock { ($0.inFlight, $0.refused) } }
@@ -175,15 +218,17 @@ public struct LimitRefusal: Sendable, Hashable, CustomStringConvertible {
 /// back once (by `release` or when dropped).
 public final class InboundHandshakeSlot: Sendable {
     private let handshakes: HandshakeSlots
+    private let source: [UInt8]?
     private let released = Atomic<Bool>(false)
 
-    init(_ handshakes: HandshakeSlots) {
+    init(_ handshakes: HandshakeSlots, source: [UInt8]?) {
         self.handshakes = handshakes
+        self.source = source
     }
 
     public func release() {
         guard !released.exchange(true, ordering: .relaxed) else { return }
-        handshakes.give()
+        handshakes.give(from: source)
     }
 
     deinit { release() }

@@ -280,6 +280,24 @@ public func rawConnect(port: Int) -> Int32 {
     return fd
 }
 
+/// A blocking TCP connect to 127.0.0.1:`port` from the loopback address
+/// `source` (e.g. "127.0.0.2": another address of the loopback /8); the descriptor, or -1.
+public func rawConnect(port: Int, from source: String) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    var local = sockaddr_in()
+    local.sin_family = sa_family_t(AF_INET)
+    local.sin_addr.s_addr = inet_addr(source)
+    let bound = withUnsafePointer(to: &local) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    guard bound, connectSocket(fd, port: port) else {
+        close(fd)
+        return -1
+    }
+    return fd
+}
+
 /// Connects an existing socket to 127.0.0.1:`port` (blocking).
 public func connectSocket(_ fd: Int32, port: Int) -> Bool {
     var address = sockaddr_in()

@@ -62,6 +62,42 @@ final class DescriptorExhaustionTests: XCTestCase {
         await server.close()
     }
 
+    /// One address cannot take every handshake slot: idle sockets from it hold
+    /// at most its share, and another address still gets in (70 idle sockets
+    /// from one address used to leave others' pings 1 chance in 20).
+    func testOneAddressHoldsAtMostItsShareOfHandshakes() async throws {
+        var configuration = TransportConfiguration()
+        configuration.maxInboundHandshakes = 6
+        configuration.maxInboundHandshakesPerAddress = 2
+        configuration.limitLoopbackHandshakes = true
+        configuration.upgradeTimeout = .seconds(2)
+        let (server, address) = try await makeTestHost(group: group, configuration: configuration)
+        guard case .tcp(let port) = address.components[1] else { return XCTFail("not TCP: \(address)") }
+        let held = (0..<2).map { _ in rawConnect(port: Int(port), from: "127.0.0.1") }
+        defer { for fd in held { close(fd) } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.upgrader.inboundHandshakes.inFlight < 2 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        XCTAssertEqual(server.upgrader.inboundHandshakes.inFlight, 2)
+        // More from the same address are refused at once...
+        for _ in 0..<4 {
+            let fd = rawConnect(port: Int(port), from: "127.0.0.1")
+            XCTAssertTrue(closedByServer(fd, within: 1), "a handshake beyond the address's share was kept")
+            close(fd)
+        }
+        XCTAssertEqual(server.upgrader.inboundHandshakes.refused, 4)
+        // ...while another address still gets a slot.
+        let other = rawConnect(port: Int(port), from: "127.0.0.2")
+        defer { close(other) }
+        while server.upgrader.inboundHandshakes.inFlight < 3 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        XCTAssertEqual(server.upgrader.inboundHandshakes.inFlight, 3)
+        XCTAssertEqual(server.upgrader.inboundHandshakes.refused, 4)
+        await server.close()
+    }
+
     func testHandshakesInFlightAreBounded() async throws {
         var configuration = TransportConfiguration()
         configuration.maxInboundHandshakes = 4
