@@ -191,6 +191,14 @@ final class PubSubServiceTests: XCTestCase {
         try await eventually(10, "both sides down to the second connection") {
             hostA.connections.count == 1 && hostB.connections.count == 1
         }
+        // Both services have moved their streams there: until a service has seen the
+        // close, it still lists the peer (from the first connection) and a line
+        // published in that instant leaves on the closed stream.
+        try await eventually(10, "both services' streams on the second connection") {
+            let onA = await pubsubA.core.outboundConnectionID(peerB)
+            let onB = await pubsubB.core.outboundConnectionID(peerA)
+            return onA != nil && onA == hostA.connections.first?.id && onB != nil && onB == hostB.connections.first?.id
+        }
         // Lines still flow both ways, over the second connection.
         try await waitForEachOther(pubsubA, peerA, pubsubB, peerB, on: "lobby", "pubsub peers again on both sides")
         try await pubsubA.publish("lobby", data: Array("from A".utf8))
