@@ -205,6 +205,13 @@ class NATTestbedCase: XCTestCase {
         return try XCTUnwrap(local["peer"])
     }
 
+    /// A chat in home `index` that knows only the relay, as `--bootstrap` (the README's command).
+    func startBootstrapHome(_ index: Int, relay relayAddress: String, port: Int = 4001) throws -> ChatProcess {
+        try testbed.start(
+            "home\(index)",
+            ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/\(port)", "--bootstrap", relayAddress])
+    }
+
     /// The first event of `name` printed by any of `processes`.
     func firstEvent(_ processes: [ChatProcess], _ name: String, within seconds: Double) async throws -> [String: String] {
         let deadline = Date().addingTimeInterval(seconds)
@@ -300,11 +307,7 @@ final class NATTestbedTests: NATTestbedCase {
     func testHomesThatKnowOnlyTheRelayMeetChatAndHolePunch() async throws {
         let (relay, relayAddress) = try await startRelay()
         defer { withExtendedLifetime(relay) {} }
-        let homes = try (1...2).map { index in
-            try testbed.start(
-                "home\(index)",
-                ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
-        }
+        let homes = try (1...2).map { try startBootstrapHome($0, relay: relayAddress) }
         let ids = try await [peerID(homes[0]), peerID(homes[1])]
         for home in homes {
             try await event(home, "reachability", within: 30) { $0["reachability"] == "private" }
@@ -336,11 +339,7 @@ final class NATTestbedTests: NATTestbedCase {
         let (relay, relayAddress) = try await startRelay()
         defer { withExtendedLifetime(relay) {} }
         for (pair, port) in [4201, 4202].enumerated() {
-            let homes = try (1...2).map { index in
-                try testbed.start(
-                    "home\(index)",
-                    ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/\(port)", "--bootstrap", relayAddress])
-            }
+            let homes = try (1...2).map { try startBootstrapHome($0, relay: relayAddress, port: port) }
             let upgraded = try await firstEvent(homes, "connection_upgraded", within: 40)
             XCTAssertEqual(upgraded["method"], "hole punch", "pair \(pair + 1): \(upgraded)")
             for home in homes {
@@ -367,11 +366,7 @@ final class NATTestbedResetTests: NATTestbedCase {
     func testHomesBehindResettingRoutersChatThroughTheRelay() async throws {
         let (relay, relayAddress) = try await startRelay()
         defer { withExtendedLifetime(relay) {} }
-        let homes = try (1...2).map { index in
-            try testbed.start(
-                "home\(index)",
-                ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
-        }
+        let homes = try (1...2).map { try startBootstrapHome($0, relay: relayAddress) }
         let ids = try await [peerID(homes[0]), peerID(homes[1])]
         try await event(homes[0], "connected", within: 60) { $0["peer"] == ids[1] && ($0["addr"]?.contains("/p2p-circuit") ?? false) }
         try await sendUntilReceived("through the relay, router 1 to 2", from: homes[0], to: homes[1])
@@ -386,8 +381,7 @@ final class NATTestbedResetTests: NATTestbedCase {
     func testHomeDialsThePublicChatThatReachedItThroughTheRelay() async throws {
         let (relay, relayAddress) = try await startRelay()
         defer { withExtendedLifetime(relay) {} }
-        let home = try testbed.start(
-            "home2", ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
+        let home = try startBootstrapHome(2, relay: relayAddress)
         let homeID = try await peerID(home)
         let circuit = try await event(home, "listening", within: 40) { $0["addr"]?.contains("/p2p-circuit") ?? false }
         XCTAssertEqual(circuit["addr"], "\(relayAddress)/p2p-circuit/p2p/\(homeID)")
@@ -413,8 +407,7 @@ final class NATTestbedPythonTests: NATTestbedCase {
     func testPythonDialsThroughTheRelayAndWeHolePunch() async throws {
         let (relay, relayAddress) = try await startRelay()
         defer { withExtendedLifetime(relay) {} }
-        let home = try testbed.start(
-            "home2", ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", relayAddress])
+        let home = try startBootstrapHome(2, relay: relayAddress)
         let circuit = try await event(home, "listening", within: 40) { $0["addr"]?.contains("/p2p-circuit") ?? false }
         let python = try testbed.startPython(
             "home1", ["--timeout", "90", "--ip", "0.0.0.0", "--port", "4001", "dcutr-dial", try XCTUnwrap(circuit["addr"])])
