@@ -69,9 +69,13 @@ public struct ReassemblyBuffer: Sendable {
 }
 
 /// Data to send at offsets (a stream's or a CRYPTO stream's): new bytes in
-/// order, and ranges declared lost to send again. Kept until the stream goes.
+/// order, and ranges declared lost to send again. Bytes are let go once
+/// acknowledged from the start, so a long transfer holds only what is in flight
+/// and queued.
 struct SendBuffer: Sendable {
-    private(set) var data: [UInt8] = []
+    /// The bytes from `base` on; those below it were acknowledged and dropped.
+    private var data: [UInt8] = []
+    private var base: UInt64 = 0
     /// The next byte never sent.
     private(set) var sentOffset: UInt64 = 0
     private var lost: [(offset: UInt64, length: Int, fin: Bool)] = []
@@ -80,10 +84,13 @@ struct SendBuffer: Sendable {
     /// Acknowledged ranges, merged, in order.
     private var acked: [Range<UInt64>] = []
     private(set) var finAcked = false
-    /// The peer asked us to stop (STOP_SENDING) and we reset instead: nothing more goes out.
+    /// We reset the send side (our own reset, or answering STOP_SENDING): nothing more goes out.
     private(set) var reset = false
 
-    var totalLength: UInt64 { UInt64(data.count) }
+    var totalLength: UInt64 { base + UInt64(data.count) }
+
+    /// Written but never sent: what still waits for flow control or the congestion window.
+    var unsentBytes: Int { reset ? 0 : Int(totalLength - sentOffset) }
 
     mutating func write(_ bytes: [UInt8], fin: Bool) {
         data += bytes
@@ -96,13 +103,19 @@ struct SendBuffer: Sendable {
     /// (flow control; lost data was within it already). nil when nothing fits.
     mutating func next(maxLength: Int, limit: UInt64) -> (offset: UInt64, data: [UInt8], fin: Bool)? {
         guard !reset else { return nil }
-        if !lost.isEmpty {
+        while !lost.isEmpty {
             var piece = lost.removeFirst()
+            // Part of it may have been acknowledged (an earlier copy arrived late) and dropped.
+            if piece.offset < base {
+                let skip = Int(min(base - piece.offset, UInt64(piece.length)))
+                piece = (base, piece.length - skip, piece.fin)
+                if piece.length == 0 && !piece.fin { continue }
+            }
             if piece.length > maxLength {
                 lost.insert((piece.offset + UInt64(maxLength), piece.length - maxLength, piece.fin), at: 0)
                 piece = (piece.offset, maxLength, false)
             }
-            let start = Int(piece.offset)
+            let start = Int(piece.offset - base)
             return (piece.offset, Array(data[start..<(start + piece.length)]), piece.fin)
         }
         let available = Int(min(totalLength, limit) - min(sentOffset, limit))
@@ -110,15 +123,18 @@ struct SendBuffer: Sendable {
         let reachesEnd = sentOffset + UInt64(length) == totalLength
         let fin = finWritten && !finSent && reachesEnd
         guard length > 0 || fin else { return nil }
-        let start = Int(sentOffset)
+        let start = sentOffset
         sentOffset += UInt64(length)
         if fin { finSent = true }
-        return (UInt64(start), Array(data[start..<(start + length)]), fin)
+        let index = Int(start - base)
+        return (start, Array(data[index..<(index + length)]), fin)
     }
 
     /// A sent piece was lost: it goes out again before new data.
     mutating func markLost(offset: UInt64, length: Int, fin: Bool) {
         guard !reset else { return }
+        // Already acknowledged through another copy: nothing to resend.
+        if offset + UInt64(length) <= base, !fin { return }
         lost.append((offset, length, fin))
     }
 
@@ -137,6 +153,17 @@ struct SendBuffer: Sendable {
             }
         }
         acked = merged
+        dropAcknowledgedPrefix()
+    }
+
+    /// Lets go of the bytes acknowledged from the start, in steps large enough
+    /// that moving the rest down costs little per byte.
+    private mutating func dropAcknowledgedPrefix() {
+        guard let first = acked.first, first.lowerBound == 0, first.upperBound > base else { return }
+        let droppable = min(Int(first.upperBound - base), data.count)
+        guard droppable >= 16_384 || droppable == data.count, droppable > 0 else { return }
+        data.removeFirst(droppable)
+        base += UInt64(droppable)
     }
 
     /// Everything written, FIN included, reached the peer (or the side was reset).
@@ -146,10 +173,12 @@ struct SendBuffer: Sendable {
         return totalLength == 0 || (acked.count == 1 && acked[0] == 0..<totalLength)
     }
 
-    /// Gives up the send side (answering STOP_SENDING); returns the final size to put in RESET_STREAM.
+    /// Gives up the send side; returns the final size to put in RESET_STREAM.
     mutating func resetSending() -> UInt64 {
         reset = true
         lost = []
+        data = []
+        base = sentOffset
         return sentOffset
     }
 }

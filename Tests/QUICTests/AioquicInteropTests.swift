@@ -139,7 +139,10 @@ final class AioquicInteropTests: XCTestCase {
                 server.receive(datagram: datagram, now: .now)
             }
             for event in server.takeEvents() {
-                if case .streamData(let id, let data, let fin) = event { try server.write(data, to: id, fin: fin) }
+                if case .streamData(let id, let data, let fin) = event {
+                    try server.write(data, to: id, fin: fin)
+                    server.consumed(streamID: id, bytes: data.count)
+                }
             }
             server.handleTimeout(now: .now)
             if let peerPort {

@@ -45,6 +45,7 @@ final class ConnectionTests: XCTestCase {
                 stats.serverEvents.append(event)
                 if case .streamData(let id, let data, let fin) = event {
                     XCTAssertNoThrow(try server.write(data, to: id, fin: fin))
+                    server.consumed(streamID: id, bytes: data.count)
                 }
             }
             let fromServer = server.send(now: now)
@@ -55,6 +56,7 @@ final class ConnectionTests: XCTestCase {
             }
             for event in client.takeEvents() {
                 stats.clientEvents.append(event)
+                if case .streamData(let id, let data, _) = event { client.consumed(streamID: id, bytes: data.count) }
                 onClientEvent(event, &client)
             }
             if done(stats) { return stats }
@@ -366,7 +368,10 @@ final class ConnectionTests: XCTestCase {
             }
             let toServer = client.send(now: now)
             for datagram in toServer { server.receive(datagram: datagram, now: now) }
-            for case .streamData(let id, let data, let fin) in server.takeEvents() { try server.write(data, to: id, fin: fin) }
+            for case .streamData(let id, let data, let fin) in server.takeEvents() {
+                try server.write(data, to: id, fin: fin)
+                server.consumed(streamID: id, bytes: data.count)
+            }
             let toClient = server.send(now: now)
             for datagram in toClient { client.receive(datagram: datagram, now: now) }
             for case .streamData(let id, _, true) in client.takeEvents() where id == current {
