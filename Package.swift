@@ -31,6 +31,7 @@ let package = Package(
         .library(name: "Yamux", targets: ["Yamux"]),
         .library(name: "Transport", targets: ["Transport"]),
         .library(name: "WebSocket", targets: ["WebSocket"]),
+        .library(name: "QUICTransport", targets: ["QUICTransport"]),
         .library(name: "Host", targets: ["Host"]),
         .library(name: "Identify", targets: ["Identify"]),
         .library(name: "Ping", targets: ["Ping"]),
@@ -150,6 +151,16 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // libp2p's /quic-v1: the QUIC core under the Transport seam, one UDP socket per listen address.
+        .target(
+            name: "QUICTransport",
+            dependencies: [
+                "QUIC", "Transport", "TLS", "Identity", "Multiformats", "Multistream",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -352,6 +363,13 @@ let package = Package(
         ),
         .testTarget(name: "QUICTests", dependencies: ["QUIC", "TLS", "Identity", "ChildProcess"]),
         .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
+        .testTarget(
+            name: "QUICTransportTests",
+            dependencies: [
+                "QUICTransport", "QUIC", "Host", "Identify", "Ping", "Transport", "Identity", "Multiformats", "TestSupport", "ChildProcess",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
         .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(

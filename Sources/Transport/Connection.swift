@@ -19,6 +19,27 @@ public protocol InboundStreamAcceptor: Sendable {
     func accept(_ stream: MuxedStream)
 }
 
+/// What a connection and its streams ask of the engine that runs them: the
+/// Yamux driver over a secured byte stream, or QUIC's over datagrams. Called
+/// on the connection's event loop only.
+package protocol StreamMuxerDriver: AnyObject {
+    /// Streams open now (negotiating or negotiated).
+    var trackedStreamCount: Int { get }
+    /// Opens a stream and negotiates the first of `protocols` the remote supports.
+    func openStream(protocols: [String]) -> EventLoopFuture<MuxedStream>
+    /// Closes the connection; pending and later operations fail with `error`.
+    func closeGracefully(_ error: TransportError) -> EventLoopFuture<Void>
+    /// The reader took `bytes` of the stream's data: the remote may send more.
+    func consumed(streamID: UInt32, bytes: Int)
+    /// The reader reached the end of the stream.
+    func endOfStreamRead(streamID: UInt32)
+    /// Takes a write counted in `credit`; a failure goes to the credit.
+    func write(streamID: UInt32, data: ByteBuffer, credit: StreamWriteCredit)
+    func closeWrite(streamID: UInt32) -> EventLoopFuture<Void>
+    func reset(streamID: UInt32)
+    func discardInbound(streamID: UInt32)
+}
+
 /// A secured, multiplexed connection to one remote peer, whatever carries it
 /// (TCP, WebSocket, in-memory) and whichever security protocol and muxer were
 /// negotiated.
@@ -44,7 +65,7 @@ public final class Connection: Sendable, CustomStringConvertible {
     public let muxer: String
     public let id: UInt64
 
-    let driver: NIOLoopBound<ConnectionDriver>
+    let driver: NIOLoopBound<any StreamMuxerDriver>
     public let eventLoop: EventLoop
     /// Completes when the connection has closed, for whatever reason.
     public let closeFuture: EventLoopFuture<Void>
@@ -52,11 +73,11 @@ public final class Connection: Sendable, CustomStringConvertible {
     /// The channel under a channel-based transport (for tests of socket behaviour).
     let channel: Channel?
 
-    init(
+    package init(
         id: UInt64, localPeer: PeerID, remotePeer: PeerID, remotePublicKey: PublicKey,
         direction: ConnectionDirection, remoteAddress: Multiaddr, localAddress: Multiaddr?,
         transport: String, security: String, muxer: String,
-        driver: NIOLoopBound<ConnectionDriver>, closeFuture: EventLoopFuture<Void>, channel: Channel?
+        driver: NIOLoopBound<any StreamMuxerDriver>, closeFuture: EventLoopFuture<Void>, channel: Channel?
     ) {
         self.channel = channel
         self.id = id
@@ -76,7 +97,7 @@ public final class Connection: Sendable, CustomStringConvertible {
 
     public var isActive: Bool { active.load(ordering: .acquiring) }
 
-    func markClosed() {
+    package func markClosed() {
         active.store(false, ordering: .releasing)
     }
 
@@ -121,10 +142,10 @@ public final class MuxedStream: Sendable, CustomStringConvertible {
     public let streamID: UInt32
     public let protocolID: String
     public let connection: Connection
-    let inbox: StreamInbox
-    let credit: StreamWriteCredit
+    package let inbox: StreamInbox
+    package let credit: StreamWriteCredit
 
-    init(streamID: UInt32, protocolID: String, connection: Connection, inbox: StreamInbox, credit: StreamWriteCredit) {
+    package init(streamID: UInt32, protocolID: String, connection: Connection, inbox: StreamInbox, credit: StreamWriteCredit) {
         self.streamID = streamID
         self.protocolID = protocolID
         self.connection = connection

@@ -22,7 +22,7 @@ protocol ByteSink: AnyObject {
 /// their events into promises, inboxes and writer credit. Protocol logic lives
 /// in the sans-IO machines; this only moves bytes and events between them,
 /// the byte sink, timers and the application.
-final class ConnectionDriver {
+final class ConnectionDriver: StreamMuxerDriver {
     private enum State {
         /// Created, waiting for the byte stream to become active.
         case idle
@@ -244,7 +244,7 @@ final class ConnectionDriver {
             remotePublicKey: upgraded.remotePublicKey, direction: parameters.direction,
             remoteAddress: remoteAddress, localAddress: localAddress,
             transport: parameters.transport, security: upgraded.securityProtocol, muxer: upgraded.muxer,
-            driver: NIOLoopBound(self, eventLoop: eventLoop), closeFuture: closed.futureResult,
+            driver: NIOLoopBound<any StreamMuxerDriver>(self, eventLoop: eventLoop), closeFuture: closed.futureResult,
             channel: parameters.addresses.channel)
         let acceptor = upgrader.acceptor
         let streams = StreamTable(
@@ -493,7 +493,7 @@ final class ConnectionDriver {
     }
 
     /// Closes: Yamux go-away, then the byte stream.
-    func closeGracefully(_ error: TransportError = .connectionClosed) -> EventLoopFuture<Void> {
+    func closeGracefully(_ error: TransportError) -> EventLoopFuture<Void> {
         try? withEstablished { $0.streams.goAway() }
         try? drainSession()
         flushOutput()

@@ -10,7 +10,7 @@ import Synchronization
 ///
 /// Bounded by the Yamux receive window: the remote cannot send more than we
 /// granted, and we grant only what the reader has taken.
-final class StreamInbox: Sendable {
+package final class StreamInbox: Sendable {
     private struct State {
         var chunks = CircularBuffer<ByteBuffer>()
         /// The remote closed its write side: after the chunks comes the end.
@@ -30,14 +30,14 @@ final class StreamInbox: Sendable {
 
     private let state = Mutex(State())
 
-    init(reportThreshold: Int) {
+    package init(reportThreshold: Int) {
         state.withLock { $0.reportThreshold = reportThreshold }
     }
 
     /// Sets how many bytes the reader gathers before reporting them. At most an
     /// eighth of the stream's window: the session grants at half a window, so
     /// reading everything the remote may send always reaches a grant.
-    func setReportThreshold(_ bytes: Int) {
+    package func setReportThreshold(_ bytes: Int) {
         state.withLock { $0.reportThreshold = bytes }
     }
 
@@ -51,7 +51,7 @@ final class StreamInbox: Sendable {
     /// more than the bytes of one frame, so one wake hands over every chunk of
     /// the read. Returns whether `wake` is needed, and the bytes to count as
     /// consumed at once (when the inbox discards).
-    func push(_ chunk: ByteBuffer) -> (needsWake: Bool, discarded: Int) {
+    package func push(_ chunk: ByteBuffer) -> (needsWake: Bool, discarded: Int) {
         state.withLock { state in
             if state.discarding { return (false, chunk.readableBytes) }
             state.chunks.append(chunk)
@@ -62,7 +62,7 @@ final class StreamInbox: Sendable {
     }
 
     /// Resumes a waiting reader with the first buffered chunk.
-    func wake() {
+    package func wake() {
         let (waiter, chunk) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, ByteBuffer?) in
             state.wakePending = false
             guard let waiter = state.waiter, let chunk = state.chunks.popFirst() else { return (nil, nil) }
@@ -73,7 +73,7 @@ final class StreamInbox: Sendable {
     }
 
     /// The remote's end of data: the reader sees nil after the buffered chunks.
-    func finish() {
+    package func finish() {
         let (waiter, chunk) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, ByteBuffer?) in
             state.finished = true
             defer { state.waiter = nil }
@@ -85,7 +85,7 @@ final class StreamInbox: Sendable {
 
     /// The stream failed: the reader gets `error` after the buffered chunks
     /// (or, if the remote had already finished, the clean end).
-    func fail(_ error: TransportError) {
+    package func fail(_ error: TransportError) {
         let (waiter, chunk) = state.withLock { state -> (CheckedContinuation<ByteBuffer?, Error>?, ByteBuffer?) in
             guard !state.finished, state.error == nil else { return (nil, nil) }
             state.error = error
@@ -101,7 +101,7 @@ final class StreamInbox: Sendable {
 
     /// The reader wants no more: drops what is buffered and everything that
     /// arrives later. Returns the dropped bytes (to grant back to the remote).
-    func discardAll() -> Int {
+    package func discardAll() -> Int {
         let (dropped, waiter) = state.withLock { state -> (Int, CheckedContinuation<ByteBuffer?, Error>?) in
             state.discarding = true
             var dropped = state.unreported

@@ -10,7 +10,7 @@ import Synchronization
 /// window, stay under the limit (plus the one write being made): memory stays
 /// bounded. An error (reset, closed connection) is kept and thrown by the next
 /// write.
-final class StreamWriteCredit: Sendable {
+package final class StreamWriteCredit: Sendable {
     private struct State {
         /// Handed to the event loop, not yet taken into the Yamux session.
         var inFlight = 0
@@ -27,7 +27,7 @@ final class StreamWriteCredit: Sendable {
     /// it then hands over several writes per wake-up, not one.
     let resumeLevel: Int
 
-    init(limit: Int) {
+    package init(limit: Int) {
         self.limit = limit
         self.resumeLevel = limit / 2
     }
@@ -88,7 +88,7 @@ final class StreamWriteCredit: Sendable {
     // MARK: Event loop side
 
     /// A write of `bytes` was taken into the session, which now queues `queued` bytes of the stream.
-    func processed(_ bytes: Int, queued: Int) {
+    package func processed(_ bytes: Int, queued: Int) {
         update { state in
             state.inFlight -= bytes
             state.queued = queued
@@ -96,7 +96,7 @@ final class StreamWriteCredit: Sendable {
     }
 
     /// The stream's queue changed (the remote opened its window).
-    func queuedChanged(_ queued: Int) {
+    package func queuedChanged(_ queued: Int) {
         update { $0.queued = queued }
     }
 
@@ -111,7 +111,7 @@ final class StreamWriteCredit: Sendable {
     }
 
     /// The stream takes no more writes: every later write throws `error` (the first error stays).
-    func fail(_ error: TransportError) {
+    package func fail(_ error: TransportError) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Error>] in
             if state.error == nil { state.error = error }
             defer { state.waiters = [:] }

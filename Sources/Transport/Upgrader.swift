@@ -17,16 +17,19 @@ public struct Upgrader: Sendable {
     /// Muxer protocol ids, in order of preference (only Yamux is implemented).
     public let muxers: [String]
     public let configuration: TransportConfiguration
-    let acceptor: any InboundStreamAcceptor
+    package let acceptor: any InboundStreamAcceptor
     /// Receives every upgraded inbound connection.
     public let onInboundConnection: @Sendable (Connection) -> Void
-    let logger: Logger
+    package let logger: Logger
     /// What every connection may make the host buffer (nil: unbounded).
     public let memoryBudget: MemoryBudget?
     /// Told of everything a limit refused or closed (handshakes in flight,
     /// streams negotiating, memory, stalled writes).
-    let onLimitReached: @Sendable (LimitRefusal) -> Void
+    package let onLimitReached: @Sendable (LimitRefusal) -> Void
     private let connectionIDs: ConnectionIDs
+
+    /// A fresh connection number (logs, metrics), for transports with a driver of their own.
+    package func nextConnectionID() -> UInt64 { connectionIDs.next() }
     private let handshakes: HandshakeSlots
 
     public init(
