@@ -316,3 +316,33 @@ final class ChildOutputReader: Sendable {
         finished()
     }
 }
+
+extension ChildProcess {
+    public enum JSONEventFailure: Error, CustomStringConvertible {
+        /// The process printed `{"event": "error", ...}`, or never the event asked for.
+        case peer(String)
+
+        public var description: String {
+            switch self {
+            case .peer(let text): return "peer process: \(text)"
+            }
+        }
+    }
+
+    /// The first line of stdout that is a JSON object whose `event` is `event`,
+    /// waiting up to `seconds`; an `error` event, an exit or the deadline throws
+    /// with the process's stderr.
+    public func jsonEvent(_ event: String, within seconds: Double = 20) async throws -> [String: Any] {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            for text in outputLines {
+                guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { continue }
+                if object["event"] as? String == "error" { throw JSONEventFailure.peer("\(object) \(stderrText.suffix(2000))") }
+                if object["event"] as? String == event { return object }
+            }
+            guard isRunning else { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw JSONEventFailure.peer("no \(event) line within \(seconds) s; stderr: \(stderrText.suffix(2000))")
+    }
+}
