@@ -288,7 +288,7 @@ let package = Package(
             name: "P2PChat",
             dependencies: [
                 "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter",
-                "FileShare", "ChatHistory", "KadDHT", "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket",
+                "FileShare", "ChatHistory", "KadDHT", "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket", "QUICTransport",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -306,7 +306,7 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay",
+                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay", "QUICTransport",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -335,7 +335,8 @@ let package = Package(
             name: "Libp2p",
             dependencies: [
                 "AutoNAT", "ChatHistory", "DCUtR", "FileShare", "Host", "Identify", "Identity", "KadDHT", "LibP2PSecurity", "MDNS",
-                "Multiformats", "Noise", "Perf", "Ping", "PubSub", "Relay", "RequestResponse", "TLS", "Transport", "WebSocket",
+                "Multiformats", "Noise", "Perf", "Ping", "PubSub", "QUICTransport", "Relay", "RequestResponse", "TLS", "Transport",
+                "WebSocket",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

@@ -18,6 +18,7 @@
 @_exported import Perf
 @_exported import Ping
 @_exported import PubSub
+@_exported import QUICTransport
 @_exported import Relay
 @_exported import RequestResponse
 @_exported import TLS

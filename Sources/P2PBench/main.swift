@@ -537,6 +537,10 @@ if CommandLine.arguments.dropFirst().first == "dht" {
     exit(0)
 }
 
+if CommandLine.arguments.dropFirst().first == "quic" {
+    try await runQUICBenchmarks()
+    exit(0)
+}
 if CommandLine.arguments.dropFirst().first == "pubsub" {
     // Only the pubsub benchmarks.
     try await runPubSubBenchmarks()

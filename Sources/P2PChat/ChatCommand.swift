@@ -27,7 +27,7 @@ struct ChatCommand: AsyncParsableCommand {
     var topic = "lobby"
 
     @Option(name: .long, help: "Listen address (repeatable).")
-    var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
+    var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1", "/ip6/::/udp/0/quic-v1"]
 
     @Option(name: .long, help: "A /p2p/ address to dial at start and redial when the connection drops (repeatable).")
     var connect: [String] = []

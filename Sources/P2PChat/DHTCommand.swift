@@ -163,7 +163,7 @@ struct DHTServerCommand: AsyncParsableCommand {
         abstract: "Run a DHT bootstrap node (/ipfs/kad/1.0.0 server, identify, ping) until SIGINT or SIGTERM.")
 
     @Option(help: "Address to listen on (repeatable).")
-    var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
+    var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1", "/ip6/::/udp/0/quic-v1"]
 
     @Option(name: .long, help: "Other bootstrap peers to join (repeatable).")
     var bootstrap: [String] = []

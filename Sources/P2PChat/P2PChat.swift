@@ -10,9 +10,12 @@ import Noise
 import Multiformats
 import Ping
 import PubSub
+import QUICTransport
 import Synchronization
 import TLS
 import Transport
+import WebSocket
+import NIOPosix
 
 let p2pchatVersion = "0.1.0"
 
@@ -121,7 +124,10 @@ func exitWithError(_ message: String) -> Never {
 
 /// Makes a host (TCP and WebSocket; the security protocols of `--security`) that serves identify and ping.
 func makeHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService) {
-    let host = Libp2pHost(key: key, security: options.securityProtocols())
+    let group = MultiThreadedEventLoopGroup.singleton
+    let host = Libp2pHost(
+        key: key, group: group, transports: [TCPTransport(group: group), WebSocketTransport(group: group), QUICTransport(group: group)],
+        security: options.securityProtocols())
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
     identify.start()
     PingService(host: host).start()

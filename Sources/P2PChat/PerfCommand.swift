@@ -99,7 +99,7 @@ struct PerfServerCommand: AsyncParsableCommand {
         abstract: "Serve /perf/1.0.0 (and ping, identify) until SIGINT or SIGTERM.")
 
     @Option(help: "Address to listen on (repeatable).")
-    var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
+    var listen: [String] = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1", "/ip6/::/udp/0/quic-v1"]
 
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var metrics: MetricsOption

@@ -8,6 +8,7 @@ import Identity
 import Multiformats
 import NIOPosix
 import Ping
+import QUICTransport
 import Relay
 import Transport
 import WebSocket
@@ -20,7 +21,7 @@ struct RelayCommand: AsyncParsableCommand {
         abstract: "Run a public relay node (circuit relay v2, AutoNAT server, DHT server, identify, ping) until SIGINT or SIGTERM.")
 
     @Option(help: "Address to listen on (repeatable).")
-    var listen: [String] = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001"]
+    var listen: [String] = ["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1", "/ip6/::/udp/4001/quic-v1"]
 
     @Flag(help: "One JSON object per line on stdout for every event.")
     var json = false
@@ -82,14 +83,15 @@ struct RelayCommand: AsyncParsableCommand {
 }
 
 /// A host for NAT traversal: TCP reusing its listening port for dials (so
-/// that peers observe the port we listen on), WebSocket, and `/p2p-circuit`;
+/// that peers observe the port we listen on), WebSocket, QUIC (whose dials
+/// leave from its listening socket), and `/p2p-circuit`;
 /// with identify and ping.
 func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService, CircuitTransport) {
     let circuit = CircuitTransport()
     let group = MultiThreadedEventLoopGroup.singleton
     let host = Libp2pHost(
         key: key, group: group,
-        transports: [TCPTransport(group: group, reusePort: true), WebSocketTransport(group: group), circuit],
+        transports: [TCPTransport(group: group, reusePort: true), WebSocketTransport(group: group), QUICTransport(group: group), circuit],
         security: options.securityProtocols())
     circuit.attach(host)
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")

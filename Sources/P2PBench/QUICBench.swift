@@ -1,0 +1,115 @@
+import Foundation
+import Host
+import Multiformats
+import NIOCore
+import NIOPosix
+import Noise
+import Ping
+import QUICTransport
+import Transport
+
+/// `p2pbench quic [MB]`: QUIC beside TCP in one run, rounds alternating: one
+/// stream's throughput, 8 concurrent streams, handshakes, ping idle and under
+/// a flood. TCP is Noise + Yamux, as the chat uses it.
+func runQUICBenchmarks() async throws {
+    let server = Libp2pHost(
+        key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop,
+        transports: [TCPTransport(group: serverLoop), QUICTransport(group: serverLoop)])
+    PingService(host: server).start()
+    server.setStreamHandler(sinkProtocol) { stream in
+        var count = 0
+        do {
+            while let piece = try await stream.read() { count += piece.readableBytes }
+            var reply = ByteBuffer()
+            reply.writeInteger(UInt64(count))
+            try await stream.write(reply)
+            try await stream.closeWrite()
+        } catch {
+            stream.reset()
+        }
+    }
+    let bound = try await server.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0"), Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")])
+    let tcpAddress = bound[0].encapsulating(.p2p(server.localPeer.bytes))
+    let quicAddress = bound[1].encapsulating(.p2p(server.localPeer.bytes))
+    func makeClient() -> Libp2pHost {
+        Libp2pHost(
+            key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop,
+            transports: [TCPTransport(group: clientLoop), QUICTransport(group: clientLoop)])
+    }
+    let tcpClient = makeClient()
+    let quicClient = makeClient()
+    let rounds = max(1, ProcessInfo.processInfo.environment["P2PBENCH_ROUNDS"].flatMap(Int.init) ?? 3)
+    print("p2pbench quic: \(megabytes) MiB per throughput run, loopback, 2 event loops, median of \(rounds) alternating rounds")
+    var tcpOne: [Double] = [], quicOne: [Double] = [], tcpEight: [Double] = [], quicEight: [Double] = []
+    for _ in 0..<rounds {
+        tcpOne.append(try await streamThroughput(server: tcpAddress, client: tcpClient))
+        quicOne.append(try await streamThroughput(server: quicAddress, client: quicClient))
+        tcpEight.append(try await concurrentThroughput(server: tcpAddress, client: tcpClient, streams: 8))
+        quicEight.append(try await concurrentThroughput(server: quicAddress, client: quicClient, streams: 8))
+    }
+    report("one Yamux stream over Noise (TCP)", median(tcpOne), "MB/s" + spread(tcpOne))
+    report("one QUIC stream", median(quicOne), "MB/s" + spread(quicOne))
+    report("  ratio QUIC / TCP", median(quicOne) / median(tcpOne), "")
+    report("8 concurrent Yamux streams over Noise (TCP)", median(tcpEight), "MB/s" + spread(tcpEight))
+    report("8 concurrent QUIC streams", median(quicEight), "MB/s" + spread(quicEight))
+    report("  ratio QUIC / TCP", median(quicEight) / median(tcpEight), "")
+    report("Noise XX + Yamux handshakes (1 at a time)", try await handshakesPerSecond(server: tcpAddress, count: 200, concurrency: 1), "/s")
+    report("QUIC handshakes (1 at a time)", try await quicHandshakesPerSecond(server: quicAddress, count: 200, concurrency: 1), "/s")
+    report("Noise XX + Yamux handshakes (8 concurrent)", try await handshakesPerSecond(server: tcpAddress, count: 400, concurrency: 8), "/s")
+    report("QUIC handshakes (8 concurrent)", try await quicHandshakesPerSecond(server: quicAddress, count: 400, concurrency: 8), "/s")
+    report("ping over TCP (median of 200)", try await pingRoundTrip(server: tcpAddress, client: tcpClient), "µs")
+    report("ping over QUIC (median of 200)", try await pingRoundTrip(server: quicAddress, client: quicClient), "µs")
+    for (name, address, client) in [("TCP", tcpAddress, tcpClient), ("QUIC", quicAddress, quicClient)] {
+        let loaded = try await pingUnderLoad(server: address, client: client)
+        report("ping over \(name) under a flooding stream, p50 / p99", loaded.p50, String(format: "µs / %.0f µs, flood %.0f MB/s", loaded.p99, loaded.flood))
+    }
+    await tcpClient.close()
+    await quicClient.close()
+    await server.close()
+}
+
+/// `streams` streams to the sink at once, `megabytes` in all; MB/s.
+func concurrentThroughput(server: Multiaddr, client: Libp2pHost, streams: Int) async throws -> Double {
+    let connection = try await client.connect(server)
+    let share = totalBytes / streams
+    let payload = ByteBuffer(repeating: 0x5a, count: chunk)
+    let start = clock.now
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        for _ in 0..<streams {
+            tasks.addTask {
+                let stream = try await connection.newStream(protocols: [sinkProtocol])
+                var sent = 0
+                while sent < share {
+                    let size = min(chunk, share - sent)
+                    try await stream.write(payload.getSlice(at: 0, length: size)!)
+                    sent += size
+                }
+                try await stream.closeWrite()
+                var reader = StreamReader(stream)
+                let count = try await reader.readExactly(8).getInteger(at: 0, as: UInt64.self)!
+                precondition(Int(count) == share, "sink received \(count) of \(share)")
+            }
+        }
+        try await tasks.waitForAll()
+    }
+    return Double(share * streams) / seconds(clock.now - start) / 1e6
+}
+
+/// New QUIC connections per second (handshake, then close), from fresh clients.
+func quicHandshakesPerSecond(server: Multiaddr, count: Int, concurrency: Int) async throws -> Double {
+    let start = clock.now
+    try await withThrowingTaskGroup(of: Void.self) { tasks in
+        for worker in 0..<concurrency {
+            tasks.addTask {
+                let client = Libp2pHost(key: .generateEd25519(), group: group, transports: [QUICTransport(group: group)])
+                for _ in stride(from: worker, to: count, by: concurrency) {
+                    let connection = try await client.connect(server)
+                    await connection.close()
+                }
+                await client.close()
+            }
+        }
+        try await tasks.waitForAll()
+    }
+    return Double(count) / seconds(clock.now - start)
+}
