@@ -131,6 +131,7 @@ extension QUICConnection {
             for frame in spaces[initial].inFlight[number]!.frames { requeue(frame, space: initial) }
         }
         spaces[initial].inFlight = [:]
+        spaces[initial].oldestInFlight = spaces[initial].nextPacketNumber
     }
 
     /// Version Negotiation ends a client's attempt only if it came before any
@@ -163,14 +164,13 @@ extension QUICConnection {
                 rtt.update(sample: now - largest.sentAt, ackDelay: space == .application ? min(reported, maxDelay) : .zero)
             }
             var touchedStreams: Set<UInt64> = []
-            for number in spaces[index].inFlight.keys where ack.contains(number) {
-                let sent = spaces[index].inFlight[number]!
+            for number in ack.ranges.flatMap({ spaces[index].inFlightNumbers(in: $0) }) {
+                guard let sent = spaces[index].removeInFlight(number) else { continue }
                 congestion.acknowledged(sent.size, sentAt: sent.sentAt)
                 for case .stream(let stream) in sent.frames {
                     streams[stream.streamID]?.send.markAcked(offset: stream.offset, length: stream.data.count, fin: stream.fin)
                     touchedStreams.insert(stream.streamID)
                 }
-                spaces[index].inFlight[number] = nil
                 newlyAcked = true
             }
             for id in touchedStreams { retireIfDone(id) }
@@ -341,6 +341,7 @@ extension QUICConnection {
         spaces[space.rawValue].receiveKeys = nil
         congestion.forget(spaces[space.rawValue].inFlight.values.reduce(0) { $0 + $1.size })
         spaces[space.rawValue].inFlight = [:]
+        spaces[space.rawValue].oldestInFlight = spaces[space.rawValue].nextPacketNumber
         spaces[space.rawValue].lossTime = nil
         spaces[space.rawValue].ackPending = false
         if !spaces.contains(where: { !$0.inFlight.isEmpty }), !clientAwaitsConfirmation {

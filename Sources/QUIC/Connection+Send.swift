@@ -54,7 +54,7 @@ extension QUICConnection {
             let frames = collectFrames(space, room: room, ackOnly: ackOnly)
             guard !frames.isEmpty else { continue }
             packets.append((space, frames))
-            used += overhead + frames.reduce(0) { $0 + $1.encoded.count }
+            used += overhead + frames.reduce(0) { $0 + $1.encodedSize }
             // A client's Initial is padded to fill its datagram (§14.1): nothing is coalesced after it.
             if role == .client, space == .initial { break }
         }
@@ -93,7 +93,7 @@ extension QUICConnection {
         var left = room
         func add(_ frame: Frame) {
             frames.append(frame)
-            left -= frame.encoded.count
+            left -= frame.encodedSize
         }
         if spaces[index].ackPending, let ack = try? ACKFrame(ranges: spaces[index].received) {
             add(.ack(ack))
@@ -112,7 +112,7 @@ extension QUICConnection {
             add(.handshakeDone)
             handshakeDonePending = false
         }
-        while let frame = controlFrames.first, frame.encoded.count <= left {
+        while let frame = controlFrames.first, frame.encodedSize <= left {
             add(frame)
             controlFrames.removeFirst()
         }
@@ -181,11 +181,11 @@ extension QUICConnection {
         let lossDelay = max(rttBasis * 9 / 8, .milliseconds(1))
         var lostBytes = 0
         var newestLost: ContinuousClock.Instant?
-        for number in spaces[index].inFlight.keys.sorted() where number < largestAcked {
+        for number in spaces[index].inFlightNumbers(in: 0...largestAcked) where number < largestAcked {
             let sent = spaces[index].inFlight[number]!
             if largestAcked - number >= 3 || sent.sentAt + lossDelay <= now {
                 for frame in sent.frames { requeue(frame, space: index) }
-                spaces[index].inFlight[number] = nil
+                _ = spaces[index].removeInFlight(number)
                 lostBytes += sent.size
                 newestLost = max(newestLost ?? sent.sentAt, sent.sentAt)
             } else {
@@ -275,6 +275,7 @@ extension QUICConnection {
             }
             congestion.forget(spaces[index].inFlight.values.reduce(0) { $0 + $1.size })
             spaces[index].inFlight = [:]
+            spaces[index].oldestInFlight = spaces[index].nextPacketNumber
             spaces[index].lossTime = nil
         }
         // Two datagrams may go past the congestion window to probe (RFC 9002 §6.2.4).

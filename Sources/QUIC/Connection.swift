@@ -142,6 +142,10 @@ public struct QUICConnection: ~Copyable {
         var received: [ClosedRange<UInt64>] = []
         var ackPending = false
         var inFlight: [UInt64: SentPacket] = [:]
+        /// No packet below this number is in flight: acknowledged, declared lost, or never
+        /// ack-eliciting. Lets ACK and loss processing visit only what can still be in flight,
+        /// not every packet sent (that was quadratic in the congestion window).
+        var oldestInFlight: UInt64 = 0
         /// When the oldest packet below the largest acknowledged counts as lost by time (RFC 9002 §6.1.2).
         var lossTime: ContinuousClock.Instant?
         var cryptoSend = SendBuffer()
@@ -149,6 +153,32 @@ public struct QUICConnection: ~Copyable {
 
         init(cryptoLimit: UInt64) {
             cryptoReceive = ReassemblyBuffer(limit: cryptoLimit)
+        }
+
+        /// Takes a packet out of flight.
+        mutating func removeInFlight(_ number: UInt64) -> SentPacket? {
+            let sent = inFlight.removeValue(forKey: number)
+            if number == oldestInFlight { advanceOldestInFlight() }
+            return sent
+        }
+
+        mutating func advanceOldestInFlight() {
+            if inFlight.isEmpty {
+                oldestInFlight = nextPacketNumber
+                return
+            }
+            while oldestInFlight < nextPacketNumber, inFlight[oldestInFlight] == nil { oldestInFlight += 1 }
+        }
+
+        /// The packet numbers in flight within `range`, ascending.
+        func inFlightNumbers(in range: ClosedRange<UInt64>) -> [UInt64] {
+            let lower = max(range.lowerBound, oldestInFlight)
+            let upper = min(range.upperBound, nextPacketNumber &- 1)
+            guard nextPacketNumber > 0, upper >= lower else { return [] }
+            if upper - lower < UInt64(inFlight.count) * 4 {
+                return (lower...upper).filter { inFlight[$0] != nil }
+            }
+            return inFlight.keys.filter { range.contains($0) }.sorted()
         }
 
         /// Records a packet number; false for a duplicate, which is not processed again.

@@ -232,6 +232,19 @@ public enum Frame: Equatable, Sendable {
         return bytes
     }
 
+    /// The encoded size, without encoding a STREAM or CRYPTO frame's data (packet building asks this per frame).
+    public var encodedSize: Int {
+        switch self {
+        case .stream(let frame):
+            return 1 + VarInt.encodedLength(frame.streamID)! + (frame.offset != 0 ? VarInt.encodedLength(frame.offset)! : 0)
+                + (frame.explicitLength ? VarInt.encodedLength(UInt64(frame.data.count))! : 0) + frame.data.count
+        case .crypto(let offset, let data):
+            return 1 + VarInt.encodedLength(offset)! + VarInt.encodedLength(UInt64(data.count))! + data.count
+        default:
+            return encoded.count
+        }
+    }
+
     // MARK: Decoding
 
     /// All frames of a decrypted payload.
