@@ -159,6 +159,7 @@ let package = Package(
             name: "QUICTransport",
             dependencies: [
                 "QUIC", "Transport", "TLS", "Identity", "Multiformats", "Multistream",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -28,19 +28,25 @@ final class QUICEndpoint: @unchecked Sendable {
     private var connections: [ObjectIdentifier: (driver: QUICConnectionDriver, ids: [ConnectionID])] = [:]
     private var needsFlush = false
     private var closing = false
+    private let retryTokens = RetryTokens()
+    private let retryPolicy: QUICRetryPolicy
+    /// Retry packets sent (counted since the start).
+    private(set) var retriesSent = 0
 
-    private init(eventLoop: EventLoop, inbound: Upgrader?, certificates: QUICCertificates) {
+    private init(eventLoop: EventLoop, inbound: Upgrader?, certificates: QUICCertificates, retryPolicy: QUICRetryPolicy) {
         self.eventLoop = eventLoop
         self.inbound = inbound
         self.certificates = certificates
+        self.retryPolicy = retryPolicy
         self.localMultiaddr = Multiaddr([])
     }
 
     /// A socket bound to `address`; with `inbound`, it accepts connections too.
     static func bind(
-        group: EventLoopGroup, to address: SocketAddress, inbound: Upgrader?, certificates: QUICCertificates
+        group: EventLoopGroup, to address: SocketAddress, inbound: Upgrader?, certificates: QUICCertificates,
+        retryPolicy: QUICRetryPolicy = .underLoad
     ) async throws -> QUICEndpoint {
-        let endpoint = QUICEndpoint(eventLoop: group.next(), inbound: inbound, certificates: certificates)
+        let endpoint = QUICEndpoint(eventLoop: group.next(), inbound: inbound, certificates: certificates, retryPolicy: retryPolicy)
         let channel: Channel
         do {
             channel = try await DatagramBootstrap(group: endpoint.eventLoop)
@@ -87,7 +93,46 @@ final class QUICEndpoint: @unchecked Sendable {
             return
         }
         guard header.isInitial else { return }
-        accept(datagram, destination: header.destination, from: remote, upgrader: inbound)
+        acceptInitial(datagram, from: remote, upgrader: inbound)
+    }
+
+    /// A client's first Initial: only one that opens under the Initial keys of
+    /// its destination ID is considered (garbage takes no slot). Under load
+    /// (or always, by policy) one without our token gets a Retry; one with a
+    /// valid token becomes a connection that knows what the Retry validated.
+    private func acceptInitial(_ datagram: [UInt8], from remote: SocketAddress, upgrader: Upgrader) {
+        guard let packet = PacketParser.split(datagram: datagram, shortHeaderCIDLength: QUICTransport.connectionIDLength).packets.first,
+            case .long(let header) = packet.header, header.type == .initial, header.destination.count >= 8,
+            (try? PacketProtection.open(packet, keys: InitialSecrets.keys(destination: header.destination).client, largestReceived: nil)) != nil
+        else { return }
+        let now = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        if !header.token.isEmpty {
+            guard let validated = retryTokens.validate(header.token, from: remote, now: now) else {
+                // A token we did not make (or a stale one): the client must start over (§8.1.3 lets us drop it).
+                return
+            }
+            accept(datagram, destination: header.destination, from: remote, upgrader: upgrader,
+                afterRetry: QUICConnection.RetryContext(originalDestination: validated.originalDestination, retrySource: header.destination))
+            return
+        }
+        if shouldRetry(upgrader) {
+            let source = ConnectionID.random(length: QUICTransport.connectionIDLength)
+            let token = retryTokens.make(for: remote, originalDestination: header.destination, now: now)
+            let retry = RetryPacket(destination: header.source, source: source, token: token, integrityTag: [])
+            send([RetryIntegrity.seal(retry, originalDestination: header.destination)], to: remote)
+            flush()
+            retriesSent += 1
+            return
+        }
+        accept(datagram, destination: header.destination, from: remote, upgrader: upgrader, afterRetry: nil)
+    }
+
+    private func shouldRetry(_ upgrader: Upgrader) -> Bool {
+        switch retryPolicy {
+        case .always: return true
+        case .never: return false
+        case .underLoad: return upgrader.inboundHandshakes.inFlight * 2 >= upgrader.configuration.maxInboundHandshakes
+        }
     }
 
     private func answerVersionNegotiation(_ header: QUICDatagramHeader, to remote: SocketAddress) {
@@ -97,11 +142,14 @@ final class QUICEndpoint: @unchecked Sendable {
         flush()
     }
 
-    private func accept(_ datagram: [UInt8], destination: ConnectionID, from remote: SocketAddress, upgrader: Upgrader) {
+    private func accept(
+        _ datagram: [UInt8], destination: ConnectionID, from remote: SocketAddress, upgrader: Upgrader,
+        afterRetry: QUICConnection.RetryContext?
+    ) {
         guard let slot = upgrader.takeInboundHandshakeSlot(from: remote) else { return }
         do {
             let configuration = try certificates.configuration(for: upgrader, expectedPeer: nil)
-            let quic = try QUICConnection(server: configuration)
+            let quic = try QUICConnection(server: configuration, afterRetry: afterRetry)
             let local = quic.localConnectionID
             let driver = try QUICConnectionDriver(
                 quic: quic, endpoint: self, remote: remote, direction: .inbound, upgrader: upgrader, expectedPeer: nil,

@@ -16,6 +16,9 @@ import Transport
 public struct QUICTransport: Transport {
     public var name: String { "quic-v1" }
 
+    /// Retry packets our listeners sent (since they started).
+    public func retriesSent() async -> Int { await sockets.retriesSent() }
+
     /// The receive window of a stream, and of a connection (quic-go's starting windows).
     static let streamWindow = 512 * 1024
     static let connectionWindow = 768 * 1024
@@ -38,9 +41,10 @@ public struct QUICTransport: Transport {
     private let group: EventLoopGroup
     private let sockets: QUICSockets
 
-    public init(group: EventLoopGroup) {
+    /// `retry`: when listeners make clients prove their address with a Retry first.
+    public init(group: EventLoopGroup, retry: QUICRetryPolicy = .underLoad) {
         self.group = group
-        self.sockets = QUICSockets(group: group)
+        self.sockets = QUICSockets(group: group, retryPolicy: retry)
     }
 
     public func canDial(_ address: Multiaddr) -> Bool { address.isQUICv1 }
@@ -96,15 +100,24 @@ actor QUICSockets {
     private let certificates = QUICCertificates()
     private var listeners: [QUICEndpoint] = []
     private var dialers: [Bool: QUICEndpoint] = [:]
+    private let retryPolicy: QUICRetryPolicy
 
-    init(group: EventLoopGroup) {
+    init(group: EventLoopGroup, retryPolicy: QUICRetryPolicy) {
         self.group = group
+        self.retryPolicy = retryPolicy
     }
 
     func listen(on address: SocketAddress, upgrader: Upgrader) async throws -> QUICEndpoint {
-        let endpoint = try await QUICEndpoint.bind(group: group, to: address, inbound: upgrader, certificates: certificates)
+        let endpoint = try await QUICEndpoint.bind(
+            group: group, to: address, inbound: upgrader, certificates: certificates, retryPolicy: retryPolicy)
         listeners.append(endpoint)
         return endpoint
+    }
+
+    func retriesSent() async -> Int {
+        var total = 0
+        for listener in listeners { total += (try? await listener.eventLoop.submit { listener.retriesSent }.get()) ?? 0 }
+        return total
     }
 
     func remove(_ endpoint: QUICEndpoint) {
