@@ -167,10 +167,12 @@ final class NamespaceTests: XCTestCase {
         -> ChatProcess
     {
         let namespace = try network.addHost(index, ipv6Only: ipv6Only)
-        let listen = ipv6Only ? "/ip6/::/tcp/0" : "/ip4/0.0.0.0/tcp/0"
+        // TCP and QUIC, as the chat's defaults (which also listen on the other IP family).
+        let ip = ipv6Only ? "/ip6/::" : "/ip4/0.0.0.0"
         let chat = try ChatProcess(
             namespace: namespace,
-            arguments: [topic, "--ephemeral", "--listen", listen, "--mdns-interval", "1", "--mdns-ttl", "3"] + extra,
+            arguments: [topic, "--ephemeral", "--listen", "\(ip)/tcp/0", "--listen", "\(ip)/udp/0/quic-v1", "--mdns-interval", "1", "--mdns-ttl", "3"]
+                + extra,
             network: network)
         let expected = ipv6Only ? "Listening on /ip6/2001:db8::" : "Listening on /ip4/192.0.2."
         try await chat.waitFor("startup", within: 20) { $0.hasPrefix(expected) }
@@ -224,6 +226,9 @@ final class NamespaceTests: XCTestCase {
                 try await node.waitFor("connection to \(id)", within: 10) { $0.hasPrefix("Connected: \(id)") }
             }
         }
+        // Peers found by mDNS advertise QUIC beside TCP, and QUIC is dialled first: the chats meet over it.
+        let connections = everyone.flatMap { $0.1.output.filter { $0.hasPrefix("Connected: ") } }
+        XCTAssertTrue(connections.contains { $0.hasSuffix("/quic-v1") }, "no chat connected over QUIC: \(connections)")
         // Each lobby node says who joined its topic (full ids: the output is piped); D, on
         // another topic, sees no one join.
         for (name, node) in lobby {
