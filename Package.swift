@@ -320,8 +320,8 @@ let package = Package(
         .target(
             name: "TransportInterop",
             dependencies: [
-                "Host", "Identify", "Identity", "LibP2PSecurity", "Multiformats", "Noise", "Ping", "RedisRESP", "TLS", "Transport",
-                "WebSocket",
+                "Host", "Identify", "Identity", "LibP2PSecurity", "Multiformats", "Noise", "Ping", "QUICTransport", "RedisRESP", "TLS",
+                "Transport", "WebSocket",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -16,6 +16,10 @@ public enum InteropHarness: Sendable, Equatable {
 public enum InteropTransport: String, Sendable, CaseIterable {
     case tcp
     case ws
+    case quicV1 = "quic-v1"
+
+    /// QUIC secures and multiplexes by itself: the harnesses set no security or muxer for it.
+    public var isStandalone: Bool { self == .quicV1 }
 }
 
 /// The security protocols we run in the matrix.
@@ -101,12 +105,18 @@ public struct InteropConfiguration: Sendable, Equatable {
         guard let transport = InteropTransport(rawValue: transportName.lowercased()) else {
             throw .unsupported(name: names.transport, value: transportName, supported: InteropTransport.allCases.map(\.rawValue))
         }
-        guard let securityName = read(names.security) else { throw .missing(names.security) }
-        guard let security = InteropSecurity(rawValue: securityName.lowercased()) else {
+        // A standalone transport (QUIC) has TLS 1.3 and streams of its own; what the harness sets for them is not used.
+        guard let securityName = read(names.security) ?? (transport.isStandalone ? "tls" : nil) else { throw .missing(names.security) }
+        let security: InteropSecurity
+        if let known = InteropSecurity(rawValue: securityName.lowercased()) {
+            security = known
+        } else if transport.isStandalone {
+            security = .tls
+        } else {
             throw .unsupported(name: names.security, value: securityName, supported: InteropSecurity.allCases.map(\.rawValue))
         }
-        guard let muxer = read(names.muxer) else { throw .missing(names.muxer) }
-        guard muxer.lowercased() == "yamux" else {
+        guard let muxer = read(names.muxer) ?? (transport.isStandalone ? "yamux" : nil) else { throw .missing(names.muxer) }
+        guard muxer.lowercased() == "yamux" || transport.isStandalone else {
             throw .unsupported(name: names.muxer, value: muxer, supported: ["yamux"])
         }
         guard let dialerText = read(names.dialer) else { throw .missing(names.dialer) }

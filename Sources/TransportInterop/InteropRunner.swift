@@ -8,6 +8,7 @@ import NIOCore
 import NIOPosix
 import Noise
 import Ping
+import QUICTransport
 import RedisRESP
 import TLS
 import Transport
@@ -66,6 +67,7 @@ public struct InteropRunner: Sendable {
         switch configuration.transport {
         case .tcp: transports = [TCPTransport(group: group)]
         case .ws: transports = [WebSocketTransport(group: group)]
+        case .quicV1: transports = [QUICTransport(group: group)]
         }
         let security: [any SecurityProtocol]
         switch configuration.security {
@@ -109,9 +111,13 @@ public struct InteropRunner: Sendable {
     var listenAddress: Multiaddr {
         get throws(InteropFailure) {
             let ipPart = InteropConfiguration.isIPv4(configuration.listenIP) ? "ip4" : "ip6"
-            let suffix = configuration.transport == .ws ? "/ws" : ""
+            let ending = switch configuration.transport {
+            case .tcp: "tcp/0"
+            case .ws: "tcp/0/ws"
+            case .quicV1: "udp/0/quic-v1"
+            }
             do {
-                return try Multiaddr("/\(ipPart)/\(configuration.listenIP)/tcp/0\(suffix)")
+                return try Multiaddr("/\(ipPart)/\(configuration.listenIP)/\(ending)")
             } catch {
                 throw .listenFailed("bad listen address: \(error)")
             }

@@ -71,8 +71,12 @@ final class InteropConfigurationTests: XCTestCase {
         XCTAssertEqual(refusal(["muxer": nil]), .missing("muxer"))
         XCTAssertEqual(refusal(["security": nil]), .missing("security"))
         XCTAssertEqual(refusal(["security": "plaintext"]), .unsupported(name: "security", value: "plaintext", supported: ["noise", "tls"]))
-        XCTAssertEqual(refusal(["transport": "quic-v1"]), .unsupported(name: "transport", value: "quic-v1", supported: ["tcp", "ws"]))
-        XCTAssertEqual(refusal(["transport": "wss"]), .unsupported(name: "transport", value: "wss", supported: ["tcp", "ws"]))
+        // QUIC is standalone: no security or muxer needed, and any given is not used.
+        XCTAssertNil(refusal(["transport": "quic-v1", "security": nil, "muxer": nil]))
+        XCTAssertNil(refusal(["transport": "quic-v1", "muxer": "quic"]))
+        XCTAssertEqual(
+            refusal(["transport": "webtransport"]), .unsupported(name: "transport", value: "webtransport", supported: ["tcp", "ws", "quic-v1"]))
+        XCTAssertEqual(refusal(["transport": "wss"]), .unsupported(name: "transport", value: "wss", supported: ["tcp", "ws", "quic-v1"]))
         XCTAssertEqual(refusal(["is_dialer": nil]), .missing("is_dialer"))
         XCTAssertEqual(refusal(["is_dialer": "maybe"]), .invalid(name: "is_dialer", value: "maybe", expected: "true or false"))
         XCTAssertEqual(refusal(["ip": "localhost"]), .invalid(name: "ip", value: "localhost", expected: "an IPv4 or IPv6 address"))

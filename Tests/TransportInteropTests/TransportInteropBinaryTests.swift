@@ -9,20 +9,30 @@ enum Harness {
 
     /// The variables for one side (test-plans: lower-case; unified-testing: upper-case and TEST_KEY).
     func environment(
-        transport: String, security: String, isDialer: Bool, redis: String, ip: String = "127.0.0.1", timeout: Int = 30
+        transport: String, security: String?, isDialer: Bool, redis: String, ip: String = "127.0.0.1", timeout: Int = 30
     ) -> [String: String] {
         switch self {
         case .testPlans:
-            return [
-                "transport": transport, "security": security, "muxer": "yamux", "is_dialer": "\(isDialer)", "ip": ip,
+            var environment = [
+                "transport": transport, "is_dialer": "\(isDialer)", "ip": ip,
                 "redis_addr": redis, "test_timeout_seconds": "\(timeout)",
             ]
+            if let security {
+                environment["security"] = security
+                environment["muxer"] = "yamux"
+            }
+            return environment
         case .unified(let testKey):
-            return [
-                "TRANSPORT": transport, "SECURE_CHANNEL": security, "MUXER": "yamux", "IS_DIALER": "\(isDialer)",
+            var environment = [
+                "TRANSPORT": transport, "IS_DIALER": "\(isDialer)",
                 "LISTENER_IP": ip, "REDIS_ADDR": redis, "TEST_KEY": testKey, "DEBUG": "false",
                 "TEST_TIMEOUT_SECS": "\(timeout)",
             ]
+            if let security {
+                environment["SECURE_CHANNEL"] = security
+                environment["MUXER"] = "yamux"
+            }
+            return environment
         }
     }
 }
@@ -94,7 +104,8 @@ final class TransportInteropBinaryTests: XCTestCase {
 
     /// Our listener and our dialer: the dialer exits 0 with the result; the
     /// listener is still waiting (the harness kills it).
-    func pingPair(_ harness: Harness, transport: String, security: String) async throws {
+    /// `security` nil: not set at all, as the harnesses do for QUIC.
+    func pingPair(_ harness: Harness, transport: String, security: String?) async throws {
         let listener = try start(
             "listener", harness.environment(transport: transport, security: security, isDialer: false, redis: redis.address))
         let dialer = try start(
@@ -107,6 +118,8 @@ final class TransportInteropBinaryTests: XCTestCase {
     }
 
     func testTestPlansTCPNoise() async throws { try await pingPair(.testPlans, transport: "tcp", security: "noise") }
+    func testTestPlansQUIC() async throws { try await pingPair(.testPlans, transport: "quic-v1", security: nil) }
+    func testUnifiedQUIC() async throws { try await pingPair(.unified(testKey: "9uic0001"), transport: "quic-v1", security: nil) }
     func testTestPlansTCPTLS() async throws { try await pingPair(.testPlans, transport: "tcp", security: "tls") }
     func testTestPlansWSNoise() async throws { try await pingPair(.testPlans, transport: "ws", security: "noise") }
     func testTestPlansWSTLS() async throws { try await pingPair(.testPlans, transport: "ws", security: "tls") }
@@ -157,10 +170,9 @@ final class TransportInteropBinaryTests: XCTestCase {
     func testUnsupportedCombinationsExitTwo() async throws {
         var mplex = Harness.testPlans.environment(transport: "tcp", security: "noise", isDialer: true, redis: redis.address)
         mplex["muxer"] = "mplex"
-        var quic = Harness.unified(testKey: "abcdef01").environment(
-            transport: "quic-v1", security: "noise", isDialer: false, redis: redis.address)
-        quic["MUXER"] = nil
-        for (environment, expected) in [(mplex, "muxer=\"mplex\""), (quic, "TRANSPORT=\"quic-v1\"")] {
+        let webTransport = Harness.unified(testKey: "abcdef01").environment(
+            transport: "webtransport", security: nil, isDialer: false, redis: redis.address)
+        for (environment, expected) in [(mplex, "muxer=\"mplex\""), (webTransport, "TRANSPORT=\"webtransport\"")] {
             let process = try start("refused", environment)
             let status = try await process.waitForExit(within: 30)
             XCTAssertEqual(status, 2, process.stderrTail)
