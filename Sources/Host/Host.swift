@@ -101,6 +101,8 @@ public final class Libp2pHost: Sendable {
         /// Inbound streams being handled, per connection and protocol.
         var handling: [StreamSlot: Int] = [:]
         var maintenance: Task<Void, Never>?
+        /// Connections closed to make room for a less crowded address, no longer counted.
+        var displaced: Set<UInt64> = []
     }
     let state = Mutex(State())
     private let broadcaster = EventBroadcaster<HostEvent>(bufferingNewest: 1024)
@@ -138,7 +140,10 @@ public final class Libp2pHost: Sendable {
         self.upgrader = Upgrader(
             localKey: key, security: security, configuration: configuration, acceptor: Acceptor(host: weakHost),
             logger: logger,
-            memoryBudget: MemoryBudget(limit: self.limits.maxMemory, limitPerPeer: self.limits.maxMemoryPerPeer),
+            memoryBudget: MemoryBudget(
+                limit: self.limits.maxMemory, limitPerPeer: self.limits.maxMemoryPerPeer,
+                limitPerNetwork: self.limits.maxMemoryPerAddress ?? self.limits.maxMemory / 4,
+                limitLoopback: self.limits.limitLoopback),
             onLimitReached: { refusal in weakHost.host?.limitReached(refusal, transport: true) },
             onInboundConnection: { connection in weakHost.host?.adopt(connection) })
         weakHost.set(self)
@@ -402,16 +407,31 @@ public final class Libp2pHost: Sendable {
     func adopt(_ connection: Connection) {
         let limits = self.limits
         let now = clock.now
-        let (refusal, first) = state.withLock { state -> (String?, Bool) in
-            guard !state.closed else { return ("host closed", false) }
+        let (refusal, first, displaced) = state.withLock { state -> (String?, Bool, Connection?) in
+            guard !state.closed else { return ("host closed", false, nil) }
             let existing = state.connections[connection.remotePeer] ?? []
-            if connection.direction == .inbound, let why = Self.refusal(of: connection, existing: existing, state, limits) {
-                state.counters.refusedConnections[why, default: 0] += 1
-                return (why, false)
+            var displaced: Connection?
+            if connection.direction == .inbound {
+                switch Self.admission(of: connection, existing: existing, state, limits) {
+                case .admit: break
+                case .refuse(let why):
+                    state.counters.refusedConnections[why, default: 0] += 1
+                    return (why, false, nil)
+                case .admitClosing(let crowded):
+                    state.displaced.insert(crowded.id)
+                    state.counters.refusedConnections[Self.displacedReason, default: 0] += 1
+                    displaced = crowded
+                }
             }
             state.connections[connection.remotePeer, default: []].append(connection)
             state.openedAt[connection.id] = now
-            return (nil, existing.isEmpty)
+            return (nil, existing.isEmpty, displaced)
+        }
+        if let displaced {
+            logger.debug("connection closed for a less crowded address", metadata: ["peer": "\(displaced.remotePeer)"])
+            emit(.limitReached(LimitRefusal(reason: Self.displacedReason, peer: displaced.remotePeer, address: displaced.remoteAddress)))
+            // Outlives this synchronous call: closing is bounded by the connection's close timeout.
+            Task { await displaced.close(reason: .limitReached(Self.displacedReason)) }
         }
         if let refusal {
             logger.debug(
@@ -442,6 +462,7 @@ public final class Libp2pHost: Sendable {
             state.connections[connection.remotePeer] = list.isEmpty ? nil : list
             state.openedAt[connection.id] = nil
             state.idleSince[connection.id] = nil
+            state.displaced.remove(connection.id)
             return (true, list.isEmpty)
         }
         if removed {

@@ -250,7 +250,7 @@ final class ConnectionDriver {
         let streams = StreamTable(
             isClient: upgraded.role == .initiator, configuration: configuration.yamux,
             limits: configuration.multistreamLimits, maxNegotiatingInbound: configuration.maxNegotiatingInboundStreams,
-            memory: StreamMemoryLedger(budget: upgrader.memoryBudget, peer: upgraded.remotePeer),
+            memory: StreamMemoryLedger(budget: upgrader.memoryBudget, peer: upgraded.remotePeer, remoteAddress: remoteAddress),
             supports: { acceptor.supports(protocolID: $0) })
         state = .established(Established(session: upgraded.session, streams: streams, connection: connection))
         logger[metadataKey: "peer"] = "\(upgraded.remotePeer)"
