@@ -41,8 +41,8 @@ public enum HostError: Error, CustomStringConvertible, Sendable {
     case dialFailed(PeerID, [DialAttempt])
     /// Every known address of the peer failed recently and is backing off.
     case dialBackoff(PeerID)
-    /// A limit of `HostLimits` refused the dial (which, in words).
-    case limitReached(String)
+    /// A limit of `HostLimits` refused the dial.
+    case limitReached(Limit)
     /// The dial named our own peer id: an address of ours, or of another
     /// process running with our identity (never dialled, as go-libp2p does).
     case dialSelf(PeerID)
@@ -321,8 +321,8 @@ public final class Libp2pHost: Sendable {
             return (dial, true)
         }
         guard let (dial, isNew) = shared else {
-            limitReached(LimitRefusal(reason: "\(maxDials) dials in flight", peer: peer, address: nil))
-            throw HostError.limitReached("\(maxDials) dials in flight")
+            limitReached(LimitRefusal(.dials(maxDials), peer: peer, address: nil))
+            throw HostError.limitReached(.dials(maxDials))
         }
         // Callers share one dial per peer; the first caller clears it.
         defer {
@@ -407,8 +407,8 @@ public final class Libp2pHost: Sendable {
     func adopt(_ connection: Connection) {
         let limits = self.limits
         let now = clock.now
-        let (refusal, first, displaced) = state.withLock { state -> (String?, Bool, Connection?) in
-            guard !state.closed else { return ("host closed", false, nil) }
+        let (refusal, first, displaced, closed) = state.withLock { state -> (Limit?, Bool, Connection?, Bool) in
+            guard !state.closed else { return (nil, false, nil, true) }
             let existing = state.connections[connection.remotePeer] ?? []
             var displaced: Connection?
             if connection.direction == .inbound {
@@ -416,27 +416,32 @@ public final class Libp2pHost: Sendable {
                 case .admit: break
                 case .refuse(let why):
                     state.counters.refusedConnections[why, default: 0] += 1
-                    return (why, false, nil)
+                    return (why, false, nil, false)
                 case .admitClosing(let crowded):
                     state.displaced.insert(crowded.id)
-                    state.counters.refusedConnections[Self.displacedReason, default: 0] += 1
+                    state.counters.refusedConnections[.connectionSlots, default: 0] += 1
                     displaced = crowded
                 }
             }
             state.connections[connection.remotePeer, default: []].append(connection)
             state.openedAt[connection.id] = now
-            return (nil, existing.isEmpty, displaced)
+            return (nil, existing.isEmpty, displaced, false)
+        }
+        if closed {
+            // Outlives this synchronous call: closing is bounded by the connection's close timeout.
+            Task { await connection.close() }
+            return
         }
         if let displaced {
             logger.debug("connection closed for a less crowded address", metadata: ["peer": "\(displaced.remotePeer)"])
-            emit(.limitReached(LimitRefusal(reason: Self.displacedReason, peer: displaced.remotePeer, address: displaced.remoteAddress)))
+            emit(.limitReached(LimitRefusal(.connectionSlots, peer: displaced.remotePeer, address: displaced.remoteAddress)))
             // Outlives this synchronous call: closing is bounded by the connection's close timeout.
-            Task { await displaced.close(reason: .limitReached(Self.displacedReason)) }
+            Task { await displaced.close(reason: .limitReached(.connectionSlots)) }
         }
         if let refusal {
             logger.debug(
                 "connection refused", metadata: ["peer": "\(connection.remotePeer)", "limit": "\(refusal)"])
-            emit(.limitReached(LimitRefusal(reason: refusal, peer: connection.remotePeer, address: connection.remoteAddress)))
+            emit(.limitReached(LimitRefusal(refusal, peer: connection.remotePeer, address: connection.remoteAddress)))
             // Outlives this synchronous call: closing is bounded by the connection's close timeout.
             Task { await connection.close(reason: .limitReached(refusal)) }
             return

@@ -20,7 +20,7 @@ extension Libp2pHost {
     /// Reports what a limit refused or closed (`limitReached` event); counts
     /// it too when it comes from the transport (the host's own are counted where refused).
     func limitReached(_ refusal: LimitRefusal, transport: Bool = false) {
-        if transport { state.withLock { $0.counters.transport[refusal.reason, default: 0] += 1 } }
+        if transport { state.withLock { $0.counters.transport[refusal.limit, default: 0] += 1 } }
         emit(.limitReached(refusal))
     }
 
@@ -67,7 +67,7 @@ extension Libp2pHost {
     /// hits), or kept in the place of a connection of the most crowded network.
     enum Admission {
         case admit
-        case refuse(String)
+        case refuse(Limit)
         case admitClosing(Connection)
     }
 
@@ -76,13 +76,11 @@ extension Libp2pHost {
     /// fewer than another takes the place of that network's newest
     /// connection, within the grace period too: one address cannot hold the
     /// slots by refilling them faster than they are trimmed (issue 25, row 10).
-    static let displacedReason = "connection slots (closed for an address holding fewer)"
-
     static func admission(
         of connection: Connection, existing: [Connection], _ state: State, _ limits: HostLimits
     ) -> Admission {
         let live = state.connections.values.joined().filter { !state.displaced.contains($0.id) }
-        if existing.count >= limits.maxConnectionsPerPeer { return .refuse("\(limits.maxConnectionsPerPeer) connections per peer") }
+        if existing.count >= limits.maxConnectionsPerPeer { return .refuse(.connectionsPerPeer(limits.maxConnectionsPerPeer)) }
         let network = SourceNetwork(connection.remoteAddress, limitLoopback: limits.limitLoopback)
         var byNetwork: [SourceNetwork: [Connection]] = [:]
         for other in live where other.direction == .inbound {
@@ -91,10 +89,10 @@ extension Libp2pHost {
         }
         let fromNetwork = network.map { byNetwork[$0]?.count ?? 0 } ?? 0
         if network != nil, fromNetwork >= limits.maxInboundPerIP {
-            return .refuse("\(limits.maxInboundPerIP) inbound connections per IP address")
+            return .refuse(.inboundPerIP(limits.maxInboundPerIP))
         }
         guard live.count >= limits.maxConnections else { return .admit }
-        let full = Admission.refuse("\(limits.maxConnections) connections")
+        let full = Admission.refuse(.connections(limits.maxConnections))
         guard network != nil else { return full }
         // The network with the most (those of protected peers aside) gives way, if it holds two more than the newcomer's.
         let candidates = byNetwork.values.map { $0.filter { state.protected[$0.remotePeer] == nil } }
@@ -155,13 +153,15 @@ extension Libp2pHost {
         }
         for connection in idle {
             logger.debug("closing idle connection", metadata: ["peer": "\(connection.remotePeer)"])
-            limitReached(LimitRefusal(reason: "idle", peer: connection.remotePeer, address: connection.remoteAddress))
-            await connection.close(reason: .limitReached("idle for \(limits.idleTimeout.map { "\($0)" } ?? "")"))
+            let limit = Limit.idle(after: limits.idleTimeout)
+            limitReached(LimitRefusal(limit, peer: connection.remotePeer, address: connection.remoteAddress))
+            await connection.close(reason: .limitReached(limit))
         }
         for connection in trim {
             logger.debug("trimming connection", metadata: ["peer": "\(connection.remotePeer)"])
-            limitReached(LimitRefusal(reason: "trimmed", peer: connection.remotePeer, address: connection.remoteAddress))
-            await connection.close(reason: .limitReached("\(limits.highWater) connections (high-water mark)"))
+            let limit = Limit.trimmed(highWater: limits.highWater)
+            limitReached(LimitRefusal(limit, peer: connection.remotePeer, address: connection.remoteAddress))
+            await connection.close(reason: .limitReached(limit))
         }
     }
 }
@@ -201,7 +201,7 @@ struct Acceptor: InboundStreamAcceptor {
         guard host.takeStreamSlot(for: stream) else {
             host.limitReached(
                 LimitRefusal(
-                    reason: "\(host.limits.maxInboundStreamsPerProtocol) inbound streams of \(stream.protocolID)",
+                    .inboundStreams(host.limits.maxInboundStreamsPerProtocol, protocolID: stream.protocolID),
                     peer: stream.connection.remotePeer, address: stream.connection.remoteAddress))
             stream.reset()
             return

@@ -109,7 +109,7 @@ extension HostLimits {
 /// Counts of what the host's limits refused or closed, by reason.
 public struct HostLimitCounters: Sendable, Equatable {
     /// Connections closed as soon as they were established, by the limit they hit.
-    public var refusedConnections: [String: Int] = [:]
+    public var refusedConnections: [Limit: Int] = [:]
     /// Inbound streams reset over `maxInboundStreamsPerProtocol`, by protocol.
     public var refusedStreams: [String: Int] = [:]
     /// Dials refused because `maxDialsInFlight` peers were being dialled.
@@ -121,7 +121,7 @@ public struct HostLimitCounters: Sendable, Equatable {
     public var trimmed = 0
     /// What the transport's limits refused or closed, by reason: inbound
     /// handshakes in flight, streams negotiating, memory, stalled writes.
-    public var transport: [String: Int] = [:]
+    public var transport: [Limit: Int] = [:]
 
     public init() {}
 }

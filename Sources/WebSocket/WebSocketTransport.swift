@@ -76,8 +76,7 @@ public struct WebSocketTransport: Transport {
                     // the libp2p upgrade after it does: a peer cannot hold sockets
                     // half-open in HTTP beyond the limit.
                     guard let slot = upgrader.takeInboundHandshakeSlot(from: channel.remoteAddress) else {
-                        throw TransportError.limitReached(
-                            "\(upgrader.configuration.maxInboundHandshakes) inbound handshakes in flight")
+                        throw TransportError.limitReached(.handshakes(upgrader.configuration.maxInboundHandshakes))
                     }
                     channel.closeFuture.whenComplete { _ in slot.release() }
                     try Self.configureServerPipeline(

@@ -62,7 +62,7 @@ final class HostLimitsTests: XCTestCase {
         let refused = try await extra.connect(address)
         let closed = await isClosed(refused)
         XCTAssertTrue(closed, "a third connection was kept")
-        XCTAssertEqual(server.limitCounters.refusedConnections["2 connections"], 1)
+        XCTAssertEqual(server.limitCounters.refusedConnections[.connections(2)], 1)
         // The first two still work; once one leaves, a new peer is served.
         let rtts = try await PingService.ping(clients[0].1, count: 1)
         XCTAssertEqual(rtts.count, 1)
@@ -85,7 +85,7 @@ final class HostLimitsTests: XCTestCase {
         let refused = try await second.connect(address)
         let closed = await isClosed(refused)
         XCTAssertTrue(closed, "a second connection from one IP was kept")
-        XCTAssertEqual(server.limitCounters.refusedConnections["1 inbound connections per IP address"], 1)
+        XCTAssertEqual(server.limitCounters.refusedConnections[.inboundPerIP(1)], 1)
         await first.close()
         try await waitFor("the server forgot the closed connection") { server.connections.isEmpty }
         try await assertServes(address)
@@ -102,7 +102,7 @@ final class HostLimitsTests: XCTestCase {
         let second = try await transport.dial(address, upgrader: client.upgrader, role: .initiator)
         let closed = await isClosed(second)
         XCTAssertTrue(closed, "a second connection of one peer was kept")
-        XCTAssertEqual(server.limitCounters.refusedConnections["1 connections per peer"], 1)
+        XCTAssertEqual(server.limitCounters.refusedConnections[.connectionsPerPeer(1)], 1)
         let rtts = try await PingService.ping(kept, count: 1)
         XCTAssertEqual(rtts.count, 1)
         await client.close()
@@ -292,7 +292,7 @@ final class HostLimitsTests: XCTestCase {
                 let rtts = try await PingService.ping(connection, count: 1)
                 XCTAssertEqual(rtts.count, 1)
             }
-            XCTAssertEqual(server.limitCounters.refusedConnections["connection slots (closed for an address holding fewer)"], 8)
+            XCTAssertEqual(server.limitCounters.refusedConnections[.connectionSlots], 8)
             for (other, _) in others { await other.close() }
             for attacker in attackers { await attacker.host.close() }
             await server.close()

@@ -99,7 +99,7 @@ final class MemoryLimitTests: XCTestCase {
         XCTAssertLessThanOrEqual(accepted.count, 14)
         XCTAssertEqual(accepted.count + refused, 24)
         XCTAssertLessThanOrEqual(budget.used(by: attacker.localPeer), 4 << 20)
-        XCTAssertEqual(server.limitCounters.transport["memory per peer"], refused)
+        XCTAssertEqual(server.limitCounters.transport[.memory(.perPeer)], refused)
         try await waitUntil { holding.held == accepted.count }
 
         // Another peer is served while the attacker holds its share.
@@ -142,7 +142,7 @@ final class MemoryLimitTests: XCTestCase {
         let secondFill = try await fill(try await second.connect(address), streams: 10)
         XCTAssertGreaterThan(firstFill.refused + secondFill.refused, 0)
         XCTAssertLessThanOrEqual(budget.used, 4 << 20)
-        XCTAssertGreaterThan(server.limitCounters.transport["memory", default: 0], 0)
+        XCTAssertGreaterThan(server.limitCounters.transport[.memory(.total), default: 0], 0)
 
         // The stream opened before keeps working: 2 MiB echoed through it,
         // 64 KiB at a time (the echo's writes fit the room left for writes).
@@ -199,7 +199,7 @@ final class MemoryLimitTests: XCTestCase {
                 XCTAssertGreaterThanOrEqual(budget.used(from: network), 6 << 20, "\(ip) was refused before its share")
             }
             XCTAssertLessThanOrEqual(held.count, 2 * (7 << 20) / window, "more idle streams held than two shares")
-            XCTAssertGreaterThan(server.limitCounters.transport["memory per IP address", default: 0], 0)
+            XCTAssertGreaterThan(server.limitCounters.transport[.memory(.perNetwork), default: 0], 0)
 
             // Another peer opens new streams and is served.
             let (honest, _) = try await makeTestHost(
@@ -273,7 +273,7 @@ final class MemoryBudgetTests: XCTestCase {
             return nil
         }
         XCTAssertEqual(incoming, [1, 3])
-        XCTAssertTrue(events.contains { if case .limitReached("memory") = $0 { return true } else { return false } })
+        XCTAssertTrue(events.contains { if case .limitReached(.memory(.total)) = $0 { return true } else { return false } })
         XCTAssertEqual(budget.used, 2 * window)
         XCTAssertEqual(table.reservedMemory, 2 * window)
         // The remote resets stream 1: its window goes back, and a new stream fits.
