@@ -1,5 +1,6 @@
 import Identity
 import Multiformats
+import Transport
 
 /// What the AutoNAT server allows, sans-IO: how many requests per peer and in
 /// all per period, and which addresses of a request it dials back (only ever
@@ -10,6 +11,9 @@ public struct AutoNATServerPolicy: Sendable {
         /// go-libp2p's throttles: 3 per peer and 30 in all per minute.
         public var perPeer = 3
         public var global = 30
+        /// Per requester address (IPv4 address, IPv6 /64; loopback exempt), so
+        /// that identities made up at one address cannot spend the global budget.
+        public var perAddress = 6
         public var period: Duration = .seconds(60)
         /// Addresses dialled per request.
         public var maxDials = 4
@@ -20,6 +24,7 @@ public struct AutoNATServerPolicy: Sendable {
     public let limits: Limits
     private var periodStart: ContinuousClock.Instant?
     private var perPeer: [PeerID: Int] = [:]
+    private var perAddress: [SourceNetwork: Int] = [:]
     private var total = 0
 
     public init(limits: Limits = .init()) {
@@ -38,15 +43,20 @@ public struct AutoNATServerPolicy: Sendable {
         } else {
             periodStart = now
             perPeer = [:]
+            perAddress = [:]
             total = 0
         }
-        guard total < limits.global, perPeer[requester, default: 0] < limits.perPeer else {
+        let network = SourceNetwork(observed, limitLoopback: false)
+        guard total < limits.global, perPeer[requester, default: 0] < limits.perPeer,
+            network.map({ perAddress[$0, default: 0] < limits.perAddress }) ?? true
+        else {
             return .failure(Refusal(.dialRefused, "too many requests"))
         }
         let candidates = Self.candidates(addresses, observed: observed, max: limits.maxDials)
         guard !candidates.isEmpty else { return .failure(Refusal(.dialRefused, "no dialable address at the observed IP")) }
         total += 1
         perPeer[requester, default: 0] += 1
+        if let network { perAddress[network, default: 0] += 1 }
         return .success(candidates)
     }
 
@@ -101,7 +111,8 @@ public enum Reachability: String, Sendable, Equatable {
 }
 
 /// Our reachability from the servers' answers, sans-IO: each server's latest
-/// verdict counts once; `threshold` agreeing verdicts (and more than the
+/// verdict counts once, and servers at one address (IPv4 address, IPv6 /64)
+/// count as one, so that one machine with many identities cannot decide alone; `threshold` agreeing verdicts (and more than the
 /// other way) decide, otherwise the status stays as it was. Reachable is
 /// `public` when `threshold` servers reached us at public addresses, else
 /// `local` (a dial back at a loopback, private or link-local address proves
@@ -111,9 +122,14 @@ public struct ReachabilityTracker: Sendable {
     private enum Verdict: Equatable { case reachedPublicly, reachedLocally, unreachable }
 
     public let threshold: Int
-    private var verdicts: [PeerID: Verdict] = [:]
+    /// Who a verdict is of: a server's address, or the server when its address counts for nothing (loopback, not IP).
+    private enum Voter: Hashable, Sendable {
+        case network(SourceNetwork)
+        case server(PeerID)
+    }
+    private var verdicts: [Voter: Verdict] = [:]
     /// The order servers answered in, to forget the oldest beyond `window`.
-    private var order: [PeerID] = []
+    private var order: [Voter] = []
     public let window: Int
     public private(set) var reachability = Reachability.unknown
     /// The public address a server reached us at, from the latest such OK.
@@ -126,7 +142,10 @@ public struct ReachabilityTracker: Sendable {
 
     /// Records a server's answer; returns the new reachability if it changed.
     /// Refusals and errors other than a failed dial say nothing about us.
-    public mutating func record(server: PeerID, status: AutoNATStatus, address: Multiaddr?) -> Reachability? {
+    /// `serverAddress`: where we reached the server (servers at one address are one voter).
+    public mutating func record(
+        server: PeerID, at serverAddress: Multiaddr? = nil, status: AutoNATStatus, address: Multiaddr?
+    ) -> Reachability? {
         let verdict: Verdict
         switch status {
         case .ok where address?.scope == .public:
@@ -136,9 +155,10 @@ public struct ReachabilityTracker: Sendable {
         case .dialError: verdict = .unreachable
         default: return nil
         }
-        order.removeAll { $0 == server }
-        order.append(server)
-        verdicts[server] = verdict
+        let voter = serverAddress.flatMap { SourceNetwork($0, limitLoopback: false) }.map(Voter.network) ?? .server(server)
+        order.removeAll { $0 == voter }
+        order.append(voter)
+        verdicts[voter] = verdict
         if order.count > window { verdicts[order.removeFirst()] = nil }
         let no = verdicts.values.count(where: { $0 == .unreachable })
         let yes = verdicts.count - no

@@ -131,8 +131,9 @@ public final class AutoNATService: Sendable {
     public func ask(_ server: PeerID) async throws -> (AutoNATStatus, Multiaddr?) {
         let request = AutoNATMessage.dial(peer: host.localPeer, addresses: dialBackAddresses)
         let answer: AutoNATMessage
+        let serverAddress: Multiaddr
         do {
-            answer = try await withTimeout(configuration.requestTimeout, "autonat request") { [host] in
+            (answer, serverAddress) = try await withTimeout(configuration.requestTimeout, "autonat request") { [host] in
                 let stream = try await host.newStream(to: server, protocols: [Self.protocolID])
                 defer { stream.reset() }
                 var buffer = ByteBuffer()
@@ -142,7 +143,7 @@ public final class AutoNATService: Sendable {
                 guard let bytes = try await reader.readLengthPrefixed(maxLength: AutoNATMessage.maxSize) else {
                     throw AutoNATError.malformed("stream ended before the response")
                 }
-                return try AutoNATMessage(bytes: bytes.readableBytesView)
+                return (try AutoNATMessage(bytes: bytes.readableBytesView), stream.connection.remoteAddress)
             }
         } catch {
             throw AutoNATError.requestFailed(server: server, underlying: error)
@@ -151,7 +152,7 @@ public final class AutoNATService: Sendable {
             throw AutoNATError.unexpected("expected DIAL_RESPONSE, got \(answer)")
         }
         let changed = state.withLock { state in
-            let changed = state.tracker.record(server: server, status: status, address: address)
+            let changed = state.tracker.record(server: server, at: serverAddress, status: status, address: address)
             // Under the lock: concurrent answers reach subscribers in the order the tracker saw them.
             if let changed { changes.yield(changed) }
             return changed

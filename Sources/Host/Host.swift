@@ -41,8 +41,8 @@ public enum HostError: Error, CustomStringConvertible, Sendable {
     case dialFailed(PeerID, [DialAttempt])
     /// Every known address of the peer failed recently and is backing off.
     case dialBackoff(PeerID)
-    /// A limit of `HostLimits` refused the dial (which, in words).
-    case limitReached(String)
+    /// A limit of `HostLimits` refused the dial.
+    case limitReached(Limit)
     /// The dial named our own peer id: an address of ours, or of another
     /// process running with our identity (never dialled, as go-libp2p does).
     case dialSelf(PeerID)
@@ -101,6 +101,8 @@ public final class Libp2pHost: Sendable {
         /// Inbound streams being handled, per connection and protocol.
         var handling: [StreamSlot: Int] = [:]
         var maintenance: Task<Void, Never>?
+        /// Connections closed to make room for a less crowded address, no longer counted.
+        var displaced: Set<UInt64> = []
     }
     let state = Mutex(State())
     private let broadcaster = EventBroadcaster<HostEvent>(bufferingNewest: 1024)
@@ -138,7 +140,10 @@ public final class Libp2pHost: Sendable {
         self.upgrader = Upgrader(
             localKey: key, security: security, configuration: configuration, acceptor: Acceptor(host: weakHost),
             logger: logger,
-            memoryBudget: MemoryBudget(limit: self.limits.maxMemory, limitPerPeer: self.limits.maxMemoryPerPeer),
+            memoryBudget: MemoryBudget(
+                limit: self.limits.maxMemory, limitPerPeer: self.limits.maxMemoryPerPeer,
+                limitPerNetwork: self.limits.maxMemoryPerAddress ?? self.limits.maxMemory / 4,
+                limitLoopback: self.limits.limitLoopback),
             onLimitReached: { refusal in weakHost.host?.limitReached(refusal, transport: true) },
             onInboundConnection: { connection in weakHost.host?.adopt(connection) })
         weakHost.set(self)
@@ -316,8 +321,8 @@ public final class Libp2pHost: Sendable {
             return (dial, true)
         }
         guard let (dial, isNew) = shared else {
-            limitReached(LimitRefusal(reason: "\(maxDials) dials in flight", peer: peer, address: nil))
-            throw HostError.limitReached("\(maxDials) dials in flight")
+            limitReached(LimitRefusal(.dials(maxDials), peer: peer, address: nil))
+            throw HostError.limitReached(.dials(maxDials))
         }
         // Callers share one dial per peer; the first caller clears it.
         defer {
@@ -414,21 +419,41 @@ public final class Libp2pHost: Sendable {
     func adopt(_ connection: Connection) {
         let limits = self.limits
         let now = clock.now
-        let (refusal, first) = state.withLock { state -> (String?, Bool) in
-            guard !state.closed else { return ("host closed", false) }
+        let (refusal, first, displaced, closed) = state.withLock { state -> (Limit?, Bool, Connection?, Bool) in
+            guard !state.closed else { return (nil, false, nil, true) }
             let existing = state.connections[connection.remotePeer] ?? []
-            if connection.direction == .inbound, let why = Self.refusal(of: connection, existing: existing, state, limits) {
-                state.counters.refusedConnections[why, default: 0] += 1
-                return (why, false)
+            var displaced: Connection?
+            if connection.direction == .inbound {
+                switch Self.admission(of: connection, existing: existing, state, limits) {
+                case .admit: break
+                case .refuse(let why):
+                    state.counters.refusedConnections[why, default: 0] += 1
+                    return (why, false, nil, false)
+                case .admitClosing(let crowded):
+                    state.displaced.insert(crowded.id)
+                    state.counters.refusedConnections[.connectionSlots, default: 0] += 1
+                    displaced = crowded
+                }
             }
             state.connections[connection.remotePeer, default: []].append(connection)
             state.openedAt[connection.id] = now
-            return (nil, existing.isEmpty)
+            return (nil, existing.isEmpty, displaced, false)
+        }
+        if closed {
+            // Outlives this synchronous call: closing is bounded by the connection's close timeout.
+            Task { await connection.close() }
+            return
+        }
+        if let displaced {
+            logger.debug("connection closed for a less crowded address", metadata: ["peer": "\(displaced.remotePeer)"])
+            emit(.limitReached(LimitRefusal(.connectionSlots, peer: displaced.remotePeer, address: displaced.remoteAddress)))
+            // Outlives this synchronous call: closing is bounded by the connection's close timeout.
+            Task { await displaced.close(reason: .limitReached(.connectionSlots)) }
         }
         if let refusal {
             logger.debug(
                 "connection refused", metadata: ["peer": "\(connection.remotePeer)", "limit": "\(refusal)"])
-            emit(.limitReached(LimitRefusal(reason: refusal, peer: connection.remotePeer, address: connection.remoteAddress)))
+            emit(.limitReached(LimitRefusal(refusal, peer: connection.remotePeer, address: connection.remoteAddress)))
             // Outlives this synchronous call: closing is bounded by the connection's close timeout.
             Task { await connection.close(reason: .limitReached(refusal)) }
             return
@@ -454,6 +479,7 @@ public final class Libp2pHost: Sendable {
             state.connections[connection.remotePeer] = list.isEmpty ? nil : list
             state.openedAt[connection.id] = nil
             state.idleSince[connection.id] = nil
+            state.displaced.remove(connection.id)
             return (true, list.isEmpty)
         }
         if removed {

@@ -20,7 +20,7 @@ extension Libp2pHost {
     /// Reports what a limit refused or closed (`limitReached` event); counts
     /// it too when it comes from the transport (the host's own are counted where refused).
     func limitReached(_ refusal: LimitRefusal, transport: Bool = false) {
-        if transport { state.withLock { $0.counters.transport[refusal.reason, default: 0] += 1 } }
+        if transport { state.withLock { $0.counters.transport[refusal.limit, default: 0] += 1 } }
         emit(.limitReached(refusal))
     }
 
@@ -63,21 +63,43 @@ extension Libp2pHost {
         }
     }
 
-    /// Why an inbound connection is refused, if it is: the limit it hits.
-    static func refusal(
+    /// What becomes of an inbound connection: kept, refused (the limit it
+    /// hits), or kept in the place of a connection of the most crowded network.
+    enum Admission {
+        case admit
+        case refuse(Limit)
+        case admitClosing(Connection)
+    }
+
+    /// Whether an inbound connection is kept. When all connection slots are
+    /// taken, a connection from a network (IPv4 address, IPv6 /64) holding
+    /// fewer than another takes the place of that network's newest
+    /// connection, within the grace period too: one address cannot hold the
+    /// slots by refilling them faster than they are trimmed (issue 25, row 10).
+    static func admission(
         of connection: Connection, existing: [Connection], _ state: State, _ limits: HostLimits
-    ) -> String? {
-        let total = state.connections.values.reduce(0) { $0 + $1.count }
-        if total >= limits.maxConnections { return "\(limits.maxConnections) connections" }
-        if existing.count >= limits.maxConnectionsPerPeer { return "\(limits.maxConnectionsPerPeer) connections per peer" }
-        let address = connection.remoteAddress
-        if let ip = address.ipAddressText, limits.limitLoopback || address.scope != .loopback {
-            let fromIP = state.connections.values.joined().filter {
-                $0.direction == .inbound && $0.remoteAddress.ipAddressText == ip
-            }.count
-            if fromIP >= limits.maxInboundPerIP { return "\(limits.maxInboundPerIP) inbound connections per IP address" }
+    ) -> Admission {
+        let live = state.connections.values.joined().filter { !state.displaced.contains($0.id) }
+        if existing.count >= limits.maxConnectionsPerPeer { return .refuse(.connectionsPerPeer(limits.maxConnectionsPerPeer)) }
+        let network = SourceNetwork(connection.remoteAddress, limitLoopback: limits.limitLoopback)
+        var byNetwork: [SourceNetwork: [Connection]] = [:]
+        for other in live where other.direction == .inbound {
+            guard let key = SourceNetwork(other.remoteAddress, limitLoopback: limits.limitLoopback) else { continue }
+            byNetwork[key, default: []].append(other)
         }
-        return nil
+        let fromNetwork = network.map { byNetwork[$0]?.count ?? 0 } ?? 0
+        if network != nil, fromNetwork >= limits.maxInboundPerIP {
+            return .refuse(.inboundPerIP(limits.maxInboundPerIP))
+        }
+        guard live.count >= limits.maxConnections else { return .admit }
+        let full = Admission.refuse(.connections(limits.maxConnections))
+        guard network != nil else { return full }
+        // The network with the most (those of protected peers aside) gives way, if it holds two more than the newcomer's.
+        let candidates = byNetwork.values.map { $0.filter { state.protected[$0.remotePeer] == nil } }
+        guard let crowded = candidates.max(by: { $0.count < $1.count }), crowded.count >= fromNetwork + 2,
+            let newest = crowded.max(by: { (state.openedAt[$0.id] ?? .now) < (state.openedAt[$1.id] ?? .now) })
+        else { return full }
+        return .admitClosing(newest)
     }
 
     /// Starts the task that closes idle connections and trims over the
@@ -131,13 +153,15 @@ extension Libp2pHost {
         }
         for connection in idle {
             logger.debug("closing idle connection", metadata: ["peer": "\(connection.remotePeer)"])
-            limitReached(LimitRefusal(reason: "idle", peer: connection.remotePeer, address: connection.remoteAddress))
-            await connection.close(reason: .limitReached("idle for \(limits.idleTimeout.map { "\($0)" } ?? "")"))
+            let limit = Limit.idle(after: limits.idleTimeout)
+            limitReached(LimitRefusal(limit, peer: connection.remotePeer, address: connection.remoteAddress))
+            await connection.close(reason: .limitReached(limit))
         }
         for connection in trim {
             logger.debug("trimming connection", metadata: ["peer": "\(connection.remotePeer)"])
-            limitReached(LimitRefusal(reason: "trimmed", peer: connection.remotePeer, address: connection.remoteAddress))
-            await connection.close(reason: .limitReached("\(limits.highWater) connections (high-water mark)"))
+            let limit = Limit.trimmed(highWater: limits.highWater)
+            limitReached(LimitRefusal(limit, peer: connection.remotePeer, address: connection.remoteAddress))
+            await connection.close(reason: .limitReached(limit))
         }
     }
 }
@@ -177,7 +201,7 @@ struct Acceptor: InboundStreamAcceptor {
         guard host.takeStreamSlot(for: stream) else {
             host.limitReached(
                 LimitRefusal(
-                    reason: "\(host.limits.maxInboundStreamsPerProtocol) inbound streams of \(stream.protocolID)",
+                    .inboundStreams(host.limits.maxInboundStreamsPerProtocol, protocolID: stream.protocolID),
                     peer: stream.connection.remotePeer, address: stream.connection.remoteAddress))
             stream.reset()
             return

@@ -11,7 +11,8 @@ public struct HostLimits: Sendable {
     public var maxConnections = 512
     /// Inbound connections from one IP address.
     public var maxInboundPerIP = 32
-    /// Whether loopback addresses count against `maxInboundPerIP` (local tests and tools often share them).
+    /// Whether loopback addresses count against `maxInboundPerIP`, the connection
+    /// slots' and the memory's per-address shares (local tests and tools often share them).
     public var limitLoopback = false
     /// Connections to one peer (two peers that dial each other at once keep two).
     public var maxConnectionsPerPeer = 4
@@ -47,6 +48,11 @@ public struct HostLimits: Sendable {
     /// new streams may fill seven eighths, room for the windows of 512
     /// streams (Yamux's limit on one connection).
     public var maxMemoryPerPeer = 160 * 1024 * 1024
+    /// What the connections from one address (IPv4 address, IPv6 /64; loopback
+    /// exempt unless `limitLoopback`) may make it buffer, all their peers
+    /// together; nil: a quarter of `maxMemory`, so that peer ids made up at will
+    /// behind two addresses take at most half of it.
+    public var maxMemoryPerAddress: Int? = nil
 
     public init() {}
 
@@ -103,7 +109,7 @@ extension HostLimits {
 /// Counts of what the host's limits refused or closed, by reason.
 public struct HostLimitCounters: Sendable, Equatable {
     /// Connections closed as soon as they were established, by the limit they hit.
-    public var refusedConnections: [String: Int] = [:]
+    public var refusedConnections: [Limit: Int] = [:]
     /// Inbound streams reset over `maxInboundStreamsPerProtocol`, by protocol.
     public var refusedStreams: [String: Int] = [:]
     /// Dials refused because `maxDialsInFlight` peers were being dialled.
@@ -115,7 +121,7 @@ public struct HostLimitCounters: Sendable, Equatable {
     public var trimmed = 0
     /// What the transport's limits refused or closed, by reason: inbound
     /// handshakes in flight, streams negotiating, memory, stalled writes.
-    public var transport: [String: Int] = [:]
+    public var transport: [Limit: Int] = [:]
 
     public init() {}
 }

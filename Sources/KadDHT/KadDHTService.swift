@@ -93,6 +93,8 @@ public final class KadDHT: Sendable {
         var closed = false
         /// Client or server, now (starts as the configuration says; `setMode` changes it).
         var mode: KadDHTConfiguration.Mode
+        /// Peers identify announced as DHT servers, being asked before they enter the table.
+        var admission = AdmissionChecks()
     }
     private let state: Mutex<State>
 
@@ -112,13 +114,21 @@ public final class KadDHT: Sendable {
         if mode == .server { serveProtocol() }
         let events = host.events()
         let watcher = Task { [self] in
-            for await event in events {
-                // Identify told us the peer's protocols: a DHT server that answered identify enters.
-                if case .peerUpdated(let peer) = event,
-                    host.peerStore.info(peer)?.protocols.contains(Self.protocolID) ?? false
-                {
-                    let now = Instant.now
-                    state.withLock { _ = $0.table.peerResponded(peer, now: now) }
+            // The checks are children of this task: `close()` cancelling it ends them.
+            await withDiscardingTaskGroup { group in
+                for await event in events {
+                    // Identify says the peer serves the protocol: it enters once it answers a
+                    // request (go-libp2p-kad-dht's lookup check), since a peer may advertise
+                    // the protocol and never answer, and each request to it costs a lookup a timeout.
+                    guard case .peerUpdated(let peer) = event,
+                        host.peerStore.info(peer)?.protocols.contains(Self.protocolID) ?? false,
+                        state.withLock({ $0.admission.begin(peer, known: $0.table.contains(peer)) })
+                    else { continue }
+                    group.addTask { [self] in
+                        // Goes on with the peers that waited for a free check.
+                        var next: PeerID? = peer
+                        while let peer = next, !Task.isCancelled { next = await checkBeforeAdmitting(peer) }
+                    }
                 }
             }
         }
@@ -330,6 +340,26 @@ public final class KadDHT: Sendable {
             state.table.markRefreshed(bucket: state.table.bucketIndex(target), now: now)
         }
         return lookup
+    }
+
+    /// Asks `peer`, which identify says serves the protocol, for the peers closest
+    /// to us; it enters the routing table only if it answers. Returns the next peer to check.
+    private func checkBeforeAdmitting(_ peer: PeerID) async -> PeerID? {
+        let answered: Bool
+        do {
+            answered = try await send(DHTMessage(type: .findNode, key: host.localPeer.bytes), to: peer) != nil
+        } catch {
+            logger.debug("DHT peer did not answer its admission check", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            answered = false
+        }
+        let now = Instant.now
+        return state.withLock { state in
+            if answered { state.table.peerResponded(peer, now: now) }
+            var next = state.admission.end(peer)
+            // One that entered meanwhile (it answered a lookup) needs no check.
+            while let peer = next, state.table.contains(peer) { next = state.admission.end(peer) }
+            return next
+        }
     }
 
     // MARK: Public operations

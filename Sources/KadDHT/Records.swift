@@ -8,6 +8,8 @@ public enum RecordError: Error, CustomStringConvertible, Sendable, Equatable {
     case invalid(namespace: String, reason: String)
     case tooLarge(Int, limit: Int)
     case storeFull
+    /// The network the record came from holds its share of the store.
+    case sourceFull
     case notBetter
 
     public var description: String {
@@ -17,6 +19,7 @@ public enum RecordError: Error, CustomStringConvertible, Sendable, Equatable {
         case .invalid(let ns, let reason): return "invalid /\(ns)/ record: \(reason)"
         case .tooLarge(let size, let limit): return "record value of \(size) bytes exceeds \(limit)"
         case .storeFull: return "record store full"
+        case .sourceFull: return "the sender's network holds its share of the record store"
         case .notBetter: return "the stored record is preferred over the new one"
         }
     }
@@ -108,7 +111,10 @@ public struct NamespacedValidator: Sendable {
     }
 }
 
-/// Value records we hold for others (and our own), validated, bounded and expiring.
+/// Value records we hold for others (and our own), validated, bounded and
+/// expiring. A record from a peer is charged to the network it came from
+/// (`ProviderSource`), which holds at most a sixteenth of the store in count
+/// and in bytes, so that one peer cannot fill it (issue 25).
 public struct RecordStore: Sendable {
     /// Time as the store takes it (an input: the store reads no clock).
     public typealias Instant = ContinuousClock.Instant
@@ -129,6 +135,20 @@ public struct RecordStore: Sendable {
     public let maxTotalBytes: Int
     private(set) var records: [[UInt8]: Stored] = [:]
     public private(set) var totalBytes = 0
+    /// Who each record from a peer is charged to, and what each source holds.
+    private var sourceOf: [[UInt8]: ProviderSource] = [:]
+    private var heldBySource: [ProviderSource: Held] = [:]
+    struct Held: Sendable { var count = 0, bytes = 0 }
+
+    /// What one source may hold: a sixteenth of the store.
+    public var maxRecordsPerSource: Int { max(1, maxRecords / 16) }
+    public var maxBytesPerSource: Int { max(1, maxTotalBytes / 16) }
+
+    /// Records (and their bytes) held for `source`.
+    public func held(bySource source: ProviderSource) -> (count: Int, bytes: Int) {
+        let held = heldBySource[source] ?? Held()
+        return (held.count, held.bytes)
+    }
 
     public init(validator: NamespacedValidator = .standard, maxRecords: Int = 16_384, maxTotalBytes: Int = 32 << 20) {
         self.validator = validator
@@ -138,24 +158,49 @@ public struct RecordStore: Sendable {
 
     public var count: Int { records.count }
 
-    /// Validates and stores a record unless the stored one is better.
-    public mutating func put(_ record: DHTRecord, now: Instant) throws(RecordError) {
+    /// Validates and stores a record unless the stored one is better; a
+    /// record from a peer is charged to `source`, the network it came from.
+    public mutating func put(_ record: DHTRecord, from source: ProviderSource? = nil, now: Instant) throws(RecordError) {
         guard record.value.count <= Self.maxValueSize else { throw .tooLarge(record.value.count, limit: Self.maxValueSize) }
         guard record.key.count <= Self.maxKeyLength else { throw .tooLarge(record.key.count, limit: Self.maxKeyLength) }
         try validator.validate(record)
         let size = record.key.count + record.value.count
+        if let source {
+            var held = heldBySource[source] ?? Held()
+            if sourceOf[record.key] == source, let old = records[record.key] {
+                held.count -= 1
+                held.bytes -= record.key.count + old.value.count
+            }
+            guard held.count + 1 <= maxRecordsPerSource, held.bytes + size <= maxBytesPerSource else { throw .sourceFull }
+        }
         if let old = get(record.key, now: now) {
             if old.value != record.value,
                 try validator.select(key: record.key, values: [old.value, record.value]) == 0
             {
                 throw .notBetter
             }
-            totalBytes -= record.key.count + old.value.count
         } else {
             guard records.count < maxRecords, totalBytes + size <= maxTotalBytes else { throw .storeFull }
         }
+        if records[record.key] != nil { forget(record.key) }
         records[record.key] = Stored(value: record.value, received: now)
         totalBytes += size
+        sourceOf[record.key] = source
+        if let source {
+            heldBySource[source, default: Held()].count += 1
+            heldBySource[source, default: Held()].bytes += size
+        }
+    }
+
+    /// Removes `key`'s record and its charge.
+    private mutating func forget(_ key: [UInt8]) {
+        guard let stored = records.removeValue(forKey: key) else { return }
+        let size = key.count + stored.value.count
+        totalBytes -= size
+        guard let source = sourceOf.removeValue(forKey: key), var held = heldBySource[source] else { return }
+        held.count -= 1
+        held.bytes -= size
+        heldBySource[source] = held.count > 0 ? held : nil
     }
 
     /// The live record under `key`.
@@ -166,9 +211,6 @@ public struct RecordStore: Sendable {
 
     /// Drops expired records.
     public mutating func expire(now: Instant) {
-        for (key, stored) in records where now - stored.received >= Self.maxAge {
-            records[key] = nil
-            totalBytes -= key.count + stored.value.count
-        }
+        for (key, stored) in records where now - stored.received >= Self.maxAge { forget(key) }
     }
 }

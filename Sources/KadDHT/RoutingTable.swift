@@ -141,3 +141,36 @@ public struct RoutingTable: Sendable {
         return (0..<last).filter { now - buckets[$0].lastRefreshed >= interval }
     }
 }
+
+/// The admission checks: peers identify announced as DHT servers, asked a
+/// request before they enter the routing table. Bounded, so that many
+/// identities announcing the protocol at once cost at most `maxInFlight`
+/// streams at a time; the others wait their turn (at most `maxWaiting`, the
+/// newest beyond dropped: they enter later if they answer a lookup).
+struct AdmissionChecks: Sendable {
+    static let maxInFlight = 16
+    static let maxWaiting = 256
+    private(set) var inFlight: Set<PeerID> = []
+    private(set) var waiting: [PeerID] = []
+
+    /// Whether to check `peer` now; if not, it may wait its turn (not when it
+    /// is in the table, or being checked or waiting already).
+    mutating func begin(_ peer: PeerID, known: Bool) -> Bool {
+        guard !known, !inFlight.contains(peer), !waiting.contains(peer) else { return false }
+        guard inFlight.count < Self.maxInFlight else {
+            if waiting.count < Self.maxWaiting { waiting.append(peer) }
+            return false
+        }
+        inFlight.insert(peer)
+        return true
+    }
+
+    /// `peer`'s check is over: the next to check, if one waits.
+    mutating func end(_ peer: PeerID) -> PeerID? {
+        inFlight.remove(peer)
+        guard !waiting.isEmpty else { return nil }
+        let next = waiting.removeFirst()
+        inFlight.insert(next)
+        return next
+    }
+}

@@ -13,6 +13,14 @@ public enum DHTServerReply: Sendable, Equatable {
 /// The server side of `/ipfs/kad/1.0.0` as a pure function of the stores, the
 /// routing table, the request and the time.
 public enum DHTServer {
+    /// What one peer of an answer carries: its first 8 dialable addresses of at
+    /// most 256 bytes each, and an answer at most 64 providers (freshest
+    /// first, a key's slots), so that an answer stays within about 180 KB
+    /// however many long addresses peers announce (a FIND_NODE of 39 bytes drew 3.6 MB).
+    public static let maxAddressesPerAnsweredPeer = 8
+    public static let maxAnsweredAddressLength = 256
+    public static let maxProvidersPerAnswer = DHTMessage.maxPeersPerList
+
     /// Answers `request` from `sender`, whom we see at `senderAddress`.
     /// `addresses` gives what we know of a peer's addresses. Answers carry
     /// only the addresses the sender can dial (`Multiaddr.isDialable(byPeerAt:)`:
@@ -24,7 +32,7 @@ public enum DHTServer {
         addresses: (PeerID) -> [Multiaddr]
     ) -> DHTServerReply {
         func dialable(_ peer: PeerID) -> DHTPeer? {
-            DHTPeer(id: peer, addresses: addresses(peer)).dialable(byPeerAt: senderAddress)
+            DHTPeer(id: peer, addresses: addresses(peer)).dialable(byPeerAt: senderAddress)?.answerable
         }
         func closer(to key: [UInt8]) -> [DHTPeer] {
             table.closest(to: KadKey(hashing: key), count: table.bucketSize, excluding: sender).compactMap(dialable)
@@ -49,7 +57,7 @@ public enum DHTServer {
             guard let record = request.record else { return .reject("PUT_VALUE without a record") }
             guard record.key == request.key else { return .reject("PUT_VALUE record key differs from the message key") }
             do {
-                try records.put(record, now: now)
+                try records.put(record, from: ProviderSource(address: senderAddress), now: now)
             } catch .notBetter {
                 // The stored record stays; the put itself was valid.
             } catch {
@@ -78,14 +86,21 @@ public enum DHTServer {
             return .respond(
                 DHTMessage(
                     type: .getProviders, key: request.key, closerPeers: closer(to: request.key),
-                    providerPeers: providers.providers(of: request.key, now: now).compactMap {
-                        $0.dialable(byPeerAt: senderAddress)
-                    }))
+                    providerPeers: providers.providers(of: request.key, now: now).lazy.compactMap {
+                        $0.dialable(byPeerAt: senderAddress)?.answerable
+                    }.prefix(maxProvidersPerAnswer).map { $0 }))
         }
     }
 }
 
 extension DHTPeer {
+    /// The peer with what an answer carries of its addresses (see `DHTServer.maxAddressesPerAnsweredPeer`); nil when none is left.
+    var answerable: DHTPeer? {
+        let kept = addresses.lazy.filter { $0.bytes.count <= DHTServer.maxAnsweredAddressLength }
+            .prefix(DHTServer.maxAddressesPerAnsweredPeer)
+        return kept.isEmpty ? nil : DHTPeer(id: id, addresses: Array(kept))
+    }
+
     /// The peer with only the addresses a peer seen at `recipient` can dial;
     /// nil when none is left.
     public func dialable(byPeerAt recipient: Multiaddr) -> DHTPeer? {

@@ -55,7 +55,7 @@ public final class PubSubService: Sendable {
             disconnect: { [host] peer in
                 for connection in host.connections where connection.remotePeer == peer {
                     // Closing is bounded by the connection's own close timeout.
-                    Task { await connection.close(reason: .limitReached("graylisted pubsub peer")) }
+                    Task { await connection.close(reason: .limitReached(.graylisted)) }
                 }
             },
             meshChanged: { [host] joined, left in

@@ -250,7 +250,7 @@ final class ConnectionDriver: StreamMuxerDriver {
         let streams = StreamTable(
             isClient: upgraded.role == .initiator, configuration: configuration.yamux,
             limits: configuration.multistreamLimits, maxNegotiatingInbound: configuration.maxNegotiatingInboundStreams,
-            memory: StreamMemoryLedger(budget: upgrader.memoryBudget, peer: upgraded.remotePeer),
+            memory: StreamMemoryLedger(budget: upgrader.memoryBudget, peer: upgraded.remotePeer, remoteAddress: remoteAddress),
             supports: { acceptor.supports(protocolID: $0) })
         state = .established(Established(session: upgraded.session, streams: streams, connection: connection))
         logger[metadataKey: "peer"] = "\(upgraded.remotePeer)"
@@ -351,8 +351,8 @@ final class ConnectionDriver: StreamMuxerDriver {
             endpoints[id] = nil
         case .goAway:
             logger.debug("remote sent go-away")
-        case .limitReached(let reason):
-            reportLimit(reason)
+        case .limitReached(let limit):
+            reportLimit(limit)
         }
     }
 
@@ -413,7 +413,7 @@ final class ConnectionDriver: StreamMuxerDriver {
             try drainSession()
             flushOutput()
         } catch {
-            if case .limitReached(let reason) = error { reportLimit(reason) }
+            if case .limitReached(let limit) = error { reportLimit(limit) }
             promise.fail(error)
         }
         return promise.futureResult
@@ -450,7 +450,7 @@ final class ConnectionDriver: StreamMuxerDriver {
         var outcome: Result<Void, TransportError> = .success(())
         try? withEstablished { outcome = $0.streams.write(id, data) }
         if case .failure(let error) = outcome {
-            if case .limitReached(let reason) = error { reportLimit(reason) }
+            if case .limitReached(let limit) = error { reportLimit(limit) }
             return credit.fail(error)
         }
         do { try drainSession() } catch { return credit.fail(error) }
@@ -574,11 +574,11 @@ final class ConnectionDriver: StreamMuxerDriver {
     // MARK: - Limits
 
     /// A limit refused something on this connection: the upgrader's owner counts it.
-    private func reportLimit(_ reason: String) {
+    private func reportLimit(_ limit: Limit) {
         guard case .established(let established) = state else { return }
         let connection = established.connection
         parameters.upgrader.onLimitReached(
-            LimitRefusal(reason: reason, peer: connection.remotePeer, address: connection.remoteAddress))
+            LimitRefusal(limit, peer: connection.remotePeer, address: connection.remoteAddress))
     }
 
     /// Starts the stall clock if it is not running: the sink is full.
@@ -590,9 +590,9 @@ final class ConnectionDriver: StreamMuxerDriver {
             driver.writeStall.cancel()
             // Writability came back meanwhile: `writabilityChanged` cancelled this, but be sure.
             guard driver.sink?.isWritable == false else { return }
-            let reason = "writes stalled for \(timeout.nanoseconds / 1_000_000) ms"
-            driver.reportLimit(reason)
-            driver.fail(.limitReached(reason))
+            let limit = Limit.writeStall(milliseconds: timeout.nanoseconds / 1_000_000)
+            driver.reportLimit(limit)
+            driver.fail(.limitReached(limit))
         }
     }
 

@@ -1,8 +1,11 @@
 import Identity
+import Multiformats
 import Synchronization
 
-/// What every connection of a host may make it buffer, in all and per peer
-/// (as go-libp2p's resource manager's system and peer memory scopes).
+/// What every connection of a host may make it buffer, in all, per peer (as
+/// go-libp2p's resource manager's system and peer memory scopes) and per
+/// source network (an IPv4 address, an IPv6 /64: see `SourceNetwork`), so that
+/// many peer ids from one address cannot take it all (issue 25, row 2).
 ///
 /// Streams reserve their Yamux receive window (what the remote may send
 /// before we read) when they open and when the window grows, and writers
@@ -26,18 +29,34 @@ public final class MemoryBudget: Sendable {
 
     public let limit: Int
     public let limitPerPeer: Int
+    /// What the connections from one network may make us buffer.
+    public let limitPerNetwork: Int
+    /// Whether loopback connections count as a network (else they have no network share).
+    public let limitLoopback: Bool
 
     private struct State {
         var used = 0
         var usedByPeer: [PeerID: Int] = [:]
+        var usedByNetwork: [SourceNetwork: Int] = [:]
         var refused = 0
     }
     private let state = Mutex(State())
 
-    public init(limit: Int, limitPerPeer: Int) {
+    /// `limitPerNetwork` nil: the whole limit (no network share).
+    public init(limit: Int, limitPerPeer: Int, limitPerNetwork: Int? = nil, limitLoopback: Bool = false) {
         self.limit = max(0, limit)
         self.limitPerPeer = max(0, min(limitPerPeer, limit))
+        self.limitPerNetwork = max(0, min(limitPerNetwork ?? limit, limit))
+        self.limitLoopback = limitLoopback
     }
+
+    /// The network a connection from `address` is charged to (nil: none).
+    public func network(of address: Multiaddr) -> SourceNetwork? {
+        SourceNetwork(address, limitLoopback: limitLoopback)
+    }
+
+    /// Bytes reserved now by the connections from `network`.
+    public func used(from network: SourceNetwork) -> Int { state.withLock { $0.usedByNetwork[network] ?? 0 } }
 
     /// Bytes reserved now, in all.
     public var used: Int { state.withLock { $0.used } }
@@ -50,25 +69,31 @@ public final class MemoryBudget: Sendable {
 
     /// Why a reservation was refused, in words (the limit it hit).
     public enum Refusal: Sendable, Equatable {
-        case total, perPeer
+        case total, perPeer, perNetwork
 
         public var reason: String {
             switch self {
             case .total: return "memory"
             case .perPeer: return "memory per peer"
+            case .perNetwork: return "memory per IP address"
             }
         }
     }
 
-    /// Reserves `bytes` for `peer`; the limit hit when it does not fit.
+    /// Reserves `bytes` for `peer` (connected from `network`); the limit hit when it does not fit.
     /// `counted`: whether a refusal counts in `refusals`.
-    public func reserve(_ bytes: Int, for peer: PeerID, priority: UInt8, counted: Bool = true) -> Refusal? {
+    public func reserve(
+        _ bytes: Int, for peer: PeerID, from network: SourceNetwork? = nil, priority: UInt8, counted: Bool = true
+    ) -> Refusal? {
         guard bytes > 0 else { return nil }
         return state.withLock { state in
             let peerUsed = state.usedByPeer[peer] ?? 0
+            let networkUsed = network.map { state.usedByNetwork[$0] ?? 0 } ?? 0
             let refusal: Refusal?
             if state.used + bytes > Self.share(of: limit, priority) {
                 refusal = .total
+            } else if network != nil, networkUsed + bytes > Self.share(of: limitPerNetwork, priority) {
+                refusal = .perNetwork
             } else if peerUsed + bytes > Self.share(of: limitPerPeer, priority) {
                 refusal = .perPeer
             } else {
@@ -80,17 +105,22 @@ public final class MemoryBudget: Sendable {
             }
             state.used += bytes
             state.usedByPeer[peer] = peerUsed + bytes
+            if let network { state.usedByNetwork[network] = networkUsed + bytes }
             return nil
         }
     }
 
-    /// Gives back `bytes` reserved for `peer`.
-    public func release(_ bytes: Int, for peer: PeerID) {
+    /// Gives back `bytes` reserved for `peer` (from `network`, as reserved).
+    public func release(_ bytes: Int, for peer: PeerID, from network: SourceNetwork? = nil) {
         guard bytes > 0 else { return }
         state.withLock { state in
             state.used -= bytes
             let left = (state.usedByPeer[peer] ?? 0) - bytes
             state.usedByPeer[peer] = left > 0 ? left : nil
+            if let network {
+                let left = (state.usedByNetwork[network] ?? 0) - bytes
+                state.usedByNetwork[network] = left > 0 ? left : nil
+            }
         }
     }
 
@@ -105,19 +135,22 @@ public final class MemoryBudget: Sendable {
 public struct StreamMemoryLedger {
     let budget: MemoryBudget?
     let peer: PeerID?
+    /// The network the connection comes from, charged too (nil: none).
+    let network: SourceNetwork?
     /// Reserved per stream: its receive window, and its queued writes.
     private var windows: [UInt32: Int] = [:]
     private var queued: [UInt32: Int] = [:]
 
-    public init(budget: MemoryBudget?, peer: PeerID?) {
+    public init(budget: MemoryBudget?, peer: PeerID?, remoteAddress: Multiaddr? = nil) {
         self.budget = budget
         self.peer = peer
+        self.network = remoteAddress.flatMap { budget?.network(of: $0) }
     }
 
     /// A new stream reserves its initial window; the refusal when it does not fit.
     mutating func admit(_ id: UInt32, window: UInt32) -> MemoryBudget.Refusal? {
         guard let budget, let peer else { return nil }
-        if let refusal = budget.reserve(Int(window), for: peer, priority: MemoryBudget.stream) { return refusal }
+        if let refusal = budget.reserve(Int(window), for: peer, from: network, priority: MemoryBudget.stream) { return refusal }
         windows[id, default: 0] += Int(window)
         return nil
     }
@@ -126,7 +159,7 @@ public struct StreamMemoryLedger {
     mutating func reserveGrowth(_ id: UInt32, upTo bytes: UInt32) -> UInt32 {
         guard let budget, let peer else { return bytes }
         guard bytes > 0, windows[id] != nil,
-            budget.reserve(Int(bytes), for: peer, priority: MemoryBudget.growth, counted: false) == nil
+            budget.reserve(Int(bytes), for: peer, from: network, priority: MemoryBudget.growth, counted: false) == nil
         else { return 0 }
         windows[id, default: 0] += Int(bytes)
         return bytes
@@ -136,13 +169,13 @@ public struct StreamMemoryLedger {
     mutating func unusedGrowth(_ id: UInt32, _ bytes: UInt32) {
         guard let budget, let peer, bytes > 0, let reserved = windows[id] else { return }
         windows[id] = reserved - Int(bytes)
-        budget.release(Int(bytes), for: peer)
+        budget.release(Int(bytes), for: peer, from: network)
     }
 
     /// A write of `bytes` queued on the stream; the refusal when it does not fit.
     mutating func queue(_ id: UInt32, bytes: Int) -> MemoryBudget.Refusal? {
         guard let budget, let peer else { return nil }
-        if let refusal = budget.reserve(bytes, for: peer, priority: MemoryBudget.always) { return refusal }
+        if let refusal = budget.reserve(bytes, for: peer, from: network, priority: MemoryBudget.always) { return refusal }
         queued[id, default: 0] += bytes
         return nil
     }
@@ -151,14 +184,14 @@ public struct StreamMemoryLedger {
     mutating func queueShrank(_ id: UInt32, to bytes: Int) {
         guard let budget, let peer, let reserved = queued[id], reserved > bytes else { return }
         queued[id] = bytes > 0 ? bytes : nil
-        budget.release(reserved - bytes, for: peer)
+        budget.release(reserved - bytes, for: peer, from: network)
     }
 
     /// The stream is gone: everything it reserved goes back.
     mutating func remove(_ id: UInt32) {
         guard let budget, let peer else { return }
         let total = (windows.removeValue(forKey: id) ?? 0) + (queued.removeValue(forKey: id) ?? 0)
-        budget.release(total, for: peer)
+        budget.release(total, for: peer, from: network)
     }
 
     /// The connection is gone.
@@ -167,7 +200,7 @@ public struct StreamMemoryLedger {
         let total = windows.values.reduce(0, +) + queued.values.reduce(0, +)
         windows = [:]
         queued = [:]
-        budget.release(total, for: peer)
+        budget.release(total, for: peer, from: network)
     }
 
     /// Bytes this connection holds reserved.

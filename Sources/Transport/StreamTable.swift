@@ -48,8 +48,8 @@ public struct StreamTable {
         case finished(UInt32)
         /// The remote will open no more streams.
         case goAway
-        /// A limit refused something (a stream reset at once): which, in words.
-        case limitReached(String)
+        /// A limit refused something (a stream reset at once): which.
+        case limitReached(Limit)
     }
 
     private(set) var session: YamuxSession
@@ -118,13 +118,13 @@ public struct StreamTable {
             guard negotiatingInbound < maxNegotiatingInbound else {
                 refusedNegotiating += 1
                 session.reset(streamID: id)
-                events.append(.limitReached("\(maxNegotiatingInbound) inbound streams negotiating"))
+                events.append(.limitReached(.negotiatingStreams(maxNegotiatingInbound)))
                 return
             }
             // Its receive window is what the remote may make us buffer: reserved, or the stream is refused.
             if let refusal = memory.admit(id, window: session.configuration.initialWindow) {
                 session.reset(streamID: id)
-                events.append(.limitReached(refusal.reason))
+                events.append(.limitReached(.memory(refusal)))
                 return
             }
             negotiatingInbound += 1
@@ -219,7 +219,7 @@ public struct StreamTable {
         }
         if let refusal = memory.admit(id, window: session.configuration.initialWindow) {
             session.reset(streamID: id)
-            throw .limitReached(refusal.reason)
+            throw .limitReached(.memory(refusal))
         }
         var negotiator = MultistreamNegotiation.initiator(protocols: protocols, limits: limits)
         var hello = ByteBuffer()
@@ -241,7 +241,7 @@ public struct StreamTable {
     mutating func write(_ id: UInt32, _ data: ByteBuffer) -> Result<Void, TransportError> {
         guard case .open(let open)? = streams[id] else { return .failure(.streamReset) }
         guard !open.localClosedWrite else { return .failure(.streamClosedForWriting) }
-        if let refusal = memory.queue(id, bytes: data.readableBytes) { return .failure(.limitReached(refusal.reason)) }
+        if let refusal = memory.queue(id, bytes: data.readableBytes) { return .failure(.limitReached(.memory(refusal))) }
         session.write(streamID: id, data: data)
         return .success(())
     }

@@ -40,8 +40,8 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
     case concurrentReads
     /// Stream protocol negotiation did not finish in time.
     case streamNegotiationTimeout(protocols: [String])
-    /// A resource limit refused the connection or stream (what limit, in words).
-    case limitReached(String)
+    /// A resource limit refused the connection or stream.
+    case limitReached(Limit)
 
     /// The error this one wraps, if any.
     public var underlying: (any Error)? {
@@ -81,7 +81,7 @@ public enum TransportError: Error, CustomStringConvertible, Sendable {
         case .streamClosedForWriting: return "stream closed for writing"
         case .concurrentReads: return "concurrent reads on one stream"
         case .streamNegotiationTimeout(let p): return "stream negotiation of \(p.joined(separator: ", ")) timed out"
-        case .limitReached(let what): return "refused: limit of \(what) reached"
+        case .limitReached(let limit): return "refused: limit of \(limit.detail) reached"
         }
     }
 }

@@ -62,13 +62,13 @@ public struct Upgrader: Sendable {
         let refusal = handshakes.take(
             limit: configuration.maxInboundHandshakes, perSource: configuration.maxInboundHandshakesPerAddress, from: source)
         if let refusal {
-            let reason = switch refusal {
-            case .total: "\(configuration.maxInboundHandshakes) inbound handshakes in flight"
-            case .perSource: "\(configuration.maxInboundHandshakesPerAddress) inbound handshakes in flight from one address"
+            let limit: Limit = switch refusal {
+            case .total: .handshakes(configuration.maxInboundHandshakes)
+            case .perSource: .handshakesPerAddress(configuration.maxInboundHandshakesPerAddress)
             }
-            logger.debug("inbound connection refused", metadata: ["reason": "\(reason)"])
+            logger.debug("inbound connection refused", metadata: ["reason": "\(limit)"])
             onLimitReached(
-                LimitRefusal(reason: reason, peer: nil, address: remote.flatMap { try? Multiaddr(socketAddress: $0) }))
+                LimitRefusal(limit, peer: nil, address: remote.flatMap { try? Multiaddr(socketAddress: $0) }))
             return nil
         }
         return InboundHandshakeSlot(handshakes, source: source)
@@ -96,7 +96,7 @@ public struct Upgrader: Sendable {
         if direction == .inbound {
             guard let slot = handshakeSlot ?? takeInboundHandshakeSlot(from: channel.remoteAddress) else {
                 channel.close(promise: nil)
-                promise.fail(TransportError.limitReached("inbound handshakes in flight"))
+                promise.fail(TransportError.limitReached(.handshakes(configuration.maxInboundHandshakes)))
                 return promise.futureResult
             }
             promise.futureResult.whenComplete { _ in slot.release() }
@@ -200,14 +200,16 @@ final class HandshakeSlots: Sendable {
 
 /// Something a limit refused or closed: which limit (in words), and whose.
 public struct LimitRefusal: Sendable, Hashable, CustomStringConvertible {
-    public let reason: String
+    public let limit: Limit
+    /// The limit in words (what the chat's `limits` event prints).
+    public var reason: String { limit.description }
     /// The peer, once its connection is secured.
     public let peer: PeerID?
     /// The remote address, when known.
     public let address: Multiaddr?
 
-    public init(reason: String, peer: PeerID?, address: Multiaddr?) {
-        self.reason = reason
+    public init(_ limit: Limit, peer: PeerID?, address: Multiaddr?) {
+        self.limit = limit
         self.peer = peer
         self.address = address
     }

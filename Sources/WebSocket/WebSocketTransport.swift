@@ -64,7 +64,7 @@ public struct WebSocketTransport: Transport {
     // MARK: - Listen
 
     /// Listens on `/ip4|ip6/<ip>/tcp/<port>/ws` (port 0 picks one). The listener's
-    /// address is the bound one, ending in `/ws`. Any request path is accepted.
+    /// address is the bound one, ending in `/ws`. Only a `GET /` over HTTP/1.1 upgrades.
     public func listen(on address: Multiaddr, upgrader: Upgrader) async throws -> Listener {
         let socketAddress = try WebSocketAddress(address).listenAddress(original: address)
         let configuration = self.configuration
@@ -76,8 +76,7 @@ public struct WebSocketTransport: Transport {
                     // the libp2p upgrade after it does: a peer cannot hold sockets
                     // half-open in HTTP beyond the limit.
                     guard let slot = upgrader.takeInboundHandshakeSlot(from: channel.remoteAddress) else {
-                        throw TransportError.limitReached(
-                            "\(upgrader.configuration.maxInboundHandshakes) inbound handshakes in flight")
+                        throw TransportError.limitReached(.handshakes(upgrader.configuration.maxInboundHandshakes))
                     }
                     channel.closeFuture.whenComplete { _ in slot.release() }
                     try Self.configureServerPipeline(
@@ -94,6 +93,14 @@ public struct WebSocketTransport: Transport {
         return Listener(address: listening) { try? await channel.close() }
     }
 
+    /// Whether a request may become a WebSocket: a `GET` (RFC 6455 §4.1), over
+    /// HTTP/1.1 or later, of `/` (what every libp2p implementation's `/ws`
+    /// dials; a query is ignored). Not a `POST`, an HTTP/1.0 request, nor any path.
+    static func mayUpgrade(_ head: HTTPRequestHead) -> Bool {
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        return head.method == .GET && (head.version.major, head.version.minor) >= (1, 1) && path == "/"
+    }
+
     /// HTTP server with the WebSocket upgrader; plain requests get 426/400.
     private static func configureServerPipeline(
         channel: Channel, configuration: WebSocketConfiguration, upgrader: Upgrader, slot: InboundHandshakeSlot,
@@ -105,8 +112,10 @@ public struct WebSocketTransport: Transport {
             maxFrameSize: configuration.maxFrameSize,
             // Decoder errors are answered by WebSocketByteStreamHandler.
             automaticErrorHandling: false,
-            // libp2p's /ws has no path or subprotocol to check: any request may upgrade.
-            shouldUpgrade: { channel, _ in channel.eventLoop.makeSucceededFuture(HTTPHeaders()) },
+            // Only what RFC 6455 §4.1 allows and libp2p's /ws dials: the others get a 400.
+            shouldUpgrade: { channel, head in
+                channel.eventLoop.makeSucceededFuture(Self.mayUpgrade(head) ? HTTPHeaders() : nil)
+            },
             upgradePipelineHandler: { channel, _ in
                 let ready = channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations

@@ -90,6 +90,55 @@ final class AutoNATTests: XCTestCase {
         XCTAssertEqual(single.record(server: servers[0], status: .dialError, address: nil), .private)
     }
 
+    /// Issue 25: 27 identities at one address spent the server's global
+    /// budget; one address gets a share (6 of 30), others are still answered.
+    func testIdentitiesAtOneAddressTakeOnlyTheirShareOfTheServer() throws {
+        var policy = AutoNATServerPolicy()
+        let observed = try Multiaddr("/ip4/203.0.113.7/tcp/53211")
+        let now = ContinuousClock.now
+        var answered = 0
+        for _ in 0..<27 {
+            let identity = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+            let decision = policy.decide(
+                requester: identity, claimedPeer: identity, addresses: [try Multiaddr("/ip4/203.0.113.7/tcp/4001")],
+                observed: observed, relayed: false, now: now)
+            if case .success = decision { answered += 1 }
+        }
+        XCTAssertEqual(answered, policy.limits.perAddress)
+        // Another IPv4 address, and another /64, are answered.
+        for other in ["/ip4/198.51.100.9/tcp/4001", "/ip6/2001:db8:0:1::9/tcp/4001"] {
+            let address = try Multiaddr(other)
+            XCTAssertNoThrow(
+                try policy.decide(
+                    requester: alice, claimedPeer: alice, addresses: [address], observed: address, relayed: false, now: now
+                ).get())
+        }
+    }
+
+    /// Issue 25: one machine answering with several identities flipped us to
+    /// public; servers at one address are one voter.
+    func testServersAtOneAddressCountOnce() throws {
+        func randomPeerID() -> PeerID { PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
+        var tracker = ReachabilityTracker(threshold: 2)
+        let reached = try Multiaddr("/ip4/198.51.100.7/tcp/4001")
+        let machine = try Multiaddr("/ip4/203.0.113.50/tcp/4001")
+        for _ in 0..<5 {
+            let identity = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+            XCTAssertNil(tracker.record(server: identity, at: machine, status: .ok, address: reached))
+        }
+        XCTAssertEqual(tracker.reachability, .unknown, "one address decided alone")
+        let other = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        XCTAssertEqual(tracker.record(server: other, at: try Multiaddr("/ip4/192.0.2.1/tcp/1"), status: .ok, address: reached), .public)
+        // IPv6 servers within one /64 are one voter too.
+        var sixes = ReachabilityTracker(threshold: 2)
+        XCTAssertNil(sixes.record(server: alice, at: try Multiaddr("/ip6/2001:db8::1/tcp/1"), status: .ok, address: reached))
+        XCTAssertNil(sixes.record(server: other, at: try Multiaddr("/ip6/2001:db8::2:1/tcp/1"), status: .ok, address: reached))
+        XCTAssertEqual(sixes.reachability, .unknown)
+        XCTAssertEqual(tracker.reachability, .public, "two addresses agree")
+        XCTAssertEqual(
+            sixes.record(server: randomPeerID(), at: try Multiaddr("/ip6/2001:db8:0:1::1/tcp/1"), status: .ok, address: reached), .public)
+    }
+
     /// Issue 22: on a LAN without internet `/status` said `public` (a LAN
     /// peer dialled us back at a private address). Only a dial back at a
     /// public address makes us public; at loopback, private or link-local

@@ -62,7 +62,7 @@ final class HostLimitsTests: XCTestCase {
         let refused = try await extra.connect(address)
         let closed = await isClosed(refused)
         XCTAssertTrue(closed, "a third connection was kept")
-        XCTAssertEqual(server.limitCounters.refusedConnections["2 connections"], 1)
+        XCTAssertEqual(server.limitCounters.refusedConnections[.connections(2)], 1)
         // The first two still work; once one leaves, a new peer is served.
         let rtts = try await PingService.ping(clients[0].1, count: 1)
         XCTAssertEqual(rtts.count, 1)
@@ -85,7 +85,7 @@ final class HostLimitsTests: XCTestCase {
         let refused = try await second.connect(address)
         let closed = await isClosed(refused)
         XCTAssertTrue(closed, "a second connection from one IP was kept")
-        XCTAssertEqual(server.limitCounters.refusedConnections["1 inbound connections per IP address"], 1)
+        XCTAssertEqual(server.limitCounters.refusedConnections[.inboundPerIP(1)], 1)
         await first.close()
         try await waitFor("the server forgot the closed connection") { server.connections.isEmpty }
         try await assertServes(address)
@@ -102,7 +102,7 @@ final class HostLimitsTests: XCTestCase {
         let second = try await transport.dial(address, upgrader: client.upgrader, role: .initiator)
         let closed = await isClosed(second)
         XCTAssertTrue(closed, "a second connection of one peer was kept")
-        XCTAssertEqual(server.limitCounters.refusedConnections["1 connections per peer"], 1)
+        XCTAssertEqual(server.limitCounters.refusedConnections[.connectionsPerPeer(1)], 1)
         let rtts = try await PingService.ping(kept, count: 1)
         XCTAssertEqual(rtts.count, 1)
         await client.close()
@@ -233,5 +233,69 @@ final class HostLimitsTests: XCTestCase {
         XCTAssertEqual(rtts.count, 1)
         for (client, _) in clients { await client.close() }
         await server.close()
+    }
+
+    /// Issue 25, row 10: addresses that hold every connection slot, and refill
+    /// what is taken from them at once (well within the grace period), cannot
+    /// keep others out: a newcomer from an address holding fewer takes the
+    /// place of the newest connection of the most crowded address, and a
+    /// crowded address's refill is refused.
+    func testAddressesHoldingTheConnectionSlotsCannotKeepOthersOut() async throws {
+        try await withDeadline(120) { [group] in
+            var limits = HostLimits()
+            limits.maxConnections = 40
+            limits.maxInboundPerIP = 4
+            limits.limitLoopback = true
+            limits.idleTimeout = nil
+            let (server, address) = try await makeTestHost(group: group, limits: limits)
+            /// A host dialling from `ip` (a loopback address of its own): port reuse makes its dials leave from there.
+            @Sendable func host(at ip: String) async throws -> Libp2pHost {
+                try await makeTestHost(
+                    group: group, transports: [TCPTransport(group: group, reusePort: true)],
+                    listen: Multiaddr("/ip4/\(ip)/tcp/0")
+                ).0
+            }
+            // 20 addresses, two connections each: every slot.
+            var attackers: [(ip: String, host: Libp2pHost, connection: Connection)] = []
+            for index in 0..<40 {
+                let ip = "127.0.0.\(2 + index % 20)"
+                let attacker = try await host(at: ip)
+                attackers.append((ip, attacker, try await attacker.connect(address)))
+            }
+            try await waitUntil("the server holds the 40") { server.connections.count == 40 }
+            XCTAssertEqual(Set(server.connections.compactMap(\.remoteAddress.ipAddressText)).count, 20, "not from 20 addresses")
+
+            // Others, each from an address of its own, get in and are served; each time, the attackers refill.
+            var others: [(Libp2pHost, Connection)] = []
+            var displaced: Set<PeerID> = []
+            for index in 0..<8 {
+                let other = try await host(at: "127.0.0.\(100 + index)")
+                let connection = try await other.connect(address)
+                let rtts = try await PingService.ping(connection, count: 1)
+                XCTAssertEqual(rtts.count, 1, "a peer from another address was not served")
+                others.append((other, connection))
+                try await waitUntil("the server closed one connection to make room") { server.connections.count == 40 }
+                // The address that lost a connection dials again at once: refused.
+                let serverPeers = Set(server.connections.map(\.remotePeer))
+                for attacker in attackers where !serverPeers.contains(attacker.host.localPeer) && !displaced.contains(attacker.host.localPeer) {
+                    displaced.insert(attacker.host.localPeer)
+                    let refill = try await host(at: attacker.ip)
+                    let again = try await refill.connect(address)
+                    let closed = (try? await withDeadline(5) { try await again.closeFuture.get() }) != nil
+                    XCTAssertTrue(closed, "an address holding more took a slot back")
+                    await refill.close()
+                }
+            }
+            XCTAssertEqual(displaced.count, 8)
+            for (other, connection) in others {
+                XCTAssertTrue(connection.isActive, "\(other.localPeer) lost its connection")
+                let rtts = try await PingService.ping(connection, count: 1)
+                XCTAssertEqual(rtts.count, 1)
+            }
+            XCTAssertEqual(server.limitCounters.refusedConnections[.connectionSlots], 8)
+            for (other, _) in others { await other.close() }
+            for attacker in attackers { await attacker.host.close() }
+            await server.close()
+        }
     }
 }

@@ -99,7 +99,7 @@ final class MemoryLimitTests: XCTestCase {
         XCTAssertLessThanOrEqual(accepted.count, 14)
         XCTAssertEqual(accepted.count + refused, 24)
         XCTAssertLessThanOrEqual(budget.used(by: attacker.localPeer), 4 << 20)
-        XCTAssertEqual(server.limitCounters.transport["memory per peer"], refused)
+        XCTAssertEqual(server.limitCounters.transport[.memory(.perPeer)], refused)
         try await waitUntil { holding.held == accepted.count }
 
         // Another peer is served while the attacker holds its share.
@@ -142,7 +142,7 @@ final class MemoryLimitTests: XCTestCase {
         let secondFill = try await fill(try await second.connect(address), streams: 10)
         XCTAssertGreaterThan(firstFill.refused + secondFill.refused, 0)
         XCTAssertLessThanOrEqual(budget.used, 4 << 20)
-        XCTAssertGreaterThan(server.limitCounters.transport["memory", default: 0], 0)
+        XCTAssertGreaterThan(server.limitCounters.transport[.memory(.total), default: 0], 0)
 
         // The stream opened before keeps working: 2 MiB echoed through it,
         // 64 KiB at a time (the echo's writes fit the room left for writes).
@@ -165,6 +165,60 @@ final class MemoryLimitTests: XCTestCase {
         await honest.close()
         try await waitUntil { budget.used == 0 }
         await server.close()
+    }
+
+    /// Issue 25, row 2: peer ids made up at will behind two addresses, each
+    /// opening idle streams up to its share, cannot reserve the whole budget:
+    /// an address holds at most its share (a quarter), and another peer's new
+    /// streams are served.
+    func testPeerIDsFromTwoAddressesCannotReserveEveryonesStreams() async throws {
+        try await withDeadline(120) { [group] in
+            var limits = HostLimits()
+            limits.maxMemory = 32 << 20
+            limits.maxMemoryPerPeer = 4 << 20
+            limits.limitLoopback = true
+            let (server, address) = try await makeTestHost(group: group, limits: limits)
+            let budget = try XCTUnwrap(server.upgrader.memoryBudget)
+            // 2 addresses, 8 peer ids each, 16 idle ping streams each (14 fit a peer's share): 56 MiB asked of 32.
+            var attackers: [Libp2pHost] = []
+            var held: [MuxedStream] = []
+            for index in 0..<16 {
+                let (attacker, _) = try await makeTestHost(
+                    group: group, transports: [TCPTransport(group: group, reusePort: true)],
+                    listen: Multiaddr("/ip4/127.0.0.\(2 + index % 2)/tcp/0"))
+                attackers.append(attacker)
+                let connection = try await attacker.connect(address)
+                for _ in 0..<16 {
+                    if let stream = try? await connection.newStream(protocols: [PingService.protocolID]) { held.append(stream) }
+                }
+            }
+            let window = Self.window
+            for ip in ["127.0.0.2", "127.0.0.3"] {
+                let network = try XCTUnwrap(budget.network(of: Multiaddr("/ip4/\(ip)/tcp/1")))
+                XCTAssertLessThanOrEqual(budget.used(from: network), 8 << 20, "\(ip) holds more than its share")
+                XCTAssertGreaterThanOrEqual(budget.used(from: network), 6 << 20, "\(ip) was refused before its share")
+            }
+            XCTAssertLessThanOrEqual(held.count, 2 * (7 << 20) / window, "more idle streams held than two shares")
+            XCTAssertGreaterThan(server.limitCounters.transport[.memory(.perNetwork), default: 0], 0)
+
+            // Another peer opens new streams and is served.
+            let (honest, _) = try await makeTestHost(
+                group: group, transports: [TCPTransport(group: group, reusePort: true)],
+                listen: Multiaddr("/ip4/127.0.0.50/tcp/0"))
+            let honestConnection = try await honest.connect(address)
+            for _ in 0..<4 {
+                let rtts = try await PingService.ping(honestConnection, count: 1)
+                XCTAssertEqual(rtts.count, 1)
+            }
+            let data = patternBytes(count: 1 << 20, seed: 5)
+            let echoed = try await echo(data, over: honestConnection)
+            XCTAssertEqual(echoed, data)
+
+            for stream in held { stream.reset() }
+            await honest.close()
+            for attacker in attackers { await attacker.close() }
+            await server.close()
+        }
     }
 
     /// Polls `condition` until it holds, for at most 10 s.
@@ -219,7 +273,7 @@ final class MemoryBudgetTests: XCTestCase {
             return nil
         }
         XCTAssertEqual(incoming, [1, 3])
-        XCTAssertTrue(events.contains { if case .limitReached("memory") = $0 { return true } else { return false } })
+        XCTAssertTrue(events.contains { if case .limitReached(.memory(.total)) = $0 { return true } else { return false } })
         XCTAssertEqual(budget.used, 2 * window)
         XCTAssertEqual(table.reservedMemory, 2 * window)
         // The remote resets stream 1: its window goes back, and a new stream fits.
@@ -232,6 +286,25 @@ final class MemoryBudgetTests: XCTestCase {
         XCTAssertEqual(budget.used, 2 * window)
         _ = table.removeAll()
         XCTAssertEqual(budget.used, 0)
+    }
+
+    /// One network's share bounds all of its peers together; loopback has none unless limited.
+    func testANetworksShareBoundsAllItsPeers() throws {
+        let budget = MemoryBudget(limit: 1024, limitPerPeer: 512, limitPerNetwork: 256, limitLoopback: false)
+        let a = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let b = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
+        let here = try XCTUnwrap(budget.network(of: Multiaddr("/ip4/192.0.2.7/tcp/1")))
+        XCTAssertEqual(budget.network(of: try Multiaddr("/ip6/2001:db8:1:2::1/tcp/1")),
+            budget.network(of: try Multiaddr("/ip6/2001:db8:1:2:ffff::9/tcp/1")), "one IPv6 /64")
+        XCTAssertNil(budget.network(of: try Multiaddr("/ip4/127.0.0.1/tcp/1")), "loopback exempt")
+        // Streams may fill seven eighths of the network's 256: 224, by any of its peers.
+        XCTAssertNil(budget.reserve(200, for: a, from: here, priority: MemoryBudget.stream))
+        XCTAssertEqual(budget.reserve(32, for: b, from: here, priority: MemoryBudget.stream), .perNetwork)
+        XCTAssertEqual(MemoryBudget.Refusal.perNetwork.reason, "memory per IP address")
+        XCTAssertNil(budget.reserve(200, for: b, priority: MemoryBudget.stream), "elsewhere, b still has room")
+        budget.release(200, for: a, from: here)
+        XCTAssertEqual(budget.used(from: here), 0)
+        XCTAssertNil(budget.reserve(200, for: b, from: here, priority: MemoryBudget.stream))
     }
 
     func testLedgerGivesBackWhatAStreamHeld() {

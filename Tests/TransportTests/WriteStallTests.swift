@@ -59,7 +59,7 @@ final class WriteStallTests: XCTestCase {
         }
         let elapsed = ContinuousClock.now - started
         XCTAssertTrue(server.connections.isEmpty, "the server kept a connection that reads nothing")
-        XCTAssertEqual(server.limitCounters.transport["writes stalled for 1000 ms"], 1)
+        XCTAssertEqual(server.limitCounters.transport[.writeStall(milliseconds: 1000)], 1)
         XCTAssertGreaterThanOrEqual(elapsed, .seconds(1))
         // Still serving an honest peer.
         let (client, _) = try await makeTestHost(group: group)

@@ -359,6 +359,33 @@ final class WebSocketTransportTests: XCTestCase {
         await listener.close()
     }
 
+    /// Issue 25: only what RFC 6455 §4.1 allows upgrades: `GET`, HTTP/1.1 or
+    /// later, and the path libp2p's `/ws` dials (`/`); others get a 400.
+    func testOnlyAGetOfSlashOverHTTP11Upgrades() async throws {
+        let server = Node(group: group)
+        let listener = try await server.transport.listen(on: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
+        let upgrade =
+            "Host: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        for line in ["POST / HTTP/1.1", "GET / HTTP/1.0", "GET /anything HTTP/1.1", "PUT /x HTTP/1.1"] {
+            let response = try await rawExchange(with: listener.address) { outbound in
+                try await outbound.write(ByteBuffer(string: line + "\r\n" + upgrade))
+            }
+            let text = String(decoding: response, as: UTF8.self)
+            XCTAssertTrue(text.hasPrefix("HTTP/1.1 400") || text.hasPrefix("HTTP/1.0 400"), "\(line): \(text)")
+        }
+        // A GET of / with a query still upgrades (the query names nothing to libp2p), as does the plain one.
+        for line in ["GET / HTTP/1.1", "GET /?x=1 HTTP/1.1"] {
+            let response = try await rawExchange(with: listener.address) { outbound in
+                try await outbound.write(ByteBuffer(string: line + "\r\n" + upgrade))
+                try await outbound.write(ByteBuffer(bytes: [0x81, 0x82, 0, 0, 0, 0, 0x68, 0x69]))
+            }
+            XCTAssertTrue(String(decoding: response, as: UTF8.self).hasPrefix("HTTP/1.1 101"), line)
+        }
+        try await assertStillServing(server, listener)
+        await listener.close()
+    }
+
     func testGarbageInsteadOfUpgradeClosesTheConnection() async throws {
         let server = Node(group: group)
         let listener = try await server.transport.listen(on: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
