@@ -225,7 +225,7 @@ final class QUICConnectionDriver: StreamMuxerDriver {
             guard negotiatingInbound < configuration.maxNegotiatingInboundStreams else {
                 quic.consumed(streamID: id, bytes: data.count)
                 quic.reset(streamID: id)
-                reportLimit("\(configuration.maxNegotiatingInboundStreams) inbound streams negotiating")
+                reportLimit(.negotiatingStreams(configuration.maxNegotiatingInboundStreams))
                 return
             }
             negotiatingInbound += 1
@@ -357,8 +357,8 @@ final class QUICConnectionDriver: StreamMuxerDriver {
         }
     }
 
-    private func reportLimit(_ reason: String) {
-        upgrader.onLimitReached(LimitRefusal(reason: reason, peer: connectionPeer, address: remoteAddress))
+    private func reportLimit(_ limit: Limit) {
+        upgrader.onLimitReached(LimitRefusal(limit, peer: connectionPeer, address: remoteAddress))
     }
 
     private var connectionPeer: PeerID? {
@@ -376,8 +376,8 @@ final class QUICConnectionDriver: StreamMuxerDriver {
         do {
             id = try quic.openStream()
         } catch .streamLimit {
-            reportLimit("the peer's stream limit")
-            return eventLoop.makeFailedFuture(TransportError.limitReached("the peer's stream limit"))
+            reportLimit(.remoteStreams)
+            return eventLoop.makeFailedFuture(TransportError.limitReached(.remoteStreams))
         } catch {
             return eventLoop.makeFailedFuture(TransportError.muxerFailed(underlying: error))
         }

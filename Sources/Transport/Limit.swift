@@ -27,6 +27,8 @@ public enum Limit: Sendable, Hashable, CustomStringConvertible {
     case trimmed(highWater: Int)
     /// Peers being dialled at once.
     case dials(Int)
+    /// Streams the remote lets us open at once (QUIC's MAX_STREAMS).
+    case remoteStreams
     /// A pubsub peer whose score fell below the graylist threshold.
     case graylisted
 
@@ -45,6 +47,7 @@ public enum Limit: Sendable, Hashable, CustomStringConvertible {
         case .idle: "idle"
         case .trimmed: "trimmed"
         case .dials(let count): "\(count) dials in flight"
+        case .remoteStreams: "the remote's limit of streams"
         case .graylisted: "graylisted pubsub peer"
         }
     }
