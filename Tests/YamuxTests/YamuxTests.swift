@@ -1,4 +1,5 @@
 import NIOCore
+import TestKit
 import XCTest
 @testable import Yamux
 
@@ -295,6 +296,75 @@ final class YamuxTests: XCTestCase {
         XCTAssertTrue(link.clientEvents.contains(.reset(5)))
     }
 
+    /// A configuration the session cannot honour is a described error, found
+    /// before any session exists (an `initialWindow` below the protocol's once
+    /// trapped on an unsigned underflow at the first stream).
+    func testConfigurationValidation() throws {
+        XCTAssertNoThrow(try YamuxSession.Configuration().validate())
+        var large = YamuxSession.Configuration()
+        large.initialWindow = 64 * 1024 * 1024
+        large.maxStreamWindow = 64 * 1024 * 1024
+        XCTAssertNoThrow(try large.validate())
+
+        var small = YamuxSession.Configuration()
+        small.initialWindow = 128 * 1024
+        XCTAssertThrowsError(try small.validate()) { error in
+            XCTAssertEqual(error as? YamuxConfigurationError, .initialWindowBelowDefault(128 * 1024, minimum: 256 * 1024))
+            XCTAssertEqual(
+                "\(error)", "yamux initialWindow 131072 is below the protocol's initial window of 262144 bytes")
+        }
+        var inverted = YamuxSession.Configuration()
+        inverted.initialWindow = 1024 * 1024
+        inverted.maxStreamWindow = 512 * 1024
+        XCTAssertThrowsError(try inverted.validate()) { error in
+            XCTAssertEqual(
+                error as? YamuxConfigurationError, .maxStreamWindowBelowInitialWindow(512 * 1024, initialWindow: 1024 * 1024))
+        }
+        var noStreams = YamuxSession.Configuration()
+        noStreams.maxStreams = 0
+        XCTAssertThrowsError(try noStreams.validate()) { error in
+            XCTAssertEqual(error as? YamuxConfigurationError, .notPositive("maxStreams", 0))
+        }
+        var noFrames = YamuxSession.Configuration()
+        noFrames.maxFramePayload = 0
+        XCTAssertThrowsError(try noFrames.validate())
+        var noGrowthRule = YamuxSession.Configuration()
+        noGrowthRule.growthRoundTrips = 0
+        XCTAssertThrowsError(try noGrowthRule.validate())
+    }
+
+    /// The half-close states: FIN after queued data, either side first, and the
+    /// stream leaves the session once both FINs went.
+    func testHalfCloseEitherSideFirst() throws {
+        var link = Link()
+        let first = try link.client.openStream()
+        let second = try link.client.openStream()
+        try link.pump()
+        // Client closes first on `first`, with data queued: data, then FIN.
+        link.client.write(streamID: first, data: ByteBuffer(bytes: [1, 2, 3]))
+        link.client.closeWrite(streamID: first)
+        link.client.write(streamID: first, data: ByteBuffer(bytes: [4]))  // after close: dropped
+        try link.pump()
+        XCTAssertEqual(Link.dataBytes(link.serverEvents, stream: first), 3)
+        XCTAssertTrue(link.serverEvents.contains(.remoteClosedWrite(first)))
+        XCTAssertEqual(link.client.streamCount, 2, "half closed: still there")
+        // The server still sends on it, then closes: both sides forget the stream.
+        link.server.write(streamID: first, data: ByteBuffer(bytes: [9]))
+        link.server.closeWrite(streamID: first)
+        try link.pump()
+        XCTAssertEqual(Link.dataBytes(link.clientEvents, stream: first), 1)
+        XCTAssertTrue(link.clientEvents.contains(.closed(first)))
+        // The server closes first on `second`; the client closes after.
+        link.server.closeWrite(streamID: second)
+        try link.pump()
+        XCTAssertTrue(link.clientEvents.contains(.remoteClosedWrite(second)))
+        link.client.closeWrite(streamID: second)
+        try link.pump()
+        XCTAssertTrue(link.serverEvents.contains(.closed(second)))
+        XCTAssertEqual(link.client.streamCount, 0)
+        XCTAssertEqual(link.server.streamCount, 0)
+    }
+
     func testResetWithQueuedData() throws {
         var link = Link()
         let id = try link.client.openStream()
@@ -381,11 +451,8 @@ final class YamuxTests: XCTestCase {
     }
 
     func testRandomInputNeverCrashes() {
-        var state: UInt64 = 11
-        func next() -> UInt64 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return state >> 33
-        }
+        var random = SplitMix(seed: 11)
+        func next() -> UInt64 { random.next() }
         for _ in 0..<3000 {
             var session = YamuxSession(isClient: next() % 2 == 0)
             var input = ByteBuffer()
