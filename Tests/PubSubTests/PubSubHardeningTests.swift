@@ -179,16 +179,19 @@ final class PubSubHardeningTests: XCTestCase {
         let (second, _) = try await makeTestHost(group: group)
         let firstConnection = try await first.connect(address)
         let secondConnection = try await second.connect(address)
-        // What the connection holds once the streams of its start (identify, pubsub) are settled.
-        var settled = -1
-        let settleDeadline = ContinuousClock.now + .seconds(5)
-        while ContinuousClock.now < settleDeadline {
-            try await Task.sleep(for: .milliseconds(300))
-            let used = budget.used(by: first.localPeer)
-            if used == settled { break }
-            settled = used
+        // What the connection holds once the streams of its start have ended:
+        // identify both ways, and our pubsub stream, which `first` refuses.
+        let serverSide = try await waitFor("the server's connection to the first peer") {
+            server.connection(to: first.localPeer)
         }
-        let baseline = settled
+        try await waitUntil("the streams of the connection's start ended", seconds: 5) {
+            let identified =
+                !(server.peerStore.info(first.localPeer)?.protocols.isEmpty ?? true)
+                && !(first.peerStore.info(server.localPeer)?.protocols.isEmpty ?? true)
+            guard identified else { return false }
+            return try await serverSide.streamCount() == 0
+        }
+        let baseline = budget.used(by: first.localPeer)
         let window = 256 * 1024
         let firstStream = try await startIncompleteRPC(on: firstConnection, announced: 800_000, sent: 1000)
         try await waitUntil("the RPC reserved its bytes in the host's budget", seconds: 5) {
