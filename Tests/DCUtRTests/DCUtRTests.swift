@@ -108,9 +108,13 @@ final class DCUtRTests: XCTestCase {
     /// dials before); and none at all over a direct connection.
     func testDCUtRCannotMakeUsDialAThirdPartyAtWill() async throws {
         let accepted = Mutex(0)
+        // The third party's connections still open: a dial in flight holds one.
+        let open = Counter()
         let thirdParty: any Channel = try await ServerBootstrap(group: group)
             .childChannelInitializer { channel in
                 accepted.withLock { $0 += 1 }
+                open.add(1)
+                channel.closeFuture.whenComplete { _ in open.add(-1) }
                 return channel.eventLoop.makeSucceededVoidFuture()
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -154,8 +158,9 @@ final class DCUtRTests: XCTestCase {
                 continue  // refused: reset
             }
         }
-        // Every dial it made has reached the third party (or timed out) by now.
-        try await Task.sleep(for: .seconds(1))
+        // Every dial it made has ended (the third party is not the peer it
+        // wants: each gives up at its timeout): the count is final.
+        try await waitUntil("the victim's dials to the third party ended") { open.value == 0 }
         let dials = accepted.withLock { $0 }
         XCTAssertGreaterThan(answered, 0)
         XCTAssertLessThanOrEqual(answered, 4)
