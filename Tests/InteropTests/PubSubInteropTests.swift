@@ -103,9 +103,7 @@ final class PubSubInteropTests: XCTestCase {
             // Both speak gossipsub v1.2: py-libp2p tells its mesh IDONTWANT for what it publishes.
             let protocols = await pubsub.pubsubPeers()
             XCTAssertEqual(protocols[pythonID], PubSubProtocol.meshsub12)
-            try await withDeadline(10) {
-                while await pubsub.counters().receivedIDontWant == 0 { try await Task.sleep(for: .milliseconds(20)) }
-            }
+            try await waitUntil("python sent IDONTWANT") { await pubsub.counters().receivedIDontWant > 0 }
         }
         _ = inbox
     }
