@@ -347,15 +347,15 @@ let package = Package(
             name: "ExamplesTests",
             dependencies: ["ChildProcess", "Host", "Multiformats", "PubSub", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
-        .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats"]),
+        .testTarget(name: "MultiformatsTests", dependencies: ["Multiformats", "TestKit"]),
         .testTarget(name: "EventBroadcastTests", dependencies: ["EventBroadcast", "TestSupport"]),
-        .testTarget(name: "IdentityTests", dependencies: ["Identity"]),
-        .testTarget(name: "MultistreamTests", dependencies: ["Multistream"]),
-        .testTarget(name: "NoiseTests", dependencies: ["Noise"]),
+        .testTarget(name: "IdentityTests", dependencies: ["Identity", "TestKit"]),
+        .testTarget(name: "MultistreamTests", dependencies: ["Multistream", "TestKit"]),
+        .testTarget(name: "NoiseTests", dependencies: ["Noise", "TestKit"]),
         .testTarget(
             name: "TLSTests",
             dependencies: [
-                "TLS", "LibP2PSecurity", "Identity",
+                "TLS", "LibP2PSecurity", "Identity", "TestKit",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -363,8 +363,8 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        .testTarget(name: "QUICTests", dependencies: ["QUIC", "TLS", "Identity", "ChildProcess"]),
-        .testTarget(name: "YamuxTests", dependencies: ["Yamux"]),
+        .testTarget(name: "QUICTests", dependencies: ["QUIC", "TLS", "Identity", "ChildProcess", "TestKit"]),
+        .testTarget(name: "YamuxTests", dependencies: ["Yamux", "TestKit"]),
         .testTarget(
             name: "QUICTransportTests",
             dependencies: [
@@ -372,13 +372,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "MDNSTests", dependencies: ["MDNS"]),
+        .testTarget(name: "MDNSTests", dependencies: ["MDNS", "TestKit"]),
         .testTarget(name: "KadDHTTests", dependencies: ["KadDHT", "Host", "Identify", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "NamespaceTests",
             dependencies: ["ChildProcess", "FileShare", "PubSub", "Host", "Multiformats", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .target(name: "ChildProcess", path: "Tests/ChildProcess"),
+        // What tests share that needs none of our modules: polling with a deadline, seeded randomness, hex.
+        .target(name: "TestKit", path: "Tests/TestKit"),
         .testTarget(
             name: "PubSubTests",
             dependencies: ["PubSub", "TestSupport", .product(name: "Crypto", package: "swift-crypto")]
@@ -386,7 +388,8 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
-                "Host", "Identify", "Ping", "Noise", "LibP2PSecurity", "Relay", .product(name: "NIOPosix", package: "swift-nio"),
+                "Host", "Identify", "Ping", "Noise", "LibP2PSecurity", "Relay", "TestKit",
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Tests/TestSupport"
         ),
@@ -423,7 +426,7 @@ let package = Package(
         .testTarget(
             name: "TransportInteropTests",
             dependencies: [
-                "TransportInterop", "RedisRESP", "ChildProcess", "Identity", "Multiformats",
+                "TransportInterop", "RedisRESP", "ChildProcess", "Identity", "Multiformats", "TestKit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

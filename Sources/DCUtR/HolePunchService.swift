@@ -417,7 +417,7 @@ public final class HolePunchService: Sendable {
                         break
                     }
                 }
-                return .failure(TimeoutError(what: "dcutr dial", seconds: Double(configuration.dialTimeout.components.seconds) + Double(configuration.dialTimeout.components.attoseconds) / 1e18))
+                return .failure(TimeoutError(what: "dcutr dial", limit: configuration.dialTimeout))
             } }
             var last: Result<Connection, any Error> = .failure(HolePunchError.noAddresses)
             for await result in group {

@@ -231,46 +231,36 @@ public final class KadDHT: Sendable {
 
     /// Sends one request on a new stream and reads the response (none for ADD_PROVIDER).
     public func send(_ request: DHTMessage, to peer: PeerID) async throws -> DHTMessage? {
-        try await withTimeout(configuration.requestTimeout, peer: peer) { [host] () async throws -> DHTMessage? in
-            let stream = try await host.newStream(to: peer, protocols: [Self.protocolID])
-            do {
-                try await stream.write(request.framed())
-                guard request.type != .addProvider else {
+        do {
+            return try await withTimeout(configuration.requestTimeout, "DHT request to \(peer)") {
+                [host] () async throws -> DHTMessage? in
+                let stream = try await host.newStream(to: peer, protocols: [Self.protocolID])
+                do {
+                    try await stream.write(request.framed())
+                    guard request.type != .addProvider else {
+                        await stream.close()
+                        return nil
+                    }
+                    var reader = StreamReader(stream)
+                    guard let body = try await reader.readLengthPrefixed(maxLength: DHTMessage.maxSize) else {
+                        throw KadDHTError.noResponse(peer)
+                    }
+                    let response: DHTMessage
+                    do throws(DHTMessageError) {
+                        response = try DHTMessage(decoding: body.readableBytesView)
+                    } catch {
+                        throw KadDHTError.badResponse(peer, error)
+                    }
                     await stream.close()
-                    return nil
-                }
-                var reader = StreamReader(stream)
-                guard let body = try await reader.readLengthPrefixed(maxLength: DHTMessage.maxSize) else {
-                    throw KadDHTError.noResponse(peer)
-                }
-                let response: DHTMessage
-                do throws(DHTMessageError) {
-                    response = try DHTMessage(decoding: body.readableBytesView)
+                    // Never dialled: another machine's loopback, or a far network's private addresses.
+                    return response.dialable(fromPeerAt: stream.connection.remoteAddress)
                 } catch {
-                    throw KadDHTError.badResponse(peer, error)
+                    stream.reset()
+                    throw error
                 }
-                await stream.close()
-                // Never dialled: another machine's loopback, or a far network's private addresses.
-                return response.dialable(fromPeerAt: stream.connection.remoteAddress)
-            } catch {
-                stream.reset()
-                throw error
             }
-        }
-    }
-
-    private func withTimeout<T: Sendable>(
-        _ limit: Duration, peer: PeerID, _ body: @escaping @Sendable () async throws -> T
-    ) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else { throw KadDHTError.timeout(peer) }
-            return value
+        } catch is TimeoutError {
+            throw KadDHTError.timeout(peer)
         }
     }
 

@@ -125,7 +125,7 @@ public final class RequestResponse<Codec: RequestResponseCodec>: Sendable {
         }
         let opened = Mutex<MuxedStream?>(nil)
         do {
-            let response = try await withTimeout(seconds: configuration.timeout, "request to \(peer)") {
+            let response = try await withTimeout(.milliseconds(Int(configuration.timeout * 1000)), "request to \(peer)") {
                 [host, protocols, configuration] in
                 let connection: Connection
                 do {
@@ -205,7 +205,7 @@ public final class RequestResponse<Codec: RequestResponseCodec>: Sendable {
         defer { admission.withLock { $0.release(peer) } }
         let context = RequestContext(peer: peer, protocolID: stream.protocolID, connection: stream.connection)
         do {
-            try await withTimeout(seconds: configuration.timeout, "request from \(peer)") { [codec, configuration] in
+            try await withTimeout(.milliseconds(Int(configuration.timeout * 1000)), "request from \(peer)") { [codec, configuration] in
                 var reader = StreamReader(stream)
                 guard let bytes = try await reader.readLengthPrefixed(maxLength: configuration.maxRequestSize) else {
                     throw StreamReader.ReadError.endOfStream(wanted: 1, had: 0)

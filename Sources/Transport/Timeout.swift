@@ -1,24 +1,27 @@
 import Synchronization
 
-/// Thrown by `withTimeout` when `what` did not finish within `seconds`.
+/// Thrown by `withTimeout` when `what` did not finish within `limit`.
 public struct TimeoutError: Error, CustomStringConvertible, Sendable {
     public let what: String
-    public let seconds: Double
+    public let limit: Duration
 
-    public init(what: String, seconds: Double) {
+    public init(what: String, limit: Duration) {
         self.what = what
-        self.seconds = seconds
+        self.limit = limit
     }
+
+    /// `limit` in seconds.
+    public var seconds: Double { Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18 }
 
     public var description: String { "\(what) timed out after \(seconds.formatted(.number.precision(.fractionLength(0...1)))) s" }
 }
 
-/// Runs `body`, but gives up after `seconds`: the caller gets `TimeoutError`
+/// Runs `body`, but gives up after `limit`: the caller gets `TimeoutError`
 /// at the deadline and `body`'s task is cancelled, without waiting for it to
 /// notice (a task group would wait; an await that ignores cancellation, such
 /// as a stream negotiation bounded by its own deadline, would hold the caller).
 public func withTimeout<T: Sendable>(
-    seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T
+    _ limit: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
     let race = TimeoutRace<T>()
     return try await withTaskCancellationHandler {
@@ -30,9 +33,9 @@ public func withTimeout<T: Sendable>(
                 do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
             }
             let timer = Task {
-                try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+                try? await Task.sleep(for: limit)
                 // The body is cancelled before the caller resumes.
-                race.finish(.failure(TimeoutError(what: what, seconds: seconds)), first: { work.cancel() })
+                race.finish(.failure(TimeoutError(what: what, limit: limit)), first: { work.cancel() })
             }
             race.onFinish { timer.cancel() }
             race.onCancel { work.cancel() }
@@ -42,12 +45,12 @@ public func withTimeout<T: Sendable>(
     }
 }
 
-/// `withTimeout(seconds:_:_:)` with the limit as a `Duration`.
+/// `withTimeout(_:_:_:)` with the limit in seconds, for the callers not yet moved to `Duration`.
+@available(*, deprecated, message: "pass the limit as a Duration: withTimeout(.seconds(n), what) { ... }")
 public func withTimeout<T: Sendable>(
-    _ limit: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> T
+    seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-    let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
-    return try await withTimeout(seconds: seconds, what, body)
+    try await withTimeout(.milliseconds(Int(seconds * 1000)), what, body)
 }
 
 /// Resumes a continuation once, with whichever result comes first.

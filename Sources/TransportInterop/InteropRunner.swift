@@ -176,7 +176,7 @@ public struct InteropRunner: Sendable {
 
         let measured: Result<InteropResult, InteropFailure>
         do {
-            measured = try await withTimeout(seconds: Double(configuration.timeoutSeconds), "dial and ping") {
+            measured = try await withTimeout(.seconds(configuration.timeoutSeconds), "dial and ping") {
                 await Self.dialAndPing(host, address)
             }
         } catch {
@@ -187,9 +187,9 @@ public struct InteropRunner: Sendable {
             report(result)
             logger.info(
                 "done", metadata: ["handshakePlusOneRTT": "\(result.handshakePlusOneRTT)", "pingRTT": "\(result.pingRTT)"])
-            _ = try? await withTimeout(seconds: 2, "closing the host") { await host.close() }
+            _ = try? await withTimeout(.seconds(2), "closing the host") { await host.close() }
         case .failure(let failure):
-            _ = try? await withTimeout(seconds: 2, "closing the host") { await host.close() }
+            _ = try? await withTimeout(.seconds(2), "closing the host") { await host.close() }
             throw failure
         }
     }

@@ -65,72 +65,6 @@ public enum YamuxEvent: Equatable, Sendable {
 /// granted, and we grant more only as the application consumes; our writes wait
 /// in the stream's queue for the remote's window (the adapter bounds that queue).
 public struct YamuxSession {
-    /// Windows, limits and timing of a session.
-    public struct Configuration: Sendable {
-        /// Per-stream receive window at the start (and the spec's initial send window).
-        public var initialWindow: UInt32 = 256 * 1024
-        /// A stream whose reader keeps up has its receive window doubled at a
-        /// grant, up to this: one stream can then fill a fast long link, while a
-        /// stream nobody reads never holds more than `initialWindow`. With a
-        /// clock (`now` given), it doubles only when the window limits the
-        /// stream (see `growthRoundTrips`).
-        public var maxStreamWindow: UInt32 = 8 * 1024 * 1024
-        /// Bound on the growth of all streams' windows together (beyond
-        /// `initialWindow` each): what a peer can make one session buffer.
-        public var maxSessionWindowGrowth: UInt32 = 32 * 1024 * 1024
-        /// Concurrent streams; inbound SYNs beyond it are refused with RST.
-        public var maxStreams: Int = 512
-        /// Largest data frame we send.
-        public var maxFramePayload: Int = 128 * 1024
-        /// A window doubles only if its reader consumed a whole window (measured
-        /// over a whole one, so a burst that was already buffered does not count
-        /// as speed) in fewer round trips than this. A stream limited by its
-        /// window consumes a window per round trip and a bit (about 4/3 of one,
-        /// as grants go at half a window), so it grows; one limited by the link
-        /// or the reader does not, and its window ends between 3 and 6
-        /// bandwidth-delay products: enough for full speed, while what waits in
-        /// socket buffers ahead of a ping stays a few round trips' worth.
-        public var growthRoundTrips: Double = 3
-        /// A window also doubles while its reader empties one faster than
-        /// this, whatever the round trip. Off (zero) by default: the queueing
-        /// delay it buys is this much time's worth of data ahead of every other
-        /// frame on the connection. Bulk-transfer hosts on fast links can set it:
-        /// with a round trip of microseconds (loopback, a LAN) the reader's own
-        /// scheduling, not the network, paces the grants, and round-trip-sized
-        /// windows idle the sender (on two shared cores, 1 ms gives back the
-        /// loopback throughput of unbounded windows, and their ping delay).
-        public var growthTimeFloor: TimeAmount = .zero
-        /// While a stream has the session to itself (no other stream received
-        /// data for `soloQuietSpan`), its window also doubles while its reader
-        /// empties one faster than this: a lone bulk transfer gets loopback
-        /// and fast-LAN throughput (on these links the reader's scheduling,
-        /// not the network, paces the grants). Once another stream receives
-        /// data, the growth made while alone is taken back (grants are withheld
-        /// until it is gone; the round-trip rule then grows what it needs), so
-        /// that stream's frames do not wait behind it. Zero: off.
-        public var soloGrowthTimeFloor: TimeAmount = .milliseconds(1)
-        /// A stream is alone when no other stream of the session received data for this long.
-        public var soloQuietSpan: TimeAmount = .milliseconds(50)
-        /// Time between the session's round-trip pings (go-yamux: 30 s).
-        public var rttPingInterval: TimeAmount = .seconds(30)
-        /// Pings sent back to back at the start (each on the previous one's
-        /// answer): one sample taken while the connection is being set up can
-        /// be slow, and the first windows are sized on the smallest.
-        public var startRTTPings: Int = 3
-        /// The round trip is the smallest sample of this span (Linux TCP keeps
-        /// its minimum RTT over 5 minutes too): samples taken while our own
-        /// data fills the buffers are inflated by it, and must not make the
-        /// windows, and so the buffers, grow further.
-        public var rttFilterSpan: TimeAmount = .minutes(5)
-        /// Control frames (ACKs, RSTs, window updates) waiting for the adapter
-        /// to take them, in bytes. A remote that makes us answer (opening and
-        /// resetting streams) while not reading our answers fails the session
-        /// beyond this. Pongs do not count: only the latest ping is answered.
-        public var maxPendingControlBytes: Int = 64 * 1024
-
-        public init() {}
-    }
-
     public static let headerLength = 12
     static let initialWindow: UInt32 = 256 * 1024
 
@@ -149,6 +83,67 @@ public struct YamuxSession {
         static let rst = Flags(rawValue: 8)
     }
 
+    /// Where a stream is in closing its two directions (each closes with a FIN).
+    /// A stream both sides closed is removed from the session.
+    enum HalfClose: Equatable {
+        /// Both directions open.
+        case open
+        /// We closed our write side: the FIN follows our queued data (`finSent` once framed).
+        case halfClosedLocal(finSent: Bool)
+        /// The remote sent its FIN; we may still send.
+        case halfClosedRemote
+        /// The remote sent its FIN and we closed our side, whose FIN is not framed yet.
+        case closing
+        /// Both FINs: the stream is done.
+        case closed
+
+        /// We closed our write side (the FIN may still wait behind data).
+        var localClosed: Bool {
+            switch self {
+            case .halfClosedLocal, .closing, .closed: true
+            case .open, .halfClosedRemote: false
+            }
+        }
+
+        /// Our FIN went out.
+        var finSent: Bool { self == .halfClosedLocal(finSent: true) || self == .closed }
+
+        /// Our FIN is to be framed (after the queued data).
+        var finDue: Bool { self == .halfClosedLocal(finSent: false) || self == .closing }
+
+        /// The remote sent its FIN.
+        var remoteClosed: Bool {
+            switch self {
+            case .halfClosedRemote, .closing, .closed: true
+            case .open, .halfClosedLocal: false
+            }
+        }
+
+        mutating func closeLocal() {
+            switch self {
+            case .open: self = .halfClosedLocal(finSent: false)
+            case .halfClosedRemote: self = .closing
+            case .halfClosedLocal, .closing, .closed: break
+            }
+        }
+
+        mutating func sentFin() {
+            switch self {
+            case .halfClosedLocal(finSent: false): self = .halfClosedLocal(finSent: true)
+            case .closing: self = .closed
+            case .open, .halfClosedLocal, .halfClosedRemote, .closed: break
+            }
+        }
+
+        mutating func closeRemote() {
+            switch self {
+            case .open: self = .halfClosedRemote
+            case .halfClosedLocal(let finSent): self = finSent ? .closed : .closing
+            case .halfClosedRemote, .closing, .closed: break
+            }
+        }
+    }
+
     struct Stream {
         var sendWindow: UInt32
         var receiveWindow: UInt32
@@ -159,9 +154,7 @@ public struct YamuxSession {
         var windowTarget: UInt32
         var queue = CircularBuffer<ByteBuffer>()
         var queuedBytes = 0
-        var finQueued = false
-        var finSent = false
-        var remoteFin = false
+        var state = HalfClose.open
         /// In `sendQueue`: it has data (or a FIN) to frame.
         var scheduled = false
         /// Since when `consumedInEpoch` counts: the grant that ended the last
@@ -177,14 +170,14 @@ public struct YamuxSession {
 
         /// Whether the next turn in the send queue would frame something.
         var canSend: Bool {
-            (queuedBytes > 0 && sendWindow > 0) || (finQueued && !finSent && queuedBytes == 0)
+            (queuedBytes > 0 && sendWindow > 0) || (state.finDue && queuedBytes == 0)
         }
     }
 
     public let configuration: Configuration
     private let isClient: Bool
     private var nextStreamID: UInt32
-    private var streams: [UInt32: Stream] = [:]
+    var streams: [UInt32: Stream] = [:]
     /// Frames to send, in order, before `output`.
     private var outputPieces: [ByteBuffer] = []
     /// Control bytes (headers) written after the last of `outputPieces`.
@@ -202,15 +195,22 @@ public struct YamuxSession {
     private var incoming: IncomingPayload?
     private var localGoAway = false
     private var remoteGoAway = false
-    private var nextPing: UInt32 = 0
+    var nextPing: UInt32 = 0
     /// Our round-trip ping in flight (one at most; its pong is not an event).
-    private var rttPing: (opaque: UInt32, sent: NIODeadline)?
-    private var nextRTTPing: NIODeadline?
+    var rttPing: (opaque: UInt32, sent: NIODeadline)?
+    var nextRTTPing: NIODeadline?
     /// Round-trip samples within `rttFilterSpan`, oldest first.
-    private var rttSamples: [(at: NIODeadline, rtt: TimeAmount)] = []
-    private var rttSampleCount = 0
+    var rttSamples: [(at: NIODeadline, rtt: TimeAmount)] = []
+    var rttSampleCount = 0
 
+    /// Traps, with the reason, on a configuration that fails `Configuration.validate()`
+    /// (windows below the protocol's, nothing allowed): check it beforehand to handle the error.
     public init(isClient: Bool, configuration: Configuration = .init()) {
+        do {
+            try configuration.validate()
+        } catch {
+            preconditionFailure("invalid YamuxSession.Configuration: \(error)")
+        }
         self.isClient = isClient
         self.configuration = configuration
         self.nextStreamID = isClient ? 1 : 2
@@ -266,7 +266,7 @@ public struct YamuxSession {
                 sendQueue.append(id)
             }
             streams[id] = stream
-            if stream.finSent { removeIfClosed(id) }
+            if stream.state.finSent { removeIfClosed(id) }
             if visits == 0 && budget > 0 { visits = sendQueue.count }
         }
         for id in waiting.reversed() { sendQueue.prepend(id) }
@@ -307,7 +307,7 @@ public struct YamuxSession {
 
     /// Queues data; it is framed, as the remote's window allows, when output is taken.
     public mutating func write(streamID id: UInt32, data: ByteBuffer) {
-        guard var stream = streams[id], !stream.finQueued, data.readableBytes > 0 else { return }
+        guard var stream = streams[id], !stream.state.localClosed, data.readableBytes > 0 else { return }
         stream.queue.append(data)
         stream.queuedBytes += data.readableBytes
         schedule(id, &stream)
@@ -321,8 +321,8 @@ public struct YamuxSession {
 
     /// No more data from us on this stream (FIN after the queued data).
     public mutating func closeWrite(streamID id: UInt32) {
-        guard var stream = streams[id], !stream.finQueued else { return }
-        stream.finQueued = true
+        guard var stream = streams[id], !stream.state.localClosed else { return }
+        stream.state.closeLocal()
         schedule(id, &stream)
         streams[id] = stream
     }
@@ -331,137 +331,6 @@ public struct YamuxSession {
     public mutating func reset(streamID id: UInt32) {
         guard streams.removeValue(forKey: id) != nil else { return }
         writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
-    }
-
-    /// The application read `bytes` of the stream: grant them back to the remote
-    /// once half a window has accumulated (batched window updates).
-    ///
-    /// With `now` (a monotonic clock), the window grows only when the reader
-    /// empties it within `growthRoundTrips` of the measured round trip (none
-    /// until one is measured, see `tick(now:)`); without, whenever the reader
-    /// keeps up. The window grows by at most `maxGrowth` (what the caller's
-    /// memory budget allows).
-    public mutating func consumed(streamID id: UInt32, bytes: Int, now: NIODeadline? = nil, maxGrowth: UInt32 = .max) {
-        guard bytes > 0, var stream = streams[id] else { return }
-        stream.consumedNotGranted += UInt32(clamping: bytes)
-        if let now {
-            if stream.epochStart == nil {
-                stream.epochStart = now
-            } else {
-                stream.consumedInEpoch += UInt64(bytes)
-            }
-        }
-        if let now, stream.soloGrowth > 0, !isAlone(id, now: now) {
-            // Another stream is active: withhold grants until the solo growth is gone.
-            let taken = min(stream.soloGrowth, stream.consumedNotGranted)
-            stream.soloGrowth -= taken
-            stream.windowTarget -= taken
-            stream.consumedNotGranted -= taken
-        }
-        if !stream.remoteFin && stream.consumedNotGranted >= stream.windowTarget / 2 {
-            let (wanted, solo) = windowGrowth(for: stream, id: id, now: now)
-            let growth = min(wanted, maxGrowth)
-            if solo { stream.soloGrowth += growth }
-            stream.windowTarget += growth
-            let delta = stream.consumedNotGranted + growth
-            stream.consumedNotGranted = 0
-            stream.receiveWindow += delta
-            writeHeader(.windowUpdate, flags: [], stream: id, length: delta)
-            // The growth was judged on a whole window: time the next one from here.
-            if now != nil, stream.consumedInEpoch >= UInt64(stream.windowTarget - growth) {
-                stream.epochStart = now
-                stream.consumedInEpoch = 0
-            }
-        }
-        streams[id] = stream
-    }
-
-    /// The receive window a stream is granted up to (it grows while the reader keeps up).
-    public func windowTarget(streamID id: UInt32) -> UInt32? { streams[id]?.windowTarget }
-
-    /// How much to widen a stream's window at a grant: double it when its
-    /// reader keeps up (at most a quarter of the window delivered and unread;
-    /// half for the solo rule) and, given the time, when the window is what limits the stream; within
-    /// the per-stream and per-session bounds. `solo`: made while the stream is
-    /// alone (`soloGrowthTimeFloor`), so taken back once it is not.
-    private func windowGrowth(for stream: Stream, id: UInt32, now: NIODeadline?) -> (growth: UInt32, solo: Bool) {
-        let unread = Int64(stream.windowTarget) - Int64(stream.receiveWindow) - Int64(stream.consumedNotGranted)
-        guard unread <= Int64(stream.windowTarget / 2), stream.windowTarget < configuration.maxStreamWindow else { return (0, false) }
-        // The round-trip rule wants the reader to keep up (a quarter unread at
-        // most); the solo rule, which makes up for the reader's own scheduling
-        // on a fast link, takes half (its reads come in bursts).
-        let keepingUp = unread <= Int64(stream.windowTarget / 4)
-        var solo = false
-        if let now {
-            // Did the reader, over at least a whole window, read at a rate that empties
-            // one within `growthRoundTrips` round trips? (elapsed / consumed * window < k * rtt)
-            guard let rtt = roundTripTime, let start = stream.epochStart,
-                stream.consumedInEpoch >= UInt64(stream.windowTarget)
-            else { return (0, false) }
-            let elapsed = Double(max(0, (now - start).nanoseconds)) * Double(stream.windowTarget)
-            func fastEnough(_ span: Double) -> Bool { elapsed < span * Double(stream.consumedInEpoch) }
-            let span = max(configuration.growthRoundTrips * Double(rtt.nanoseconds), Double(configuration.growthTimeFloor.nanoseconds))
-            if fastEnough(Double(configuration.soloGrowthTimeFloor.nanoseconds)), isAlone(id, now: now) {
-                // Counted as solo even where the round-trip rule would allow it
-                // too (a round trip measured while the connection was busy
-                // starting is inflated): it is taken back once another stream
-                // talks, and the round-trip rule then grows again what it needs.
-                solo = true
-            } else {
-                guard keepingUp, fastEnough(span) else { return (0, false) }
-            }
-        } else if !keepingUp {
-            return (0, false)
-        }
-        // Every stream's growth so far, this one's included (its target is unchanged in `streams`).
-        let grown = streams.values.reduce(UInt64(0)) { $0 + UInt64($1.windowTarget - configuration.initialWindow) }
-        let budget = UInt64(configuration.maxSessionWindowGrowth) - min(grown, UInt64(configuration.maxSessionWindowGrowth))
-        let growth = UInt32(min(UInt64(stream.windowTarget), UInt64(configuration.maxStreamWindow - stream.windowTarget), budget))
-        return (growth, solo)
-    }
-
-    /// Whether no stream but `id` received data within `soloQuietSpan` of `now`.
-    private func isAlone(_ id: UInt32, now: NIODeadline) -> Bool {
-        let since = now - configuration.soloQuietSpan
-        return !streams.contains { other, stream in
-            other != id && (stream.lastDataAt.map { $0 > since } ?? false)
-        }
-    }
-
-    // MARK: - Round trip
-
-    /// The round trip measured with the session's pings: the smallest sample of
-    /// the last `rttFilterSpan`; nil until the first pong.
-    public var roundTripTime: TimeAmount? { rttSamples.lazy.map(\.rtt).min() }
-
-    /// The driver's timer: call it once the session is up and again at the
-    /// deadline it returns. It sends a round-trip ping when one is due (at the
-    /// first call, then every `rttPingInterval`; an unanswered ping is given up
-    /// for the next one), so however often it is called, there is at most one
-    /// ping per interval (and `startRTTPings` at the start, each answered
-    /// before the next). Without calls no ping is sent and windows grow only
-    /// as `consumed` without `now` lets them.
-    public mutating func tick(now: NIODeadline) -> NIODeadline {
-        if let due = nextRTTPing, now < due { return due }
-        sendRTTPing(now: now)
-        let next = now + configuration.rttPingInterval
-        nextRTTPing = next
-        return next
-    }
-
-    private mutating func sendRTTPing(now: NIODeadline) {
-        nextPing &+= 1
-        writeHeader(.ping, flags: .syn, stream: 0, length: nextPing)
-        rttPing = (nextPing, now)
-    }
-
-    /// When `tick(now:)` is next due (nil before its first call).
-    public var nextTickDeadline: NIODeadline? { nextRTTPing }
-
-    private mutating func recordRoundTrip(_ rtt: TimeAmount, at now: NIODeadline) {
-        let cutoff = now - configuration.rttFilterSpan
-        rttSamples.removeAll { $0.at < cutoff }
-        rttSamples.append((now, max(rtt, .zero)))
     }
 
     /// Sends a ping; the answer comes as `.pong(opaque)` (tests: the session pings by itself for RTT).
@@ -620,7 +489,7 @@ public struct YamuxSession {
             return false
         }
         if length > 0 {
-            guard !stream.remoteFin else {
+            guard !stream.state.remoteClosed else {
                 // Data after FIN violates the stream's state: reset it.
                 streams[id] = nil
                 writeHeader(.windowUpdate, flags: .rst, stream: id, length: 0)
@@ -638,8 +507,8 @@ public struct YamuxSession {
 
     /// The remote closed its write side of a stream (FIN).
     private mutating func remoteClosed(_ id: UInt32, events: inout [YamuxEvent]) {
-        guard var stream = streams[id], !stream.remoteFin else { return }
-        stream.remoteFin = true
+        guard var stream = streams[id], !stream.state.remoteClosed else { return }
+        stream.state.closeRemote()
         streams[id] = stream
         events.append(.remoteClosedWrite(id))
         if removeIfClosed(id) { events.append(.closed(id)) }
@@ -668,17 +537,17 @@ public struct YamuxSession {
             }
             stream.queuedBytes -= size
             stream.sendWindow -= UInt32(size)
-            let fin = stream.finQueued && stream.queuedBytes == 0
+            let fin = stream.state.finDue && stream.queuedBytes == 0
             writeHeader(.data, flags: fin ? .fin : [], stream: id, length: UInt32(size))
             outputPieces.append(output)
             output = ByteBuffer()
             outputPieces.append(piece)
-            if fin { stream.finSent = true }
+            if fin { stream.state.sentFin() }
             framed = size
         }
-        if stream.finQueued && !stream.finSent && stream.queuedBytes == 0 {
+        if stream.state.finDue && stream.queuedBytes == 0 {
             writeHeader(.windowUpdate, flags: .fin, stream: id, length: 0)
-            stream.finSent = true
+            stream.state.sentFin()
         }
         return framed
     }
@@ -686,12 +555,12 @@ public struct YamuxSession {
     /// Forgets a stream both sides have finished; true if it did.
     @discardableResult
     private mutating func removeIfClosed(_ id: UInt32) -> Bool {
-        guard let stream = streams[id], stream.finSent, stream.remoteFin else { return false }
+        guard let stream = streams[id], stream.state == .closed else { return false }
         streams[id] = nil
         return true
     }
 
-    private mutating func writeHeader(_ type: FrameType, flags: Flags, stream: UInt32, length: UInt32) {
+    mutating func writeHeader(_ type: FrameType, flags: Flags, stream: UInt32, length: UInt32) {
         output.writeInteger(UInt8(0))
         output.writeInteger(type.rawValue)
         output.writeInteger(flags.rawValue)

@@ -33,7 +33,7 @@ final class AutoNATTests: XCTestCase {
         XCTAssertThrowsError(try AutoNATMessage(bytes: [0x08, 0x01, 0x1A, 0x02, 0x08, 0x05]))  // unknown status
         let valid = messages[0].encoded()
         for cut in 0..<valid.count { _ = try? AutoNATMessage(bytes: valid.prefix(cut)) }
-        var generator = SystemRandomNumberGenerator()
+        var generator = SplitMix(seed: 32)
         for _ in 0..<2000 {
             let bytes = (0..<Int.random(in: 0...80, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
             _ = try? AutoNATMessage(bytes: bytes)
@@ -187,7 +187,7 @@ final class AutoNATTests: XCTestCase {
         for address in servers {
             let connection = try await client.connect(address)
             // Wait for identify to tell us the server speaks AutoNAT.
-            try await waitUntil { client.peerStore.info(connection.remotePeer)?.protocols.contains(AutoNATService.protocolID) ?? false }
+            try await waitUntil("identify listed the server's AutoNAT protocol") { client.peerStore.info(connection.remotePeer)?.protocols.contains(AutoNATService.protocolID) ?? false }
         }
         let (status, reached) = try await autonat.ask(try XCTUnwrap(servers[0].peerID))
         XCTAssertEqual(status, .ok)
@@ -213,7 +213,7 @@ final class AutoNATTests: XCTestCase {
         let changes = autonat.reachabilityChanges()
         let connection = try await client.connect(serverAddress)
         XCTAssertEqual(connection.localAddress?.components.first, .ip4([127, 0, 0, 1]))
-        try await waitUntil { client.peerStore.info(connection.remotePeer)?.protocols.contains(AutoNATService.protocolID) ?? false }
+        try await waitUntil("identify listed the server's AutoNAT protocol") { client.peerStore.info(connection.remotePeer)?.protocols.contains(AutoNATService.protocolID) ?? false }
         let (status, _) = try await autonat.ask(connection.remotePeer)
         XCTAssertEqual(status, .dialError)
         XCTAssertEqual(autonat.reachability, .private)
@@ -226,13 +226,5 @@ final class AutoNATTests: XCTestCase {
     func refusal(_ result: Result<[Multiaddr], AutoNATServerPolicy.Refusal>) -> AutoNATStatus? {
         if case .failure(let refusal) = result { return refusal.status }
         return nil
-    }
-
-    func waitUntil(within seconds: Double = 10, _ condition: () -> Bool) async throws {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while !condition() {
-            guard ContinuousClock.now < deadline else { throw DeadlineExceeded(seconds: seconds) }
-            try await Task.sleep(for: .milliseconds(20))
-        }
     }
 }

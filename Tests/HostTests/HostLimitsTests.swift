@@ -28,16 +28,6 @@ final class HostLimitsTests: XCTestCase {
         return (host, bound[0].encapsulating(.p2p(host.localPeer.bytes)))
     }
 
-    /// Waits (bounded) for `condition`.
-    func waitFor(_ what: String, within seconds: Double = 10, _ condition: () async -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while ContinuousClock.now < deadline {
-            if await condition() { return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        XCTFail("timed out waiting for \(what)")
-    }
-
     /// Whether `connection` is closed (by the remote) within `seconds`.
     func isClosed(_ connection: Connection, within seconds: Double = 5) async -> Bool {
         (try? await withDeadline(seconds) { try await connection.closeFuture.get() }) != nil
@@ -67,7 +57,7 @@ final class HostLimitsTests: XCTestCase {
         let rtts = try await PingService.ping(clients[0].1, count: 1)
         XCTAssertEqual(rtts.count, 1)
         await clients[1].0.close()
-        try await waitFor("the server forgot the closed connection") { server.connections.count == 1 }
+        try await waitUntil("the server forgot the closed connection") { server.connections.count == 1 }
         try await assertServes(address)
         await extra.close()
         await clients[0].0.close()
@@ -87,7 +77,7 @@ final class HostLimitsTests: XCTestCase {
         XCTAssertTrue(closed, "a second connection from one IP was kept")
         XCTAssertEqual(server.limitCounters.refusedConnections[.inboundPerIP(1)], 1)
         await first.close()
-        try await waitFor("the server forgot the closed connection") { server.connections.isEmpty }
+        try await waitUntil("the server forgot the closed connection") { server.connections.isEmpty }
         try await assertServes(address)
         await second.close()
         await server.close()
@@ -115,12 +105,17 @@ final class HostLimitsTests: XCTestCase {
             $0.dialBackoff = .seconds(60)
         }
         // A TCP listener that never answers: a dial to it waits in the upgrade.
-        let silent = try await ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).get()
+        let accepted = Counter()
+        let silent = try await ServerBootstrap(group: group).childChannelInitializer { channel in
+            accepted.add(1)
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }.bind(host: "127.0.0.1", port: 0).get()
         let silentPort = try XCTUnwrap(silent.localAddress?.port)
         let stuck = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         dialer.peerStore.addAddresses([try Multiaddr("/ip4/127.0.0.1/tcp/\(silentPort)")], for: stuck)
         let pending = Task { try await dialer.connect(to: stuck) }
-        try await Task.sleep(for: .milliseconds(200))
+        // The silent listener has the dial's connection: the dial holds its slot.
+        try await waitUntil("the first dial reached the silent listener") { accepted.value == 1 }
         let other = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         dialer.peerStore.addAddresses([try Multiaddr("/ip4/127.0.0.1/tcp/1")], for: other)
         do {
@@ -178,7 +173,7 @@ final class HostLimitsTests: XCTestCase {
         XCTAssertEqual(rtts.count, 1)
         try await held[0].closeWrite()
         while try await held[0].read() != nil {}
-        try await waitFor("a stream slot freed") {
+        try await waitUntil("a stream slot freed") {
             guard let stream = try? await connection.newStream(protocols: [echoProtocol]) else { return false }
             defer { stream.reset() }
             guard (try? await stream.write(ByteBuffer(bytes: [2]))) != nil else { return false }
@@ -226,7 +221,7 @@ final class HostLimitsTests: XCTestCase {
             clients.append((client, try await client.connect(address)))
         }
         server.protect(clients[0].0.localPeer, tag: "test")
-        try await waitFor("trimmed to the low-water mark") { server.connections.count == 2 }
+        try await waitUntil("trimmed to the low-water mark") { server.connections.count == 2 }
         XCTAssertEqual(server.limitCounters.trimmed, 2)
         XCTAssertTrue(server.connections.contains { $0.remotePeer == clients[0].0.localPeer })
         let rtts = try await PingService.ping(clients[0].1, count: 1)

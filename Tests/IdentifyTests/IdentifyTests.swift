@@ -71,12 +71,7 @@ final class IdentifyTests: XCTestCase {
         }
         // The push stream ends on both sides: the pusher's connection does not keep it.
         let pushed = try XCTUnwrap(server.connections.first)
-        let deadline = ContinuousClock.now + .seconds(5)
-        while try await pushed.streamCount() > 0 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        let left = try await pushed.streamCount()
-        XCTAssertEqual(left, 0, "the push stream stayed in the pusher's table")
+        try await waitUntil("the push stream left the pusher's table", seconds: 5) { try await pushed.streamCount() == 0 }
         await client.close()
         await server.close()
     }

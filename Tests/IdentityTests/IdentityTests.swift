@@ -1,18 +1,8 @@
 import Foundation
 import Identity
 import Multiformats
+import TestKit
 import XCTest
-
-func unhex(_ text: String) -> [UInt8] {
-    var out: [UInt8] = []
-    var index = text.startIndex
-    while index < text.endIndex {
-        let next = text.index(index, offsetBy: 2)
-        out.append(UInt8(text[index..<next], radix: 16)!)
-        index = next
-    }
-    return out
-}
 
 /// Keys, peer ids and signatures made by py-libp2p 0.8.1 (and, for ECDSA, by
 /// Python's `cryptography`), checked here against our implementation.
@@ -111,7 +101,7 @@ final class IdentityVectorTests: XCTestCase {
         let valid = unhex(vectors.first { $0.type == .rsa }!.publicKey)
         let key = try PublicKey(marshaled: valid)
         let der = key.data
-        var generator = SystemRandomNumberGenerator()
+        var generator = SplitMix(seed: 39)
         var refused = 0
         for index in der.indices {
             var changed = der
@@ -169,11 +159,8 @@ final class KeyDecodingTests: XCTestCase {
     }
 
     func testRandomInputNeverCrashes() {
-        var state: UInt64 = 42
-        func next() -> UInt64 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return state >> 33
-        }
+        var random = SplitMix(seed: 42)
+        func next() -> UInt64 { random.next() }
         for _ in 0..<5000 {
             var bytes = (0..<Int(next() % 80)).map { _ in UInt8(truncatingIfNeeded: next()) }
             if next() % 2 == 0 { bytes = [0x08, UInt8(next() % 4), 0x12, UInt8(bytes.count)] + bytes }

@@ -35,6 +35,11 @@ final class ChatDescriptorExhaustionTests: XCTestCase {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
+    /// How many descriptors a process has open (from /proc).
+    func openDescriptors(of pid: pid_t) -> Int? {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"))?.count
+    }
+
     func testChatSurvivesRunningOutOfDescriptors() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let descriptors = 256
@@ -43,20 +48,16 @@ final class ChatDescriptorExhaustionTests: XCTestCase {
             ["-c", "ulimit -n \(descriptors) && exec \(Self.binary) --no-mdns --json --ephemeral --listen /ip4/127.0.0.1/tcp/0"],
             stdinPipe: true, stderr: .discard)
         defer { chat.stop() }
-        let deadline = ContinuousClock.now + .seconds(20)
-        var address: Multiaddr?
-        while address == nil, ContinuousClock.now < deadline {
+        let target = try await waitFor("the chat printed its address", seconds: 20) { () -> Multiaddr? in
             let events = chat.outputLines.compactMap {
                 (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: String]
             }
-            if let peer = events.first(where: { $0["event"] == "local_peer" })?["peer"],
+            guard let peer = events.first(where: { $0["event"] == "local_peer" })?["peer"],
                 let listening = events.first(where: { $0["event"] == "listening" })?["addr"]
-            {
-                address = try Multiaddr("\(listening)/p2p/\(peer)")
-            }
-            try await Task.sleep(for: .milliseconds(20))
+            else { return nil }
+            return try Multiaddr("\(listening)/p2p/\(peer)")
         }
-        let target = try XCTUnwrap(address, "the chat did not start")
+        let idleDescriptors = try XCTUnwrap(openDescriptors(of: chat.pid))
         // Our side needs a descriptor per connection too.
         var limits = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
@@ -83,8 +84,10 @@ final class ChatDescriptorExhaustionTests: XCTestCase {
         XCTAssertTrue(chat.isRunning, "the chat died: \(String(describing: chat.termination))")
         XCTAssertLessThan(burnt, 3, "the chat spun while out of descriptors")
         for client in clients { await client.close() }
-        // Served again once the connections are gone.
-        try await Task.sleep(for: .seconds(2))
+        // Served again once the connections are gone from the chat too.
+        try await waitUntil("the chat closed the clients' connections", seconds: 20) {
+            (openDescriptors(of: chat.pid) ?? .max) <= idleDescriptors + 8
+        }
         let (client, _) = try await makeTestHost(group: group)
         let connection = try await withDeadline(20) { try await client.connect(target) }
         let rtts = try await PingService.ping(connection, count: 1)

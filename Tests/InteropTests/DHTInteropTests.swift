@@ -34,8 +34,6 @@ final class DHTInteropTests: XCTestCase {
         return (host, dht, address)
     }
 
-    private static func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
-
     /// A provider key as go and py use them: a sha2-256 multihash.
     private static func contentKey(_ text: String) -> [UInt8] {
         ContentKey.sha256(Array(text.utf8))
@@ -50,7 +48,7 @@ final class DHTInteropTests: XCTestCase {
             let (otherHost, other, _) = try await Self.makeNode(.server)
             try await other.bootstrap(peers: [pythonAddress])
             let key = Self.contentKey("dht interop one")
-            Self.command(python, ["op": "provide", "key": Self.hex(key)])
+            Self.command(python, ["op": "provide", "key": hex(key)])
             _ = try await python.next("provided")
             Self.command(python, ["op": "put", "key": "/p2pchat/from-python", "value": "hello from py"])
             _ = try await python.next("put")
@@ -91,12 +89,12 @@ final class DHTInteropTests: XCTestCase {
 
             Self.command(python, ["op": "connect", "addr": "\(serverAddress)"])
             _ = try await python.next("connected")
-            Self.command(python, ["op": "closest", "key": Self.hex(otherHost.localPeer.bytes)])
+            Self.command(python, ["op": "closest", "key": hex(otherHost.localPeer.bytes)])
             let closest = try await python.next("closest")
             XCTAssertTrue(
                 (closest["peers"] as? [String] ?? []).contains(otherHost.localPeer.description),
                 "our FIND_NODE answer names the other server: \(closest)")
-            Self.command(python, ["op": "providers", "key": Self.hex(key)])
+            Self.command(python, ["op": "providers", "key": hex(key)])
             let providers = try await python.next("providers")
             // py lists a provider once per peer that answered with it (both servers hold our record).
             XCTAssertEqual(Set(providers["peers"] as? [String] ?? []), [serverHost.localPeer.description])

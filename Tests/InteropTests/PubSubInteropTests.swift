@@ -53,12 +53,9 @@ final class PubSubInteropTests: XCTestCase {
     }
 
     func waitForMesh(_ pubsub: PubSubService, _ expected: Set<PeerID>) async throws {
-        let deadline = ContinuousClock.now + .seconds(20)
-        while ContinuousClock.now < deadline {
-            if expected.isSubset(of: Set(await pubsub.mesh("lobby"))) { return }
-            try await Task.sleep(for: .milliseconds(20))
+        try await waitUntil("the mesh of \(pubsub.host.localPeer) holds \(expected)", seconds: 20) {
+            expected.isSubset(of: Set(await pubsub.mesh("lobby")))
         }
-        XCTFail("mesh of \(pubsub.host.localPeer) never held \(expected)")
     }
 
     func exchange(swift router: RouterKind, python pythonRouter: RouterKind) async throws {
@@ -106,9 +103,7 @@ final class PubSubInteropTests: XCTestCase {
             // Both speak gossipsub v1.2: py-libp2p tells its mesh IDONTWANT for what it publishes.
             let protocols = await pubsub.pubsubPeers()
             XCTAssertEqual(protocols[pythonID], PubSubProtocol.meshsub12)
-            try await withDeadline(10) {
-                while await pubsub.counters().receivedIDontWant == 0 { try await Task.sleep(for: .milliseconds(20)) }
-            }
+            try await waitUntil("python sent IDONTWANT") { await pubsub.counters().receivedIDontWant > 0 }
         }
         _ = inbox
     }
@@ -211,27 +206,12 @@ actor Inbox {
 
     /// The first message (received so far or later, within a deadline) that matches.
     func firstMatching(within seconds: Double = 30, _ predicate: (PubSubMessage) -> Bool) async throws -> PubSubMessage {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while true {
-            if let found = messages.first(where: predicate) { return found }
-            guard ContinuousClock.now < deadline else {
-                XCTFail("no matching message within \(seconds) s")
-                throw CancellationError()
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        try await waitFor("a matching message", seconds: seconds) { messages.first(where: predicate) }
     }
 
     /// The next `count` texts, within a deadline.
     func take(_ count: Int, within seconds: Double = 30) async throws -> [String] {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while texts.count < count {
-            guard ContinuousClock.now < deadline else {
-                XCTFail("only \(texts.count) of \(count) messages arrived")
-                throw CancellationError()
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        try await waitUntil("\(count) messages arrived", seconds: seconds) { texts.count >= count }
         let result = Array(texts.prefix(count))
         texts.removeFirst(count)
         return result

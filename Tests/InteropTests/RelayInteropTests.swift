@@ -10,12 +10,14 @@ import Transport
 import Synchronization
 import XCTest
 
-/// Circuit relay v2 with py-libp2p 0.8.1 (Tests/Interop/py/relay_peer.py):
-/// its relay serving our clients, and our relay serving its clients.
-final class RelayInteropTests: XCTestCase {
+/// What the classes that run Tests/Interop/py/relay_peer.py share: its peers
+/// and our hosts, all ended after each test.
+class RelayPeerTestCase: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
     var peers: [PythonPeer] = []
     var hosts: [Libp2pHost] = []
+    /// How long a relay_peer.py run may last, in seconds.
+    var pythonTimeout: Int { 60 }
 
     override func tearDown() async throws {
         for peer in peers { peer.stop() }
@@ -23,10 +25,16 @@ final class RelayInteropTests: XCTestCase {
     }
 
     func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(script: "relay_peer.py", ["--timeout", "120"] + arguments)
+        let peer = try PythonPeer(script: "relay_peer.py", ["--timeout", "\(pythonTimeout)"] + arguments)
         peers.append(peer)
         return peer
     }
+}
+
+/// Circuit relay v2 with py-libp2p 0.8.1 (Tests/Interop/py/relay_peer.py):
+/// its relay serving our clients, and our relay serving its clients.
+final class RelayInteropTests: RelayPeerTestCase {
+    override var pythonTimeout: Int { 120 }
 
     func makeNode(relay limits: RelayLimits? = nil) async throws -> (Libp2pHost, Multiaddr) {
         let circuit = CircuitTransport()
@@ -101,21 +109,7 @@ final class RelayInteropTests: XCTestCase {
 }
 
 /// AutoNAT v1 with py-libp2p 0.8.1 (relay_peer.py autonat-*), both ways.
-final class AutoNATInteropTests: XCTestCase {
-    let group = MultiThreadedEventLoopGroup.singleton
-    var peers: [PythonPeer] = []
-    var hosts: [Libp2pHost] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-        for host in hosts { await host.close() }
-    }
-
-    func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(script: "relay_peer.py", ["--timeout", "60"] + arguments)
-        peers.append(peer)
-        return peer
-    }
+final class AutoNATInteropTests: RelayPeerTestCase {
 
     /// py-libp2p's server answers our DIAL; we parse its DIAL_RESPONSE.
     func testSwiftAsksPythonServer() async throws {
@@ -154,15 +148,7 @@ final class AutoNATInteropTests: XCTestCase {
 
 /// DCUtR with py-libp2p 0.8.1 on loopback: py-libp2p dials us through our
 /// relay, we hole punch (no NAT here: the simultaneous dials meet listeners).
-final class DCUtRInteropTests: XCTestCase {
-    let group = MultiThreadedEventLoopGroup.singleton
-    var peers: [PythonPeer] = []
-    var hosts: [Libp2pHost] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-        for host in hosts { await host.close() }
-    }
+final class DCUtRInteropTests: RelayPeerTestCase {
 
     func testRelayedConnectionFromPythonIsUpgraded() async throws {
         let (relayHost, relayAddress) = try await makeRelayHost(group: group)
@@ -183,9 +169,7 @@ final class DCUtRInteropTests: XCTestCase {
         defer { collector.cancel() }
         var upgraded: (Connection, PythonPeer)?
         for attempt in 0..<3 where upgraded == nil {
-            let python = try PythonPeer(
-                script: "relay_peer.py", ["--timeout", "60", "dcutr-dial", "\(relayAddress)/p2p-circuit/p2p/\(b.localPeer)"])
-            peers.append(python)
+            let python = try startPython(["dcutr-dial", "\(relayAddress)/p2p-circuit/p2p/\(b.localPeer)"])
             try await waitUntil("a hole-punch outcome", seconds: 45) { outcomes.withLock { $0.count } > attempt }
             let event = outcomes.withLock { $0[attempt] }
             if case .succeeded(_, let direct, _, _, _) = event {

@@ -103,7 +103,3 @@ final class RequestResponseInteropTests: XCTestCase {
         await host.close()
     }
 }
-
-private func hex(_ bytes: [UInt8]) -> String {
-    bytes.map { String(format: "%02x", $0) }.joined()
-}

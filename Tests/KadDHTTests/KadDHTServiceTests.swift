@@ -158,8 +158,8 @@ final class KadDHTServiceTests: XCTestCase {
             let told = await client.provide(key)
             XCTAssertEqual(told, 1)
             // ADD_PROVIDER has no answer: wait until the server has taken it.
-            while nodes[0].dht.storedProviders(of: key).map(\.id) != [clientHost.localPeer] {
-                try await Task.sleep(for: .milliseconds(20))
+            try await waitUntil("the server stored the provider record") {
+                nodes[0].dht.storedProviders(of: key).map(\.id) == [clientHost.localPeer]
             }
 
             let (lateHost, lateAddress) = try await makeTestHost(group: MultiThreadedEventLoopGroup.singleton)
@@ -169,8 +169,8 @@ final class KadDHTServiceTests: XCTestCase {
             late.start()
             try await late.bootstrap(peers: [nodes[0].address])
             _ = lateAddress
-            while !late.storedProviders(of: key).contains(where: { $0.id == clientHost.localPeer }) {
-                try await Task.sleep(for: .milliseconds(100))
+            try await waitUntil("the republish reached the later server", seconds: 25) {
+                late.storedProviders(of: key).contains { $0.id == clientHost.localPeer }
             }
             XCTAssertTrue(client.routingTablePeers.contains(lateHost.localPeer), "the refresh found the later server")
             await Self.shutDown(nodes.map { ($0.host, $0.dht) } + [(clientHost, client), (lateHost, late)])
@@ -207,9 +207,11 @@ final class KadDHTServiceTests: XCTestCase {
             await first.close()
             await firstHost.close()
             // The refresh lookups fail on the only peer: the table empties.
-            while client.routingTableSize > 0 { try await Task.sleep(for: .milliseconds(50)) }
+            try await waitUntil("the routing table emptied") { client.routingTableSize == 0 }
             let (secondHost, second, _) = try await server()
-            while client.routingTablePeers != [secondHost.localPeer] { try await Task.sleep(for: .milliseconds(50)) }
+            try await waitUntil("bootstrapped again, onto the second server") {
+                client.routingTablePeers == [secondHost.localPeer]
+            }
             await Self.shutDown([(clientHost, client), (secondHost, second)])
         }
     }

@@ -2,6 +2,7 @@ import Foundation
 import Identity
 import KadDHT
 import Multiformats
+import TestSupport
 import XCTest
 
 /// An in-process Kademlia network of sans-IO nodes in virtual time: routing
@@ -14,14 +15,14 @@ struct SimulatedDHT {
     let index: [PeerID: Int]
     var tables: [RoutingTable]
     var alive: [Bool]
-    var random: SeededRandom
+    var random: SplitMix
     let start = ContinuousClock.now
     let someAddress = [try! Multiaddr("/memory/1")]
 
     /// `count` nodes whose tables hold up to k peers of every bucket, picked at
     /// random among all nodes of the bucket's range (what a network settles to).
     init(count: Int, seed: UInt64, bucketSize: Int = 20) {
-        var random = SeededRandom(seed: seed)
+        var random = SplitMix(seed: seed)
         var peers: [PeerID] = []
         for _ in 0..<count {
             let digest = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &random) }
@@ -134,18 +135,6 @@ struct SimulatedDHT {
             messages.append(outcome.messages)
         }
         return (found, hops, messages)
-    }
-}
-
-/// xorshift64*: deterministic, so a failing simulation can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed | 1 }
-    mutating func next() -> UInt64 {
-        state ^= state >> 12
-        state ^= state << 25
-        state ^= state >> 27
-        return state &* 2_685_821_657_736_338_717
     }
 }
 

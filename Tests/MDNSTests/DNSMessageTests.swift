@@ -1,6 +1,7 @@
 import Identity
 import MDNS
 import Multiformats
+import TestKit
 import XCTest
 
 final class DNSMessageTests: XCTestCase {
@@ -75,11 +76,8 @@ final class DNSMessageTests: XCTestCase {
     }
 
     func testRandomAndMutatedPacketsNeverCrash() throws {
-        var state: UInt64 = 77
-        func next() -> UInt64 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return state >> 33
-        }
+        var random = SplitMix(seed: 77)
+        func next() -> UInt64 { random.next() }
         for _ in 0..<20_000 {
             let bytes = (0..<Int(next() % 300)).map { _ in UInt8(truncatingIfNeeded: next()) }
             _ = try? DNSMessage(bytes: bytes)

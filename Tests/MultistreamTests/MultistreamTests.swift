@@ -1,5 +1,6 @@
 import Multistream
 import NIOCore
+import TestKit
 import XCTest
 
 final class MultistreamTests: XCTestCase {
@@ -129,11 +130,8 @@ final class MultistreamTests: XCTestCase {
     }
 
     func testRandomInputNeverCrashes() {
-        var state: UInt64 = 9
-        func next() -> UInt64 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return state >> 33
-        }
+        var random = SplitMix(seed: 9)
+        func next() -> UInt64 { random.next() }
         for _ in 0..<5000 {
             var negotiation = next() % 2 == 0
                 ? MultistreamNegotiation.responder { _ in true } : MultistreamNegotiation.initiator(protocols: ["/a"])

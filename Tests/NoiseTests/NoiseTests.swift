@@ -1,6 +1,7 @@
 import Crypto
 import Identity
 import NIOCore
+import TestKit
 import XCTest
 
 @testable import Noise
@@ -325,11 +326,8 @@ final class NoiseTests: XCTestCase {
     }
 
     func testRandomHandshakeInputNeverCrashes() {
-        var state: UInt64 = 5
-        func next() -> UInt64 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return state >> 33
-        }
+        var random = SplitMix(seed: 5)
+        func next() -> UInt64 { random.next() }
         let key = PrivateKey.generateEd25519()
         for _ in 0..<300 {
             var machine = NoiseHandshake(initiator: next() % 2 == 0, identity: key)

@@ -79,7 +79,7 @@ final class PubSubHardeningTests: XCTestCase {
         let counters = await serverPubSub.counters()
         XCTAssertEqual(counters.replacedInboundStreams, streams.count - 1)
         XCTAssertEqual(counters.incompleteRPCTimeouts, 2)
-        try await eventually(5, "inbound state released") {
+        try await waitUntil("inbound state released", seconds: 5) {
             let usage = await serverPubSub.inboundUsage()
             return usage.pendingRPCBytes == 0 && usage.streams == 0
         }
@@ -117,7 +117,7 @@ final class PubSubHardeningTests: XCTestCase {
         let old = try await connection.newStream(protocols: ["/meshsub/1.2.0"])
         try await old.write(Self.frame(PubSubRPC(subscriptions: [Subscription(topic: "t", subscribe: true)])))
         let new = try await connection.newStream(protocols: ["/meshsub/1.2.0"])
-        try await eventually(5, "the newer stream adopted") { await serverPubSub.counters().replacedInboundStreams == 1 }
+        try await waitUntil("the newer stream adopted", seconds: 5) { await serverPubSub.counters().replacedInboundStreams == 1 }
         // Sent on the replaced stream after the newer one was adopted.
         try await old.write(Self.frame(PubSubRPC(messages: [try Self.signedMessage("on the old stream", topic: "t")])))
         try await new.write(Self.frame(PubSubRPC(messages: [try Self.signedMessage("on the new stream", topic: "t")])))
@@ -132,7 +132,7 @@ final class PubSubHardeningTests: XCTestCase {
         XCTAssertEqual(received, ["on the old stream", "on the new stream"])
         let oldReset = await isReset(old, within: 5)
         XCTAssertTrue(oldReset, "the replaced stream was not reset after its drain time")
-        try await eventually(5, "one inbound stream left") { await serverPubSub.inboundUsage().streams == 1 }
+        try await waitUntil("one inbound stream left", seconds: 5) { await serverPubSub.inboundUsage().streams == 1 }
         await client.close()
         await serverPubSub.stop()
         await server.close()
@@ -148,7 +148,7 @@ final class PubSubHardeningTests: XCTestCase {
         let (second, _) = try await makeTestHost(group: group)
         let firstStream = try await startIncompleteRPC(
             on: try await first.connect(address), announced: 400_000, sent: 1000)
-        try await eventually(5, "the first RPC reserved its bytes") {
+        try await waitUntil("the first RPC reserved its bytes", seconds: 5) {
             await serverPubSub.inboundUsage().pendingRPCBytes == 400_000
         }
         let secondStream = try await startIncompleteRPC(
@@ -158,7 +158,7 @@ final class PubSubHardeningTests: XCTestCase {
         let refused = await serverPubSub.counters().refusedOverRPCBudget
         XCTAssertEqual(refused, 1)
         firstStream.reset()
-        try await eventually(5, "budget released") { await serverPubSub.inboundUsage().pendingRPCBytes == 0 }
+        try await waitUntil("budget released", seconds: 5) { await serverPubSub.inboundUsage().pendingRPCBytes == 0 }
         try await assertServesHonestPeer(server, serverPubSub, address)
         await first.close()
         await second.close()
@@ -179,19 +179,22 @@ final class PubSubHardeningTests: XCTestCase {
         let (second, _) = try await makeTestHost(group: group)
         let firstConnection = try await first.connect(address)
         let secondConnection = try await second.connect(address)
-        // What the connection holds once the streams of its start (identify, pubsub) are settled.
-        var settled = -1
-        let settleDeadline = ContinuousClock.now + .seconds(5)
-        while ContinuousClock.now < settleDeadline {
-            try await Task.sleep(for: .milliseconds(300))
-            let used = budget.used(by: first.localPeer)
-            if used == settled { break }
-            settled = used
+        // What the connection holds once the streams of its start have ended:
+        // identify both ways, and our pubsub stream, which `first` refuses.
+        let serverSide = try await waitFor("the server's connection to the first peer") {
+            server.connection(to: first.localPeer)
         }
-        let baseline = settled
+        try await waitUntil("the streams of the connection's start ended", seconds: 5) {
+            let identified =
+                !(server.peerStore.info(first.localPeer)?.protocols.isEmpty ?? true)
+                && !(first.peerStore.info(server.localPeer)?.protocols.isEmpty ?? true)
+            guard identified else { return false }
+            return try await serverSide.streamCount() == 0
+        }
+        let baseline = budget.used(by: first.localPeer)
         let window = 256 * 1024
         let firstStream = try await startIncompleteRPC(on: firstConnection, announced: 800_000, sent: 1000)
-        try await eventually(5, "the RPC reserved its bytes in the host's budget") {
+        try await waitUntil("the RPC reserved its bytes in the host's budget", seconds: 5) {
             budget.used(by: first.localPeer) == baseline + window + 800_000
         }
         let secondStream = try await startIncompleteRPC(on: secondConnection, announced: 1_114_000, sent: 1000)
@@ -200,7 +203,7 @@ final class PubSubHardeningTests: XCTestCase {
         let refused = await serverPubSub.counters().refusedOverRPCBudget
         XCTAssertEqual(refused, 1)
         firstStream.reset()
-        try await eventually(5, "memory released") { budget.used(by: first.localPeer) == baseline }
+        try await waitUntil("memory released", seconds: 5) { budget.used(by: first.localPeer) == baseline }
         try await assertServesHonestPeer(server, serverPubSub, address)
         await first.close()
         await second.close()
@@ -218,7 +221,7 @@ final class PubSubHardeningTests: XCTestCase {
             configuration.scoreParameters.appSpecificScore = { $0 == attackerPeer ? -1000 : 0 }
         }
         _ = try await attacker.connect(address)
-        try await eventually(10, "the graylisted peer was disconnected") {
+        try await waitUntil("the graylisted peer was disconnected", seconds: 10) {
             let disconnects = await serverPubSub.counters().graylistDisconnects
             return server.connections.allSatisfy { $0.remotePeer != attackerPeer } && disconnects >= 1
         }

@@ -9,17 +9,6 @@ import XCTest
 
 @testable import PubSub
 
-/// Waits (bounded) until `condition` holds.
-func eventually(_ seconds: Double = 10, _ what: String, _ condition: @escaping @Sendable () async -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    while ContinuousClock.now < deadline {
-        if await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    XCTFail("timed out waiting for \(what)")
-    throw CancellationError()
-}
-
 /// Reads the next message of a subscription within a deadline.
 func nextMessage(_ iterator: inout AsyncStream<PubSubMessage>.AsyncIterator, within seconds: Double = 10)
     async throws -> PubSubMessage
@@ -120,13 +109,13 @@ final class PubSubServiceTests: XCTestCase {
         _ = await pubsubB.subscribe("lobby")
         _ = await pubsubC.subscribe("lobby")
         _ = try await hostC.connect(addressB)
-        try await eventually(10, "C in B's mesh, and B holding C's signed record") {
+        try await waitUntil("C in B's mesh, and B holding C's signed record", seconds: 10) {
             await pubsubB.mesh("lobby") == [peerC] && hostB.peerStore.info(peerC)?.signedPeerRecord != nil
         }
         XCTAssertNil(hostA.peerStore.info(peerC), "A knows nothing of C yet")
         _ = await pubsubA.subscribe("lobby")
         _ = try await hostA.connect(addressB)
-        try await eventually(15, "A dialed C from B's peer exchange") { hostA.connection(to: peerC) != nil }
+        try await waitUntil("A dialed C from B's peer exchange", seconds: 15) { hostA.connection(to: peerC) != nil }
         XCTAssertNotNil(hostA.peerStore.info(peerC)?.signedPeerRecord)
         for pubsub in [pubsubA, pubsubB, pubsubC] { await pubsub.stop() }
         for host in [hostA, hostB, hostC] { await host.close() }
@@ -188,13 +177,13 @@ final class PubSubServiceTests: XCTestCase {
         let second = try await hostB.connect(addressA.withoutP2P)
         XCTAssertNotIdentical(first, second)
         await first.close()
-        try await eventually(10, "both sides down to the second connection") {
+        try await waitUntil("both sides down to the second connection", seconds: 10) {
             hostA.connections.count == 1 && hostB.connections.count == 1
         }
         // Both services have moved their streams there: until a service has seen the
         // close, it still lists the peer (from the first connection) and a line
         // published in that instant leaves on the closed stream.
-        try await eventually(10, "both services' streams on the second connection") {
+        try await waitUntil("both services' streams on the second connection", seconds: 10) {
             let onA = await pubsubA.core.outboundConnectionID(peerB)
             let onB = await pubsubB.core.outboundConnectionID(peerA)
             return onA != nil && onA == hostA.connections.first?.id && onB != nil && onB == hostB.connections.first?.id

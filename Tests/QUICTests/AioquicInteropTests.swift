@@ -2,6 +2,7 @@ import ChildProcess
 import Foundation
 import Identity
 import TLS
+import TestKit
 import XCTest
 
 @testable import QUIC
@@ -184,7 +185,7 @@ final class PyLibp2pQUICTests: XCTestCase {
             return [UInt8(bytes.count)] + bytes
         }
         let negotiation = line("/multistream/1.0.0") + line("/ipfs/ping/1.0.0")
-        var generator = SeededGenerator(seed: 11)
+        var generator = SplitMix(seed: 11)
         let payload = generator.bytes(32)
         var stream: UInt64?
         var received: [UInt8] = []

@@ -1,3 +1,4 @@
+import TestKit
 import XCTest
 
 @testable import QUIC
@@ -18,7 +19,7 @@ final class ReassemblyBufferTests: XCTestCase {
     }
 
     func testRandomSplitsAndOrdersReassembleTheOriginal() throws {
-        var generator = SeededGenerator(seed: 10)
+        var generator = SplitMix(seed: 10)
         for _ in 0..<200 {
             let original = generator.bytes(Int.random(in: 1..<2000, using: &generator))
             var pieces: [(UInt64, [UInt8], Bool)] = []

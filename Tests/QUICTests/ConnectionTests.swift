@@ -1,5 +1,6 @@
 import Identity
 import TLS
+import TestKit
 import XCTest
 
 @testable import QUIC
@@ -135,7 +136,7 @@ final class ConnectionTests: XCTestCase {
         var client = try QUICConnection(client: Self.configuration())
         var server = try QUICConnection(server: Self.configuration())
         // 600 KiB: more than the 256 KiB stream window, so MAX_STREAM_DATA must widen it.
-        var generator = SeededGenerator(seed: 7)
+        var generator = SplitMix(seed: 7)
         let message = generator.bytes(600 * 1024)
         let started = ContinuousClock.now
         let stats = run(&client, &server, onClientEvent: Self.writer(message)) { Self.echoed($0) != nil }
@@ -445,7 +446,7 @@ final class ConnectionTests: XCTestCase {
         let initialWindow = NewReno().window
         XCTAssertEqual(initialWindow, 12000)
         let id = try client.openStream()
-        var generator = SeededGenerator(seed: 12)
+        var generator = SplitMix(seed: 12)
         let message = generator.bytes(300 * 1024)
         try client.write(message, to: id, fin: true)
         let burst = client.send(now: .now)
@@ -465,7 +466,7 @@ final class ConnectionTests: XCTestCase {
     func testAMidStreamLossIsRepairedWithoutATimeout() throws {
         var client = try QUICConnection(client: Self.configuration())
         var server = try QUICConnection(server: Self.configuration())
-        var generator = SeededGenerator(seed: 13)
+        var generator = SplitMix(seed: 13)
         let message = generator.bytes(300 * 1024)
         let stats = run(&client, &server, drop: { fromClient, index, _ in fromClient && index == 60 }, onClientEvent: Self.writer(message)) {
             Self.echoed($0) != nil
@@ -506,7 +507,7 @@ final class ConnectionTests: XCTestCase {
     }
 
     func testRandomDatagramsNeverTrapAServer() throws {
-        var generator = SeededGenerator(seed: 8)
+        var generator = SplitMix(seed: 8)
         let configuration = try Self.configuration()
         for round in 0..<50 {
             var server = try QUICConnection(server: configuration)

@@ -1,9 +1,10 @@
+import TestKit
 import XCTest
 
 @testable import QUIC
 
 final class FrameTests: XCTestCase {
-    static let cid = try! ConnectionID(hex("0102030405060708"))
+    static let cid = try! ConnectionID(unhex("0102030405060708"))
 
     /// One of each frame of RFC 9000 §19, with the variants (ACK with ranges
     /// and ECN, STREAM with every flag combination, both CONNECTION_CLOSE types).
@@ -69,7 +70,7 @@ final class FrameTests: XCTestCase {
 
     func testACKRangesOnTheWire() throws {
         // Largest 100, first range 10 (90...100), gap 8 and length 30 (50...80).
-        let frames = try Frame.decodeAll(hex("02 40 64 05 01 0a 08 1e"))
+        let frames = try Frame.decodeAll(unhex("02 40 64 05 01 0a 08 1e"))
         XCTAssertEqual(frames, [.ack(try ACKFrame(ranges: [90...100, 50...80], delay: 5))])
         XCTAssertThrowsError(try ACKFrame(ranges: [10...20, 21...30]))  // ascending
         XCTAssertThrowsError(try ACKFrame(ranges: [10...20, 5...9]))  // adjacent: no gap
@@ -92,7 +93,7 @@ final class FrameTests: XCTestCase {
 
     func testOversizedAndInvalidFramesAreRefused() {
         func refuses(_ text: String, _ expected: QUICDecodeError? = nil, line: UInt = #line) {
-            XCTAssertThrowsError(try Frame.decodeAll(hex(text)), line: line) { error in
+            XCTAssertThrowsError(try Frame.decodeAll(unhex(text)), line: line) { error in
                 if let expected { XCTAssertEqual(error as? QUICDecodeError, expected, line: line) }
             }
         }
@@ -114,7 +115,7 @@ final class FrameTests: XCTestCase {
     }
 
     func testRandomPayloadsNeverTrap() {
-        var generator = SeededGenerator(seed: 2)
+        var generator = SplitMix(seed: 2)
         var decoded = 0
         for _ in 0..<20000 {
             var payload = generator.bytes(Int.random(in: 1..<64, using: &generator))
@@ -147,7 +148,7 @@ final class FrameTests: XCTestCase {
 final class TransportParametersTests: XCTestCase {
     static var full: TransportParameters {
         var parameters = TransportParameters()
-        parameters.originalDestinationConnectionID = try! ConnectionID(hex("8394c8f03e515708"))
+        parameters.originalDestinationConnectionID = try! ConnectionID(unhex("8394c8f03e515708"))
         parameters.maxIdleTimeout = 30000
         parameters.statelessResetToken = [UInt8](repeating: 0x5A, count: 16)
         parameters.maxUDPPayloadSize = 1452
@@ -164,7 +165,7 @@ final class TransportParametersTests: XCTestCase {
             ipv4Address: [192, 0, 2, 1], ipv4Port: 4433, ipv6Address: [UInt8](repeating: 0x20, count: 16), ipv6Port: 4434,
             connectionID: try! ConnectionID([1, 2, 3, 4]), statelessResetToken: [UInt8](repeating: 0x11, count: 16))
         parameters.activeConnectionIDLimit = 8
-        parameters.initialSourceConnectionID = try! ConnectionID(hex("f067a5502a4262b5"))
+        parameters.initialSourceConnectionID = try! ConnectionID(unhex("f067a5502a4262b5"))
         parameters.retrySourceConnectionID = try! ConnectionID([9, 9, 9])
         return parameters
     }
@@ -178,7 +179,7 @@ final class TransportParametersTests: XCTestCase {
 
     func testUnknownParametersAreSkipped() throws {
         // A reserved (GREASE) ID 31*5+27 = 0xb6 with 3 bytes, then max_idle_timeout 10.
-        let bytes = hex("40b6 03 aabbcc 01 01 0a")
+        let bytes = unhex("40b6 03 aabbcc 01 01 0a")
         var expected = TransportParameters()
         expected.maxIdleTimeout = 10
         XCTAssertEqual(try TransportParameters(decoding: bytes, fromServer: false), expected)
@@ -186,7 +187,7 @@ final class TransportParametersTests: XCTestCase {
 
     func testInvalidParametersAreRefused() {
         func refuses(_ text: String, fromServer: Bool = true, _ expected: QUICDecodeError, line: UInt = #line) {
-            XCTAssertThrowsError(try TransportParameters(decoding: hex(text), fromServer: fromServer), line: line) { error in
+            XCTAssertThrowsError(try TransportParameters(decoding: unhex(text), fromServer: fromServer), line: line) { error in
                 XCTAssertEqual(error as? QUICDecodeError, expected, line: line)
                 XCTAssertEqual((error as? QUICDecodeError)?.transportError, .transportParameterError, line: line)
             }
@@ -211,13 +212,13 @@ final class TransportParametersTests: XCTestCase {
             // Some cuts end exactly between parameters, which is valid; none may trap.
             _ = try? TransportParameters(decoding: bytes[..<cut], fromServer: true)
         }
-        XCTAssertThrowsError(try TransportParameters(decoding: hex("04 bfffffff 00"), fromServer: true)) { error in
+        XCTAssertThrowsError(try TransportParameters(decoding: unhex("04 bfffffff 00"), fromServer: true)) { error in
             guard case .lengthExceedsInput? = error as? QUICDecodeError else { return XCTFail("\(error)") }
         }
     }
 
     func testRandomInputNeverTraps() {
-        var generator = SeededGenerator(seed: 3)
+        var generator = SplitMix(seed: 3)
         for _ in 0..<10000 {
             let bytes = generator.bytes(Int.random(in: 0..<80, using: &generator))
             if let parameters = try? TransportParameters(decoding: bytes, fromServer: true) {

@@ -1,5 +1,6 @@
 import Identity
 import TLS
+import TestKit
 import XCTest
 
 @testable import QUIC
@@ -165,7 +166,7 @@ final class QUICTLSTests: XCTestCase {
     }
 
     func testRandomCryptoDataNeverTraps() throws {
-        var generator = SeededGenerator(seed: 6)
+        var generator = SplitMix(seed: 6)
         let configuration = try Endpoint().configuration(parameters: .defaultLimits)
         for _ in 0..<200 {
             var server = try QUICTLS(role: .server, configuration: configuration)

@@ -1,3 +1,4 @@
+import TestKit
 import XCTest
 
 @testable import QUIC
@@ -9,14 +10,14 @@ final class VarIntTests: XCTestCase {
             ("c2197c5eff14e88c", 151_288_809_941_952_652), ("9d7f3e7d", 494_878_333), ("7bbd", 15293), ("25", 37), ("4025", 37),
         ]
         for (encoding, value) in samples {
-            var reader = ByteReader(hex(encoding))
+            var reader = ByteReader(unhex(encoding))
             XCTAssertEqual(try reader.readVarInt("sample"), value, encoding)
             XCTAssertTrue(reader.isAtEnd)
         }
-        XCTAssertEqual(VarInt.encoded(151_288_809_941_952_652), hex("c2197c5eff14e88c"))
-        XCTAssertEqual(VarInt.encoded(494_878_333), hex("9d7f3e7d"))
-        XCTAssertEqual(VarInt.encoded(15293), hex("7bbd"))
-        XCTAssertEqual(VarInt.encoded(37), hex("25"))
+        XCTAssertEqual(VarInt.encoded(151_288_809_941_952_652), unhex("c2197c5eff14e88c"))
+        XCTAssertEqual(VarInt.encoded(494_878_333), unhex("9d7f3e7d"))
+        XCTAssertEqual(VarInt.encoded(15293), unhex("7bbd"))
+        XCTAssertEqual(VarInt.encoded(37), unhex("25"))
     }
 
     func testBoundariesRoundTrip() throws {
@@ -31,7 +32,7 @@ final class VarIntTests: XCTestCase {
 
     func testTruncatedVarIntThrows() {
         for encoding in ["c2197c5eff14e8", "9d7f3e", "7b", ""] {
-            var reader = ByteReader(hex(encoding))
+            var reader = ByteReader(unhex(encoding))
             XCTAssertThrowsError(try reader.readVarInt("sample")) { error in
                 XCTAssertTrue(error is QUICDecodeError)
             }
@@ -39,7 +40,7 @@ final class VarIntTests: XCTestCase {
     }
 
     func testLengthBeyondInputThrowsBeforeReading() {
-        var reader = ByteReader(hex("c0000000ffffffff" + "00"))
+        var reader = ByteReader(unhex("c0000000ffffffff" + "00"))
         XCTAssertThrowsError(try reader.readLength("huge")) { error in
             XCTAssertEqual(error as? QUICDecodeError, .lengthExceedsInput("huge", length: 0xffff_ffff, available: 1))
         }
@@ -55,7 +56,7 @@ final class PacketNumberTests: XCTestCase {
     }
 
     func testRoundTripAcrossWindows() {
-        var generator = SeededGenerator(seed: 9)
+        var generator = SplitMix(seed: 9)
         for _ in 0..<2000 {
             let largest = UInt64.random(in: 0..<(1 << 40), using: &generator)
             let full = largest + UInt64.random(in: 1..<(1 << 20), using: &generator)
@@ -72,8 +73,8 @@ final class PacketNumberTests: XCTestCase {
 }
 
 final class PacketHeaderTests: XCTestCase {
-    let dcid = try! ConnectionID(hex("8394c8f03e515708"))
-    let scid = try! ConnectionID(hex("f067a5502a4262b5"))
+    let dcid = try! ConnectionID(unhex("8394c8f03e515708"))
+    let scid = try! ConnectionID(unhex("f067a5502a4262b5"))
 
     func testInitialWithTokenRoundTrip() throws {
         let header = LongHeader(type: .initial, destination: dcid, source: scid, token: Array("token".utf8))
@@ -198,7 +199,7 @@ final class PacketHeaderTests: XCTestCase {
     }
 
     func testRandomDatagramsNeverTrap() {
-        var generator = SeededGenerator(seed: 1)
+        var generator = SplitMix(seed: 1)
         for _ in 0..<5000 {
             let datagram = generator.bytes(Int.random(in: 0..<300, using: &generator))
             let split = PacketParser.split(datagram: datagram, shortHeaderCIDLength: Int.random(in: 0...20, using: &generator))

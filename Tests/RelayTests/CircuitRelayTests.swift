@@ -59,12 +59,12 @@ final class CircuitRelayTests: XCTestCase {
         let back = try await withDeadline(30) { try await echo(data, over: connection) }
         XCTAssertTrue(back == data, "echoed bytes differ")
         // The listener sees the dialer as a relayed inbound connection.
-        let inbound = try await waitFor { listener.connections.first { $0.remotePeer == dialer.localPeer } }
+        let inbound = try await waitFor("the listener has the relayed connection") { listener.connections.first { $0.remotePeer == dialer.localPeer } }
         XCTAssertEqual(inbound.transport, "p2p-circuit")
         XCTAssertEqual(inbound.direction, .inbound)
         XCTAssertEqual(relay.circuitCount, 1)
         await connection.close()
-        _ = try await waitFor { relay.circuitCount == 0 ? true : nil }
+        try await waitUntil("the relay released the circuit") { relay.circuitCount == 0 }
     }
 
     func testDialWithoutReservationIsRefused() async throws {
@@ -117,8 +117,8 @@ final class CircuitRelayTests: XCTestCase {
         } catch {
             // The stream or connection failed: the relay reset the circuit.
         }
-        _ = try await waitFor { connection.isActive ? nil : true }
-        _ = try await waitFor { relay.circuitCount == 0 ? true : nil }
+        try await waitUntil("the relay cut the circuit") { !connection.isActive }
+        try await waitUntil("the relay released the circuit") { relay.circuitCount == 0 }
     }
 
     func testRelayCutsACircuitAtItsDuration() async throws {
@@ -132,7 +132,7 @@ final class CircuitRelayTests: XCTestCase {
             relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(listener.localPeer.bytes)))
         XCTAssertTrue(connection.isActive)
         let start = ContinuousClock.now
-        _ = try await waitFor(within: 10) { connection.isActive ? nil : true }
+        try await waitUntil("the relay cut the circuit at its duration") { !connection.isActive }
         XCTAssertGreaterThan(ContinuousClock.now - start, .milliseconds(500))
     }
 
@@ -145,8 +145,8 @@ final class CircuitRelayTests: XCTestCase {
         try await listener.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
         XCTAssertEqual(relay.reservationCount, 1)
         await listener.connection(to: relayHost.localPeer)?.close()
-        _ = try await waitFor { relay.reservationCount == 0 ? true : nil }
-        _ = try await waitFor(within: 10) { relay.reservationCount == 1 ? true : nil }
+        try await waitUntil("the relay dropped the reservation") { relay.reservationCount == 0 }
+        try await waitUntil("the listener reserved again") { relay.reservationCount == 1 }
         let connection = try await dialer.connect(
             relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(listener.localPeer.bytes)))
         let rtts = try await PingService.ping(connection, count: 1)
@@ -224,17 +224,6 @@ final class CircuitRelayTests: XCTestCase {
         let id = dialer.localPeer.bytes
         let expectedStop: [UInt8] = [0x08, 0x00, 0x12, UInt8(id.count + 2), 0x0A, UInt8(id.count)] + id
         XCTAssertEqual(stopRequest.withLock { $0 }, expectedStop, "STOP CONNECT with the peer and no limit")
-    }
-
-    /// Polls `probe` until it returns a value, within `seconds`.
-    func waitFor<T>(within seconds: Double = 10, _ probe: () -> T?) async throws -> T {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while ContinuousClock.now < deadline {
-            if let value = probe() { return value }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        XCTFail("condition not met within \(seconds) s")
-        throw CancellationError()
     }
 
     /// AutoRelay on loopback: a node that finds itself unreachable reserves on

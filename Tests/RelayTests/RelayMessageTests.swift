@@ -1,5 +1,6 @@
 import Identity
 import Multiformats
+import TestSupport
 import XCTest
 
 @testable import Relay
@@ -79,7 +80,7 @@ final class RelayMessageTests: XCTestCase {
             _ = try? HopMessage(bytes: valid.prefix(cut))
             _ = try? StopMessage(bytes: valid.prefix(cut))
         }
-        var generator = SystemRandomNumberGenerator()
+        var generator = SplitMix(seed: 33)
         for _ in 0..<2000 {
             let bytes = (0..<Int.random(in: 0...64, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
             _ = try? HopMessage(bytes: bytes)

@@ -9,7 +9,8 @@ import Noise
 import Ping
 import LibP2PSecurity
 import Transport
-import Synchronization
+// The dependency-free helpers (polling, deadlines, seeded randomness, hex) come with this kit.
+@_exported import TestKit
 import XCTest
 
 #if canImport(Glibc)
@@ -45,20 +46,6 @@ public func makeTestHost(
     return (host, bound[0].encapsulating(.p2p(host.localPeer.bytes)))
 }
 
-/// Deterministic pseudo-random bytes (xorshift) for data integrity checks.
-public func patternBytes(count: Int, seed: UInt64) -> [UInt8] {
-    var state = seed | 1
-    var out = [UInt8]()
-    out.reserveCapacity(count)
-    while out.count < count {
-        state ^= state << 13
-        state ^= state >> 7
-        state ^= state << 17
-        withUnsafeBytes(of: state) { out.append(contentsOf: $0.prefix(count - out.count)) }
-    }
-    return out
-}
-
 /// Sends `data` through the echo protocol and returns what came back.
 public func echo(_ data: [UInt8], over connection: Connection, chunk: Int = 64 * 1024) async throws -> [UInt8] {
     let stream = try await connection.newStream(protocols: [echoProtocol])
@@ -78,87 +65,6 @@ public func echo(_ data: [UInt8], over connection: Connection, chunk: Int = 64 *
     }
     try await stream.closeWrite()
     return try await received
-}
-
-/// Fails the test if `body` does not finish within `seconds`. On time-out the body's
-/// task is cancelled and left behind: the test goes on even if the body ignores
-/// cancellation (a task group would wait for it).
-public func withDeadline<T: Sendable>(
-    _ seconds: Double, file: StaticString = #filePath, line: UInt = #line,
-    _ body: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    let outcome = FirstOutcome<T>()
-    let result: Result<T, Error> = await withCheckedContinuation { continuation in
-        outcome.install(continuation)
-        let work = Task { outcome.deliver(await Result { try await body() }) }
-        let timer = Task {
-            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
-            if outcome.deliver(.failure(DeadlineExceeded(seconds: seconds))) { work.cancel() }
-        }
-        outcome.onDelivered { timer.cancel() }
-    }
-    if case .failure(let error as DeadlineExceeded) = result {
-        XCTFail("timed out after \(error.seconds) s", file: file, line: line)
-    }
-    return try result.get()
-}
-
-public struct DeadlineExceeded: Error {
-    public let seconds: Double
-
-    public init(seconds: Double) {
-        self.seconds = seconds
-    }
-}
-
-extension Result where Failure == Error {
-    init(catching body: () async throws -> Success) async {
-        do { self = .success(try await body()) } catch { self = .failure(error) }
-    }
-}
-
-/// The first of several racing outcomes, handed to one continuation.
-private final class FirstOutcome<T: Sendable>: Sendable {
-    private struct State {
-        var continuation: CheckedContinuation<Result<T, Error>, Never>?
-        var pending: Result<T, Error>?
-        var delivered = false
-        var onDelivered: (@Sendable () -> Void)?
-    }
-    private let state = Mutex(State())
-
-    func install(_ continuation: CheckedContinuation<Result<T, Error>, Never>) {
-        let ready = state.withLock { state -> Result<T, Error>? in
-            state.continuation = continuation
-            return state.pending
-        }
-        if let ready { continuation.resume(returning: ready) }
-    }
-
-    func onDelivered(_ action: @escaping @Sendable () -> Void) {
-        let already = state.withLock { state -> Bool in
-            if state.delivered { return true }
-            state.onDelivered = action
-            return false
-        }
-        if already { action() }
-    }
-
-    /// Delivers `result` if nothing was delivered before; whether it was.
-    @discardableResult
-    func deliver(_ result: Result<T, Error>) -> Bool {
-        let (first, continuation, action) = state.withLock {
-            state -> (Bool, CheckedContinuation<Result<T, Error>, Never>?, (@Sendable () -> Void)?) in
-            guard !state.delivered else { return (false, nil, nil) }
-            state.delivered = true
-            if state.continuation == nil { state.pending = result }
-            defer { state.continuation = nil }
-            return (true, state.continuation, state.onDelivered)
-        }
-        continuation?.resume(returning: result)
-        action?()
-        return first
-    }
 }
 
 /// A transport with an upgrader of its own, for tests at transport level
@@ -218,36 +124,6 @@ public struct EchoPingAcceptor: InboundStreamAcceptor {
     }
 }
 
-/// A seeded generator (SplitMix64) for the never-crash tests: a failing random
-/// case replays from its seed.
-public struct SplitMix: RandomNumberGenerator, Sendable {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// Waits until `condition` holds, polling every few milliseconds; fails the
-/// test (and throws) after `seconds`.
-public func waitUntil(
-    _ what: String, seconds: Double = 10, file: StaticString = #filePath, line: UInt = #line,
-    _ condition: () async throws -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-    while try await !condition() {
-        guard ContinuousClock.now < deadline else {
-            XCTFail("timed out after \(seconds) s waiting until \(what)", file: file, line: line)
-            throw DeadlineExceeded(seconds: seconds)
-        }
-        try await Task.sleep(for: .milliseconds(2))
-    }
-}
-
 /// Two test hosts on one in-memory network, the second connected to the first.
 public func makeConnectedMemoryHosts(group: EventLoopGroup) async throws -> (listener: Libp2pHost, dialer: Libp2pHost) {
     let network = MemoryNetwork()
@@ -257,14 +133,6 @@ public func makeConnectedMemoryHosts(group: EventLoopGroup) async throws -> (lis
         group: group, transports: [MemoryTransport(group: group, network: network)], listen: Multiaddr([.memory(0)]))
     _ = try await dialer.connect(address)
     return (listener, dialer)
-}
-
-/// A thread-safe count for tests.
-public final class Counter: Sendable {
-    private let count = Mutex(0)
-    public init() {}
-    public var value: Int { count.withLock { $0 } }
-    public func add(_ amount: Int) { count.withLock { $0 += amount } }
 }
 
 // MARK: Raw sockets (peers that never finish a handshake)

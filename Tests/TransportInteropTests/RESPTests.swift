@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import RedisRESP
+import TestKit
 import XCTest
 
 /// The RESP2 decoder on whole, truncated and hostile input.
@@ -95,7 +96,7 @@ final class RESPDecoderTests: XCTestCase {
     /// Random bytes and random mutations of valid replies: the decoder always
     /// ends (value, need-more or error) and never claims more bytes than it got.
     func testRandomInputNeverTrapsOrOverreads() throws {
-        var generator = SplitMix64(seed: 0x5EED_2027)
+        var generator = SplitMix(seed: 0x5EED_2027)
         let valid = Array("*2\r\n$12\r\nlistenerAddr\r\n$25\r\n/ip4/1.2.3.4/tcp/5/p2p/Qm\r\n".utf8)
         let alphabet = Array("+-:$*\r\n0123456789-abc".utf8)
         for round in 0..<5000 {
@@ -133,19 +134,6 @@ final class RESPDecoderTests: XCTestCase {
         for bad in ["", ":6379", "redis:", "redis:0", "redis:70000", "redis:x", "[::1", "[::1]x"] {
             XCTAssertThrowsError(try RedisAddress(parsing: bad), bad)
         }
-    }
-}
-
-/// A small deterministic generator for the random inputs.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

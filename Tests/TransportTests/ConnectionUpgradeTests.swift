@@ -4,6 +4,7 @@ import NIOCore
 import Noise
 import TLS
 import LibP2PSecurity
+import TestSupport
 import XCTest
 
 @testable import Transport
@@ -235,7 +236,7 @@ final class ConnectionUpgradeTests: XCTestCase {
     }
 
     func testRandomInputNeverCrashes() throws {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SplitMix(seed: 34)
         for round in 0..<300 {
             var m = machine(round % 2 == 0 ? .responder : .initiator, key: .generateEd25519())
             var output = ByteBuffer()

@@ -75,10 +75,7 @@ final class DescriptorExhaustionTests: XCTestCase {
         guard case .tcp(let port) = address.components[1] else { return XCTFail("not TCP: \(address)") }
         let held = (0..<2).map { _ in rawConnect(port: Int(port), from: "127.0.0.1") }
         defer { for fd in held { close(fd) } }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while server.upgrader.inboundHandshakes.inFlight < 2 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntil("two handshakes in flight", seconds: 5) { server.upgrader.inboundHandshakes.inFlight >= 2 }
         XCTAssertEqual(server.upgrader.inboundHandshakes.inFlight, 2)
         // More from the same address are refused at once...
         for _ in 0..<4 {
@@ -90,8 +87,8 @@ final class DescriptorExhaustionTests: XCTestCase {
         // ...while another address still gets a slot.
         let other = rawConnect(port: Int(port), from: "127.0.0.2")
         defer { close(other) }
-        while server.upgrader.inboundHandshakes.inFlight < 3 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
+        try await waitUntil("the other address's handshake in flight", seconds: 5) {
+            server.upgrader.inboundHandshakes.inFlight >= 3
         }
         XCTAssertEqual(server.upgrader.inboundHandshakes.inFlight, 3)
         XCTAssertEqual(server.upgrader.inboundHandshakes.refused, 4)
@@ -110,10 +107,7 @@ final class DescriptorExhaustionTests: XCTestCase {
             held.append(rawConnect(port: Int(port)))
         }
         // Wait until the four are in the handshake, then the newer ones are refused.
-        let deadline = ContinuousClock.now + .seconds(5)
-        while server.upgrader.inboundHandshakes.inFlight < 4 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntil("four handshakes in flight", seconds: 5) { server.upgrader.inboundHandshakes.inFlight >= 4 }
         XCTAssertEqual(server.upgrader.inboundHandshakes.inFlight, 4)
         for _ in 0..<6 {
             let fd = rawConnect(port: Int(port))

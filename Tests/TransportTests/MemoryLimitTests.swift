@@ -100,7 +100,7 @@ final class MemoryLimitTests: XCTestCase {
         XCTAssertEqual(accepted.count + refused, 24)
         XCTAssertLessThanOrEqual(budget.used(by: attacker.localPeer), 4 << 20)
         XCTAssertEqual(server.limitCounters.transport[.memory(.perPeer)], refused)
-        try await waitUntil { holding.held == accepted.count }
+        try await waitUntil("every stream held") { holding.held == accepted.count }
 
         // Another peer is served while the attacker holds its share.
         let (honest, _) = try await makeTestHost(group: group)
@@ -113,13 +113,13 @@ final class MemoryLimitTests: XCTestCase {
 
         // The attacker's accepted streams were served in full.
         holding.open()
-        try await waitUntil { holding.totals.count == accepted.count }
+        try await waitUntil("every stream counted its total") { holding.totals.count == accepted.count }
         XCTAssertEqual(holding.totals, Array(repeating: Self.window, count: accepted.count))
 
         // Everything reserved goes back when the connections close.
         await attacker.close()
         await honest.close()
-        try await waitUntil { budget.used == 0 }
+        try await waitUntil("the budget released") { budget.used == 0 }
         await server.close()
     }
 
@@ -163,7 +163,7 @@ final class MemoryLimitTests: XCTestCase {
         await first.close()
         await second.close()
         await honest.close()
-        try await waitUntil { budget.used == 0 }
+        try await waitUntil("the budget released") { budget.used == 0 }
         await server.close()
     }
 
@@ -221,12 +221,6 @@ final class MemoryLimitTests: XCTestCase {
         }
     }
 
-    /// Polls `condition` until it holds, for at most 10 s.
-    func waitUntil(_ condition: () -> Bool, file: StaticString = #filePath, line: UInt = #line) async throws {
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !condition() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-        XCTAssertTrue(condition(), "not reached within 10 s", file: file, line: line)
-    }
 }
 
 /// Unit checks of the budget's arithmetic.

@@ -1,13 +1,14 @@
 import Synchronization
+import TestSupport
 import Transport
 import XCTest
 
 final class TimeoutTests: XCTestCase {
     func testResultBeforeTheDeadline() async throws {
-        let value = try await withTimeout(seconds: 5, "quick") { 42 }
+        let value = try await withTimeout(.seconds(5), "quick") { 42 }
         XCTAssertEqual(value, 42)
         do {
-            _ = try await withTimeout(seconds: 5, "failing") { () async throws -> Int in throw CancellationError() }
+            _ = try await withTimeout(.seconds(5), "failing") { () async throws -> Int in throw CancellationError() }
             XCTFail("the body's error was lost")
         } catch is CancellationError {}
     }
@@ -16,7 +17,7 @@ final class TimeoutTests: XCTestCase {
         let cancelled = Mutex(false)
         let start = ContinuousClock.now
         do {
-            _ = try await withTimeout(seconds: 0.2, "stubborn") {
+            _ = try await withTimeout(.milliseconds(200), "stubborn") {
                 // Ignores cancellation for a while (as an await bounded by its own deadline would).
                 await withTaskCancellationHandler {
                     let until = ContinuousClock.now + .seconds(3)
@@ -29,6 +30,7 @@ final class TimeoutTests: XCTestCase {
             XCTFail("no timeout")
         } catch let error as TimeoutError {
             XCTAssertEqual(error.what, "stubborn")
+            XCTAssertEqual(error.limit, .milliseconds(200))
             XCTAssertEqual("\(error)", "stubborn timed out after 0.2 s")
         }
         XCTAssertLessThan(ContinuousClock.now - start, .seconds(2))
@@ -39,7 +41,7 @@ final class TimeoutTests: XCTestCase {
         let bodyCancelled = Mutex(false)
         let started = Mutex(false)
         let caller = Task {
-            try await withTimeout(seconds: 30, "long") {
+            try await withTimeout(.seconds(30), "long") {
                 started.withLock { $0 = true }
                 do {
                     try await Task.sleep(for: .seconds(30))
@@ -49,8 +51,7 @@ final class TimeoutTests: XCTestCase {
                 }
             }
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !started.withLock({ $0 }) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        try await waitUntil("the body started") { started.withLock { $0 } }
         caller.cancel()
         do {
             try await caller.value

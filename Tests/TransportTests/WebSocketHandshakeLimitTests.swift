@@ -34,10 +34,7 @@ final class WebSocketHandshakeLimitTests: XCTestCase {
             XCTAssertEqual(write(fd, partial, partial.count), partial.count)
             held.append(fd)
         }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while server.upgrader.inboundHandshakes.inFlight < 3 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntil("three handshakes in flight", seconds: 5) { server.upgrader.inboundHandshakes.inFlight >= 3 }
         XCTAssertEqual(server.upgrader.inboundHandshakes.inFlight, 3)
         // The fourth is closed at once, counted.
         let extra = rawConnect(port: Int(port))
@@ -46,10 +43,7 @@ final class WebSocketHandshakeLimitTests: XCTestCase {
         XCTAssertEqual(server.upgrader.inboundHandshakes.refused, 1)
         // The held ones let go of their slots when they close; then an honest WebSocket peer connects.
         for fd in held { close(fd) }
-        while server.upgrader.inboundHandshakes.inFlight > 0 && ContinuousClock.now < deadline + .seconds(5) {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        XCTAssertEqual(server.upgrader.inboundHandshakes.inFlight, 0)
+        try await waitUntil("the closed handshakes let go of their slots") { server.upgrader.inboundHandshakes.inFlight == 0 }
         let (client, _) = try await makeTestHost(
             group: group, transports: [WebSocketTransport(group: group)], listen: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
         let connection = try await client.connect(address)

@@ -178,10 +178,7 @@ final class DialerTests: XCTestCase {
         let transport = dialer()
         let dial = Task { try await transport.dial(server.address) }
         // Wait for the request to arrive: the dial is then inside the upgrade.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while server.receivedRequests.isEmpty && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntil("the server received the upgrade request") { !server.receivedRequests.isEmpty }
         XCTAssertEqual(server.receivedRequests.count, 1)
         let start = ContinuousClock.now
         dial.cancel()

@@ -55,14 +55,8 @@ final class InboundConnections: Sendable {
     var all: [Connection] { connections.withLock { $0 } }
 
     /// Waits (polling, with a deadline) until `count` connections arrived.
-    func waitFor(count: Int, within seconds: Double = 10) async throws -> [Connection] {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while ContinuousClock.now < deadline {
-            let current = all
-            if current.count >= count { return current }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        XCTFail("only \(all.count) of \(count) inbound connections within \(seconds) s")
+    func waitFor(count: Int) async throws -> [Connection] {
+        try await waitUntil("\(count) inbound connections arrived") { all.count >= count }
         return all
     }
 }

@@ -1,4 +1,5 @@
 import NIOCore
+import TestKit
 import XCTest
 @testable import Yamux
 
@@ -295,6 +296,64 @@ final class YamuxTests: XCTestCase {
         XCTAssertTrue(link.clientEvents.contains(.reset(5)))
     }
 
+    /// A configuration the session cannot honour is a described error, found
+    /// before any session exists (an `initialWindow` below the protocol's once
+    /// trapped on an unsigned underflow at the first stream).
+    func testConfigurationValidation() throws {
+        XCTAssertNoThrow(try YamuxSession.Configuration().validate())
+        var large = YamuxSession.Configuration()
+        large.initialWindow = 64 * 1024 * 1024
+        large.maxStreamWindow = 64 * 1024 * 1024
+        XCTAssertNoThrow(try large.validate())
+
+        var small = YamuxSession.Configuration()
+        small.initialWindow = 128 * 1024
+        XCTAssertThrowsError(try small.validate()) { error in
+            XCTAssertEqual(error as? YamuxConfigurationError, .initialWindowBelowDefault(128 * 1024, minimum: 256 * 1024))
+            XCTAssertEqual(
+                "\(error)", "yamux initialWindow 131072 is below the protocol's initial window of 262144 bytes")
+        }
+        var inverted = YamuxSession.Configuration()
+        inverted.initialWindow = 1024 * 1024
+        inverted.maxStreamWindow = 512 * 1024
+        XCTAssertThrowsError(try inverted.validate()) { error in
+            XCTAssertEqual(
+                error as? YamuxConfigurationError, .maxStreamWindowBelowInitialWindow(512 * 1024, initialWindow: 1024 * 1024))
+        }
+        var noStreams = YamuxSession.Configuration()
+        noStreams.maxStreams = 0
+        XCTAssertThrowsError(try noStreams.validate()) { error in
+            XCTAssertEqual(error as? YamuxConfigurationError, .notPositive("maxStreams", 0))
+        }
+        var noFrames = YamuxSession.Configuration()
+        noFrames.maxFramePayload = 0
+        XCTAssertThrowsError(try noFrames.validate())
+        var noGrowthRule = YamuxSession.Configuration()
+        noGrowthRule.growthRoundTrips = 0
+        XCTAssertThrowsError(try noGrowthRule.validate())
+    }
+
+    /// The other order of `testOpenSendCloseBothWays`: the remote closes first;
+    /// we still send, a write after our close is dropped, and the stream leaves
+    /// both sessions once both FINs went.
+    func testRemoteClosesFirst() throws {
+        var link = Link()
+        let id = try link.client.openStream()
+        try link.pump()
+        link.server.closeWrite(streamID: id)
+        try link.pump()
+        XCTAssertTrue(link.clientEvents.contains(.remoteClosedWrite(id)))
+        XCTAssertEqual(link.client.streamCount, 1, "half closed: still there")
+        link.client.write(streamID: id, data: ByteBuffer(bytes: [1, 2, 3]))
+        link.client.closeWrite(streamID: id)
+        link.client.write(streamID: id, data: ByteBuffer(bytes: [4]))
+        try link.pump()
+        XCTAssertEqual(Link.dataBytes(link.serverEvents, stream: id), 3, "what follows our close is dropped")
+        XCTAssertTrue(link.serverEvents.contains(.closed(id)))
+        XCTAssertEqual(link.client.streamCount, 0)
+        XCTAssertEqual(link.server.streamCount, 0)
+    }
+
     func testResetWithQueuedData() throws {
         var link = Link()
         let id = try link.client.openStream()
@@ -381,11 +440,8 @@ final class YamuxTests: XCTestCase {
     }
 
     func testRandomInputNeverCrashes() {
-        var state: UInt64 = 11
-        func next() -> UInt64 {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return state >> 33
-        }
+        var random = SplitMix(seed: 11)
+        func next() -> UInt64 { random.next() }
         for _ in 0..<3000 {
             var session = YamuxSession(isClient: next() % 2 == 0)
             var input = ByteBuffer()
