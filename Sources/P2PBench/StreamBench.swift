@@ -13,7 +13,7 @@ import Transport
 
 /// Experiments: P2PBENCH_WINDOW, P2PBENCH_MAXWINDOW, P2PBENCH_QUEUE, P2PBENCH_FRAME,
 /// P2PBENCH_LOWAT (bytes; 0: the kernel's default), P2PBENCH_GROWTH_RTTS, P2PBENCH_GROWTH_FLOOR_US,
-/// P2PBENCH_SOLO_FLOOR_US, P2PBENCH_SOLO_QUIET_MS and P2PBENCH_RTT_RETRY_MS override the defaults.
+/// P2PBENCH_SOLO_FLOOR_US and P2PBENCH_SOLO_QUIET_MS override the defaults.
 let benchConfiguration: TransportConfiguration = {
     var configuration = TransportConfiguration()
     let environment = ProcessInfo.processInfo.environment
@@ -26,7 +26,6 @@ let benchConfiguration: TransportConfiguration = {
     if let floor = environment["P2PBENCH_GROWTH_FLOOR_US"].flatMap(Int64.init) { configuration.yamux.growthTimeFloor = .microseconds(floor) }
     if let floor = environment["P2PBENCH_SOLO_FLOOR_US"].flatMap(Int64.init) { configuration.yamux.soloGrowthTimeFloor = .microseconds(floor) }
     if let span = environment["P2PBENCH_SOLO_QUIET_MS"].flatMap(Int64.init) { configuration.yamux.soloQuietSpan = .milliseconds(span) }
-    if let retry = environment["P2PBENCH_RTT_RETRY_MS"].flatMap(Int64.init) { configuration.yamux.rttRetryInterval = .milliseconds(retry) }
     return configuration
 }()
 

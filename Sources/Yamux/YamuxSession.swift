@@ -122,13 +122,6 @@ public struct YamuxSession {
         /// data fills the buffers are inflated by it, and must not make the
         /// windows, and so the buffers, grow further.
         public var rttFilterSpan: TimeAmount = .minutes(5)
-        /// While every sample was taken with half an initial window or more of
-        /// data moving (a connection that starts with a transfer), another
-        /// ping goes this long after the first and after each such retry,
-        /// not after `rttPingInterval`: those samples measure queues and
-        /// busy cores, not the path, and windows sized on them keep that much
-        /// queue ahead of every ping on the connection.
-        public var rttRetryInterval: TimeAmount = .seconds(1)
         /// Control frames (ACKs, RSTs, window updates) waiting for the adapter
         /// to take them, in bytes. A remote that makes us answer (opening and
         /// resetting streams) while not reading our answers fails the session
@@ -213,13 +206,8 @@ public struct YamuxSession {
     /// Our round-trip ping in flight (one at most; its pong is not an event).
     private var rttPing: (opaque: UInt32, sent: NIODeadline)?
     private var nextRTTPing: NIODeadline?
-    /// Round-trip samples within `rttFilterSpan`, oldest first; `clean`: less
-    /// than half an initial window of data moved while the ping was out.
-    private var rttSamples: [(at: NIODeadline, rtt: TimeAmount, clean: Bool)] = []
-    /// Data bytes framed or received since our round-trip ping went out.
-    private var dataWhileRTTPingOut = 0
-    /// When to ping again if every sample so far was taken behind data.
-    private var rttRetry: NIODeadline?
+    /// Round-trip samples within `rttFilterSpan`, oldest first.
+    private var rttSamples: [(at: NIODeadline, rtt: TimeAmount)] = []
     private var rttSampleCount = 0
 
     public init(isClient: Bool, configuration: Configuration = .init()) {
@@ -454,36 +442,26 @@ public struct YamuxSession {
     /// before the next). Without calls no ping is sent and windows grow only
     /// as `consumed` without `now` lets them.
     public mutating func tick(now: NIODeadline) -> NIODeadline {
-        let onlyQueuedSamples = !rttSamples.isEmpty && !rttSamples.contains(where: \.clean)
-        if let retry = rttRetry, now >= retry {
-            rttRetry = nil
-            if onlyQueuedSamples, let due = nextRTTPing, now < due {
-                sendRTTPing(now: now)
-                rttRetry = now + configuration.rttRetryInterval
-            }
-        }
-        if let due = nextRTTPing, now < due { return min(due, rttRetry ?? due) }
-        if nextRTTPing == nil || onlyQueuedSamples { rttRetry = now + configuration.rttRetryInterval }
+        if let due = nextRTTPing, now < due { return due }
         sendRTTPing(now: now)
         let next = now + configuration.rttPingInterval
         nextRTTPing = next
-        return min(next, rttRetry ?? next)
+        return next
     }
 
     private mutating func sendRTTPing(now: NIODeadline) {
         nextPing &+= 1
         writeHeader(.ping, flags: .syn, stream: 0, length: nextPing)
         rttPing = (nextPing, now)
-        dataWhileRTTPingOut = 0
     }
 
     /// When `tick(now:)` is next due (nil before its first call).
-    public var nextTickDeadline: NIODeadline? { nextRTTPing.map { min($0, rttRetry ?? $0) } }
+    public var nextTickDeadline: NIODeadline? { nextRTTPing }
 
     private mutating func recordRoundTrip(_ rtt: TimeAmount, at now: NIODeadline) {
         let cutoff = now - configuration.rttFilterSpan
         rttSamples.removeAll { $0.at < cutoff }
-        rttSamples.append((now, max(rtt, .zero), dataWhileRTTPingOut < Int(configuration.initialWindow) / 2))
+        rttSamples.append((now, max(rtt, .zero)))
     }
 
     /// Sends a ping; the answer comes as `.pong(opaque)` (tests: the session pings by itself for RTT).
@@ -552,7 +530,6 @@ public struct YamuxSession {
                     }
                     let deliver = try handleStreamFrame(type, flags: flags, id: id, length: length, events: &events)
                     if deliver, length > 0, let now { streams[id]?.lastDataAt = now }
-                    if rttPing != nil { dataWhileRTTPingOut += Int(length) }
                     incoming = IncomingPayload(
                         stream: id, remaining: Int(length), deliver: deliver, fin: deliver && flags.contains(.fin))
                 case .windowUpdate:
@@ -691,7 +668,6 @@ public struct YamuxSession {
             }
             stream.queuedBytes -= size
             stream.sendWindow -= UInt32(size)
-            if rttPing != nil { dataWhileRTTPingOut += size }
             let fin = stream.finQueued && stream.queuedBytes == 0
             writeHeader(.data, flags: fin ? .fin : [], stream: id, length: UInt32(size))
             outputPieces.append(output)
