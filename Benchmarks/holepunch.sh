@@ -16,6 +16,8 @@
 #          [relay|bootstrap|public|py-a|py-b, default relay] [drop|reset, default drop]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/lib.sh
+load_average before
 runs=${1:-20}
 mode=${2:-debug}
 scenario=${3:-relay}
@@ -36,6 +38,7 @@ fi
 p="hp$$"
 cleanup() {
     for n in home1 home2 router1 router2 relay pub; do ip netns del "$p-$n" 2>/dev/null || true; done
+    load_average after
 }
 trap cleanup EXIT
 

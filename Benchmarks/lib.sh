@@ -4,6 +4,7 @@
 # A scratch directory ($work); the processes in `pids` and the namespaces in
 # `namespaces` are killed and deleted at exit, with the scratch directory.
 bench_init() {
+    load_average before
     work=$(mktemp -d)
     pids=()
     namespaces=()
@@ -16,6 +17,20 @@ bench_cleanup() {
     wait 2>/dev/null || true
     for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
     rm -rf "$work"
+    load_average after
+}
+
+# Prints the load averages (1, 5 and 15 minutes) labelled $1 (before, after)
+# and says when the one-minute one is over 1: the machine is shared, and a
+# figure taken then is a loaded one, to be marked so in a table.
+load_average() {
+    local one five fifteen rest
+    read -r one five fifteen rest </proc/loadavg
+    if awk -v load="$one" 'BEGIN { exit !(load > 1) }'; then
+        echo "load average $1: $one $five $fifteen (over 1: a busy machine, not a quiet figure)"
+    else
+        echo "load average $1: $one $five $fifteen"
+    fi
 }
 
 # Waits (up to $3 tenths of a second, default 100) until file $1 matches the

@@ -6,6 +6,9 @@
 # Usage: Benchmarks/run.sh [MiB per throughput run, default 256]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/lib.sh
+load_average before
+trap 'load_average after' EXIT
 swift build -c release --product p2pchat >/dev/null
 swift build -c release --product p2pbench >/dev/null
 bin_path="$(swift build -c release --show-bin-path)"

@@ -8,6 +8,8 @@
 # Usage: Benchmarks/soak.sh [MINUTES, default 30] [CHURN SECONDS, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/lib.sh
+load_average before
 minutes=${1:-30}
 churn=${2:-3}
 swift build -c release --product p2pchat >/dev/null
@@ -19,6 +21,7 @@ cleanup() {
     for key in "${!pid[@]}"; do kill "${pid[$key]}" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
+    load_average after
 }
 trap cleanup EXIT
 

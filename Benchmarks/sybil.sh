@@ -10,6 +10,9 @@
 # Usage: Benchmarks/sybil.sh [NODES, default 1000] [release|debug, default release]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/lib.sh
+load_average before
+trap 'load_average after' EXIT
 nodes=${1:-1000}
 mode=${2:-release}
 # @testable import needs -enable-testing in release.

@@ -84,8 +84,8 @@ struct SimulatedDHT {
     }
 
     /// Node `source` looks up node `target` with FIND_NODE; answers take
-    /// 10 to 50 ms of virtual time, dead nodes time out after a second.
-    mutating func lookup(from source: Int, to target: Int, alpha: Int = 3) -> Outcome {
+    /// `latency` ms of virtual time (10 to 50 unless given), dead nodes time out after a second.
+    mutating func lookup(from source: Int, to target: Int, alpha: Int = 3, latency: ClosedRange<Int> = 10...50) -> Outcome {
         let request = DHTMessage(type: .findNode, key: peers[target].bytes)
         let targetKey = keys[target]
         var lookup = Lookup(
@@ -99,7 +99,7 @@ struct SimulatedDHT {
         let address = someAddress
         while !lookup.isFinished {
             for peer in lookup.nextRequests(now: now) where alive[index[peer]!] {
-                pending.append((peer, now + .milliseconds(Int.random(in: 10...50, using: &random))))
+                pending.append((peer, now + .milliseconds(Int.random(in: latency, using: &random))))
             }
             let nextArrival = pending.map(\.arrives).min()
             guard let next = [nextArrival, lookup.nextDeadline].compactMap({ $0 }).min() else { break }
@@ -120,21 +120,25 @@ struct SimulatedDHT {
     }
 
     /// Runs `count` lookups between random live nodes.
-    mutating func measure(lookups count: Int, alpha: Int = 3) -> (found: Int, hops: [Int], messages: [Int]) {
+    mutating func measure(lookups count: Int, alpha: Int = 3, latency: ClosedRange<Int> = 10...50)
+        -> (found: Int, hops: [Int], messages: [Int], elapsed: [Duration])
+    {
         let live = peers.indices.filter { alive[$0] }
         var found = 0
         var hops: [Int] = []
         var messages: [Int] = []
+        var elapsed: [Duration] = []
         for _ in 0..<count {
             let source = live.randomElement(using: &random)!
             var target = live.randomElement(using: &random)!
             while target == source { target = live.randomElement(using: &random)! }
-            let outcome = lookup(from: source, to: target, alpha: alpha)
+            let outcome = lookup(from: source, to: target, alpha: alpha, latency: latency)
             if outcome.found { found += 1 }
             hops.append(outcome.hops)
             messages.append(outcome.messages)
+            elapsed.append(outcome.elapsed)
         }
-        return (found, hops, messages)
+        return (found, hops, messages, elapsed)
     }
 }
 
@@ -153,7 +157,7 @@ extension Array where Element: Comparable {
 final class SimulationTests: XCTestCase {
     private func mean(_ values: [Int]) -> Double { Double(values.reduce(0, +)) / Double(max(values.count, 1)) }
 
-    private func report(_ label: String, nodes: Int, _ result: (found: Int, hops: [Int], messages: [Int])) {
+    private func report(_ label: String, nodes: Int, _ result: (found: Int, hops: [Int], messages: [Int], elapsed: [Duration])) {
         let line = String(
             format: "kad simulation %@: %d nodes, %d/%d found, hops mean %.2f max %d, messages mean %.1f max %d",
             label, nodes, result.found, result.hops.count, mean(result.hops), result.hops.max() ?? 0,
@@ -179,6 +183,31 @@ final class SimulationTests: XCTestCase {
         // Ten times the nodes must cost far less than ten times the messages (log N, not N).
         XCTAssertLessThan(figures[1].messages, figures[0].messages * 3)
         XCTAssertLessThan(figures[1].hops, figures[0].hops + 3)
+    }
+
+    /// Time per lookup with every answer 50 ms away (a realistic wide-area
+    /// round trip), in virtual time: 1000 nodes, and 5000 with P2PCHAT_DHT_SIM_5000.
+    /// A lookup cannot beat one round trip per hop of the path it found, and
+    /// with no node dead it never waits longer than one round trip per request.
+    func testLookupTimeAtFiftyMillisecondsAHop() {
+        var sizes = [1000]
+        if ProcessInfo.processInfo.environment["P2PCHAT_DHT_SIM_5000"] != nil { sizes.append(5000) }
+        for nodes in sizes {
+            var network = SimulatedDHT(count: nodes, seed: UInt64(nodes))
+            let result = network.measure(lookups: 100, latency: 50...50)
+            XCTAssertEqual(result.found, 100, "every lookup in \(nodes) nodes finds its target")
+            for (index, elapsed) in result.elapsed.enumerated() {
+                let hops = result.hops[index]
+                let requests = result.messages[index]
+                XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(50 * hops), "lookup \(index): \(hops) hops in \(elapsed)")
+                XCTAssertLessThanOrEqual(elapsed, .milliseconds(50 * requests), "lookup \(index): \(requests) requests in \(elapsed)")
+            }
+            let milliseconds = result.elapsed.map { Double($0.components.seconds) * 1000 + Double($0.components.attoseconds) / 1e15 }.sorted()
+            print(String(
+                format: "kad simulation 50 ms a hop: %d nodes, lookup time p50 %.0f ms p99 %.0f ms max %.0f ms, hops mean %.2f, messages mean %.1f",
+                nodes, milliseconds[milliseconds.count / 2], milliseconds[milliseconds.count * 99 / 100], milliseconds.last!,
+                mean(result.hops), mean(result.messages)))
+        }
     }
 
     /// With a fifth of the nodes gone (their entries still in every table), lookups still succeed.
