@@ -16,18 +16,7 @@ func runQUICBenchmarks() async throws {
         key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop,
         transports: [TCPTransport(group: serverLoop), QUICTransport(group: serverLoop)])
     PingService(host: server).start()
-    server.setStreamHandler(sinkProtocol) { stream in
-        var count = 0
-        do {
-            while let piece = try await stream.read() { count += piece.readableBytes }
-            var reply = ByteBuffer()
-            reply.writeInteger(UInt64(count))
-            try await stream.write(reply)
-            try await stream.closeWrite()
-        } catch {
-            stream.reset()
-        }
-    }
+    serveSink(on: server)
     let bound = try await server.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0"), Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")])
     let tcpAddress = bound[0].encapsulating(.p2p(server.localPeer.bytes))
     let quicAddress = bound[1].encapsulating(.p2p(server.localPeer.bytes))

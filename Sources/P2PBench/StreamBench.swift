@@ -31,9 +31,8 @@ let benchConfiguration: TransportConfiguration = {
 
 let sinkProtocol = "/p2pbench/sink/1.0.0"
 
-func makeHost() async throws -> (Libp2pHost, Multiaddr) {
-    let host = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
-    PingService(host: host).start()
+/// Counts what a stream sends until it ends, then answers the count (8 bytes).
+func serveSink(on host: Libp2pHost) {
     host.setStreamHandler(sinkProtocol) { stream in
         var count = 0
         do {
@@ -46,6 +45,12 @@ func makeHost() async throws -> (Libp2pHost, Multiaddr) {
             stream.reset()
         }
     }
+}
+
+func makeHost() async throws -> (Libp2pHost, Multiaddr) {
+    let host = Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
+    PingService(host: host).start()
+    serveSink(on: host)
     let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0"), Multiaddr("/ip4/127.0.0.1/tcp/0/ws")])
     webSocketAddress = bound[1].encapsulating(.p2p(host.localPeer.bytes))
     return (host, bound[0].encapsulating(.p2p(host.localPeer.bytes)))
