@@ -48,6 +48,11 @@ final class QUICConnectionDriver: StreamMuxerDriver {
     private var state: State = .handshaking(deadline: nil)
     private var streams: [UInt64: Stream] = [:]
     private var negotiatingInbound = 0
+    /// Bytes delivered to a stream's reader and not yet granted back. The
+    /// reader reports what it took in batches; what is left unreported when it
+    /// reaches the end, discards or the stream is reset is granted then, or
+    /// the connection's window (MAX_DATA) would shrink for good.
+    private var ungranted: [UInt64: Int] = [:]
     /// Streams whose writers wait for queued bytes to go out.
     private var queuedWriters: Set<UInt64> = []
     private var inboxesToWake: [StreamInbox] = []
@@ -281,6 +286,7 @@ final class QUICConnectionDriver: StreamMuxerDriver {
             let (needsWake, discarded) = stream.inbox.push(data)
             if needsWake { inboxesToWake.append(stream.inbox) }
             if discarded > 0 { quic.consumed(streamID: id, bytes: discarded) }
+            ungranted[id, default: 0] += data.readableBytes - discarded
         }
         if fin {
             flags.remoteFinished = true
@@ -300,6 +306,7 @@ final class QUICConnectionDriver: StreamMuxerDriver {
         case .open(let stream, _)?:
             stream.inbox.fail(.streamReset)
             stream.credit.fail(.streamReset)
+            grantRemainder(of: id)
             quic.reset(streamID: id)
         case nil:
             break
@@ -392,11 +399,25 @@ final class QUICConnectionDriver: StreamMuxerDriver {
     }
 
     func consumed(streamID: UInt32, bytes: Int) {
-        quic.consumed(streamID: UInt64(streamID), bytes: bytes)
+        let id = UInt64(streamID)
+        let pending = ungranted[id] ?? 0
+        let grant = min(bytes, pending)
+        guard grant > 0 else { return }
+        ungranted[id] = pending - grant
+        quic.consumed(streamID: id, bytes: grant)
         pump()
     }
 
-    func endOfStreamRead(streamID: UInt32) {}
+    func endOfStreamRead(streamID: UInt32) {
+        grantRemainder(of: UInt64(streamID))
+        pump()
+    }
+
+    /// What the stream's reader never reported goes back to the connection's window.
+    private func grantRemainder(of id: UInt64) {
+        guard let pending = ungranted.removeValue(forKey: id), pending > 0 else { return }
+        quic.consumed(streamID: id, bytes: pending)
+    }
 
     func write(streamID: UInt32, data: ByteBuffer, credit: StreamWriteCredit) {
         let id = UInt64(streamID)
@@ -434,6 +455,7 @@ final class QUICConnectionDriver: StreamMuxerDriver {
         stream.inbox.fail(.streamReset)
         stream.credit.fail(.streamReset)
         queuedWriters.remove(id)
+        grantRemainder(of: id)
         quic.reset(streamID: id)
         pump()
     }
@@ -443,7 +465,9 @@ final class QUICConnectionDriver: StreamMuxerDriver {
         guard case .open(let stream, var flags)? = streams[id] else { return }
         flags.discardInbound = true
         streams[id] = .open(stream, flags)
-        quic.consumed(streamID: id, bytes: stream.inbox.discardAll())
+        // What the inbox held or had not reported: everything delivered and not granted.
+        _ = stream.inbox.discardAll()
+        grantRemainder(of: id)
         pump()
     }
 

@@ -50,6 +50,25 @@ final class QUICHostTests: XCTestCase {
         await listener.close()
     }
 
+    /// Every byte a reader took goes back to the connection's window, also the
+    /// tail its reader never reported before the end: 60 streams of 48 KiB
+    /// each (less than a report) would otherwise shrink a 768 KiB window to nothing.
+    func testManyShortStreamsDoNotUseUpTheConnectionWindow() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let (listener, address) = try await quicHost(group)
+        let (dialer, _) = try await quicHost(group)
+        try await withDeadline(60) {
+            let connection = try await dialer.connect(address)
+            for index in 0..<60 {
+                let data = patternBytes(count: 48 * 1024, seed: UInt64(index))
+                let back = try await echo(data, over: connection)
+                XCTAssertTrue(back == data, "stream \(index)")
+            }
+        }
+        await dialer.close()
+        await listener.close()
+    }
+
     func testADialToTheWrongPeerIDFails() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let (listener, address) = try await quicHost(group)
