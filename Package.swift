@@ -7,6 +7,7 @@ import PackageDescription
 //   RequestResponse, FileShare, ChatHistory, Relay, AutoNAT, DCUtR ; MDNS
 //   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
 // RedisRESP (NIO only) ; with Host, Ping, Identify <- TransportInterop <- P2PInterop (p2pchat-interop)
+// WebChat (NIO only: the chat's web page) <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],

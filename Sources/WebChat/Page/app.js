@@ -266,20 +266,23 @@
       path.append(svg("title", {}, `${c.kind} ${c.transport} ${c.direction}\n${c.address}\n${c.security} · ${c.muxer}`));
       links.append(path);
       const lx = via ? (via.x + to.x) / 2 : (mid.x + (to.x / 2)) / 2, ly = via ? (via.y + to.y) / 2 : (mid.y + (to.y / 2)) / 2;
-      labels.append(svg("text", { x: lx, y: ly - 6, "text-anchor": "middle", class: "small" }, `${c.transport} · ${c.kind}`));
+      labels.append(svg("text", { x: lx + 8, y: ly - 6, "text-anchor": "start", class: "small" }, `${c.transport} · ${c.kind}`));
     }
     function node(peer, p, me) {
       const g = svg("g", { class: "node", "data-peer": peer, transform: `translate(${p.x} ${p.y})` });
-      const r = me ? 40 : 28;
+      const r = me ? 40 : 34;
       if (mesh.has(peer)) g.append(svg("circle", { class: "mesh", r: r + 7, fill: "none", stroke: "var(--mesh)", "stroke-width": 3 }));
       else if (onTopic.has(peer)) g.append(svg("circle", { class: "topic", r: r + 7, fill: "none", stroke: "var(--mesh)", "stroke-width": 1.5, "stroke-dasharray": "4 3" }));
       g.append(svg("circle", { r, fill: me ? "#20232a" : "#fff", stroke: colour(peer), "stroke-width": 3 }));
-      g.append(svg("text", { y: 4, "text-anchor": "middle", class: "mono", fill: me ? "#fff" : colour(peer),
-                             style: me ? "fill:#fff" : "fill:" + colour(peer) }, me ? "you" : short(peer)));
+      g.append(svg("text", { y: 4, "text-anchor": "middle", class: "mono",
+                             style: (me ? "fill:#fff" : "fill:" + colour(peer)) + ";font-size:10.5px" }, me ? "you" : short(peer)));
       const lines = me ? [short(peer), "reachability: " + net.reachability, "DHT: " + net.dht]
                        : [reserved.has(peer) ? "relay · reserved until " + reserved.get(peer).slice(11, 16) : null,
                           mesh.has(peer) ? "in mesh of " + net.topic : onTopic.has(peer) ? "on " + net.topic : null].filter(Boolean);
-      lines.forEach((line, i) => g.append(svg("text", { y: r + 18 + i * 14, "text-anchor": "middle", class: "small" }, line)));
+      // Our node's notes go to its right, clear of the links that leave it up and down.
+      lines.forEach((line, i) => g.append(me
+        ? svg("text", { x: r + 12, y: -10 + i * 14, class: "small" }, line)
+        : svg("text", { y: r + 18 + i * 14, "text-anchor": "middle", class: "small" }, line)));
       g.append(svg("title", {}, peer));
       nodes.append(g);
     }
