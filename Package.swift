@@ -301,7 +301,7 @@ let package = Package(
             name: "P2PFuzz",
             dependencies: [
                 "Multiformats", "Multistream", "Yamux", "Noise", "TLS", "LibP2PSecurity", "Identity", "MDNS", "Identify",
-                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "RedisRESP", "QUIC",
+                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "RedisRESP", "QUIC", "WebChat",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/P2PFuzz"
