@@ -1,5 +1,6 @@
 import ChildProcess
 import Foundation
+import TestSupport
 import XCTest
 
 /// Two chats on loopback, each serving its page (`--web`), driven in headless
@@ -111,5 +112,40 @@ final class WebChatBrowserTests: XCTestCase {
         // What the pages said arrived is really there, whole.
         XCTAssertEqual(FileManager.default.contents(atPath: downloadsB + "/dropped-notes.txt"), droppedContent, "the dropped file in B's downloads")
         XCTAssertEqual(FileManager.default.contents(atPath: downloadsA + "/picked.bin"), pickedContent, "the picked file in A's downloads")
+    }
+}
+
+/// `--web`'s address as the chat takes it (no browser needed).
+final class WebChatCLITests: XCTestCase {
+    func testAPortAloneServesOnLoopbackAndABadAddressIsRefused() async throws {
+        let chat = try ChildProcess(
+            WebChatBrowserTests.binary, ["--no-mdns", "--json", "--ephemeral", "--listen", "/ip4/127.0.0.1/tcp/0", "--web", "0"], stdinPipe: true)
+        defer { chat.stop() }
+        var url: String?
+        let deadline = ContinuousClock.now + .seconds(20)
+        while url == nil, chat.isRunning, ContinuousClock.now < deadline {
+            url = chat.outputLines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+                .first { $0["event"] as? String == "web" }?["url"] as? String
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let shown = try XCTUnwrap(url, "no web event: \(chat.outputLines) \(chat.stderrText)")
+        XCTAssertTrue(shown.hasPrefix("http://127.0.0.1:") && shown.contains("/?token="), shown)
+        // Stdin's end does not end a chat that serves its page; SIGTERM does, cleanly.
+        chat.closeInput()
+        try await Task.sleep(for: .milliseconds(300))
+        XCTAssertTrue(chat.isRunning, "the chat ended with stdin")
+        chat.terminate()
+        let status = try await chat.waitForExit(within: 20)
+        XCTAssertEqual(status, 0)
+
+        for bad in ["lobby:x", "[::1", "70000", "a b:80"] {
+            let refused = try ChildProcess(WebChatBrowserTests.binary, ["--no-mdns", "--ephemeral", "--web", bad], stdinPipe: true, stdout: .discard)
+            let code = try await refused.waitForExit(within: 20)
+            XCTAssertEqual(code, 1, bad)
+            // The exit can come before the reader thread has the last of stderr.
+            try await waitUntil("\(bad): stderr says why (\(refused.stderrText))", seconds: 5) {
+                refused.stderrText.contains("--web: not an address")
+            }
+        }
     }
 }

@@ -146,6 +146,18 @@ def main():
         step("page A's network view shows the connection to B")
         if args.screenshots:
             a.save_screenshot(os.path.join(args.screenshots, "webchat-network.png"))
+
+        # /who from the page, and switching topics with the topic box.
+        a.find_element(By.ID, "tab-chat").click()
+        a.find_element(By.ID, "who").click()
+        wait(a, "page A shows /who's answer with B", lambda d: [s for s in css(d, ".sys") if s.text.startswith("On lobby:") and peer_b[-8:] in s.text])
+        topic = a.find_element(By.ID, "topic")
+        topic.clear()
+        topic.send_keys("elsewhere", Keys.ENTER)
+        wait(a, "page A is on topic elsewhere", lambda d: d.find_element(By.ID, "side-topic").get_attribute("textContent") == "elsewhere"
+             and [s for s in css(d, ".sys") if s.text == "Now on topic elsewhere"])
+        wait(b, "page B sees A leave lobby", lambda d: [s for s in css(d, ".sys") if s.text.endswith("left lobby")])
+        step("/who and switching topics from page A")
         print("PASS", flush=True)
     except AssertionError as failure:
         print(f"FAIL: {failure}", flush=True)
