@@ -7,6 +7,7 @@ import PackageDescription
 //   RequestResponse, FileShare, ChatHistory, Relay, AutoNAT, DCUtR ; MDNS
 //   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
 // RedisRESP (NIO only) ; with Host, Ping, Identify <- TransportInterop <- P2PInterop (p2pchat-interop)
+// WebChat (NIO only: the chat's web page) <- P2PChat
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -47,6 +48,7 @@ let package = Package(
         .library(name: "AutoNAT", targets: ["AutoNAT"]),
         .library(name: "DCUtR", targets: ["DCUtR"]),
         .library(name: "RedisRESP", targets: ["RedisRESP"]),
+        .library(name: "WebChat", targets: ["WebChat"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
@@ -285,10 +287,22 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        // The chat as a local web page (`p2pchat --web`): HTTP and a WebSocket on swift-nio, the page embedded.
+        .target(
+            name: "WebChat",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            resources: [.embedInCode("Page/index.html"), .embedInCode("Page/style.css"), .embedInCode("Page/app.js")]
+        ),
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter",
+                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter", "WebChat",
                 "FileShare", "ChatHistory", "KadDHT", "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket", "QUICTransport",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -299,7 +313,7 @@ let package = Package(
             name: "P2PFuzz",
             dependencies: [
                 "Multiformats", "Multistream", "Yamux", "Noise", "TLS", "LibP2PSecurity", "Identity", "MDNS", "Identify",
-                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "RedisRESP", "QUIC",
+                "PubSub", "KadDHT", "Relay", "DCUtR", "AutoNAT", "FileShare", "ChatHistory", "RedisRESP", "QUIC", "WebChat",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             path: "Fuzz/P2PFuzz"
@@ -445,6 +459,18 @@ let package = Package(
                 "MetricsExporter", "Multiformats", "TestSupport", .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        .testTarget(
+            name: "WebChatTests",
+            dependencies: [
+                "WebChat", "ChildProcess", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
+            // The browser test's Selenium driver and its pinned requirements (WebChatBrowserTests runs it).
+            exclude: ["browser"]
         ),
         .testTarget(
             name: "RequestResponseTests",

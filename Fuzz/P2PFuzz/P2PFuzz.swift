@@ -11,6 +11,7 @@ import Noise
 import RedisRESP
 import Relay
 import TLS
+import WebChat
 import Yamux
 
 // The protobuf types and the router are internal to their modules; debug
@@ -30,7 +31,7 @@ import Yamux
 enum FuzzTarget: String, CaseIterable {
     case varint, multiaddr, multistream, yamux, noise, dns, keys, envelope, identify, pubsub
     case noiseTransport = "noise-transport", tlsHandshake = "tls-handshake", tlsCertificate = "tls-certificate"
-    case dht, relay, dcutr, autonat, file, history, resp
+    case dht, relay, dcutr, autonat, file, history, resp, webchat
     case quicPacket = "quic-packet", quicFrame = "quic-frame", quicTransportParameters = "quic-transport-parameters"
     case quicConnection = "quic-connection"
 
@@ -85,6 +86,18 @@ enum FuzzTarget: String, CaseIterable {
                     }
                     pending.removeFirst(consumed)
                 }
+            }
+        case .webchat:
+            // What a page sends over the web chat's WebSocket, and a request target with its headers.
+            if let lines = try? WebChatInput.decode(bytes) {
+                guard lines.count <= WebChatInput.maxLines, !lines.contains(where: { $0.isEmpty || $0.contains(where: \.isNewline) }) else {
+                    fatalError("web chat input decoded to bad lines: \(lines)")
+                }
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
+            let access = WebChatAccess.forServer(host: "127.0.0.1", port: 8080, token: "0123456789abcdef")
+            if access.check(target: text, host: "127.0.0.1:8080", origin: nil) == nil {
+                guard WebChatAccess.queryValue("token", in: text) == "0123456789abcdef" else { fatalError("access without the token: \(text)") }
             }
         case .dns:
             _ = try? DNSMessage(bytes: bytes)

@@ -15,6 +15,7 @@ import PubSub
 import Relay
 import Synchronization
 import Transport
+import WebChat
 
 /// `p2pchat chat` (the default command): the chat on a topic, with files, history and discovery.
 struct ChatCommand: AsyncParsableCommand {
@@ -75,6 +76,13 @@ struct ChatCommand: AsyncParsableCommand {
         help: ArgumentHelp("adaptive, or go-before-0.41 / go-before-0.33 to play an older go-libp2p peer (tests).", visibility: .hidden))
     var dcutrRoles = "adaptive"
 
+    @Option(
+        name: .customLong("web"), defaultAsFlag: "127.0.0.1:8080", parsing: .next,
+        help: ArgumentHelp(
+            "Also serve the chat as a web page at ADDR (default 127.0.0.1:8080; HOST:PORT, [IPv6]:PORT or PORT); open the URL it prints, with its token.",
+            valueName: "addr"))
+    var web: String? = nil
+
     @OptionGroup var identity: IdentityOptions
     @OptionGroup var metrics: MetricsOption
 
@@ -90,6 +98,13 @@ struct ChatCommand: AsyncParsableCommand {
             out.emit("metrics", ["addr": .string(address)], human: "Metrics at \(address)/metrics")
         }
         let bootstrapAddresses = dhtOptions.bootstrapAddresses()
+        var webAddress: (host: String, port: Int)?
+        if let web {
+            guard let address = WebChatBridge.parseAddress(web) else {
+                exitWithError("--web: not an address (HOST:PORT, [IPv6]:PORT or PORT): \(web)")
+            }
+            webAddress = address
+        }
         guard let routerKind = RouterKind(rawValue: router) else {
             exitWithError("--router must be gossipsub or floodsub, not \(router)")
         }
@@ -212,9 +227,29 @@ struct ChatCommand: AsyncParsableCommand {
         for address in connectAddresses + (relayAddress.map { [$0] } ?? []) {
             redialers.append(Task { await keepConnected(address, host: host, out: out) })
         }
-        for await line in inputLinesUntilSignal() {
+        var webChat: WebChatBridge?
+        let lines: AsyncStream<String>
+        var stdinForwarder: Task<Void, Never>?
+        if let webAddress {
+            let merged = chatAndPageInputLines()
+            (lines, stdinForwarder) = (merged.lines, merged.stdin)
+            do {
+                webChat = try await WebChatBridge.start(
+                    address: webAddress, out: out, input: merged.input, session: session, host: host, identify: identifyService,
+                    circuit: circuit, nat: nat, pubsub: pubsub, dht: dht)
+            } catch {
+                exitWithError("\(error)")
+            }
+            if let url = webChat?.server.url { out.emit("web", ["url": .string(url)], human: "Web chat at \(url)") }
+        } else {
+            lines = inputLinesUntilSignal()
+        }
+        for await line in lines {
+            webChat?.typed(line)
             guard await session.handle(line: line, host: host) else { break }
         }
+        stdinForwarder?.cancel()
+        await webChat?.stop()
         for redialer in redialers { redialer.cancel() }
         await files.cancelAll()
         await discovery?.stop()

@@ -258,15 +258,17 @@ final class ProgressPrinter: Sendable {
         guard due else { return }
         let fraction = progress.total == 0 ? 1 : Double(progress.received) / Double(progress.total)
         let remaining = progress.bytesPerSecond > 0 ? Double(progress.total - progress.received) / progress.bytesPerSecond : 0
+        let fields: [String: JSONValue] = [
+            "n": .int(number), "name": .string(name), "bytes": .int(progress.received), "size": .int(progress.total),
+            "rate": .decimal(progress.bytesPerSecond, digits: 0), "eta": .decimal(remaining, digits: 1),
+        ]
         if out.json {
-            out.emit(
-                "file_progress",
-                [
-                    "n": .int(number), "name": .string(name), "bytes": .int(progress.received), "size": .int(progress.total),
-                    "rate": .decimal(progress.bytesPerSecond, digits: 0), "eta": .decimal(remaining, digits: 1),
-                ],
-                human: "")
-        } else if terminal {
+            out.emit("file_progress", fields, human: "")
+            return
+        }
+        // The web page draws its own bar.
+        out.tap.send("file_progress", fields)
+        if terminal {
             let width = 24
             let filled = Int(fraction * Double(width))
             let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)

@@ -22,6 +22,8 @@ struct ChatOutput: Sendable {
     let json: Bool
     /// Shortened, coloured peer ids: only when a person reads stdout in a terminal.
     let decorated: Bool
+    /// Every event also goes here, as its JSON line, once something listens (the web page, `--web`).
+    let tap = ChatEventTap()
 
     init(json: Bool, decorated: Bool = false) {
         self.json = json
@@ -29,6 +31,7 @@ struct ChatOutput: Sendable {
     }
 
     func emit(_ event: String, _ fields: [String: JSONValue], human: @autoclosure () -> String) {
+        tap.send(event, fields)
         guard json else {
             say(human())
             return
@@ -43,6 +46,7 @@ struct ChatOutput: Sendable {
         if json {
             emit("error", ["message": .string(message)], human: "")
         } else {
+            tap.send("error", ["message": .string(message)])
             FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         }
     }
@@ -65,5 +69,23 @@ struct ChatOutput: Sendable {
             hash = (hash ^ UInt32(byte)) &* 16_777_619
         }
         return palette[Int(hash % UInt32(palette.count))]
+    }
+}
+
+/// Where `ChatOutput` also sends its events: nowhere until a listener is set.
+final class ChatEventTap: Sendable {
+    private let listener = Mutex<(@Sendable (_ event: String, _ line: String) -> Void)?>(nil)
+
+    func listen(_ listener: @escaping @Sendable (_ event: String, _ line: String) -> Void) {
+        self.listener.withLock { $0 = listener }
+    }
+
+    /// The event as its --json line (with `event` and `ts`), to the listener if any.
+    func send(_ event: String, _ fields: [String: JSONValue]) {
+        guard let listener = listener.withLock({ $0 }) else { return }
+        var object = fields
+        object["event"] = .string(event)
+        object["ts"] = .string(isoTimestamp())
+        listener(event, jsonLine(object))
     }
 }
