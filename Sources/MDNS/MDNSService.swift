@@ -52,7 +52,14 @@ public enum MDNSRecords {
         message.isResponse = true
         let instance = DNSName([peerName] + serviceName.labels)
         message.answers = [DNSRecord(name: serviceName, ttl: ttl, data: .ptr(instance))]
-        message.additionals = addresses.map { address in
+        // TCP addresses go last: py-libp2p reads the TXT records into a dict, so only
+        // the last `dnsaddr` survives there, and TCP is what every implementation dials.
+        let isTCP: (Multiaddr) -> Bool = { address in
+            guard address.components.count == 2, case .tcp = address.components[1] else { return false }
+            return true
+        }
+        let ordered = addresses.filter { !isTCP($0) } + addresses.filter(isTCP)
+        message.additionals = ordered.map { address in
             let full = address.p2pMultihash == nil ? address.encapsulating(.p2p(peer.bytes)) : address
             return DNSRecord(name: instance, ttl: ttl, data: .txt([Array("dnsaddr=\(full)".utf8)]))
         }
