@@ -113,8 +113,15 @@ final class QUICConnectionDriver: StreamMuxerDriver {
 
     // MARK: - Datagrams and time
 
+    /// Takes a datagram without answering yet: the endpoint calls `readComplete`
+    /// at the end of the socket's burst of reads, so one round of ACKs and
+    /// data answers the whole burst (one ACK for many packets, one flush).
     func receive(_ datagram: [UInt8]) {
         quic.receive(datagram: datagram, now: .now)
+    }
+
+    /// The end of a burst of reads: answer what arrived.
+    func readComplete() {
         pump()
     }
 

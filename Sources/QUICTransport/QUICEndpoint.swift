@@ -27,6 +27,8 @@ final class QUICEndpoint: @unchecked Sendable {
     private var routes: [ConnectionID: QUICConnectionDriver] = [:]
     private var connections: [ObjectIdentifier: (driver: QUICConnectionDriver, ids: [ConnectionID])] = [:]
     private var needsFlush = false
+    /// Connections that received datagrams in the current burst of reads.
+    private var receivedInBurst: [ObjectIdentifier: QUICConnectionDriver] = [:]
     private var closing = false
     private let retryTokens = RetryTokens()
     private let retryPolicy: QUICRetryPolicy
@@ -85,6 +87,7 @@ final class QUICEndpoint: @unchecked Sendable {
         guard let header = QUICDatagramHeader(datagram, shortHeaderIDLength: QUICTransport.connectionIDLength) else { return }
         if let driver = routes[header.destination] {
             driver.receive(datagram)
+            receivedInBurst[ObjectIdentifier(driver)] = driver
             return
         }
         guard let inbound, !closing, header.isLong, datagram.count >= 1200 else { return }
@@ -157,6 +160,7 @@ final class QUICEndpoint: @unchecked Sendable {
             register(driver, ids: [local, destination])
             driver.start()
             driver.receive(datagram)
+            receivedInBurst[ObjectIdentifier(driver)] = driver
         } catch {
             slot.release()
             upgrader.logger.debug("QUIC connection not accepted", metadata: ["error": "\(error)", "from": "\(remote)"])
@@ -215,6 +219,14 @@ final class QUICEndpoint: @unchecked Sendable {
         needsFlush = true
     }
 
+    /// The end of the socket's burst of reads: every connection that received answers once.
+    func readComplete() {
+        let drivers = receivedInBurst
+        receivedInBurst = [:]
+        for driver in drivers.values { driver.readComplete() }
+        flush()
+    }
+
     func flush() {
         guard needsFlush else { return }
         needsFlush = false
@@ -261,7 +273,7 @@ final class QUICDatagramHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        endpoint.flush()
+        endpoint.readComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
