@@ -116,7 +116,11 @@ extension QUICConnection {
             add(frame)
             controlFrames.removeFirst()
         }
-        for id in streams.keys.sorted() where left > 24 {
+        // Streams take turns, packet by packet, from the one after the last served:
+        // a bulk stream cannot keep a small one (a ping, a chat line) waiting behind it.
+        let ids = streams.keys.sorted()
+        let first = ids.firstIndex { $0 > lastStreamServed } ?? 0
+        for id in ids[first...] + ids[..<first] where left > 24 {
             while left > 24 {
                 let overhead = 1 + VarInt.encodedLength(id)! + 8 + 2
                 let connectionRoom = peerMaxData > dataSent ? peerMaxData - dataSent : 0
@@ -125,6 +129,7 @@ extension QUICConnection {
                 guard let piece = streams[id]!.send.next(maxLength: left - overhead, limit: newLimit) else { break }
                 dataSent += streams[id]!.send.sentOffset - before
                 add(.stream(StreamFrame(streamID: id, offset: piece.offset, data: piece.data, fin: piece.fin)))
+                lastStreamServed = id
             }
         }
         return frames

@@ -240,6 +240,8 @@ public struct QUICConnection: ~Copyable {
     /// Bytes of all streams the application took: the connection's window is granted from here.
     var dataConsumed: UInt64 = 0
     var controlFrames: [Frame] = []
+    /// The stream that last got data into a packet: the next packet starts after it.
+    var lastStreamServed: UInt64 = 0
     var handshakeDonePending = false
     var remoteCIDFromServer = false
     /// Anti-amplification (§8.1): a server sends at most 3× what it received until the address is validated.
