@@ -214,7 +214,7 @@ struct DHTQueryOptions: ParsableArguments {
         let (host, _) = makeHost(key: identity.toolKey(), options: identity)
         let dht = startDHT(host: host, server: false)
         do {
-            try await withTimeout(seconds: timeout, "DHT query") {
+            try await withTimeout(.milliseconds(Int(timeout * 1000)), "DHT query") {
                 try await dht.bootstrap(peers: addresses)
                 try await query(dht)
             }

@@ -188,13 +188,13 @@ struct PingCommand: AsyncParsableCommand {
         let count = self.count
         let timeout = self.timeout
         do {
-            let connection = try await withTimeout(seconds: timeout, "connecting to \(address)") {
+            let connection = try await withTimeout(.milliseconds(Int(timeout * 1000)), "connecting to \(address)") {
                 try await host.connect(target)
             }
             say("PING \(connection.remotePeer)")
             var total = Duration.zero
             for _ in 0..<count {
-                let rtt = try await withTimeout(seconds: timeout, "ping") {
+                let rtt = try await withTimeout(.milliseconds(Int(timeout * 1000)), "ping") {
                     try await PingService.ping(connection, count: 1)[0]
                 }
                 total += rtt
@@ -249,7 +249,7 @@ struct IdCommand: AsyncParsableCommand {
     func run() async throws {
         let (target, host, identify) = startTool(address: address, identity: identity)
         do {
-            let (info, connection) = try await withTimeout(seconds: timeout, "identify \(address)") {
+            let (info, connection) = try await withTimeout(.milliseconds(Int(timeout * 1000)), "identify \(address)") {
                 let connection = try await host.connect(target)
                 return (try await identify.identify(connection), connection)
             }

@@ -56,11 +56,11 @@ struct PerfCommand: AsyncParsableCommand {
         do {
             let clock = ContinuousClock()
             let start = clock.now
-            let connection = try await withTimeout(seconds: timeout, "connecting to \(address)") {
+            let connection = try await withTimeout(.milliseconds(Int(timeout * 1000)), "connecting to \(address)") {
                 try await host.connect(target)
             }
             let connectTime = clock.now - start
-            let result = try await withTimeout(seconds: timeout, "perf transfer") {
+            let result = try await withTimeout(.milliseconds(Int(timeout * 1000)), "perf transfer") {
                 try await PerfService.run(connection, upload: upload, download: download)
             }
             if json {

@@ -45,14 +45,6 @@ public func withTimeout<T: Sendable>(
     }
 }
 
-/// `withTimeout(_:_:_:)` with the limit in seconds, for the callers not yet moved to `Duration`.
-@available(*, deprecated, message: "pass the limit as a Duration: withTimeout(.seconds(n), what) { ... }")
-public func withTimeout<T: Sendable>(
-    seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    try await withTimeout(.milliseconds(Int(seconds * 1000)), what, body)
-}
-
 /// Resumes a continuation once, with whichever result comes first.
 final class TimeoutRace<T: Sendable>: Sendable {
     private struct State {
