@@ -43,9 +43,11 @@ func runQUICBenchmarks() async throws {
     report("8 concurrent QUIC streams", median(quicEight), "MB/s" + spread(quicEight))
     report("  ratio QUIC / TCP", median(quicEight) / median(tcpEight), "")
     report("Noise XX + Yamux handshakes (1 at a time)", try await handshakesPerSecond(server: tcpAddress, count: 200, concurrency: 1), "/s")
-    report("QUIC handshakes (1 at a time)", try await quicHandshakesPerSecond(server: quicAddress, count: 200, concurrency: 1), "/s")
+    report("QUIC handshakes (1 at a time)", try await handshakesPerSecond(
+        server: quicAddress, count: 200, concurrency: 1, transports: { [QUICTransport(group: group)] }), "/s")
     report("Noise XX + Yamux handshakes (8 concurrent)", try await handshakesPerSecond(server: tcpAddress, count: 400, concurrency: 8), "/s")
-    report("QUIC handshakes (8 concurrent)", try await quicHandshakesPerSecond(server: quicAddress, count: 400, concurrency: 8), "/s")
+    report("QUIC handshakes (8 concurrent)", try await handshakesPerSecond(
+        server: quicAddress, count: 400, concurrency: 8, transports: { [QUICTransport(group: group)] }), "/s")
     report("ping over TCP (median of 200)", try await pingRoundTrip(server: tcpAddress, client: tcpClient), "µs")
     report("ping over QUIC (median of 200)", try await pingRoundTrip(server: quicAddress, client: quicClient), "µs")
     for (name, address, client) in [("TCP", tcpAddress, tcpClient), ("QUIC", quicAddress, quicClient)] {
@@ -61,44 +63,15 @@ func runQUICBenchmarks() async throws {
 func concurrentThroughput(server: Multiaddr, client: Libp2pHost, streams: Int) async throws -> Double {
     let connection = try await client.connect(server)
     let share = totalBytes / streams
-    let payload = ByteBuffer(repeating: 0x5a, count: chunk)
     let start = clock.now
     try await withThrowingTaskGroup(of: Void.self) { tasks in
         for _ in 0..<streams {
             tasks.addTask {
                 let stream = try await connection.newStream(protocols: [sinkProtocol])
-                var sent = 0
-                while sent < share {
-                    let size = min(chunk, share - sent)
-                    try await stream.write(payload.getSlice(at: 0, length: size)!)
-                    sent += size
-                }
-                try await stream.closeWrite()
-                var reader = StreamReader(stream)
-                let count = try await reader.readExactly(8).getInteger(at: 0, as: UInt64.self)!
-                precondition(Int(count) == share, "sink received \(count) of \(share)")
+                try await sendThroughSink(stream, bytes: share)
             }
         }
         try await tasks.waitForAll()
     }
     return Double(share * streams) / seconds(clock.now - start) / 1e6
-}
-
-/// New QUIC connections per second (handshake, then close), from fresh clients.
-func quicHandshakesPerSecond(server: Multiaddr, count: Int, concurrency: Int) async throws -> Double {
-    let start = clock.now
-    try await withThrowingTaskGroup(of: Void.self) { tasks in
-        for worker in 0..<concurrency {
-            tasks.addTask {
-                let client = Libp2pHost(key: .generateEd25519(), group: group, transports: [QUICTransport(group: group)])
-                for _ in stride(from: worker, to: count, by: concurrency) {
-                    let connection = try await client.connect(server)
-                    await connection.close()
-                }
-                await client.close()
-            }
-        }
-        try await tasks.waitForAll()
-    }
-    return Double(count) / seconds(clock.now - start)
 }

@@ -62,32 +62,37 @@ nonisolated(unsafe) var webSocketAddress: Multiaddr?
 func streamThroughput(server: Multiaddr, client: Libp2pHost) async throws -> Double {
     let connection = try await client.connect(server)
     let stream = try await connection.newStream(protocols: [sinkProtocol])
-    let payload = ByteBuffer(repeating: 0x5a, count: chunk)
     let start = clock.now
+    try await sendThroughSink(stream, bytes: totalBytes)
+    return Double(totalBytes) / seconds(clock.now - start) / 1e6
+}
+
+/// Writes `bytes` to a sink stream in `chunk`s, closes, and checks the sink's count.
+func sendThroughSink(_ stream: MuxedStream, bytes: Int) async throws {
+    let payload = ByteBuffer(repeating: 0x5a, count: chunk)
     var sent = 0
-    while sent < totalBytes {
-        let size = min(chunk, totalBytes - sent)
+    while sent < bytes {
+        let size = min(chunk, bytes - sent)
         try await stream.write(payload.getSlice(at: 0, length: size)!)
         sent += size
     }
     try await stream.closeWrite()
     var reader = StreamReader(stream)
     let count = try await reader.readExactly(8).getInteger(at: 0, as: UInt64.self)!
-    let elapsed = seconds(clock.now - start)
-    precondition(Int(count) == totalBytes, "sink received \(count) of \(totalBytes)")
-    return Double(totalBytes) / elapsed / 1e6
+    precondition(Int(count) == bytes, "sink received \(count) of \(bytes)")
 }
 
 // MARK: Handshakes per second
 
 func handshakesPerSecond(
-    server: Multiaddr, count: Int, concurrency: Int, security: [any SecurityProtocol] = [NoiseSecurity()]
+    server: Multiaddr, count: Int, concurrency: Int, security: [any SecurityProtocol] = [NoiseSecurity()],
+    transports: @escaping @Sendable () -> [any Transport]? = { nil }
 ) async throws -> Double {
     let start = clock.now
     try await withThrowingTaskGroup(of: Void.self) { tasks in
         for worker in 0..<concurrency {
             tasks.addTask {
-                let client = Libp2pHost(key: .generateEd25519(), group: group, security: security)
+                let client = Libp2pHost(key: .generateEd25519(), group: group, transports: transports(), security: security)
                 for _ in stride(from: worker, to: count, by: concurrency) {
                     let connection = try await client.connect(server)
                     await connection.close()
