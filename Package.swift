@@ -418,8 +418,8 @@ let package = Package(
         .testTarget(name: "IdentifyTests", dependencies: ["Identify", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay", "Host", "Ping", "TestSupport"]),
-        .testTarget(name: "AutoNATTests", dependencies: ["AutoNAT", "Host", "TestSupport"]),
-        .testTarget(name: "DCUtRTests", dependencies: ["DCUtR", "Relay", "Host", "Ping", "TestSupport"]),
+        .testTarget(name: "AutoNATTests", dependencies: ["AutoNAT", "Host", "QUICTransport", "TestSupport"]),
+        .testTarget(name: "DCUtRTests", dependencies: ["DCUtR", "Relay", "Host", "Ping", "QUICTransport", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "WebSocketTests",

@@ -9,11 +9,14 @@
 #              circuit address; home2 dials it back (the unilateral upgrade)
 #   py-a       py-libp2p 0.8.1 in home1 dials our home2 through R; we hole punch
 #   py-b       py-libp2p 0.8.1 in home2 reserves on R; our home1 dials it; py hole punches
+# The homes listen on TCP (tcp), QUIC (quic: the UDP hole punch) or both, as a
+# chat does by default (both); the relay listens on both.
 # Reports the success rate, the time from start (or from the relayed connection)
 # to the direct one (p50/p99), and why each failure failed. Needs root, nft
 # (and .venv-interop for py-*: ./scripts/test makes it).
 # Usage: [P2PCHAT_BIN=path] Benchmarks/holepunch.sh [RUNS, default 20] [debug|release, default debug]
 #          [relay|bootstrap|public|py-a|py-b, default relay] [drop|reset, default drop]
+#          [tcp|quic|both, default tcp]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source Benchmarks/lib.sh
@@ -22,6 +25,8 @@ runs=${1:-20}
 mode=${2:-debug}
 scenario=${3:-relay}
 firewall=${4:-drop}
+transports=${5:-tcp}
+case $transports in tcp|quic|both) ;; *) echo "transports must be tcp, quic or both" >&2; exit 2 ;; esac
 case $firewall in
     drop) refuse='iifname "wan" ct state new drop;' ;;
     reset) refuse='iifname "wan" ct state new meta l4proto tcp reject with tcp reset; iifname "wan" ct state new drop;' ;;
@@ -78,10 +83,10 @@ table inet filter {
 NFT
 done
 
-python3 - "$bin" "$p" "$runs" "$scenario" "$firewall" "$python" "$PWD/Tests/Interop/py/relay_peer.py" <<'PY'
+python3 - "$bin" "$p" "$runs" "$scenario" "$firewall" "$python" "$PWD/Tests/Interop/py/relay_peer.py" "$transports" <<'PY'
 import json, subprocess, sys, threading, time
 
-binary, prefix, runs, scenario, firewall, python, py_script = sys.argv[1:8]
+binary, prefix, runs, scenario, firewall, python, py_script, transports = sys.argv[1:9]
 runs = int(runs)
 
 class Node:
@@ -123,8 +128,11 @@ def event(name, **fields):
     return lambda e: e.get("event") == name and all(f(e.get(k, "")) for k, f in fields.items())
 
 circuit = lambda a: "p2p-circuit" in a
-relay = Node("relay", ["relay", "--json", "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/4001", "--autonat-dial-timeout", "2"])
-listening, _ = relay.wait(lambda e: e.get("event") == "listening" and "203.0.113" in e["addr"], 30)
+relay = Node("relay", ["relay", "--json", "--ephemeral", "--listen", "/ip4/0.0.0.0/tcp/4001",
+                       "--listen", "/ip4/0.0.0.0/udp/4001/quic-v1", "--autonat-dial-timeout", "2"])
+relay_transport = "/quic-v1" if transports == "quic" else "/tcp/"
+listening, _ = relay.wait(
+    lambda e: e.get("event") == "listening" and "203.0.113" in e["addr"] and relay_transport in e["addr"], 30)
 if not listening:
     sys.exit("the relay did not start")
 relay_addr = listening["addr"]
@@ -132,7 +140,9 @@ relay_addr = listening["addr"]
 def one_run(run):
     """(milliseconds from the relayed connection, or from start, to the direct one; how), or raises with why."""
     port = 4100 + run  # fresh ports: no conntrack state left from the previous run
-    chat = ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", f"/ip4/0.0.0.0/tcp/{port}"]
+    listen = {"tcp": [f"/ip4/0.0.0.0/tcp/{port}"], "quic": [f"/ip4/0.0.0.0/udp/{port}/quic-v1"],
+              "both": [f"/ip4/0.0.0.0/tcp/{port}", f"/ip4/0.0.0.0/udp/{port}/quic-v1"]}[transports]
+    chat = ["lobby", "--json", "--ephemeral", "--no-mdns"] + [a for address in listen for a in ("--listen", address)]
     py = ["--timeout", "90", "--ip", "0.0.0.0", "--port", str(port)]
     nodes = []
     def start(namespace, args, executable=None):
@@ -147,7 +157,7 @@ def one_run(run):
             if scenario == "relay":
                 start("home1", chat + ["--relay", relay_addr, "--connect", reserved["addr"]])
             elif scenario == "public":
-                start("relay", ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", f"/ip4/0.0.0.0/tcp/{port}", "--connect", reserved["addr"]])
+                start("relay", ["lobby", "--json", "--ephemeral", "--no-mdns"] + chat[4:] + ["--connect", reserved["addr"]])
             else:
                 start("home1", py + ["dcutr-dial", reserved["addr"]], python)
             connected, relayed_at = home2.wait(event("connected", addr=circuit), 30)

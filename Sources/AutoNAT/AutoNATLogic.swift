@@ -60,23 +60,36 @@ public struct AutoNATServerPolicy: Sendable {
         return .success(candidates)
     }
 
-    /// The claimed TCP addresses moved to the observed IP: an address at that IP
-    /// as is, one at another IP (a private one behind a NAT) with the observed IP
-    /// and its own port (what a port-preserving NAT would expose). Relay and
-    /// non-IP addresses are skipped.
+    /// The claimed TCP and QUIC addresses moved to the observed IP: an address
+    /// at that IP as is, one at another IP (a private one behind a NAT) with the
+    /// observed IP and its own port (what a port-preserving NAT would expose).
+    /// Relay and non-IP addresses are skipped.
     static func candidates(_ claimed: [Multiaddr], observed: Multiaddr, max: Int) -> [Multiaddr] {
         guard let ip = observed.components.first, ip.isIP else { return [] }
         var result: [Multiaddr] = []
         for address in claimed {
             let parts = address.components
-            guard parts.count >= 2, parts[0].isIP, case .tcp = parts[1], !parts.contains(.p2pCircuit),
-                parts[0].sameFamily(as: ip)
-            else { continue }
+            guard parts.count >= 2, parts[0].isIP, !parts.contains(.p2pCircuit), parts[0].sameFamily(as: ip) else { continue }
+            let isTCP = { if case .tcp = parts[1] { true } else { false } }()
+            guard isTCP || isDialBackAddress(address.withoutP2P) else { continue }
             let moved = Multiaddr([ip] + parts[1...].filter { if case .p2p = $0 { return false } else { return true } })
             if !result.contains(moved) { result.append(moved) }
             if result.count == max { break }
         }
         return result
+    }
+
+    /// `/ip4|ip6/<ip>/tcp/<port>` or `/ip4|ip6/<ip>/udp/<port>/quic-v1`: what
+    /// clients ask to be dialled at and servers dial.
+    public static func isDialBackAddress(_ address: Multiaddr) -> Bool {
+        let parts = address.components
+        guard let first = parts.first, first.isIP else { return false }
+        switch parts.count {
+        case 2: if case .tcp = parts[1] { return true }
+        case 3: if case .udp = parts[1], case .quicV1 = parts[2] { return true }
+        default: break
+        }
+        return false
     }
 
     /// A request we do not dial back for: the status and text of our answer.

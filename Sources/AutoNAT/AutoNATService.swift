@@ -30,6 +30,13 @@ public final class AutoNATService: Sendable {
         /// Agreeing servers needed to decide (1 when one server is all there is).
         public var threshold = 2
         public var serverLimits = AutoNATServerPolicy.Limits()
+        /// Transports of our own for dial-backs, with sockets that are not our
+        /// listeners' (as go-libp2p dials back from a host of its own): a dial
+        /// from a listening socket may be the reverse of a flow the requester's
+        /// NAT already maps, and get through (a false "public"). TCP is dialled
+        /// from a fresh socket when none is given; a transport whose dials leave
+        /// from its listeners' sockets (QUIC) dials back only from here.
+        public var dialBackTransports: [any Transport] = []
 
         public init() {}
     }
@@ -97,12 +104,9 @@ public final class AutoNATService: Sendable {
 
     // MARK: Client
 
-    /// The addresses we ask to be dialled at: our TCP listen addresses.
+    /// The addresses we ask to be dialled at: our TCP and QUIC listen addresses.
     private var dialBackAddresses: [Multiaddr] {
-        host.listenAddresses.filter { address in
-            let parts = address.components
-            return parts.count == 2 && parts[0].isIP && { if case .tcp = parts[1] { true } else { false } }()
-        }
+        host.listenAddresses.filter(AutoNATServerPolicy.isDialBackAddress)
     }
 
     /// Asks every connected peer that serves AutoNAT (known from identify)
@@ -208,12 +212,18 @@ public final class AutoNATService: Sendable {
     /// A fresh connection (never the one the request came on) to `peer` at `address`.
     private func dialBack(_ peer: PeerID, at address: Multiaddr) async -> Bool {
         let target = address.encapsulating(.p2p(peer.bytes))
-        guard let found = host.transports.first(where: { $0.canDial(target) }) else { return false }
-        // Never from our listening port (a port-reusing TCP transport would):
-        // that four-tuple may be the reverse of a connection the requester's
-        // NAT already maps, which would let the dial through (a false
-        // "public") and disturb that connection.
-        let transport: any Transport = found is TCPTransport ? TCPTransport(group: host.group) : found
+        // Never from our listening port (a port-reusing TCP transport, or
+        // QUIC, would): that four-tuple may be the reverse of a connection the
+        // requester's NAT already maps, which would let the dial through (a
+        // false "public") and disturb that connection.
+        let transport: any Transport
+        if let own = configuration.dialBackTransports.first(where: { $0.canDial(target) }) {
+            transport = own
+        } else if let found = host.transports.first(where: { $0.canDial(target) }), !(found is any HolePunchPacketSending) {
+            transport = found is TCPTransport ? TCPTransport(group: host.group) : found
+        } else {
+            return false
+        }
         do {
             let connection = try await withTimeout(configuration.dialTimeout, "autonat dial back") { [host] in
                 try await transport.dial(target, upgrader: host.upgrader)

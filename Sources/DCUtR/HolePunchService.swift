@@ -247,27 +247,40 @@ public final class HolePunchService: Sendable {
     }
 
     /// The addresses we offer: what peers observed us at (identify) and our
-    /// listen addresses that are neither loopback nor private, TCP only.
+    /// listen addresses that are neither loopback nor private, TCP and QUIC.
     public var ourAddresses: [Multiaddr] {
+        // Our listening ports (TCP, and UDP with QUIC) per address family.
+        var listening: [(ipv6: Bool, rest: [MultiaddrComponent])] = []
+        for address in host.listenAddresses {
+            let parts = address.components
+            guard let ipv6 = Self.isIPv6(parts.first) else { continue }
+            let isTCP = parts.count == 2 && { if case .tcp = parts[1] { true } else { false } }()
+            guard isTCP || HolePunchMessage.isQUICv1(address) else { continue }
+            let rest = Array(parts.dropFirst())
+            if !listening.contains(where: { $0.ipv6 == ipv6 && $0.rest == rest }) { listening.append((ipv6, rest)) }
+        }
         var result: [Multiaddr] = []
-        let listenPorts = Set(host.listenAddresses.compactMap { address -> UInt16? in
-            guard address.components.count == 2, case .tcp(let port) = address.components[1] else { return nil }
-            return port
-        })
         for connection in host.connections where !connection.isRelayed {
             guard let observed = host.peerStore.info(connection.remotePeer)?.observedAddress else { continue }
             result.append(observed)
-            // Our listening port at the observed IP: where a port-preserving NAT
-            // maps the dials we make from that port (a connection that left from
-            // another port was observed at another one).
-            if let ip = observed.components.first, observed.components.count == 2, case .tcp = observed.components[1] {
-                result += listenPorts.sorted().map { Multiaddr([ip, .tcp($0)]) }
-            }
+            // Our listening ports at the observed IP: where a port-preserving NAT
+            // maps the dials we make from those ports (TCP with `reusePort`,
+            // QUIC from the listener's socket), whichever transport observed us.
+            guard let ip = observed.components.first, let ipv6 = Self.isIPv6(ip) else { continue }
+            result += listening.filter { $0.ipv6 == ipv6 }.map { Multiaddr([ip] + $0.rest) }
         }
         result += host.listenAddresses.filter { $0.scope == .public }
         var unique: [Multiaddr] = []
         for address in HolePunchMessage.dialable(result) where !unique.contains(address) { unique.append(address) }
         return unique
+    }
+
+    private static func isIPv6(_ component: MultiaddrComponent?) -> Bool? {
+        switch component {
+        case .ip4?: false
+        case .ip6?: true
+        default: nil
+        }
     }
 
     /// The starting side ("B", which accepted `relayed`): up to `maxAttempts`
@@ -391,10 +404,24 @@ public final class HolePunchService: Sendable {
     private func dialAll(
         _ addresses: [Multiaddr], peer: PeerID, role: UpgradeRole, watchInbound: Bool = true
     ) async throws -> Connection {
-        // A remote names up to 32 addresses: we dial a few, not as many as it likes.
-        let targets = addresses.prefix(configuration.maxDialAddresses).map { $0.encapsulating(.p2p(peer.bytes)) }
+        // A remote names up to 32 addresses: we dial a few of those our
+        // transports take, not as many as it likes.
+        let targets = addresses.filter { address in host.transports.contains { $0.canDial(address) } }
+            .prefix(configuration.maxDialAddresses).map { $0.encapsulating(.p2p(peer.bytes)) }
         let dialed: Result<Connection, any Error> = await withTaskGroup(of: Result<Connection, any Error>.self) { group in
             for target in targets {
+                // QUIC's listening part: no dial (one side must be the QUIC
+                // server), datagrams that let the remote's dial in (spec, and
+                // go-libp2p's QUIC hole punch); the connection arrives inbound.
+                if role == .responder, HolePunchMessage.isQUICv1(target),
+                    let puncher = host.transports.first(where: { $0.canDial(target) }) as? any HolePunchPacketSending
+                {
+                    group.addTask { [configuration] in
+                        await Self.sendPunchPackets(puncher, to: target, for: configuration.dialTimeout)
+                        return .failure(TimeoutError(what: "dcutr udp punch", limit: configuration.dialTimeout))
+                    }
+                    continue
+                }
                 group.addTask { [host, configuration] in
                     do {
                         return .success(
@@ -437,6 +464,16 @@ public final class HolePunchService: Sendable {
         if case .success(let connection) = dialed { return connection }
         if let direct = Self.directConnection(host, to: peer) { return direct }
         return try dialed.get()
+    }
+
+    /// Datagrams of random bytes to `target` at random intervals of 10 to
+    /// 200 ms (the spec's), until `limit` or cancellation (a connection came).
+    private static func sendPunchPackets(_ puncher: any HolePunchPacketSending, to target: Multiaddr, for limit: Duration) async {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline, !Task.isCancelled {
+            try? await puncher.sendHolePunchPacket(to: target)
+            try? await Task.sleep(for: .milliseconds(Int.random(in: 10...200)))
+        }
     }
 
     private func closeRelayed(_ relayed: Connection) async {

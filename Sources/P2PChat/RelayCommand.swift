@@ -55,6 +55,7 @@ struct RelayCommand: AsyncParsableCommand {
         RelayService(host: host, limits: limits).start()
         var autonatConfiguration = AutoNATService.Configuration()
         autonatConfiguration.dialTimeout = .milliseconds(Int(autonatDialTimeout * 1000))
+        autonatConfiguration.dialBackTransports = [QUICTransport(group: host.group)]
         let autonat = AutoNATService(host: host, configuration: autonatConfiguration)
         let reachability = autonat.reachabilityChanges()
         autonat.start()
@@ -118,6 +119,7 @@ struct ChatNATTraversal: Sendable {
         var configuration = AutoNATService.Configuration()
         // A home node may know one other peer (its relay): one answer decides.
         configuration.threshold = 1
+        configuration.dialBackTransports = [QUICTransport(group: host.group)]
         autonat = AutoNATService(host: host, configuration: configuration)
         var holePunchConfiguration = HolePunchService.Configuration()
         holePunchConfiguration.startDelay = .milliseconds(Int(holePunchDelay * 1000))

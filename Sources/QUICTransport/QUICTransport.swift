@@ -94,6 +94,23 @@ public struct QUICTransport: Transport {
     }
 }
 
+extension QUICTransport: HolePunchPacketSending {
+    /// As go-libp2p's QUIC hole punch: 64 random bytes, which no QUIC
+    /// endpoint takes for a packet (too short for an Initial, no connection
+    /// ID of theirs), sent from the socket our listener and dials share.
+    public func sendHolePunchPacket(to address: Multiaddr) async throws {
+        guard case .socket(let remote) = try address.quicTarget() else {
+            throw TransportError.unsupportedAddress("\(address)")
+        }
+        let endpoint = try await sockets.endpoint(toReach: remote)
+        let payload = (0..<64).map { _ in UInt8.random(in: 0...255) }
+        endpoint.eventLoop.execute {
+            endpoint.send([payload], to: remote)
+            endpoint.flush()
+        }
+    }
+}
+
 /// The transport's sockets: listeners (which dials share) and a dial-only socket per family.
 actor QUICSockets {
     private let group: EventLoopGroup

@@ -24,6 +24,16 @@ public protocol Transport: Sendable {
     func listen(on address: Multiaddr, upgrader: Upgrader) async throws -> Listener
 }
 
+/// A transport whose listening side can open its NAT's mapping toward a
+/// dialler without connecting: DCUtR over QUIC, where the side that does not
+/// dial sends a few datagrams of random bytes to the dialler's address (from
+/// the socket its listener uses) so that the dialler's packets get in.
+public protocol HolePunchPacketSending: Transport {
+    /// One datagram of random bytes to `address` (one this transport dials),
+    /// from the socket that dials to it and listens.
+    func sendHolePunchPacket(to address: Multiaddr) async throws
+}
+
 extension Transport {
     public func dial(_ address: Multiaddr, upgrader: Upgrader) async throws -> Connection {
         try await dial(address, upgrader: upgrader, role: .initiator)

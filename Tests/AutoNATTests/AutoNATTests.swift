@@ -1,4 +1,5 @@
 import Host
+import QUICTransport
 import Identity
 import Multiformats
 import NIOPosix
@@ -221,6 +222,51 @@ final class AutoNATTests: XCTestCase {
         let change = await iterator.next()
         XCTAssertEqual(change, .private)
         autonat.stop()
+    }
+
+    /// QUIC addresses are dialled back too, moved to the observed IP as TCP ones are.
+    func testServerMovesQUICAddressesToTheObservedIP() throws {
+        let observed = try Multiaddr("/ip4/203.0.113.7/udp/53211/quic-v1")
+        let claimed = try [
+            "/ip4/10.0.0.2/udp/4001/quic-v1", "/ip4/10.0.0.2/udp/4001/quic", "/ip4/10.0.0.2/udp/4001/quic-v1/webtransport",
+            "/ip4/10.0.0.2/tcp/4002/p2p/\(alice)",
+        ].map { try Multiaddr($0) }
+        XCTAssertEqual(
+            AutoNATServerPolicy.candidates(claimed, observed: observed, max: 8),
+            try ["/ip4/203.0.113.7/udp/4001/quic-v1", "/ip4/203.0.113.7/tcp/4002"].map { try Multiaddr($0) })
+    }
+
+    /// A client that listens on QUIC only is dialled back over QUIC, from the
+    /// server's own dial-back transport; a server without one does not dial
+    /// QUIC from its listening socket (the reverse of the client's flow).
+    func testQUICClientIsDialledBackFromASocketOfTheServersOwn() async throws {
+        var configuration = AutoNATService.Configuration()
+        configuration.probe = false
+        configuration.threshold = 1
+        func quicHost() async throws -> (Libp2pHost, Multiaddr) {
+            let (host, address) = try await makeTestHost(
+                group: group, transports: [QUICTransport(group: group)], listen: try Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1"))
+            hosts.append(host)
+            return (host, address)
+        }
+        var withOwn = configuration
+        withOwn.dialBackTransports = [QUICTransport(group: group)]
+        let (server, serverAddress) = try await quicHost()
+        AutoNATService(host: server, configuration: withOwn).start()
+        let (bare, bareAddress) = try await quicHost()
+        AutoNATService(host: bare, configuration: configuration).start()
+        let (client, _) = try await quicHost()
+        let autonat = AutoNATService(host: client, configuration: configuration)
+        autonat.start()
+        for address in [serverAddress, bareAddress] {
+            let connection = try await client.connect(address)
+            try await waitUntil("identify listed the server's AutoNAT protocol") { client.peerStore.info(connection.remotePeer)?.protocols.contains(AutoNATService.protocolID) ?? false }
+        }
+        let (status, reached) = try await autonat.ask(try XCTUnwrap(serverAddress.peerID))
+        XCTAssertEqual(status, .ok)
+        XCTAssertEqual(reached, client.listenAddresses.first)
+        let (refused, _) = try await autonat.ask(try XCTUnwrap(bareAddress.peerID))
+        XCTAssertEqual(refused, .dialError)
     }
 
     func refusal(_ result: Result<[Multiaddr], AutoNATServerPolicy.Refusal>) -> AutoNATStatus? {

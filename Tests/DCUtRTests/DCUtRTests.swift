@@ -2,6 +2,7 @@ import Host
 import Identity
 import Multiformats
 import NIOPosix
+import QUICTransport
 import Relay
 import TestSupport
 import Transport
@@ -59,6 +60,20 @@ final class DCUtRTests: XCTestCase {
         XCTAssertThrowsError(try fresh.receive(.connect([]), ourAddresses: mine))  // nothing to dial
     }
 
+    /// QUIC v1 addresses are punched too (UDP); other UDP protocols, WebTransport,
+    /// relayed and DNS addresses are not.
+    func testQUICAddressesAreDialableForAHolePunch() throws {
+        let offered = try [
+            "/ip4/203.0.113.3/udp/4001/quic-v1", "/ip6/2001:db8::3/udp/4001/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+            "/ip4/203.0.113.3/udp/4001/quic", "/ip4/203.0.113.3/udp/4001", "/ip4/203.0.113.3/udp/4001/quic-v1/webtransport",
+            "/dns4/example.com/udp/4001/quic-v1", "/ip4/203.0.113.1/udp/4001/quic-v1/p2p-circuit",
+            "/ip4/203.0.113.3/tcp/4002",
+        ].map { try Multiaddr($0) }
+        XCTAssertEqual(
+            HolePunchMessage.dialable(offered),
+            try ["/ip4/203.0.113.3/udp/4001/quic-v1", "/ip6/2001:db8::3/udp/4001/quic-v1", "/ip4/203.0.113.3/tcp/4002"].map { try Multiaddr($0) })
+    }
+
     /// On loopback: B reserves on a relay, A dials B through it, B hole punches;
     /// a direct TCP connection replaces the relayed one.
     func testRelayedConnectionIsUpgradedToDirect() async throws {
@@ -98,6 +113,53 @@ final class DCUtRTests: XCTestCase {
         let fromA = try XCTUnwrap(a.connection(to: b.localPeer))
         XCTAssertEqual(fromA.transport, "tcp")
         let data = patternBytes(count: 100_000, seed: 4)
+        let back = try await echo(data, over: fromA)
+        XCTAssertTrue(back == data)
+    }
+
+    /// The same over QUIC alone (on loopback): B, which accepted the relayed
+    /// connection, sends its punch datagrams and dials nothing; A dials as the
+    /// QUIC client from its listening socket; the direct connection is QUIC.
+    func testRelayedConnectionIsUpgradedToDirectQUIC() async throws {
+        func quicHost() async throws -> (Libp2pHost, Multiaddr) {
+            let circuit = CircuitTransport()
+            let (host, address) = try await makeTestHost(
+                group: group, transports: [QUICTransport(group: group), circuit], listen: try Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1"))
+            circuit.attach(host)
+            hosts.append(host)
+            return (host, address)
+        }
+        let (relayHost, relayAddress) = try await quicHost()
+        RelayService(host: relayHost).start()
+        let (a, _) = try await quicHost()
+        let (b, _) = try await quicHost()
+        let punchA = HolePunchService(host: a)
+        punchA.start()
+        let punchB = HolePunchService(host: b)
+        punchB.start()
+        let events = punchB.events()
+        try await b.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        _ = try await a.connect(relayAddress)
+        for host in [a, b] {
+            try await waitUntil("identify told \(host.localPeer) its observed address") { host.peerStore.info(relayHost.localPeer)?.observedAddress != nil }
+        }
+        XCTAssertTrue(b.listenAddresses.contains { HolePunchMessage.isQUICv1($0) })
+        XCTAssertEqual(punchB.ourAddresses.filter { HolePunchMessage.isQUICv1($0) }.first, b.listenAddresses.first)
+        let relayed = try await a.connect(relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(b.localPeer.bytes)))
+        XCTAssertEqual(relayed.transport, "p2p-circuit")
+        let event = try await withDeadline(30) {
+            var iterator = events.makeAsyncIterator()
+            return await iterator.next()
+        }
+        guard case .succeeded(let peer, let direct, _, _, let attempt)? = event else { return XCTFail("\(String(describing: event))") }
+        XCTAssertEqual(peer, a.localPeer)
+        XCTAssertEqual(direct.transport, "quic-v1")
+        XCTAssertEqual(direct.direction, .inbound, "B dialled: it should only have sent punch datagrams")
+        XCTAssertEqual(attempt, 1)
+        try await waitUntil("the relayed connection closed after the punch") { !relayed.isActive }
+        let fromA = try XCTUnwrap(a.connection(to: b.localPeer))
+        XCTAssertEqual(fromA.transport, "quic-v1")
+        let data = patternBytes(count: 100_000, seed: 5)
         let back = try await echo(data, over: fromA)
         XCTAssertTrue(back == data)
     }
