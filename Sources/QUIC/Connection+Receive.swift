@@ -99,6 +99,7 @@ extension QUICConnection {
         parameters.originalDestinationConnectionID = originalDestination
         parameters.initialSourceConnectionID = localCID
         parameters.retrySourceConnectionID = retryContext?.retrySource
+        parameters.statelessResetToken = configuration.statelessResetKey.map { StatelessReset.token(for: localCID, key: $0) }
         do {
             try tls.setTransportParameters(parameters.encoded())
         } catch {

@@ -26,6 +26,8 @@ public enum QUICConnectionError: Error, Equatable, Sendable {
     case idleTimeout
     /// The server answered with Version Negotiation and none of its versions is ours (§6.2).
     case noCommonVersion([UInt32])
+    /// The peer answered with a stateless reset: it lost the connection (restarted) (§10.3).
+    case statelessReset
 }
 
 /// Why a stream operation was refused.
@@ -72,6 +74,10 @@ public struct QUICConnection: ~Copyable {
         /// A PING after this long without sending anything ack-eliciting, so an
         /// idle connection outlives both idle timeouts and NAT bindings (nil: none).
         public var keepAliveInterval: Duration?
+        /// Makes the stateless reset token a server gives for its connection
+        /// ID (nil: none given). A key that outlives the process (derived from
+        /// the node's identity) lets a restarted node reset its old connections.
+        public var statelessResetKey: [UInt8]?
 
         public init(tls: QUICTLSConfiguration, transportParameters: TransportParameters = .defaultLimits) {
             self.tls = tls
@@ -360,6 +366,19 @@ public struct QUICConnection: ~Copyable {
     public var applicationProtocol: String? { tls.applicationProtocol }
     public var peerCertificates: [[UInt8]] { tls.peerCertificates }
     public var peerTransportParameters: TransportParameters? { peerParameters }
+    /// The token that ends the peer's stateless reset of this connection, if it gave one.
+    public var peerStatelessResetToken: [UInt8]? {
+        guard let token = peerParameters?.statelessResetToken, token.count == StatelessReset.tokenLength else { return nil }
+        return token
+    }
+
+    /// The peer sent a stateless reset (the owner matched its token): the
+    /// connection ends at once, sending nothing more (§10.3.1).
+    public mutating func receiveStatelessReset() {
+        if case .closed = phase { return }
+        phase = .closed(.statelessReset)
+        events.append(.closed(.statelessReset))
+    }
 
     /// Events since the last call.
     public mutating func takeEvents() -> [QUICConnectionEvent] {

@@ -125,6 +125,14 @@ final class QUICConnectionDriver: StreamMuxerDriver {
         pump()
     }
 
+    var peerStatelessResetToken: [UInt8]? { quic.peerStatelessResetToken }
+
+    /// The endpoint matched a datagram to the token of the peer's stateless reset.
+    func receiveStatelessReset() {
+        quic.receiveStatelessReset()
+        pump()
+    }
+
     /// Moves everything the connection has to say: events to the streams and
     /// the application, datagrams to the socket; then wakes readers, tells
     /// writers what left, and sets the timer.
@@ -177,6 +185,7 @@ final class QUICConnectionDriver: StreamMuxerDriver {
     private func handle(_ event: QUICConnectionEvent) {
         switch event {
         case .connected:
+            if let token = quic.peerStatelessResetToken { endpoint.registerResetToken(token, for: self) }
             becomeEstablished()
         case .streamData(let id, let data, let fin):
             receive(stream: id, data, fin: fin)

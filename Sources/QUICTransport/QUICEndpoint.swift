@@ -1,3 +1,4 @@
+import Crypto
 import Identity
 import Multiformats
 import NIOCore
@@ -26,6 +27,12 @@ final class QUICEndpoint: @unchecked Sendable {
     private let certificates: QUICCertificates
     private var routes: [ConnectionID: QUICConnectionDriver] = [:]
     private var connections: [ObjectIdentifier: (driver: QUICConnectionDriver, ids: [ConnectionID])] = [:]
+    /// The peers' stateless reset tokens, to the connection each ends.
+    private var resetTokens: [ArraySlice<UInt8>: QUICConnectionDriver] = [:]
+    /// Stateless resets sent in the current second, and that second (a bound
+    /// on what forged packets make us send).
+    private var resetsSent = (second: Int64(0), count: 0)
+    static let maxResetsPerSecond = 64
     private var needsFlush = false
     /// Connections that received datagrams in the current burst of reads.
     private var receivedInBurst: [ObjectIdentifier: QUICConnectionDriver] = [:]
@@ -90,7 +97,10 @@ final class QUICEndpoint: @unchecked Sendable {
             receivedInBurst[ObjectIdentifier(driver)] = driver
             return
         }
-        guard let inbound, !closing, header.isLong, datagram.count >= 1200 else { return }
+        if !header.isLong {
+            return receiveUnroutedShortHeader(datagram, destination: header.destination, from: remote)
+        }
+        guard let inbound, !closing, datagram.count >= 1200 else { return }
         guard header.version == QUICVersion.v1 else {
             if header.version != QUICVersion.negotiation { answerVersionNegotiation(header, to: remote) }
             return
@@ -128,6 +138,33 @@ final class QUICEndpoint: @unchecked Sendable {
             return
         }
         accept(datagram, destination: header.destination, from: remote, upgrader: upgrader, afterRetry: nil)
+    }
+
+    /// A short-header packet for no connection of ours: a peer's stateless
+    /// reset of one of our connections (its token matches), or a packet of a
+    /// connection we lost (we restarted), which we reset in turn when we know
+    /// the token we gave it (our key is derived from our identity).
+    private func receiveUnroutedShortHeader(_ datagram: [UInt8], destination: ConnectionID, from remote: SocketAddress) {
+        if let token = StatelessReset.candidateToken(datagram), let driver = resetTokens[token] {
+            resetTokens[token] = nil
+            driver.receiveStatelessReset()
+            return
+        }
+        guard !closing, destination.count == QUICTransport.connectionIDLength, let inbound else { return }
+        let key = certificates.statelessResetKey(for: inbound)
+        let second = Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        if resetsSent.second != second { resetsSent = (second, 0) }
+        guard resetsSent.count < Self.maxResetsPerSecond,
+            let reset = StatelessReset.packet(token: StatelessReset.token(for: destination, key: key), answering: datagram.count)
+        else { return }
+        resetsSent.count += 1
+        send([reset], to: remote)
+        flush()
+    }
+
+    func registerResetToken(_ token: [UInt8], for driver: QUICConnectionDriver) {
+        eventLoop.preconditionInEventLoop()
+        resetTokens[token[...]] = driver
     }
 
     private func shouldRetry(_ upgrader: Upgrader) -> Bool {
@@ -201,6 +238,7 @@ final class QUICEndpoint: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         guard let entry = connections.removeValue(forKey: ObjectIdentifier(driver)) else { return }
         for id in entry.ids where routes[id] === driver { routes[id] = nil }
+        if let token = driver.peerStatelessResetToken, resetTokens[token[...]] === driver { resetTokens[token[...]] = nil }
     }
 
     /// Connections on this socket (handshaking or established).
@@ -330,6 +368,22 @@ struct QUICDatagramHeader {
 /// signature), and the QUIC settings of libp2p connections.
 final class QUICCertificates: Sendable {
     private let generated = Mutex<[PeerID: LibP2PCertificate.Generated]>([:])
+    private let resetKeys = Mutex<[PeerID: [UInt8]]>([:])
+
+    /// The key of our stateless reset tokens, derived from our identity's
+    /// private key so that it survives a restart (a fresh random key would
+    /// make tokens no peer knows).
+    func statelessResetKey(for upgrader: Upgrader) -> [UInt8] {
+        resetKeys.withLock { cache in
+            if let key = cache[upgrader.localPeer] { return key }
+            let key = HKDF<SHA256>.deriveKey(
+                inputKeyMaterial: SymmetricKey(data: upgrader.localKey.marshal()),
+                info: Array("p2pchat QUIC stateless reset key".utf8), outputByteCount: 32
+            ).withUnsafeBytes { Array($0) }
+            cache[upgrader.localPeer] = key
+            return key
+        }
+    }
 
     func configuration(for upgrader: Upgrader, expectedPeer: PeerID?) throws -> QUICConnection.Configuration {
         let certificate = try generated.withLock { cache in
@@ -344,6 +398,7 @@ final class QUICCertificates: Sendable {
             verifyPeer: { chain in (try? LibP2PCertificate.verify(chain: chain, expectedPeer: expectedPeer)) != nil })
         var configuration = QUICConnection.Configuration(tls: tls, transportParameters: QUICTransport.transportParameters)
         configuration.keepAliveInterval = QUICTransport.keepAliveInterval
+        configuration.statelessResetKey = statelessResetKey(for: upgrader)
         return configuration
     }
 }

@@ -132,6 +132,52 @@ final class ConnectionTests: XCTestCase {
         print("echo: client sent \(stats.clientDatagrams.count) datagrams (\(stats.clientDatagrams.reduce(0, +)) bytes), server \(stats.serverDatagrams.count) (\(stats.serverDatagrams.reduce(0, +)) bytes)")
     }
 
+    /// A server with a reset key gives the token of its connection ID; the
+    /// client matches a reset to it and ends at once, sending nothing more.
+    func testAStatelessResetEndsTheClientsConnection() throws {
+        let key = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        var serverConfiguration = try Self.configuration()
+        serverConfiguration.statelessResetKey = key
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: serverConfiguration)
+        _ = run(&client, &server) { $0.clientEvents.contains(.connected) && $0.serverEvents.contains(.connected) }
+        settle(&client, &server)
+        let token = StatelessReset.token(for: server.localConnectionID, key: key)
+        XCTAssertEqual(client.peerStatelessResetToken, token)
+        XCTAssertNil(server.peerStatelessResetToken, "a client gives no token in its parameters")
+        // What a restarted server would send: a reset answering a 1-RTT packet.
+        let reset = try XCTUnwrap(StatelessReset.packet(token: token, answering: 60))
+        XCTAssertEqual(StatelessReset.candidateToken(reset).map(Array.init), token)
+        client.receiveStatelessReset()
+        XCTAssertTrue(client.isClosed)
+        XCTAssertEqual(client.takeEvents().last, .closed(.statelessReset))
+        XCTAssertTrue(client.send(now: .now).isEmpty, "a reset connection sends nothing, not even CONNECTION_CLOSE")
+    }
+
+    /// Tokens follow the key and the ID; resets are shorter than what they
+    /// answer (no loop between two endpoints), look like short-header
+    /// packets, and a trigger too small gets none.
+    func testStatelessResetPacketsAndTokens() throws {
+        let key = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let id = try ConnectionID(Array(1...8))
+        XCTAssertEqual(StatelessReset.token(for: id, key: key), StatelessReset.token(for: id, key: key))
+        XCTAssertNotEqual(StatelessReset.token(for: id, key: key), StatelessReset.token(for: id, key: (0..<32).map { _ in UInt8.random(in: 0...255) }))
+        XCTAssertNotEqual(StatelessReset.token(for: id, key: key), StatelessReset.token(for: try ConnectionID(Array(2...9)), key: key))
+        let token = StatelessReset.token(for: id, key: key)
+        for size in [22, 30, 43, 44, 100, 1200] {
+            let reset = try XCTUnwrap(StatelessReset.packet(token: token, answering: size), "\(size)")
+            XCTAssertLessThan(reset.count, size)
+            XCTAssertGreaterThanOrEqual(reset.count, StatelessReset.minimumSize)
+            XCTAssertLessThanOrEqual(reset.count, 43)
+            XCTAssertEqual(reset[0] & 0xC0, 0x40)
+            XCTAssertEqual(Array(reset.suffix(16)), token)
+        }
+        XCTAssertNil(StatelessReset.packet(token: token, answering: 21))
+        XCTAssertNil(StatelessReset.packet(token: token, answering: 0))
+        XCTAssertNil(StatelessReset.candidateToken(Array(repeating: 0x40, count: 20)))
+        XCTAssertNil(StatelessReset.candidateToken([0xC0] + Array(repeating: 0, count: 40)), "a long header is no reset")
+    }
+
     func testLargeEchoCrossesFlowControlWindows() throws {
         var client = try QUICConnection(client: Self.configuration())
         var server = try QUICConnection(server: Self.configuration())

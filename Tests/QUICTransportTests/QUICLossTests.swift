@@ -1,7 +1,9 @@
 import Host
+import Identity
 import Multiformats
 import NIOCore
 import NIOPosix
+import Noise
 import Ping
 import QUICTransport
 import TestSupport
@@ -15,7 +17,9 @@ final class LossyForwarder: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
 
-    private let server: SocketAddress
+    private var server: SocketAddress
+    /// Servers replaced by `redirect`: what they send is dropped.
+    private var retired: [SocketAddress] = []
     private let loss: Double
     private let reorder: Double
     private var random: SplitMix
@@ -33,6 +37,7 @@ final class LossyForwarder: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         let destination: SocketAddress
+        if retired.contains(envelope.remoteAddress) { return }
         if envelope.remoteAddress == server {
             guard let client else { return }
             destination = client
@@ -55,6 +60,15 @@ final class LossyForwarder: ChannelInboundHandler, @unchecked Sendable {
         } else {
             channel.writeAndFlush(out, promise: nil)
         }
+    }
+
+    /// From now on the client's datagrams go to `newServer`, and the old
+    /// server is cut off: to the client, the server restarted at the same address.
+    func redirect(to newServer: SocketAddress, on channel: Channel) async throws {
+        try await channel.eventLoop.submit {
+            self.retired.append(self.server)
+            self.server = newServer
+        }.get()
     }
 
     /// A forwarder on 127.0.0.1 to `server`; its address is where the client dials.
@@ -92,5 +106,44 @@ final class QUICLossTests: XCTestCase {
             try await channel.close()
         }
         await listener.close()
+    }
+
+    /// A peer that restarted (same identity at the same address, none of the
+    /// connection's state) answers our next packet with a stateless reset,
+    /// whose token it derives again from its identity: our connection ends
+    /// with that reason at once, not after the probe timeouts or the idle timeout.
+    func testARestartedPeerResetsOurConnection() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let identity = PrivateKey.generateEd25519()
+        @Sendable func peer(_ key: PrivateKey) async throws -> (Libp2pHost, SocketAddress) {
+            let host = Libp2pHost(key: key, group: group, transports: [QUICTransport(group: group)], security: [NoiseSecurity()])
+            PingService(host: host).start()
+            let bound = try await host.listen(on: [try Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")])
+            guard case .udp(let port) = bound[0].components[1] else { throw TransportError.unsupportedAddress("\(bound)") }
+            return (host, try SocketAddress(ipAddress: "127.0.0.1", port: Int(port)))
+        }
+        let (before, beforeAddress) = try await peer(identity)
+        let (channel, forwarder) = try await LossyForwarder.start(to: beforeAddress, loss: 0, reorder: 0, seed: 1)
+        let forwarderPort = try XCTUnwrap(channel.localAddress?.port)
+        let (dialer, _) = try await makeTestHost(
+            group: group, transports: [QUICTransport(group: group)], listen: try Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1"))
+        try await withDeadline(60) {
+            let connection = try await dialer.connect(
+                try Multiaddr("/ip4/127.0.0.1/udp/\(forwarderPort)/quic-v1").encapsulating(.p2p(before.localPeer.bytes)))
+            _ = try await PingService.ping(connection, count: 1)
+            let (after, afterAddress) = try await peer(identity)
+            try await forwarder.redirect(to: afterAddress, on: channel)
+            do {
+                _ = try await PingService.ping(connection, count: 1)
+                XCTFail("a ping crossed to a peer that lost the connection")
+            } catch {
+                XCTAssertTrue(String(describing: error).contains("statelessReset"), "\(error)")
+            }
+            try await waitUntil("the connection ended") { !connection.isActive }
+            await after.close()
+        }
+        await dialer.close()
+        await before.close()
+        try await channel.close()
     }
 }
