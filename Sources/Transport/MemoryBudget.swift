@@ -86,6 +86,10 @@ public final class MemoryBudget: Sendable {
         /// Per connection: how to reset one of its streams (on its event loop).
         var reclaimers: [UInt64: @Sendable (UInt32) -> Void] = [:]
         var nextConnection: UInt64 = 1
+        /// Uptime (ns) before which no idle stream is looked for again: the last
+        /// search found none (each costs a scan of the bigger holders' streams,
+        /// and a peer can have many new streams refused in a second).
+        var noSearchBefore: UInt64 = 0
     }
     private let state = Mutex(State())
 
@@ -211,9 +215,11 @@ public final class MemoryBudget: Sendable {
             var victims: [(@Sendable (UInt32) -> Void, UInt32)] = []
             var refusal = take(window, for: peer, from: network, priority: Self.stream, in: &state)
             // A victim frees at least its own window, so a few are enough (more would be a bug).
-            while refusal == .total, victims.count < 4,
-                let victim = idleVictim(for: window, peer: peer, network: network, now: now, in: state)
-            {
+            while refusal == .total, victims.count < 4, now >= state.noSearchBefore {
+                guard let victim = idleVictim(for: window, peer: peer, network: network, now: now, in: state) else {
+                    state.noSearchBefore = now + 1_000_000_000
+                    break
+                }
                 let entry = removeEntry(victim, in: &state)
                 if let entry {
                     Self.give(entry.window + entry.queued, for: entry.peer, from: entry.network, in: &state)

@@ -404,7 +404,7 @@ final class MemoryBudgetTests: XCTestCase {
         XCTAssertNil(bigger.admit(7, window: window, now: at(2)))
         XCTAssertNil(newcomer.admit(1, window: window, now: at(2)))
         XCTAssertEqual(budget.used, 7000)
-        // Nothing idle long enough yet: refused, nothing taken.
+        // Nothing idle long enough yet: refused, nothing taken (and not looked for again within a second).
         XCTAssertEqual(newcomer.admit(3, window: window, now: at(5)), .total)
         XCTAssertEqual(reclaimed.withLock { $0 }, [])
         // Stream 3 of the bigger holder carried data lately; 1 is idle longest and goes.
@@ -415,13 +415,13 @@ final class MemoryBudgetTests: XCTestCase {
         // The newcomer would hold 3 windows, as much as the bigger holder: refused.
         XCTAssertEqual(newcomer.admit(5, window: window, now: at(12)), .total)
         // Another newcomer takes an idle stream of the bigger holder (never 3, the honest one's, the smaller's).
-        XCTAssertNil(later.admit(1, window: window, now: at(13)))
+        XCTAssertNil(later.admit(1, window: window, now: at(14)))
         let taken = reclaimed.withLock { $0 }
         XCTAssertEqual(taken.count, 2)
         XCTAssertTrue(["bigger 5", "bigger 7"].contains(taken.last ?? ""), "\(taken)")
         XCTAssertEqual(budget.reclaims, 2)
         // A reclaimed stream reserves nothing more, and its removal gives nothing back twice.
-        XCTAssertEqual(bigger.reserveGrowth(1, upTo: 500, now: at(14)), 0)
+        XCTAssertEqual(bigger.reserveGrowth(1, upTo: 500, now: at(15)), 0)
         bigger.remove(1)
         XCTAssertEqual(budget.used, 7000)
         honest.removeAll()
