@@ -159,9 +159,16 @@ enum FuzzTarget: String, CaseIterable {
             if let response = try? HistoryResponse(serializedBytes: bytes) {
                 let peer = PeerID(publicKey: Self.remote.publicKey)
                 for wire in response.messages.prefix(64) {
-                    _ = try? PubSubMessage.verified(wire: Array(wire), maxSize: 64 * 1024, receivedFrom: peer)
+                    if let message = try? PubSubMessage.verified(wire: Array(wire), maxSize: 64 * 1024, receivedFrom: peer) {
+                        _ = HistoryLineTime(message, window: 24 * 3600, now: Date())
+                    }
                 }
             }
+            // A line's send time, read from any seqno.
+            let line = PubSubMessage(
+                topic: "t", data: [], from: PeerID(publicKey: Self.remote.publicKey), seqno: Array(bytes.prefix(16)),
+                id: MessageID([]), receivedFrom: nil, signature: [0])
+            _ = HistoryLineTime(line, window: 24 * 3600, now: Date())
             _ = try? HistoryRequest(serializedBytes: bytes)
             _ = HistoryFile.decode(bytes, maxMessageSize: 64 * 1024)
             #endif

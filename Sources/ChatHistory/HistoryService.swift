@@ -33,6 +33,8 @@ public final class HistoryService: Sendable {
     private let maxStoreBytes: Int
     private let logger = Logger(label: "p2pchat.history")
     public let maxMessageSize: Int
+    /// How long lines are kept: a line signed as sent before that is shown as old.
+    public let maxAge: TimeInterval
 
     /// `path`: keep the history in this file too (loaded now; lines that do
     /// not verify are dropped). `maxCount` lines per topic, `maxBytes` in all
@@ -46,6 +48,7 @@ public final class HistoryService: Sendable {
         configuration.timeout = 30
         service = RequestResponse(host: host, protocols: [Self.protocolID], codec: Codec(), configuration: configuration)
         self.maxMessageSize = maxMessageSize
+        self.maxAge = maxAge
         maxStoreBytes = maxBytes
         var initial = HistoryStore(maxCount: maxCount, maxAge: maxAge, maxBytes: maxBytes, maxBytesPerAuthor: maxBytesPerAuthor)
         if let path {
@@ -99,6 +102,12 @@ public final class HistoryService: Sendable {
             }
         }
         return added
+    }
+
+    /// When a line from the history was sent, as its author signed it (see
+    /// `PubSubMessage.signedSendTime`), measured against the history's window.
+    public func lineTime(of message: PubSubMessage, now: Date = Date()) -> HistoryLineTime {
+        HistoryLineTime(message, window: maxAge, now: now)
     }
 
     /// Closes the history file; messages recorded afterwards are kept in memory only.
@@ -163,6 +172,27 @@ public final class HistoryService: Sendable {
             }
         }
         return (fresh, rejected)
+    }
+}
+
+/// When a history line was sent, so that an old line (a captured one served
+/// again) is not shown as recent: the history protocol carries each line as
+/// its author signed it, and the signed seqno is the send time.
+public enum HistoryLineTime: Sendable, Equatable {
+    /// Sent at this time, within the history's window.
+    case sent(Date)
+    /// Sent at this time, before the history's window (or, from go-libp2p and
+    /// older p2pchat, by a publisher started then).
+    case old(Date)
+    /// Unsigned, or its seqno is no time (rust-libp2p's are random).
+    case unknown
+
+    public init(_ message: PubSubMessage, window: TimeInterval, now: Date) {
+        guard let time = message.signedSendTime(now: now) else {
+            self = .unknown
+            return
+        }
+        self = time < now.addingTimeInterval(-window) ? .old(time) : .sent(time)
     }
 }
 

@@ -143,7 +143,7 @@ public final class Libp2pHost: Sendable {
             memoryBudget: MemoryBudget(
                 limit: self.limits.maxMemory, limitPerPeer: self.limits.maxMemoryPerPeer,
                 limitPerNetwork: self.limits.maxMemoryPerAddress ?? self.limits.maxMemory / 4,
-                limitLoopback: self.limits.limitLoopback),
+                limitLoopback: self.limits.limitLoopback, reclaimIdleAfter: self.limits.reclaimIdleStreamsAfter),
             onLimitReached: { refusal in weakHost.host?.limitReached(refusal, transport: true) },
             onInboundConnection: { connection in weakHost.host?.adopt(connection) })
         weakHost.set(self)

@@ -53,6 +53,10 @@ public struct HostLimits: Sendable {
     /// together; nil: a quarter of `maxMemory`, so that peer ids made up at will
     /// behind two addresses take at most half of it.
     public var maxMemoryPerAddress: Int? = nil
+    /// When a new stream does not fit `maxMemory`, a stream that carried no
+    /// byte either way for this long, of the address (or loopback peer) holding
+    /// the most, is reset to make room (see `MemoryBudget`); nil: never.
+    public var reclaimIdleStreamsAfter: Duration? = .seconds(10)
 
     public init() {}
 

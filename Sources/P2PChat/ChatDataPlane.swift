@@ -318,7 +318,7 @@ actor ChatHistorySync {
             let (topic, peer) = queue.removeFirst()
             do {
                 let result = try await history.sync(topic: topic, with: peer)
-                for message in result.new { printMessage(message, out: out, history: true) }
+                for message in result.new { printMessage(message, out: out, history: history.lineTime(of: message)) }
                 if result.rejected > 0 {
                     out.error("history from \(peer): \(result.rejected) message(s) with bad signatures dropped")
                 }

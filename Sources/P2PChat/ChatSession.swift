@@ -51,7 +51,7 @@ actor ChatSession {
                 if let author = message.from, let offer = FileOffer(announcement: String(decoding: message.data, as: UTF8.self)) {
                     await files.received(.announced(offer), from: author)
                 } else {
-                    printMessage(message, out: out, history: false)
+                    printMessage(message, out: out, history: nil)
                 }
             }
         })
@@ -248,15 +248,40 @@ func followReachability(_ reachability: Reachability, dht: KadDHT, out: ChatOutp
     out.emit("dht_mode", ["mode": .string("\(wanted)")], human: "DHT mode: \(wanted)")
 }
 
-/// Prints a chat line (`message` event); lines from a peer's history are marked so.
-func printMessage(_ message: PubSubMessage, out: ChatOutput, history: Bool) {
+/// Prints a chat line (`message` event); lines from a peer's history are
+/// marked so, with their signed send time (`sent`, ISO 8601), `old` when sent
+/// before the history's window, or `time unknown`.
+func printMessage(_ message: PubSubMessage, out: ChatOutput, history: HistoryLineTime?) {
     let text = String(decoding: message.data, as: UTF8.self)
     var fields: [String: JSONValue] = [
         "topic": .string(message.topic), "from": .string(message.from.map { "\($0)" } ?? "anonymous"),
         "id": .string(message.id.hex), "text": .string(text),
     ]
-    if history { fields["history"] = .bool(true) }
-    out.emit("message", fields, human: (history ? "[history] " : "") + "\(message.from.map(out.name) ?? "anonymous"): \(text)")
+    var mark = ""
+    if let history {
+        fields["history"] = .bool(true)
+        switch history {
+        case .sent(let time):
+            fields["sent"] = .string(time.formatted(.iso8601))
+            fields["old"] = .bool(false)
+            mark = "[history \(localClock(time, withDate: !Calendar.current.isDateInToday(time)))] "
+        case .old(let time):
+            fields["sent"] = .string(time.formatted(.iso8601))
+            fields["old"] = .bool(true)
+            mark = "[history, old: \(localClock(time, withDate: true))] "
+        case .unknown:
+            mark = "[history, time unknown] "
+        }
+    }
+    out.emit("message", fields, human: mark + "\(message.from.map(out.name) ?? "anonymous"): \(text)")
+}
+
+/// `time` as local `HH:mm`, after `yyyy-MM-dd ` with `withDate` (unambiguous in every locale).
+func localClock(_ time: Date, withDate: Bool) -> String {
+    let parts = Calendar.current.dateComponents([.year, .month, .day, .hour, .minute], from: time)
+    let clock = String(format: "%02d:%02d", parts.hour ?? 0, parts.minute ?? 0)
+    guard withDate else { return clock }
+    return String(format: "%04d-%02d-%02d ", parts.year ?? 0, parts.month ?? 0, parts.day ?? 0) + clock
 }
 
 /// The default download directory: $XDG_DATA_HOME (or ~/.local/share) /p2pchat/downloads.

@@ -43,6 +43,26 @@ public struct PubSubMessage: Sendable, Equatable {
             RawMessage(from: from?.bytes, data: data, seqno: seqno, topic: topic, signature: signature, key: key))
     }
 
+    /// When its author sent it, as signed: the seqno read as Unix nanoseconds
+    /// (8 bytes, big-endian), which our publisher sets to the send time; nil
+    /// (time unknown) for an unsigned message or a seqno that is no plausible
+    /// time (before 2020, or more than 10 minutes after `now`: rust-libp2p's are
+    /// random). go-libp2p and older p2pchat seed theirs with their start time
+    /// and count up, so for them it is when their pubsub started: never later
+    /// than the sending, so an old line is never taken for a recent one.
+    public func signedSendTime(now: Date = Date()) -> Date? {
+        guard from != nil, signature != nil, let seqno, seqno.count == 8 else { return nil }
+        let nanoseconds = seqno.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let time = Date(timeIntervalSince1970: Double(nanoseconds) / 1_000_000_000)
+        guard time >= Self.earliestSendTime, time <= now.addingTimeInterval(Self.maxClockSkew) else { return nil }
+        return time
+    }
+
+    /// 2020-01-01: no seqno earlier than this is a send time.
+    static let earliestSendTime = Date(timeIntervalSince1970: 1_577_836_800)
+    /// How far ahead of ours an author's clock may be.
+    static let maxClockSkew: TimeInterval = 600
+
     /// A message from its wire bytes (as `wireBytes` gives), accepted only if
     /// its signature holds under `policy`; its id is the default (from + seqno).
     /// `receivedFrom` is the peer that passed it on.

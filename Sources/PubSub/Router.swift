@@ -135,7 +135,7 @@ struct RouterCore: Sendable {
         self.configuration = configuration
         self.scores = PeerScore(parameters: configuration.scoreParameters)
         // Start the sequence from the clock so restarts do not reuse numbers.
-        self.seqno = UInt64(Date().timeIntervalSince1970 * 1_000_000_000)
+        self.seqno = Self.unixNanoseconds(Date())
     }
 
     // MARK: - Peers
@@ -218,6 +218,10 @@ struct RouterCore: Sendable {
 
     // MARK: - Messages
 
+    static func unixNanoseconds(_ date: Date) -> UInt64 {
+        UInt64(max(0, date.timeIntervalSince1970) * 1_000_000_000)
+    }
+
     /// Builds, signs (per the policy) and remembers a message we publish.
     mutating func makeMessage(topic: String, data: [UInt8], now: ContinuousClock.Instant) throws
         -> (message: RawMessage, id: MessageID)
@@ -227,7 +231,12 @@ struct RouterCore: Sendable {
         }
         var message = RawMessage(data: data, topic: topic)
         if configuration.signaturePolicy == .strictSign {
-            seqno &+= 1
+            // The send time in Unix nanoseconds, one more than the last at least: signed
+            // with the message, it tells a receiver when the line was sent (history shows it,
+            // so a line replayed later is not taken for a recent one: issue 25). go-libp2p
+            // seeds it with its start time and counts up; both are unique and increasing per
+            // author, as go's seqno validator wants, and opaque to every other implementation.
+            seqno = max(seqno &+ 1, Self.unixNanoseconds(Date()))
             message.from = localPeer.bytes
             message.seqno = withUnsafeBytes(of: seqno.bigEndian) { Array($0) }
             try MessageSigning.sign(&message, with: localKey)

@@ -247,10 +247,15 @@ final class ConnectionDriver: StreamMuxerDriver {
             driver: NIOLoopBound<any StreamMuxerDriver>(self, eventLoop: eventLoop), closeFuture: closed.futureResult,
             channel: parameters.addresses.channel)
         let acceptor = upgrader.acceptor
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        let loop = eventLoop
+        // The budget took one of our idle streams back for a newcomer: reset it here, on our loop.
+        let reclaim: @Sendable (UInt32) -> Void = { id in loop.execute { bound.value.reclaimed(streamID: id) } }
         let streams = StreamTable(
             isClient: upgraded.role == .initiator, configuration: configuration.yamux,
             limits: configuration.multistreamLimits, maxNegotiatingInbound: configuration.maxNegotiatingInboundStreams,
-            memory: StreamMemoryLedger(budget: upgrader.memoryBudget, peer: upgraded.remotePeer, remoteAddress: remoteAddress),
+            memory: StreamMemoryLedger(
+                budget: upgrader.memoryBudget, peer: upgraded.remotePeer, remoteAddress: remoteAddress, reclaim: reclaim),
             supports: { acceptor.supports(protocolID: $0) })
         state = .established(Established(session: upgraded.session, streams: streams, connection: connection))
         logger[metadataKey: "peer"] = "\(upgraded.remotePeer)"
@@ -474,6 +479,28 @@ final class ConnectionDriver: StreamMuxerDriver {
         stream.inbox.fail(.streamReset)
         stream.credit.fail(.streamReset)
         try? withEstablished { _ = $0.streams.reset(id) }
+        try? drainSession()
+        flushOutput()
+    }
+
+    /// The memory budget reclaimed an idle stream of ours for a newcomer: it is reset, whatever its phase.
+    private func reclaimed(streamID id: UInt32) {
+        var known = false
+        try? withEstablished { known = $0.streams.reset(id) }
+        guard known else { return }
+        logger.debug("idle stream reset to make room in the memory budget", metadata: ["stream": "\(id)"])
+        switch endpoints.removeValue(forKey: id) {
+        case .opening(let promise, let deadline)?:
+            deadline?.cancel()
+            promise.fail(TransportError.streamReset)
+        case .accepting(let deadline)?:
+            deadline?.cancel()
+        case .open(let stream)?:
+            stream.inbox.fail(.streamReset)
+            stream.credit.fail(.streamReset)
+        case nil:
+            break
+        }
         try? drainSession()
         flushOutput()
     }

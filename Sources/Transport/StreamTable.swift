@@ -122,7 +122,7 @@ public struct StreamTable {
                 return
             }
             // Its receive window is what the remote may make us buffer: reserved, or the stream is refused.
-            if let refusal = memory.admit(id, window: session.configuration.initialWindow) {
+            if let refusal = memory.admit(id, window: session.configuration.initialWindow, now: now) {
                 session.reset(streamID: id)
                 events.append(.limitReached(.memory(refusal)))
                 return
@@ -172,6 +172,7 @@ public struct StreamTable {
     }
 
     private mutating func receiveData(_ id: UInt32, _ data: inout ByteBuffer, now: NIODeadline, into events: inout [Event]) {
+        memory.touch(id, now: now)
         switch streams[id] {
         case .negotiating(var negotiator, let proposals)?:
             var reply = ByteBuffer()
@@ -210,14 +211,14 @@ public struct StreamTable {
     // MARK: Operations
 
     /// Opens a stream and proposes `protocols` in order.
-    public mutating func open(protocols: [String]) throws(TransportError) -> UInt32 {
+    public mutating func open(protocols: [String], now: NIODeadline = .now()) throws(TransportError) -> UInt32 {
         let id: UInt32
         do {
             id = try session.openStream()
         } catch {
             throw .muxerFailed(underlying: error)
         }
-        if let refusal = memory.admit(id, window: session.configuration.initialWindow) {
+        if let refusal = memory.admit(id, window: session.configuration.initialWindow, now: now) {
             session.reset(streamID: id)
             throw .limitReached(.memory(refusal))
         }
@@ -241,7 +242,7 @@ public struct StreamTable {
     mutating func write(_ id: UInt32, _ data: ByteBuffer) -> Result<Void, TransportError> {
         guard case .open(let open)? = streams[id] else { return .failure(.streamReset) }
         guard !open.localClosedWrite else { return .failure(.streamClosedForWriting) }
-        if let refusal = memory.queue(id, bytes: data.readableBytes) { return .failure(.limitReached(.memory(refusal))) }
+        if let refusal = memory.queue(id, bytes: data.readableBytes, now: .now()) { return .failure(.limitReached(.memory(refusal))) }
         session.write(streamID: id, data: data)
         return .success(())
     }
@@ -276,7 +277,7 @@ public struct StreamTable {
     private mutating func grant(_ id: UInt32, bytes: Int, now: NIODeadline) {
         guard let target = session.windowTarget(streamID: id) else { return }
         let most = min(target, session.configuration.maxStreamWindow - min(target, session.configuration.maxStreamWindow))
-        let room = memory.reserveGrowth(id, upTo: most)
+        let room = memory.reserveGrowth(id, upTo: most, now: now)
         session.consumed(streamID: id, bytes: bytes, now: now, maxGrowth: room)
         let after = session.windowTarget(streamID: id) ?? target
         if after >= target {
@@ -338,8 +339,9 @@ public struct StreamTable {
 
     public mutating func takeOutput(dataBudget: Int) -> YamuxSession.Output {
         let output = session.takeOutput(dataBudget: dataBudget)
-        if memory.budget != nil {
-            for id in output.streamsSent { memory.queueShrank(id, to: session.queuedBytes(streamID: id)) }
+        if memory.budget != nil, !output.streamsSent.isEmpty {
+            let now = NIODeadline.now()
+            for id in output.streamsSent { memory.queueShrank(id, to: session.queuedBytes(streamID: id), now: now) }
         }
         return output
     }

@@ -279,7 +279,7 @@ final class ChatHistoryNamespaceTests: XCTestCase {
             if let first = matches.first { positions.append(first) }
         }
         XCTAssertEqual(positions, positions.sorted(), "C printed the lines out of order")
-        XCTAssertTrue(lines.contains { $0.hasPrefix("[history] ") }, "no line came from the history")
+        XCTAssertTrue(lines.contains { $0.hasPrefix("[history ") }, "no line came from the history with its send time")
         for chat in chats { chat.closeInput() }
         for chat in chats {
             let status = try await chat.waitForExit(within: 20)

@@ -211,6 +211,74 @@ final class PubSubHardeningTests: XCTestCase {
         await server.close()
     }
 
+    /// Issue 25, row 2: peer ids at five addresses fill the host's memory
+    /// budget with idle streams; a newcomer still joins the topic (the flood's
+    /// idle streams are reclaimed for it), and the streams of the honest peer
+    /// already in the mesh, idle between messages, are not what is reclaimed.
+    func testAnIdleStreamFloodTakesNoHonestPeersPubSubStream() async throws {
+        var limits = HostLimits()
+        limits.maxMemory = 32 << 20
+        limits.maxMemoryPerPeer = 4 << 20
+        limits.limitLoopback = true
+        limits.reclaimIdleStreamsAfter = .seconds(2)
+        let (server, serverPubSub, address) = try await makeNode(limits: limits)
+        try await withDeadline(120) { [group] in
+            let budget = try XCTUnwrap(server.upgrader.memoryBudget)
+            var inbox = await serverPubSub.subscribe("lobby").makeAsyncIterator()
+            func host(at ip: String) async throws -> Libp2pHost {
+                try await makeTestHost(
+                    group: group, transports: [TCPTransport(group: group, reusePort: true)],
+                    listen: Multiaddr("/ip4/\(ip)/tcp/0")
+                ).0
+            }
+            func pubsub(at ip: String) async throws -> (Libp2pHost, PubSubService) {
+                let node = try await host(at: ip)
+                var configuration = PubSubConfiguration()
+                configuration.heartbeatInterval = .milliseconds(200)
+                let service = try PubSubService(host: node, configuration: configuration)
+                service.start()
+                _ = await service.subscribe("lobby")
+                _ = try await node.connect(address)
+                try await waitForEachOther(serverPubSub, server.localPeer, service, node.localPeer, on: "lobby", "\(ip) joined")
+                return (node, service)
+            }
+            let (honest, honestPubSub) = try await pubsub(at: "127.0.0.40")
+            // 5 addresses, 2 peer ids each, 16 idle ping streams each: more than the budget holds.
+            var attackers: [Libp2pHost] = []
+            var held: [MuxedStream] = []
+            for index in 0..<10 {
+                let attacker = try await host(at: "127.0.0.\(2 + index % 5)")
+                attackers.append(attacker)
+                let connection = try await attacker.connect(address)
+                for _ in 0..<16 {
+                    if let stream = try? await connection.newStream(protocols: ["/ipfs/ping/1.0.0"]) { held.append(stream) }
+                }
+            }
+            let idleSince = ContinuousClock.now
+            XCTAssertGreaterThan(server.limitCounters.transport[.memory(.total), default: 0], 0, "the budget was not filled")
+            try await Task.sleep(until: idleSince + .milliseconds(2500))
+
+            let (newcomer, newcomerPubSub) = try await pubsub(at: "127.0.0.50")
+            try await newcomerPubSub.publish("lobby", data: Array("newcomer here".utf8))
+            let first = try await nextMessage(&inbox)
+            XCTAssertEqual(String(decoding: first.data, as: UTF8.self), "newcomer here")
+            try await honestPubSub.publish("lobby", data: Array("still here".utf8))
+            let second = try await nextMessage(&inbox)
+            XCTAssertEqual(String(decoding: second.data, as: UTF8.self), "still here")
+            XCTAssertGreaterThan(budget.reclaims, 0)
+            XCTAssertEqual(budget.reclaims(of: honest.localPeer), 0, "an honest peer's stream was reclaimed")
+
+            for stream in held { stream.reset() }
+            await newcomerPubSub.stop()
+            await honestPubSub.stop()
+            await newcomer.close()
+            await honest.close()
+            for attacker in attackers { await attacker.close() }
+            await serverPubSub.stop()
+            await server.close()
+        }
+    }
+
     /// Found 6 of issue 14: a graylisted peer stayed connected; now it is
     /// disconnected once graylisted for `graylistDisconnectAfter`.
     func testGraylistedPeerIsDisconnected() async throws {

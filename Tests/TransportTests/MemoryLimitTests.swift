@@ -221,6 +221,77 @@ final class MemoryLimitTests: XCTestCase {
         }
     }
 
+
+    /// Issue 25, row 2: peer ids at five addresses, each within its share,
+    /// fill the whole budget with idle streams. Once those have been idle
+    /// `reclaimIdleStreamsAfter`, a newcomer's new streams take their room (the
+    /// idle ones of the biggest holders are reset): its pings and an echo are
+    /// served; an honest peer's long-lived stream, idle all along, still works.
+    func testIdleStreamsFromFiveAddressesAreReclaimedForANewcomer() async throws {
+        try await withDeadline(120) { [group] in
+            var limits = HostLimits()
+            limits.maxMemory = 32 << 20
+            limits.maxMemoryPerPeer = 4 << 20
+            limits.limitLoopback = true
+            limits.reclaimIdleStreamsAfter = .seconds(2)
+            let (server, address) = try await makeTestHost(group: group, limits: limits)
+            let budget = try XCTUnwrap(server.upgrader.memoryBudget)
+            func host(at ip: String) async throws -> Libp2pHost {
+                try await makeTestHost(
+                    group: group, transports: [TCPTransport(group: group, reusePort: true)],
+                    listen: Multiaddr("/ip4/\(ip)/tcp/0")
+                ).0
+            }
+            // An honest peer's long-lived stream, open before the flood and idle throughout.
+            let honest = try await host(at: "127.0.0.40")
+            let honestStream = try await honest.connect(address).newStream(protocols: [echoProtocol])
+            // 5 addresses, 2 peer ids each, 16 idle ping streams each: 40 MiB asked of the 28 new streams may fill.
+            var attackers: [Libp2pHost] = []
+            var held: [MuxedStream] = []
+            for index in 0..<10 {
+                let attacker = try await host(at: "127.0.0.\(2 + index % 5)")
+                attackers.append(attacker)
+                let connection = try await attacker.connect(address)
+                for _ in 0..<16 {
+                    if let stream = try? await connection.newStream(protocols: [PingService.protocolID]) { held.append(stream) }
+                }
+            }
+            let idleSince = ContinuousClock.now
+            XCTAssertGreaterThan(
+                budget.used + Self.window, MemoryBudget.share(of: 32 << 20, MemoryBudget.stream), "the budget has room left")
+            XCTAssertGreaterThan(server.limitCounters.transport[.memory(.total), default: 0], 0)
+
+            // The attackers' streams become idle long enough to be reclaimed.
+            try await Task.sleep(until: idleSince + .milliseconds(2500))
+            let newcomer = try await host(at: "127.0.0.50")
+            let connection = try await newcomer.connect(address)
+            for _ in 0..<4 {
+                let rtts = try await PingService.ping(connection, count: 1)
+                XCTAssertEqual(rtts.count, 1)
+            }
+            let data = patternBytes(count: 1 << 20, seed: 5)
+            let echoed = try await echo(data, over: connection)
+            XCTAssertEqual(echoed, data)
+            XCTAssertGreaterThan(budget.reclaims, 0)
+            XCTAssertLessThanOrEqual(budget.used, 32 << 20)
+            XCTAssertEqual(budget.reclaims(of: honest.localPeer), 0)
+            XCTAssertEqual(budget.reclaims(of: newcomer.localPeer), 0)
+
+            // The honest peer's stream was not taken: it still echoes.
+            let piece = patternBytes(count: 4096, seed: 6)
+            try await honestStream.write(ByteBuffer(bytes: piece))
+            var reader = StreamReader(honestStream)
+            let back = try await reader.readExactly(piece.count)
+            XCTAssertEqual(Array(back.readableBytesView), piece)
+
+            for stream in held { stream.reset() }
+            honestStream.reset()
+            await newcomer.close()
+            await honest.close()
+            for attacker in attackers { await attacker.close() }
+            await server.close()
+        }
+    }
 }
 
 /// Unit checks of the budget's arithmetic.
@@ -301,18 +372,78 @@ final class MemoryBudgetTests: XCTestCase {
         XCTAssertNil(budget.reserve(200, for: b, from: here, priority: MemoryBudget.stream))
     }
 
+    /// Issue 25, row 2 (sans-IO): when a new stream does not fit the total,
+    /// the stream idle longest of the biggest holder is reclaimed for it at
+    /// once; a smaller holder's idle stream (an honest peer's pubsub stream),
+    /// streams active lately, and holders no bigger than the newcomer would
+    /// be are not.
+    func testIdleStreamsOfTheBiggestHolderAreReclaimedForANewcomer() throws {
+        let window: UInt32 = 1000
+        // Seven eighths of 8000: seven windows of new streams.
+        let budget = MemoryBudget(limit: 8000, limitPerPeer: 8000, reclaimIdleAfter: .seconds(10))
+        func peer() -> PeerID { PeerID(publicKey: PrivateKey.generateEd25519().publicKey) }
+        func at(_ seconds: Int64) -> NIODeadline { .uptimeNanoseconds(UInt64(1000 + seconds) * 1_000_000_000) }
+        let reclaimed = Mutex<[String]>([])
+        func ledger(_ name: String, _ address: String) throws -> StreamMemoryLedger {
+            StreamMemoryLedger(budget: budget, peer: peer(), remoteAddress: try Multiaddr(address)) { id in
+                reclaimed.withLock { $0.append("\(name) \(id)") }
+            }
+        }
+        var honest = try ledger("honest", "/ip4/198.51.100.9/tcp/1")
+        var bigger = try ledger("bigger", "/ip4/192.0.2.1/tcp/1")
+        var smaller = try ledger("smaller", "/ip4/192.0.2.2/tcp/1")
+        var newcomer = try ledger("newcomer", "/ip4/203.0.113.5/tcp/1")
+        var later = try ledger("later", "/ip4/203.0.113.6/tcp/1")
+        // The honest peer's one stream first, idle from then on; an attacker's
+        // network with 4 windows, another with 1; the newcomer's first: the total is full.
+        XCTAssertNil(honest.admit(1, window: window, now: at(0)))
+        XCTAssertNil(smaller.admit(1, window: window, now: at(0)))
+        XCTAssertNil(bigger.admit(1, window: window, now: at(1)))
+        XCTAssertNil(bigger.admit(3, window: window, now: at(1)))
+        XCTAssertNil(bigger.admit(5, window: window, now: at(2)))
+        XCTAssertNil(bigger.admit(7, window: window, now: at(2)))
+        XCTAssertNil(newcomer.admit(1, window: window, now: at(2)))
+        XCTAssertEqual(budget.used, 7000)
+        // Nothing idle long enough yet: refused, nothing taken (and not looked for again within a second).
+        XCTAssertEqual(newcomer.admit(3, window: window, now: at(5)), .total)
+        XCTAssertEqual(reclaimed.withLock { $0 }, [])
+        // Stream 3 of the bigger holder carried data lately; 1 is idle longest and goes.
+        bigger.touch(3, now: at(8))
+        XCTAssertNil(newcomer.admit(3, window: window, now: at(12)))
+        XCTAssertEqual(reclaimed.withLock { $0 }, ["bigger 1"])
+        XCTAssertEqual(budget.used, 7000)
+        // The newcomer would hold 3 windows, as much as the bigger holder: refused.
+        XCTAssertEqual(newcomer.admit(5, window: window, now: at(12)), .total)
+        // Another newcomer takes an idle stream of the bigger holder (never 3, the honest one's, the smaller's).
+        XCTAssertNil(later.admit(1, window: window, now: at(14)))
+        let taken = reclaimed.withLock { $0 }
+        XCTAssertEqual(taken.count, 2)
+        XCTAssertTrue(["bigger 5", "bigger 7"].contains(taken.last ?? ""), "\(taken)")
+        XCTAssertEqual(budget.reclaims, 2)
+        // A reclaimed stream reserves nothing more, and its removal gives nothing back twice.
+        XCTAssertEqual(bigger.reserveGrowth(1, upTo: 500, now: at(15)), 0)
+        bigger.remove(1)
+        XCTAssertEqual(budget.used, 7000)
+        honest.removeAll()
+        smaller.removeAll()
+        bigger.removeAll()
+        newcomer.removeAll()
+        later.removeAll()
+        XCTAssertEqual(budget.used, 0)
+    }
+
     func testLedgerGivesBackWhatAStreamHeld() {
         let budget = MemoryBudget(limit: 1 << 20, limitPerPeer: 1 << 20)
         let peer = PeerID(publicKey: PrivateKey.generateEd25519().publicKey)
         var ledger = StreamMemoryLedger(budget: budget, peer: peer)
-        XCTAssertNil(ledger.admit(1, window: 1000))
-        XCTAssertEqual(ledger.reserveGrowth(1, upTo: 1000), 1000)
+        XCTAssertNil(ledger.admit(1, window: 1000, now: .now()))
+        XCTAssertEqual(ledger.reserveGrowth(1, upTo: 1000, now: .now()), 1000)
         ledger.unusedGrowth(1, 400)
-        XCTAssertNil(ledger.queue(1, bytes: 300))
+        XCTAssertNil(ledger.queue(1, bytes: 300, now: .now()))
         XCTAssertEqual(budget.used, 1900)
-        ledger.queueShrank(1, to: 100)
+        ledger.queueShrank(1, to: 100, now: .now())
         XCTAssertEqual(budget.used, 1700)
-        XCTAssertNil(ledger.admit(3, window: 1000))
+        XCTAssertNil(ledger.admit(3, window: 1000, now: .now()))
         ledger.remove(1)
         XCTAssertEqual(budget.used, 1000)
         ledger.removeAll()

@@ -56,9 +56,16 @@
     if (atBottom) messages.scrollTop = messages.scrollHeight;
   }
   function system(parts, cls) { append(el("div", { class: "sys " + (cls || "") }, ...parts)); }
-  function message(from, text, history) {
+  // A line from a peer's history shows its send time as its author signed it; an old one says so.
+  function message(from, text, history, sent, old) {
     const row = el("div", { class: "msg" + (history ? " history" : ""), "data-from": from });
-    if (history) row.append(el("span", { class: "badge", title: "from a peer's history: sent while we were away" }, "history"));
+    if (history) {
+      const when = sent ? new Date(sent) : null;
+      const label = !when ? "history · time unknown" : old ? "old · " + when.toLocaleString() : "history · " + when.toLocaleTimeString();
+      const title = "from a peer's history: sent while we were away" +
+        (when ? ", at " + when.toISOString() + " (signed by its author)" : "; when is unknown");
+      row.append(el("span", { class: "badge", title: title }, label));
+    }
     const name = el("span", { class: "from", title: from, style: "color:" + colour(from) }, from === state.me ? "you" : short(from));
     row.append(name, el("span", { class: "text" }, text));
     append(row);
@@ -103,7 +110,7 @@
 
   const handlers = {
     hello(ev) { state.me = ev.peer; $("me").textContent = short(ev.peer); $("me").title = ev.peer; setTopic(ev.topic); },
-    message(ev) { message(ev.from, ev.text, ev.history); },
+    message(ev) { message(ev.from, ev.text, ev.history, ev.sent, ev.old); },
     sent(ev) { message(state.me, ev.text, false); },
     joined(ev) {
       system([peerName(ev.peer), " joined " + ev.topic]);
