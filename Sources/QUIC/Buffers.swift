@@ -73,8 +73,12 @@ public struct ReassemblyBuffer: Sendable {
 /// acknowledged from the start, so a long transfer holds only what is in flight
 /// and queued.
 struct SendBuffer: Sendable {
-    /// The bytes from `base` on; those below it were acknowledged and dropped.
+    /// The bytes from `base` on are `data[head...]`; those below it were
+    /// acknowledged and dropped. Dropping only moves `head`; the array is
+    /// compacted once the dead front is as large as the rest (amortised O(1)
+    /// per byte, where moving the rest down at every ACK was quadratic).
     private var data: [UInt8] = []
+    private var head = 0
     private var base: UInt64 = 0
     /// The next byte never sent.
     private(set) var sentOffset: UInt64 = 0
@@ -87,7 +91,7 @@ struct SendBuffer: Sendable {
     /// We reset the send side (our own reset, or answering STOP_SENDING): nothing more goes out.
     private(set) var reset = false
 
-    var totalLength: UInt64 { base + UInt64(data.count) }
+    var totalLength: UInt64 { base + UInt64(data.count - head) }
 
     /// Written but never sent: what still waits for flow control or the congestion window.
     var unsentBytes: Int { reset ? 0 : Int(totalLength - sentOffset) }
@@ -115,7 +119,7 @@ struct SendBuffer: Sendable {
                 lost.insert((piece.offset + UInt64(maxLength), piece.length - maxLength, piece.fin), at: 0)
                 piece = (piece.offset, maxLength, false)
             }
-            let start = Int(piece.offset - base)
+            let start = head + Int(piece.offset - base)
             return (piece.offset, Array(data[start..<(start + piece.length)]), piece.fin)
         }
         let available = Int(min(totalLength, limit) - min(sentOffset, limit))
@@ -126,7 +130,7 @@ struct SendBuffer: Sendable {
         let start = sentOffset
         sentOffset += UInt64(length)
         if fin { finSent = true }
-        let index = Int(start - base)
+        let index = head + Int(start - base)
         return (start, Array(data[index..<(index + length)]), fin)
     }
 
@@ -156,14 +160,20 @@ struct SendBuffer: Sendable {
         dropAcknowledgedPrefix()
     }
 
-    /// Lets go of the bytes acknowledged from the start, in steps large enough
-    /// that moving the rest down costs little per byte.
+    /// Lets go of the bytes acknowledged from the start.
     private mutating func dropAcknowledgedPrefix() {
         guard let first = acked.first, first.lowerBound == 0, first.upperBound > base else { return }
-        let droppable = min(Int(first.upperBound - base), data.count)
-        guard droppable >= 16_384 || droppable == data.count, droppable > 0 else { return }
-        data.removeFirst(droppable)
+        let droppable = min(Int(first.upperBound - base), data.count - head)
+        guard droppable > 0 else { return }
+        head += droppable
         base += UInt64(droppable)
+        if head == data.count {
+            data.removeAll(keepingCapacity: data.capacity <= 1 << 20)
+            head = 0
+        } else if head >= 65_536, head >= data.count - head {
+            data.removeFirst(head)
+            head = 0
+        }
     }
 
     /// Everything written, FIN included, reached the peer (or the side was reset).
@@ -178,6 +188,7 @@ struct SendBuffer: Sendable {
         reset = true
         lost = []
         data = []
+        head = 0
         base = sentOffset
         return sentOffset
     }

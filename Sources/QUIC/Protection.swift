@@ -93,6 +93,8 @@ public struct PacketKeys: Sendable {
     /// The AES key schedule of the header protection key, expanded once
     /// (a C struct of integers, so a plain value).
     private let headerAESKey: AES_KEY?
+    /// The packet AEAD with `key`, set up once.
+    private let aead: PacketAEAD
 
     public init(secret: [UInt8], suite: CipherSuite) throws(QUICProtectionError) {
         guard secret.count == suite.hashLength else { throw .invalidSecret(length: secret.count) }
@@ -101,6 +103,7 @@ public struct PacketKeys: Sendable {
         key = TLSKeySchedule.expandLabel(secret: secret, label: "quic key", length: suite.keyLength, suite: suite)
         iv = TLSKeySchedule.expandLabel(secret: secret, label: "quic iv", length: 12, suite: suite)
         headerProtectionKey = TLSKeySchedule.expandLabel(secret: secret, label: "quic hp", length: suite.keyLength, suite: suite)
+        aead = PacketAEAD(suite: suite, key: key)
         if suite == .chacha20Poly1305SHA256 {
             headerAESKey = nil
         } else {
@@ -126,6 +129,7 @@ public struct PacketKeys: Sendable {
         secret = next
         key = TLSKeySchedule.expandLabel(secret: next, label: "quic key", length: suite.keyLength, suite: suite)
         iv = TLSKeySchedule.expandLabel(secret: next, label: "quic iv", length: 12, suite: suite)
+        aead = PacketAEAD(suite: suite, key: key)
         headerProtectionKey = previous.headerProtectionKey
         headerAESKey = previous.headerAESKey
     }
@@ -140,38 +144,22 @@ public struct PacketKeys: Sendable {
     }
 
     /// Ciphertext followed by the 16-byte tag.
-    public func seal(_ plaintext: some DataProtocol, header: some DataProtocol, packetNumber: UInt64) -> [UInt8] {
-        let nonce = nonce(packetNumber: packetNumber)
-        let symmetric = SymmetricKey(data: key)
-        // Nonces are 12 bytes and keys of the suite's length by construction; these AEADs cannot fail to seal.
-        switch suite {
-        case .chacha20Poly1305SHA256:
-            let box = try! ChaChaPoly.seal(plaintext, using: symmetric, nonce: ChaChaPoly.Nonce(data: nonce), authenticating: header)
-            return Array(box.ciphertext) + Array(box.tag)
-        case .aes128GCMSHA256, .aes256GCMSHA384:
-            let box = try! AES.GCM.seal(plaintext, using: symmetric, nonce: AES.GCM.Nonce(data: nonce), authenticating: header)
-            return Array(box.ciphertext) + Array(box.tag)
-        }
+    public func seal(_ plaintext: [UInt8], header: [UInt8], packetNumber: UInt64) -> [UInt8] {
+        var out: [UInt8] = []
+        seal(plaintext, header: header, packetNumber: packetNumber, appendingTo: &out)
+        return out
     }
 
-    public func open(_ sealed: ArraySlice<UInt8>, header: some DataProtocol, packetNumber: UInt64) throws(QUICProtectionError) -> [UInt8] {
-        guard sealed.count >= 16 else { throw .authenticationFailed }
-        let nonce = nonce(packetNumber: packetNumber)
-        let symmetric = SymmetricKey(data: key)
-        let ciphertext = sealed.dropLast(16)
-        let tag = sealed.suffix(16)
-        do {
-            switch suite {
-            case .chacha20Poly1305SHA256:
-                let box = try ChaChaPoly.SealedBox(nonce: ChaChaPoly.Nonce(data: nonce), ciphertext: ciphertext, tag: tag)
-                return Array(try ChaChaPoly.open(box, using: symmetric, authenticating: header))
-            case .aes128GCMSHA256, .aes256GCMSHA384:
-                let box = try AES.GCM.SealedBox(nonce: AES.GCM.Nonce(data: nonce), ciphertext: ciphertext, tag: tag)
-                return Array(try AES.GCM.open(box, using: symmetric, authenticating: header))
-            }
-        } catch {
+    /// Appends the ciphertext and tag to `out` (the packet, after its header).
+    func seal(_ plaintext: [UInt8], header: [UInt8], packetNumber: UInt64, appendingTo out: inout [UInt8]) {
+        aead.seal(plaintext, nonce: nonce(packetNumber: packetNumber), header: header, appendingTo: &out)
+    }
+
+    public func open(_ sealed: ArraySlice<UInt8>, header: ArraySlice<UInt8>, packetNumber: UInt64) throws(QUICProtectionError) -> [UInt8] {
+        guard sealed.count >= 16, let plaintext = aead.open(sealed, nonce: nonce(packetNumber: packetNumber), header: header) else {
             throw .authenticationFailed
         }
+        return plaintext
     }
 
     /// The 5-byte header protection mask for a 16-byte sample (§5.4.3, §5.4.4).
@@ -251,7 +239,8 @@ public enum PacketProtection {
     /// number) and masks the header.
     static func protect(headerBytes: [UInt8], packetNumberLength: Int, packetNumber: UInt64, plaintext: [UInt8], keys: PacketKeys) -> [UInt8] {
         var packet = headerBytes
-        packet += keys.seal(plaintext, header: headerBytes, packetNumber: packetNumber)
+        packet.reserveCapacity(headerBytes.count + plaintext.count + PacketProtection.tagLength)
+        keys.seal(plaintext, header: headerBytes, packetNumber: packetNumber, appendingTo: &packet)
         let numberOffset = headerBytes.count - packetNumberLength
         let sampleStart = numberOffset + sampleOffset
         let mask = keys.headerProtectionMask(sample: packet[sampleStart..<(sampleStart + sampleLength)])
@@ -316,5 +305,68 @@ public enum RetryIntegrity {
         let expected = tag(retryWithoutTag: Array(packet.bytes.dropLast(tagLength)), originalDestination: originalDestination)
         // Constant-time comparison is not needed: the key is public; the tag only detects corruption and off-path spoofing.
         return expected == Array(packet.bytes.suffix(tagLength))
+    }
+}
+
+/// A BoringSSL AEAD context for one packet key, set up once: swift-crypto's
+/// one-shot API expanded the key and copied every packet into and out of
+/// `Data` on each call, a third of QUIC's sending and receiving time.
+final class PacketAEAD: @unchecked Sendable {
+    // @unchecked Sendable: `context` is set in init and freed in deinit only;
+    // BoringSSL's seal and open take it as const, so concurrent use is safe.
+    private let context: UnsafeMutablePointer<EVP_AEAD_CTX>
+    static let tagLength = 16
+
+    init(suite: CipherSuite, key: [UInt8]) {
+        let algorithm = switch suite {
+        case .aes128GCMSHA256: EVP_aead_aes_128_gcm()
+        case .aes256GCMSHA384: EVP_aead_aes_256_gcm()
+        case .chacha20Poly1305SHA256: EVP_aead_chacha20_poly1305()
+        }
+        let made = key.withUnsafeBufferPointer { EVP_AEAD_CTX_new(algorithm, $0.baseAddress, $0.count, Self.tagLength) }
+        // Fails only for a key of the wrong length (the suite fixes it) or no memory.
+        guard let made else { fatalError("EVP_AEAD_CTX_new failed for a \(key.count)-byte \(suite) key") }
+        context = made
+    }
+
+    deinit { EVP_AEAD_CTX_free(context) }
+
+    func seal(_ plaintext: [UInt8], nonce: [UInt8], header: [UInt8], appendingTo out: inout [UInt8]) {
+        let start = out.count
+        let length = plaintext.count + Self.tagLength
+        out.append(contentsOf: repeatElement(0, count: length))
+        var written = 0
+        let status = out.withUnsafeMutableBufferPointer { buffer in
+            plaintext.withUnsafeBufferPointer { input in
+                header.withUnsafeBufferPointer { ad in
+                    nonce.withUnsafeBufferPointer { nonce in
+                        EVP_AEAD_CTX_seal(
+                            context, buffer.baseAddress! + start, &written, length, nonce.baseAddress, nonce.count,
+                            input.baseAddress, input.count, ad.baseAddress, ad.count)
+                    }
+                }
+            }
+        }
+        // 12-byte nonces and room for the tag by construction: sealing cannot fail.
+        precondition(status == 1 && written == length, "AEAD seal failed")
+    }
+
+    /// The plaintext, or nil when the tag does not authenticate.
+    func open(_ sealed: ArraySlice<UInt8>, nonce: [UInt8], header: ArraySlice<UInt8>) -> [UInt8]? {
+        guard sealed.count >= Self.tagLength else { return nil }
+        var plaintext = [UInt8](repeating: 0, count: sealed.count - Self.tagLength)
+        var written = 0
+        let status = plaintext.withUnsafeMutableBufferPointer { out in
+            sealed.withUnsafeBufferPointer { input in
+                header.withUnsafeBufferPointer { ad in
+                    nonce.withUnsafeBufferPointer { nonce in
+                        EVP_AEAD_CTX_open(
+                            context, out.baseAddress, &written, out.count, nonce.baseAddress, nonce.count,
+                            input.baseAddress, input.count, ad.baseAddress, ad.count)
+                    }
+                }
+            }
+        }
+        return status == 1 && written == plaintext.count ? plaintext : nil
     }
 }
