@@ -23,6 +23,8 @@ let usage = """
       ping                   ping round trips, alone and under a flooding stream
       pubsub                 gossipsub and floodsub on 20 nodes
       memory                 resident memory of an idle node and per connection
+      connections [N...]     one listener with N connections (default 100 500 1000): opening rate,
+                             memory and CPU per connection, one ping on each, CPU while idle
       dht [NODES]            Kademlia lookups over real loopback DHT servers (default 120 nodes)
       files                  a file transfer against perf on one connection, memory, chat latency while it runs
       history                history sync of 10 000 missed messages
@@ -88,6 +90,16 @@ if CommandLine.arguments.dropFirst().first == "memory" {
         report("idle node resident memory", Double(idle) / 1024 / 1024, "MiB")
         report("per additional connection", Double(perConnection) / 1024, "KiB")
     }
+    finish()
+}
+
+if CommandLine.arguments.dropFirst().first == "connections-listener" {
+    // The listener process of `connections` (started by it).
+    try await runConnectionsListener(connections: CommandLine.arguments.dropFirst(2).compactMap { Int($0) }.first ?? 1000)
+}
+if CommandLine.arguments.dropFirst().first == "connections" {
+    let counts = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }
+    try await runConnectionsBenchmarks(counts: counts.isEmpty ? [100, 500, 1000] : counts)
     finish()
 }
 
