@@ -115,12 +115,14 @@ public final class Libp2pHost: Sendable {
     let clock = ContinuousClock()
 
     /// A host on `transports` (TCP and WebSocket by default) offering `security`
-    /// in order of preference (Noise, then TLS, by default).
+    /// in order of preference (Noise, then TLS, by default). Throws, with what
+    /// is wrong, when `configuration` breaks a constraint (`TransportConfiguration.validate()`).
     public init(
         key: PrivateKey, configuration: TransportConfiguration = .init(), group: EventLoopGroup? = nil,
         transports: [any Transport]? = nil, security: [any SecurityProtocol] = Libp2pHost.defaultSecurity,
         limits: HostLimits = .init(), logger: Logger = Logger(label: "p2p.host")
-    ) {
+    ) throws(TransportConfigurationError) {
+        try configuration.validate()
         // Sockets must never use up the descriptors: see `HostLimits.fitting(descriptors:)`.
         let descriptors = HostLimits.descriptorLimit()
         self.limits = limits.fitting(descriptors: descriptors)

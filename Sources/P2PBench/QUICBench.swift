@@ -12,7 +12,7 @@ import Transport
 /// stream's throughput, 8 concurrent streams, handshakes, ping idle and under
 /// a flood. TCP is Noise + Yamux, as the chat uses it.
 func runQUICBenchmarks() async throws {
-    let server = Libp2pHost(
+    let server = try Libp2pHost(
         key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop,
         transports: [TCPTransport(group: serverLoop), QUICTransport(group: serverLoop)])
     PingService(host: server).start()
@@ -20,13 +20,13 @@ func runQUICBenchmarks() async throws {
     let bound = try await server.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0"), Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")])
     let tcpAddress = bound[0].encapsulating(.p2p(server.localPeer.bytes))
     let quicAddress = bound[1].encapsulating(.p2p(server.localPeer.bytes))
-    func makeClient() -> Libp2pHost {
-        Libp2pHost(
+    func makeClient() throws -> Libp2pHost {
+        try Libp2pHost(
             key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop,
             transports: [TCPTransport(group: clientLoop), QUICTransport(group: clientLoop)])
     }
-    let tcpClient = makeClient()
-    let quicClient = makeClient()
+    let tcpClient = try makeClient()
+    let quicClient = try makeClient()
     let rounds = max(1, ProcessInfo.processInfo.environment["P2PBENCH_ROUNDS"].flatMap(Int.init) ?? 3)
     print("p2pbench quic: \(megabytes) MiB per throughput run, loopback, 2 event loops, median of \(rounds) alternating rounds")
     var tcpOne: [Double] = [], quicOne: [Double] = [], tcpEight: [Double] = [], quicEight: [Double] = []

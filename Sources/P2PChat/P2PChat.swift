@@ -125,9 +125,14 @@ func exitWithError(_ message: String) -> Never {
 /// Makes a host (TCP and WebSocket; the security protocols of `--security`) that serves identify and ping.
 func makeHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService) {
     let group = MultiThreadedEventLoopGroup.singleton
-    let host = Libp2pHost(
-        key: key, group: group, transports: [TCPTransport(group: group), WebSocketTransport(group: group), QUICTransport(group: group)],
-        security: options.securityProtocols())
+    let host: Libp2pHost
+    do {
+        host = try Libp2pHost(
+            key: key, group: group, transports: [TCPTransport(group: group), WebSocketTransport(group: group), QUICTransport(group: group)],
+            security: options.securityProtocols())
+    } catch {
+        exitWithError("\(error)")
+    }
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
     identify.start()
     PingService(host: host).start()

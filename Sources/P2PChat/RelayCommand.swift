@@ -89,10 +89,15 @@ struct RelayCommand: AsyncParsableCommand {
 func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService, CircuitTransport) {
     let circuit = CircuitTransport()
     let group = MultiThreadedEventLoopGroup.singleton
-    let host = Libp2pHost(
-        key: key, group: group,
-        transports: [TCPTransport(group: group, reusePort: true), WebSocketTransport(group: group), QUICTransport(group: group), circuit],
-        security: options.securityProtocols())
+    let host: Libp2pHost
+    do {
+        host = try Libp2pHost(
+            key: key, group: group,
+            transports: [TCPTransport(group: group, reusePort: true), WebSocketTransport(group: group), QUICTransport(group: group), circuit],
+            security: options.securityProtocols())
+    } catch {
+        exitWithError("\(error)")
+    }
     circuit.attach(host)
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
     identify.start()

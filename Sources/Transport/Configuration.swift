@@ -57,6 +57,50 @@ public struct TransportConfiguration: Sendable {
     public static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 256 * 1024)
 
     public init() {}
+
+    /// Throws when a value breaks a constraint the connections rely on (the
+    /// Yamux part included, which would otherwise trap at the first
+    /// connection). `Libp2pHost` checks it at construction.
+    public func validate() throws(TransportConfigurationError) {
+        for (name, span) in [
+            ("dialTimeout", dialTimeout), ("upgradeTimeout", upgradeTimeout),
+            ("streamNegotiationTimeout", streamNegotiationTimeout),
+        ] where span <= .zero {
+            throw .notPositive(name, "\(span)")
+        }
+        if let writeStallTimeout, writeStallTimeout <= .zero { throw .notPositive("writeStallTimeout", "\(writeStallTimeout)") }
+        guard acceptBackoff >= .zero else { throw .negative("acceptBackoff", "\(acceptBackoff)") }
+        for (name, count) in [
+            ("maxInboundHandshakes", maxInboundHandshakes), ("maxInboundHandshakesPerAddress", maxInboundHandshakesPerAddress),
+            ("maxNegotiatingInboundStreams", maxNegotiatingInboundStreams), ("maxQueuedBytesPerStream", maxQueuedBytesPerStream),
+        ] where count <= 0 {
+            throw .notPositive(name, "\(count)")
+        }
+        if let notSentLowWatermark, notSentLowWatermark <= 0 { throw .notPositive("notSentLowWatermark", "\(notSentLowWatermark)") }
+        do {
+            try yamux.validate()
+        } catch {
+            throw .yamux(error)
+        }
+    }
+}
+
+/// A `TransportConfiguration` value that breaks a constraint.
+public enum TransportConfigurationError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The named time span or count must be above zero; the value it has.
+    case notPositive(String, String)
+    /// The named time span must not be negative; the value it has.
+    case negative(String, String)
+    /// The Yamux part (`TransportConfiguration.yamux`) is invalid.
+    case yamux(YamuxConfigurationError)
+
+    public var description: String {
+        switch self {
+        case .notPositive(let name, let value): "transport configuration: \(name) must be above zero, is \(value)"
+        case .negative(let name, let value): "transport configuration: \(name) must not be negative, is \(value)"
+        case .yamux(let error): "transport configuration: \(error)"
+        }
+    }
 }
 
 extension NIOBSDSocket.Option {

@@ -31,6 +31,8 @@ public enum InteropFailure: Error, Sendable, CustomStringConvertible {
     case timedOut(seconds: Int)
     /// The listener waited the whole timeout without being stopped by the harness.
     case listenerNotStopped(seconds: Int)
+    /// The host refused its transport configuration.
+    case hostConfiguration(TransportConfigurationError)
 
     public var description: String {
         switch self {
@@ -40,6 +42,7 @@ public enum InteropFailure: Error, Sendable, CustomStringConvertible {
         case .badListenerAddress(let text): return "the listener published an address we cannot use: \(text)"
         case .listenFailed(let why): return "cannot listen: \(why)"
         case .nothingToPublish: return "listening, but no address to publish"
+        case .hostConfiguration(let error): return "\(error)"
         case .dialFailed(let why): return "dial failed: \(why)"
         case .pingFailed(let why): return "ping failed: \(why)"
         case .timedOut(let seconds): return "dial and ping did not finish within \(seconds) s"
@@ -61,7 +64,7 @@ public struct InteropRunner: Sendable {
 
     /// A host with only the configured transport and security protocol (and
     /// Yamux), serving ping and identify, on a fresh Ed25519 key.
-    func makeHost() -> Libp2pHost {
+    func makeHost() throws(InteropFailure) -> Libp2pHost {
         let group = MultiThreadedEventLoopGroup.singleton
         let transports: [any Transport]
         switch configuration.transport {
@@ -74,7 +77,12 @@ public struct InteropRunner: Sendable {
         case .noise: security = [NoiseSecurity()]
         case .tls: security = [TLSSecurity()]
         }
-        let host = Libp2pHost(key: PrivateKey.generateEd25519(), group: group, transports: transports, security: security)
+        let host: Libp2pHost
+        do {
+            host = try Libp2pHost(key: PrivateKey.generateEd25519(), group: group, transports: transports, security: security)
+        } catch {
+            throw .hostConfiguration(error)
+        }
         IdentifyService(host: host, agentVersion: Self.agentVersion).start()
         PingService(host: host).start()
         return host
@@ -128,7 +136,7 @@ public struct InteropRunner: Sendable {
     /// to be stopped; throws `listenerNotStopped` once the timeout passes.
     public func runListener() async throws(InteropFailure) {
         let redis = try await connectRedis()
-        let host = makeHost()
+        let host = try makeHost()
         let bound: [Multiaddr]
         do {
             bound = try await host.listen(on: [try listenAddress])
@@ -159,7 +167,7 @@ public struct InteropRunner: Sendable {
     /// harness may stop us once the listener exits).
     public func runDialer(report: @Sendable (InteropResult) -> Void) async throws(InteropFailure) {
         let redis = try await connectRedis()
-        let host = makeHost()
+        let host = try makeHost()
         let key = configuration.redisKey
         let text: String?
         do {

@@ -146,7 +146,7 @@ final class HistoryHardeningTests: XCTestCase {
     func testTheHistoryFileStaysWithinTwiceTheStore() async throws {
         let path = NSTemporaryDirectory() + "p2pchat-history-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let host = Libp2pHost(key: .generateEd25519(), group: group)
+        let host = try Libp2pHost(key: .generateEd25519(), group: group)
         let pubsub = try PubSubService(host: Libp2pHost(key: .generateEd25519(), group: group))
         pubsub.start()
         let history = try HistoryService(host: host, path: path, maxBytes: 1 << 20, maxBytesPerAuthor: 1 << 20)

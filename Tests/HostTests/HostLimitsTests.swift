@@ -17,7 +17,7 @@ final class HostLimitsTests: XCTestCase {
     func makeHost(_ configure: (inout HostLimits) -> Void = { _ in }) async throws -> (Libp2pHost, Multiaddr) {
         var limits = HostLimits()
         configure(&limits)
-        let host = Libp2pHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()], limits: limits)
+        let host = try Libp2pHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()], limits: limits)
         PingService(host: host).start()
         host.setStreamHandler(echoProtocol) { stream in
             while let chunk = try? await stream.read() {

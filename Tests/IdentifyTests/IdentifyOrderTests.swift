@@ -36,9 +36,9 @@ final class IdentifyOrderTests: XCTestCase {
     /// test hosts run it: their own answers and pushes would race the test's).
     private func makeConnectedHostsWithoutIdentify() async throws -> (local: Libp2pHost, remote: Libp2pHost) {
         let network = MemoryNetwork()
-        let local = Libp2pHost(
+        let local = try Libp2pHost(
             key: .generateEd25519(), group: group, transports: [MemoryTransport(group: group, network: network)])
-        let remote = Libp2pHost(
+        let remote = try Libp2pHost(
             key: .generateEd25519(), group: group, transports: [MemoryTransport(group: group, network: network)])
         let addresses = try await local.listen(on: [Multiaddr([.memory(0)])])
         _ = try await remote.connect(addresses[0].encapsulating(.p2p(local.localPeer.bytes)))

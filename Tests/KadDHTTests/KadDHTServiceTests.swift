@@ -184,7 +184,7 @@ final class KadDHTServiceTests: XCTestCase {
             let network = MemoryNetwork()
             let serverKey = PrivateKey.generateEd25519()
             func server() async throws -> (Libp2pHost, KadDHT, Multiaddr) {
-                let host = Libp2pHost(
+                let host = try Libp2pHost(
                     key: serverKey, group: group, transports: [MemoryTransport(group: group, network: network)],
                     security: [NoiseSecurity()])
                 IdentifyService(host: host, agentVersion: "test").start()

@@ -74,8 +74,8 @@ final class PubSubConfigurationTests: XCTestCase {
     }
 
     /// The service refuses an invalid configuration when it is built.
-    func testServiceRefusesAnInvalidConfiguration() async {
-        let host = Libp2pHost(key: .generateEd25519())
+    func testServiceRefusesAnInvalidConfiguration() async throws {
+        let host = try Libp2pHost(key: .generateEd25519())
         var configuration = PubSubConfiguration()
         configuration.dOut = configuration.dLow
         do {

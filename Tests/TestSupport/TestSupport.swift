@@ -27,7 +27,7 @@ public func makeTestHost(
     group: EventLoopGroup, configuration: TransportConfiguration = .init(), transports: [any Transport]? = nil,
     security: [any SecurityProtocol]? = nil, listen: Multiaddr? = nil, limits: HostLimits = .init()
 ) async throws -> (Libp2pHost, Multiaddr) {
-    let host = Libp2pHost(
+    let host = try Libp2pHost(
         key: .generateEd25519(), configuration: configuration, group: group, transports: transports,
         security: security ?? [NoiseSecurity()], limits: limits)
     IdentifyService(host: host, agentVersion: "p2pchat-test/0").start()
