@@ -43,7 +43,7 @@ public final class HistoryService: Sendable {
     ) throws(HistoryError) {
         var configuration = RequestResponseConfiguration()
         configuration.maxResponseSize = Self.maxResponseSize
-        configuration.timeout = 30
+        configuration.timeout = .seconds(30)
         service = RequestResponse(host: host, protocols: [Self.protocolID], codec: Codec(), configuration: configuration)
         self.maxMessageSize = maxMessageSize
         maxStoreBytes = maxBytes

@@ -20,9 +20,9 @@ public struct FileShareConfiguration: Sendable {
     /// Uploads at once to one peer, and in total; more are refused (`busy`).
     public var maxUploadsPerPeer = 4
     public var maxUploads = 32
-    /// Seconds a transfer may go without a byte moving (the request, the
+    /// How long a transfer may go without a byte moving (the request, the
     /// answer's header, or the body) before it is given up.
-    public var stallTimeout: Double = 30
+    public var stallTimeout: Duration = .seconds(30)
 
     public init() {}
 }
@@ -491,11 +491,11 @@ final class StallWatchdog: Sendable {
         return elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
     }
 
-    init(stream: MuxedStream, limit: Double) {
+    init(stream: MuxedStream, limit: Duration) {
         let progress = self.progress
         progress.lastNanos.store(Self.nowNanos, ordering: .relaxed)
-        let limitNanos = Int64(limit * 1e9)
-        let tick = Duration.milliseconds(Int(min(1000, max(10, limit * 250))))
+        let limitNanos = limit.components.seconds * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000
+        let tick = min(.seconds(1), max(.milliseconds(10), limit / 4))
         task = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: tick)

@@ -13,7 +13,7 @@ public struct MetricsExporterLimits: Sendable, Equatable {
     public var maxConnections = 16
     /// A connection must deliver its next whole request within this, and take
     /// each answer within this; else it is closed (idle keep-alive included).
-    public var timeout: TimeAmount = .seconds(30)
+    public var timeout: Duration = .seconds(30)
     /// Bytes of one request (its target, its headers and any body); a larger one closes the connection.
     public var maxRequestSize = 8 * 1024
     /// Requests read ahead of their answer (pipelined) a connection may have waiting; more close it.
@@ -208,6 +208,6 @@ private final class MetricsHTTPHandler: ChannelInboundHandler {
     private func armDeadline(_ context: ChannelHandlerContext) {
         deadline?.cancel()
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        deadline = context.eventLoop.scheduleTask(in: limits.timeout) { loopBound.value.close(promise: nil) }
+        deadline = context.eventLoop.scheduleTask(in: TimeAmount(limits.timeout)) { loopBound.value.close(promise: nil) }
     }
 }

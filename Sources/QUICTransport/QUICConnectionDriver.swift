@@ -100,7 +100,7 @@ final class QUICConnectionDriver: StreamMuxerDriver {
     /// Starts the handshake (a client's first flight) and its deadline.
     func start() {
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        let deadline = eventLoop.scheduleTask(in: configuration.upgradeTimeout) {
+        let deadline = eventLoop.scheduleTask(in: TimeAmount(configuration.upgradeTimeout)) {
             let driver = bound.value
             guard case .handshaking = driver.state else { return }
             driver.quic.close(code: 0, reason: "handshake timeout")
@@ -331,7 +331,7 @@ final class QUICConnectionDriver: StreamMuxerDriver {
 
     private func negotiationDeadline(_ id: UInt64) -> Scheduled<Void> {
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        return eventLoop.scheduleTask(in: configuration.streamNegotiationTimeout) {
+        return eventLoop.scheduleTask(in: TimeAmount(configuration.streamNegotiationTimeout)) {
             let driver = bound.value
             guard case .negotiating(_, let proposals, _, _)? = driver.streams[id] else { return }
             driver.negotiationFailed(id, .streamNegotiationTimeout(protocols: proposals ?? []))

@@ -10,7 +10,7 @@ import Transport
 public struct RequestResponseConfiguration: Sendable {
     /// For a whole exchange: from dialing to the response (requester), from the
     /// stream's arrival to the response sent (responder).
-    public var timeout: Double = 10
+    public var timeout: Duration = .seconds(10)
     /// Largest request, in bytes, we send or accept.
     public var maxRequestSize = 1024 * 1024
     /// Largest response, in bytes, we send or accept.
@@ -125,7 +125,7 @@ public final class RequestResponse<Codec: RequestResponseCodec>: Sendable {
         }
         let opened = Mutex<MuxedStream?>(nil)
         do {
-            let response = try await withTimeout(.milliseconds(Int(configuration.timeout * 1000)), "request to \(peer)") {
+            let response = try await withTimeout(configuration.timeout, "request to \(peer)") {
                 [host, protocols, configuration] in
                 let connection: Connection
                 do {
@@ -205,7 +205,7 @@ public final class RequestResponse<Codec: RequestResponseCodec>: Sendable {
         defer { admission.withLock { $0.release(peer) } }
         let context = RequestContext(peer: peer, protocolID: stream.protocolID, connection: stream.connection)
         do {
-            try await withTimeout(.milliseconds(Int(configuration.timeout * 1000)), "request from \(peer)") { [codec, configuration] in
+            try await withTimeout(configuration.timeout, "request from \(peer)") { [codec, configuration] in
                 var reader = StreamReader(stream)
                 guard let bytes = try await reader.readLengthPrefixed(maxLength: configuration.maxRequestSize) else {
                     throw StreamReader.ReadError.endOfStream(wanted: 1, had: 0)

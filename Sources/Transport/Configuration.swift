@@ -9,9 +9,9 @@ public struct TransportConfiguration: Sendable {
     public static let yamuxProtocolID = "/yamux/1.0.0"
 
     /// TCP connect.
-    public var dialTimeout: TimeAmount = .seconds(10)
+    public var dialTimeout: Duration = .seconds(10)
     /// From TCP established to Yamux running (both multistream rounds and Noise).
-    public var upgradeTimeout: TimeAmount = .seconds(15)
+    public var upgradeTimeout: Duration = .seconds(15)
     /// Inbound connections still in the upgrade (multistream, security
     /// handshake) at once; newer ones are closed at once (and counted) beyond
     /// it, so a flood of sockets that never finish cannot hold every file
@@ -24,13 +24,13 @@ public struct TransportConfiguration: Sendable {
     public var limitLoopbackHandshakes = false
     /// A listener whose accept fails (EMFILE, ENFILE: out of file
     /// descriptors) stops accepting for this long, then tries again.
-    public var acceptBackoff: TimeAmount = .milliseconds(500)
+    public var acceptBackoff: Duration = .milliseconds(500)
     /// Inbound streams of one connection still negotiating their protocol (as
     /// rust-libp2p's max_negotiating_inbound_streams);
     /// a newer one is reset at once beyond it.
     public var maxNegotiatingInboundStreams = 128
     /// Multistream-select on a new stream.
-    public var streamNegotiationTimeout: TimeAmount = .seconds(10)
+    public var streamNegotiationTimeout: Duration = .seconds(10)
     /// A writer waits while this much of its data is handed over and not yet
     /// framed (behind the remote's receive window or a full socket); it goes on
     /// once half of it has gone out.
@@ -40,7 +40,7 @@ public struct TransportConfiguration: Sendable {
     /// have data for it is closed: a peer that stops reading without asking
     /// for anything (so no control-frame bound applies) cannot hold our
     /// queued data and its socket for ever. nil: never.
-    public var writeStallTimeout: TimeAmount? = .seconds(45)
+    public var writeStallTimeout: Duration? = .seconds(45)
     /// Bounds on what a peer can make multistream-select allocate.
     public var multistreamLimits = MultistreamLimits()
     /// Yamux windows and stream limits.

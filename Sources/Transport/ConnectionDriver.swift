@@ -135,7 +135,7 @@ final class ConnectionDriver: StreamMuxerDriver {
             security: upgrader.security, muxers: upgrader.muxers, limits: configuration.multistreamLimits)
         upgrade.start(output: &pendingOutput)
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        let deadline = eventLoop.scheduleTask(in: configuration.upgradeTimeout) {
+        let deadline = eventLoop.scheduleTask(in: TimeAmount(configuration.upgradeTimeout)) {
             let driver = bound.value
             guard case .upgrading(let upgrade, _) = driver.state else { return }
             driver.fail(.upgradeTimeout(phase: upgrade.phase))
@@ -384,7 +384,7 @@ final class ConnectionDriver: StreamMuxerDriver {
 
     private func scheduleNegotiationDeadline(_ id: UInt32) -> Scheduled<Void> {
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        return eventLoop.scheduleTask(in: configuration.streamNegotiationTimeout) {
+        return eventLoop.scheduleTask(in: TimeAmount(configuration.streamNegotiationTimeout)) {
             bound.value.negotiationTimedOut(id)
         }
     }
@@ -583,7 +583,7 @@ final class ConnectionDriver: StreamMuxerDriver {
 
     /// Starts the stall clock if it is not running: the sink is full.
     private func watchWriteStall() {
-        guard let timeout = configuration.writeStallTimeout, case .established = state else { return }
+        guard let timeout = configuration.writeStallTimeout.map(TimeAmount.init), case .established = state else { return }
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         writeStall.start(on: eventLoop, in: timeout) {
             let driver = bound.value

@@ -15,7 +15,7 @@ public enum SocketDial {
     /// When accept fails (out of file descriptors: EMFILE, ENFILE), accepting
     /// pauses for `acceptBackoff` and resumes (`AcceptPauseHandler`).
     public static func serverBootstrap(group: EventLoopGroup, configuration: TransportConfiguration) -> ServerBootstrap {
-        let backoff = configuration.acceptBackoff
+        let backoff = TimeAmount(configuration.acceptBackoff)
         return ServerBootstrap(group: group)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -56,7 +56,7 @@ public enum SocketDial {
         // Known once the socket exists, so that a cancelled dial can close it.
         let dialling = NIOLockedValueBox<Channel?>(nil)
         var bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(configuration.dialTimeout)
+            .connectTimeout(TimeAmount(configuration.dialTimeout))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: TransportConfiguration.receiveAllocator)
             .channelOption(.tcpOption(.tcp_notsent_lowat), value: configuration.notSentLowWatermark ?? 0)

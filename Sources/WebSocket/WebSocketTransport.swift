@@ -19,7 +19,7 @@ public struct WebSocketConfiguration: Sendable {
     /// under 1 MiB: py-libp2p's listener refuses larger messages (trio-websocket's default limit).
     public var maxOutboundFramePayload: Int = 64 * 1024
     /// From TCP established to the WebSocket upgrade done (both sides).
-    public var handshakeTimeout: TimeAmount = .seconds(10)
+    public var handshakeTimeout: Duration = .seconds(10)
 
     public init() {}
 }
@@ -107,7 +107,7 @@ public struct WebSocketTransport: Transport {
         logger: Logger
     ) throws {
         // The HTTP upgrade holds a handshake slot: no longer than the libp2p upgrade's deadline.
-        let timeout = min(configuration.handshakeTimeout, upgrader.configuration.upgradeTimeout)
+        let timeout = TimeAmount(min(configuration.handshakeTimeout, upgrader.configuration.upgradeTimeout))
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: configuration.maxFrameSize,
             // Decoder errors are answered by WebSocketByteStreamHandler.
@@ -200,7 +200,7 @@ public struct WebSocketTransport: Transport {
             withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
         try pipeline.addHandler(
             WebSocketDialHandshakeHandler(
-                address: address, hostHeader: target.hostHeader, timeout: configuration.handshakeTimeout,
+                address: address, hostHeader: target.hostHeader, timeout: TimeAmount(configuration.handshakeTimeout),
                 established: established))
     }
 }

@@ -57,7 +57,7 @@ extension YamuxSession {
         /// scheduling, not the network, paces the grants, and round-trip-sized
         /// windows idle the sender (on two shared cores, 1 ms gives back the
         /// loopback throughput of unbounded windows, and their ping delay).
-        public var growthTimeFloor: TimeAmount = .zero
+        public var growthTimeFloor: Duration = .zero
         /// While a stream has the session to itself (no other stream received
         /// data for `soloQuietSpan`), its window also doubles while its reader
         /// empties one faster than this: a lone bulk transfer gets loopback
@@ -66,11 +66,11 @@ extension YamuxSession {
         /// data, the growth made while alone is taken back (grants are withheld
         /// until it is gone; the round-trip rule then grows what it needs), so
         /// that stream's frames do not wait behind it. Zero: off.
-        public var soloGrowthTimeFloor: TimeAmount = .milliseconds(1)
+        public var soloGrowthTimeFloor: Duration = .milliseconds(1)
         /// A stream is alone when no other stream of the session received data for this long.
-        public var soloQuietSpan: TimeAmount = .milliseconds(50)
+        public var soloQuietSpan: Duration = .milliseconds(50)
         /// Time between the session's round-trip pings (go-yamux: 30 s).
-        public var rttPingInterval: TimeAmount = .seconds(30)
+        public var rttPingInterval: Duration = .seconds(30)
         /// Pings sent back to back at the start (each on the previous one's
         /// answer): one sample taken while the connection is being set up can
         /// be slow, and the first windows are sized on the smallest.
@@ -79,7 +79,7 @@ extension YamuxSession {
         /// its minimum RTT over 5 minutes too): samples taken while our own
         /// data fills the buffers are inflated by it, and must not make the
         /// windows, and so the buffers, grow further.
-        public var rttFilterSpan: TimeAmount = .minutes(5)
+        public var rttFilterSpan: Duration = .seconds(300)
         /// Control frames (ACKs, RSTs, window updates) waiting for the adapter
         /// to take them, in bytes. A remote that makes us answer (opening and
         /// resetting streams) while not reading our answers fails the session
@@ -104,7 +104,7 @@ extension YamuxSession {
                 throw .notPositive("maxPendingControlBytes", Double(maxPendingControlBytes))
             }
             guard growthRoundTrips > 0, growthRoundTrips.isFinite else { throw .notPositive("growthRoundTrips", growthRoundTrips) }
-            guard rttPingInterval > .zero else { throw .notPositive("rttPingInterval", Double(rttPingInterval.nanoseconds) / 1e9) }
+            guard rttPingInterval > .zero else { throw .notPositive("rttPingInterval", Double(TimeAmount(rttPingInterval).nanoseconds) / 1e9) }
             guard growthTimeFloor >= .zero, soloGrowthTimeFloor >= .zero, soloQuietSpan >= .zero, rttFilterSpan >= .zero,
                 startRTTPings >= 0
             else { throw .negative }

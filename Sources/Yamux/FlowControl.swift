@@ -71,8 +71,8 @@ extension YamuxSession {
             else { return (0, false) }
             let elapsed = Double(max(0, (now - start).nanoseconds)) * Double(stream.windowTarget)
             func fastEnough(_ span: Double) -> Bool { elapsed < span * Double(stream.consumedInEpoch) }
-            let span = max(configuration.growthRoundTrips * Double(rtt.nanoseconds), Double(configuration.growthTimeFloor.nanoseconds))
-            if fastEnough(Double(configuration.soloGrowthTimeFloor.nanoseconds)), isAlone(id, now: now) {
+            let span = max(configuration.growthRoundTrips * Double(rtt.nanoseconds), Double(TimeAmount(configuration.growthTimeFloor).nanoseconds))
+            if fastEnough(Double(TimeAmount(configuration.soloGrowthTimeFloor).nanoseconds)), isAlone(id, now: now) {
                 // Counted as solo even where the round-trip rule would allow it
                 // too (a round trip measured while the connection was busy
                 // starting is inflated): it is taken back once another stream
@@ -93,7 +93,7 @@ extension YamuxSession {
 
     /// Whether no stream but `id` received data within `soloQuietSpan` of `now`.
     private func isAlone(_ id: UInt32, now: NIODeadline) -> Bool {
-        let since = now - configuration.soloQuietSpan
+        let since = now - TimeAmount(configuration.soloQuietSpan)
         return !streams.contains { other, stream in
             other != id && (stream.lastDataAt.map { $0 > since } ?? false)
         }
@@ -115,7 +115,7 @@ extension YamuxSession {
     public mutating func tick(now: NIODeadline) -> NIODeadline {
         if let due = nextRTTPing, now < due { return due }
         sendRTTPing(now: now)
-        let next = now + configuration.rttPingInterval
+        let next = now + TimeAmount(configuration.rttPingInterval)
         nextRTTPing = next
         return next
     }
@@ -130,7 +130,7 @@ extension YamuxSession {
     public var nextTickDeadline: NIODeadline? { nextRTTPing }
 
     mutating func recordRoundTrip(_ rtt: TimeAmount, at now: NIODeadline) {
-        let cutoff = now - configuration.rttFilterSpan
+        let cutoff = now - TimeAmount(configuration.rttFilterSpan)
         rttSamples.removeAll { $0.at < cutoff }
         rttSamples.append((now, max(rtt, .zero)))
     }

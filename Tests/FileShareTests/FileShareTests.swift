@@ -200,7 +200,7 @@ final class FileShareTests: XCTestCase {
 
     func testAStalledSenderIsGivenUp() async throws {
         var configuration = FileShareConfiguration()
-        configuration.stallTimeout = 0.5
+        configuration.stallTimeout = .milliseconds(500)
         let (_, receiver, senderHost, receiverHost) = try await pair(configuration: configuration)
         // A "sender" that takes the request and never answers.
         senderHost.setStreamHandler(FileShareService.protocolID) { stream in

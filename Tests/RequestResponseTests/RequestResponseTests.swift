@@ -105,7 +105,7 @@ final class RequestResponseTests: XCTestCase {
             return request
         }
         var configuration = RequestResponseConfiguration()
-        configuration.timeout = 0.5
+        configuration.timeout = .milliseconds(500)
         let client = RequestResponse(host: requester, protocols: [protocolID], codec: BytesCodec(), configuration: configuration)
         let peer = responder.localPeer
         try await withDeadline(30) {

@@ -92,7 +92,7 @@ final class RequestLog: Sendable {
 final class DialerTests: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
 
-    func dialer(handshakeTimeout: TimeAmount = .seconds(10)) -> TransportNode {
+    func dialer(handshakeTimeout: Duration = .seconds(10)) -> TransportNode {
         var configuration = WebSocketConfiguration()
         configuration.handshakeTimeout = handshakeTimeout
         return TransportNode(
