@@ -1,13 +1,17 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
-// One target per concern; the dependency graph is a tree:
+// One target per concern, in layers; the dependency graph is acyclic, not a tree (most
+// targets depend on several below them):
 // Multiformats <- Identity <- LibP2PSecurity <- Noise, TLS ; Multistream ; Yamux
-//   <- Transport (TCP, memory, the upgrade) <- WebSocket (/ws) ; Host <- Identify, Ping, Perf, PubSub, KadDHT,
-//   RequestResponse, FileShare, ChatHistory, Relay, AutoNAT, DCUtR ; MDNS
-//   <- Libp2p (the umbrella) <- Examples ; MetricsExporter ; all of them <- P2PChat
-// RedisRESP (NIO only) ; with Host, Ping, Identify <- TransportInterop <- P2PInterop (p2pchat-interop)
-// WebChat (NIO only: the chat's web page) <- P2PChat
+//   <- Transport (the seam: TCP, memory, the upgrade) <- WebSocket (/ws), QUICTransport (/quic-v1)
+//   Host (on the seams only: no transport or security protocol of its own)
+//   <- Identify, Ping, Perf, PubSub, KadDHT, RequestResponse, Relay, AutoNAT, DCUtR ; MDNS
+//   <- Libp2p (the umbrella, and Libp2pHostBuilder: the defaults, TCP, /ws, /quic-v1, Noise, TLS)
+//   <- Examples, P2PBench, TransportInterop, P2PChat
+// RequestResponse <- FileShare, ChatHistory (the chat's own protocols, outside the umbrella) <- P2PChat
+// MetricsExporter (swift-metrics at /metrics) ; WebChat (NIO only: the chat's web page) <- P2PChat
+// RedisRESP (NIO only) <- TransportInterop <- P2PInterop (p2pchat-interop)
 let package = Package(
     name: "p2pchat",
     platforms: [.macOS(.v14)],
@@ -136,7 +140,7 @@ let package = Package(
         .target(
             name: "Transport",
             dependencies: [
-                "Multiformats", "Identity", "Multistream", "LibP2PSecurity", "Noise", "Yamux",
+                "Multiformats", "Identity", "Multistream", "LibP2PSecurity", "Yamux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -149,7 +153,6 @@ let package = Package(
             dependencies: [
                 "Transport", "Multiformats", "Identity", "LibP2PSecurity",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
@@ -170,7 +173,7 @@ let package = Package(
         .target(
             name: "Host",
             dependencies: [
-                "Transport", "LibP2PSecurity", "Noise", "TLS", "WebSocket", "EventBroadcast",
+                "Transport", "LibP2PSecurity", "EventBroadcast",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -302,8 +305,8 @@ let package = Package(
         .executableTarget(
             name: "P2PChat",
             dependencies: [
-                "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "Noise", "TLS", "MetricsExporter", "WebChat",
-                "FileShare", "ChatHistory", "KadDHT", "Relay", "AutoNAT", "DCUtR", "Transport", "WebSocket", "QUICTransport",
+                "Libp2p", "Host", "Identify", "Ping", "Perf", "PubSub", "MDNS", "LibP2PSecurity", "MetricsExporter", "WebChat",
+                "FileShare", "ChatHistory", "KadDHT", "Relay", "AutoNAT", "DCUtR", "Transport",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -321,7 +324,8 @@ let package = Package(
         .executableTarget(
             name: "P2PBench",
             dependencies: [
-                "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay", "QUICTransport",
+                "Libp2p", "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay",
+                "QUICTransport",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -334,8 +338,7 @@ let package = Package(
         .target(
             name: "TransportInterop",
             dependencies: [
-                "Host", "Identify", "Identity", "LibP2PSecurity", "Multiformats", "Noise", "Ping", "QUICTransport", "RedisRESP", "TLS",
-                "Transport", "WebSocket",
+                "Libp2p", "Host", "Identify", "Identity", "LibP2PSecurity", "Multiformats", "Ping", "RedisRESP", "Transport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -345,16 +348,19 @@ let package = Package(
             name: "P2PInterop",
             dependencies: ["TransportInterop", .product(name: "Logging", package: "swift-log")]
         ),
-        // Re-exports what an application needs (`import Libp2p`).
+        // Re-exports what an application needs (`import Libp2p`), and `Libp2pHostBuilder`: the
+        // defaults (which transports and security protocols), which the host itself does not know.
         .target(
             name: "Libp2p",
             dependencies: [
-                "AutoNAT", "ChatHistory", "DCUtR", "FileShare", "Host", "Identify", "Identity", "KadDHT", "LibP2PSecurity", "MDNS",
+                "AutoNAT", "DCUtR", "Host", "Identify", "Identity", "KadDHT", "LibP2PSecurity", "MDNS",
                 "Multiformats", "Noise", "Perf", "Ping", "PubSub", "QUICTransport", "Relay", "RequestResponse", "TLS", "Transport",
                 "WebSocket",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .testTarget(name: "Libp2pTests", dependencies: ["Libp2p", "TestSupport"]),
         .executableTarget(name: "EchoExample", dependencies: ["Libp2p"], path: "Examples/Echo"),
         .executableTarget(name: "PubSubExample", dependencies: ["Libp2p"], path: "Examples/PubSubSubscriber"),
         .testTarget(
@@ -407,7 +413,7 @@ let package = Package(
             ],
             path: "Tests/TestSupport"
         ),
-        .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "Noise", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
+        .testTarget(name: "HostTests", dependencies: ["Host", "Identify", "Ping", "Transport", "LibP2PSecurity", "Noise", "TLS", "WebSocket", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "TransportTests",
             dependencies: [
@@ -419,12 +425,12 @@ let package = Package(
         .testTarget(name: "PingTests", dependencies: ["Ping", "Host", "Identify", "TestSupport"]),
         .testTarget(name: "RelayTests", dependencies: ["Relay", "Host", "Ping", "TestSupport"]),
         .testTarget(name: "AutoNATTests", dependencies: ["AutoNAT", "Host", "TestSupport"]),
-        .testTarget(name: "DCUtRTests", dependencies: ["DCUtR", "Relay", "Host", "Ping", "TestSupport"]),
+        .testTarget(name: "DCUtRTests", dependencies: ["DCUtR", "Relay", "Host", "TestSupport"]),
         .testTarget(name: "PerfTests", dependencies: ["Perf", "Host", "TestSupport"]),
         .testTarget(
             name: "WebSocketTests",
             dependencies: [
-                "WebSocket", "Transport", "Ping", "TestSupport", "LibP2PSecurity", "Noise",
+                "WebSocket", "Transport", "Ping", "TestSupport",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -464,10 +470,6 @@ let package = Package(
             name: "WebChatTests",
             dependencies: [
                 "WebChat", "ChildProcess", "TestSupport",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             // The browser test's Selenium driver and its pinned requirements (WebChatBrowserTests runs it).
             exclude: ["browser"]

@@ -4,12 +4,9 @@ import Logging
 import Multiformats
 import NIOCore
 import NIOPosix
-import Noise
-import TLS
 import LibP2PSecurity
 import Synchronization
 import Transport
-import WebSocket
 
 /// Something that happened to the host's connections or peers.
 public enum HostEvent: Sendable {
@@ -107,19 +104,22 @@ public final class Libp2pHost: Sendable {
     let state = Mutex(State())
     private let broadcaster = EventBroadcaster<HostEvent>(bufferingNewest: 1024)
 
-    /// Security protocols offered by default, in order of preference.
-    public static let defaultSecurity: [any SecurityProtocol] = [NoiseSecurity(), TLSSecurity()]
-
     /// Limits on connections and dials (see `HostLimits`).
     public let limits: HostLimits
     let clock = ContinuousClock()
 
-    /// A host on `transports` (TCP and WebSocket by default) offering `security`
-    /// in order of preference (Noise, then TLS, by default). Throws, with what
-    /// is wrong, when `configuration` breaks a constraint (`TransportConfiguration.validate()`).
+    /// NIO's process-wide group: it is never shut down, so late work (a
+    /// stream reset after close) always has a loop to run on.
+    public static var defaultGroup: any EventLoopGroup { MultiThreadedEventLoopGroup.singleton }
+
+    /// A host on `transports` (TCP by default) offering `security` in order of
+    /// preference. The host knows the seams only: `Libp2pHostBuilder` (in
+    /// `Libp2p`) makes one with the usual transports and security protocols.
+    /// Throws, with what is wrong, when `configuration` breaks a constraint
+    /// (`TransportConfiguration.validate()`).
     public init(
         key: PrivateKey, configuration: TransportConfiguration = .init(), group: EventLoopGroup? = nil,
-        transports: [any Transport]? = nil, security: [any SecurityProtocol] = Libp2pHost.defaultSecurity,
+        transports: [any Transport]? = nil, security: [any SecurityProtocol],
         limits: HostLimits = .init(), logger: Logger = Logger(label: "p2p.host")
     ) throws(TransportConfigurationError) {
         try configuration.validate()
@@ -131,12 +131,10 @@ public final class Libp2pHost: Sendable {
             configuration.maxInboundHandshakes, HostLimits.handshakeBudget(descriptors: descriptors))
         self.localKey = key
         self.localPeer = PeerID(publicKey: key.publicKey)
-        // NIO's process-wide group by default: it is never shut down, so late
-        // work (a stream reset after close) always has a loop to run on.
-        let group = group ?? MultiThreadedEventLoopGroup.singleton
+        let group = group ?? Self.defaultGroup
         self.group = group
         self.logger = logger
-        self.transports = transports ?? [TCPTransport(group: group), WebSocketTransport(group: group)]
+        self.transports = transports ?? [TCPTransport(group: group)]
         // The upgrader reaches the host weakly: connections must not keep it alive.
         let weakHost = WeakHost()
         self.upgrader = Upgrader(

@@ -4,12 +4,9 @@ import Logging
 import Multiformats
 import NIOCore
 import NIOPosix
-import Noise
-import TLS
 import LibP2PSecurity
 import Synchronization
 import Transport
-import WebSocket
 
 // MARK: - Limits
 

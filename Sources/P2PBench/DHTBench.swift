@@ -30,7 +30,7 @@ func dhtLookupBenchmark(nodes count: Int, lookups: Int) async throws {
         limits.lowWater = 30
         limits.gracePeriod = .seconds(2)
         limits.maintenanceInterval = .seconds(1)
-        let host = try Libp2pHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()], limits: limits)
+        let host = try makeBenchHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()], limits: limits)
         IdentifyService(host: host, agentVersion: "p2pbench").start()
         let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])
         let dht = KadDHT(host: host, configuration: KadDHTConfiguration(mode: .server))

@@ -23,8 +23,8 @@ struct DataPlanePair {
     let connection: Connection
 
     static func make() async throws -> DataPlanePair {
-        let sender = try Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
-        let receiver = try Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
+        let sender = try makeBenchHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
+        let receiver = try makeBenchHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
         PerfService(host: sender).start()
         let senderFiles = FileShareService(host: sender)
         senderFiles.start()

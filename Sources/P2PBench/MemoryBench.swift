@@ -38,7 +38,7 @@ func memory(connections: Int) async throws -> (idle: Int, perConnection: Int)? {
     let idle = residentBytes(pid: process.processIdentifier)
     var clients: [Libp2pHost] = []
     for _ in 0..<connections {
-        let client = try Libp2pHost(key: .generateEd25519(), group: group)
+        let client = try makeBenchHost(key: .generateEd25519(), group: group)
         _ = try await client.connect(address)
         clients.append(client)
     }

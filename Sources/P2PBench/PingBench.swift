@@ -56,7 +56,7 @@ func reportPing(server: Multiaddr, client: Libp2pHost) async throws {
 
 /// Pings a remote perf-server while a /perf upload fills the same connection.
 func pingUnderUpload(remote: Multiaddr) async throws {
-    let host = try Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: group)
+    let host = try makeBenchHost(key: .generateEd25519(), configuration: benchConfiguration, group: group)
     let connection = try await host.connect(remote)
     let idle = try await PingService.ping(connection, count: 10).sorted()
     let upload = Task { try await PerfService.run(connection, upload: 1 << 40, download: 0) }

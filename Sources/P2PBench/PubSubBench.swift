@@ -14,7 +14,7 @@ func pubsubBenchmark(_ router: RouterKind, nodes count: Int = 20, messages: Int 
     var services: [PubSubService] = []
     var addresses: [Multiaddr] = []
     for _ in 0..<count {
-        let host = try Libp2pHost(key: .generateEd25519(), group: group)
+        let host = try makeBenchHost(key: .generateEd25519(), group: group)
         var configuration = PubSubConfiguration()
         configuration.router = router
         // Experiment: P2PBENCH_IDONTWANT overrides the IDONTWANT size threshold (bytes).

@@ -12,7 +12,7 @@ import Transport
 /// stream's throughput, 8 concurrent streams, handshakes, ping idle and under
 /// a flood. TCP is Noise + Yamux, as the chat uses it.
 func runQUICBenchmarks() async throws {
-    let server = try Libp2pHost(
+    let server = try makeBenchHost(
         key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop,
         transports: [TCPTransport(group: serverLoop), QUICTransport(group: serverLoop)])
     PingService(host: server).start()
@@ -21,7 +21,7 @@ func runQUICBenchmarks() async throws {
     let tcpAddress = bound[0].encapsulating(.p2p(server.localPeer.bytes))
     let quicAddress = bound[1].encapsulating(.p2p(server.localPeer.bytes))
     func makeClient() throws -> Libp2pHost {
-        try Libp2pHost(
+        try makeBenchHost(
             key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop,
             transports: [TCPTransport(group: clientLoop), QUICTransport(group: clientLoop)])
     }

@@ -13,7 +13,7 @@ import Transport
 /// A host on one of the loops with TCP and the circuit transport.
 private func circuitHost(on loop: EventLoopGroup) async throws -> (Libp2pHost, Multiaddr) {
     let circuit = CircuitTransport()
-    let host = try Libp2pHost(
+    let host = try makeBenchHost(
         key: .generateEd25519(), configuration: benchConfiguration, group: loop,
         transports: [TCPTransport(group: loop), circuit])
     circuit.attach(host)

@@ -48,7 +48,7 @@ func serveSink(on host: Libp2pHost) {
 }
 
 func makeHost() async throws -> (Libp2pHost, Multiaddr) {
-    let host = try Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
+    let host = try makeBenchHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
     PingService(host: host).start()
     serveSink(on: host)
     let bound = try await host.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0"), Multiaddr("/ip4/127.0.0.1/tcp/0/ws")])
@@ -92,7 +92,7 @@ func handshakesPerSecond(
     try await withThrowingTaskGroup(of: Void.self) { tasks in
         for worker in 0..<concurrency {
             tasks.addTask {
-                let client = try Libp2pHost(key: .generateEd25519(), group: group, transports: transports(), security: security)
+                let client = try makeBenchHost(key: .generateEd25519(), group: group, transports: transports(), security: security)
                 for _ in stride(from: worker, to: count, by: concurrency) {
                     let connection = try await client.connect(server)
                     await connection.close()

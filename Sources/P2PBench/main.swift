@@ -110,9 +110,9 @@ if CommandLine.arguments.dropFirst().first == "pubsub" {
 }
 
 let (server, serverAddress) = try await makeHost()
-let client = try Libp2pHost(
+let client = try makeBenchHost(
     key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop, security: [NoiseSecurity()])
-let tlsClient = try Libp2pHost(
+let tlsClient = try makeBenchHost(
     key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop, security: [TLSSecurity()])
 if CommandLine.arguments.dropFirst().first == "sealed" {
     // Only the sealed-TCP ceiling.

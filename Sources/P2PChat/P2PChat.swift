@@ -3,18 +3,15 @@ import Foundation
 import Host
 import Identify
 import Identity
+import Libp2p
 import LibP2PSecurity
 import Logging
 import MDNS
-import Noise
 import Multiformats
 import Ping
 import PubSub
-import QUICTransport
 import Synchronization
-import TLS
 import Transport
-import WebSocket
 import NIOPosix
 
 let p2pchatVersion = "0.1.0"
@@ -122,14 +119,12 @@ func exitWithError(_ message: String) -> Never {
     exit(1)
 }
 
-/// Makes a host (TCP and WebSocket; the security protocols of `--security`) that serves identify and ping.
+/// Makes a host (the builder's transports: TCP, WebSocket, QUIC; the security
+/// protocols of `--security`) that serves identify and ping.
 func makeHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService) {
-    let group = MultiThreadedEventLoopGroup.singleton
     let host: Libp2pHost
     do {
-        host = try Libp2pHost(
-            key: key, group: group, transports: [TCPTransport(group: group), WebSocketTransport(group: group), QUICTransport(group: group)],
-            security: options.securityProtocols())
+        host = try Libp2pHostBuilder(key: key).security(options.securityProtocols()).build()
     } catch {
         exitWithError("\(error)")
     }

@@ -5,13 +5,12 @@ import Foundation
 import Host
 import Identify
 import Identity
+import Libp2p
 import Multiformats
 import NIOPosix
 import Ping
-import QUICTransport
 import Relay
 import Transport
-import WebSocket
 
 /// `p2pchat relay`: a public node that relays (circuit relay v2 hop), answers
 /// AutoNAT requests, serves the DHT (a bootstrap node for chats), identify and ping.
@@ -88,13 +87,12 @@ struct RelayCommand: AsyncParsableCommand {
 /// with identify and ping.
 func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService, CircuitTransport) {
     let circuit = CircuitTransport()
-    let group = MultiThreadedEventLoopGroup.singleton
     let host: Libp2pHost
     do {
-        host = try Libp2pHost(
-            key: key, group: group,
-            transports: [TCPTransport(group: group, reusePort: true), WebSocketTransport(group: group), QUICTransport(group: group), circuit],
-            security: options.securityProtocols())
+        host = try Libp2pHostBuilder(key: key)
+            .transports(.tcp(reusePort: true), .webSocket(), .quic(), .transport(circuit))
+            .security(options.securityProtocols())
+            .build()
     } catch {
         exitWithError("\(error)")
     }

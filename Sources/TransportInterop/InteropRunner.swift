@@ -1,18 +1,15 @@
 import Host
 import Identify
 import Identity
+import Libp2p
 import LibP2PSecurity
 import Logging
 import Multiformats
 import NIOCore
 import NIOPosix
-import Noise
 import Ping
-import QUICTransport
 import RedisRESP
-import TLS
 import Transport
-import WebSocket
 
 /// Why a run failed (the binary then exits non-zero).
 public enum InteropFailure: Error, Sendable, CustomStringConvertible {
@@ -65,21 +62,20 @@ public struct InteropRunner: Sendable {
     /// A host with only the configured transport and security protocol (and
     /// Yamux), serving ping and identify, on a fresh Ed25519 key.
     func makeHost() throws(InteropFailure) -> Libp2pHost {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let transports: [any Transport]
+        let transport: Libp2pHostBuilder.TransportChoice
         switch configuration.transport {
-        case .tcp: transports = [TCPTransport(group: group)]
-        case .ws: transports = [WebSocketTransport(group: group)]
-        case .quicV1: transports = [QUICTransport(group: group)]
+        case .tcp: transport = .tcp()
+        case .ws: transport = .webSocket()
+        case .quicV1: transport = .quic()
         }
-        let security: [any SecurityProtocol]
+        let security: any SecurityProtocol
         switch configuration.security {
-        case .noise: security = [NoiseSecurity()]
-        case .tls: security = [TLSSecurity()]
+        case .noise: security = NoiseSecurity()
+        case .tls: security = TLSSecurity()
         }
         let host: Libp2pHost
         do {
-            host = try Libp2pHost(key: PrivateKey.generateEd25519(), group: group, transports: transports, security: security)
+            host = try Libp2pHostBuilder(key: PrivateKey.generateEd25519()).transports(transport).security([security]).build()
         } catch {
             throw .hostConfiguration(error)
         }

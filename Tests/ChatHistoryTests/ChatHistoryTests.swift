@@ -23,7 +23,7 @@ func makeSignedMessages(_ count: Int, topic: String = "lobby", group: MultiThrea
     -> (PubSubService, [PubSubMessage])
 {
     do {
-        let host = try Libp2pHost(key: .generateEd25519(), group: group)
+        let host = try Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity)
         let pubsub = try PubSubService(host: host)
         pubsub.start()
         var messages: [PubSubMessage] = []
@@ -128,7 +128,7 @@ extension ChatHistoryTests {
     func testHistoryFileSurvivesRestartsAndCorruption() async throws {
         let path = NSTemporaryDirectory() + "p2pchat-history-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let host = try Libp2pHost(key: .generateEd25519(), group: group)
+        let host = try Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity)
         let (_, messages) = try await signedMessages(40)
         do {
             let history = try HistoryService(host: host, path: path)
@@ -169,7 +169,7 @@ extension ChatHistoryTests {
     func testManyAppendsThroughOneHandleSurviveAReopen() async throws {
         let path = NSTemporaryDirectory() + "p2pchat-history-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let host = try Libp2pHost(key: .generateEd25519(), group: group)
+        let host = try Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity)
         let (_, messages) = try await signedMessages(300)
         let history = try HistoryService(host: host, path: path)
         // Concurrent writers: records must not interleave.

@@ -93,7 +93,7 @@ final class HistoryHardeningTests: XCTestCase {
         let asker = try HistoryService(host: askerHost)
         var messages: [PubSubMessage] = []
         for _ in 0..<3 {
-            let pubsub = try PubSubService(host: Libp2pHost(key: .generateEd25519(), group: group))
+            let pubsub = try PubSubService(host: Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity))
             pubsub.start()
             for index in 0..<6 {
                 messages.append(try await pubsub.publishMessage("lobby", data: [UInt8](repeating: UInt8(index), count: 1_000_000)).message)
@@ -146,8 +146,8 @@ final class HistoryHardeningTests: XCTestCase {
     func testTheHistoryFileStaysWithinTwiceTheStore() async throws {
         let path = NSTemporaryDirectory() + "p2pchat-history-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let host = try Libp2pHost(key: .generateEd25519(), group: group)
-        let pubsub = try PubSubService(host: Libp2pHost(key: .generateEd25519(), group: group))
+        let host = try Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity)
+        let pubsub = try PubSubService(host: Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity))
         pubsub.start()
         let history = try HistoryService(host: host, path: path, maxBytes: 1 << 20, maxBytesPerAuthor: 1 << 20)
         var largest = 0

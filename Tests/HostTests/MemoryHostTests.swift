@@ -2,9 +2,13 @@ import Host
 import Identify
 import Identity
 import Multiformats
+import Noise
 import NIOCore
 import NIOPosix
+import LibP2PSecurity
 import Ping
+import TLS
+import WebSocket
 import TestSupport
 @testable import Transport
 import XCTest
@@ -96,12 +100,15 @@ final class MemoryHostTests: XCTestCase {
         await server.close()
     }
 
-    /// The default host listens on TCP and /ws at once and dials either.
-    func testDefaultHostListensOnTCPAndWebSocketAtOnce() async throws {
-        let (server, tcpAddress) = try await makeTestHost(group: group, security: Libp2pHost.defaultSecurity)
+    /// A host on TCP and /ws listens on both at once and dials either
+    /// (`Libp2pTests.HostBuilderTests` checks the builder's defaults).
+    func testHostListensOnTCPAndWebSocketAtOnce() async throws {
+        let security: [any SecurityProtocol] = [NoiseSecurity(), TLSSecurity()]
+        let transports: [any Transport] = [TCPTransport(group: group), WebSocketTransport(group: group)]
+        let (server, tcpAddress) = try await makeTestHost(group: group, transports: transports, security: security)
         let ws = try await server.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0/ws")])
         XCTAssertEqual(ws[0].components.last, .ws)
-        let (client, _) = try await makeTestHost(group: group, security: Libp2pHost.defaultSecurity)
+        let (client, _) = try await makeTestHost(group: group, transports: transports, security: security)
         let overTCP = try await client.connect(tcpAddress)
         XCTAssertEqual(overTCP.transport, "tcp")
         XCTAssertEqual(overTCP.security, "/noise")

@@ -37,9 +37,9 @@ final class IdentifyOrderTests: XCTestCase {
     private func makeConnectedHostsWithoutIdentify() async throws -> (local: Libp2pHost, remote: Libp2pHost) {
         let network = MemoryNetwork()
         let local = try Libp2pHost(
-            key: .generateEd25519(), group: group, transports: [MemoryTransport(group: group, network: network)])
+            key: .generateEd25519(), group: group, transports: [MemoryTransport(group: group, network: network)], security: testSecurity)
         let remote = try Libp2pHost(
-            key: .generateEd25519(), group: group, transports: [MemoryTransport(group: group, network: network)])
+            key: .generateEd25519(), group: group, transports: [MemoryTransport(group: group, network: network)], security: testSecurity)
         let addresses = try await local.listen(on: [Multiaddr([.memory(0)])])
         _ = try await remote.connect(addresses[0].encapsulating(.p2p(local.localPeer.bytes)))
         try await waitUntil("both ends have the connection") { local.connection(to: remote.localPeer) != nil }

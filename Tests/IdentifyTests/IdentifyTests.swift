@@ -16,7 +16,7 @@ final class IdentifyTests: XCTestCase {
     /// A peer we see at a public address (or through a relay) is told only our
     /// addresses it could dial: not our loopback or LAN ones.
     func testListenAddressesFollowWhereThePeerIsSeen() async throws {
-        let host = try Libp2pHost(key: .generateEd25519(), group: group, transports: [TCPTransport(group: group)])
+        let host = try Libp2pHost(key: .generateEd25519(), group: group, transports: [TCPTransport(group: group)], security: testSecurity)
         defer { Task { await host.close() } }
         try await host.listen(on: [try Multiaddr("/ip4/127.0.0.1/tcp/0")])
         let identify = IdentifyService(host: host, agentVersion: "x")

@@ -1,5 +1,6 @@
 import Host
 import Identity
+import TestSupport
 import XCTest
 
 @testable import PubSub
@@ -75,7 +76,7 @@ final class PubSubConfigurationTests: XCTestCase {
 
     /// The service refuses an invalid configuration when it is built.
     func testServiceRefusesAnInvalidConfiguration() async throws {
-        let host = try Libp2pHost(key: .generateEd25519())
+        let host = try Libp2pHost(key: .generateEd25519(), security: testSecurity)
         var configuration = PubSubConfiguration()
         configuration.dOut = configuration.dLow
         do {

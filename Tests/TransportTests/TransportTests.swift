@@ -229,7 +229,7 @@ final class TransportTests: XCTestCase {
     func testListeningOnATakenPortSaysSo() async throws {
         let (server, bound) = try await makeTestHost(group: group)
         let address = bound.withoutP2P
-        let other = try Libp2pHost(key: .generateEd25519(), group: group)
+        let other = try Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity)
         do {
             _ = try await other.listen(on: [address])
             XCTFail("listened twice on \(address)")
@@ -241,7 +241,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testIPv6ListenAndDial() async throws {
-        let server = try Libp2pHost(key: .generateEd25519(), group: group)
+        let server = try Libp2pHost(key: .generateEd25519(), group: group, security: testSecurity)
         PingService(host: server).start()
         let bound = try await server.listen(on: [Multiaddr("/ip6/::1/tcp/0")])
         XCTAssertTrue(bound[0].description.hasPrefix("/ip6/::1/tcp/"), "\(bound[0])")
