@@ -70,6 +70,7 @@ public final class AutoNATService: Sendable {
             }
         }
         guard configuration.probe else { return }
+        // The service's: `stop` cancels it (without awaiting: `stop` is synchronous).
         let prober = Task { [weak self] in
             while !Task.isCancelled {
                 guard let self else { return }

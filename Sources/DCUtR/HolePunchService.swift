@@ -137,6 +137,7 @@ public final class HolePunchService: Sendable {
         }
         guard configuration.automatic else { return }
         let events = host.events()
+        // The service's: `stop` cancels it (without awaiting: `stop` is synchronous); it also ends with the host's events.
         let watcher = Task { [weak self] in
             for await event in events {
                 guard case .connected(let connection) = event, connection.isRelayed, let self
@@ -182,6 +183,7 @@ public final class HolePunchService: Sendable {
     /// waiting for the remote's DCUtR (which may find no address of ours).
     private func dialPublicInBackground(_ relayed: Connection) {
         let id = relayed.id
+        // Owned by the service as a punch (`punches`): cancelled by `stop`.
         let task = Task { [weak self] in
             guard let self else { return }
             let peer = relayed.remotePeer

@@ -496,6 +496,7 @@ final class StallWatchdog: Sendable {
         progress.lastNanos.store(Self.nowNanos, ordering: .relaxed)
         let limitNanos = limit.components.seconds * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000
         let tick = min(.seconds(1), max(.milliseconds(10), limit / 4))
+        // The watchdog's: `stop` and deinit cancel it.
         task = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: tick)

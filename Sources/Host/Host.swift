@@ -505,14 +505,17 @@ public final class Libp2pHost: Sendable {
 
     /// Closes every connection and listener; the host cannot be used afterwards.
     public func close() async {
-        let (listeners, connections) = state.withLock { state in
+        let (listeners, connections, maintenance) = state.withLock { state in
             state.closed = true
-            state.maintenance?.cancel()
-            state.maintenance = nil
-            let result = (state.listeners, state.connections.values.flatMap { $0 })
+            defer { state.maintenance = nil }
+            let result = (state.listeners, state.connections.values.flatMap { $0 }, state.maintenance)
             state.listeners = []
             return result
         }
+        // The maintenance task is the host's: ended here, and awaited (a round
+        // in progress finishes) before the connections close.
+        maintenance?.cancel()
+        await maintenance?.value
         for listener in listeners { await listener.close() }
         await withTaskGroup(of: Void.self) { group in
             for connection in connections {

@@ -103,6 +103,7 @@ extension Libp2pHost {
     /// high-water mark; `close()` ends it. It holds the host weakly.
     func startMaintenance(_ weakHost: WeakHost) {
         let interval = limits.maintenanceInterval
+        // Owned by the host: `close` cancels and awaits it; it also ends once the host is gone.
         let task = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)

@@ -113,6 +113,7 @@ public final class KadDHT: Sendable {
     public func start() {
         if mode == .server { serveProtocol() }
         let events = host.events()
+        // This and `maintenance` are the DHT's: `close()` cancels and awaits them.
         let watcher = Task { [self] in
             // The checks are children of this task: `close()` cancelling it ends them.
             await withDiscardingTaskGroup { group in

@@ -188,6 +188,7 @@ public actor MDNSService {
         guard !channels.isEmpty else {
             throw MDNSError.noInterface(errors.isEmpty ? "no multicast-capable interface" : errors.joined(separator: "; "))
         }
+        // The querier, the expiry and the channel repair are the service's: `stop` cancels and awaits them.
         tasks.append(Task { [weak self] in
             while !Task.isCancelled {
                 await self?.sendQuery()
@@ -280,10 +281,12 @@ public actor MDNSService {
 
     public func stop() async {
         stopped = true
-        for task in tasks { task.cancel() }
+        let started = tasks + consumers.values
         tasks = []
-        for consumer in consumers.values { consumer.cancel() }
         consumers = [:]
+        for task in started { task.cancel() }
+        // What the service started has ended when `stop` returns.
+        for task in started { await task.value }
         for (channel, _, _) in channels { try? await channel.close() }
         channels = []
         broadcaster.finish()

@@ -2,8 +2,10 @@ import ArgumentParser
 import Foundation
 import Host
 import Identity
+import Libp2p
 import KadDHT
 import Multiformats
+import ServiceLifecycle
 import Transport
 
 /// The DHT options of the chat.
@@ -186,9 +188,7 @@ struct DHTServerCommand: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             }
         }
-        await waitForTerminationSignal()
-        await dht.close()
-        await host.close()
+        await runUntilTerminationSignal([HostService(host), dht.service()])
     }
 }
 

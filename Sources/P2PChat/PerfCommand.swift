@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import Host
 import Identity
+import Libp2p
 import Multiformats
+import ServiceLifecycle
 import Perf
 import Transport
 
@@ -114,8 +116,9 @@ struct PerfServerCommand: AsyncParsableCommand {
         for address in host.listenAddresses {
             say("Listening on \(address.encapsulating(.p2p(host.localPeer.bytes)))")
         }
-        await waitForTerminationSignal()
-        await host.close()
-        try? await exporter?.close()
+        var services: [any Service] = []
+        // The exporter is shut down last: it reports until the host is gone.
+        if let exporter { services.append(StartStopService("metrics", stop: { try? await exporter.close() })) }
+        await runUntilTerminationSignal(services + [HostService(host)])
     }
 }

@@ -10,6 +10,7 @@ import Multiformats
 import NIOPosix
 import Ping
 import Relay
+import ServiceLifecycle
 import Transport
 
 /// `p2pchat relay`: a public node that relays (circuit relay v2 hop), answers
@@ -63,21 +64,14 @@ struct RelayCommand: AsyncParsableCommand {
             let full = address.encapsulating(.p2p(host.localPeer.bytes))
             out.emit("listening", ["addr": "\(full)"], human: "Listening on \(full)")
         }
-        let printer = Task {
-            for await change in reachability {
-                reportReachability(change, to: out)
-            }
-        }
         // A DHT server, so that chats can use the relay as their bootstrap node.
         let dht = startDHT(host: host, server: true)
         if !bootstrap.isEmpty {
             do { _ = try await dht.bootstrap(peers: bootstrap.map(parseAddress)) } catch { out.error("DHT bootstrap: \(error)") }
         }
-        await waitForTerminationSignal()
-        printer.cancel()
-        autonat.stop()
-        await dht.close()
-        await host.close()
+        await runUntilTerminationSignal(
+            [HostService(host), autonat.service(), dht.service()],
+            loops: [{ for await change in reachability { reportReachability(change, to: out) } }])
     }
 }
 

@@ -9,12 +9,25 @@ import Foundation
 import Host
 import Identify
 import Identity
+import Libp2p
+import Logging
 import MDNS
 import Multiformats
 import PubSub
 import Relay
+import ServiceLifecycle
 import Synchronization
 import Transport
+
+/// A loop (an event printer) as a service: cancelled at graceful shutdown.
+struct LoopService: Service, CustomStringConvertible {
+    let body: @Sendable () async -> Void
+    var description: String { "event loop" }
+
+    func run() async {
+        await cancelWhenGracefulShutdown { await body() }
+    }
+}
 
 /// Standard input lines; the sequence also ends on SIGINT or SIGTERM, so the
 /// chat shuts down cleanly either way.
@@ -25,11 +38,26 @@ func inputLinesUntilSignal() -> AsyncStream<String> {
     return stream
 }
 
-/// Returns once SIGINT or SIGTERM arrives.
-func waitForTerminationSignal() async {
-    let (stream, continuation) = AsyncStream.makeStream(of: Void.self)
-    onTerminationSignal { continuation.finish() }
-    for await _ in stream {}
+/// Runs `services` (the host first, what runs on it after) in a `ServiceGroup`
+/// until SIGINT or SIGTERM; then shuts them down gracefully in reverse order,
+/// each awaited before the one under it. `loops` (event printers and the like)
+/// are cancelled first and may end by themselves without ending the rest.
+func runUntilTerminationSignal(_ services: [any Service], loops: [@Sendable () async -> Void] = []) async {
+    let group = ServiceGroup(
+        configuration: ServiceGroupConfiguration(
+            services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
+                + loops.map { loop in
+                    ServiceGroupConfiguration.ServiceConfiguration(
+                        service: LoopService(body: loop),
+                        successTerminationBehavior: .ignore)
+                },
+            gracefulShutdownSignals: [.sigint, .sigterm],
+            logger: Logger(label: "p2pchat.services")))
+    do {
+        try await group.run()
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    }
 }
 
 /// Runs `action` (instead of dying) on SIGINT and SIGTERM.

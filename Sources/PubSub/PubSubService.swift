@@ -86,6 +86,7 @@ public final class PubSubService: Sendable {
         let interval = configuration.heartbeatInterval
         // Ends when the host's events end; cancelled by `stop`.
         let watcher = Task { [self] in await self.watchConnections(events) }
+        // Owned by the service: `stop` cancels and awaits it.
         let heartbeat = Task {
             while !Task.isCancelled, !(await core.isStopped) {
                 try? await Task.sleep(for: interval)
@@ -97,7 +98,10 @@ public final class PubSubService: Sendable {
 
     /// Stops the heartbeat and ends every subscription.
     public func stop() async {
-        for task in tasks.withLock({ tasks in defer { tasks = [] }; return tasks }) { task.cancel() }
+        let started = tasks.withLock { tasks in defer { tasks = [] }; return tasks }
+        for task in started { task.cancel() }
+        // What `start` began has ended when `stop` returns.
+        for task in started { await task.value }
         await core.stop()
     }
 

@@ -138,6 +138,7 @@ public final class CircuitTransport: Transport {
         let (relay, grant) = try await reserve(circuit, host: host)
         state.withLock { $0.listeners[circuit.relay, default: 0] += 1 }
         let advertised = Self.circuitAddress(over: relay)
+        // Owned by the listener: closing it cancels the refresher.
         let refresher = Task { [weak self] in
             var expire = grant.expire
             var carrier = relay

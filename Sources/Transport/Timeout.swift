@@ -32,6 +32,7 @@ public func withTimeout<T: Sendable>(
             let work = Task {
                 do { race.finish(.success(try await body())) } catch { race.finish(.failure(error)) }
             }
+            // Cancelled once the race is decided (`onFinish`).
             let timer = Task {
                 try? await Task.sleep(for: limit)
                 // The body is cancelled before the caller resumes.

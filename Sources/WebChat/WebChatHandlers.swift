@@ -90,6 +90,7 @@ final class WebChatHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let path = (directory as NSString).appendingPathComponent(name)
         let written = context.eventLoop.makePromise(of: Void.self)
         let bytes = Data(body.readableBytesView)
+        // Off the event loop (blocking file I/O); ends with the write, whose result `written` carries back.
         Task.detached {
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
