@@ -174,6 +174,7 @@ struct DHTServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
+        let signals = TerminationSignalService()
         let (key, inUse) = identity.key(fileByDefault: true)
         inUse?.report(to: ChatOutput(json: false))
         let (host, _) = makeHost(key: key, options: identity)
@@ -188,7 +189,7 @@ struct DHTServerCommand: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             }
         }
-        await runUntilTerminationSignal([HostService(host), dht.service()])
+        await runUntilTerminationSignal(signals, [HostService(host), dht.service()])
     }
 }
 

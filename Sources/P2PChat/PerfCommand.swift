@@ -108,6 +108,7 @@ struct PerfServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
+        let signals = TerminationSignalService()
         let exporter = await metrics.start { say("Metrics at \($0)/metrics") }
         let (host, _) = makeHost(key: identity.toolKey(), options: identity)
         PerfService(host: host).start()
@@ -119,6 +120,6 @@ struct PerfServerCommand: AsyncParsableCommand {
         var services: [any Service] = []
         // The exporter is shut down last: it reports until the host is gone.
         if let exporter { services.append(StartStopService("metrics", stop: { try? await exporter.close() })) }
-        await runUntilTerminationSignal(services + [HostService(host)])
+        await runUntilTerminationSignal(signals, services + [HostService(host)])
     }
 }

@@ -45,6 +45,7 @@ struct RelayCommand: AsyncParsableCommand {
 
     func run() async throws {
         bootstrapLogging(verbose: identity.verbose)
+        let signals = TerminationSignalService()
         let out = ChatOutput(json: json)
         let (key, inUse) = identity.key(fileByDefault: false)
         inUse?.report(to: out)
@@ -70,6 +71,7 @@ struct RelayCommand: AsyncParsableCommand {
             do { _ = try await dht.bootstrap(peers: bootstrap.map(parseAddress)) } catch { out.error("DHT bootstrap: \(error)") }
         }
         await runUntilTerminationSignal(
+            signals,
             [HostService(host), autonat.service(), dht.service()],
             loops: [{ for await change in reachability { reportReachability(change, to: out) } }])
     }

@@ -38,11 +38,32 @@ func inputLinesUntilSignal() -> AsyncStream<String> {
     return stream
 }
 
+/// SIGINT and SIGTERM as a service: caught from its creation on (make it
+/// before listening: a signal that comes before the group runs is kept), its
+/// `run()` returns at the first, and the group then shuts down gracefully.
+struct TerminationSignalService: Service, CustomStringConvertible {
+    let signals: AsyncStream<Void>
+    var description: String { "SIGINT/SIGTERM" }
+
+    init() {
+        let (signals, continuation) = AsyncStream.makeStream(of: Void.self)
+        onTerminationSignal { continuation.finish() }
+        self.signals = signals
+    }
+
+    func run() async {
+        await cancelWhenGracefulShutdown { [signals] in for await _ in signals {} }
+    }
+}
+
 /// Runs `services` (the host first, what runs on it after) in a `ServiceGroup`
-/// until SIGINT or SIGTERM; then shuts them down gracefully in reverse order,
-/// each awaited before the one under it. `loops` (event printers and the like)
-/// are cancelled first and may end by themselves without ending the rest.
-func runUntilTerminationSignal(_ services: [any Service], loops: [@Sendable () async -> Void] = []) async {
+/// until `signals` reports SIGINT or SIGTERM; then shuts them down gracefully
+/// in reverse order, each awaited before the one under it. `loops` (event
+/// printers and the like) are cancelled first and may end by themselves
+/// without ending the rest.
+func runUntilTerminationSignal(
+    _ signals: TerminationSignalService, _ services: [any Service], loops: [@Sendable () async -> Void] = []
+) async {
     let group = ServiceGroup(
         configuration: ServiceGroupConfiguration(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
@@ -50,8 +71,8 @@ func runUntilTerminationSignal(_ services: [any Service], loops: [@Sendable () a
                     ServiceGroupConfiguration.ServiceConfiguration(
                         service: LoopService(body: loop),
                         successTerminationBehavior: .ignore)
-                },
-            gracefulShutdownSignals: [.sigint, .sigterm],
+                }
+                + [ServiceGroupConfiguration.ServiceConfiguration(service: signals, successTerminationBehavior: .gracefullyShutdownGroup)],
             logger: Logger(label: "p2pchat.services")))
     do {
         try await group.run()
