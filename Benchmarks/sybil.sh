@@ -6,7 +6,7 @@
 # p50/p99 delivery latency in heartbeats, every RPC byte per delivery, the Sybils'
 # share of honest mesh slots when measuring starts and at the end, and links
 # closed for staying graylisted. Scenario: SybilScenario.report in
-# Tests/PubSubTests/SybilSimulation.swift.
+# Tests/Protocols/PubSubTests/SybilSimulation.swift.
 # Usage: Benchmarks/sybil.sh [NODES, default 1000] [release|debug, default release]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@ import Foundation
 import Libp2p
 
 let echoProtocol = "/echo/1.0.0"
-let host = Libp2pHost(key: .generateEd25519())
+let host = try Libp2pHostBuilder(key: .generateEd25519()).build()
 
 // Serve: read until the dialer closes its side, writing each piece back.
 host.setStreamHandler(echoProtocol) { stream in

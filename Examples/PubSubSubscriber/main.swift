@@ -8,7 +8,7 @@ guard let topic = arguments.first else {
     print("usage: pubsub-example TOPIC [ADDR]")
     exit(2)
 }
-let host = Libp2pHost(key: .generateEd25519())
+let host = try Libp2pHostBuilder(key: .generateEd25519()).build()
 let pubsub = try PubSubService(host: host)
 pubsub.start()
 let messages = await pubsub.subscribe(topic)

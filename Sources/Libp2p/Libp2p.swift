@@ -1,11 +1,11 @@
 // The stack as one import: `import Libp2p` brings what an application needs to
 // run a host, serve and dial protocols, and use pubsub, identify, ping, mDNS,
-// the Kademlia DHT, request-response, file sharing, chat history and NAT traversal (AutoNAT,
-// circuit relay v2, DCUtR).
+// the Kademlia DHT, request-response and NAT traversal (AutoNAT, circuit relay
+// v2, DCUtR); `Libp2pHostBuilder` makes a host with the usual transports and
+// security protocols. The chat's own protocols (FileShare, ChatHistory) are not
+// in it: import them by name.
 @_exported import AutoNAT
-@_exported import ChatHistory
 @_exported import DCUtR
-@_exported import FileShare
 @_exported import Host
 @_exported import Identify
 @_exported import Identity

@@ -64,8 +64,8 @@ final class ChatDescriptorExhaustionTests: XCTestCase {
         limits.rlim_cur = limits.rlim_max
         setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limits)
         // More completed connections than the chat has descriptors, each from its own peer.
-        let clients = (0..<(descriptors + 64)).map { _ in
-            Libp2pHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()])
+        let clients = try (0..<(descriptors + 64)).map { _ in
+            try Libp2pHost(key: .generateEd25519(), group: group, security: [NoiseSecurity()])
         }
         let connected = try await withThrowingTaskGroup(of: Bool.self) { tasks in
             for (index, client) in clients.enumerated() {

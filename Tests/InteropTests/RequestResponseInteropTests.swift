@@ -31,7 +31,7 @@ final class RequestResponseInteropTests: XCTestCase {
         let peer = try XCTUnwrap(address.peerID)
         _ = try await host.connect(address)
         var configuration = RequestResponseConfiguration()
-        configuration.timeout = 2
+        configuration.timeout = .seconds(2)
         configuration.maxRequestSize = 1 << 20
         let client = RequestResponse(host: host, protocols: [protocolID], codec: BytesCodec(), configuration: configuration)
         let stderr: @Sendable () -> String = { python.stderrTail }

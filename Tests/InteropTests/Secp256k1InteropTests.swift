@@ -26,7 +26,7 @@ final class Secp256k1InteropTests: XCTestCase {
         XCTAssertTrue(pythonPeer.description.hasPrefix("16Uiu2"), "not a secp256k1 peer id: \(pythonPeer)")
 
         // Our side signs with secp256k1 too, so python verifies our signatures.
-        let host = Libp2pHost(key: .generateSecp256k1(), group: group, security: [NoiseSecurity()])
+        let host = try Libp2pHost(key: .generateSecp256k1(), group: group, security: [NoiseSecurity()])
         IdentifyService(host: host, agentVersion: "p2pchat-test/0").start()
         PingService(host: host).start()
         // The Noise handshake checks python's secp256k1 signature over its static key.

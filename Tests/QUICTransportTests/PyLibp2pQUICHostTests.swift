@@ -33,7 +33,7 @@ final class PyLibp2pQUICHostTests: XCTestCase {
 
     private func quicHost() async throws -> (Libp2pHost, IdentifyService) {
         let group = MultiThreadedEventLoopGroup.singleton
-        let host = Libp2pHost(key: .generateEd25519(), group: group, transports: [QUICTransport(group: group)], security: [NoiseSecurity()])
+        let host = try Libp2pHost(key: .generateEd25519(), group: group, transports: [QUICTransport(group: group)], security: [NoiseSecurity()])
         let identify = IdentifyService(host: host, agentVersion: "p2pchat-test/0")
         identify.start()
         PingService(host: host).start()

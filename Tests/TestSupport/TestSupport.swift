@@ -19,6 +19,9 @@ import Glibc
 
 public let echoProtocol = "/p2pchat/echo/1.0.0"
 
+/// What test hosts offer unless a test says otherwise (the host has no default of its own).
+public let testSecurity: [any SecurityProtocol] = [NoiseSecurity()]
+
 /// Helpers shared by the network tests.
 
 /// A host that serves identify, ping and echo, listening on 127.0.0.1 (TCP)
@@ -27,9 +30,9 @@ public func makeTestHost(
     group: EventLoopGroup, configuration: TransportConfiguration = .init(), transports: [any Transport]? = nil,
     security: [any SecurityProtocol]? = nil, listen: Multiaddr? = nil, limits: HostLimits = .init()
 ) async throws -> (Libp2pHost, Multiaddr) {
-    let host = Libp2pHost(
+    let host = try Libp2pHost(
         key: .generateEd25519(), configuration: configuration, group: group, transports: transports,
-        security: security ?? [NoiseSecurity()], limits: limits)
+        security: security ?? testSecurity, limits: limits)
     IdentifyService(host: host, agentVersion: "p2pchat-test/0").start()
     PingService(host: host).start()
     host.setStreamHandler(echoProtocol) { stream in
