@@ -116,7 +116,7 @@ final class QUICLossTests: XCTestCase {
         let group = MultiThreadedEventLoopGroup.singleton
         let identity = PrivateKey.generateEd25519()
         @Sendable func peer(_ key: PrivateKey) async throws -> (Libp2pHost, SocketAddress) {
-            let host = Libp2pHost(key: key, group: group, transports: [QUICTransport(group: group)], security: [NoiseSecurity()])
+            let host = try Libp2pHost(key: key, group: group, transports: [QUICTransport(group: group)], security: [NoiseSecurity()])
             PingService(host: host).start()
             let bound = try await host.listen(on: [try Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")])
             guard case .udp(let port) = bound[0].components[1] else { throw TransportError.unsupportedAddress("\(bound)") }

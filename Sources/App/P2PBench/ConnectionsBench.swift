@@ -56,7 +56,7 @@ func connectionsBenchLimits(connections: Int) -> HostLimits {
 /// exits at the end of its input.
 func runConnectionsListener(connections: Int) async throws -> Never {
     _ = raiseDescriptorLimit()
-    let host = Libp2pHost(
+    let host = try makeBenchHost(
         key: .generateEd25519(), configuration: benchConfiguration, group: group,
         limits: connectionsBenchLimits(connections: connections))
     PingService(host: host).start()
@@ -145,8 +145,8 @@ func connectionsBenchmark(connections: Int, concurrency: Int, idleSeconds: Int) 
     var figures = ConnectionsFigures()
     figures.listenerIdleBytes = residentBytes(pid: pid)
 
-    let clients = (0..<connections).map { _ in
-        Libp2pHost(key: .generateEd25519(), configuration: benchConfiguration, group: group)
+    let clients = try (0..<connections).map { _ in
+        try makeBenchHost(key: .generateEd25519(), configuration: benchConfiguration, group: group, transports: [TCPTransport(group: group)])
     }
     let cpuBeforeOpening = cpuSeconds(pid: pid)
     let start = clock.now
