@@ -322,6 +322,7 @@ let package = Package(
             name: "P2PBench",
             dependencies: [
                 "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay", "QUICTransport",
+                "DCUtR",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
