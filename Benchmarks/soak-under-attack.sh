@@ -19,7 +19,7 @@ source Benchmarks/lib.sh
 minutes=${1:-2}
 shift || true
 attacks=("$@")
-[ ${#attacks[@]} -gt 0 ] || attacks=(handshakes streams connections providers lines dcutr pubsub metrics)
+[ ${#attacks[@]} -gt 0 ] || attacks=(handshakes streams connections providers lines files dcutr pubsub metrics)
 seconds=$(awk -v m="$minutes" 'BEGIN { printf "%d", m * 60 }')
 warmup=${SOAK_WARMUP:-20}
 gap=${SOAK_GAP:-15}

@@ -1,5 +1,6 @@
 import DCUtR
 import Foundation
+import FileShare
 import Host
 import Identity
 import KadDHT
@@ -38,12 +39,14 @@ let attackUsage = """
       metrics      row 13: 1100 idle connections to --metrics and 16 pipelining requests, never reading
       pubsub       pubsub RPCs held incomplete: 64 peer ids from 4 addresses each announce 1 MiB + 64 KiB
                    and send half, again whenever the target drops one
+      files        row 11: 16 peer ids from 2 addresses each offer 40 files of 256 KiB on TOPIC
+                   (to a chat with --accept-files), and serve them
       lines        row 4: 16 peer ids from 2 addresses publish lines of 256 KiB on TOPIC, each every 2 s
                    (the target's history fills to its caps)
     """
 
 enum AttackKind: String, CaseIterable {
-    case handshakes, streams, connections, providers, dcutr, metrics, pubsub, lines
+    case handshakes, streams, connections, providers, dcutr, metrics, pubsub, lines, files
 }
 
 struct AttackOptions {
@@ -129,6 +132,7 @@ func runAttack(_ arguments: [String]) async throws {
         case .metrics: summary = try await attack.floodMetrics()
         case .pubsub: summary = try await attack.holdIncompleteRPCs()
         case .lines: summary = try await attack.publishLargeLines()
+        case .files: summary = try await attack.offerFiles()
         }
     } catch {
         print("attack \(options.kind.rawValue) failed: \(error)")
@@ -614,5 +618,52 @@ struct Attack {
         }
         return "\(identities) peer ids from 2 addresses published \(published.value) lines of 256 KiB on \(topic) "
             + "(\(reachedNobody.value) reached nobody)"
+    }
+
+    // MARK: Row 11: file offers to --accept-files
+
+    /// 16 peer ids from 2 addresses each offer 40 distinct files of 256 KiB
+    /// (a line `/file CID SIZE NAME` on the topic, as `/send` does) and serve
+    /// them: a chat with --accept-files fetches within its shares (25 files a
+    /// peer, 100 a session), and lists the rest.
+    func offerFiles() async throws -> String {
+        let (address, _, _, _) = try target()
+        let identities = 16
+        let filesEach = 40
+        let size = 256 * 1024
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("p2pbench-attack-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let offered = AttackCounter()
+        let topic = options.topic
+        let end = self.end
+        await withTaskGroup(of: Void.self) { tasks in
+            for index in 0..<identities {
+                let source = options.source(index % 2)
+                tasks.addTask {
+                    guard let host = try? await attacker(from: source), let pubsub = try? PubSubService(host: host) else { return }
+                    let files = FileShareService(host: host)
+                    files.start()
+                    pubsub.start()
+                    _ = try? await host.connect(address)
+                    try? await Task.sleep(for: .seconds(2))  // the subscription exchange
+                    for number in 0..<filesEach where ContinuousClock.now < end {
+                        // Distinct bytes, so distinct CIDs: each is an offer of its own.
+                        var bytes = [UInt8](repeating: 0, count: size)
+                        withUnsafeBytes(of: (index, number)) { bytes.replaceSubrange(0..<$0.count, with: $0) }
+                        let path = directory.appendingPathComponent("\(index)-\(number).bin").path
+                        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)),
+                            let offer = try? await files.offer(path: path)
+                        else { continue }
+                        if ((try? await pubsub.publish(topic, data: Array(offer.announcement.utf8))) ?? 0) > 0 { offered.add() }
+                    }
+                    // Served until the attack ends.
+                    while ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(500)) }
+                    await pubsub.stop()
+                    await host.close()
+                }
+            }
+        }
+        return "\(identities) peer ids from 2 addresses offered \(offered.value) files of 256 KiB on \(topic) and served them"
     }
 }
