@@ -4,10 +4,10 @@
 # of them (the target: --dht-server, --accept-files, --metrics). Per attack:
 # the lines sent during it and how many reached every other chat (none may be
 # lost), the target's resident memory before, at its peak and after, its
-# pings answered, and the load average. Root: everything runs in a network
-# namespace of its own, where the chats and the attacker have addresses of
-# 10.99.0.0/24 on its loopback device, so the per-address shares apply (real
-# loopback addresses are exempt from them); nothing leaves the namespace.
+# pings answered, and the load average. Root: the chats and the attacker run
+# in two network namespaces of their own, on addresses of 10.99.0.0/24, so the
+# per-address shares apply (loopback addresses are exempt from them); nothing
+# leaves the namespaces.
 # Usage: Benchmarks/soak-under-attack.sh [MINUTES PER ATTACK, default 2] [ATTACK...]
 # ATTACKs: those of `p2pbench attack --help` (default all, most valuable first).
 # SOAK_WARMUP, SOAK_GAP and SOAK_SETTLE (seconds, default 20, 15 and 10) set the
@@ -27,20 +27,25 @@ chats=5
 release_products p2pchat p2pbench
 bench_init
 trap 'exit 143' TERM INT  # the cleanup (bench_cleanup, on EXIT) also when stopped
-ns="soak$$"
-namespaces+=("$ns")
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-# 10.99.0.10-14: the chats; 10.99.0.100-131: the attacker's sources.
-for last in $(seq 10 $((9 + chats))) $(seq 100 131); do ip -n "$ns" addr add "10.99.0.$last/32" dev lo; done
-in_ns() { ip netns exec "$ns" "$@"; }
+# Two namespaces joined by a veth pair: the chats' ($chat_ns: 10.99.0.1 on the
+# veth, the chats at 10.99.0.10-14 on its loopback device) and the attacker's
+# ($attacker_ns: 10.99.0.2, and its sources 10.99.0.100-131). The attacker's
+# connections thus come only from its own addresses (a dial the library
+# retries from a fresh port leaves from 10.99.0.2), and the pings from the
+# target's own address, which no attacker shares.
+chat_ns="soak$$"
+attacker_ns="soak$$a"
+shaped_link "$chat_ns" "$attacker_ns" 10.99.0 none
+for last in $(seq 10 $((9 + chats))); do ip -n "$chat_ns" addr add "10.99.0.$last/32" dev lo; done
+for last in $(seq 100 131); do ip -n "$attacker_ns" addr add "10.99.0.$last/24" dev "vb$$"; done
+in_ns() { ip netns exec "$chat_ns" "$@"; }
 
 start_chat() {  # $1: slot; $2...: extra arguments
     local slot=$1
     shift
     mkfifo "$work/in$slot"
     # ip netns exec execs the chat: $! is the chat's pid.
-    ip netns exec "$ns" "$bin/p2pchat" lobby --ephemeral --no-mdns --json --listen "/ip4/10.99.0.$((10 + slot))/tcp/0" "$@" \
+    ip netns exec "$chat_ns" "$bin/p2pchat" lobby --ephemeral --no-mdns --json --listen "/ip4/10.99.0.$((10 + slot))/tcp/0" "$@" \
         <"$work/in$slot" >"$work/out$slot" 2>"$work/err$slot" &
     pids+=($!)
     chat_pid[$slot]=$!
@@ -89,7 +94,7 @@ for attack in "${attacks[@]}"; do
     peak=${rss_before[$attack]}
     metrics_target=$target
     [ "$attack" = metrics ] && metrics_target=$metrics
-    ip netns exec "$ns" "$bin/p2pbench" attack "$attack" "$metrics_target" --seconds "$seconds" --from 10.99.0.100 \
+    ip netns exec "$attacker_ns" "$bin/p2pbench" attack "$attack" "$metrics_target" --seconds "$seconds" --from 10.99.0.100 \
         >"$work/attack-$attack" 2>&1 &
     attacker=$!
     pids+=($attacker)
@@ -151,4 +156,8 @@ done
 echo "what the target's limits refused or closed, by reason:"
 sed -n 's/.*"count":\([0-9]*\).*"reason":"\([^"]*\)".*/\1 \2/p' "$work/out0" |
     awk '{ n = $1; $1 = ""; total[substr($0, 2)] += n } END { for (r in total) printf "  %7d  %s\n", total[r], r }'
+if [ "$failed" = 1 ]; then
+    echo "the target's last limits events:"
+    grep '"event":"limits"' "$work/out0" | tail -20
+fi
 exit "$failed"
