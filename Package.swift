@@ -352,7 +352,7 @@ let package = Package(
             name: "P2PBench",
             dependencies: [
                 "Libp2p", "Host", "Ping", "Perf", "Noise", "TLS", "LibP2PSecurity", "PubSub", "FileShare", "ChatHistory", "KadDHT", "Identify", "Relay",
-                "QUICTransport",
+                "QUICTransport", "DCUtR",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Sources/App/P2PBench"

@@ -51,7 +51,7 @@ listening_address() { sed -n 's/^Listening on //p' "$1" | head -1; }
 # $3.1/24, vb$$ in $2 at $3.2/24), each way shaped to rate $4 (tc tbf, a
 # queue of at most 20 ms) unless $4 is "none". Needs root.
 shaped_link() {
-    local ns_a=$1 ns_b=$2 subnet=$3 rate=$4
+    local ns_a=$1 ns_b=$2 subnet=$3 rate=$4 ns
     namespaces+=("$ns_a" "$ns_b")
     ip netns add "$ns_a"
     ip netns add "$ns_b"

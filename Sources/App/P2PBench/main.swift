@@ -30,11 +30,21 @@ let usage = """
       history                history sync of 10 000 missed messages
       relay                  /perf through a circuit relay against a direct connection
       ping-under-load ADDR   ping a perf-server at ADDR while a /perf upload fills the connection
+      attack KIND TARGET     one of issue 25's attacks against a running chat (`p2pbench attack --help`)
       --no-pubsub            skip the pubsub part of the full run
       MiB                    bytes per throughput run (default 256)
     Environment: P2PBENCH_ROUNDS (throughput rounds, default 5), P2PBENCH_CHUNK (write size).
     """
 
+if CommandLine.arguments.dropFirst().first == "attack" {
+    // A hostile peer for Benchmarks/soak-under-attack.sh: no load average, one summary line.
+    if CommandLine.arguments.contains(where: { ["--help", "-h"].contains($0) }) {
+        print(attackUsage)
+        exit(0)
+    }
+    try await runAttack(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
 if CommandLine.arguments.contains(where: { ["--help", "-h", "help"].contains($0) }) {
     print(usage)
     finish()
