@@ -471,21 +471,21 @@ public final class Libp2pHost: Sendable {
     }
 
     func forget(_ connection: Connection) {
-        let (removed, last) = state.withLock { state -> (Bool, Bool) in
+        // The events go out under the lock: `close` forgets every connection
+        // (taking the lock) before it ends the event streams, so a report that
+        // a connection's own close callback is making cannot come after the end.
+        state.withLock { state in
             guard var list = state.connections[connection.remotePeer],
                 let index = list.firstIndex(where: { $0 === connection })
-            else { return (false, false) }
+            else { return }
             list.remove(at: index)
             state.connections[connection.remotePeer] = list.isEmpty ? nil : list
             state.openedAt[connection.id] = nil
             state.idleSince[connection.id] = nil
             state.displaced.remove(connection.id)
-            return (true, list.isEmpty)
-        }
-        if removed {
             logger.debug("disconnected", metadata: ["peer": "\(connection.remotePeer)", "conn": "\(connection.id)"])
             emit(.disconnected(connection))
-            if last { emit(.peerDisconnected(connection.remotePeer)) }
+            if list.isEmpty { emit(.peerDisconnected(connection.remotePeer)) }
         }
     }
 
