@@ -119,7 +119,7 @@ func runAttack(_ arguments: [String]) async throws {
         print("\(error)")
         exit(2)
     }
-    raiseDescriptorLimit()
+    _ = raiseDescriptorLimit()
     let attack = Attack(options: options, group: MultiThreadedEventLoopGroup.singleton)
     let summary: String
     do {
@@ -142,13 +142,6 @@ func runAttack(_ arguments: [String]) async throws {
 }
 
 /// Attackers hold many sockets: take the hard descriptor limit.
-private func raiseDescriptorLimit() {
-    var limit = rlimit()
-    getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-    limit.rlim_cur = limit.rlim_max
-    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-}
-
 struct Attack {
     let options: AttackOptions
     let group: any EventLoopGroup
