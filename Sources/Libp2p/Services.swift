@@ -58,11 +58,11 @@ public struct StartStopService: Service, CustomStringConvertible {
 // at once), as the group's: run() holds them and stops them at shutdown.
 
 extension AutoNATService {
-    public func service() -> StartStopService { StartStopService("autonat", stop: { self.stop() }) }
+    public func service() -> StartStopService { StartStopService("autonat", stop: { await self.stop() }) }
 }
 
 extension HolePunchService {
-    public func service() -> StartStopService { StartStopService("dcutr", stop: { self.stop() }) }
+    public func service() -> StartStopService { StartStopService("dcutr", stop: { await self.stop() }) }
 }
 
 extension KadDHT {

@@ -194,8 +194,8 @@ struct ChatNATTraversal: Sendable {
     }
 
     func stop() async {
-        autonat.stop()
-        holePunch.stop()
+        await autonat.stop()
+        await holePunch.stop()
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
     }

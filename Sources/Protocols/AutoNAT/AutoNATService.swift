@@ -93,14 +93,16 @@ public final class AutoNATService: Sendable {
         state.withLock { $0.prober = prober }
     }
 
-    public func stop() {
+    /// Stops serving and asking; returns once the prober it started has ended.
+    public func stop() async {
         let prober = state.withLock { state in
             defer { state.prober = nil }
             return state.prober
         }
-        prober?.cancel()
-        changes.finish()
         if configuration.serve { host.removeStreamHandler(Self.protocolID) }
+        prober?.cancel()
+        await prober?.value
+        changes.finish()
     }
 
     // MARK: Client

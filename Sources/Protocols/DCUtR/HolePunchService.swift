@@ -152,7 +152,8 @@ public final class HolePunchService: Sendable {
         state.withLock { $0.watcher = watcher }
     }
 
-    public func stop() {
+    /// Stops answering and punching; returns once the tasks it started have ended.
+    public func stop() async {
         let (watcher, punches) = state.withLock { state in
             defer {
                 state.watcher = nil
@@ -160,10 +161,12 @@ public final class HolePunchService: Sendable {
             }
             return (state.watcher, Array(state.punches.values))
         }
+        host.removeStreamHandler(Self.protocolID)
         watcher?.cancel()
         for punch in punches { punch.cancel() }
+        await watcher?.value
+        for punch in punches { await punch.value }
         broadcaster.finish()
-        host.removeStreamHandler(Self.protocolID)
     }
 
     /// Runs `upgrade` in a task the service owns (cancelled by `stop`).

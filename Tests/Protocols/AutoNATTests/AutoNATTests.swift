@@ -221,7 +221,7 @@ final class AutoNATTests: XCTestCase {
         var iterator = changes.makeAsyncIterator()
         let change = await iterator.next()
         XCTAssertEqual(change, .private)
-        autonat.stop()
+        await autonat.stop()
     }
 
     /// QUIC addresses are dialled back too, moved to the observed IP as TCP ones are.
