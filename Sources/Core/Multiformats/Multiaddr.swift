@@ -387,6 +387,17 @@ public struct Multiaddr: Hashable, Sendable, CustomStringConvertible {
         return Multiaddr(Array(components.dropLast()))
     }
 
+    /// `/ip4|ip6/<ip>/udp/<port>/quic-v1`, a trailing `/p2p/<id>` allowed:
+    /// QUIC v1 at an IP address (what hole punches and AutoNAT dial back).
+    public var isQUICv1AtIP: Bool {
+        let parts = withoutP2P.components
+        guard parts.count == 3, case .udp = parts[1], case .quicV1 = parts[2] else { return false }
+        switch parts[0] {
+        case .ip4, .ip6: return true
+        default: return false
+        }
+    }
+
     /// The multihash of the trailing `/p2p/<id>`, if any.
     public var p2pMultihash: [UInt8]? {
         guard case .p2p(let bytes) = components.last else { return nil }

@@ -86,7 +86,7 @@ public struct AutoNATServerPolicy: Sendable {
         guard let first = parts.first, first.isIP else { return false }
         switch parts.count {
         case 2: if case .tcp = parts[1] { return true }
-        case 3: if case .udp = parts[1], case .quicV1 = parts[2] { return true }
+        case 3: return address.isQUICv1AtIP
         default: break
         }
         return false

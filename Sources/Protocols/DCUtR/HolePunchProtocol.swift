@@ -66,20 +66,10 @@ public enum HolePunchMessage: Sendable, Equatable {
             guard parts.count >= 2, !parts.contains(.p2pCircuit) else { return false }
             switch (parts[0], parts[1]) {
             case (.ip4, .tcp), (.ip6, .tcp): return true
-            case (.ip4, .udp), (.ip6, .udp): return isQUICv1(address)
+            case (.ip4, .udp), (.ip6, .udp): return address.isQUICv1AtIP
             default: return false
             }
         }.map(\.withoutP2P)
-    }
-
-    /// `/ip4|ip6/<ip>/udp/<port>/quic-v1`, a trailing `/p2p/<id>` allowed.
-    static func isQUICv1(_ address: Multiaddr) -> Bool {
-        let parts = address.withoutP2P.components
-        guard parts.count == 3, case .udp = parts[1], case .quicV1 = parts[2] else { return false }
-        switch parts[0] {
-        case .ip4, .ip6: return true
-        default: return false
-        }
     }
 }
 

@@ -260,7 +260,7 @@ public final class HolePunchService: Sendable {
             let parts = address.components
             guard let ipv6 = Self.isIPv6(parts.first) else { continue }
             let isTCP = parts.count == 2 && { if case .tcp = parts[1] { true } else { false } }()
-            guard isTCP || HolePunchMessage.isQUICv1(address) else { continue }
+            guard isTCP || address.isQUICv1AtIP else { continue }
             let rest = Array(parts.dropFirst())
             if !listening.contains(where: { $0.ipv6 == ipv6 && $0.rest == rest }) { listening.append((ipv6, rest)) }
         }
@@ -418,7 +418,7 @@ public final class HolePunchService: Sendable {
                 // QUIC's listening part: no dial (one side must be the QUIC
                 // server), datagrams that let the remote's dial in (spec, and
                 // go-libp2p's QUIC hole punch); the connection arrives inbound.
-                if role == .responder, HolePunchMessage.isQUICv1(target),
+                if role == .responder, target.isQUICv1AtIP,
                     let puncher = host.transports.first(where: { $0.canDial(target) }) as? any HolePunchPacketSending
                 {
                     group.addTask { [configuration] in

@@ -143,8 +143,8 @@ final class DCUtRTests: XCTestCase {
         for host in [a, b] {
             try await waitUntil("identify told \(host.localPeer) its observed address") { host.peerStore.info(relayHost.localPeer)?.observedAddress != nil }
         }
-        XCTAssertTrue(b.listenAddresses.contains { HolePunchMessage.isQUICv1($0) })
-        XCTAssertEqual(punchB.ourAddresses.filter { HolePunchMessage.isQUICv1($0) }.first, b.listenAddresses.first)
+        XCTAssertTrue(b.listenAddresses.contains { $0.isQUICv1AtIP })
+        XCTAssertEqual(punchB.ourAddresses.filter { $0.isQUICv1AtIP }.first, b.listenAddresses.first)
         let relayed = try await a.connect(relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(b.localPeer.bytes)))
         XCTAssertEqual(relayed.transport, "p2p-circuit")
         let event = try await withDeadline(30) {
