@@ -219,11 +219,36 @@ class NATTestbedCase: XCTestCase {
         return try XCTUnwrap(local["peer"])
     }
 
-    /// A chat in home `index` that knows only the relay, as `--bootstrap` (the README's command).
-    func startBootstrapHome(_ index: Int, relay relayAddress: String, port: Int = 4001) throws -> ChatProcess {
-        try testbed.start(
-            "home\(index)",
-            ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/\(port)", "--bootstrap", relayAddress])
+    /// A chat in home `index` that knows only the relay, as `--bootstrap` (the
+    /// README's command); with `quic`, listening on QUIC at the same port too,
+    /// as a chat does by default.
+    func startBootstrapHome(_ index: Int, relay relayAddress: String, port: Int = 4001, quic: Bool = false) throws -> ChatProcess {
+        let listen = ["--listen", "/ip4/0.0.0.0/tcp/\(port)"] + (quic ? ["--listen", "/ip4/0.0.0.0/udp/\(port)/quic-v1"] : [])
+        return try testbed.start(
+            "home\(index)", ["lobby", "--json", "--ephemeral", "--no-mdns"] + listen + ["--bootstrap", relayAddress])
+    }
+
+    /// home2 accepts the relayed connection and starts DCUtR ("B"), home1
+    /// dialled through the relay ("A"), each playing `--dcutr-roles`, both
+    /// listening at `listen` (`/tcp/<port>`, or `/udp/<port>/quic-v1` with the
+    /// relay on QUIC); the hole punch's outcome as home2 reports it.
+    func holePunch(home1Roles: String, home2Roles: String, listen: String) async throws -> [String: String] {
+        let (relay, relayAddress) = listen.hasSuffix("/quic-v1") ? try await startQUICRelay() : try await startRelay()
+        defer { withExtendedLifetime(relay) {} }
+        let common = ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0\(listen)", "--relay", relayAddress]
+        let home2 = try testbed.start("home2", common + ["--dcutr-roles", home2Roles])
+        let id2 = try await peerID(home2)
+        try await event(home2, "listening", within: 30) { $0["addr"]?.contains("/p2p-circuit") ?? false }
+        let home1 = try testbed.start(
+            "home1", common + ["--dcutr-roles", home1Roles, "--connect", "\(relayAddress)/p2p-circuit/p2p/\(id2)"])
+        let id1 = try await peerID(home1)
+        let outcome = try await event(home2, "connection_upgraded", within: 60) { $0["peer"] == id1 }
+        XCTAssertEqual(outcome["method"], "hole punch")
+        XCTAssertEqual(outcome["addr"], "/ip4/203.0.113.1\(listen)")
+        try await sendUntilReceived("after the punch", from: home1, to: home2)
+        home1.closeInput()
+        home2.closeInput()
+        return outcome
     }
 
     /// The first event of `name` printed by any of `processes`.
@@ -394,14 +419,7 @@ final class NATTestbedResetTests: NATTestbedCase {
     func testHomesBehindResettingRoutersHolePunchOverQUIC() async throws {
         let (relay, relayAddress) = try await startQUICRelay()
         defer { withExtendedLifetime(relay) {} }
-        let homes = try (1...2).map { index in
-            try testbed.start(
-                "home\(index)",
-                [
-                    "lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--listen",
-                    "/ip4/0.0.0.0/udp/4001/quic-v1", "--bootstrap", relayAddress,
-                ])
-        }
+        let homes = try (1...2).map { try startBootstrapHome($0, relay: relayAddress, quic: true) }
         let ids = try await [peerID(homes[0]), peerID(homes[1])]
         try await event(homes[0], "connected", within: 60) { $0["peer"] == ids[1] && ($0["addr"]?.contains("/p2p-circuit") ?? false) }
         let upgraded = try await firstEvent(homes, "connection_upgraded", within: 40)
@@ -484,51 +502,30 @@ final class NATTestbedPythonTests: NATTestbedCase {
 /// (`--dcutr-roles`), across real NAT where both dials meet in one TCP
 /// connection: the roles decide whether its handshake works.
 final class NATTestbedGoRolesTests: NATTestbedCase {
-    /// home2 accepts the relayed connection and starts DCUtR ("B"), home1
-    /// dialled through the relay ("A"); the hole punch's outcome as home2 reports it.
-    func holePunch(home1Roles: String, home2Roles: String, port: Int) async throws -> [String: String] {
-        let (relay, relayAddress) = try await startRelay()
-        defer { withExtendedLifetime(relay) {} }
-        let common = ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/\(port)", "--relay", relayAddress]
-        let home2 = try testbed.start("home2", common + ["--dcutr-roles", home2Roles])
-        let id2 = try await peerID(home2)
-        try await event(home2, "listening", within: 30) { $0["addr"]?.contains("/p2p-circuit") ?? false }
-        let home1 = try testbed.start(
-            "home1", common + ["--dcutr-roles", home1Roles, "--connect", "\(relayAddress)/p2p-circuit/p2p/\(id2)"])
-        let id1 = try await peerID(home1)
-        let outcome = try await event(home2, "connection_upgraded", within: 60) { $0["peer"] == id1 }
-        XCTAssertEqual(outcome["method"], "hole punch")
-        XCTAssertEqual(outcome["addr"], "/ip4/203.0.113.1/tcp/\(port)")
-        try await sendUntilReceived("after the punch", from: home1, to: home2)
-        home1.closeInput()
-        home2.closeInput()
-        return outcome
-    }
-
     /// go v0.33-v0.40 as B dials as a plain client on every attempt: our A
     /// dials with the simultaneous-open extension twice (both fail: two
     /// diallers, one without the extension), then listens, and the third works.
     func testOurAnswerMeetsGoBefore041AtTheThirdAttempt() async throws {
-        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "go-before-0.41", port: 4011)
+        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "go-before-0.41", listen: "/tcp/4011")
         XCTAssertEqual(outcome["attempt"], "3")
     }
 
     /// go before v0.33 as B dials with the extension too: the nonces pick the roles at once.
     func testOurAnswerMeetsGoBefore033AtTheFirstAttempt() async throws {
-        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "go-before-0.33", port: 4012)
+        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "go-before-0.33", listen: "/tcp/4012")
         XCTAssertEqual(outcome["attempt"], "1")
     }
 
     /// go before v0.41 as A listens: our B listens too at first (both wait),
     /// and on its last attempt dials with the extension, which a listener answers.
     func testOurHolePunchMeetsAnOldGoAnswerAtTheLastAttempt() async throws {
-        let outcome = try await holePunch(home1Roles: "go-before-0.41", home2Roles: "adaptive", port: 4013)
+        let outcome = try await holePunch(home1Roles: "go-before-0.41", home2Roles: "adaptive", listen: "/tcp/4013")
         XCTAssertEqual(outcome["attempt"], "3")
     }
 
     /// Two of ours: the spec's roles work at once.
     func testOursMeetAtTheFirstAttempt() async throws {
-        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "adaptive", port: 4014)
+        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "adaptive", listen: "/tcp/4014")
         XCTAssertEqual(outcome["attempt"], "1")
     }
 }
@@ -574,39 +571,20 @@ final class NATTestbedQUICTests: NATTestbedCase {
         home2.closeInput()
     }
 
-    /// A QUIC hole punch with one end playing an older go-libp2p's roles: one
-    /// end must dial as the QUIC client while the other sends punch datagrams.
-    /// home2 accepts the relayed connection ("B"); its outcome.
-    func quicHolePunch(home1Roles: String, home2Roles: String) async throws -> [String: String] {
-        let (relay, relayAddress) = try await startQUICRelay()
-        defer { withExtendedLifetime(relay) {} }
-        let common = ["lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/udp/4001/quic-v1", "--relay", relayAddress]
-        let home2 = try testbed.start("home2", common + ["--dcutr-roles", home2Roles])
-        let id2 = try await peerID(home2)
-        try await event(home2, "listening", within: 30) { $0["addr"]?.contains("/p2p-circuit") ?? false }
-        let home1 = try testbed.start(
-            "home1", common + ["--dcutr-roles", home1Roles, "--connect", "\(relayAddress)/p2p-circuit/p2p/\(id2)"])
-        let id1 = try await peerID(home1)
-        let outcome = try await event(home2, "connection_upgraded", within: 60) { $0["peer"] == id1 }
-        XCTAssertEqual(outcome["method"], "hole punch")
-        XCTAssertEqual(outcome["addr"], "/ip4/203.0.113.1/udp/4001/quic-v1")
-        try await sendUntilReceived("after the udp punch", from: home1, to: home2)
-        home1.closeInput()
-        home2.closeInput()
-        return outcome
-    }
+    // With older go-libp2p's roles over QUIC, one end must dial as the QUIC
+    // client while the other sends punch datagrams.
 
     /// go before v0.41 as B dials as the QUIC client: our A dials too (two
     /// clients; each endpoint also accepts the other's Initial), at once.
     func testOurQUICAnswerMeetsGoBefore041AtTheFirstAttempt() async throws {
-        let outcome = try await quicHolePunch(home1Roles: "adaptive", home2Roles: "go-before-0.41")
+        let outcome = try await holePunch(home1Roles: "adaptive", home2Roles: "go-before-0.41", listen: "/udp/4001/quic-v1")
         XCTAssertEqual(outcome["attempt"], "1")
     }
 
     /// go before v0.41 as A only sends punch datagrams: so does our B at
     /// first, and on its last attempt it dials as the client.
     func testOurQUICHolePunchMeetsAnOldGoAnswerAtTheLastAttempt() async throws {
-        let outcome = try await quicHolePunch(home1Roles: "go-before-0.41", home2Roles: "adaptive")
+        let outcome = try await holePunch(home1Roles: "go-before-0.41", home2Roles: "adaptive", listen: "/udp/4001/quic-v1")
         XCTAssertEqual(outcome["attempt"], "3")
     }
 
@@ -617,14 +595,7 @@ final class NATTestbedQUICTests: NATTestbedCase {
     func testDefaultHomesHolePunchOverTCPOrQUIC() async throws {
         let (relay, relayAddress) = try await startQUICRelay()
         defer { withExtendedLifetime(relay) {} }
-        let homes = try (1...2).map { index in
-            try testbed.start(
-                "home\(index)",
-                [
-                    "lobby", "--json", "--ephemeral", "--no-mdns", "--listen", "/ip4/0.0.0.0/tcp/4001", "--listen",
-                    "/ip4/0.0.0.0/udp/4001/quic-v1", "--bootstrap", relayAddress,
-                ])
-        }
+        let homes = try (1...2).map { try startBootstrapHome($0, relay: relayAddress, quic: true) }
         let ids = try await [peerID(homes[0]), peerID(homes[1])]
         try await event(homes[0], "connected", within: 60) { $0["peer"] == ids[1] && ($0["addr"]?.contains("/p2p-circuit") ?? false) }
         try await sendUntilReceived("found through the relay", from: homes[0], to: homes[1])
