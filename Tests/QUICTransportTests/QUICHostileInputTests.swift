@@ -28,7 +28,20 @@ final class QUICHostileInputTests: XCTestCase {
     private final class Collector: ChannelInboundHandler, Sendable {
         typealias InboundIn = AddressedEnvelope<ByteBuffer>
         let received = Counter()
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) { received.add(1) }
+        /// Answers in a long header with version 0: Version Negotiation.
+        let versionNegotiations = Counter()
+        /// Answers in a short header's form of at most 43 bytes: stateless resets.
+        let statelessResets = Counter()
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            received.add(1)
+            let bytes = unwrapInboundIn(data).data.readableBytesView
+            guard let first = bytes.first else { return }
+            if first & 0x80 != 0, bytes.count >= 5, bytes.dropFirst().prefix(4).allSatisfy({ $0 == 0 }) {
+                versionNegotiations.add(1)
+            } else if first & 0xC0 == 0x40, bytes.count <= 43 {
+                statelessResets.add(1)
+            }
+        }
     }
 
     func testGarbageUnknownConnectionsAndForgedInitialsTakeNoSlot() async throws {
@@ -49,6 +62,7 @@ final class QUICHostileInputTests: XCTestCase {
         for _ in 0..<500 { datagrams.append([0x40] + bytes(Int.random(in: 20...1400, using: &random))) }
         // An unknown version in a 1200-byte datagram: answered with Version Negotiation.
         for _ in 0..<20 { datagrams.append([0xC0, 0xBA, 0xBA, 0xBA, 0xBA, 8] + bytes(8) + [8] + bytes(8) + bytes(1200 - 23)) }
+        let sentAt = ContinuousClock.now
         for datagram in datagrams {
             sender.write(AddressedEnvelope(remoteAddress: target, data: ByteBuffer(bytes: datagram)), promise: nil)
         }
@@ -69,7 +83,14 @@ final class QUICHostileInputTests: XCTestCase {
             let version = datagram[1..<5].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
             return version != 0 && version != 1
         }
-        XCTAssertLessThanOrEqual(collector.received.value, negotiable.count, "only Version Negotiation is answered")
+        // and short headers of unknown connections with stateless resets of at
+        // most 43 bytes, at most 64 in a second of the listener's clock.
+        let seconds = Int((ContinuousClock.now - sentAt).components.seconds) + 2
+        XCTAssertEqual(
+            collector.received.value, collector.versionNegotiations.value + collector.statelessResets.value,
+            "only Version Negotiation and stateless resets are answered")
+        XCTAssertLessThanOrEqual(collector.versionNegotiations.value, negotiable.count)
+        XCTAssertLessThanOrEqual(collector.statelessResets.value, 64 * seconds, "stateless resets are rate-limited")
         XCTAssertEqual(listener.upgrader.inboundHandshakes.refused, 0, "no handshake slot was ever short")
         try await sender.close()
         await listener.close()
