@@ -83,6 +83,11 @@ final class DHTInteropTests: XCTestCase {
             let (serverHost, server, serverAddress) = try await Self.makeNode(.server)
             let (otherHost, other, _) = try await Self.makeNode(.server)
             try await other.bootstrap(peers: [serverAddress])
+            // The server takes the other into its table once identify shows it serves kad,
+            // which can come after the other's bootstrap returns.
+            try await waitUntil("our server knows the other server") {
+                server.routingTablePeers.contains(otherHost.localPeer)
+            }
             let key = Self.contentKey("dht interop two")
             await server.provide(key)
             try await server.putValue(key: Array("/p2pchat/from-swift".utf8), value: Array("served by swift".utf8))

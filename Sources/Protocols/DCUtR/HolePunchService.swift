@@ -77,6 +77,9 @@ public final class HolePunchService: Sendable {
         var answered: [UInt64: Int] = [:]
         /// Relayed connections with an exchange being answered (one at a time each).
         var answering: Set<UInt64> = []
+        /// Peers we are about to hole punch, or hole punching, as the starting
+        /// side (`upgrade` and `holePunch` under way, nested ones counted).
+        var initiating: [PeerID: Int] = [:]
     }
 
     /// The parts each end plays in a hole punch's connection. Only `adaptive`
@@ -129,6 +132,9 @@ public final class HolePunchService: Sendable {
     /// Hole punch outcomes from now on (ends at `stop`).
     public func events() -> AsyncStream<HolePunchEvent> { broadcaster.subscribe() }
 
+    /// Exchanges answered so far, on every relayed connection.
+    var answeredExchanges: Int { state.withLock { $0.answered.values.reduce(0, +) } }
+
     private func emit(_ event: HolePunchEvent) { broadcaster.yield(event) }
 
     public func start() {
@@ -173,12 +179,26 @@ public final class HolePunchService: Sendable {
     private func punchInBackground(_ relayed: Connection) {
         let id = relayed.id
         let delay = configuration.startDelay
+        // Counted as starting from now: the delay and identify come before the exchange.
+        beginInitiating(relayed.remotePeer)
         let task = Task { [weak self] in
             if delay > .zero { try? await Task.sleep(for: delay) }
             _ = try? await self?.upgrade(relayed)
+            self?.endInitiating(relayed.remotePeer)
             _ = self?.state.withLock { $0.punches.removeValue(forKey: id) }
         }
         state.withLock { $0.punches[id] = task }
+    }
+
+    private func beginInitiating(_ peer: PeerID) {
+        state.withLock { $0.initiating[peer, default: 0] += 1 }
+    }
+
+    private func endInitiating(_ peer: PeerID) {
+        state.withLock { state in
+            let left = state.initiating[peer, default: 1] - 1
+            state.initiating[peer] = left > 0 ? left : nil
+        }
     }
 
     /// The side that dialled through a relay: when the remote advertises a
@@ -295,6 +315,8 @@ public final class HolePunchService: Sendable {
     public func holePunch(_ relayed: Connection) async throws -> Connection {
         let peer = relayed.remotePeer
         let start = ContinuousClock.now
+        beginInitiating(peer)
+        defer { endInitiating(peer) }
         var lastError: any Error = HolePunchError.noAddresses
         for attempt in 1...configuration.maxAttempts {
             if attempt > 1 { try await Task.sleep(for: configuration.retryDelay * (attempt - 1)) }
@@ -360,6 +382,17 @@ public final class HolePunchService: Sendable {
         // only make us dial where a stranger says.
         guard relayed.isRelayed else {
             logger.debug("dcutr on a direct connection refused", metadata: ["peer": "\(peer)"])
+            stream.reset()
+            return
+        }
+        // Peers that dialled each other through a relay at once each accepted a
+        // relayed connection, so each starts as B: two exchanges whose dials
+        // meet in one TCP 4-tuple with two handshakes. Only the exchange of the
+        // peer with the smaller id goes ahead; the other's is refused and its
+        // next attempt finds the direct connection.
+        let yieldsToOurs = host.localPeer.bytes.lexicographicallyPrecedes(peer.bytes)
+        if yieldsToOurs, state.withLock({ $0.initiating[peer] != nil }) {
+            logger.debug("dcutr exchange refused: we are starting one with this peer", metadata: ["peer": "\(peer)"])
             stream.reset()
             return
         }

@@ -117,6 +117,62 @@ final class DCUtRTests: XCTestCase {
         XCTAssertTrue(back == data)
     }
 
+    /// Two peers that found each other at once dial each other through the
+    /// relay: each accepts a relayed connection, so each would start DCUtR as
+    /// B, and the two exchanges' dials collide (one TCP 4-tuple, two
+    /// handshakes). One exchange goes ahead, the other side answers it, and
+    /// the peers end with a direct connection.
+    func testRelayedDialsBothWaysAtOnceGiveOneHolePunch() async throws {
+        func node() async throws -> Libp2pHost {
+            let host = try await makeCircuitHost(group: group, reusePort: true)
+            hosts.append(host)
+            return host
+        }
+        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
+        hosts.append(relayHost)
+        let a = try await node()
+        let b = try await node()
+        let services = [HolePunchService(host: a), HolePunchService(host: b)]
+        let outcomes = services.map { $0.events() }
+        for service in services { service.start() }
+        for host in [a, b] {
+            try await host.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+            try await waitUntil("identify told \(host.localPeer) its observed address") { host.peerStore.info(relayHost.localPeer)?.observedAddress != nil }
+        }
+        let circuit = relayAddress.encapsulating(.p2pCircuit)
+        async let fromA = a.dial(circuit.encapsulating(.p2p(b.localPeer.bytes)), role: .initiator)
+        async let fromB = b.dial(circuit.encapsulating(.p2p(a.localPeer.bytes)), role: .initiator)
+        let relayed = try await [fromA, fromB]
+        XCTAssertEqual(relayed.map(\.transport), ["p2p-circuit", "p2p-circuit"])
+        // Each service ends its punch (B's) with an event; at least one succeeded and none failed.
+        let events = try await withDeadline(60) {
+            await withTaskGroup(of: HolePunchEvent?.self) { group in
+                for stream in outcomes {
+                    group.addTask {
+                        for await event in stream { if case .dialledDirectly = event { continue } else { return event } }
+                        return nil
+                    }
+                }
+                var first: [HolePunchEvent] = []
+                for await event in group {
+                    if let event { first.append(event) }
+                    if first.contains(where: { if case .succeeded = $0 { true } else { false } }) { group.cancelAll() }
+                }
+                return first
+            }
+        }
+        for event in events {
+            if case .failed(let peer, let error) = event { XCTFail("hole punch with \(peer) failed: \(error)") }
+        }
+        XCTAssertTrue(events.contains { if case .succeeded = $0 { true } else { false } }, "\(events)")
+        for (host, other) in [(a, b), (b, a)] {
+            try await waitUntil("\(host.localPeer) has a direct connection") {
+                host.connections.contains { $0.remotePeer == other.localPeer && $0.isActive && !$0.isRelayed }
+            }
+        }
+        XCTAssertEqual(services.map(\.answeredExchanges).reduce(0, +), 1, "one exchange answered, not one each way")
+    }
+
     /// The same over QUIC alone (on loopback): B, which accepted the relayed
     /// connection, sends its punch datagrams and dials nothing; A dials as the
     /// QUIC client from its listening socket; the direct connection is QUIC.

@@ -74,11 +74,15 @@ struct SimulatedNetwork {
         }
     }
 
-    mutating func heartbeat() {
+    /// One heartbeat of every node in turn; `inspect` sees each router right after its
+    /// own heartbeat settled, at the heartbeat's time (a later node's heartbeat may prune
+    /// it below D_lo again, or graft it above D_hi, until its next one).
+    mutating func heartbeat(inspect: (PeerID, any PubSubRouter, ContinuousClock.Instant) -> Void = { _, _, _ in }) {
         now += .seconds(1)
         for peer in order where routers[peer] != nil {
             let actions = routers[peer]!.heartbeat(now: now)
             run(actions, at: peer)
+            inspect(peer, routers[peer]!, now)
         }
     }
 
@@ -110,11 +114,13 @@ final class SimulatedNetworkTests: XCTestCase {
             let actions = network.routers[node]!.subscribe("t", now: network.now)
             network.run(actions, at: node)
         }
-        for _ in 0..<5 { network.heartbeat() }
+        for _ in 0..<4 { network.heartbeat() }
         let configuration = PubSubConfiguration()
-        for node in nodes {
-            let degree = network.routers[node]!.meshPeers("t").count
-            XCTAssertTrue((configuration.dLow...configuration.dHigh).contains(degree), "mesh degree \(degree)")
+        var degrees: [PeerID: Int] = [:]
+        network.heartbeat { node, router, _ in degrees[node] = router.meshPeers("t").count }
+        XCTAssertEqual(degrees.count, nodes.count)
+        for (node, degree) in degrees {
+            XCTAssertTrue((configuration.dLow...configuration.dHigh).contains(degree), "mesh degree \(degree) of \(node)")
         }
         // Each node publishes once; everyone else gets each message exactly once.
         for (index, node) in nodes.enumerated() {
@@ -130,17 +136,22 @@ final class SimulatedNetworkTests: XCTestCase {
         // A vanished node is pruned from every mesh.
         let gone = nodes[7]
         network.remove(gone)
-        network.heartbeat()
-        for node in network.order {
-            let router = try XCTUnwrap(network.routers[node] as? GossipsubRouter)
+        var inspected = 0
+        network.heartbeat { node, router, now in
+            inspected += 1
+            guard let router = router as? GossipsubRouter else { return XCTFail("\(node) is not a gossipsub router") }
             let mesh = router.meshPeers("t")
             XCTAssertFalse(mesh.contains(gone))
             // Below D_lo only when nothing is left to graft (every other
             // neighbour is in the mesh, or in backoff after an earlier prune).
             if mesh.count < configuration.dLow {
-                let candidates = router.graftCandidates("t", excluding: Set(mesh), now: network.now)
+                let candidates = router.graftCandidates("t", excluding: Set(mesh), now: now)
                 XCTAssertTrue(candidates.isEmpty, "mesh degree \(mesh.count) with \(candidates.count) graftable peers")
             }
+        }
+        XCTAssertEqual(inspected, nodes.count - 1)
+        for node in network.order {
+            XCTAssertFalse(network.routers[node]!.meshPeers("t").contains(gone), "\(node) still meshes the vanished node")
         }
     }
 
