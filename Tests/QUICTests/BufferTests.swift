@@ -70,6 +70,53 @@ final class ReassemblyBufferTests: XCTestCase {
         XCTAssertThrowsError(try other.insert([1], at: 0, fin: true)) { XCTAssertEqual($0 as? ReassemblyError, .finalSizeChanged) }
     }
 
+    /// Random overlapping pieces (retransmissions cut differently) in random order.
+    func testRandomOverlappingPiecesReassembleTheOriginal() throws {
+        var generator = SplitMix(seed: 11)
+        for _ in 0..<300 {
+            let original = generator.bytes(Int.random(in: 1..<3000, using: &generator))
+            var pieces: [(UInt64, [UInt8])] = []
+            for _ in 0..<Int.random(in: 1...40, using: &generator) {
+                let start = Int.random(in: 0..<original.count, using: &generator)
+                let length = Int.random(in: 1...min(400, original.count - start), using: &generator)
+                pieces.append((UInt64(start), Array(original[start..<(start + length)])))
+            }
+            // Whatever the random pieces left uncovered arrives last, in order.
+            var offset = 0
+            while offset < original.count {
+                let length = min(original.count - offset, 500)
+                pieces.append((UInt64(offset), Array(original[offset..<(offset + length)])))
+                offset += length
+            }
+            let tail = pieces.count - (original.count + 499) / 500
+            pieces[..<tail].shuffle(using: &generator)
+            var buffer = ReassemblyBuffer(limit: 4096)
+            var out: [UInt8] = []
+            for (offset, data) in pieces {
+                try buffer.insert(data, at: offset, fin: offset + UInt64(data.count) == original.count)
+                out += buffer.read()
+                XCTAssertLessThanOrEqual(buffer.bufferedBytes, original.count - out.count)
+            }
+            XCTAssertEqual(out, original)
+            XCTAssertTrue(buffer.isComplete)
+            XCTAssertEqual(buffer.bufferedBytes, 0)
+        }
+    }
+
+    /// A window's worth of packets behind one lost packet is one piece, not
+    /// one per packet: a lossy but honest peer is not taken for a fragmenter.
+    func testInOrderDataBehindAGapIsOnePiece() throws {
+        var buffer = ReassemblyBuffer(limit: 4 << 20)
+        let packet = 1150
+        for index in 1..<3000 {
+            try buffer.insert([UInt8](repeating: UInt8(index & 0xff), count: packet), at: UInt64(index * packet))
+        }
+        XCTAssertEqual(buffer.read(), [], "the first packet is missing")
+        try buffer.insert([UInt8](repeating: 0, count: packet), at: 0)
+        XCTAssertEqual(buffer.read().count, 3000 * packet)
+        XCTAssertEqual(buffer.bufferedBytes, 0)
+    }
+
     func testFragmentationIsBounded() {
         var buffer = ReassemblyBuffer(limit: 1 << 20)
         // One-byte pieces with gaps between them, none readable.

@@ -10,7 +10,10 @@ public enum ReassemblyError: Error, Equatable, Sendable {
 
 /// Data received at offsets (CRYPTO or STREAM frames), out of order and
 /// possibly repeated, handed on in order. Only bytes not held yet are kept,
-/// so memory is bounded by `limit` minus what was read, and by `maxPieces`.
+/// so memory is bounded by `limit` minus what was read. Held bytes form
+/// pieces that never touch (data that meets a piece joins it), so
+/// `maxPieces` bounds the gaps a peer leaves, not the packets that arrive
+/// behind one lost packet (a window's worth after a loss is one piece).
 public struct ReassemblyBuffer: Sendable {
     public private(set) var readOffset: UInt64 = 0
     /// The highest offset (exclusive) the peer may send to.
@@ -18,7 +21,8 @@ public struct ReassemblyBuffer: Sendable {
     public private(set) var finalSize: UInt64?
     /// The highest offset received, for connection-level flow control.
     public private(set) var highestOffset: UInt64 = 0
-    private var pieces: [UInt64: [UInt8]] = [:]
+    /// Sorted by start; each ends before the next one starts (never touching).
+    private var pieces: [(start: UInt64, bytes: [UInt8])] = []
     static let maxPieces = 256
 
     public init(limit: UInt64) {
@@ -34,35 +38,56 @@ public struct ReassemblyBuffer: Sendable {
         }
         guard end <= limit else { throw .limitExceeded(end: end, limit: limit) }
         highestOffset = max(highestOffset, end)
-        guard end > readOffset else { return }
-        // The parts of [start, end) no held piece covers: held pieces never overlap.
-        var cursor = max(offset, readOffset)
-        var additions: [(UInt64, ArraySlice<UInt8>)] = []
-        for (pieceStart, piece) in pieces.sorted(by: { $0.key < $1.key }) {
-            let pieceEnd = pieceStart + UInt64(piece.count)
-            if pieceEnd <= cursor { continue }
-            if pieceStart >= end { break }
-            if pieceStart > cursor { additions.append((cursor, data[Int(cursor - offset)..<Int(pieceStart - offset)])) }
-            cursor = pieceEnd
-            if cursor >= end { break }
+        let start = max(offset, readOffset)
+        guard end > start else { return }
+        func slice(_ from: UInt64, _ to: UInt64) -> ArraySlice<UInt8> { data[Int(from - offset)..<Int(to - offset)] }
+        // The pieces that overlap or touch [start, end): lo..<hi.
+        var lo = 0
+        var high = pieces.count
+        while lo < high {
+            let middle = (lo + high) / 2
+            if pieces[middle].start + UInt64(pieces[middle].bytes.count) < start { lo = middle + 1 } else { high = middle }
         }
-        if cursor < end { additions.append((cursor, data[Int(cursor - offset)..<Int(end - offset)])) }
-        guard pieces.count + additions.count <= Self.maxPieces else { throw .tooFragmented }
-        for (start, bytes) in additions { pieces[start] = Array(bytes) }
+        var hi = lo
+        while hi < pieces.count, pieces[hi].start <= end { hi += 1 }
+        guard lo < hi else {
+            guard pieces.count < Self.maxPieces else { throw .tooFragmented }
+            pieces.insert((start, Array(slice(start, end))), at: lo)
+            return
+        }
+        // One piece from the first to the last of them, gaps filled from `data`.
+        // Grown in place from the first piece when the new data does not start
+        // before it (in-order data behind a gap appends, without copying what is held).
+        let first = pieces[lo].start
+        var cursor = first + UInt64(pieces[lo].bytes.count)
+        var merged: [UInt8]
+        if start < first {
+            merged = Array(slice(start, first))
+            merged += pieces[lo].bytes
+        } else {
+            merged = pieces[lo].bytes
+            pieces[lo].bytes = []  // `merged` is then the only reference: appends do not copy.
+        }
+        for index in (lo + 1)..<max(lo + 1, hi) {
+            let piece = pieces[index]
+            if piece.start > cursor { merged += slice(cursor, piece.start) }
+            merged += piece.bytes
+            cursor = piece.start + UInt64(piece.bytes.count)
+        }
+        if cursor < end { merged += slice(cursor, end) }
+        pieces.replaceSubrange(lo..<hi, with: [(start: min(start, first), bytes: merged)])
     }
 
     /// Everything contiguous from the read offset, consumed.
     public mutating func read() -> [UInt8] {
-        var out: [UInt8] = []
-        while let piece = pieces.removeValue(forKey: readOffset) {
-            out += piece
-            readOffset += UInt64(piece.count)
-        }
-        return out
+        guard let first = pieces.first, first.start == readOffset else { return [] }
+        pieces.removeFirst()
+        readOffset += UInt64(first.bytes.count)
+        return first.bytes
     }
 
     /// Bytes held beyond the read offset.
-    public var bufferedBytes: Int { pieces.values.reduce(0) { $0 + $1.count } }
+    public var bufferedBytes: Int { pieces.reduce(0) { $0 + $1.bytes.count } }
 
     /// All data up to the final size was read.
     public var isComplete: Bool { finalSize == readOffset }

@@ -22,12 +22,16 @@ public struct QUICTransport: Transport {
     /// The receive window of a stream, and of a connection (quic-go's starting windows).
     static let streamWindow = 512 * 1024
     static let connectionWindow = 768 * 1024
+    /// Datagrams read per system call, and the largest we take (and say we take).
+    static let datagramsPerRead = 32
+    static let maxDatagramSize = 2048
     /// Our connection IDs' length: short headers carry no length, routing needs it.
     static let connectionIDLength = 8
     /// As go-libp2p and rust-libp2p: 256 concurrent streams a peer may open, 30 s idle, a PING every 15 s.
     static var transportParameters: TransportParameters {
         var parameters = TransportParameters.defaultLimits
         parameters.maxIdleTimeout = 30_000
+        parameters.maxUDPPayloadSize = UInt64(maxDatagramSize)
         parameters.initialMaxData = UInt64(connectionWindow)
         parameters.initialMaxStreamDataBidiLocal = UInt64(streamWindow)
         parameters.initialMaxStreamDataBidiRemote = UInt64(streamWindow)
