@@ -36,6 +36,18 @@ final class CircuitRelayTests: XCTestCase {
         return (host, address, relay)
     }
 
+    /// `stop` ends a hop stream waiting for its request and the event watcher,
+    /// and the hop protocol is refused afterwards.
+    func testStopEndsTheWatcherAndTheHopStreamsItServes() async throws {
+        let (relayHost, relayAddress, relay) = try await makeRelay()
+        _ = relayHost
+        let (client, _, _) = try await makeNode()
+        let connection = try await client.connect(relayAddress)
+        try await assertStopEndsService(
+            CircuitProtocol.hop, over: connection, busy: 2, running: { relay.tasks.running },
+            stop: { await relay.stop() })
+    }
+
     func testDialThroughRelayPingAndEcho() async throws {
         let (relayHost, relayAddress, relay) = try await makeRelay()
         let (listener, _, listenerCircuit) = try await makeNode()
