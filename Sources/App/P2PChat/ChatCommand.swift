@@ -250,9 +250,9 @@ struct ChatCommand: AsyncParsableCommand {
             lines = inputLinesUntilSignal()
         }
         let (webChatBridge, forwarder) = (webChat, stdinForwarder)
-        // The group, in the order of their start; at the end of input (or
-        // SIGINT, SIGTERM: the input ends then) each is stopped in reverse
-        // order and awaited: what uses the host before the host.
+        // The group: the host first, each part after what it uses. At the end
+        // of input (or /quit; SIGINT and SIGTERM end the input) each is stopped
+        // in reverse order and awaited, the host last.
         var services: [any Service] = []
         if let exporter { services.append(StartStopService("metrics", stop: { try? await exporter.close() })) }
         services += [

@@ -111,6 +111,7 @@ struct ChatNATTraversal: Sendable {
     let autonat: AutoNATService
     let holePunch: HolePunchService
     let autoRelay: AutoRelayService
+    /// The reachability watcher, AutoRelay and the two event printers: `stop` cancels and awaits them.
     private let tasks: [Task<Void, Never>]
 
     init(
@@ -195,6 +196,7 @@ struct ChatNATTraversal: Sendable {
         }
     }
 
+    /// Stops AutoNAT and hole punching, then the tasks; returns once all have ended.
     func stop() async {
         await autonat.stop()
         await holePunch.stop()
