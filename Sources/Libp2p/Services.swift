@@ -1,9 +1,14 @@
 import AutoNAT
 import DCUtR
 import Host
+import Identify
 import KadDHT
 import MDNS
+import Perf
+import Ping
 import PubSub
+import Relay
+import RequestResponse
 import ServiceLifecycle
 
 // The long-lived parts of a node in swift-service-lifecycle's one shape: a
@@ -71,6 +76,28 @@ extension KadDHT {
 
 extension PubSubService {
     public func service() -> StartStopService { StartStopService("pubsub", stop: { await self.stop() }) }
+}
+
+extension IdentifyService {
+    public func service() -> StartStopService { StartStopService("identify", stop: { await self.stop() }) }
+}
+
+extension PingService {
+    public func service() -> StartStopService { StartStopService("ping", stop: { await self.stop() }) }
+}
+
+extension PerfService {
+    public func service() -> StartStopService { StartStopService("perf", stop: { await self.stop() }) }
+}
+
+extension RelayService {
+    public func service() -> StartStopService { StartStopService("relay", stop: { await self.stop() }) }
+}
+
+extension RequestResponse {
+    public func service() -> StartStopService {
+        StartStopService("request-response \(protocols.joined(separator: ","))", stop: { await self.stop() })
+    }
 }
 
 extension MDNSService {

@@ -24,7 +24,7 @@ public final class HistoryService: Sendable {
     static let responseBudget = maxResponseSize - 64 * 1024
 
     typealias Codec = ProtobufCodec<HistoryRequest, HistoryResponse>
-    private let service: RequestResponse<Codec>
+    let service: RequestResponse<Codec>
     private let store: Mutex<HistoryStore>
     private let file: HistoryAppender?
     /// The file's bytes: past twice the store's bytes it is rewritten with
@@ -65,7 +65,7 @@ public final class HistoryService: Sendable {
         store = Mutex(initial)
     }
 
-    /// Answers other peers' history requests.
+    /// Answers other peers' history requests until `stop`.
     public func start() {
         service.serve { [self] request, _ in
             var response = HistoryResponse()
@@ -110,8 +110,13 @@ public final class HistoryService: Sendable {
         HistoryLineTime(message, window: maxAge, now: now)
     }
 
-    /// Closes the history file; messages recorded afterwards are kept in memory only.
-    public func close() { file?.close() }
+    /// Stops answering (returns once the requests being answered have ended)
+    /// and closes the history file; messages recorded afterwards are kept in
+    /// memory only.
+    public func stop() async {
+        await service.stop()
+        file?.close()
+    }
 
     public func contains(_ id: MessageID) -> Bool { store.withLock { $0.contains(id) } }
 

@@ -5,6 +5,7 @@ import DCUtR
 import Dispatch
 import FileShare
 import KadDHT
+import Libp2p
 import Foundation
 import Host
 import Identify
@@ -13,6 +14,7 @@ import MDNS
 import Multiformats
 import PubSub
 import Relay
+import ServiceLifecycle
 import Synchronization
 import Transport
 import WebChat
@@ -112,7 +114,7 @@ struct ChatCommand: AsyncParsableCommand {
         for address in connectAddresses where address.peerID == nil {
             exitWithError("--connect \(address) needs a /p2p/<peer id> part")
         }
-        let (host, identifyService, circuit) = makeNATHost(key: key, options: identity)
+        let (host, identifyService, pingService, circuit) = makeNATHost(key: key, options: identity)
         let relayAddress = relay.map(parseAddress)
         let roles: HolePunchService.Roles
         switch dcutrRoles {
@@ -136,7 +138,9 @@ struct ChatCommand: AsyncParsableCommand {
         }
         let events = host.events()
         let limitEvents = LimitEventPrinter(out: out)
+        // Owned by the group's "limit events" service, which cancels and awaits it.
         let limitReporter = Task { await limitEvents.run() }
+        // Owned by the group's "host events" service, which cancels and awaits it.
         let printer = Task {
             for await event in events {
                 switch event {
@@ -154,6 +158,7 @@ struct ChatCommand: AsyncParsableCommand {
                 }
             }
         }
+        // Owned by the group's "redial" service, which cancels and awaits them.
         var redialers: [Task<Void, Never>] = []
         let sightings = OwnPeerSightings(host: host, identify: identifyService, out: out)
         var mdns: MDNSService?
@@ -244,25 +249,41 @@ struct ChatCommand: AsyncParsableCommand {
         } else {
             lines = inputLinesUntilSignal()
         }
-        for await line in lines {
-            webChat?.typed(line)
-            guard await session.handle(line: line, host: host) else { break }
+        let (webChatBridge, forwarder) = (webChat, stdinForwarder)
+        // The group: the host first, each part after what it uses. At the end
+        // of input (or /quit; SIGINT and SIGTERM end the input) each is stopped
+        // in reverse order and awaited, the host last.
+        var services: [any Service] = []
+        if let exporter { services.append(StartStopService("metrics", stop: { try? await exporter.close() })) }
+        services += [
+            HostService(host), identifyService.service(), pingService.service(),
+            StartStopService("history", stop: { await historyService.stop() }), pubsub.service(),
+        ]
+        if let mdns { services.append(mdns.service()) }
+        services += [
+            StartStopService("chat session", stop: { await session.leave() }),
+            StartStopService("nat traversal", stop: { await nat.stop() }),
+            TaskService("limit events", [limitReporter]), TaskService("host events", [printer]),
+        ]
+        if let dht { services.append(dht.service()) }
+        if let discovery { services.append(StartStopService("topic discovery", stop: { await discovery.stop() })) }
+        services += [
+            StartStopService("files", stop: { await files.cancelAll() }), TaskService("redial", redialers),
+            StartStopService(
+                "web chat",
+                stop: {
+                    forwarder?.cancel()
+                    await forwarder?.value
+                    await webChatBridge?.stop()
+                }),
+        ]
+        let input = LoopService {
+            for await line in lines {
+                webChatBridge?.typed(line)
+                guard await session.handle(line: line, host: host) else { break }
+            }
         }
-        stdinForwarder?.cancel()
-        await webChat?.stop()
-        for redialer in redialers { redialer.cancel() }
-        await files.cancelAll()
-        await discovery?.stop()
-        await dht?.close()
-        printer.cancel()
-        limitReporter.cancel()
-        await nat.stop()
-        await session.leave()
-        await mdns?.stop()
-        await pubsub.stop()
-        historyService.close()
-        await host.close()
-        try? await exporter?.close()
+        await runServices(services, until: input)
         ChatTerminal.shared.restore()
     }
 }

@@ -24,18 +24,28 @@ func keepConnected(_ address: Multiaddr, host: Libp2pHost, out: ChatOutput) asyn
     while !Task.isCancelled {
         if let connection = host.connection(to: peer) {
             delay = .seconds(1)
-            try? await connection.closeFuture.get()
+            await waitUntilClosed(connection)
             continue
         }
         do {
             _ = try await host.connect(address)
             delay = .seconds(1)
         } catch {
+            // Cancelled: the chat is shutting down, nothing to report.
+            guard !Task.isCancelled else { return }
             out.error("\(dialFailure("\(address)", error)); retrying in \(delay.components.seconds) s")
             try? await Task.sleep(for: delay)
             delay = min(delay * 2, .seconds(30))
         }
     }
+}
+
+/// Returns when `connection` closes, or at once when the task is cancelled
+/// (waiting on the close future itself would ignore cancellation).
+func waitUntilClosed(_ connection: Connection) async {
+    let (closed, signal) = AsyncStream.makeStream(of: Void.self)
+    connection.closeFuture.whenComplete { _ in signal.finish() }
+    for await _ in closed {}
 }
 
 /// Peers found by mDNS stay connected: one that drops while mDNS still sees
@@ -85,6 +95,8 @@ func handleDiscoveries(
                     do {
                         _ = try await host.connect(to: peer)
                     } catch {
+                        // Cancelled: the chat is shutting down, nothing to report.
+                        guard !Task.isCancelled else { return }
                         out.error(dialFailure("\(peer)", error))
                         await redialWhileSeen(peer, host: host, mdns: mdns)
                     }

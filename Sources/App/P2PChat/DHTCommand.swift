@@ -177,7 +177,7 @@ struct DHTServerCommand: AsyncParsableCommand {
         let signals = TerminationSignalService()
         let (key, inUse) = identity.key(fileByDefault: true)
         inUse?.report(to: ChatOutput(json: false))
-        let (host, _) = makeHost(key: key, options: identity)
+        let (host, identify, ping) = makeHost(key: key, options: identity)
         let dht = startDHT(host: host, server: true)
         await listenOrExit(host, on: listen) { FileHandle.standardError.write(Data("error: \($0)\n".utf8)) }
         say("Local peer id: \(host.localPeer)")
@@ -189,7 +189,7 @@ struct DHTServerCommand: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             }
         }
-        await runUntilTerminationSignal(signals, [HostService(host), dht.service()])
+        await runUntilTerminationSignal(signals, [HostService(host), identify.service(), ping.service(), dht.service()])
     }
 }
 
@@ -212,7 +212,7 @@ struct DHTQueryOptions: ParsableArguments {
         bootstrapLogging(verbose: identity.verbose)
         if bootstrap.isEmpty { exitWithError("--bootstrap: give at least one DHT peer") }
         let addresses = bootstrap.map(parseAddress)
-        let (host, _) = makeHost(key: identity.toolKey(), options: identity)
+        let (host, _, _) = makeHost(key: identity.toolKey(), options: identity)
         let dht = startDHT(host: host, server: false)
         do {
             try await withTimeout(.milliseconds(Int(timeout * 1000)), "DHT query") {

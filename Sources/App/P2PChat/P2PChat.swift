@@ -121,7 +121,7 @@ func exitWithError(_ message: String) -> Never {
 
 /// Makes a host (the builder's transports: TCP, WebSocket, QUIC; the security
 /// protocols of `--security`) that serves identify and ping.
-func makeHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService) {
+func makeHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService, PingService) {
     let host: Libp2pHost
     do {
         host = try Libp2pHostBuilder(key: key).security(options.securityProtocols()).build()
@@ -130,8 +130,9 @@ func makeHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, Identif
     }
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
     identify.start()
-    PingService(host: host).start()
-    return (host, identify)
+    let ping = PingService(host: host)
+    ping.start()
+    return (host, identify, ping)
 }
 
 /// Listens on each address, reporting the ones that fail; exits when none works.
@@ -220,7 +221,7 @@ func formatMilliseconds(_ duration: Duration) -> String {
 func startTool(address: String, identity: IdentityOptions) -> (Multiaddr, Libp2pHost, IdentifyService) {
     bootstrapLogging(verbose: identity.verbose)
     let target = parseAddress(address)
-    let (host, identify) = makeHost(key: identity.toolKey(), options: identity)
+    let (host, identify, _) = makeHost(key: identity.toolKey(), options: identity)
     return (target, host, identify)
 }
 

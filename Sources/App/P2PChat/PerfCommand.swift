@@ -110,8 +110,9 @@ struct PerfServerCommand: AsyncParsableCommand {
         bootstrapLogging(verbose: identity.verbose)
         let signals = TerminationSignalService()
         let exporter = await metrics.start { say("Metrics at \($0)/metrics") }
-        let (host, _) = makeHost(key: identity.toolKey(), options: identity)
-        PerfService(host: host).start()
+        let (host, identify, ping) = makeHost(key: identity.toolKey(), options: identity)
+        let perf = PerfService(host: host)
+        perf.start()
         await listenOrExit(host, on: listen) { FileHandle.standardError.write(Data("error: \($0)\n".utf8)) }
         say("Local peer id: \(host.localPeer)")
         for address in host.listenAddresses {
@@ -120,6 +121,6 @@ struct PerfServerCommand: AsyncParsableCommand {
         var services: [any Service] = []
         // The exporter is shut down last: it reports until the host is gone.
         if let exporter { services.append(StartStopService("metrics", stop: { try? await exporter.close() })) }
-        await runUntilTerminationSignal(signals, services + [HostService(host)])
+        await runUntilTerminationSignal(signals, services + [HostService(host), identify.service(), ping.service(), perf.service()])
     }
 }

@@ -49,11 +49,12 @@ struct RelayCommand: AsyncParsableCommand {
         let out = ChatOutput(json: json)
         let (key, inUse) = identity.key(fileByDefault: false)
         inUse?.report(to: out)
-        let (host, _, _) = makeNATHost(key: key, options: identity)
+        let (host, identify, ping, _) = makeNATHost(key: key, options: identity)
         var limits = RelayLimits()
         limits.maxReservations = maxReservations
         limits.circuit = CircuitLimit(duration: circuitSeconds == 0 ? nil : circuitSeconds, data: circuitBytes == 0 ? nil : circuitBytes)
-        RelayService(host: host, limits: limits).start()
+        let relay = RelayService(host: host, limits: limits)
+        relay.start()
         var autonatConfiguration = AutoNATService.Configuration()
         autonatConfiguration.dialTimeout = .milliseconds(Int(autonatDialTimeout * 1000))
         autonatConfiguration.dialBackTransports = [QUICTransport(group: host.group)]
@@ -73,7 +74,7 @@ struct RelayCommand: AsyncParsableCommand {
         }
         await runUntilTerminationSignal(
             signals,
-            [HostService(host), autonat.service(), dht.service()],
+            [HostService(host), identify.service(), ping.service(), relay.service(), autonat.service(), dht.service()],
             loops: [{ for await change in reachability { reportReachability(change, to: out) } }])
     }
 }
@@ -81,8 +82,8 @@ struct RelayCommand: AsyncParsableCommand {
 /// A host for NAT traversal: TCP reusing its listening port for dials (so
 /// that peers observe the port we listen on), WebSocket, QUIC (whose dials
 /// leave from its listening socket), and `/p2p-circuit`;
-/// with identify and ping.
-func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService, CircuitTransport) {
+/// with identify and ping (started; stop them before the host).
+func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, IdentifyService, PingService, CircuitTransport) {
     let circuit = CircuitTransport()
     let host: Libp2pHost
     do {
@@ -96,8 +97,9 @@ func makeNATHost(key: PrivateKey, options: IdentityOptions) -> (Libp2pHost, Iden
     circuit.attach(host)
     let identify = IdentifyService(host: host, agentVersion: "p2pchat/\(p2pchatVersion)")
     identify.start()
-    PingService(host: host).start()
-    return (host, identify, circuit)
+    let ping = PingService(host: host)
+    ping.start()
+    return (host, identify, ping, circuit)
 }
 
 /// The chat's NAT traversal: AutoNAT (client and server), hole punching of
@@ -109,6 +111,7 @@ struct ChatNATTraversal: Sendable {
     let autonat: AutoNATService
     let holePunch: HolePunchService
     let autoRelay: AutoRelayService
+    /// The reachability watcher, AutoRelay and the two event printers: `stop` cancels and awaits them.
     private let tasks: [Task<Void, Never>]
 
     init(
@@ -193,6 +196,7 @@ struct ChatNATTraversal: Sendable {
         }
     }
 
+    /// Stops AutoNAT and hole punching, then the tasks; returns once all have ended.
     func stop() async {
         await autonat.stop()
         await holePunch.stop()

@@ -19,7 +19,8 @@ import ServiceLifecycle
 import Synchronization
 import Transport
 
-/// A loop (an event printer) as a service: cancelled at graceful shutdown.
+/// A loop (an event printer, the chat's input) as a service: cancelled at
+/// graceful shutdown if it has not ended by then.
 struct LoopService: Service, CustomStringConvertible {
     let body: @Sendable () async -> Void
     var description: String { "event loop" }
@@ -64,6 +65,15 @@ struct TerminationSignalService: Service, CustomStringConvertible {
 func runUntilTerminationSignal(
     _ signals: TerminationSignalService, _ services: [any Service], loops: [@Sendable () async -> Void] = []
 ) async {
+    await runServices(services, loops: loops, until: signals)
+}
+
+/// Runs `services` (the host first, what runs on it after) in a `ServiceGroup`
+/// until `ending` returns (SIGINT or SIGTERM, the end of input); then shuts
+/// them down gracefully in reverse order, each awaited before the one under
+/// it. `loops` are cancelled first and may end by themselves without ending
+/// the rest.
+func runServices(_ services: [any Service], loops: [@Sendable () async -> Void] = [], until ending: any Service) async {
     let group = ServiceGroup(
         configuration: ServiceGroupConfiguration(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
@@ -72,12 +82,31 @@ func runUntilTerminationSignal(
                         service: LoopService(body: loop),
                         successTerminationBehavior: .ignore)
                 }
-                + [ServiceGroupConfiguration.ServiceConfiguration(service: signals, successTerminationBehavior: .gracefullyShutdownGroup)],
+                + [ServiceGroupConfiguration.ServiceConfiguration(service: ending, successTerminationBehavior: .gracefullyShutdownGroup)],
             logger: Logger(label: "p2pchat.services")))
     do {
         try await group.run()
     } catch {
         FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    }
+}
+
+/// Tasks started beforehand (so that they run from then on, before the group
+/// does) as a service, their owner: `run()` holds until graceful shutdown or
+/// cancellation, then cancels them and returns once they have ended.
+struct TaskService: Service, CustomStringConvertible {
+    let description: String
+    let tasks: [Task<Void, Never>]
+
+    init(_ name: String, _ tasks: [Task<Void, Never>]) {
+        self.description = name
+        self.tasks = tasks
+    }
+
+    func run() async {
+        try? await gracefulShutdown()
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
     }
 }
 

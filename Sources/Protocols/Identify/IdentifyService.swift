@@ -55,6 +55,8 @@ public final class IdentifyService: Sendable {
     let logger: Logger
     private let observed: Mutex<ObservedAddressBook>
     private let freshness = Mutex(Freshness())
+    /// The connection watcher and the streams being answered, ended by `stop`.
+    let tasks = ServiceTasks()
 
     /// Orders what each peer tells us: answers arrive in any order, so every
     /// message gets a ticket (an answer when we asked, a push when it arrived)
@@ -96,19 +98,20 @@ public final class IdentifyService: Sendable {
         return listen + confirmedObservedAddresses.filter { !listen.contains($0) }
     }
 
-    /// Registers the handlers and identifies every new connection until the host closes.
-    /// Returns once the handlers are registered; the watching runs in a task.
+    /// Registers the handlers and identifies every new connection until `stop`
+    /// (or until the host closes). Returns once the handlers are registered;
+    /// the watching runs in a task of the service.
     public func start() {
         host.setStreamHandler(Self.protocolID) { [self] stream in
-            await self.respond(on: stream)
+            await tasks.serve(stream) { stream in await self.respond(on: stream) }
         }
         host.setStreamHandler(Self.pushProtocolID) { [self] stream in
-            await self.receivePush(on: stream)
+            await tasks.serve(stream) { stream in await self.receivePush(on: stream) }
         }
         let events = host.events()
-        // Runs as long as the host: its event stream finishes when the host closes, and the
-        // group then waits for the identify exchanges, which end with their connections.
-        Task { [self] in
+        // The service's (`tasks`): `stop` cancels it, which cancels the identify
+        // exchanges and pushes of its group; it also ends with the host's events.
+        tasks.spawn { [self] in
             await withDiscardingTaskGroup { group in
                 for await event in events {
                     switch event {
@@ -124,6 +127,14 @@ public final class IdentifyService: Sendable {
                 }
             }
         }
+    }
+
+    /// Stops serving and identifying; returns once the watcher, the exchanges
+    /// it started and the streams being answered have ended.
+    public func stop() async {
+        host.removeStreamHandler(Self.protocolID)
+        host.removeStreamHandler(Self.pushProtocolID)
+        await tasks.stop()
     }
 
     /// Our identify message, with the address we see `connection`'s remote at.

@@ -55,13 +55,15 @@ extension Duration {
 /// The server keeps no more than one block in memory, whatever is asked: a
 /// large request costs bandwidth, never memory. Serve it only where measuring
 /// is wanted (hosts do not register it by default).
-public struct PerfService: Sendable {
+public final class PerfService: Sendable {
     public static let protocolID = "/perf/1.0.0"
     /// Bytes per write: large enough that per-write costs vanish, small enough
     /// to share the connection fairly (Yamux splits it into window-sized frames).
     public static let blockSize = 256 * 1024
 
     public let host: Libp2pHost
+    /// The streams being served, ended by `stop`.
+    let tasks = ServiceTasks()
 
     public init(host: Libp2pHost) {
         self.host = host
@@ -69,13 +71,21 @@ public struct PerfService: Sendable {
 
     /// Serves `/perf/1.0.0` on the host.
     public func start() {
-        host.setStreamHandler(Self.protocolID) { stream in
-            do {
-                try await Self.serve(stream)
-            } catch {
-                stream.reset()
+        host.setStreamHandler(Self.protocolID) { [tasks] stream in
+            await tasks.serve(stream) { stream in
+                do {
+                    try await Self.serve(stream)
+                } catch {
+                    stream.reset()
+                }
             }
         }
+    }
+
+    /// Stops serving; returns once every stream being served has ended (reset).
+    public func stop() async {
+        host.removeStreamHandler(Self.protocolID)
+        await tasks.stop()
     }
 
     /// The server side on one stream.

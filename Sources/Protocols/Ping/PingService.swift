@@ -16,11 +16,13 @@ public enum PingError: Error, CustomStringConvertible, Sendable {
 }
 
 /// `/ipfs/ping/1.0.0`: echoes 32-byte payloads back; measures round trips.
-public struct PingService: Sendable {
+public final class PingService: Sendable {
     public static let protocolID = "/ipfs/ping/1.0.0"
     public static let payloadSize = 32
 
     public let host: Libp2pHost
+    /// The streams being echoed on, ended by `stop`.
+    let tasks = ServiceTasks()
 
     public init(host: Libp2pHost) {
         self.host = host
@@ -28,18 +30,28 @@ public struct PingService: Sendable {
 
     /// Serves ping: echoes each 32-byte payload until the remote closes.
     public func start() {
-        host.setStreamHandler(Self.protocolID) { stream in
-            var reader = StreamReader(stream)
-            do {
-                while true {
-                    let payload = try await reader.readExactly(Self.payloadSize)
-                    try await stream.write(payload)
-                }
-            } catch {
-                // End of stream (the normal end) or a failure: either way we are done.
-            }
-            await stream.close()
+        host.setStreamHandler(Self.protocolID) { [tasks] stream in
+            await tasks.serve(stream, Self.echo)
         }
+    }
+
+    /// Stops serving; returns once every stream being echoed on has ended (reset).
+    public func stop() async {
+        host.removeStreamHandler(Self.protocolID)
+        await tasks.stop()
+    }
+
+    private static func echo(_ stream: MuxedStream) async {
+        var reader = StreamReader(stream)
+        do {
+            while true {
+                let payload = try await reader.readExactly(Self.payloadSize)
+                try await stream.write(payload)
+            }
+        } catch {
+            // End of stream (the normal end) or a failure: either way we are done.
+        }
+        await stream.close()
     }
 
     /// Pings over `connection` `count` times, on one stream; returns each round trip.

@@ -46,6 +46,8 @@ public final class RelayService: Sendable {
     public let host: Libp2pHost
     private let resources: Mutex<RelayResources>
     private let logger: Logger
+    /// The event watcher and the hop streams being served (with their circuits), ended by `stop`.
+    let tasks = ServiceTasks()
 
     public init(host: Libp2pHost, limits: RelayLimits = .init(), logger: Logger = Logger(label: "p2p.relay")) {
         self.host = host
@@ -58,19 +60,28 @@ public final class RelayService: Sendable {
     public var circuitCount: Int { resources.withLock { $0.circuitCount } }
 
     /// Serves the hop protocol; a peer's reservation ends when its last
-    /// connection closes (as in go-libp2p). The watching task ends with the host.
+    /// connection closes (as in go-libp2p). The watching runs in a task of the
+    /// service until `stop` (or until the host closes).
     public func start() {
         host.setStreamHandler(CircuitProtocol.hop) { [self] stream in
-            await self.serve(stream)
+            await tasks.serve(stream) { stream in await self.serve(stream) }
         }
         let events = host.events()
-        // Runs as long as the host: its event stream finishes when the host closes.
-        Task { [weak self] in
+        // The service's (`tasks`): `stop` cancels it; it also ends with the host's events.
+        tasks.spawn { [weak self] in
             for await event in events {
                 guard case .peerDisconnected(let peer) = event else { continue }
                 self?.resources.withLock { $0.cancelReservation(peer) }
             }
         }
+    }
+
+    /// Stops relaying: no more reservations or circuits; the circuits open
+    /// are closed (both streams reset). Returns once the watcher and every
+    /// hop stream being served have ended.
+    public func stop() async {
+        host.removeStreamHandler(CircuitProtocol.hop)
+        await tasks.stop()
     }
 
     private func serve(_ stream: MuxedStream) async {
@@ -217,6 +228,8 @@ public final class RelayService: Sendable {
                 break loop
             }
             group.cancelAll()
+            // Cancelled from outside (the relay's `stop`): the circuit is cut, not closed.
+            if Task.isCancelled { end = .failed }
             if end != .closed {
                 a.reset()
                 b.reset()

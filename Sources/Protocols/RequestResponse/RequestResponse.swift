@@ -96,6 +96,8 @@ public final class RequestResponse<Codec: RequestResponseCodec>: Sendable {
     private let admission: Mutex<InboundAdmission>
     private let refusals = Atomic<Int>(0)
     private let logger = Logger(label: "p2pchat.request-response")
+    /// The inbound requests being answered, ended by `stop`.
+    let tasks = ServiceTasks()
 
     public init(host: Libp2pHost, protocols: [String], codec: Codec, configuration: RequestResponseConfiguration = .init()) {
         precondition(!protocols.isEmpty, "a request-response service needs a protocol id")
@@ -178,20 +180,25 @@ public final class RequestResponse<Codec: RequestResponseCodec>: Sendable {
 
     // MARK: Responder
 
-    /// Serves every protocol of the service with `handler`. A request that
-    /// fails to decode, a handler that throws, a response over the limit or a
-    /// concurrency limit reached resets the stream (the requester sees `.reset`).
+    /// Serves every protocol of the service with `handler` (the service's
+    /// start; `stop` ends it). A request that fails to decode, a handler that
+    /// throws, a response over the limit or a concurrency limit reached resets
+    /// the stream (the requester sees `.reset`).
     public func serve(_ handler: @escaping Handler) {
         for protocolID in protocols {
             host.setStreamHandler(protocolID) { [self] stream in
-                await self.respond(on: stream, handler: handler)
+                await tasks.serve(stream) { stream in await self.respond(on: stream, handler: handler) }
             }
         }
     }
 
-    /// Stops serving: later inbound streams for the protocols are refused at negotiation.
-    public func stopServing() {
+    /// Stops serving: later inbound streams for the protocols are refused at
+    /// negotiation; requests being answered are reset and their handlers
+    /// cancelled. Returns once every one has ended. Our own requests (`send`)
+    /// run in their callers' tasks and are not affected.
+    public func stop() async {
         for protocolID in protocols { host.removeStreamHandler(protocolID) }
+        await tasks.stop()
     }
 
     private func respond(on stream: MuxedStream, handler: @escaping Handler) async {

@@ -1,16 +1,38 @@
-import ChatHistory
+@testable import ChatHistory
 import Foundation
 import Host
 import Identity
 import Multiformats
 import NIOPosix
 import PubSub
+@testable import RequestResponse
 import TestSupport
 import Transport
 import XCTest
 
 final class ChatHistoryTests: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
+
+    /// `stop` ends a history request still arriving, and later requests are refused.
+    func testStopEndsTheRequestsItAnswersAndRefusesNewOnes() async throws {
+        let (holderHost, address) = try await makeTestHost(group: group)
+        let (askerHost, _) = try await makeTestHost(group: group)
+        let history = try HistoryService(host: holderHost)
+        history.start()
+        let connection = try await askerHost.connect(address)
+        try await assertStopEndsService(
+            HistoryService.protocolID, over: connection, running: { history.service.tasks.running },
+            stop: { await history.stop() })
+        let asker = try HistoryService(host: askerHost)
+        do {
+            _ = try await asker.sync(topic: "lobby", with: holderHost.localPeer)
+            XCTFail("a history request was answered after stop")
+        } catch {
+            if case .request(.unsupportedProtocols) = error {} else { XCTFail("\(error)") }
+        }
+        await askerHost.close()
+        await holderHost.close()
+    }
 
     /// `count` messages signed by a fresh author, as pubsub would deliver them.
     func signedMessages(_ count: Int, topic: String = "lobby") async throws -> (PubSubService, [PubSubMessage]) {
@@ -180,7 +202,7 @@ extension ChatHistoryTests {
                 }
             }
         }
-        history.close()
+        await history.stop()
         let sizeAtClose = try XCTUnwrap(
             (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue)
         let (_, late) = try await signedMessages(1)
@@ -195,10 +217,10 @@ extension ChatHistoryTests {
         // The reopened session appends after what the file holds.
         let (_, more) = try await signedMessages(5)
         for message in more { reopened.record(message) }
-        reopened.close()
+        await reopened.stop()
         let again = try HistoryService(host: host, path: path)
         XCTAssertEqual(again.messages(in: "lobby").count, 305)
-        again.close()
+        await again.stop()
         await host.close()
     }
 }

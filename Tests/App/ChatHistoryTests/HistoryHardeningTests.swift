@@ -159,7 +159,7 @@ final class HistoryHardeningTests: XCTestCase {
         }
         XCTAssertLessThanOrEqual(largest, 2 * (1 << 20) + 60_000, "200 of 50 kB appended: 10 MB before")
         let kept = history.messages(in: "lobby").map(\.id)
-        history.close()
+        await history.stop()
         let reloaded = try HistoryService(host: host, path: path, maxBytes: 1 << 20, maxBytesPerAuthor: 1 << 20)
         XCTAssertEqual(reloaded.messages(in: "lobby").map(\.id), kept)
         await host.close()

@@ -75,4 +75,21 @@ final class IdentifyTests: XCTestCase {
         await client.close()
         await server.close()
     }
+
+    /// `stop` ends a push stream waiting for its message and the connection
+    /// watcher, and both protocols are refused afterwards.
+    func testStopEndsTheWatcherAndTheStreamsItServes() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let identify = IdentifyService(host: server, agentVersion: "stopping")
+        identify.start()
+        let connection = try await client.connect(address)
+        // The watcher and the push stream's handler.
+        try await assertStopEndsService(
+            IdentifyService.pushProtocolID, over: connection,
+            refused: [IdentifyService.protocolID, IdentifyService.pushProtocolID], busy: 2,
+            running: { identify.tasks.running }, stop: { await identify.stop() })
+        await client.close()
+        await server.close()
+    }
 }

@@ -2,7 +2,7 @@ import Host
 import Multiformats
 import NIOCore
 import NIOPosix
-import Perf
+@testable import Perf
 import TestSupport
 import Transport
 import XCTest
@@ -83,6 +83,26 @@ final class PerfTests: XCTestCase {
         } catch let error as PerfError {
             XCTAssertEqual(error, .wrongDownloadSize(expected: 1000, got: 3))
         }
+        await client.close()
+        await server.close()
+    }
+
+    /// `stop` ends a perf stream whose upload is still arriving, and later runs are refused.
+    func testStopEndsTheStreamsItServesAndRefusesNewOnes() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let perf = PerfService(host: server)
+        perf.start()
+        let connection = try await client.connect(address)
+        try await assertStopEndsService(
+            PerfService.protocolID, over: connection, running: { perf.tasks.running },
+            block: { stream in
+                var header = ByteBuffer()
+                header.writeInteger(UInt64(1 << 20), endianness: .big)
+                try await stream.write(header)
+                try await stream.write(ByteBuffer(repeating: 0, count: 1000))
+            },
+            stop: { await perf.stop() })
         await client.close()
         await server.close()
     }

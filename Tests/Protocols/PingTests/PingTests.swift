@@ -4,7 +4,7 @@ import Identity
 import Multiformats
 import NIOCore
 import NIOPosix
-import Ping
+@testable import Ping
 import TestSupport
 import Transport
 import XCTest
@@ -33,6 +33,23 @@ final class PingTests: XCTestCase {
         let connection = try await client.connect(address)
         let rtts = try await PingService.ping(connection, count: 5)
         XCTAssertEqual(rtts.count, 5)
+        await client.close()
+        await server.close()
+    }
+
+    /// `stop` ends a ping stream waiting for the rest of a payload, and later pings are refused.
+    func testStopEndsTheStreamsItServesAndRefusesNewOnes() async throws {
+        let (server, address) = try await makeTestHost(group: group)
+        let (client, _) = try await makeTestHost(group: group)
+        let ping = PingService(host: server)
+        ping.start()
+        let connection = try await client.connect(address)
+        let served = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(served.count, 1)
+        try await assertStopEndsService(
+            PingService.protocolID, over: connection, running: { ping.tasks.running },
+            block: { stream in try await stream.write(ByteBuffer(repeating: 7, count: 10)) },
+            stop: { await ping.stop() })
         await client.close()
         await server.close()
     }

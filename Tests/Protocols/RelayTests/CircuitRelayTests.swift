@@ -36,6 +36,40 @@ final class CircuitRelayTests: XCTestCase {
         return (host, address, relay)
     }
 
+    /// `stop` ends a hop stream waiting for its request and the event watcher,
+    /// and the hop protocol is refused afterwards.
+    func testStopEndsTheWatcherAndTheHopStreamsItServes() async throws {
+        let (relayHost, relayAddress, relay) = try await makeRelay()
+        _ = relayHost
+        let (client, _, _) = try await makeNode()
+        let connection = try await client.connect(relayAddress)
+        try await assertStopEndsService(
+            CircuitProtocol.hop, over: connection, busy: 2, running: { relay.tasks.running },
+            stop: { await relay.stop() })
+    }
+
+    /// `stop` cuts the circuits open through the relay: both ends see their
+    /// relayed connection close, and no circuit is left counted.
+    func testStopCutsTheOpenCircuits() async throws {
+        let (_, relayAddress, relay) = try await makeRelay()
+        let (listener, _, _) = try await makeNode()
+        let (dialer, _, _) = try await makeNode()
+        let bound = try await listener.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
+        let connection = try await withDeadline(30) {
+            try await dialer.connect(bound[0].encapsulating(.p2p(listener.localPeer.bytes)))
+        }
+        let pinged = try await PingService.ping(connection, count: 1)
+        XCTAssertEqual(pinged.count, 1)
+        XCTAssertEqual(relay.circuitCount, 1)
+        try await withDeadline(10) { await relay.stop() }
+        XCTAssertEqual(relay.tasks.running, 0)
+        XCTAssertEqual(relay.circuitCount, 0)
+        try await waitUntil("the dialer's relayed connection closed") { !connection.isActive }
+        try await waitUntil("the listener's relayed connection closed") {
+            !listener.connections.contains { $0.remotePeer == dialer.localPeer && $0.isActive }
+        }
+    }
+
     func testDialThroughRelayPingAndEcho() async throws {
         let (relayHost, relayAddress, relay) = try await makeRelay()
         let (listener, _, listenerCircuit) = try await makeNode()
@@ -252,8 +286,9 @@ final class CircuitRelayTests: XCTestCase {
         try await waitUntil("two reservations", seconds: 20) { circuit.reservations.count == 2 }
         let first = relays[0].0.localPeer
         XCTAssertEqual(Set(circuit.reservations.keys), [first, relays[1].0.localPeer])
+        // The circuit transport records a reservation before the host adds its listener.
         for (_, address, _) in relays.prefix(2) {
-            XCTAssertTrue(node.listenAddresses.contains(address.encapsulating(.p2pCircuit)), "\(node.listenAddresses)")
+            try await waitUntil("\(address) advertised") { node.listenAddresses.contains(address.encapsulating(.p2pCircuit)) }
         }
         // The third becomes known; then the first relay goes away.
         _ = try await node.connect(relays[2].1)

@@ -3,7 +3,7 @@ import Identity
 import Multiformats
 import NIOCore
 import NIOPosix
-import RequestResponse
+@testable import RequestResponse
 import SwiftProtobuf
 import Synchronization
 import TestSupport
@@ -270,11 +270,51 @@ final class RequestResponseTests: XCTestCase {
         XCTAssertEqual(admission.activeTotal, 0)
         XCTAssertEqual(admission.active(for: a), 0)
     }
+    /// `stop` cancels a handler that is still answering (its requester sees a
+    /// reset), and the protocol is refused afterwards.
+    func testStopCancelsTheHandlersItRunsAndRefusesNewRequests() async throws {
+        let (responder, requester) = try await pair()
+        let server = RequestResponse(host: responder, protocols: [protocolID], codec: BytesCodec())
+        let (entered, cancelled) = (Gate(), Gate())
+        server.serve { _, _ in
+            entered.open()
+            do {
+                try await Task.sleep(for: .seconds(3600))
+            } catch {
+                cancelled.open()
+                throw error
+            }
+            return []
+        }
+        let connection = try await requester.connect(to: responder.localPeer)
+        try await assertStopEndsService(
+            protocolID, over: connection, running: { server.tasks.running },
+            block: { stream in
+                var request = ByteBuffer()
+                request.writeLengthPrefixed([1, 2, 3])
+                try await stream.write(request)
+                try await stream.closeWrite()
+                await entered.wait()
+            },
+            stop: { await server.stop() })
+        XCTAssertTrue(cancelled.isOpen, "the handler ran on after stop")
+        let client = RequestResponse(host: requester, protocols: [protocolID], codec: BytesCodec())
+        do {
+            _ = try await client.send([1], to: responder.localPeer)
+            XCTFail("a request was answered after stop")
+        } catch {
+            // Refused at negotiation.
+            if case .unsupportedProtocols = error {} else { XCTFail("\(error)") }
+        }
+        await close(responder, requester)
+    }
 }
 
 /// Opens once; waiters before and after pass.
 final class Gate: Sendable {
     private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    var isOpen: Bool { state.withLock { $0.open } }
 
     func open() {
         let waiters = state.withLock { state in
@@ -295,5 +335,6 @@ final class Gate: Sendable {
             if passed { continuation.resume() }
         }
     }
+
 }
 
