@@ -482,6 +482,50 @@ final class ConnectionTests: XCTestCase {
         }
     }
 
+    /// Each side starts the next keys after `keyUpdateInterval` packets (RFC
+    /// 9001 §6.6), one update at a time, and a long transfer goes on across them.
+    func testKeysAreUpdatedBeforeTheAEADLimit() throws {
+        var clientConfiguration = try Self.configuration()
+        clientConfiguration.keyUpdateInterval = 40
+        var serverConfiguration = try Self.configuration()
+        serverConfiguration.keyUpdateInterval = 40
+        var client = try QUICConnection(client: clientConfiguration)
+        var server = try QUICConnection(server: serverConfiguration)
+        var generator = SplitMix(seed: 21)
+        let message = generator.bytes(400 * 1024)
+        let stats = run(&client, &server, onClientEvent: Self.writer(message)) { Self.echoed($0) != nil }
+        XCTAssertEqual(Self.echoed(stats), message)
+        // 400 KiB each way is over 340 packets each way: several generations.
+        XCTAssertGreaterThanOrEqual(client.keyUpdates, 4, "client")
+        XCTAssertGreaterThanOrEqual(server.keyUpdates, 4, "server")
+        XCTAssertLessThanOrEqual(client.packetsUnderSendKeys, 40 + 64, "an update follows the interval within one send")
+        XCTAssertFalse(client.isClosed)
+    }
+
+    /// A packet sent before a key update that arrives after the peer's first
+    /// packet under the new keys still opens (the old keys are kept a while).
+    func testAPacketFromBeforeAKeyUpdateStillOpensAfterIt() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        _ = run(&client, &server, onClientEvent: Self.writer([1])) { Self.echoed($0) != nil }
+        settle(&client, &server)
+        _ = server.takeEvents()
+        let id = try client.openStream()
+        try client.write(Array("sent before".utf8), to: id)
+        let before = client.send(now: .now)
+        try client.initiateKeyUpdate()
+        try client.write(Array(" and after".utf8), to: id, fin: true)
+        let after = client.send(now: .now)
+        XCTAssertFalse(before.isEmpty)
+        XCTAssertFalse(after.isEmpty)
+        for datagram in after + before { server.receive(datagram: datagram, now: .now) }
+        var received: [UInt8] = []
+        for case .streamData(id, let data, _) in server.takeEvents() { received += data }
+        XCTAssertEqual(String(decoding: received, as: UTF8.self), "sent before and after")
+        XCTAssertTrue(server.receiveKeyPhase, "the server followed the update")
+        XCTAssertFalse(server.isClosed)
+    }
+
     /// Data goes out no faster than the congestion window allows: the first
     /// burst is about the initial window (12 000 bytes), and slow start grows it.
     func testTheCongestionWindowPacesData() throws {

@@ -52,15 +52,24 @@ extension QUICConnection {
         } catch {
             // Reserved bits set in an authentic packet are a violation (§17.2); anything else that fails to decrypt is dropped (RFC 9001 §5.5).
             if error == .reservedBitsSet { fail(.protocolViolation, "reserved header bits set") }
-            // A 1-RTT packet may be the peer's first after a key update (RFC 9001 §6.2): the next keys open it.
-            guard error == .authenticationFailed, space == .application, isConfirmed,
-                let updated = try? PacketProtection.open(packet, keys: keys.updated(), largestReceived: spaces[index].largestReceived)
-            else { return }
-            guard updated.keyPhase != receiveKeyPhase else {
-                return fail(.keyUpdateError, "packet under the next keys without a new key phase")
+            guard error == .authenticationFailed, space == .application, isConfirmed else { return }
+            if let previous = previousReceiveKeys, now >= previous.until { previousReceiveKeys = nil }
+            if let previous = previousReceiveKeys,
+                let late = try? PacketProtection.open(packet, keys: previous.keys, largestReceived: spaces[index].largestReceived),
+                late.keyPhase != receiveKeyPhase
+            {
+                // Sent before the peer's last key update, arriving after it (RFC 9001 §6.5).
+                opened = late
+            } else {
+                // The peer's first packet after a key update (RFC 9001 §6.2): the next keys open it.
+                guard let updated = try? PacketProtection.open(packet, keys: keys.updated(), largestReceived: spaces[index].largestReceived)
+                else { return }
+                guard updated.keyPhase != receiveKeyPhase else {
+                    return fail(.keyUpdateError, "packet under the next keys without a new key phase")
+                }
+                opened = updated
+                acceptKeyUpdate(now: now)
             }
-            opened = updated
-            acceptKeyUpdate()
         }
         processedAnyPacket = true
         idleDeadline = now + idleTimeout

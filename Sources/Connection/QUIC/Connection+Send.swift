@@ -10,6 +10,9 @@ extension QUICConnection {
             return datagram.isEmpty ? [] : [datagram]
         }
         guard case .closed = phase else {
+            // Next keys well before the AEAD's limit; refused (and tried at the
+            // next send) until the peer answered our previous update.
+            if packetsUnderSendKeys >= configuration.keyUpdateInterval { try? initiateKeyUpdate() }
             var datagrams: [[UInt8]] = []
             while datagrams.count < 64, let datagram = nextDatagram(now: now) {
                 datagrams.append(datagram)
@@ -152,6 +155,7 @@ extension QUICConnection {
         let packet: [UInt8]
         switch space {
         case .application:
+            packetsUnderSendKeys += 1
             packet = PacketProtection.seal(
                 ShortHeader(destination: remoteCID), packetNumber: number, largestAcked: spaces[index].largestAcked, keyPhase: sendKeyPhase,
                 payload: payload, keys: keys, packetNumberLength: numberLength)

@@ -54,7 +54,6 @@ public enum QUICStreamError: Error, Equatable, Sendable {
 ///
 /// Not yet: Retry tokens of our own (a listener's stateless Retry hands
 /// the connection what it validated: `init(server:afterRetry:)`), 0-RTT,
-/// keeping the previous 1-RTT keys for reordered packets after an update,
 /// connection migration and new connection IDs, pacing, persistent
 /// congestion and ECN, the closing/draining periods.
 public struct QUICConnection: ~Copyable {
@@ -78,6 +77,9 @@ public struct QUICConnection: ~Copyable {
         /// ID (nil: none given). A key that outlives the process (derived from
         /// the node's identity) lets a restarted node reset its old connections.
         public var statelessResetKey: [UInt8]?
+        /// Packets sent under one generation of 1-RTT keys before we start the
+        /// next (RFC 9001 §6.6: AES-GCM's confidentiality limit is 2^23 packets).
+        public var keyUpdateInterval: UInt64 = 1 << 22
 
         public init(tls: QUICTLSConfiguration, transportParameters: TransportParameters = .defaultLimits) {
             self.tls = tls
@@ -266,6 +268,13 @@ public struct QUICConnection: ~Copyable {
     /// The 1-RTT key phases (RFC 9001 §6): of the keys we send with, and of those we open with.
     var sendKeyPhase = false
     var receiveKeyPhase = false
+    /// Packets sealed under the current 1-RTT send keys (`keyUpdateInterval`).
+    var packetsUnderSendKeys: UInt64 = 0
+    /// Key updates so far, ours and the peer's.
+    public private(set) var keyUpdates = 0
+    /// The receive keys before the last update, for packets sent before it
+    /// that arrive after it, until three probe timeouts (RFC 9001 §6.5).
+    var previousReceiveKeys: (keys: PacketKeys, until: ContinuousClock.Instant)?
     var processedAnyPacket = false
     var ackElicitingSentSinceReceipt = false
     /// A client's Retry state: the token its Initials carry and the ID the server chose (§17.2.5.2).
@@ -434,17 +443,23 @@ public struct QUICConnection: ~Copyable {
         }
         spaces[Space.application.rawValue].sendKeys = keys.updated()
         sendKeyPhase.toggle()
+        packetsUnderSendKeys = 0
+        keyUpdates += 1
     }
 
     /// The peer's packets came under the next keys: open with those from now
-    /// on, and follow with our send keys unless we led the update.
-    mutating func acceptKeyUpdate() {
+    /// on (the old ones kept a while for late packets), and follow with our
+    /// send keys unless we led the update.
+    mutating func acceptKeyUpdate(now: ContinuousClock.Instant) {
         let index = Space.application.rawValue
+        if let old = spaces[index].receiveKeys { previousReceiveKeys = (old, now + probeTimeout * 3) }
         spaces[index].receiveKeys = spaces[index].receiveKeys?.updated()
         receiveKeyPhase.toggle()
         if sendKeyPhase != receiveKeyPhase {
             spaces[index].sendKeys = spaces[index].sendKeys?.updated()
             sendKeyPhase = receiveKeyPhase
+            packetsUnderSendKeys = 0
+            keyUpdates += 1
         }
     }
 }
