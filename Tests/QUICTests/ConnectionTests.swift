@@ -526,6 +526,52 @@ final class ConnectionTests: XCTestCase {
         XCTAssertFalse(server.isClosed)
     }
 
+    /// A NEW_CONNECTION_ID whose retire_prior_to covers the ID we send to: we
+    /// move to the new ID and retire the old one (RFC 9000 §5.1.2); a repeat
+    /// changes nothing.
+    func testThePeerRetiringOurDestinationIDMovesUsToItsNewOne() throws {
+        var client = try QUICConnection(client: Self.configuration())
+        var server = try QUICConnection(server: Self.configuration())
+        _ = run(&client, &server, onClientEvent: Self.writer([1])) { Self.echoed($0) != nil }
+        settle(&client, &server)
+        let old = client.remoteCID
+        let fresh = try ConnectionID([UInt8](repeating: 7, count: 8))
+        let offer = Frame.newConnectionID(sequence: 1, retirePriorTo: 1, connectionID: fresh, resetToken: [UInt8](repeating: 1, count: 16))
+        server.controlFrames += [offer, offer]
+        for datagram in server.send(now: .now) { client.receive(datagram: datagram, now: .now) }
+        XCTAssertEqual(client.remoteCID, fresh)
+        XCTAssertNotEqual(old, fresh)
+        XCTAssertEqual(client.controlFrames.filter { $0 == .retireConnectionID(sequence: 0) }.count, 1)
+        let id = try client.openStream()
+        try client.write([1, 2, 3], to: id)
+        let datagrams = client.send(now: .now)
+        let packet = try XCTUnwrap(PacketParser.split(datagram: XCTUnwrap(datagrams.first), shortHeaderCIDLength: fresh.count).packets.first)
+        guard case .short(let header) = packet.header else { return XCTFail("\(packet.header)") }
+        XCTAssertEqual(header.destination, fresh)
+        XCTAssertFalse(client.isClosed)
+    }
+
+    /// The peer may not give more IDs than our active_connection_id_limit (2),
+    /// nor retire beyond the ID it gives.
+    func testConnectionIDsBeyondOurLimitOrRetiringTooFarCloseTheConnection() throws {
+        for frames in [
+            (1...2).map { Frame.newConnectionID(sequence: UInt64($0), retirePriorTo: 0, connectionID: try! ConnectionID([UInt8($0)]), resetToken: [UInt8](repeating: 0, count: 16)) },
+            [Frame.newConnectionID(sequence: 1, retirePriorTo: 2, connectionID: try ConnectionID([9]), resetToken: [UInt8](repeating: 0, count: 16))],
+        ] {
+            var client = try QUICConnection(client: Self.configuration())
+            var server = try QUICConnection(server: Self.configuration())
+            _ = run(&client, &server, onClientEvent: Self.writer([1])) { Self.echoed($0) != nil }
+            settle(&client, &server)
+            _ = client.takeEvents()
+            server.controlFrames += frames
+            for datagram in server.send(now: .now) { client.receive(datagram: datagram, now: .now) }
+            _ = client.send(now: .now)
+            let expected: TransportErrorCode = frames.count == 2 ? .connectionIDLimitError : .frameEncodingError
+            XCTAssertTrue(
+                client.takeEvents().contains { if case .closed(.local(expected, _)) = $0 { true } else { false } }, "\(expected)")
+        }
+    }
+
     /// Data goes out no faster than the congestion window allows: the first
     /// burst is about the initial window (12 000 bytes), and slow start grows it.
     func testTheCongestionWindowPacesData() throws {

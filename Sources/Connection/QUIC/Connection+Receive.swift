@@ -157,9 +157,12 @@ extension QUICConnection {
     mutating func handle(_ frame: Frame, in space: Space, now: ContinuousClock.Instant) {
         let index = space.rawValue
         switch frame {
-        case .padding, .ping, .newToken, .newConnectionID, .retireConnectionID, .pathResponse, .dataBlocked, .streamDataBlocked, .streamsBlocked:
-            // Nothing to do yet: one path, one connection ID, no tokens kept.
+        case .padding, .ping, .newToken, .retireConnectionID, .pathResponse, .dataBlocked, .streamDataBlocked, .streamsBlocked:
+            // Nothing to do: one path, and no connection IDs of ours beyond the
+            // handshake's for the peer to retire; no tokens kept.
             break
+        case .newConnectionID(let sequence, let retirePriorTo, let connectionID, _):
+            receiveNewConnectionID(sequence: sequence, retirePriorTo: retirePriorTo, connectionID: connectionID)
         case .pathChallenge(let data):
             controlFrames.append(.pathResponse(data))
         case .ack(let ack):
@@ -357,6 +360,44 @@ extension QUICConnection {
         if !spaces.contains(where: { !$0.inFlight.isEmpty }), !clientAwaitsConfirmation {
             // Nothing left to probe for.
             probeDeadline = nil
+        }
+    }
+
+    /// A connection ID the peer offers (§5.1.1). We keep it as a spare and
+    /// move to another when the peer retires the one we use (retire_prior_to,
+    /// §5.1.2), telling it with RETIRE_CONNECTION_ID; more active IDs than our
+    /// active_connection_id_limit is the peer's error.
+    mutating func receiveNewConnectionID(sequence: UInt64, retirePriorTo: UInt64, connectionID: ConnectionID) {
+        guard retirePriorTo <= sequence else {
+            return fail(.frameEncodingError, "NEW_CONNECTION_ID retires beyond its own sequence number")
+        }
+        if let known = sequence == remoteCIDSequence ? remoteCID : spareRemoteCIDs[sequence] {
+            // A repeat (the frame was resent); one number for two IDs is a violation.
+            if known != connectionID { fail(.protocolViolation, "connection ID \(sequence) changed") }
+            return
+        }
+        if sequence < remoteRetirePriorTo {
+            // Retired already: say so at once (§5.1.2).
+            controlFrames.append(.retireConnectionID(sequence: sequence))
+            return
+        }
+        spareRemoteCIDs[sequence] = connectionID
+        if retirePriorTo > remoteRetirePriorTo {
+            remoteRetirePriorTo = retirePriorTo
+            for retired in spareRemoteCIDs.keys.filter({ $0 < retirePriorTo }).sorted() {
+                spareRemoteCIDs[retired] = nil
+                controlFrames.append(.retireConnectionID(sequence: retired))
+            }
+            if remoteCIDSequence < retirePriorTo, let next = spareRemoteCIDs.keys.min() {
+                // This frame's own ID is at or above retire_prior_to: there is always one.
+                controlFrames.append(.retireConnectionID(sequence: remoteCIDSequence))
+                remoteCID = spareRemoteCIDs.removeValue(forKey: next)!
+                remoteCIDSequence = next
+            }
+        }
+        let limit = configuration.transportParameters.activeConnectionIDLimit
+        if UInt64(spareRemoteCIDs.count + 1) > limit {
+            fail(.connectionIDLimitError, "more than \(limit) active connection IDs")
         }
     }
 

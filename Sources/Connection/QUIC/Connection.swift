@@ -54,7 +54,8 @@ public enum QUICStreamError: Error, Equatable, Sendable {
 ///
 /// Not yet: Retry tokens of our own (a listener's stateless Retry hands
 /// the connection what it validated: `init(server:afterRetry:)`), 0-RTT,
-/// connection migration and new connection IDs, pacing, persistent
+/// connection migration and connection IDs of our own beyond the handshake's
+/// (the peer's are kept and followed when it retires ours), pacing, persistent
 /// congestion and ECN, the closing/draining periods.
 public struct QUICConnection: ~Copyable {
     public enum Role: Sendable { case client, server }
@@ -228,6 +229,12 @@ public struct QUICConnection: ~Copyable {
     var spaces: [PacketSpace]
     let localCID: ConnectionID
     var remoteCID: ConnectionID
+    /// The sequence number of `remoteCID` among the IDs the peer gave (§5.1.1; the handshake's is 0).
+    var remoteCIDSequence: UInt64 = 0
+    /// The peer's other connection IDs (NEW_CONNECTION_ID), not in use and not retired, by sequence number.
+    var spareRemoteCIDs: [UInt64: ConnectionID] = [:]
+    /// The peer asked us to retire every ID numbered below this.
+    var remoteRetirePriorTo: UInt64 = 0
     /// The destination ID of the client's first Initial, which the Initial keys come from.
     var originalDestination: ConnectionID
     var peerParameters: TransportParameters?
