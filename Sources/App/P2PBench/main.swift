@@ -22,6 +22,7 @@ let usage = """
       sealed                 raw TCP with Noise sealing, no Yamux
       ping                   ping round trips, alone and under a flooding stream
       pubsub                 gossipsub and floodsub on 20 nodes
+      pubsub-scale [N...]    gossipsub and floodsub in networks of N nodes over /memory (default 50 200 1000)
       memory                 resident memory of an idle node and per connection
       connections [N...]     one listener with N connections (default 100 500 1000): opening rate,
                              memory and CPU per connection, one ping on each, CPU while idle
@@ -124,6 +125,11 @@ if CommandLine.arguments.dropFirst().first == "dht" {
 if CommandLine.arguments.dropFirst().first == "quic" {
     try await runQUICBenchmarks()
     exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "pubsub-scale" {
+    let sizes = CommandLine.arguments.dropFirst(2).compactMap { Int($0) }
+    try await runPubSubScaleBenchmarks(sizes: sizes.isEmpty ? [50, 200, 1000] : sizes)
+    finish()
 }
 if CommandLine.arguments.dropFirst().first == "pubsub" {
     // Only the pubsub benchmarks.
