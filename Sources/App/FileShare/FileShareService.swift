@@ -17,6 +17,11 @@ public struct FileShareConfiguration: Sendable {
     /// Bytes read from a file per write to the stream, and gathered from the
     /// stream per write to a file (each a hop to the file thread pool).
     public var chunkSize = 1024 * 1024
+    /// Chunks a sender reads ahead of the stream, and a receiver holds for
+    /// the disk (hashed and written in order on the file pool) while it goes
+    /// on reading the stream: what a transfer buffers is at most this many
+    /// chunks (plus one being gathered), whatever the file's size.
+    public var chunksInFlight = 4
     /// Uploads at once to one peer, and in total; more are refused (`busy`).
     public var maxUploadsPerPeer = 4
     public var maxUploads = 32
@@ -80,7 +85,7 @@ public final class FileShareService: Sendable {
             }
             let size = (attributes[.size] as? NSNumber)?.uint64Value ?? 0
             let digest = RunningDigest()
-            try await forEachChunk(ofFile: path, length: size) { digest.update([$0]) }
+            try await forEachChunk(ofFile: path, length: size) { digest.update($0) }
             let offer = FileOffer(cid: .rawSHA256(digest.finalize()), name: safeName, size: size)
             offers.withLock { $0[offer.cid] = (offer, path) }
             return offer
@@ -151,32 +156,22 @@ public final class FileShareService: Sendable {
         }
     }
 
-    /// Streams the file's bytes `offset..<size`, chunk by chunk (writes wait for the remote's window).
+    /// Streams the file's bytes `offset..<size`, chunk by chunk (writes wait
+    /// for the remote's window), reading up to `chunksInFlight` chunks ahead.
     private func send(_ path: String, from offset: UInt64, size: UInt64, on stream: MuxedStream, watchdog: StallWatchdog)
         async throws
     {
         let file = try await PooledFile.openForReading(path)
         let chunk = UInt64(configuration.chunkSize)
-        // The next chunk is read while the current one is written (read ahead by one).
-        func readAhead(_ position: UInt64) -> Task<ByteBuffer, Error>? {
-            guard position < size else { return nil }
-            // Awaited before returning, on success and failure alike.
-            return Task { try await file.read(at: position, count: Int(min(chunk, size - position))) }
-        }
-        var position = offset
-        var next = readAhead(position)
+        var reads = ReadAhead(file: file, from: offset, to: size, chunk: chunk, depth: max(1, configuration.chunksInFlight))
         do {
-            while let reading = next {
-                let piece = try await reading.value
-                // The file shrank since it was offered: stop short (the recipient sees a truncated transfer).
-                guard piece.readableBytes > 0 else { throw FileTransferError.truncated(received: position, expected: size) }
-                position += UInt64(piece.readableBytes)
-                next = readAhead(position)
+            // The file shrank since it was offered: `next` throws, the recipient sees a truncated transfer.
+            while let piece = try await reads.next() {
                 try await stream.write(piece)
                 watchdog.touch()
             }
         } catch {
-            if let next { _ = try? await next.value }
+            await reads.drain()
             await file.close()
             throw error
         }
@@ -206,7 +201,7 @@ public final class FileShareService: Sendable {
         let hasher = RunningDigest()
         if start > 0 {
             do {
-                try await forEachChunk(of: file, length: start) { hasher.update([$0]) }
+                try await forEachChunk(of: file, length: start) { hasher.update($0) }
             } catch {
                 await discard(key, file: file, partial: partial)
                 (file, partial, start) = try await openPartial(key, resumingUpTo: nil)
@@ -331,24 +326,12 @@ public final class FileShareService: Sendable {
             total = try await readHeader(&reader)
             watchdog.touch()
             // Chunks are gathered into batches of `chunkSize`, each hashed and
-            // written on the file pool while the next is gathered (one at a
-            // time, in order), so the receiving task only moves buffers.
+            // written on the file pool (in order) while the stream is read on:
+            // the receiving task only moves buffers, and waits for the disk
+            // only when `chunksInFlight` batches are still pending.
+            var disk = OrderedDiskWrites(file: file, digest: digest, depth: max(1, configuration.chunksInFlight))
             var gathered: [ByteBuffer] = []
             var gatheredBytes = 0
-            var writing: Task<Void, Error>?
-            func flush() async throws {
-                if let writing { try await writing.value }
-                writing = nil
-                guard gatheredBytes > 0 else { return }
-                let batch = gathered
-                gathered = []
-                gatheredBytes = 0
-                // Awaited by the next flush, or before returning on failure.
-                writing = Task {
-                    try await PooledFile.run { digest.update(batch) }
-                    try await file.append(batch)
-                }
-            }
             do {
                 while received < total, let chunk = try await reader.readChunk() {
                     watchdog.touch()
@@ -359,20 +342,23 @@ public final class FileShareService: Sendable {
                     gathered.append(chunk)
                     gatheredBytes += chunk.readableBytes
                     if gatheredBytes >= configuration.chunkSize {
-                        do { try await flush() } catch { throw FileTransferError.file(path: file.path, underlying: error) }
+                        do { try await disk.submit(gathered) } catch { throw FileTransferError.file(path: file.path, underlying: error) }
+                        gathered = []
+                        gatheredBytes = 0
                     }
                     let elapsed = ContinuousClock.now - began
                     let seconds = max(1e-6, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
                     progress(FileProgress(received: received, total: total, bytesPerSecond: Double(received - start) / seconds))
                 }
                 do {
-                    try await flush()
-                    try await flush()
+                    if gatheredBytes > 0 { try await disk.submit(gathered) }
+                    try await disk.finish()
                 } catch {
                     throw FileTransferError.file(path: file.path, underlying: error)
                 }
             } catch {
-                if let writing { _ = try? await writing.value }
+                // What reached the disk stays a prefix of the file, for a resume.
+                await disk.drain()
                 throw error
             }
             await stream.close()
@@ -465,13 +451,107 @@ final class RunningDigest: Sendable {
     /// Starts over.
     func reset() { hasher.withLock { $0 = SHA256() } }
 
-    func update(_ buffers: [ByteBuffer]) {
-        hasher.withLock { hasher in
-            for buffer in buffers { buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
-        }
+    func update(_ buffer: ByteBuffer) {
+        hasher.withLock { hasher in buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
     }
 
     func finalize() -> [UInt8] { hasher.withLock { Array($0.finalize()) } }
+}
+
+/// A file's chunks read on the file pool up to `depth` ahead of the one taken
+/// (positional reads, so they may run at once), handed out in order. Its
+/// owner takes them all or calls `drain`: no read outlives it.
+struct ReadAhead {
+    private let file: PooledFile
+    private let end: UInt64
+    private let chunk: UInt64
+    private let depth: Int
+    private var nextOffset: UInt64
+    /// The reads under way, each with its offset and length.
+    private var reads: [(read: Task<ByteBuffer, Error>, offset: UInt64, count: Int)] = []
+
+    init(file: PooledFile, from offset: UInt64, to end: UInt64, chunk: UInt64, depth: Int) {
+        self.file = file
+        self.end = end
+        self.chunk = chunk
+        self.depth = depth
+        nextOffset = offset
+    }
+
+    /// The next chunk, nil after `end`; throws `truncated` if the file ended
+    /// early (the reads ahead were made at fixed offsets: nothing after a
+    /// short read may be sent).
+    mutating func next() async throws -> ByteBuffer? {
+        while reads.count < depth, nextOffset < end {
+            let (file, offset, count) = (file, nextOffset, Int(min(chunk, end - nextOffset)))
+            // Awaited by `next` or `drain`.
+            reads.append((Task { try await file.read(at: offset, count: count) }, offset, count))
+            nextOffset += UInt64(count)
+        }
+        guard !reads.isEmpty else { return nil }
+        let (read, offset, count) = reads.removeFirst()
+        let piece = try await read.value
+        guard piece.readableBytes == count else {
+            throw FileTransferError.truncated(received: offset + UInt64(piece.readableBytes), expected: end)
+        }
+        return piece
+    }
+
+    /// Waits for the reads under way (after a failure).
+    mutating func drain() async {
+        for pending in reads { _ = try? await pending.read.value }
+        reads = []
+    }
+}
+
+/// Batches of a download hashed and appended to its file on the file pool,
+/// one pool job per batch, strictly in order (each job waits for the one
+/// before it, and fails if that failed: the file stays a prefix of the
+/// download), at most `depth` pending. Its owner ends with `finish` or
+/// `drain`: no job outlives it.
+struct OrderedDiskWrites {
+    private let file: PooledFile
+    private let digest: RunningDigest
+    private let depth: Int
+    private var pending: [Task<Void, Error>] = []
+
+    init(file: PooledFile, digest: RunningDigest, depth: Int) {
+        self.file = file
+        self.digest = digest
+        self.depth = depth
+    }
+
+    /// Queues a batch; waits first while `depth` batches are pending. Throws
+    /// the error of an earlier batch.
+    mutating func submit(_ batch: [ByteBuffer]) async throws {
+        if pending.count >= depth { try await pending.removeFirst().value }
+        let (previous, file, digest) = (pending.last, file, digest)
+        // Awaited by a later `submit`, `finish` or `drain`.
+        pending.append(
+            Task {
+                try await previous?.value
+                try await PooledFile.run {
+                    // Each piece hashed, then written while it is still in the cache.
+                    for buffer in batch {
+                        digest.update(buffer)
+                        try file.appendNow(buffer)
+                    }
+                }
+            })
+    }
+
+    /// Waits until every batch is written; throws the first failure.
+    mutating func finish() async throws {
+        // The last job waits for all before it, and fails if any did.
+        defer { pending = [] }
+        try await pending.last?.value
+    }
+
+    /// Waits for the jobs under way, ignoring their failures.
+    mutating func drain() async {
+        for job in pending { _ = try? await job.value }
+        pending = []
+    }
 }
 
 /// Resets a stream on which nothing moved for `limit` seconds (its pending

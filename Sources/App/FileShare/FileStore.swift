@@ -7,8 +7,9 @@ import NIOPosix
 /// File reads and writes run on NIO's blocking-I/O thread pool, never on an
 /// event loop or the cooperative pool.
 final class PooledFile: Sendable {
-    // Every use goes through `run`, one operation at a time per transfer (the
-    // owner awaits each before the next), so the offset a read seeks to holds.
+    // Used on the file pool only (`run`, or the `...Now` calls inside it);
+    // reads are positional (`pread`), appends go to the end (`O_APPEND`) one
+    // batch at a time per transfer, in order.
     private let handle: FileHandle
     let path: String
 
@@ -93,22 +94,54 @@ final class PooledFile: Sendable {
 
     /// Up to `count` bytes from `offset`; fewer (or none) at the end of the file.
     func read(at offset: UInt64, count: Int) async throws -> ByteBuffer {
-        try await Self.run { [handle] in
-            try handle.seek(toOffset: offset)
-            let data = try handle.read(upToCount: count) ?? Data()
-            return ByteBuffer(bytes: data)
+        try await Self.run { [self] in try readNow(at: offset, count: count) }
+    }
+
+    /// `read(at:count:)` on the calling thread (the file pool's): `pread`
+    /// straight into the buffer that goes to the stream, no copy through
+    /// `Data`. Positional, so reads ahead may run at once.
+    func readNow(at offset: UInt64, count: Int) throws -> ByteBuffer {
+        guard count > 0 else { return ByteBuffer() }
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        let descriptor = handle.fileDescriptor
+        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { space throws(POSIXError) -> Int in
+            var filled = 0
+            while filled < count {
+                let got = pread(descriptor, space.baseAddress! + filled, count - filled, off_t(offset) + off_t(filled))
+                if got > 0 {
+                    filled += got
+                } else if got == 0 {
+                    break
+                } else if errno != EINTR {
+                    throw POSIXError.current
+                }
+            }
+            return filled
         }
+        return buffer
     }
 
     /// Writes the buffers at the end of the file, in order.
     func append(_ buffers: [ByteBuffer]) async throws {
-        try await Self.run { [handle] in
-            for buffer in buffers {
-                try buffer.withUnsafeReadableBytes { bytes in
-                    guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-                    // The buffer outlives the write: no copy into Data.
-                    try handle.write(
-                        contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: base), count: bytes.count, deallocator: .none))
+        try await Self.run { [self] in
+            for buffer in buffers { try appendNow(buffer) }
+        }
+    }
+
+    /// Writes the buffer's readable bytes at the end of the file, on the
+    /// calling thread (the file pool's), straight from the buffer.
+    func appendNow(_ buffer: ByteBuffer) throws {
+        let descriptor = handle.fileDescriptor
+        try buffer.withUnsafeReadableBytes { bytes throws(POSIXError) in
+            var done = 0
+            while done < bytes.count {
+                let written = write(descriptor, bytes.baseAddress! + done, bytes.count - done)
+                if written > 0 {
+                    done += written
+                } else if written < 0, errno != EINTR {
+                    throw POSIXError.current
+                } else if written == 0 {
+                    throw POSIXError(.EIO)
                 }
             }
         }
@@ -134,17 +167,31 @@ func forEachChunk(
     await file.close()
 }
 
-/// Hands the open file's first `length` bytes to `body`, chunk by chunk;
-/// throws `truncated` if the file is shorter.
+/// Hands the open file's first `length` bytes to `body`, chunk by chunk, the
+/// next chunk read while `body` takes the current one; throws `truncated` if
+/// the file is shorter.
 func forEachChunk(
     of file: PooledFile, length: UInt64, chunk: Int = 1 << 20, _ body: (ByteBuffer) -> Void
 ) async throws {
+    func readAhead(_ offset: UInt64) -> Task<ByteBuffer, Error>? {
+        guard offset < length else { return nil }
+        // Awaited before returning, on success and failure alike.
+        return Task { try await file.read(at: offset, count: Int(min(UInt64(chunk), length - offset))) }
+    }
     var offset: UInt64 = 0
-    while offset < length {
-        let piece = try await file.read(at: offset, count: Int(min(UInt64(chunk), length - offset)))
-        guard piece.readableBytes > 0 else { break }
-        body(piece)
-        offset += UInt64(piece.readableBytes)
+    var next = readAhead(offset)
+    do {
+        while let reading = next {
+            next = nil
+            let piece = try await reading.value
+            guard piece.readableBytes > 0 else { break }
+            offset += UInt64(piece.readableBytes)
+            next = readAhead(offset)
+            body(piece)
+        }
+    } catch {
+        if let next { _ = try? await next.value }
+        throw error
     }
     guard offset == length else { throw FileTransferError.truncated(received: offset, expected: length) }
 }

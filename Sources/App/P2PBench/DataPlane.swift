@@ -26,7 +26,12 @@ struct DataPlanePair {
         let sender = try makeBenchHost(key: .generateEd25519(), configuration: benchConfiguration, group: serverLoop)
         let receiver = try makeBenchHost(key: .generateEd25519(), configuration: benchConfiguration, group: clientLoop)
         PerfService(host: sender).start()
-        let senderFiles = FileShareService(host: sender)
+        // Experiments: P2PBENCH_FILE_CHUNK (bytes) and P2PBENCH_FILE_DEPTH (chunks in flight).
+        var files = FileShareConfiguration()
+        let environment = ProcessInfo.processInfo.environment
+        if let chunk = environment["P2PBENCH_FILE_CHUNK"].flatMap(Int.init) { files.chunkSize = chunk }
+        if let depth = environment["P2PBENCH_FILE_DEPTH"].flatMap(Int.init) { files.chunksInFlight = depth }
+        let senderFiles = FileShareService(host: sender, configuration: files)
         senderFiles.start()
         let senderPubSub = try PubSubService(host: sender)
         let receiverPubSub = try PubSubService(host: receiver)
@@ -35,7 +40,7 @@ struct DataPlanePair {
         let address = try await sender.listen(on: [Multiaddr("/ip4/127.0.0.1/tcp/0")])[0]
         let connection = try await receiver.connect(address.encapsulating(.p2p(sender.localPeer.bytes)))
         return DataPlanePair(
-            sender: sender, receiver: receiver, senderFiles: senderFiles, receiverFiles: FileShareService(host: receiver),
+            sender: sender, receiver: receiver, senderFiles: senderFiles, receiverFiles: FileShareService(host: receiver, configuration: files),
             senderPubSub: senderPubSub, receiverPubSub: receiverPubSub, connection: connection)
     }
 
@@ -105,12 +110,16 @@ func runFileBenchmarks(megabytes: Int) async throws {
     try handle.close()
     let pair = try await DataPlanePair.make()
     let offer = try await pair.senderFiles.offer(path: path)
-    print("files: \(megabytes) MiB, loopback, sender and receiver on separate loops, median of 3 alternating rounds")
+    let rounds = ProcessInfo.processInfo.environment["P2PBENCH_ROUNDS"].flatMap(Int.init) ?? 3
+    print("files: \(megabytes) MiB, loopback, sender and receiver on separate loops, median of \(rounds) alternating rounds")
     var fileRates: [Double] = []
     var perfRates: [Double] = []
+    // Both ends' CPU (user + system) per MB moved, and the cores that kept busy.
+    var fileCPU: [Double] = []
+    var perfCPU: [Double] = []
     var peakResident = 0
     let startResident = ownResidentBytes()
-    for _ in 0..<3 {
+    for _ in 0..<rounds {
         let sampler = Task {
             var peak = 0
             while !Task.isCancelled {
@@ -120,13 +129,21 @@ func runFileBenchmarks(megabytes: Int) async throws {
             return peak
         }
         let start = ContinuousClock.now
+        let cpuBefore = ownCPUSeconds()
+        let fetchBegan = monotonicSeconds()
         let saved = try await pair.receiverFiles.fetch(offer, from: pair.sender.localPeer, into: downloads)
         let elapsed = seconds(ContinuousClock.now - start)
+        fileCPU.append(ownCPUSeconds() - cpuBefore)
+        printPhase("fetch", from: fetchBegan)
         sampler.cancel()
         peakResident = max(peakResident, await sampler.value)
         try FileManager.default.removeItem(atPath: saved)
         fileRates.append(Double(size) / elapsed / 1e6)
+        let perfCPUBefore = ownCPUSeconds()
+        let perfBegan = monotonicSeconds()
         let perf = try await PerfService.run(pair.connection, upload: 0, download: size)
+        perfCPU.append(ownCPUSeconds() - perfCPUBefore)
+        printPhase("perf", from: perfBegan)
         perfRates.append(Double(size) / seconds(perf.downloadDuration) / 1e6)
     }
     let files = median(fileRates)
@@ -134,6 +151,11 @@ func runFileBenchmarks(megabytes: Int) async throws {
     report("file transfer (fetch, verify, write)", files, "MB/s" + spread(fileRates))
     report("perf download, same connection", perf, "MB/s" + spread(perfRates))
     report("  file transfer / perf", files / perf, "")
+    let megabytesMoved = Double(size) / 1e6
+    report("CPU per MB, file transfer / perf", median(fileCPU) / megabytesMoved * 1000,
+        String(format: "/ %.2f ms (both ends, user + system)", median(perfCPU) / megabytesMoved * 1000))
+    report("  cores busy meanwhile, file / perf", median(fileCPU) / (megabytesMoved / files),
+        String(format: "/ %.2f of %d", median(perfCPU) / (megabytesMoved / perf), ProcessInfo.processInfo.activeProcessorCount))
     report("resident memory before / peak during", Double(startResident) / 1048576, String(format: "/ %.1f MiB", Double(peakResident) / 1048576))
     // Chat latency, idle and while the file moves.
     let idle = try await chatLatencies(pair) { try await Task.sleep(for: .seconds(2)) }
@@ -165,6 +187,29 @@ func runHistoryBenchmark(count: Int = 10_000) async throws {
     precondition(result.new.count == count - 1, "synced \(result.new.count) of \(count - 1)")
     report("history sync of \(count - 1) missed messages", elapsed * 1000, "ms (verified, in order)")
     await pair.close()
+}
+
+/// This process's user plus system CPU time so far, in seconds (`getrusage`).
+func ownCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// CLOCK_MONOTONIC now, in seconds: the clock of `perf record -k CLOCK_MONOTONIC`.
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+/// With P2PBENCH_PHASES set, prints when a measured phase ran (CLOCK_MONOTONIC
+/// seconds), to profile it alone: `perf record -k CLOCK_MONOTONIC`, then
+/// `perf report --time START,END`.
+func printPhase(_ name: String, from start: Double) {
+    guard ProcessInfo.processInfo.environment["P2PBENCH_PHASES"] != nil else { return }
+    print("phase \(name) " + String(format: "%.6f,%.6f", start, monotonicSeconds()))
 }
 
 /// Unwraps a file handle or says which file could not be opened.

@@ -34,7 +34,9 @@ let usage = """
       attack KIND TARGET     one of issue 25's attacks against a running chat (`p2pbench attack --help`)
       --no-pubsub            skip the pubsub part of the full run
       MiB                    bytes per throughput run (default 256)
-    Environment: P2PBENCH_ROUNDS (throughput rounds, default 5), P2PBENCH_CHUNK (write size).
+    Environment: P2PBENCH_ROUNDS (throughput rounds, default 5; files: 3), P2PBENCH_CHUNK (write size);
+    files: P2PBENCH_FILE_CHUNK, P2PBENCH_FILE_DEPTH (chunk size, chunks in flight), P2PBENCH_PHASES
+    (print each measured phase's CLOCK_MONOTONIC span, for `perf report --time`).
     """
 
 if CommandLine.arguments.dropFirst().first == "attack" {

@@ -198,6 +198,57 @@ final class FileShareTests: XCTestCase {
         await receiverHost.close()
     }
 
+    /// Small chunks, several in flight at both ends: many batches read ahead,
+    /// hashed and written out of the receiving task, arrive whole and in order.
+    func testManySmallChunksInFlightArriveInOrder() async throws {
+        var configuration = FileShareConfiguration()
+        configuration.chunkSize = 4096
+        configuration.chunksInFlight = 3
+        let (sender, receiver, senderHost, receiverHost) = try await pair(configuration: configuration)
+        let source = try makeDirectory()
+        let downloads = try makeDirectory()
+        let content = patternBytes(count: 2 * 1024 * 1024 + 4093, seed: 9)
+        let path = try writeFile(content, named: "pieces.bin", in: source)
+        try await withDeadline(60) {
+            let offer = try await sender.offer(path: path)
+            XCTAssertEqual(offer.cid.multihash.digest, Array(SHA256.hash(data: content)))
+            let saved = try await receiver.fetch(offer, from: senderHost.localPeer, into: downloads)
+            XCTAssertEqual(try Array(Data(contentsOf: URL(fileURLWithPath: saved))), content)
+        }
+        await senderHost.close()
+        await receiverHost.close()
+    }
+
+    /// A file that shrank after it was offered: the sender stops at the short
+    /// read (its reads ahead were made at fixed offsets), nothing is saved.
+    func testAFileThatShrankIsNotSent() async throws {
+        var configuration = FileShareConfiguration()
+        configuration.chunkSize = 64 * 1024
+        let (sender, receiver, senderHost, receiverHost) = try await pair(configuration: configuration)
+        let source = try makeDirectory()
+        let downloads = try makeDirectory()
+        let path = try writeFile(patternBytes(count: 1024 * 1024, seed: 10), named: "shrinks.bin", in: source)
+        try await withDeadline(60) {
+            let offer = try await sender.offer(path: path)
+            try Data(patternBytes(count: 300_000, seed: 10)).write(to: URL(fileURLWithPath: path))
+            do {
+                _ = try await receiver.fetch(offer, from: senderHost.localPeer, into: downloads)
+                XCTFail("a file shorter than its offer was saved")
+            } catch let error as FileTransferError {
+                switch error {
+                case .truncated, .transport: break
+                default: XCTFail("\(error)")
+                }
+            }
+            // Only the partial file (kept for a resume) is left, never the file's name.
+            let left = try FileManager.default.contentsOfDirectory(atPath: downloads)
+            XCTAssertTrue(left.allSatisfy { $0.hasSuffix(".part") }, "\(left)")
+            receiver.discardPartial(fileID: offer.cid.text(), in: downloads)
+        }
+        await senderHost.close()
+        await receiverHost.close()
+    }
+
     func testAStalledSenderIsGivenUp() async throws {
         var configuration = FileShareConfiguration()
         configuration.stallTimeout = .milliseconds(500)
