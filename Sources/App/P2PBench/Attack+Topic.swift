@@ -19,32 +19,26 @@ extension Attack {
         let started = AttackCounter()
         let dropped = AttackCounter()
         let end = self.end
-        await withTaskGroup(of: Void.self) { tasks in
-            for index in 0..<identities {
-                let source = options.source(index % 4)
-                tasks.addTask {
-                    guard let host = try? await attacker(from: source) else { return }
-                    while ContinuousClock.now < end {
-                        guard (try? await host.connect(address)) != nil,
-                            let stream = try? await host.newStream(to: peer, protocols: [PubSubProtocol.meshsub11])
-                        else {
-                            try? await Task.sleep(for: .seconds(1))
-                            continue
-                        }
-                        do {
-                            try await stream.write(HostileFrames.incompleteRPC(announcing: announced, sending: announced / 2))
-                            started.add()
-                            // Held until the target ends it (a read ends or fails) or the attack does.
-                            _ = try await readMessage(stream, within: end - ContinuousClock.now)
-                            if ContinuousClock.now < end { dropped.add() }
-                        } catch {
-                            dropped.add()
-                        }
-                        stream.reset()
-                    }
-                    await host.close()
+        await withIdentities(identities, from: 4) { _, host in
+            while ContinuousClock.now < end {
+                guard (try? await host.connect(address)) != nil,
+                    let stream = try? await host.newStream(to: peer, protocols: [PubSubProtocol.meshsub11])
+                else {
+                    try? await Task.sleep(for: .seconds(1))
+                    continue
                 }
+                do {
+                    try await stream.write(HostileFrames.incompleteRPC(announcing: announced, sending: announced / 2))
+                    started.add()
+                    // Held until the target ends it (a read ends or fails) or the attack does.
+                    _ = try await readMessage(stream, within: end - ContinuousClock.now)
+                    if ContinuousClock.now < end { dropped.add() }
+                } catch {
+                    dropped.add()
+                }
+                stream.reset()
             }
+            await host.close()
         }
         return "\(identities) peer ids from 4 addresses started \(started.value) RPCs of \(announced) bytes, sending half; "
             + "\(dropped.value) dropped by the target"
@@ -63,22 +57,12 @@ extension Attack {
         let reachedNobody = AttackCounter()
         let topic = options.topic
         let end = self.end
-        await withTaskGroup(of: Void.self) { tasks in
-            for index in 0..<identities {
-                let source = options.source(index % 2)
-                tasks.addTask {
-                    guard let host = try? await attacker(from: source), let pubsub = try? PubSubService(host: host) else { return }
-                    pubsub.start()
-                    // Not subscribed: published through fanout to the peers on the topic, nothing received.
-                    _ = try? await host.connect(address)
-                    try? await Task.sleep(for: .seconds(2))  // the subscription exchange
-                    while ContinuousClock.now < end {
-                        let sentTo = (try? await pubsub.publish(topic, data: line)) ?? 0
-                        if sentTo > 0 { published.add() } else { reachedNobody.add() }
-                        try? await Task.sleep(for: .seconds(2))
-                    }
-                    await pubsub.stop()
-                    await host.close()
+        await withIdentities(identities, from: 2) { _, host in
+            await onTopic(host, connectingTo: address) { pubsub in
+                while ContinuousClock.now < end {
+                    let sentTo = (try? await pubsub.publish(topic, data: line)) ?? 0
+                    if sentTo > 0 { published.add() } else { reachedNobody.add() }
+                    try? await Task.sleep(for: .seconds(2))
                 }
             }
         }
@@ -103,33 +87,39 @@ extension Attack {
         let offered = AttackCounter()
         let topic = options.topic
         let end = self.end
-        await withTaskGroup(of: Void.self) { tasks in
-            for index in 0..<identities {
-                let source = options.source(index % 2)
-                tasks.addTask {
-                    guard let host = try? await attacker(from: source), let pubsub = try? PubSubService(host: host) else { return }
-                    let files = FileShareService(host: host)
-                    files.start()
-                    pubsub.start()
-                    _ = try? await host.connect(address)
-                    try? await Task.sleep(for: .seconds(2))  // the subscription exchange
-                    for number in 0..<filesEach where ContinuousClock.now < end {
-                        // Distinct bytes, so distinct CIDs: each is an offer of its own.
-                        var bytes = [UInt8](repeating: 0, count: size)
-                        withUnsafeBytes(of: (index, number)) { bytes.replaceSubrange(0..<$0.count, with: $0) }
-                        let path = directory.appendingPathComponent("\(index)-\(number).bin").path
-                        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)),
-                            let offer = try? await files.offer(path: path)
-                        else { continue }
-                        if ((try? await pubsub.publish(topic, data: Array(offer.announcement.utf8))) ?? 0) > 0 { offered.add() }
-                    }
-                    // Served until the attack ends.
-                    while ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(500)) }
-                    await pubsub.stop()
-                    await host.close()
+        await withIdentities(identities, from: 2) { index, host in
+            let files = FileShareService(host: host)
+            files.start()
+            await onTopic(host, connectingTo: address) { pubsub in
+                for number in 0..<filesEach where ContinuousClock.now < end {
+                    // Distinct bytes, so distinct CIDs: each is an offer of its own.
+                    var bytes = [UInt8](repeating: 0, count: size)
+                    withUnsafeBytes(of: (index, number)) { bytes.replaceSubrange(0..<$0.count, with: $0) }
+                    let path = directory.appendingPathComponent("\(index)-\(number).bin").path
+                    guard FileManager.default.createFile(atPath: path, contents: Data(bytes)),
+                        let offer = try? await files.offer(path: path)
+                    else { continue }
+                    if ((try? await pubsub.publish(topic, data: Array(offer.announcement.utf8))) ?? 0) > 0 { offered.add() }
                 }
+                // Served until the attack ends.
+                while ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(500)) }
             }
         }
         return "\(identities) peer ids from 2 addresses offered \(offered.value) files of 256 KiB on \(topic) and served them"
+    }
+
+    /// Runs `body` with pubsub on `host` (on no topic: what it publishes goes
+    /// through fanout to the peers on the topic, and it receives nothing),
+    /// once `host` is connected to the target and the subscriptions had time
+    /// to be exchanged; then stops pubsub and closes `host`.
+    func onTopic(_ host: Libp2pHost, connectingTo address: Multiaddr, _ body: (PubSubService) async -> Void) async {
+        if let pubsub = try? PubSubService(host: host) {
+            pubsub.start()
+            _ = try? await host.connect(address)
+            try? await Task.sleep(for: .seconds(2))  // the subscription exchange
+            await body(pubsub)
+            await pubsub.stop()
+        }
+        await host.close()
     }
 }

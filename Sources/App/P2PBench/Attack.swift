@@ -57,6 +57,27 @@ struct Attack {
         try? await Task.sleep(for: min(step, max(left, .zero)))
     }
 
+    /// Runs `body` at once for each of `identities` fresh identities (their
+    /// connections leave from the first `addresses` source addresses in turn)
+    /// and returns what each returned; an identity that cannot listen is left out.
+    @discardableResult
+    func withIdentities<Result: Sendable>(
+        _ identities: Int, from addresses: Int, _ body: @escaping @Sendable (_ index: Int, _ host: Libp2pHost) async -> Result
+    ) async -> [Result] {
+        await withTaskGroup(of: Result?.self) { tasks in
+            for index in 0..<identities {
+                let source = options.source(index % addresses)
+                tasks.addTask {
+                    guard let host = try? await attacker(from: source) else { return nil }
+                    return await body(index, host)
+                }
+            }
+            var results: [Result] = []
+            for await result in tasks { if let result { results.append(result) } }
+            return results
+        }
+    }
+
     /// One length-prefixed message of `stream`, or nil after `limit`.
     func readMessage(_ stream: MuxedStream, within limit: Duration) async throws -> ByteBuffer? {
         try await withThrowingTaskGroup(of: ByteBuffer?.self) { race in
