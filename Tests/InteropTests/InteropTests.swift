@@ -70,19 +70,10 @@ final class InteropTests: XCTestCase {
         defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
         let (host, _) = try await makeTestHost(group: group)
         let connection = try await host.connect(address)
-        try await withDeadline(120) {
-            try await withThrowingTaskGroup(of: Bool.self) { tasks in
-                for index in 0..<100 {
-                    tasks.addTask {
-                        let data = patternBytes(count: 16 * 1024 + index, seed: UInt64(index + 1))
-                        return try await echo(data, over: connection, chunk: 4096) == data
-                    }
-                }
-                var ok = 0
-                for try await result in tasks where result { ok += 1 }
-                XCTAssertEqual(ok, 100)
-            }
+        let intact = try await withDeadline(120) {
+            try await echoConcurrently(100, over: connection, bytes: 16 * 1024, seed: 1, chunk: 4096)
         }
+        XCTAssertEqual(intact, 100)
         await host.close()
     }
 

@@ -47,19 +47,10 @@ final class WebSocketInteropTests: XCTestCase {
         XCTAssertEqual(back.count, data.count)
         XCTAssertTrue(back == data, "echoed bytes differ")
         // A few streams at once over the one WebSocket.
-        try await withDeadline(120) {
-            try await withThrowingTaskGroup(of: Bool.self) { tasks in
-                for index in 0..<10 {
-                    tasks.addTask {
-                        let data = patternBytes(count: 64 * 1024 + index, seed: UInt64(index + 20))
-                        return try await echo(data, over: connection, chunk: 4096) == data
-                    }
-                }
-                var ok = 0
-                for try await intact in tasks where intact { ok += 1 }
-                XCTAssertEqual(ok, 10)
-            }
+        let intact = try await withDeadline(120) {
+            try await echoConcurrently(10, over: connection, bytes: 64 * 1024, seed: 20, chunk: 4096)
         }
+        XCTAssertEqual(intact, 10)
         await connection.close()
     }
 
