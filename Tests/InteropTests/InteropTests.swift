@@ -10,21 +10,7 @@ import Transport
 import XCTest
 
 /// Wire compatibility with py-libp2p 0.8.1 (Noise + Yamux over TCP), both directions.
-final class InteropTests: XCTestCase {
-    // The process-wide group, as the host uses by default: it is never shut down,
-    // so tasks that outlive a test (identify, handlers) never find a dead loop.
-    let group = MultiThreadedEventLoopGroup.singleton
-    var peers: [PythonPeer] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-    }
-
-    func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(arguments)
-        peers.append(peer)
-        return peer
-    }
+final class InteropTests: PythonPeerTestCase {
 
     /// A py-libp2p listener and its address.
     func pythonListener() async throws -> (PythonPeer, Multiaddr) {
@@ -82,10 +68,7 @@ final class InteropTests: XCTestCase {
         -> [String: any Sendable]
     {
         let (host, address) = try await makeTestHost(group: group)
-        let peer = try startPython(["dial", "\(address)"] + action + ["--timeout", "\(Int(seconds))"])
-        let result = try await peer.next(event, within: seconds)
-        let status = try await peer.waitForExit(within: 30)
-        XCTAssertEqual(status, 0, peer.stderrTail)
+        let result = try await pythonDials(address, action, expect: event, within: seconds)
         await host.close()
         return result
     }

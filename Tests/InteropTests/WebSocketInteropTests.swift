@@ -10,19 +10,8 @@ import XCTest
 
 /// Wire compatibility with py-libp2p 0.8.1 over `/ws` (its WebSocket transport,
 /// trio-websocket underneath), both directions, at transport level.
-final class WebSocketInteropTests: XCTestCase {
-    let group = MultiThreadedEventLoopGroup.singleton
-    var peers: [PythonPeer] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-    }
-
-    func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(["--transport", "ws"] + arguments)
-        peers.append(peer)
-        return peer
-    }
+final class WebSocketInteropTests: PythonPeerTestCase {
+    override var pythonArguments: [String] { ["--transport", "ws"] }
 
     /// Our side: a /ws transport whose acceptor serves echo and ping.
     func makeTransport() -> (TransportNode, PeerID) {
@@ -76,11 +65,7 @@ final class WebSocketInteropTests: XCTestCase {
         let (transport, peer) = makeTransport()
         let listener = try await transport.listen(on: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
         let target = listener.address.encapsulating(.p2p(peer.bytes))
-        let python = try startPython(["dial", "\(target)"] + action + ["--timeout", "\(Int(seconds))"])
-        defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
-        let result = try await python.next(event, within: seconds)
-        let status = try await python.waitForExit(within: 30)
-        XCTAssertEqual(status, 0, python.stderrTail)
+        let result = try await pythonDials(target, action, expect: event, within: seconds)
         await listener.close()
         return result
     }
