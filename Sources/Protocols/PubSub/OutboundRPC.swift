@@ -10,11 +10,11 @@ final class OutboundRPC: Sendable {
     let rpc: PubSubRPC
     /// The length-prefixed encoding, made on first use.
     private let frame = Mutex<ByteBuffer?>(nil)
-    private let encodings: RPCEncodingCounter?
+    private let counters: OutboundCounters?
 
-    init(_ rpc: PubSubRPC, encodings: RPCEncodingCounter? = nil) {
+    init(_ rpc: PubSubRPC, counters: OutboundCounters? = nil) {
         self.rpc = rpc
-        self.encodings = encodings
+        self.counters = counters
     }
 
     /// The RPC with its length prefix, as written on a stream. Encoded under
@@ -24,16 +24,16 @@ final class OutboundRPC: Sendable {
             if let frame { return frame }
             var encoded = ByteBuffer()
             encoded.writeLengthPrefixed(PubSubCodec.encode(rpc))
-            encodings?.add()
+            counters?.encodedRPCs.add(1, ordering: .relaxed)
             frame = encoded
             return encoded
         }
     }
 }
 
-/// How many RPCs a service encoded (what the encode-once test counts).
-final class RPCEncodingCounter: Sendable {
-    private let count = Atomic<Int>(0)
-    func add() { count.add(1, ordering: .relaxed) }
-    var value: Int { count.load(ordering: .relaxed) }
+/// What a service's senders count as they go, off the core's actor: RPCs
+/// encoded (each once, however many peers it goes to) and bytes written.
+final class OutboundCounters: Sendable {
+    let encodedRPCs = Atomic<Int>(0)
+    let bytesSent = Atomic<Int>(0)
 }

@@ -34,8 +34,8 @@ actor PubSubCore {
     /// Peers in any of our meshes at the last heartbeat.
     private var meshMembers: Set<PeerID> = []
     static let meshTag = "pubsub-mesh"
-    /// RPCs encoded by the senders (each once, however many peers it goes to).
-    let encodings = RPCEncodingCounter()
+    /// Counted by the senders, off the actor.
+    let sent = OutboundCounters()
 
     init(
         router: any PubSubRouter, logger: Logger, inbound: InboundRPCBudget,
@@ -88,7 +88,7 @@ actor PubSubCore {
         outbound[peer] = queue
         outboundConnection[peer] = stream.connection.id
         // Ends when the queue finishes (`stop`, a replaced stream or a removed peer) or a write fails.
-        Task { [logger] in await Self.send(queue, to: stream, peer: peer, core: self, logger: logger) }
+        Task { [logger, sent] in await Self.send(queue, to: stream, peer: peer, core: self, counters: sent, logger: logger) }
     }
 
     /// Writes what `queue` holds to `stream` until the queue finishes or a
@@ -96,7 +96,8 @@ actor PubSubCore {
     /// off the actor: the RPCs are encoded here, once each however many peers
     /// they go to.
     private nonisolated static func send(
-        _ queue: RPCOutbox, to stream: MuxedStream, peer: PeerID, core: PubSubCore, logger: Logger
+        _ queue: RPCOutbox, to stream: MuxedStream, peer: PeerID, core: PubSubCore, counters: OutboundCounters,
+        logger: Logger
     ) async {
         do {
             while let batch = await queue.next() {
@@ -108,7 +109,7 @@ actor PubSubCore {
                 }
                 let size = frames.readableBytes
                 try await stream.write(frames)
-                await core.countSent(size)
+                counters.bytesSent.add(size, ordering: .relaxed)
             }
             // Finished (stopped, or moved to another stream): the remote reads a clean end.
             await stream.close()
@@ -168,10 +169,6 @@ actor PubSubCore {
     }
 
     /// Bytes reserved by RPCs in transit, and the inbound streams (for tests and status).
-
-    func countSent(_ bytes: Int) {
-        router.countSent(bytes)
-    }
 
     func malformed(from peer: PeerID) {
         router.malformedRPC(from: peer)
@@ -241,6 +238,7 @@ actor PubSubCore {
         counters.incompleteRPCTimeouts = inboundCounts.incompleteTimeouts
         counters.refusedOverRPCBudget = inboundCounts.refusedOverBudget
         counters.graylistDisconnects = graylistDisconnects
+        counters.bytesSent = sent.bytesSent.load(ordering: .relaxed)
         return counters
     }
     func score(of peer: PeerID) -> Double { router.score(of: peer, now: clock.now) }
@@ -278,7 +276,7 @@ actor PubSubCore {
                 if let previous, previous.rpc == rpc {
                     outgoing = previous
                 } else {
-                    outgoing = OutboundRPC(rpc, encodings: encodings)
+                    outgoing = OutboundRPC(rpc, counters: sent)
                     previous = outgoing
                 }
                 if !queue.enqueue(outgoing) { router.countDroppedOutbound() }

@@ -162,7 +162,7 @@ public final class PubSubService: Sendable {
     public func inboundUsage() async -> (streams: Int, pendingRPCBytes: Int) { inbound.usage }
 
     /// RPCs encoded for sending so far: each once, however many peers it went to.
-    var encodedRPCCount: Int { core.encodings.value }
+    var encodedRPCCount: Int { core.sent.encodedRPCs.load(ordering: .relaxed) }
 
     /// Sets the validator of `topic`.
     public func setValidator(topic: String, _ validator: @escaping @Sendable (PubSubMessage) -> ValidationResult) async {
