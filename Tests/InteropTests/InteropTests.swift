@@ -10,21 +10,7 @@ import Transport
 import XCTest
 
 /// Wire compatibility with py-libp2p 0.8.1 (Noise + Yamux over TCP), both directions.
-final class InteropTests: XCTestCase {
-    // The process-wide group, as the host uses by default: it is never shut down,
-    // so tasks that outlive a test (identify, handlers) never find a dead loop.
-    let group = MultiThreadedEventLoopGroup.singleton
-    var peers: [PythonPeer] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-    }
-
-    func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(arguments)
-        peers.append(peer)
-        return peer
-    }
+final class InteropTests: PythonPeerTestCase {
 
     /// A py-libp2p listener and its address.
     func pythonListener() async throws -> (PythonPeer, Multiaddr) {
@@ -70,19 +56,10 @@ final class InteropTests: XCTestCase {
         defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
         let (host, _) = try await makeTestHost(group: group)
         let connection = try await host.connect(address)
-        try await withDeadline(120) {
-            try await withThrowingTaskGroup(of: Bool.self) { tasks in
-                for index in 0..<100 {
-                    tasks.addTask {
-                        let data = patternBytes(count: 16 * 1024 + index, seed: UInt64(index + 1))
-                        return try await echo(data, over: connection, chunk: 4096) == data
-                    }
-                }
-                var ok = 0
-                for try await result in tasks where result { ok += 1 }
-                XCTAssertEqual(ok, 100)
-            }
+        let intact = try await withDeadline(120) {
+            try await echoConcurrently(100, over: connection, bytes: 16 * 1024, seed: 1, chunk: 4096)
         }
+        XCTAssertEqual(intact, 100)
         await host.close()
     }
 
@@ -91,10 +68,7 @@ final class InteropTests: XCTestCase {
         -> [String: any Sendable]
     {
         let (host, address) = try await makeTestHost(group: group)
-        let peer = try startPython(["dial", "\(address)"] + action + ["--timeout", "\(Int(seconds))"])
-        let result = try await peer.next(event, within: seconds)
-        let status = try await peer.waitForExit(within: 30)
-        XCTAssertEqual(status, 0, peer.stderrTail)
+        let result = try await pythonDials(address, action, expect: event, within: seconds)
         await host.close()
         return result
     }

@@ -8,20 +8,9 @@ import XCTest
 
 /// Request-response with py-libp2p 0.8.1's `request_response` (rr_peer.py,
 /// BytesCodec on /p2pchat/rr/1.0.0), both directions.
-final class RequestResponseInteropTests: XCTestCase {
-    let group = MultiThreadedEventLoopGroup.singleton
+final class RequestResponseInteropTests: PythonPeerTestCase {
     let protocolID = "/p2pchat/rr/1.0.0"
-    var peers: [PythonPeer] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-    }
-
-    func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(script: "rr_peer.py", arguments)
-        peers.append(peer)
-        return peer
-    }
+    override var pythonScript: String { "rr_peer.py" }
 
     func testSwiftRequestsFromPython() async throws {
         let python = try startPython(["--request-timeout", "30", "--max-request", "100000", "serve"])

@@ -11,19 +11,8 @@ import XCTest
 /// /tls/1.0.0 with py-libp2p 0.8.1 (peer.py --security tls), both directions.
 /// py offers only "libp2p" in ALPN, so the muxer is always negotiated with
 /// multistream-select after the handshake.
-final class TLSInteropTests: XCTestCase {
-    let group = MultiThreadedEventLoopGroup.singleton
-    var peers: [PythonPeer] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-    }
-
-    func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(["--security", "tls"] + arguments)
-        peers.append(peer)
-        return peer
-    }
+final class TLSInteropTests: PythonPeerTestCase {
+    override var pythonArguments: [String] { ["--security", "tls"] }
 
     func testSwiftDialsPythonOverTLS() async throws {
         let python = try startPython(["listen", "--port", "0", "--timeout", "120"])
@@ -46,12 +35,9 @@ final class TLSInteropTests: XCTestCase {
         let (host, address) = try await makeTestHost(group: group, security: [TLSSecurity()])
         for (action, event) in [(["ping", "--count", "3"], "ping"), (["identify"], "identified"),
                                 (["echo", "--bytes", "\(8 * 1024 * 1024)"], "echo")] {
-            let python = try startPython(["dial", "\(address)"] + action + ["--timeout", "120"])
-            let result = try await python.next(event, within: 120)
-            if event == "echo" { XCTAssertEqual(result["ok"] as? Double, 1, python.stderrTail) }
+            let result = try await pythonDials(address, action, expect: event, within: 120)
+            if event == "echo" { XCTAssertEqual(result["ok"] as? Double, 1) }
             if event == "identified" { XCTAssertEqual(result["agent"] as? String, "p2pchat-test/0") }
-            let status = try await python.waitForExit(within: 30)
-            XCTAssertEqual(status, 0, python.stderrTail)
         }
         await host.close()
     }

@@ -10,19 +10,8 @@ import XCTest
 
 /// Wire compatibility with py-libp2p 0.8.1 over `/ws` (its WebSocket transport,
 /// trio-websocket underneath), both directions, at transport level.
-final class WebSocketInteropTests: XCTestCase {
-    let group = MultiThreadedEventLoopGroup.singleton
-    var peers: [PythonPeer] = []
-
-    override func tearDown() async throws {
-        for peer in peers { peer.stop() }
-    }
-
-    func startPython(_ arguments: [String]) throws -> PythonPeer {
-        let peer = try PythonPeer(["--transport", "ws"] + arguments)
-        peers.append(peer)
-        return peer
-    }
+final class WebSocketInteropTests: PythonPeerTestCase {
+    override var pythonArguments: [String] { ["--transport", "ws"] }
 
     /// Our side: a /ws transport whose acceptor serves echo and ping.
     func makeTransport() -> (TransportNode, PeerID) {
@@ -47,19 +36,10 @@ final class WebSocketInteropTests: XCTestCase {
         XCTAssertEqual(back.count, data.count)
         XCTAssertTrue(back == data, "echoed bytes differ")
         // A few streams at once over the one WebSocket.
-        try await withDeadline(120) {
-            try await withThrowingTaskGroup(of: Bool.self) { tasks in
-                for index in 0..<10 {
-                    tasks.addTask {
-                        let data = patternBytes(count: 64 * 1024 + index, seed: UInt64(index + 20))
-                        return try await echo(data, over: connection, chunk: 4096) == data
-                    }
-                }
-                var ok = 0
-                for try await intact in tasks where intact { ok += 1 }
-                XCTAssertEqual(ok, 10)
-            }
+        let intact = try await withDeadline(120) {
+            try await echoConcurrently(10, over: connection, bytes: 64 * 1024, seed: 20, chunk: 4096)
         }
+        XCTAssertEqual(intact, 10)
         await connection.close()
     }
 
@@ -85,11 +65,7 @@ final class WebSocketInteropTests: XCTestCase {
         let (transport, peer) = makeTransport()
         let listener = try await transport.listen(on: Multiaddr("/ip4/127.0.0.1/tcp/0/ws"))
         let target = listener.address.encapsulating(.p2p(peer.bytes))
-        let python = try startPython(["dial", "\(target)"] + action + ["--timeout", "\(Int(seconds))"])
-        defer { if testRun?.hasSucceeded == false { print("python stderr:\n\(python.stderrTail)") } }
-        let result = try await python.next(event, within: seconds)
-        let status = try await python.waitForExit(within: 30)
-        XCTAssertEqual(status, 0, python.stderrTail)
+        let result = try await pythonDials(target, action, expect: event, within: seconds)
         await listener.close()
         return result
     }

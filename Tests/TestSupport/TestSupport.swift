@@ -70,6 +70,25 @@ public func echo(_ data: [UInt8], over connection: Connection, chunk: Int = 64 *
     return try await received
 }
 
+/// Echoes `streams` streams at once over `connection`: stream `index` carries
+/// `bytes + index` pattern bytes seeded `seed + index`, written in `chunk`s.
+/// Returns how many came back intact.
+public func echoConcurrently(
+    _ streams: Int, over connection: Connection, bytes: Int, seed: UInt64, chunk: Int = 64 * 1024
+) async throws -> Int {
+    try await withThrowingTaskGroup(of: Bool.self) { tasks in
+        for index in 0..<streams {
+            tasks.addTask {
+                let data = patternBytes(count: bytes + index, seed: seed + UInt64(index))
+                return try await echo(data, over: connection, chunk: chunk) == data
+            }
+        }
+        var intact = 0
+        for try await result in tasks where result { intact += 1 }
+        return intact
+    }
+}
+
 /// A transport with an upgrader of its own, for tests at transport level
 /// (no host): `dial` and `listen` as the transport's, with our key and acceptor.
 public struct TransportNode: Sendable {

@@ -5,25 +5,15 @@ import NIOCore
 import LibP2PSecurity
 import Yamux
 
-/// Where a connection's bytes go: a NIO channel, an in-memory pipe (later a
-/// relayed stream). Used only on the driver's event loop.
-protocol ByteSink: AnyObject {
-    /// Whether the sink takes more now; when it turns true again the owner
-    /// calls the driver's `writabilityChanged`.
-    var isWritable: Bool { get }
-    /// Writes and flushes.
-    func write(_ bytes: ByteBuffer)
-    /// Closes the byte stream; the owner then calls `transportClosed`.
-    func close()
-}
-
 /// Runs one connection on its event loop: feeds the bytes that arrive to the
 /// upgrade machine, then to the secure session and the stream table, and turns
 /// their events into promises, inboxes and writer credit. Protocol logic lives
 /// in the sans-IO machines; this only moves bytes and events between them,
-/// the byte sink, timers and the application.
+/// the byte sink, timers and the application. What the application asks of
+/// it is in `ConnectionDriver+StreamOperations.swift`; the members that file
+/// uses are internal rather than private (the driver is internal to Transport).
 final class ConnectionDriver: StreamMuxerDriver {
-    private enum State {
+    enum State {
         /// Created, waiting for the byte stream to become active.
         case idle
         case upgrading(ConnectionUpgrade, deadline: Scheduled<Void>?)
@@ -37,7 +27,7 @@ final class ConnectionDriver: StreamMuxerDriver {
     /// mutates them in place: copying them out of the enum and back retained
     /// and released every buffer and table they hold, on every operation
     /// (about 10% more CPU per byte in the one-stream benchmark).
-    private final class Established {
+    final class Established {
         var session: any SecureSession
         var streams: StreamTable
         let connection: Connection
@@ -50,43 +40,10 @@ final class ConnectionDriver: StreamMuxerDriver {
     }
 
     /// The application side of a stream.
-    private enum Endpoint {
+    enum Endpoint {
         case opening(EventLoopPromise<MuxedStream>, deadline: Scheduled<Void>?)
         case accepting(deadline: Scheduled<Void>?)
         case open(MuxedStream)
-    }
-
-    struct Parameters {
-        let upgrader: Upgrader
-        let direction: ConnectionDirection
-        let role: UpgradeRole
-        let expectedRemotePeer: PeerID?
-        let transport: String
-        let addresses: Addresses
-    }
-
-    /// Where the connection's addresses come from.
-    enum Addresses {
-        case fixed(local: Multiaddr?, remote: Multiaddr)
-        /// The channel's socket addresses, known once it is connected, with `suffix` (`/ws`) appended.
-        case channel(Channel, suffix: [MultiaddrComponent])
-
-        var channel: Channel? {
-            if case .channel(let channel, _) = self { return channel }
-            return nil
-        }
-
-        func resolve() -> (local: Multiaddr?, remote: Multiaddr) {
-            switch self {
-            case .fixed(let local, let remote):
-                return (local, remote)
-            case .channel(let channel, let suffix):
-                let remote =
-                    channel.remoteAddress.flatMap { try? Multiaddr(socketAddress: $0) } ?? Multiaddr.unspecifiedTCP
-                let local = channel.localAddress.flatMap { try? Multiaddr(socketAddress: $0) }
-                return (local.map { Multiaddr($0.components + suffix) }, Multiaddr(remote.components + suffix))
-            }
-        }
     }
 
     let eventLoop: EventLoop
@@ -96,10 +53,10 @@ final class ConnectionDriver: StreamMuxerDriver {
     private let established: EventLoopPromise<Connection>
     /// Completed when the connection is torn down.
     let closed: EventLoopPromise<Void>
-    private var logger: Logger
+    var logger: Logger
     private var sink: ByteSink?
-    private var state: State = .idle
-    private var endpoints: [UInt32: Endpoint] = [:]
+    var state: State = .idle
+    var endpoints: [UInt32: Endpoint] = [:]
     private var pendingOutput = ByteBuffer()
     /// Readers that got data during this burst of reads, resumed once each at
     /// its end (`readComplete`), not once per read.
@@ -195,7 +152,7 @@ final class ConnectionDriver: StreamMuxerDriver {
         fail(.io(underlying: error))
     }
 
-    private var closeError: TransportError? {
+    var closeError: TransportError? {
         if case .closed(let error) = state { return error }
         return nil
     }
@@ -290,11 +247,11 @@ final class ConnectionDriver: StreamMuxerDriver {
     }
 
     /// Events gathered while the established state is checked out.
-    private var events: [StreamTable.Event] = []
+    var events: [StreamTable.Event] = []
 
     /// Runs `body` on the established machines, then handles the stream events
     /// it produced. Nothing in `body` may re-enter the driver.
-    private func withEstablished(_ body: (Established) throws(TransportError) -> Void) throws(TransportError) {
+    func withEstablished(_ body: (Established) throws(TransportError) -> Void) throws(TransportError) {
         guard case .established(let established) = state else { return }
         do {
             try body(established)
@@ -387,7 +344,7 @@ final class ConnectionDriver: StreamMuxerDriver {
         stream.credit.queuedChanged(established.streams.queuedBytes(id))
     }
 
-    private func scheduleNegotiationDeadline(_ id: UInt32) -> Scheduled<Void> {
+    func scheduleNegotiationDeadline(_ id: UInt32) -> Scheduled<Void> {
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         return eventLoop.scheduleTask(in: TimeAmount(configuration.streamNegotiationTimeout)) {
             bound.value.negotiationTimedOut(id)
@@ -400,133 +357,6 @@ final class ConnectionDriver: StreamMuxerDriver {
         }
         try? drainSession()
         flushOutput()
-    }
-
-    // MARK: - Application operations (on the event loop, from Connection and MuxedStream)
-
-    func openStream(protocols: [String]) -> EventLoopFuture<MuxedStream> {
-        guard case .established = state else {
-            return eventLoop.makeFailedFuture(closeError ?? .connectionClosed)
-        }
-        let promise = eventLoop.makePromise(of: MuxedStream.self)
-        do {
-            var opened: UInt32 = 0
-            try withEstablished { established throws(TransportError) in
-                opened = try established.streams.open(protocols: protocols)
-            }
-            endpoints[opened] = .opening(promise, deadline: scheduleNegotiationDeadline(opened))
-            try drainSession()
-            flushOutput()
-        } catch {
-            if case .limitReached(let limit) = error { reportLimit(limit) }
-            promise.fail(error)
-        }
-        return promise.futureResult
-    }
-
-    /// Inbound streams get a negotiation deadline as soon as the table sees them.
-    private func trackInbound(_ id: UInt32) {
-        endpoints[id] = .accepting(deadline: scheduleNegotiationDeadline(id))
-    }
-
-    /// The reader took `bytes` from a stream's inbox: grant them back.
-    func consumed(streamID id: UInt32, bytes: Int) {
-        guard case .open(let stream)? = endpoints[id] else { return }
-        var target: UInt32?
-        try? withEstablished { established in
-            established.streams.consumed(id, bytes: bytes, now: .now())
-            target = established.streams.windowTarget(id)
-        }
-        // Reports scale with the window: fewer hops to the event loop for a fast reader.
-        if let target { stream.inbox.setReportThreshold(Int(target / 8)) }
-        try? drainSession()
-        flushOutput()
-    }
-
-    /// The reader reached the end of a stream.
-    func endOfStreamRead(streamID id: UInt32) {
-        try? withEstablished { events.append(contentsOf: $0.streams.endOfStreamRead(id)) }
-    }
-
-    /// Takes a write the stream's writer handed over (and counted in `credit`)
-    /// without waiting; a failure goes to the credit, which the next write throws.
-    func write(streamID id: UInt32, data: ByteBuffer, credit: StreamWriteCredit) {
-        guard case .established = state else { return credit.fail(closeError ?? .connectionClosed) }
-        var outcome: Result<Void, TransportError> = .success(())
-        try? withEstablished { outcome = $0.streams.write(id, data) }
-        if case .failure(let error) = outcome {
-            if case .limitReached(let limit) = error { reportLimit(limit) }
-            return credit.fail(error)
-        }
-        do { try drainSession() } catch { return credit.fail(error) }
-        flushOutput()
-        // Flushing can close the connection (write error).
-        guard case .established(let established) = state else { return credit.fail(closeError ?? .connectionClosed) }
-        credit.processed(data.readableBytes, queued: established.streams.queuedBytes(id))
-    }
-
-    func closeWrite(streamID id: UInt32) -> EventLoopFuture<Void> {
-        guard case .established = state else { return eventLoop.makeFailedFuture(closeError ?? .connectionClosed) }
-        if case .open(let stream)? = endpoints[id] { stream.credit.fail(.streamClosedForWriting) }
-        try? withEstablished { events.append(contentsOf: $0.streams.closeWrite(id)) }
-        try? drainSession()
-        flushOutput()
-        return eventLoop.makeSucceededVoidFuture()
-    }
-
-    func reset(streamID id: UInt32) {
-        guard case .open(let stream)? = endpoints.removeValue(forKey: id) else { return }
-        stream.inbox.fail(.streamReset)
-        stream.credit.fail(.streamReset)
-        try? withEstablished { _ = $0.streams.reset(id) }
-        try? drainSession()
-        flushOutput()
-    }
-
-    /// The memory budget reclaimed an idle stream of ours for a newcomer: it is reset, whatever its phase.
-    private func reclaimed(streamID id: UInt32) {
-        var known = false
-        try? withEstablished { known = $0.streams.reset(id) }
-        guard known else { return }
-        logger.debug("idle stream reset to make room in the memory budget", metadata: ["stream": "\(id)"])
-        switch endpoints.removeValue(forKey: id) {
-        case .opening(let promise, let deadline)?:
-            deadline?.cancel()
-            promise.fail(TransportError.streamReset)
-        case .accepting(let deadline)?:
-            deadline?.cancel()
-        case .open(let stream)?:
-            stream.inbox.fail(.streamReset)
-            stream.credit.fail(.streamReset)
-        case nil:
-            break
-        }
-        try? drainSession()
-        flushOutput()
-    }
-
-    func discardInbound(streamID id: UInt32) {
-        guard case .open(let stream)? = endpoints[id] else { return }
-        let released = stream.inbox.discardAll()
-        try? withEstablished { events.append(contentsOf: $0.streams.discardInbound(id, released: released, now: .now())) }
-        try? drainSession()
-        flushOutput()
-    }
-
-    /// Streams the connection still tracks (finished ones are dropped).
-    var trackedStreamCount: Int {
-        guard case .established(let established) = state else { return 0 }
-        return established.streams.count
-    }
-
-    /// Closes: Yamux go-away, then the byte stream.
-    func closeGracefully(_ error: TransportError) -> EventLoopFuture<Void> {
-        try? withEstablished { $0.streams.goAway() }
-        try? drainSession()
-        flushOutput()
-        teardown(error)
-        closeSink()
-        return closed.futureResult
     }
 
     /// The muxer session's timer (its round-trip pings).
@@ -550,7 +380,7 @@ final class ConnectionDriver: StreamMuxerDriver {
     /// writable. Data the sink cannot take yet stays in the streams' queues,
     /// plaintext, where it counts against their writers' credit (backpressure
     /// reaches the writers); it goes out on `writabilityChanged`.
-    private func drainSession() throws(TransportError) {
+    func drainSession() throws(TransportError) {
         while case .established = state {
             let writable = sink?.isWritable ?? false
             // Control frames wait in the session too while the sink is full:
@@ -581,7 +411,7 @@ final class ConnectionDriver: StreamMuxerDriver {
         }
     }
 
-    private func flushOutput() {
+    func flushOutput() {
         guard let sink, pendingOutput.readableBytes > 0 else { return }
         let out = pendingOutput
         // Allocated on demand: an idle connection holds no output buffer.
@@ -601,7 +431,7 @@ final class ConnectionDriver: StreamMuxerDriver {
     // MARK: - Limits
 
     /// A limit refused something on this connection: the upgrader's owner counts it.
-    private func reportLimit(_ limit: Limit) {
+    func reportLimit(_ limit: Limit) {
         guard case .established(let established) = state else { return }
         let connection = established.connection
         parameters.upgrader.onLimitReached(
@@ -637,13 +467,13 @@ final class ConnectionDriver: StreamMuxerDriver {
     }
 
     /// Closes the byte stream and lets go of it (it may hold us: a channel's pipeline).
-    private func closeSink() {
+    func closeSink() {
         let sink = self.sink
         self.sink = nil
         sink?.close()
     }
 
-    private func teardown(_ error: TransportError) {
+    func teardown(_ error: TransportError) {
         let previous = state
         switch previous {
         case .closed: return

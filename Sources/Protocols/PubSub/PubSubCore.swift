@@ -34,6 +34,8 @@ actor PubSubCore {
     /// Peers in any of our meshes at the last heartbeat.
     private var meshMembers: Set<PeerID> = []
     static let meshTag = "pubsub-mesh"
+    /// Counted by the senders, off the actor.
+    let sent = OutboundCounters()
 
     init(
         router: any PubSubRouter, logger: Logger, inbound: InboundRPCBudget,
@@ -86,27 +88,37 @@ actor PubSubCore {
         outbound[peer] = queue
         outboundConnection[peer] = stream.connection.id
         // Ends when the queue finishes (`stop`, a replaced stream or a removed peer) or a write fails.
-        Task { [logger] in
-            do {
+        Task { [logger, sent] in await Self.send(queue, to: stream, peer: peer, core: self, counters: sent, logger: logger) }
+    }
+
+    /// Writes what `queue` holds to `stream` until the queue finishes or a
+    /// write fails, then removes the peer if the queue is still its own. Runs
+    /// off the actor: the RPCs are encoded here, once each however many peers
+    /// they go to.
+    private nonisolated static func send(
+        _ queue: RPCOutbox, to stream: MuxedStream, peer: PeerID, core: PubSubCore, counters: OutboundCounters,
+        logger: Logger
+    ) async {
+        do {
+            while let batch = await queue.next() {
                 // Everything queued goes out in one write (each RPC keeps its own length prefix).
-                while let batch = await queue.next() {
-                    var frames = ByteBuffer()
-                    for rpc in batch {
-                        frames.writeLengthPrefixed(PubSubCodec.encode(rpc))
-                    }
-                    let size = frames.readableBytes
-                    try await stream.write(frames)
-                    self.countSent(size)
+                var frames = batch[0].lengthPrefixed
+                for rpc in batch.dropFirst() {
+                    var frame = rpc.lengthPrefixed
+                    frames.writeBuffer(&frame)
                 }
-                // Finished (stopped, or moved to another stream): the remote reads a clean end.
-                await stream.close()
-            } catch {
-                logger.debug("pubsub send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
-                stream.reset()
+                let size = frames.readableBytes
+                try await stream.write(frames)
+                counters.bytesSent.add(size, ordering: .relaxed)
             }
-            // Only if this queue is still the peer's: the peer may have moved to another connection.
-            self.removePeer(peer, ifQueue: queue)
+            // Finished (stopped, or moved to another stream): the remote reads a clean end.
+            await stream.close()
+        } catch {
+            logger.debug("pubsub send failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            stream.reset()
         }
+        // Only if this queue is still the peer's: the peer may have moved to another connection.
+        await core.removePeer(peer, ifQueue: queue)
     }
 
     func removePeer(_ peer: PeerID, ifQueue queue: RPCOutbox) {
@@ -157,10 +169,6 @@ actor PubSubCore {
     }
 
     /// Bytes reserved by RPCs in transit, and the inbound streams (for tests and status).
-
-    func countSent(_ bytes: Int) {
-        router.countSent(bytes)
-    }
 
     func malformed(from peer: PeerID) {
         router.malformedRPC(from: peer)
@@ -230,6 +238,7 @@ actor PubSubCore {
         counters.incompleteRPCTimeouts = inboundCounts.incompleteTimeouts
         counters.refusedOverRPCBudget = inboundCounts.refusedOverBudget
         counters.graylistDisconnects = graylistDisconnects
+        counters.bytesSent = sent.bytesSent.load(ordering: .relaxed)
         return counters
     }
     func score(of peer: PeerID) -> Double { router.score(of: peer, now: clock.now) }
@@ -255,11 +264,22 @@ actor PubSubCore {
     }
 
     private func perform(_ actions: [RouterAction]) {
+        var previous: OutboundRPC?
         for action in actions {
             switch action {
             case .send(let peer, let rpc):
                 guard let queue = outbound[peer] else { continue }
-                if !queue.enqueue(rpc) { router.countDroppedOutbound() }
+                // The router sends one RPC value to each peer a message goes to, one
+                // after the other: those peers share one `OutboundRPC`, encoded once.
+                // (Equal arrays sharing storage compare in constant time.)
+                let outgoing: OutboundRPC
+                if let previous, previous.rpc == rpc {
+                    outgoing = previous
+                } else {
+                    outgoing = OutboundRPC(rpc, counters: sent)
+                    previous = outgoing
+                }
+                if !queue.enqueue(outgoing) { router.countDroppedOutbound() }
             case .deliver(let message):
                 metrics.deliveredMessage()
                 for continuation in subscribers[message.topic]?.values ?? [:].values {

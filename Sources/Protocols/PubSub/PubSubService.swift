@@ -161,6 +161,9 @@ public final class PubSubService: Sendable {
     /// Inbound pubsub streams (one per peer at most) and the bytes reserved by RPCs still arriving.
     public func inboundUsage() async -> (streams: Int, pendingRPCBytes: Int) { inbound.usage }
 
+    /// RPCs encoded for sending so far: each once, however many peers it went to.
+    var encodedRPCCount: Int { core.sent.encodedRPCs.load(ordering: .relaxed) }
+
     /// Sets the validator of `topic`.
     public func setValidator(topic: String, _ validator: @escaping @Sendable (PubSubMessage) -> ValidationResult) async {
         await core.setValidator(topic: topic, validator)

@@ -8,9 +8,9 @@ import Synchronization
 /// GRAFTs and gossip of one heartbeat) cost one write, not one each.
 final class RPCOutbox: Sendable {
     private struct State {
-        var queued: [PubSubRPC] = []
+        var queued: [OutboundRPC] = []
         var finished = false
-        var waiter: CheckedContinuation<[PubSubRPC]?, Never>?
+        var waiter: CheckedContinuation<[OutboundRPC]?, Never>?
     }
 
     private let state = Mutex(State())
@@ -21,8 +21,8 @@ final class RPCOutbox: Sendable {
     }
 
     /// Queues `rpc`; false when the queue is full (or finished) and it was dropped.
-    func enqueue(_ rpc: PubSubRPC) -> Bool {
-        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[PubSubRPC]?, Never>?) in
+    func enqueue(_ rpc: OutboundRPC) -> Bool {
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<[OutboundRPC]?, Never>?) in
             guard !state.finished, state.queued.count < limit else { return (false, nil) }
             if let waiter = state.waiter {
                 state.waiter = nil
@@ -37,7 +37,7 @@ final class RPCOutbox: Sendable {
 
     /// No more RPCs: the sender gets what is queued, then nil.
     func finish() {
-        let waiter = state.withLock { state -> CheckedContinuation<[PubSubRPC]?, Never>? in
+        let waiter = state.withLock { state -> CheckedContinuation<[OutboundRPC]?, Never>? in
             state.finished = true
             defer { state.waiter = nil }
             return state.waiter
@@ -52,9 +52,9 @@ final class RPCOutbox: Sendable {
     }
 
     /// Everything queued (waiting while nothing is), or nil once finished and drained.
-    func next() async -> [PubSubRPC]? {
+    func next() async -> [OutboundRPC]? {
         await withCheckedContinuation { continuation in
-            let ready = state.withLock { state -> [PubSubRPC]?? in
+            let ready = state.withLock { state -> [OutboundRPC]?? in
                 if !state.queued.isEmpty {
                     defer { state.queued.removeAll(keepingCapacity: true) }
                     return .some(state.queued)

@@ -86,7 +86,6 @@ extension PubSubRouter {
     /// Counts an RPC dropped because the peer's send queue was full.
     mutating func countDroppedOutbound() { core.counters.droppedOutbound += 1 }
 
-    mutating func countSent(_ bytes: Int) { core.counters.bytesSent += bytes }
 
     /// Counts a malformed RPC against the sender (a behaviour penalty).
     mutating func malformedRPC(from peer: PeerID) {

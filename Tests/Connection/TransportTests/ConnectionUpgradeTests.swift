@@ -81,32 +81,45 @@ final class ConnectionUpgradeTests: XCTestCase {
             role: role, localKey: key, expectedRemotePeer: peer, security: security, muxers: muxers ?? [yamux])
     }
 
-    func testNoiseWithEarlyMuxerNegotiationAtEveryFragmentation() throws {
+    /// Upgrades over `security` at each fragmentation in `steps`: each side
+    /// learns the other's peer id, and both listed Yamux in the security
+    /// handshake, so no multistream round chooses the muxer.
+    func assertEarlyMuxerNegotiation(over security: any SecurityProtocol, steps: [Int]) throws {
         let alice = PrivateKey.generateEd25519()
         let bob = PrivateKey.generateEd25519()
-        for step in [1, 3, 64, .max] {
-            var a = machine(.initiator, key: alice, expecting: PeerID(publicKey: bob.publicKey))
-            var b = machine(.responder, key: bob)
+        for step in steps {
+            var a = machine(.initiator, key: alice, expecting: PeerID(publicKey: bob.publicKey), security: [security])
+            var b = machine(.responder, key: bob, security: [security])
             let outcome = try run(&a, &b, step: step)
             XCTAssertEqual(outcome.initiator.remotePeer, PeerID(publicKey: bob.publicKey))
             XCTAssertEqual(outcome.responder.remotePeer, PeerID(publicKey: alice.publicKey))
-            XCTAssertEqual(outcome.initiator.securityProtocol, "/noise")
+            XCTAssertEqual(outcome.initiator.securityProtocol, security.protocolID)
             XCTAssertEqual(outcome.initiator.muxer, yamux)
             XCTAssertEqual(outcome.responder.muxer, yamux)
-            // Both listed Yamux in the Noise extensions: no multistream round for the muxer.
             XCTAssertTrue(outcome.initiator.earlyMuxerNegotiation)
             XCTAssertTrue(outcome.responder.earlyMuxerNegotiation)
         }
     }
 
-    func testMultistreamChoosesTheMuxerWhenTheRemoteListsNone() throws {
-        var a = machine(.initiator, key: .generateEd25519())
-        var b = machine(.responder, key: .generateEd25519(), security: [NoiseWithoutExtensions()])
+    /// The responder (over `remote`) lists no muxer in the security handshake:
+    /// multistream chooses Yamux after it.
+    func assertMultistreamChoosesTheMuxer(local: any SecurityProtocol, remote: any SecurityProtocol) throws {
+        var a = machine(.initiator, key: .generateEd25519(), security: [local])
+        var b = machine(.responder, key: .generateEd25519(), security: [remote])
         let outcome = try run(&a, &b)
         XCTAssertFalse(outcome.initiator.earlyMuxerNegotiation)
         XCTAssertFalse(outcome.responder.earlyMuxerNegotiation)
         XCTAssertEqual(outcome.initiator.muxer, yamux)
         XCTAssertEqual(outcome.responder.muxer, yamux)
+    }
+
+    func testNoiseWithEarlyMuxerNegotiationAtEveryFragmentation() throws {
+        XCTAssertEqual(NoiseSecurity().protocolID, "/noise")
+        try assertEarlyMuxerNegotiation(over: NoiseSecurity(), steps: [1, 3, 64, .max])
+    }
+
+    func testMultistreamChoosesTheMuxerWhenTheRemoteListsNone() throws {
+        try assertMultistreamChoosesTheMuxer(local: NoiseSecurity(), remote: NoiseWithoutExtensions())
     }
 
     func testEarlyNegotiationSavesBytesAndARoundTrip() throws {

@@ -65,6 +65,51 @@ final class MemoryLimitTests: XCTestCase {
     let group = MultiThreadedEventLoopGroup.singleton
     static let window = 256 * 1024
 
+    /// Issue 25's budget for the row-2 tests: 32 MiB, 4 MiB a peer, loopback limited too.
+    static var rowTwoLimits: HostLimits {
+        var limits = HostLimits()
+        limits.maxMemory = 32 << 20
+        limits.maxMemoryPerPeer = 4 << 20
+        limits.limitLoopback = true
+        return limits
+    }
+
+    /// A host whose connections leave from `ip` (a loopback address of its own).
+    static func host(at ip: String, group: any EventLoopGroup) async throws -> Libp2pHost {
+        try await makeTestHost(
+            group: group, transports: [TCPTransport(group: group, reusePort: true)], listen: Multiaddr("/ip4/\(ip)/tcp/0")
+        ).0
+    }
+
+    /// `count` attackers at `addresses` addresses from 127.0.0.2 on, each
+    /// connected to `address` and holding up to 16 idle ping streams there.
+    static func idleStreamAttackers(_ count: Int, addresses: Int, to address: Multiaddr, group: any EventLoopGroup)
+        async throws -> (attackers: [Libp2pHost], held: [MuxedStream])
+    {
+        var attackers: [Libp2pHost] = []
+        var held: [MuxedStream] = []
+        for index in 0..<count {
+            let attacker = try await host(at: "127.0.0.\(2 + index % addresses)", group: group)
+            attackers.append(attacker)
+            let connection = try await attacker.connect(address)
+            for _ in 0..<16 {
+                if let stream = try? await connection.newStream(protocols: [PingService.protocolID]) { held.append(stream) }
+            }
+        }
+        return (attackers, held)
+    }
+
+    /// The peer on `connection` is served: four pings and an echo of 1 MiB.
+    static func assertServed(_ connection: Connection) async throws {
+        for _ in 0..<4 {
+            let rtts = try await PingService.ping(connection, count: 1)
+            XCTAssertEqual(rtts.count, 1)
+        }
+        let data = patternBytes(count: 1 << 20, seed: 5)
+        let echoed = try await echo(data, over: connection)
+        XCTAssertEqual(echoed, data)
+    }
+
     /// Opens `count` streams to the holding handler, each filled with a
     /// window of data; how many were refused.
     func fill(_ connection: Connection, streams count: Int) async throws -> (accepted: [MuxedStream], refused: Int) {
@@ -173,25 +218,10 @@ final class MemoryLimitTests: XCTestCase {
     /// streams are served.
     func testPeerIDsFromTwoAddressesCannotReserveEveryonesStreams() async throws {
         try await withDeadline(120) { [group] in
-            var limits = HostLimits()
-            limits.maxMemory = 32 << 20
-            limits.maxMemoryPerPeer = 4 << 20
-            limits.limitLoopback = true
-            let (server, address) = try await makeTestHost(group: group, limits: limits)
+            let (server, address) = try await makeTestHost(group: group, limits: Self.rowTwoLimits)
             let budget = try XCTUnwrap(server.upgrader.memoryBudget)
             // 2 addresses, 8 peer ids each, 16 idle ping streams each (14 fit a peer's share): 56 MiB asked of 32.
-            var attackers: [Libp2pHost] = []
-            var held: [MuxedStream] = []
-            for index in 0..<16 {
-                let (attacker, _) = try await makeTestHost(
-                    group: group, transports: [TCPTransport(group: group, reusePort: true)],
-                    listen: Multiaddr("/ip4/127.0.0.\(2 + index % 2)/tcp/0"))
-                attackers.append(attacker)
-                let connection = try await attacker.connect(address)
-                for _ in 0..<16 {
-                    if let stream = try? await connection.newStream(protocols: [PingService.protocolID]) { held.append(stream) }
-                }
-            }
+            let (attackers, held) = try await Self.idleStreamAttackers(16, addresses: 2, to: address, group: group)
             let window = Self.window
             for ip in ["127.0.0.2", "127.0.0.3"] {
                 let network = try XCTUnwrap(budget.network(of: Multiaddr("/ip4/\(ip)/tcp/1")))
@@ -202,17 +232,8 @@ final class MemoryLimitTests: XCTestCase {
             XCTAssertGreaterThan(server.limitCounters.transport[.memory(.perNetwork), default: 0], 0)
 
             // Another peer opens new streams and is served.
-            let (honest, _) = try await makeTestHost(
-                group: group, transports: [TCPTransport(group: group, reusePort: true)],
-                listen: Multiaddr("/ip4/127.0.0.50/tcp/0"))
-            let honestConnection = try await honest.connect(address)
-            for _ in 0..<4 {
-                let rtts = try await PingService.ping(honestConnection, count: 1)
-                XCTAssertEqual(rtts.count, 1)
-            }
-            let data = patternBytes(count: 1 << 20, seed: 5)
-            let echoed = try await echo(data, over: honestConnection)
-            XCTAssertEqual(echoed, data)
+            let honest = try await Self.host(at: "127.0.0.50", group: group)
+            try await Self.assertServed(try await honest.connect(address))
 
             for stream in held { stream.reset() }
             await honest.close()
@@ -229,33 +250,15 @@ final class MemoryLimitTests: XCTestCase {
     /// served; an honest peer's long-lived stream, idle all along, still works.
     func testIdleStreamsFromFiveAddressesAreReclaimedForANewcomer() async throws {
         try await withDeadline(120) { [group] in
-            var limits = HostLimits()
-            limits.maxMemory = 32 << 20
-            limits.maxMemoryPerPeer = 4 << 20
-            limits.limitLoopback = true
+            var limits = Self.rowTwoLimits
             limits.reclaimIdleStreamsAfter = .seconds(2)
             let (server, address) = try await makeTestHost(group: group, limits: limits)
             let budget = try XCTUnwrap(server.upgrader.memoryBudget)
-            func host(at ip: String) async throws -> Libp2pHost {
-                try await makeTestHost(
-                    group: group, transports: [TCPTransport(group: group, reusePort: true)],
-                    listen: Multiaddr("/ip4/\(ip)/tcp/0")
-                ).0
-            }
             // An honest peer's long-lived stream, open before the flood and idle throughout.
-            let honest = try await host(at: "127.0.0.40")
+            let honest = try await Self.host(at: "127.0.0.40", group: group)
             let honestStream = try await honest.connect(address).newStream(protocols: [echoProtocol])
             // 5 addresses, 2 peer ids each, 16 idle ping streams each: 40 MiB asked of the 28 new streams may fill.
-            var attackers: [Libp2pHost] = []
-            var held: [MuxedStream] = []
-            for index in 0..<10 {
-                let attacker = try await host(at: "127.0.0.\(2 + index % 5)")
-                attackers.append(attacker)
-                let connection = try await attacker.connect(address)
-                for _ in 0..<16 {
-                    if let stream = try? await connection.newStream(protocols: [PingService.protocolID]) { held.append(stream) }
-                }
-            }
+            let (attackers, held) = try await Self.idleStreamAttackers(10, addresses: 5, to: address, group: group)
             let idleSince = ContinuousClock.now
             XCTAssertGreaterThan(
                 budget.used + Self.window, MemoryBudget.share(of: 32 << 20, MemoryBudget.stream), "the budget has room left")
@@ -263,15 +266,8 @@ final class MemoryLimitTests: XCTestCase {
 
             // The attackers' streams become idle long enough to be reclaimed.
             try await Task.sleep(until: idleSince + .milliseconds(2500))
-            let newcomer = try await host(at: "127.0.0.50")
-            let connection = try await newcomer.connect(address)
-            for _ in 0..<4 {
-                let rtts = try await PingService.ping(connection, count: 1)
-                XCTAssertEqual(rtts.count, 1)
-            }
-            let data = patternBytes(count: 1 << 20, seed: 5)
-            let echoed = try await echo(data, over: connection)
-            XCTAssertEqual(echoed, data)
+            let newcomer = try await Self.host(at: "127.0.0.50", group: group)
+            try await Self.assertServed(try await newcomer.connect(address))
             XCTAssertGreaterThan(budget.reclaims, 0)
             XCTAssertLessThanOrEqual(budget.used, 32 << 20)
             XCTAssertEqual(budget.reclaims(of: honest.localPeer), 0)

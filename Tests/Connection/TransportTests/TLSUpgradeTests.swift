@@ -19,30 +19,12 @@ extension ConnectionUpgradeTests {
     }
 
     func testTLSWithEarlyMuxerNegotiationAtEveryFragmentation() throws {
-        let alice = PrivateKey.generateEd25519()
-        let bob = PrivateKey.generateEd25519()
-        for step in [1, 100, .max] {
-            var a = machine(.initiator, key: alice, expecting: PeerID(publicKey: bob.publicKey), security: [TLSSecurity()])
-            var b = machine(.responder, key: bob, security: [TLSSecurity()])
-            let outcome = try run(&a, &b, step: step)
-            XCTAssertEqual(outcome.initiator.remotePeer, PeerID(publicKey: bob.publicKey))
-            XCTAssertEqual(outcome.responder.remotePeer, PeerID(publicKey: alice.publicKey))
-            XCTAssertEqual(outcome.initiator.securityProtocol, "/tls/1.0.0")
-            XCTAssertEqual(outcome.initiator.muxer, yamux)
-            XCTAssertEqual(outcome.responder.muxer, yamux)
-            XCTAssertTrue(outcome.initiator.earlyMuxerNegotiation)
-            XCTAssertTrue(outcome.responder.earlyMuxerNegotiation)
-        }
+        XCTAssertEqual(TLSSecurity().protocolID, "/tls/1.0.0")
+        try assertEarlyMuxerNegotiation(over: TLSSecurity(), steps: [1, 100, .max])
     }
 
     func testTLSWithALPNLibp2pFallsBackToMultistream() throws {
-        var a = machine(.initiator, key: .generateEd25519(), security: [TLSSecurity()])
-        var b = machine(.responder, key: .generateEd25519(), security: [TLSWithoutMuxers()])
-        let outcome = try run(&a, &b)
-        XCTAssertFalse(outcome.initiator.earlyMuxerNegotiation)
-        XCTAssertFalse(outcome.responder.earlyMuxerNegotiation)
-        XCTAssertEqual(outcome.initiator.muxer, yamux)
-        XCTAssertEqual(outcome.responder.muxer, yamux)
+        try assertMultistreamChoosesTheMuxer(local: TLSSecurity(), remote: TLSWithoutMuxers())
     }
 
     func testTLSPeerIDMismatchIsItsOwnError() throws {

@@ -139,19 +139,10 @@ final class TransportTests: XCTestCase {
         let (server, address) = try await makeTestHost(group: group)
         let (client, _) = try await makeTestHost(group: group)
         let connection = try await client.connect(address)
-        try await withDeadline(60) {
-            try await withThrowingTaskGroup(of: Bool.self) { tasks in
-                for index in 0..<100 {
-                    tasks.addTask {
-                        let data = patternBytes(count: 64 * 1024 + index, seed: UInt64(index + 1))
-                        return try await echo(data, over: connection, chunk: 8192) == data
-                    }
-                }
-                var ok = 0
-                for try await result in tasks where result { ok += 1 }
-                XCTAssertEqual(ok, 100)
-            }
+        let intact = try await withDeadline(60) {
+            try await echoConcurrently(100, over: connection, bytes: 64 * 1024, seed: 1, chunk: 8192)
         }
+        XCTAssertEqual(intact, 100)
         // Finished streams are forgotten on both sides of the stream table (the
         // connection's own streams, identify's, end on their own time: wait for them).
         try await waitUntil("every finished stream forgotten") { try await connection.trackedStreamCount() == 0 }

@@ -121,17 +121,10 @@ final class WebSocketTransportTests: XCTestCase {
         XCTAssertTrue(echoed == data, "echoed bytes differ")
 
         // Several streams at once, interleaved on the one WebSocket.
-        try await withDeadline(60) {
-            try await withThrowingTaskGroup(of: Bool.self) { group in
-                for index in 0..<8 {
-                    group.addTask {
-                        let data = patternBytes(count: 300 * 1024 + index, seed: UInt64(index + 2))
-                        return try await echo(data, over: connection, chunk: 8 * 1024) == data
-                    }
-                }
-                for try await intact in group { XCTAssertTrue(intact) }
-            }
+        let intact = try await withDeadline(60) {
+            try await echoConcurrently(8, over: connection, bytes: 300 * 1024, seed: 2, chunk: 8 * 1024)
         }
+        XCTAssertEqual(intact, 8)
 
         let rtts = try await withDeadline(20) { try await PingService.ping(connection, count: 3) }
         XCTAssertEqual(rtts.count, 3)

@@ -52,19 +52,10 @@ final class MemoryHostTests: XCTestCase {
         let (server, address) = try await memoryHost(network)
         let (client, _) = try await memoryHost(network)
         let connection = try await client.connect(address)
-        try await withDeadline(30) {
-            try await withThrowingTaskGroup(of: Bool.self) { tasks in
-                for i in 0..<50 {
-                    tasks.addTask {
-                        let data = patternBytes(count: 10_000 + i, seed: UInt64(i))
-                        return try await echo(data, over: connection) == data
-                    }
-                }
-                var ok = 0
-                for try await result in tasks where result { ok += 1 }
-                XCTAssertEqual(ok, 50)
-            }
+        let intact = try await withDeadline(30) {
+            try await echoConcurrently(50, over: connection, bytes: 10_000, seed: 0)
         }
+        XCTAssertEqual(intact, 50)
         // The last closes settle on the event loop after the readers saw the ends.
         try await waitUntil("every stream leaves the table") { try await connection.trackedStreamCount() == 0 }
         await client.close()

@@ -202,4 +202,43 @@ final class PubSubServiceTests: XCTestCase {
         await hostB.close()
     }
     func testFloodsubBetweenTwoNodes() async throws { try await exchange(.floodsub) }
+
+    /// A message published to three peers is encoded once, and the same bytes
+    /// go to each (it was encoded once per peer, on the core's actor).
+    func encodesOncePerPublishedMessage(_ router: RouterKind) async throws {
+        let memory = MemoryNetwork()
+        // The hub is on no topic: it sends nothing but what it publishes.
+        let (hub, hubPubSub, hubAddress) = try await makeNode(router, memory: memory)
+        var leaves: [(host: Libp2pHost, pubsub: PubSubService, inbox: AsyncStream<PubSubMessage>.AsyncIterator)] = []
+        for _ in 0..<3 {
+            let (host, pubsub, _) = try await makeNode(router, memory: memory)
+            let inbox = await pubsub.subscribe("lobby").makeAsyncIterator()
+            _ = try await host.connect(hubAddress)
+            leaves.append((host, pubsub, inbox))
+        }
+        for leaf in leaves {
+            let peer = leaf.host.localPeer
+            let subscribed = try await withDeadline(10) { await hubPubSub.waitUntilSubscribed(peer, to: "lobby") }
+            XCTAssertTrue(subscribed)
+            try await waitUntil("the hub's stream to the leaf", seconds: 10) {
+                await hubPubSub.core.outboundConnectionID(peer) != nil
+            }
+        }
+        let before = hubPubSub.encodedRPCCount
+        let sentTo = try await hubPubSub.publish("lobby", data: Array("one for all".utf8))
+        XCTAssertEqual(sentTo, 3)
+        for index in leaves.indices {
+            let message = try await nextMessage(&leaves[index].inbox)
+            XCTAssertEqual(String(decoding: message.data, as: UTF8.self), "one for all")
+            XCTAssertEqual(message.from, hub.localPeer)
+        }
+        XCTAssertEqual(hubPubSub.encodedRPCCount - before, 1, "one encoding for the three peers")
+        for leaf in leaves { await leaf.pubsub.stop() }
+        await hubPubSub.stop()
+        for leaf in leaves { await leaf.host.close() }
+        await hub.close()
+    }
+
+    func testGossipsubEncodesAPublishedMessageOnce() async throws { try await encodesOncePerPublishedMessage(.gossipsub) }
+    func testFloodsubEncodesAPublishedMessageOnce() async throws { try await encodesOncePerPublishedMessage(.floodsub) }
 }

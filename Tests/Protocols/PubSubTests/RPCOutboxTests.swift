@@ -5,15 +5,15 @@ import XCTest
 
 /// The per-peer send queue: bounded, drained in batches, finished cleanly.
 final class RPCOutboxTests: XCTestCase {
-    static func rpc(_ topic: String) -> PubSubRPC {
-        PubSubRPC(subscriptions: [Subscription(topic: topic, subscribe: true)])
+    static func rpc(_ topic: String) -> OutboundRPC {
+        OutboundRPC(PubSubRPC(subscriptions: [Subscription(topic: topic, subscribe: true)]))
     }
 
     func testQueuedRPCsComeOutTogetherInOrder() async {
         let outbox = RPCOutbox(limit: 10)
         for index in 0..<3 { XCTAssertTrue(outbox.enqueue(Self.rpc("t\(index)"))) }
         let batch = await outbox.next()
-        XCTAssertEqual(batch?.map { $0.subscriptions[0].topic }, ["t0", "t1", "t2"])
+        XCTAssertEqual(batch?.map { $0.rpc.subscriptions[0].topic }, ["t0", "t1", "t2"])
     }
 
     func testFullQueueDropsNewRPCs() async {
@@ -32,7 +32,7 @@ final class RPCOutboxTests: XCTestCase {
         let outbox = RPCOutbox(limit: 10)
         let sender = Task { () -> [[String]] in
             var seen: [[String]] = []
-            while let batch = await outbox.next() { seen.append(batch.map { $0.subscriptions[0].topic }) }
+            while let batch = await outbox.next() { seen.append(batch.map { $0.rpc.subscriptions[0].topic }) }
             return seen
         }
         try await waitUntil("the sender waits for RPCs") { outbox.snapshot.senderWaiting }
