@@ -85,17 +85,11 @@ final class FileShareTests: XCTestCase {
             let offer = try await sender.offer(path: path)
             // The connection is closed once 2 MiB have arrived.
             let dropped = Mutex(false)
-            do {
+            try await assertCutShort("the transfer survived its connection") {
                 _ = try await receiver.fetch(offer, from: senderHost.localPeer, into: downloads) { progress in
                     guard progress.received >= 2 * 1024 * 1024, !dropped.withLock({ $0 }) else { return }
                     dropped.withLock { $0 = true }
                     for connection in receiverHost.connections { Task { await connection.close() } }
-                }
-                XCTFail("the transfer survived its connection")
-            } catch let error as FileTransferError {
-                switch error {
-                case .transport, .truncated: break
-                default: XCTFail("\(error)")
                 }
             }
             let partials = try FileManager.default.contentsOfDirectory(atPath: downloads)
@@ -231,14 +225,8 @@ final class FileShareTests: XCTestCase {
         try await withDeadline(60) {
             let offer = try await sender.offer(path: path)
             try Data(patternBytes(count: 300_000, seed: 10)).write(to: URL(fileURLWithPath: path))
-            do {
+            try await assertCutShort("a file shorter than its offer was saved") {
                 _ = try await receiver.fetch(offer, from: senderHost.localPeer, into: downloads)
-                XCTFail("a file shorter than its offer was saved")
-            } catch let error as FileTransferError {
-                switch error {
-                case .truncated, .transport: break
-                default: XCTFail("\(error)")
-                }
             }
             // Only the partial file (kept for a resume) is left, never the file's name.
             let left = try FileManager.default.contentsOfDirectory(atPath: downloads)
@@ -377,6 +365,22 @@ final class FileShareTests: XCTestCase {
             let bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) }
             _ = FileOffer(announcement: "/file " + String(decoding: bytes, as: UTF8.self))
             _ = FileName.safe(String(decoding: bytes, as: UTF8.self))
+        }
+    }
+}
+
+/// `fetch` must fail as a transfer cut short (the connection gone, or fewer
+/// bytes than offered); any other outcome fails the test with `otherwise`.
+func assertCutShort(
+    _ otherwise: String, file: StaticString = #filePath, line: UInt = #line, _ fetch: () async throws -> Void
+) async throws {
+    do {
+        try await fetch()
+        XCTFail(otherwise, file: file, line: line)
+    } catch let error as FileTransferError {
+        switch error {
+        case .transport, .truncated: break
+        default: XCTFail("\(error)", file: file, line: line)
         }
     }
 }

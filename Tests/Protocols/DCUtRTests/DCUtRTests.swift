@@ -20,6 +20,20 @@ final class DCUtRTests: XCTestCase {
         for host in hosts { await host.close() }
     }
 
+    /// A host with the circuit transport, closed after the test.
+    func circuitNode(reusePort: Bool = true) async throws -> Libp2pHost {
+        let host = try await makeCircuitHost(group: group, reusePort: reusePort)
+        hosts.append(host)
+        return host
+    }
+
+    /// A relay on loopback, closed after the test; its address.
+    func relay() async throws -> (Libp2pHost, Multiaddr) {
+        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
+        hosts.append(relayHost)
+        return (relayHost, relayAddress)
+    }
+
     func testMessagesRoundTripAndRefuseGarbage() throws {
         let addresses = [try Multiaddr("/ip4/203.0.113.2/tcp/4001"), try Multiaddr("/ip6/2001:db8::2/tcp/4001")]
         XCTAssertEqual(try HolePunchMessage(bytes: HolePunchMessage.connect(addresses).encoded()), .connect(addresses))
@@ -77,15 +91,9 @@ final class DCUtRTests: XCTestCase {
     /// On loopback: B reserves on a relay, A dials B through it, B hole punches;
     /// a direct TCP connection replaces the relayed one.
     func testRelayedConnectionIsUpgradedToDirect() async throws {
-        func node() async throws -> Libp2pHost {
-            let host = try await makeCircuitHost(group: group, reusePort: true)
-            hosts.append(host)
-            return host
-        }
-        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
-        hosts.append(relayHost)
-        let a = try await node()
-        let b = try await node()
+        let (relayHost, relayAddress) = try await relay()
+        let a = try await circuitNode()
+        let b = try await circuitNode()
         let punchA = HolePunchService(host: a)
         punchA.start()
         let punchB = HolePunchService(host: b)
@@ -123,15 +131,9 @@ final class DCUtRTests: XCTestCase {
     /// handshakes). One exchange goes ahead, the other side answers it, and
     /// the peers end with a direct connection.
     func testRelayedDialsBothWaysAtOnceGiveOneHolePunch() async throws {
-        func node() async throws -> Libp2pHost {
-            let host = try await makeCircuitHost(group: group, reusePort: true)
-            hosts.append(host)
-            return host
-        }
-        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
-        hosts.append(relayHost)
-        let a = try await node()
-        let b = try await node()
+        let (relayHost, relayAddress) = try await relay()
+        let a = try await circuitNode()
+        let b = try await circuitNode()
         let services = [HolePunchService(host: a), HolePunchService(host: b)]
         let outcomes = services.map { $0.events() }
         for service in services { service.start() }
@@ -238,21 +240,15 @@ final class DCUtRTests: XCTestCase {
             .bind(host: "127.0.0.1", port: 0).get()
         defer { thirdParty.close(promise: nil) }
         let port = try XCTUnwrap(thirdParty.localAddress?.port)
-        func node() async throws -> Libp2pHost {
-            let host = try await makeCircuitHost(group: group)
-            hosts.append(host)
-            return host
-        }
-        let (relayHost, relayAddress) = try await makeRelayHost(group: group)
-        hosts.append(relayHost)
-        let victim = try await node()
+        let (_, relayAddress) = try await relay()
+        let victim = try await circuitNode(reusePort: false)
         var configuration = HolePunchService.Configuration()
         configuration.automatic = false
         configuration.dialTimeout = .milliseconds(300)
         let service = HolePunchService(host: victim, configuration: configuration)
         service.start()
         try await victim.listen(on: [relayAddress.encapsulating(.p2pCircuit)])
-        let attacker = try await node()
+        let attacker = try await circuitNode(reusePort: false)
         let relayed = try await attacker.dial(
             relayAddress.encapsulating(.p2pCircuit).encapsulating(.p2p(victim.localPeer.bytes)), role: .initiator)
         let targets = (0..<32).map { _ in Multiaddr([.ip4([127, 0, 0, 1]), .tcp(UInt16(port))]) }
