@@ -57,6 +57,8 @@ public final class FileShareService: Sendable {
     /// The partial downloads this service created and may resume.
     private let partials = Mutex<[PartialKey: PartialFile]>([:])
     private let logger = Logger(label: "p2pchat.files")
+    /// The uploads being served, ended by `stop`.
+    let tasks = ServiceTasks()
 
     public init(host: Libp2pHost, configuration: FileShareConfiguration = .init()) {
         self.host = host
@@ -66,10 +68,20 @@ public final class FileShareService: Sendable {
 
     /// Serves the offered files on both protocols.
     public func start() {
-        host.setStreamHandler(Self.protocolID) { [self] stream in await self.upload(on: stream, universal: false) }
-        host.setStreamHandler(Self.universalConnectivityProtocolID) { [self] stream in
-            await self.upload(on: stream, universal: true)
+        host.setStreamHandler(Self.protocolID) { [self] stream in
+            await tasks.serve(stream) { await self.upload(on: $0, universal: false) }
         }
+        host.setStreamHandler(Self.universalConnectivityProtocolID) { [self] stream in
+            await tasks.serve(stream) { await self.upload(on: $0, universal: true) }
+        }
+    }
+
+    /// Stops serving both protocols; returns once every upload under way has
+    /// ended (its stream reset). Downloads are the caller's to cancel.
+    public func stop() async {
+        host.removeStreamHandler(Self.protocolID)
+        host.removeStreamHandler(Self.universalConnectivityProtocolID)
+        await tasks.stop()
     }
 
     // MARK: Offering

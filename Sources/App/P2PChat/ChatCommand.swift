@@ -268,7 +268,7 @@ struct ChatCommand: AsyncParsableCommand {
         if let dht { services.append(dht.service()) }
         if let discovery { services.append(StartStopService("topic discovery", stop: { await discovery.stop() })) }
         services += [
-            StartStopService("files", stop: { await files.cancelAll() }), TaskService("redial", redialers),
+            StartStopService("files", stop: { await files.cancelAll(); await fileService.stop() }), TaskService("redial", redialers),
             StartStopService(
                 "web chat",
                 stop: {

@@ -1,5 +1,5 @@
 import Crypto
-import FileShare
+@testable import FileShare
 import Foundation
 import Host
 import Multiformats
@@ -39,6 +39,17 @@ final class FileShareTests: XCTestCase {
         let sender = FileShareService(host: senderHost, configuration: configuration)
         sender.start()
         return (sender, FileShareService(host: receiverHost, configuration: configuration), senderHost, receiverHost)
+    }
+
+    /// `stop` ends an upload that is waiting for its request, refuses both
+    /// protocols afterwards, and leaves no task it started running.
+    func testStopEndsTheUploadsItServesAndRefusesNewOnes() async throws {
+        let (sender, _, senderHost, receiverHost) = try await pair()
+        let connection = try XCTUnwrap(receiverHost.connection(to: senderHost.localPeer))
+        try await assertStopEndsService(
+            FileShareService.protocolID, over: connection,
+            refused: [FileShareService.protocolID, FileShareService.universalConnectivityProtocolID],
+            running: { sender.tasks.running }, stop: { await sender.stop() })
     }
 
     func testOfferFetchVerifyAndNeverOverwrite() async throws {
