@@ -22,8 +22,7 @@ public struct QUICTransport: Transport {
     /// The receive window of a stream, and of a connection (quic-go's starting windows).
     static let streamWindow = 512 * 1024
     static let connectionWindow = 768 * 1024
-    /// Datagrams read per system call, and the largest we take (and say we take).
-    static let datagramsPerRead = 32
+    /// The largest datagram we take (and say we take).
     static let maxDatagramSize = 2048
     /// Our connection IDs' length: short headers carry no length, routing needs it.
     static let connectionIDLength = 8
