@@ -57,6 +57,20 @@ class NATTestbedCase: XCTestCase {
 
     /// Sends `text` from one chat until the other prints it (the first lines
     /// may precede the mesh), within 20 s.
+    /// Each of the two sends `rounds` lines ("<prefix> from home1 #1"...),
+    /// and each receives every line of the other's, in order, none lost.
+    func exchangeLines(_ prefix: String, rounds: Int, _ home1: ChatProcess, _ home2: ChatProcess) async throws {
+        let lead = prefix.isEmpty ? "" : prefix + " "
+        for round in 1...rounds {
+            home1.send("\(lead)from home1 #\(round)")
+            home2.send("\(lead)from home2 #\(round)")
+        }
+        for round in 1...rounds {
+            try await event(home2, "message", within: 20) { $0["text"] == "\(lead)from home1 #\(round)" }
+            try await event(home1, "message", within: 20) { $0["text"] == "\(lead)from home2 #\(round)" }
+        }
+    }
+
     func sendUntilReceived(_ text: String, from sender: ChatProcess, to receiver: ChatProcess) async throws {
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {

@@ -28,14 +28,7 @@ final class NATTestbedQUICTests: NATTestbedCase {
         XCTAssertEqual(upgraded["addr"], "/ip4/203.0.113.1/udp/4001/quic-v1")
         XCTAssertEqual(upgraded["attempt"], "1")
         try await event(home1, "connection_upgraded", within: 10) { $0["addr"] == "/ip4/203.0.113.2/udp/4001/quic-v1" }
-        for round in 1...3 {
-            home1.send("over udp from home1 #\(round)")
-            home2.send("over udp from home2 #\(round)")
-        }
-        for round in 1...3 {
-            try await event(home2, "message", within: 20) { $0["text"] == "over udp from home1 #\(round)" }
-            try await event(home1, "message", within: 20) { $0["text"] == "over udp from home2 #\(round)" }
-        }
+        try await exchangeLines("over udp", rounds: 3, home1, home2)
         home2.send("/status")
         let status = try await event(home2, "status", within: 20)
         XCTAssertTrue(status["connections"]?.contains("\(id1) /ip4/203.0.113.1/udp/4001/quic-v1 direct") ?? false, "\(status)")
@@ -77,14 +70,7 @@ final class NATTestbedQUICTests: NATTestbedCase {
         XCTAssertTrue(
             ["/ip4/203.0.113.1/", "/ip4/203.0.113.2/"].contains { address.hasPrefix($0) }
                 && (address.hasSuffix("/tcp/4001") || address.hasSuffix("/udp/4001/quic-v1")), address)
-        for round in 1...3 {
-            homes[0].send("direct from home1 #\(round)")
-            homes[1].send("direct from home2 #\(round)")
-        }
-        for round in 1...3 {
-            try await event(homes[1], "message", within: 20) { $0["text"] == "direct from home1 #\(round)" }
-            try await event(homes[0], "message", within: 20) { $0["text"] == "direct from home2 #\(round)" }
-        }
+        try await exchangeLines("direct", rounds: 3, homes[0], homes[1])
         for home in homes { home.closeInput() }
     }
 }

@@ -35,14 +35,7 @@ final class NATTestbedTests: NATTestbedCase {
         try await event(home1, "connection_upgraded", within: 10) { $0["addr"] == "/ip4/203.0.113.2/tcp/4001" }
 
         // Lines flow both ways, none lost, over the direct connection.
-        for round in 1...5 {
-            home1.send("from home1 #\(round)")
-            home2.send("from home2 #\(round)")
-        }
-        for round in 1...5 {
-            try await event(home2, "message", within: 20) { $0["text"] == "from home1 #\(round)" }
-            try await event(home1, "message", within: 20) { $0["text"] == "from home2 #\(round)" }
-        }
+        try await exchangeLines("", rounds: 5, home1, home2)
         // /status: private, seen at its router's public address, its reservation
         // on the relay, and the direct connection to home1.
         home2.send("/status")
@@ -96,14 +89,7 @@ final class NATTestbedTests: NATTestbedCase {
         let upgraded = try await firstEvent(homes, "connection_upgraded", within: 40)
         XCTAssertEqual(upgraded["method"], "hole punch", "\(upgraded)")
         XCTAssertTrue(upgraded["addr"]?.hasPrefix("/ip4/203.0.113.") ?? false, "\(upgraded)")
-        for round in 1...3 {
-            homes[0].send("direct from home1 #\(round)")
-            homes[1].send("direct from home2 #\(round)")
-        }
-        for round in 1...3 {
-            try await event(homes[1], "message", within: 20) { $0["text"] == "direct from home1 #\(round)" }
-            try await event(homes[0], "message", within: 20) { $0["text"] == "direct from home2 #\(round)" }
-        }
+        try await exchangeLines("direct", rounds: 3, homes[0], homes[1])
         for home in homes { home.closeInput() }
     }
 
